@@ -1,0 +1,125 @@
+package flow
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+)
+
+// Proto is an IP protocol number as it appears in the IP header.
+type Proto uint8
+
+// The protocols Bastion intercepts.
+const (
+	TCP    Proto = 6
+	UDP    Proto = 17
+	ICMP   Proto = 1
+	ICMPv6 Proto = 58
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case ICMP:
+		return "icmp"
+	case ICMPv6:
+		return "icmpv6"
+	}
+	return "proto-" + strconv.Itoa(int(p))
+}
+
+// ParseProto is the inverse of Proto.String for the protocols Bastion knows.
+func ParseProto(s string) (Proto, error) {
+	switch s {
+	case "tcp":
+		return TCP, nil
+	case "udp":
+		return UDP, nil
+	case "icmp":
+		return ICMP, nil
+	case "icmpv6", "ipv6-icmp":
+		return ICMPv6, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q", s)
+}
+
+// Tuple identifies one flow as the sending host sees it.
+//
+// For TCP and UDP the ports are the transport ports. For ICMP and ICMPv6 echo
+// requests SrcPort holds the echo identifier and DstPort is zero, which is how
+// the kernel's ping sockets and conntrack key them too.
+type Tuple struct {
+	Proto   Proto
+	Src     netip.Addr
+	Dst     netip.Addr
+	SrcPort uint16
+	DstPort uint16
+}
+
+// IPv6 reports whether the flow is carried over IPv6 (IPv4-mapped addresses
+// count as IPv4).
+func (t Tuple) IPv6() bool { return t.Dst.Is6() && !t.Dst.Is4In6() }
+
+func (t Tuple) String() string {
+	return fmt.Sprintf("%s %s -> %s",
+		t.Proto, netip.AddrPortFrom(t.Src, t.SrcPort), netip.AddrPortFrom(t.Dst, t.DstPort))
+}
+
+// Process is what Bastion knows about the program behind a connection.
+type Process struct {
+	PID  uint32 // thread ID of the sending thread (the kernel's pid)
+	TGID uint32 // process ID as userspace knows it
+	PPID uint32 // parent's TGID, 0 when unknown
+	UID  uint32
+	GID  uint32
+	Comm string   // the kernel's 16-byte task name
+	Exe  string   // absolute path of the executable, "" when unknown
+	Args []string // argv, possibly truncated, nil when unknown
+	// StartTime is the task's start time in nanoseconds since boot; with
+	// TGID it names a process uniquely even after PID reuse.
+	StartTime uint64
+	// Source names the mechanism that identified the process, e.g.
+	// "netfilter-link", "sockops", "procfs".
+	Source string
+}
+
+// Known reports whether the process was identified at all.
+func (p Process) Known() bool { return p.TGID != 0 }
+
+// Action is what happens to a held connection.
+type Action uint8
+
+const (
+	ActionNone   Action = iota // no decision
+	ActionAllow                // let the packet pass
+	ActionDeny                 // drop silently; the application times out
+	ActionReject               // drop and tell the application at once (TCP RST, ICMP unreachable)
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionAllow:
+		return "allow"
+	case ActionDeny:
+		return "deny"
+	case ActionReject:
+		return "reject"
+	}
+	return "none"
+}
+
+// ParseAction parses "allow", "deny" (or "drop") and "reject".
+func ParseAction(s string) (Action, error) {
+	switch s {
+	case "allow", "accept":
+		return ActionAllow, nil
+	case "deny", "drop":
+		return ActionDeny, nil
+	case "reject":
+		return ActionReject, nil
+	}
+	return ActionNone, fmt.Errorf("unknown action %q (want allow, deny or reject)", s)
+}
