@@ -1,0 +1,208 @@
+package procfs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/netns"
+)
+
+// ErrNotFound means no process owns the flow's socket: there is no such
+// socket, or its owner exited, or it sits in TIME_WAIT.
+var ErrNotFound = errors.New("procfs: no process owns this flow")
+
+// Resolver finds the process behind a flow with sock_diag and /proc, the
+// fallback for kernels without a usable eBPF mechanism. It is safe for
+// concurrent use; calls are serialised.
+type Resolver struct {
+	fsys fs.FS
+
+	mu   sync.Mutex
+	conn *netlink.Conn
+	fds  *inodeScanner
+}
+
+// New opens a NETLINK_SOCK_DIAG socket inside network namespace ns (nil: the
+// caller's) and uses fsys, usually os.DirFS("/proc"), for /proc. The socket
+// is created on a thread that entered ns and stays bound to ns, so ns need
+// not stay open afterwards. fsys must show the processes that hold sockets in
+// ns, that is, be the /proc of their PID namespace.
+func New(ns *os.File, fsys fs.FS) (*Resolver, error) {
+	var conn *netlink.Conn
+	err := netns.Do(ns, func() error {
+		var err error
+		conn, err = netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open sock_diag socket: %w", err)
+	}
+	return &Resolver{fsys: fsys, conn: conn, fds: newInodeScanner(fsys)}, nil
+}
+
+// Close releases the netlink socket.
+func (r *Resolver) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.conn.Close(); err != nil {
+		return fmt.Errorf("close sock_diag socket: %w", err)
+	}
+	return nil
+}
+
+// Resolve finds the process that owns the socket carrying t, a flow as the
+// sending host sees it (Src is local).
+//
+// TCP sockets match in every state (SYN_SENT included) on the exact 4-tuple.
+// UDP sockets match on local port and address, connected to t.Dst or not; the
+// most specific socket wins, as in the kernel. ICMP and ICMPv6 echo flows
+// match ping sockets by echo identifier where the kernel's inet_diag knows
+// them; otherwise Resolve returns an error saying so.
+//
+// When the socket exists but no process holds it (the owner exited, or the
+// socket is in TIME_WAIT), Resolve returns a Process with only UID (the
+// socket's owner as the kernel recorded it, 0 for TIME_WAIT) and Source set,
+// and an error wrapping ErrNotFound. When there is no socket at all the error
+// wraps ErrNotFound too and the Process is zero.
+//
+// UID in a found Process is the owning process's real UID, which differs
+// from the socket's UID when the socket was handed over or the process
+// changed identity since creating it.
+func (r *Resolver) Resolve(t flow.Tuple) (flow.Process, error) {
+	if !t.Src.IsValid() || !t.Dst.IsValid() {
+		return flow.Process{}, fmt.Errorf("resolve %v: invalid address", t)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+
+	s, err := r.findSocket(t)
+	if err != nil {
+		return flow.Process{}, fmt.Errorf("resolve %v: %w", t, err)
+	}
+	orphan := flow.Process{UID: s.uid, Source: Source}
+	if s.inode == 0 {
+		return orphan, fmt.Errorf("resolve %v: socket in state %d has no owner: %w", t, s.state, ErrNotFound)
+	}
+	inode := uint64(s.inode)
+	// The process can exit or drop the socket between the scan and the
+	// read: try again once with a fresh scan before giving up.
+	for range 2 {
+		tgid, err := r.fds.find(inode)
+		if err != nil {
+			return orphan, fmt.Errorf("resolve %v: %w", t, err)
+		}
+		p, err := ReadProcess(r.fsys, tgid)
+		if err == nil && r.fds.holds(r.fds.cache[inode], inode) {
+			return p, nil
+		}
+		delete(r.fds.cache, inode)
+	}
+	return orphan, fmt.Errorf("resolve %v: owner of socket inode %d vanished: %w", t, inode, ErrNotFound)
+}
+
+// findSocket asks the kernel for the socket carrying t: first an exact
+// lookup, which is cheap, then a dump of the protocol's sockets filtered
+// here, which also finds what the exact lookup cannot (an unconnected UDP
+// socket bound to another address family, for one).
+func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
+	v4 := t.Dst.Unmap().Is4()
+	proto := uint8(t.Proto)
+	switch t.Proto {
+	case flow.TCP, flow.UDP:
+	case flow.ICMP, flow.ICMPv6:
+		// Ping sockets are IPPROTO_ICMP in both families.
+		proto = unix.IPPROTO_ICMP
+		if !v4 {
+			proto = unix.IPPROTO_ICMPV6
+		}
+	default:
+		return diagSock{}, fmt.Errorf("protocol %v has no sockets to diagnose", t.Proto)
+	}
+	src := netip.AddrPortFrom(t.Src.Unmap(), t.SrcPort)
+	dst := netip.AddrPortFrom(t.Dst.Unmap(), t.DstPort)
+	family := uint8(unix.AF_INET6)
+	if v4 {
+		family = unix.AF_INET
+	}
+
+	if t.Proto == flow.TCP || t.Proto == flow.UDP {
+		a, b := src, dst
+		if t.Proto == flow.UDP {
+			// udp_dump_one takes source and destination the other
+			// way round ("swapped for historical reasons").
+			a, b = dst, src
+		}
+		if s, ok := r.exact(family, proto, a, b); ok && matchScore(s, t) >= 0 && s.inode != 0 {
+			return s, nil
+		}
+	}
+
+	families := []uint8{family}
+	if v4 {
+		families = append(families, unix.AF_INET6) // dual-stack sockets
+	}
+	best, bestScore := diagSock{}, -1
+	for _, fam := range families {
+		socks, err := r.dump(fam, proto)
+		if err != nil {
+			if (t.Proto == flow.ICMP || t.Proto == flow.ICMPv6) && errors.Is(err, unix.ENOENT) {
+				return diagSock{}, fmt.Errorf("this kernel's sock_diag does not report ping sockets: %w", errors.ErrUnsupported)
+			}
+			return diagSock{}, err
+		}
+		for _, s := range socks {
+			if sc := matchScore(s, t); sc > bestScore {
+				best, bestScore = s, sc
+			}
+		}
+	}
+	if bestScore < 0 {
+		return diagSock{}, fmt.Errorf("no such socket: %w", ErrNotFound)
+	}
+	return best, nil
+}
+
+// exact asks for one socket; ok is false on any error, including "no such
+// socket" (ENOENT).
+func (r *Resolver) exact(family, proto uint8, src, dst netip.AddrPort) (diagSock, bool) {
+	msgs, err := r.conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request},
+		Data:   diagRequest(family, proto, allStates, src, dst),
+	})
+	if err != nil || len(msgs) != 1 {
+		return diagSock{}, false
+	}
+	s, err := parseDiagMsg(msgs[0].Data)
+	return s, err == nil
+}
+
+// dump lists the sockets of one family and protocol in every state.
+func (r *Resolver) dump(family, proto uint8) ([]diagSock, error) {
+	msgs, err := r.conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
+		Data:   diagRequest(family, proto, allStates, netip.AddrPort{}, netip.AddrPort{}),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dump sockets of family %d protocol %d: %w", family, proto, err)
+	}
+	socks := make([]diagSock, 0, len(msgs))
+	for _, m := range msgs {
+		if m.Header.Type != sockDiagByFamily {
+			continue
+		}
+		s, err := parseDiagMsg(m.Data)
+		if err != nil {
+			return nil, fmt.Errorf("dump sockets of family %d protocol %d: %w", family, proto, err)
+		}
+		socks = append(socks, s)
+	}
+	return socks, nil
+}
