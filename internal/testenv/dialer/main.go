@@ -1,0 +1,163 @@
+// Command dialer opens one connection (or sends one datagram or one ping),
+// prints the outcome as one JSON line and exits at once. End-to-end tests use
+// it as "a process that exits right after connect()": by the time the
+// firewall looks the process up, it may already be gone.
+//
+// Usage: dialer -net tcp4|tcp6|udp4|udp6|ping4|ping6 -addr HOST[:PORT] [-reply] [-timeout 2s]
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// result is the JSON line printed; testenv.DialResult mirrors it.
+type result struct {
+	OK        bool   `json:"ok"`
+	Kind      string `json:"kind,omitempty"` // refused, timeout, permission, unreachable, other
+	Error     string `json:"error,omitempty"`
+	ElapsedUS int64  `json:"elapsed_us"`
+	PID       int    `json:"pid"`
+	UID       int    `json:"uid"`
+	Local     string `json:"local,omitempty"`
+	Network   string `json:"network"`
+	Addr      string `json:"addr"`
+}
+
+func main() {
+	network := flag.String("net", "tcp4", "tcp4, tcp6, udp4, udp6, ping4 or ping6")
+	addr := flag.String("addr", "127.0.0.1:80", "destination (host:port; host for ping)")
+	reply := flag.Bool("reply", false, "send a payload and wait for the echo (always for ping)")
+	timeout := flag.Duration("timeout", 2*time.Second, "give up after this long")
+	flag.Parse()
+
+	r := result{PID: os.Getpid(), UID: os.Getuid(), Network: *network, Addr: *addr}
+	start := time.Now()
+	local, err := dial(*network, *addr, *reply, *timeout)
+	r.ElapsedUS = time.Since(start).Microseconds()
+	r.Local = local
+	if err != nil {
+		r.Kind, r.Error = classify(err), err.Error()
+	} else {
+		r.OK = true
+	}
+	line, _ := json.Marshal(r)
+	fmt.Println(string(line))
+	if !r.OK {
+		os.Exit(1)
+	}
+}
+
+func dial(network, addr string, reply bool, timeout time.Duration) (string, error) {
+	switch network {
+	case "tcp4", "tcp6", "udp4", "udp6":
+	case "ping4", "ping6":
+		return ping(network == "ping6", addr, timeout)
+	default:
+		return "", fmt.Errorf("unknown network %q", network)
+	}
+	c, err := net.DialTimeout(network, addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	local := c.LocalAddr().String()
+	isUDP := network[0] == 'u'
+	if !reply && !isUDP {
+		return local, nil
+	}
+	c.SetDeadline(time.Now().Add(timeout))
+	payload := []byte("bastion-dialer\n")
+	if _, err := c.Write(payload); err != nil {
+		return local, err
+	}
+	if !reply {
+		return local, nil
+	}
+	buf := make([]byte, len(payload))
+	if _, err := c.Read(buf); err != nil {
+		return local, err
+	}
+	return local, nil
+}
+
+// ping sends one ICMP echo request on an unprivileged ICMP socket
+// (net.ipv4.ping_group_range must include our GID) and waits for the reply.
+func ping(v6 bool, host string, timeout time.Duration) (string, error) {
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return "", fmt.Errorf("ping: %w", err)
+	}
+	var fd int
+	var sa unix.Sockaddr
+	echo := []byte{8, 0, 0, 0, 0, 0, 0, 1, 'b', 'a', 's', 't', 'i', 'o', 'n'}
+	if v6 {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+		sa = &unix.SockaddrInet6{Addr: ip.As16()}
+		echo[0] = 128
+	} else {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		sa = &unix.SockaddrInet4{Addr: ip.As4()}
+	}
+	if err != nil {
+		return "", fmt.Errorf("ping socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	if err := unix.Connect(fd, sa); err != nil {
+		return "", fmt.Errorf("ping connect: %w", err)
+	}
+	local := ""
+	if lsa, err := unix.Getsockname(fd); err == nil {
+		switch a := lsa.(type) {
+		case *unix.SockaddrInet4:
+			local = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+		case *unix.SockaddrInet6:
+			local = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+		}
+	}
+	// The kernel fills in the identifier (the socket's "port") and checksum.
+	if _, err := unix.Write(fd, echo); err != nil {
+		return local, fmt.Errorf("ping send: %w", err)
+	}
+	buf := make([]byte, 1500)
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return local, fmt.Errorf("ping: %w", os.ErrDeadlineExceeded)
+			}
+			return local, fmt.Errorf("ping receive: %w", err)
+		}
+		if n >= 1 && (buf[0] == 0 || buf[0] == 129) { // echo reply
+			return local, nil
+		}
+	}
+	return local, fmt.Errorf("ping: %w", os.ErrDeadlineExceeded)
+}
+
+func classify(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
+		errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		return "permission"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	return "other"
+}

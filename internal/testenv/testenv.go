@@ -1,0 +1,123 @@
+package testenv
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// E2EEnv is the environment variable that makes end-to-end tests mandatory:
+// with BASTION_E2E=1 a test that cannot run fails instead of skipping.
+const E2EEnv = "BASTION_E2E"
+
+// RequireRoot skips t unless it runs as root. With BASTION_E2E=1 the test
+// must run, so not being root is a failure rather than a skip.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv(E2EEnv) == "1" {
+		t.Fatalf("end-to-end test: %s=1 but not running as root (euid %d)", E2EEnv, os.Geteuid())
+	}
+	t.Skip("end-to-end test: run as root (sudo make test) or set BASTION_E2E=1")
+}
+
+// toolPackages names the Debian package that provides each tool the
+// end-to-end tests run.
+var toolPackages = map[string]string{
+	"curl":     "curl",
+	"wget":     "wget",
+	"nc":       "netcat-openbsd",
+	"ping":     "iputils-ping",
+	"ip":       "iproute2",
+	"nsenter":  "util-linux",
+	"iptables": "iptables",
+	"go":       "golang (or put the Go toolchain in PATH)",
+}
+
+// RequireTools fails t, saying which package to install, when one of the
+// named programs is not in PATH. It never skips: a machine that runs the
+// end-to-end tests must have them.
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	var missing []string
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			pkg := toolPackages[tool]
+			if pkg == "" {
+				pkg = tool
+			}
+			missing = append(missing, fmt.Sprintf("%s (apt-get install %s)", tool, pkg))
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("end-to-end test needs missing tools: %s", strings.Join(missing, ", "))
+	}
+}
+
+// WaitFor polls cond until it returns true and fails t when timeout passes
+// first. The poll interval starts at 1ms and backs off to 50ms.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !Poll(timeout, cond) {
+		t.Fatalf("condition not met within %v", timeout)
+	}
+}
+
+// Poll is WaitFor for code without a testing.TB: it reports whether cond
+// became true within timeout.
+func Poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	interval := time.Millisecond
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+		interval = min(interval*2, 50*time.Millisecond)
+	}
+}
+
+// TempDir returns a new directory, removed at cleanup, that every UID may
+// read and traverse (mode 0755, parents included): unlike t.TempDir, whose
+// directories are 0700, programs run as UID 1000 can execute binaries
+// placed in it.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := MakeTempDir("bastion-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// MakeTempDir is TempDir for code without a testing.TB; the caller removes
+// the directory.
+func MakeTempDir(prefix string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", fmt.Errorf("make temp dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("make temp dir: %w", err)
+	}
+	return dir, nil
+}
+
+// randomSuffix returns n random bytes in hex, for unique names.
+func randomSuffix(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
