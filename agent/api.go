@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/peercred"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+// Version is the agent's version as GetStatus reports it.
+const Version = "0.1.0"
+
+// staticStatus is the part of the status fixed at start-up.
+type staticStatus struct {
+	Mechanism string
+	Features  []string
+	Backend   string
+	QueueNum  uint16
+	FailOpen  bool
+	NetNS     string
+	Started   time.Time
+}
+
+// apiServer serves bastion.agent.v1.AgentService. Every handler reads the
+// caller's credentials first; the engine applies them.
+type apiServer struct {
+	agentv1.UnimplementedAgentServiceServer
+	engine *Engine
+	status staticStatus
+}
+
+// newGRPCServer returns a server with the agent service, health and
+// reflection, authenticating callers with SO_PEERCRED.
+func newGRPCServer(e *Engine, st staticStatus) *grpc.Server {
+	s := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
+	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st})
+	hs := health.NewServer()
+	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, hs)
+	reflection.Register(s)
+	return s
+}
+
+func caller(ctx context.Context) (peercred.Cred, error) {
+	c, err := peercred.FromContext(ctx)
+	if err != nil {
+		return peercred.Cred{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return c, nil
+}
+
+// toStatus maps engine errors to gRPC status codes, in one place.
+func toStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errPermissionDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, errInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func (s *apiServer) WatchPending(_ *agentv1.WatchPendingRequest, stream grpc.ServerStreamingServer[agentv1.PendingEvent]) error {
+	c, err := caller(stream.Context())
+	if err != nil {
+		return err
+	}
+	events, gone, cancel := s.engine.WatchPending(c)
+	defer cancel()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-gone:
+			return status.Error(codes.ResourceExhausted, "watcher fell behind or the agent is stopping; reconnect")
+		case ev := <-events:
+			if err := stream.Send(pendingEventToProto(ev)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *apiServer) ListPending(ctx context.Context, _ *agentv1.ListPendingRequest) (*agentv1.ListPendingResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentv1.ListPendingResponse{}
+	for _, p := range s.engine.ListPending(c) {
+		resp.Connections = append(resp.Connections, pendingToProto(p))
+	}
+	return resp, nil
+}
+
+func (s *apiServer) Decide(ctx context.Context, req *agentv1.DecideRequest) (*agentv1.DecideResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dr, err := decideFromProto(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	n, cacheID, err := s.engine.Decide(c, dr)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &agentv1.DecideResponse{Packets: uint32(n), CacheId: cacheID}, nil
+}
+
+func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*agentv1.GetStatusResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pendingN, cacheN := s.engine.Stats()
+	k := &s.engine.Counters
+	return &agentv1.GetStatusResponse{
+		Version:         Version,
+		Mechanism:       s.status.Mechanism,
+		Features:        s.status.Features,
+		FirewallBackend: s.status.Backend,
+		QueueNum:        uint32(s.status.QueueNum),
+		FailOpen:        s.status.FailOpen,
+		Netns:           s.status.NetNS,
+		Pending:         uint32(pendingN),
+		CacheEntries:    uint32(cacheN),
+		Started:         timestamppb.New(s.status.Started),
+		CallerUid:       c.UID,
+		WatchedUids:     s.engine.WatchedUIDs(c),
+		Counters: &agentv1.Counters{
+			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
+			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
+			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
+			Malformed: k.Malformed.Load(),
+		},
+	}, nil
+}
+
+func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc.ServerStreamingServer[agentv1.DecisionEvent]) error {
+	c, err := caller(stream.Context())
+	if err != nil {
+		return err
+	}
+	events, gone, cancel := s.engine.WatchDecisions(c)
+	defer cancel()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-gone:
+			return status.Error(codes.ResourceExhausted, "watcher fell behind; reconnect")
+		case d := <-events:
+			if err := stream.Send(decisionToProto(d)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *apiServer) ListCache(ctx context.Context, _ *agentv1.ListCacheRequest) (*agentv1.ListCacheResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentv1.ListCacheResponse{}
+	for _, ce := range s.engine.ListCache(c) {
+		pe := &agentv1.CacheEntry{
+			Id: ce.ID, Uid: ce.UID, Exe: ce.Exe, Scope: agentv1.Scope(ce.Scope + 1), Protocol: protoToProto(ce.Proto),
+			DstPort: uint32(ce.Port), Action: actionToProto(ce.Action), Hits: ce.Hits,
+		}
+		if ce.Dst.IsValid() {
+			pe.DstIp = ce.Dst.String()
+		}
+		if !ce.Expires.IsZero() {
+			pe.Expires = timestamppb.New(ce.Expires)
+		}
+		resp.Entries = append(resp.Entries, pe)
+	}
+	return resp, nil
+}
+
+func (s *apiServer) ForgetCache(ctx context.Context, req *agentv1.ForgetCacheRequest) (*agentv1.ForgetCacheResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.engine.ForgetCache(c, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &agentv1.ForgetCacheResponse{Removed: uint32(n)}, nil
+}
+
+// Conversions between the API's types and the engine's, at the boundary.
+
+func decideFromProto(req *agentv1.DecideRequest) (DecideRequest, error) {
+	if req.GetId() == "" {
+		return DecideRequest{}, errors.New("id is required")
+	}
+	a := actionFromProto(req.GetAction())
+	if a == flow.ActionNone {
+		return DecideRequest{}, errors.New("action must be ACTION_ALLOW, ACTION_DENY or ACTION_REJECT")
+	}
+	scope := ScopeConnection
+	switch sc := req.GetScope(); sc {
+	case agentv1.Scope_SCOPE_UNSPECIFIED, agentv1.Scope_SCOPE_CONNECTION:
+	case agentv1.Scope_SCOPE_DESTINATION_PORT, agentv1.Scope_SCOPE_DESTINATION, agentv1.Scope_SCOPE_PORT, agentv1.Scope_SCOPE_ANY:
+		scope = Scope(sc - 1)
+	default:
+		return DecideRequest{}, fmt.Errorf("unknown scope %d", sc)
+	}
+	var life time.Duration
+	if d := req.GetLifetime(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return DecideRequest{}, fmt.Errorf("lifetime: %w", err)
+		}
+		if life = d.AsDuration(); life < 0 {
+			return DecideRequest{}, errors.New("lifetime must not be negative")
+		}
+	}
+	return DecideRequest{ID: req.GetId(), Action: a, Scope: scope, Lifetime: life}, nil
+}
+
+func actionFromProto(a agentv1.Action) flow.Action {
+	switch a {
+	case agentv1.Action_ACTION_ALLOW:
+		return flow.ActionAllow
+	case agentv1.Action_ACTION_DENY:
+		return flow.ActionDeny
+	case agentv1.Action_ACTION_REJECT:
+		return flow.ActionReject
+	}
+	return flow.ActionNone
+}
+
+func actionToProto(a flow.Action) agentv1.Action {
+	switch a {
+	case flow.ActionAllow:
+		return agentv1.Action_ACTION_ALLOW
+	case flow.ActionDeny:
+		return agentv1.Action_ACTION_DENY
+	case flow.ActionReject:
+		return agentv1.Action_ACTION_REJECT
+	}
+	return agentv1.Action_ACTION_UNSPECIFIED
+}
+
+func protoToProto(p flow.Proto) agentv1.Protocol {
+	switch p {
+	case flow.TCP:
+		return agentv1.Protocol_PROTOCOL_TCP
+	case flow.UDP:
+		return agentv1.Protocol_PROTOCOL_UDP
+	case flow.ICMP:
+		return agentv1.Protocol_PROTOCOL_ICMP
+	case flow.ICMPv6:
+		return agentv1.Protocol_PROTOCOL_ICMPV6
+	}
+	return agentv1.Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.Unmap().String()
+}
+
+func flowToProto(t flow.Tuple) *agentv1.Flow {
+	f := &agentv1.Flow{
+		Protocol: protoToProto(t.Proto),
+		SrcIp:    addrString(t.Src), SrcPort: uint32(t.SrcPort),
+		DstIp: addrString(t.Dst), DstPort: uint32(t.DstPort),
+	}
+	if t.Dst.IsValid() {
+		f.IpVersion = 4
+		if t.IPv6() {
+			f.IpVersion = 6
+		}
+	}
+	return f
+}
+
+func processToProto(p flow.Process) *agentv1.Process {
+	return &agentv1.Process{
+		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
+		Comm: p.Comm, Exe: p.Exe, Args: p.Args, IdentifiedBy: p.Source,
+	}
+}
+
+func pendingToProto(p Pending) *agentv1.PendingConnection {
+	return &agentv1.PendingConnection{
+		Id:             p.ID,
+		Process:        processToProto(p.Process),
+		Flow:           flowToProto(p.Tuple),
+		FirstSeen:      timestamppb.New(p.FirstSeen),
+		Deadline:       timestamppb.New(p.Deadline),
+		DeadlineAction: actionToProto(p.DeadlineAction),
+		Packets:        uint32(p.Packets),
+	}
+}
+
+func pendingEventToProto(ev PendingEvent) *agentv1.PendingEvent {
+	out := &agentv1.PendingEvent{Connection: pendingToProto(ev.Pending)}
+	switch ev.Kind {
+	case PendingAdded:
+		out.Kind = agentv1.PendingEvent_KIND_ADDED
+	case PendingResolved:
+		out.Kind = agentv1.PendingEvent_KIND_RESOLVED
+		out.Action = actionToProto(ev.Action)
+		out.DecidedBy = ev.DecidedBy
+	}
+	return out
+}
+
+func decisionToProto(d Decision) *agentv1.DecisionEvent {
+	return &agentv1.DecisionEvent{
+		Time:      timestamppb.New(d.Time),
+		Process:   processToProto(d.Process),
+		Flow:      flowToProto(d.Tuple),
+		Action:    actionToProto(d.Action),
+		DecidedBy: d.DecidedBy,
+	}
+}

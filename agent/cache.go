@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+)
+
+// Scope says which later connections of a program a decision covers.
+type Scope uint8
+
+const (
+	ScopeConnection      Scope = iota // only the connections held for the entry
+	ScopeDestinationPort              // same protocol, destination and port
+	ScopeDestination                  // same destination, any protocol and port
+	ScopePort                         // same protocol and port, any destination
+	ScopeAny                          // anywhere
+)
+
+func (s Scope) String() string {
+	switch s {
+	case ScopeDestinationPort:
+		return "destination-port"
+	case ScopeDestination:
+		return "destination"
+	case ScopePort:
+		return "port"
+	case ScopeAny:
+		return "any"
+	}
+	return "connection"
+}
+
+// cacheKey is the decision cache's key. It is a fixed set of plain fields —
+// UID, executable, protocol, destination and port, with the fields a scope
+// leaves open zeroed — so that the same table can later be mirrored into a
+// BPF hash map and consulted in the kernel (the executable then becomes its
+// inode identity rather than its path).
+type cacheKey struct {
+	uid   uint32
+	exe   string
+	scope Scope
+	proto flow.Proto
+	dst   netip.Addr
+	port  uint16
+}
+
+func keyFor(scope Scope, uid uint32, exe string, t flow.Tuple) cacheKey {
+	k := cacheKey{uid: uid, exe: exe, scope: scope}
+	switch scope {
+	case ScopeDestinationPort:
+		k.proto, k.dst, k.port = t.Proto, t.Dst, t.DstPort
+	case ScopeDestination:
+		k.dst = t.Dst
+	case ScopePort:
+		k.proto, k.port = t.Proto, t.DstPort
+	}
+	return k
+}
+
+// cacheEntry is one cached decision.
+type cacheEntry struct {
+	id      string
+	key     cacheKey
+	action  flow.Action
+	expires time.Time // zero: until the agent restarts or the entry is forgotten
+	hits    uint64
+}
+
+func (e *cacheEntry) live(now time.Time) bool { return e.expires.IsZero() || now.Before(e.expires) }
+
+// decisionCache holds decisions that cover later connections. It is not
+// safe for concurrent use; the engine's lock guards it.
+type decisionCache struct {
+	byKey  map[cacheKey]*cacheEntry
+	byID   map[string]*cacheEntry
+	nextID uint64
+}
+
+func newDecisionCache() *decisionCache {
+	return &decisionCache{byKey: make(map[cacheKey]*cacheEntry), byID: make(map[string]*cacheEntry)}
+}
+
+// lookupOrder is the precedence among cached decisions: the most specific
+// scope that covers a connection decides it.
+var lookupOrder = [...]Scope{ScopeDestinationPort, ScopeDestination, ScopePort, ScopeAny}
+
+func (c *decisionCache) lookup(uid uint32, exe string, t flow.Tuple, now time.Time) *cacheEntry {
+	if len(c.byKey) == 0 {
+		return nil
+	}
+	for _, s := range lookupOrder {
+		if e := c.byKey[keyFor(s, uid, exe, t)]; e != nil && e.live(now) {
+			return e
+		}
+	}
+	return nil
+}
+
+// put adds or replaces the decision for key and returns its entry.
+func (c *decisionCache) put(key cacheKey, a flow.Action, expires time.Time) *cacheEntry {
+	if old := c.byKey[key]; old != nil {
+		delete(c.byID, old.id)
+	}
+	c.nextID++
+	e := &cacheEntry{id: "d" + strconv.FormatUint(c.nextID, 10), key: key, action: a, expires: expires}
+	c.byKey[key] = e
+	c.byID[e.id] = e
+	return e
+}
+
+func (c *decisionCache) remove(e *cacheEntry) {
+	delete(c.byKey, e.key)
+	delete(c.byID, e.id)
+}
+
+// expire drops entries whose lifetime has ended.
+func (c *decisionCache) expire(now time.Time) {
+	for _, e := range c.byID {
+		if !e.live(now) {
+			c.remove(e)
+		}
+	}
+}

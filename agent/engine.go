@@ -1,0 +1,608 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/peercred"
+	"github.com/bastion-fw/bastion/internal/policy"
+)
+
+// releaser gives held packets their verdict.
+type releaser interface {
+	Release(id uint32, a flow.Action) error
+}
+
+// Errors the engine returns to API callers; api.go maps them to gRPC codes.
+var (
+	errNotFound         = errors.New("no such pending connection (already decided or expired)")
+	errPermissionDenied = errors.New("connection belongs to another user")
+	errInvalid          = errors.New("invalid request")
+)
+
+// retransmitWindow is how long the verdict for an exact tuple answers its
+// retransmissions: longer than Linux's default SYN retry span (~127 s).
+const retransmitWindow = 3 * time.Minute
+
+// historySize bounds the decisions kept for WatchDecisions.
+const historySize = 1024
+
+// watcherBuffer bounds the events queued for one slow API client; a client
+// that falls this far behind is disconnected rather than allowed to stall
+// the packet path.
+const watcherBuffer = 4096
+
+// pendingKey groups held packets into one question: the same program (UID
+// and executable) going to the same destination. Retransmitted SYNs and
+// parallel connections land in the same entry.
+type pendingKey struct {
+	uid   uint32
+	exe   string
+	comm  string
+	proto flow.Proto
+	dst   netip.Addr
+	port  uint16
+}
+
+type heldPacket struct {
+	id    uint32
+	tuple flow.Tuple
+}
+
+// Pending is a connection that waits for a verdict.
+type Pending struct {
+	ID        string
+	Process   flow.Process
+	Tuple     flow.Tuple
+	FirstSeen time.Time
+	Deadline  time.Time
+	// DeadlineAction applies at Deadline.
+	DeadlineAction flow.Action
+	Packets        int
+}
+
+type pending struct {
+	Pending
+	key   pendingKey
+	held  []heldPacket
+	timer *time.Timer
+}
+
+// Decision is one verdict the engine gave.
+type Decision struct {
+	Time      time.Time
+	Process   flow.Process
+	Tuple     flow.Tuple
+	Action    flow.Action
+	DecidedBy string
+}
+
+// PendingEventKind says whether a pending connection appeared or was decided.
+type PendingEventKind uint8
+
+const (
+	PendingAdded PendingEventKind = iota + 1
+	PendingResolved
+)
+
+// PendingEvent is what WatchPending streams.
+type PendingEvent struct {
+	Kind      PendingEventKind
+	Pending   Pending
+	Action    flow.Action // for PendingResolved
+	DecidedBy string      // for PendingResolved
+}
+
+// CacheEntry is a cached decision as the API shows it.
+type CacheEntry struct {
+	ID      string
+	UID     uint32
+	Exe     string
+	Scope   Scope
+	Proto   flow.Proto
+	Dst     netip.Addr
+	Port    uint16
+	Action  flow.Action
+	Expires time.Time
+	Hits    uint64
+}
+
+// Counters are the engine's running totals.
+type Counters struct {
+	Packets, Allowed, Denied, Rejected                               atomic.Uint64
+	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions      atomic.Uint64
+	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
+}
+
+type subscriber[T any] struct {
+	cred peercred.Cred
+	ch   chan T
+	// gone is closed when the engine drops a subscriber that fell behind.
+	gone chan struct{}
+}
+
+// Engine decides held connections. It never blocks the packet path on an
+// API client: events go to bounded buffers, and a client that cannot keep
+// up is dropped.
+type Engine struct {
+	log     *slog.Logger
+	pol     policy.Policy
+	release releaser
+	now     func() time.Time
+	after   func(time.Duration, func()) *time.Timer
+
+	Counters Counters
+
+	mu         sync.Mutex
+	pending    map[pendingKey]*pending
+	byID       map[string]*pending
+	recent     map[flow.Tuple]recentVerdict
+	cache      *decisionCache
+	nextID     uint64
+	watchers   map[*subscriber[PendingEvent]]struct{}
+	watchedUID map[uint32]int
+	history    []Decision // ring buffer
+	histNext   int
+	decSubs    map[*subscriber[Decision]]struct{}
+	closed     bool
+	// closeAction is what packets get once the engine is closed.
+	closeAction flow.Action
+}
+
+type recentVerdict struct {
+	action flow.Action
+	until  time.Time
+}
+
+func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
+	return &Engine{
+		log:        log,
+		pol:        pol,
+		release:    r,
+		now:        time.Now,
+		after:      time.AfterFunc,
+		pending:    make(map[pendingKey]*pending),
+		byID:       make(map[string]*pending),
+		recent:     make(map[flow.Tuple]recentVerdict),
+		cache:      newDecisionCache(),
+		watchers:   make(map[*subscriber[PendingEvent]]struct{}),
+		watchedUID: make(map[uint32]int),
+		decSubs:    make(map[*subscriber[Decision]]struct{}),
+	}
+}
+
+// Handle decides or holds one queued packet. It is called on the queue's
+// goroutine and returns without waiting for anyone.
+func (e *Engine) Handle(id uint32, t flow.Tuple, proc flow.Process) {
+	e.Counters.Packets.Add(1)
+	if proc.Known() && proc.Exe != "" {
+		e.Counters.Identified.Add(1)
+	} else {
+		e.Counters.Unidentified.Add(1)
+	}
+	now := e.now()
+
+	e.mu.Lock()
+	if e.closed {
+		a := e.closeAction
+		e.mu.Unlock()
+		e.releaseOne(id, a, proc, t, "shutdown")
+		return
+	}
+	if rv, ok := e.recent[t]; ok && now.Before(rv.until) {
+		e.mu.Unlock()
+		e.Counters.Retransmits.Add(1)
+		e.releaseOne(id, rv.action, proc, t, "retransmit")
+		return
+	}
+	if ce := e.cache.lookup(proc.UID, proc.Exe, t, now); ce != nil {
+		ce.hits++
+		a, by := ce.action, "cache:"+ce.id
+		e.mu.Unlock()
+		e.Counters.CacheHits.Add(1)
+		e.releaseOne(id, a, proc, t, by)
+		return
+	}
+	key := pendingKey{uid: proc.UID, exe: proc.Exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
+	if proc.Exe == "" {
+		key.comm = proc.Comm
+	}
+	if p := e.pending[key]; p != nil {
+		p.held = append(p.held, heldPacket{id, t})
+		p.Packets = len(p.held)
+		e.mu.Unlock()
+		return
+	}
+	rule := e.pol.For(proc.UID)
+	if rule.Mode != policy.ModeAsk && e.watchedUID[proc.UID] == 0 {
+		e.mu.Unlock()
+		e.Counters.PolicyDecisions.Add(1)
+		if rule.Log {
+			e.log.Info("system policy decided", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe,
+				"dst", t.String(), "verdict", rule.Mode.Action().String())
+		}
+		e.releaseOne(id, rule.Mode.Action(), proc, t, "policy")
+		return
+	}
+	e.nextID++
+	p := &pending{
+		Pending: Pending{
+			ID:             "c" + strconv.FormatUint(e.nextID, 10),
+			Process:        proc,
+			Tuple:          t,
+			FirstSeen:      now,
+			Deadline:       now.Add(e.pol.PromptTimeout),
+			DeadlineAction: e.pol.TimeoutAction,
+			Packets:        1,
+		},
+		key:  key,
+		held: []heldPacket{{id, t}},
+	}
+	p.timer = e.after(e.pol.PromptTimeout, func() { e.expire(p.ID) })
+	e.pending[key] = p
+	e.byID[p.ID] = p
+	e.broadcastPendingLocked(PendingEvent{Kind: PendingAdded, Pending: p.Pending})
+	e.mu.Unlock()
+	e.log.Debug("holding connection", "id", p.ID, "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t.String())
+}
+
+// HandleUnparsed gives a verdict to a packet whose headers could not be read.
+// Such a packet cannot be attributed or asked about; the prompt timeout
+// action applies to it at once.
+func (e *Engine) HandleUnparsed(id uint32) {
+	e.Counters.Packets.Add(1)
+	e.Counters.Malformed.Add(1)
+	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "unparsed")
+}
+
+func (e *Engine) releaseOne(id uint32, a flow.Action, proc flow.Process, t flow.Tuple, by string) {
+	if err := e.release.Release(id, a); err != nil {
+		e.Counters.ReleaseFailure.Add(1)
+		e.log.Warn("release packet", "packet_id", id, "verdict", a.String(), "err", err)
+	}
+	e.count(a)
+	e.record(Decision{Time: e.now(), Process: proc, Tuple: t, Action: a, DecidedBy: by})
+}
+
+func (e *Engine) count(a flow.Action) {
+	switch a {
+	case flow.ActionAllow:
+		e.Counters.Allowed.Add(1)
+	case flow.ActionDeny:
+		e.Counters.Denied.Add(1)
+	case flow.ActionReject:
+		e.Counters.Rejected.Add(1)
+	}
+}
+
+// resolveLocked removes p from the pending set and tells the watchers. The
+// caller releases the returned packets after dropping the lock.
+func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacket {
+	delete(e.pending, p.key)
+	delete(e.byID, p.ID)
+	p.timer.Stop()
+	until := e.now().Add(retransmitWindow)
+	for _, h := range p.held {
+		e.recent[h.tuple] = recentVerdict{action: a, until: until}
+	}
+	e.broadcastPendingLocked(PendingEvent{Kind: PendingResolved, Pending: p.Pending, Action: a, DecidedBy: by})
+	return p.held
+}
+
+func (e *Engine) releaseHeld(p *pending, held []heldPacket, a flow.Action, by string) {
+	for _, h := range held {
+		e.releaseOne(h.id, a, p.Process, h.tuple, by)
+	}
+}
+
+func (e *Engine) expire(id string) {
+	e.mu.Lock()
+	p := e.byID[id]
+	if p == nil {
+		e.mu.Unlock()
+		return
+	}
+	a := p.DeadlineAction
+	held := e.resolveLocked(p, a, "deadline")
+	e.mu.Unlock()
+	e.Counters.DeadlineDecisions.Add(1)
+	e.log.Info("prompt deadline passed", "id", id, "uid", p.Process.UID, "exe", p.Process.Exe,
+		"dst", p.Tuple.String(), "verdict", a.String())
+	e.releaseHeld(p, held, a, "deadline")
+}
+
+// DecideRequest is an answer to a pending connection.
+type DecideRequest struct {
+	ID       string
+	Action   flow.Action
+	Scope    Scope
+	Lifetime time.Duration // 0: until restart (ignored for ScopeConnection)
+}
+
+// Decide answers a pending connection on behalf of caller. It returns the
+// number of packets released and the cache entry made, if any.
+func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, error) {
+	if req.Action == flow.ActionNone || req.Scope > ScopeAny || req.Lifetime < 0 {
+		return 0, "", errInvalid
+	}
+	e.mu.Lock()
+	p := e.byID[req.ID]
+	if p == nil {
+		e.mu.Unlock()
+		return 0, "", errNotFound
+	}
+	// SECURITY: a user decides only the connections of their own processes.
+	if !caller.IsRoot() && caller.UID != p.Process.UID {
+		e.mu.Unlock()
+		return 0, "", errPermissionDenied
+	}
+	by := "api:uid=" + strconv.FormatUint(uint64(caller.UID), 10)
+	held := e.resolveLocked(p, req.Action, by)
+	var cacheID string
+	if req.Scope != ScopeConnection {
+		var expires time.Time
+		if req.Lifetime > 0 {
+			expires = e.now().Add(req.Lifetime)
+		}
+		ce := e.cache.put(keyFor(req.Scope, p.Process.UID, p.Process.Exe, p.Tuple), req.Action, expires)
+		cacheID = ce.id
+		e.settleCoveredLocked(ce, by)
+	}
+	e.mu.Unlock()
+	e.Counters.APIDecisions.Add(1)
+	e.releaseHeld(p, held, req.Action, by)
+	return len(held), cacheID, nil
+}
+
+// settleCoveredLocked decides the other pending entries a new cache entry
+// covers, so that one answer with a wide scope clears every question it
+// answers. Their packets are released by the goroutine it starts.
+func (e *Engine) settleCoveredLocked(ce *cacheEntry, by string) {
+	for _, other := range e.pending {
+		if other.Process.UID != ce.key.uid || other.Process.Exe != ce.key.exe {
+			continue
+		}
+		if keyFor(ce.key.scope, other.Process.UID, other.Process.Exe, other.Tuple) != ce.key {
+			continue
+		}
+		held := e.resolveLocked(other, ce.action, by)
+		go e.releaseHeld(other, held, ce.action, by)
+	}
+}
+
+// ListPending returns the pending connections caller may see.
+func (e *Engine) ListPending(caller peercred.Cred) []Pending {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Pending
+	for _, p := range e.byID {
+		if visible(caller, p.Process.UID) {
+			out = append(out, p.Pending)
+		}
+	}
+	return out
+}
+
+// SECURITY: the one place that decides what a caller may see.
+func visible(caller peercred.Cred, uid uint32) bool {
+	return caller.IsRoot() || caller.UID == uid
+}
+
+// WatchPending subscribes caller to pending events. While subscribed, the
+// caller's UID counts as having a prompt client, so its connections are
+// asked about instead of being decided by the system policy. The returned
+// function unsubscribes; gone is closed if the engine drops the subscriber.
+func (e *Engine) WatchPending(caller peercred.Cred) (events <-chan PendingEvent, gone <-chan struct{}, cancel func()) {
+	s := &subscriber[PendingEvent]{cred: caller, ch: make(chan PendingEvent, watcherBuffer), gone: make(chan struct{})}
+	e.mu.Lock()
+	for _, p := range e.byID {
+		if visible(caller, p.Process.UID) && len(s.ch) < cap(s.ch) {
+			s.ch <- PendingEvent{Kind: PendingAdded, Pending: p.Pending}
+		}
+	}
+	e.watchers[s] = struct{}{}
+	e.watchedUID[caller.UID]++
+	e.mu.Unlock()
+	var once sync.Once
+	return s.ch, s.gone, func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.dropWatcherLocked(s)
+			e.mu.Unlock()
+		})
+	}
+}
+
+func (e *Engine) dropWatcherLocked(s *subscriber[PendingEvent]) {
+	if _, ok := e.watchers[s]; !ok {
+		return
+	}
+	delete(e.watchers, s)
+	if e.watchedUID[s.cred.UID]--; e.watchedUID[s.cred.UID] <= 0 {
+		delete(e.watchedUID, s.cred.UID)
+	}
+	close(s.gone)
+}
+
+func (e *Engine) broadcastPendingLocked(ev PendingEvent) {
+	for s := range e.watchers {
+		if !visible(s.cred, ev.Pending.Process.UID) {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+		default:
+			e.log.Warn("dropping a pending-connection watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
+			e.dropWatcherLocked(s)
+		}
+	}
+}
+
+// WatchedUIDs returns the UIDs with a connected watcher that caller may see.
+func (e *Engine) WatchedUIDs(caller peercred.Cred) []uint32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []uint32
+	for uid := range e.watchedUID {
+		if visible(caller, uid) {
+			out = append(out, uid)
+		}
+	}
+	return out
+}
+
+func (e *Engine) record(d Decision) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.history) < historySize {
+		e.history = append(e.history, d)
+	} else {
+		e.history[e.histNext] = d
+	}
+	e.histNext = (e.histNext + 1) % historySize
+	for s := range e.decSubs {
+		if !visible(s.cred, d.Process.UID) {
+			continue
+		}
+		select {
+		case s.ch <- d:
+		default:
+			delete(e.decSubs, s)
+			close(s.gone)
+		}
+	}
+}
+
+// WatchDecisions returns the recent decisions caller may see, oldest first,
+// and subscribes to new ones.
+func (e *Engine) WatchDecisions(caller peercred.Cred) (events <-chan Decision, gone <-chan struct{}, cancel func()) {
+	s := &subscriber[Decision]{cred: caller, ch: make(chan Decision, watcherBuffer+historySize), gone: make(chan struct{})}
+	e.mu.Lock()
+	start := 0
+	if len(e.history) == historySize {
+		start = e.histNext // the oldest entry once the ring has wrapped
+	}
+	for i := range e.history {
+		d := e.history[(start+i)%len(e.history)]
+		if visible(caller, d.Process.UID) {
+			s.ch <- d
+		}
+	}
+	e.decSubs[s] = struct{}{}
+	e.mu.Unlock()
+	var once sync.Once
+	return s.ch, s.gone, func() {
+		once.Do(func() {
+			e.mu.Lock()
+			if _, ok := e.decSubs[s]; ok {
+				delete(e.decSubs, s)
+				close(s.gone)
+			}
+			e.mu.Unlock()
+		})
+	}
+}
+
+// ListCache returns the cached decisions caller may see.
+func (e *Engine) ListCache(caller peercred.Cred) []CacheEntry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	var out []CacheEntry
+	for _, ce := range e.cache.byID {
+		if !ce.live(now) || !visible(caller, ce.key.uid) {
+			continue
+		}
+		out = append(out, CacheEntry{
+			ID: ce.id, UID: ce.key.uid, Exe: ce.key.exe, Scope: ce.key.scope, Proto: ce.key.proto,
+			Dst: ce.key.dst, Port: ce.key.port, Action: ce.action, Expires: ce.expires, Hits: ce.hits,
+		})
+	}
+	return out
+}
+
+// ForgetCache removes the cache entry id, or every entry caller may see when
+// id is empty.
+func (e *Engine) ForgetCache(caller peercred.Cred, id string) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id != "" {
+		ce := e.cache.byID[id]
+		if ce == nil {
+			return 0, errNotFound
+		}
+		if !visible(caller, ce.key.uid) {
+			return 0, errPermissionDenied
+		}
+		e.cache.remove(ce)
+		return 1, nil
+	}
+	n := 0
+	for _, ce := range e.cache.byID {
+		if visible(caller, ce.key.uid) {
+			e.cache.remove(ce)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Stats returns the number of pending connections and cache entries.
+func (e *Engine) Stats() (pendingN, cacheN int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.byID), len(e.cache.byID)
+}
+
+// Run expires old retransmission verdicts and cache entries until ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			e.gc()
+		}
+	}
+}
+
+func (e *Engine) gc() {
+	now := e.now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for t, rv := range e.recent {
+		if !now.Before(rv.until) {
+			delete(e.recent, t)
+		}
+	}
+	e.cache.expire(now)
+}
+
+// Close releases every held packet with action and makes later packets get
+// it too. It is the last thing the agent does with the queue.
+func (e *Engine) Close(a flow.Action) {
+	e.mu.Lock()
+	e.closed, e.closeAction = true, a
+	var all []*pending
+	var helds [][]heldPacket
+	for _, p := range e.byID {
+		all = append(all, p)
+		helds = append(helds, e.resolveLocked(p, a, "shutdown"))
+	}
+	for s := range e.watchers {
+		e.dropWatcherLocked(s)
+	}
+	e.mu.Unlock()
+	for i, p := range all {
+		e.releaseHeld(p, helds[i], a, "shutdown")
+	}
+}

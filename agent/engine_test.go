@@ -1,0 +1,342 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/peercred"
+	"github.com/bastion-fw/bastion/internal/policy"
+)
+
+type fakeRelease struct {
+	mu  sync.Mutex
+	got map[uint32]flow.Action
+}
+
+func (f *fakeRelease) Release(id uint32, a flow.Action) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, dup := f.got[id]; dup {
+		panic("packet released twice")
+	}
+	f.got[id] = a
+	return nil
+}
+
+func (f *fakeRelease) verdict(id uint32) flow.Action {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.got[id]
+}
+
+// fakeClock drives the engine's time and timers by hand.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Time
+	fn func()
+	t  *time.Timer
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, fn func()) *time.Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// A real, stopped timer gives the engine something to Stop.
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	c.timers = append(c.timers, &fakeTimer{at: c.now.Add(d), fn: fn, t: t})
+	return t
+}
+
+// Advance moves the clock and fires the timers that are due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due []func()
+	rest := c.timers[:0]
+	for _, ft := range c.timers {
+		if !ft.at.After(c.now) {
+			due = append(due, ft.fn)
+		} else {
+			rest = append(rest, ft)
+		}
+	}
+	c.timers = rest
+	c.mu.Unlock()
+	for _, fn := range due {
+		fn()
+	}
+}
+
+func newTestEngine(t *testing.T) (*Engine, *fakeRelease, *fakeClock) {
+	t.Helper()
+	r := &fakeRelease{got: make(map[uint32]flow.Action)}
+	clk := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	e := newEngine(slog.New(slog.NewTextHandler(io.Discard, nil)), policy.Default(), r)
+	e.now, e.after = clk.Now, clk.AfterFunc
+	return e, r, clk
+}
+
+func tcp(dst string, sport, dport uint16) flow.Tuple {
+	return flow.Tuple{Proto: flow.TCP, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr(dst), SrcPort: sport, DstPort: dport}
+}
+
+var (
+	curl1000 = flow.Process{PID: 50, TGID: 50, UID: 1000, GID: 1000, Comm: "curl", Exe: "/usr/bin/curl", Source: "test"}
+	wget1001 = flow.Process{PID: 60, TGID: 60, UID: 1001, GID: 1001, Comm: "wget", Exe: "/usr/bin/wget", Source: "test"}
+	root     = flow.Process{PID: 70, TGID: 70, UID: 0, Comm: "apt", Exe: "/usr/bin/apt", Source: "test"}
+	alice    = peercred.Cred{UID: 1000, PID: 1}
+	bob      = peercred.Cred{UID: 1001, PID: 2}
+	admin    = peercred.Cred{UID: 0, PID: 3}
+)
+
+func TestSystemPolicyAllowsRootAtOnce(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), root)
+	if got := r.verdict(1); got != flow.ActionAllow {
+		t.Fatalf("root connection verdict = %v, want allow", got)
+	}
+	if n, _ := e.Stats(); n != 0 {
+		t.Fatalf("%d pending, want 0", n)
+	}
+}
+
+func TestDeadlineAppliesTimeoutAction(t *testing.T) {
+	e, r, clk := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	if got := r.verdict(1); got != flow.ActionNone {
+		t.Fatalf("verdict before deadline = %v, want none", got)
+	}
+	clk.Advance(29 * time.Second)
+	if got := r.verdict(1); got != flow.ActionNone {
+		t.Fatalf("verdict 1s before deadline = %v, want none", got)
+	}
+	clk.Advance(time.Second)
+	if got := r.verdict(1); got != flow.ActionDeny {
+		t.Fatalf("verdict at deadline = %v, want deny", got)
+	}
+	if e.Counters.DeadlineDecisions.Load() != 1 {
+		t.Fatal("deadline decision not counted")
+	}
+}
+
+func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	events, _, cancel := e.WatchPending(alice)
+	defer cancel()
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(2, tcp("192.0.2.1", 40000, 443), curl1000) // retransmitted SYN
+	e.Handle(3, tcp("192.0.2.1", 40001, 443), curl1000) // parallel connection
+	if n, _ := e.Stats(); n != 1 {
+		t.Fatalf("%d pending entries, want 1", n)
+	}
+	ev := <-events
+	if ev.Kind != PendingAdded {
+		t.Fatalf("first event %v, want added", ev.Kind)
+	}
+	select {
+	case ev2 := <-events:
+		t.Fatalf("second event %+v; retransmits must not prompt again", ev2)
+	default:
+	}
+	n, _, err := e.Decide(alice, DecideRequest{ID: ev.Pending.ID, Action: flow.ActionReject})
+	if err != nil || n != 3 {
+		t.Fatalf("Decide = %d, %v; want 3 packets", n, err)
+	}
+	for id := uint32(1); id <= 3; id++ {
+		if got := r.verdict(id); got != flow.ActionReject {
+			t.Errorf("packet %d verdict %v, want reject", id, got)
+		}
+	}
+	// A SYN retransmitted after the answer gets the same answer, no prompt.
+	e.Handle(4, tcp("192.0.2.1", 40000, 443), curl1000)
+	if got := r.verdict(4); got != flow.ActionReject {
+		t.Fatalf("late retransmit verdict %v, want reject", got)
+	}
+	if n, _ := e.Stats(); n != 0 {
+		t.Fatalf("late retransmit created a pending entry")
+	}
+}
+
+func TestOtherProgramsAreNotHeldBack(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(2, tcp("192.0.2.2", 40002, 80), root)
+	if got := r.verdict(2); got != flow.ActionAllow {
+		t.Fatalf("root's connection while curl waits: %v, want allow", got)
+	}
+}
+
+func TestUsersSeeAndDecideOnlyTheirOwn(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(2, tcp("192.0.2.1", 40001, 443), wget1001)
+	aliceList := e.ListPending(alice)
+	if len(aliceList) != 1 || aliceList[0].Process.UID != 1000 {
+		t.Fatalf("alice sees %+v", aliceList)
+	}
+	if got := len(e.ListPending(admin)); got != 2 {
+		t.Fatalf("root sees %d, want 2", got)
+	}
+	bobList := e.ListPending(bob)
+	if _, _, err := e.Decide(bob, DecideRequest{ID: aliceList[0].ID, Action: flow.ActionAllow}); err != errPermissionDenied {
+		t.Fatalf("bob deciding alice's connection: %v, want permission denied", err)
+	}
+	if r.verdict(1) != flow.ActionNone {
+		t.Fatal("bob's attempt released alice's packet")
+	}
+	if _, _, err := e.Decide(admin, DecideRequest{ID: bobList[0].ID, Action: flow.ActionDeny}); err != nil {
+		t.Fatalf("root deciding bob's connection: %v", err)
+	}
+	if r.verdict(2) != flow.ActionDeny {
+		t.Fatal("root's deny not applied")
+	}
+	if _, _, err := e.Decide(alice, DecideRequest{ID: bobList[0].ID, Action: flow.ActionAllow}); err != errNotFound {
+		t.Fatalf("deciding twice: %v, want not found", err)
+	}
+}
+
+func TestScopedDecisionIsCachedAndExpires(t *testing.T) {
+	e, r, clk := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	id := e.ListPending(alice)[0].ID
+	if _, cid, err := e.Decide(alice, DecideRequest{ID: id, Action: flow.ActionAllow, Scope: ScopeDestinationPort, Lifetime: time.Minute}); err != nil || cid == "" {
+		t.Fatalf("Decide: %q %v", cid, err)
+	}
+	e.Handle(2, tcp("192.0.2.1", 40010, 443), curl1000)
+	if r.verdict(2) != flow.ActionAllow {
+		t.Fatal("cached decision did not apply to the next connection")
+	}
+	e.Handle(3, tcp("192.0.2.1", 40011, 80), curl1000) // other port: asks
+	if r.verdict(3) != flow.ActionNone {
+		t.Fatal("destination-port scope covered another port")
+	}
+	e.Handle(4, tcp("192.0.2.1", 40012, 443), wget1001) // other program: asks
+	if r.verdict(4) != flow.ActionNone {
+		t.Fatal("cache entry covered another user's program")
+	}
+	clk.Advance(61 * time.Second)
+	e.Handle(5, tcp("192.0.2.1", 40013, 443), curl1000)
+	if r.verdict(5) == flow.ActionAllow {
+		t.Fatal("expired cache entry still decided")
+	}
+}
+
+func TestCachePrecedenceMostSpecificWins(t *testing.T) {
+	c := newDecisionCache()
+	now := time.Unix(0, 0)
+	t1 := tcp("192.0.2.1", 1, 443)
+	c.put(keyFor(ScopeAny, 1000, "/usr/bin/curl", t1), flow.ActionDeny, time.Time{})
+	c.put(keyFor(ScopePort, 1000, "/usr/bin/curl", t1), flow.ActionReject, time.Time{})
+	c.put(keyFor(ScopeDestinationPort, 1000, "/usr/bin/curl", t1), flow.ActionAllow, time.Time{})
+	for _, tc := range []struct {
+		t    flow.Tuple
+		want flow.Action
+	}{
+		{t1, flow.ActionAllow},
+		{tcp("192.0.2.9", 1, 443), flow.ActionReject},
+		{tcp("192.0.2.9", 1, 80), flow.ActionDeny},
+	} {
+		if e := c.lookup(1000, "/usr/bin/curl", tc.t, now); e == nil || e.action != tc.want {
+			t.Errorf("lookup %v = %+v, want %v", tc.t, e, tc.want)
+		}
+	}
+	if e := c.lookup(1001, "/usr/bin/curl", t1, now); e != nil {
+		t.Errorf("other uid matched %+v", e)
+	}
+}
+
+func TestWideDecisionSettlesOtherPendingEntries(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(2, tcp("192.0.2.2", 40001, 443), curl1000)
+	if n, _ := e.Stats(); n != 2 {
+		t.Fatalf("%d pending, want 2", n)
+	}
+	id := e.ListPending(alice)[0].ID
+	if _, _, err := e.Decide(alice, DecideRequest{ID: id, Action: flow.ActionAllow, Scope: ScopeAny}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.verdict(1) != flow.ActionAllow || r.verdict(2) != flow.ActionAllow {
+		if time.Now().After(deadline) {
+			t.Fatalf("verdicts %v %v, want both allow", r.verdict(1), r.verdict(2))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n, _ := e.Stats(); n != 0 {
+		t.Fatalf("%d pending after scope-any answer", n)
+	}
+}
+
+func TestWatcherTurnsPolicyIntoPrompt(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	_, _, cancel := e.WatchPending(admin)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), root)
+	if r.verdict(1) != flow.ActionNone {
+		t.Fatal("root's connection decided by policy while root's prompt client is connected")
+	}
+	cancel()
+	e.Handle(2, tcp("192.0.2.2", 40000, 443), root)
+	if r.verdict(2) != flow.ActionAllow {
+		t.Fatal("policy not applied after the watcher left")
+	}
+}
+
+func TestCloseReleasesEverything(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(2, tcp("192.0.2.2", 40000, 443), wget1001)
+	e.Close(flow.ActionAllow)
+	e.Handle(3, tcp("192.0.2.3", 40000, 443), wget1001)
+	for id := uint32(1); id <= 3; id++ {
+		if r.verdict(id) != flow.ActionAllow {
+			t.Errorf("packet %d: %v after Close, want allow", id, r.verdict(id))
+		}
+	}
+}
+
+func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
+	e, _, _ := newTestEngine(t)
+	for i := range historySize + 10 {
+		p := root
+		if i%2 == 1 {
+			p = flow.Process{UID: 1000, TGID: 9, Exe: "/x"}
+			e.pol.Rules[1].Mode = policy.ModeAllow
+		}
+		e.Handle(uint32(i+1), tcp("192.0.2.1", uint16(i), 443), p)
+	}
+	events, _, cancel := e.WatchDecisions(alice)
+	defer cancel()
+	var last uint16
+	n := 0
+	for len(events) > 0 {
+		d := <-events
+		if d.Process.UID != 1000 {
+			t.Fatalf("alice saw uid %d", d.Process.UID)
+		}
+		if n > 0 && d.Tuple.SrcPort <= last {
+			t.Fatalf("history out of order: %d after %d", d.Tuple.SrcPort, last)
+		}
+		last = d.Tuple.SrcPort
+		n++
+	}
+	if n != historySize/2 {
+		t.Fatalf("alice saw %d decisions, want %d", n, historySize/2)
+	}
+}
