@@ -1,0 +1,45 @@
+// Package fw installs and removes Bastion's own iptables and ip6tables rules
+// (filter table) in a network namespace, and takes normalized snapshots of
+// the namespace's ruleset.
+//
+// Install inserts one jump rule at the top of OUTPUT and fills the chain
+// Config.Chain (default BASTION-OUT), in order:
+//
+//  1. packets marked Own return (the agent's own sockets, SO_MARK);
+//  2. a packet that carries a verdict mark in Marks.Mask — set by the agent
+//     when it re-injects a queued packet with NF_REPEAT — has the mark saved
+//     on its connection (CONNMARK --save-mark);
+//  3. connections marked Allow return to OUTPUT (the user's own rules still
+//     apply), Deny drops, Reject answers with a TCP reset or ICMP port
+//     unreachable;
+//  4. unless InterceptLoopback, loopback traffic returns;
+//  5. new TCP connections (SYN), new UDP flows and new ICMP echo requests go
+//     to NFQUEUE Config.QueueNum, with --queue-bypass when FailOpen.
+//
+// Only the first packet of a connection is queued; once Allow is saved on the
+// connection, later packets return at step 3 without leaving the kernel.
+// Deny and Reject drop the packet before conntrack confirms the connection,
+// so the connmark does not outlive that packet: a retransmitted SYN is
+// queued again and the agent must answer it from its own verdict cache.
+//
+// Rules are applied with one iptables-restore --noflush transaction per
+// family. Install is idempotent and also repairs what a crashed agent left
+// behind: the chain is flushed and rebuilt and the jump rule ends up present
+// exactly once, at position 1. Remove deletes exactly the jump rules and the
+// chain, and never flushes OUTPUT or touches other rules.
+//
+// Commands run as "nsenter --net=/run/netns/NAME iptables ...", so only the
+// network namespace changes: the process stays in the root mount namespace
+// (unlike "ip netns exec", which remounts /sys), and the xtables lock
+// (/run/xtables.lock, taken with -w) is the host's.
+//
+// Trust boundary: the caller (the agent, running as root) is trusted; the
+// configuration is validated and every value is formatted by this package, so
+// nothing reaches iptables unquoted from elsewhere. SECURITY: the rules trust
+// packet marks in Marks.Mask, which only processes with CAP_NET_ADMIN (or,
+// since Linux 5.17, CAP_NET_RAW) can set with SO_MARK, and mangle-table rules
+// can set. A mask that another tool on the host also uses for its marks would
+// let its packets skip or hit Bastion's verdicts; the default 0x0F000000
+// avoids the ranges used by common tools (WireGuard, Tailscale, Docker,
+// Kubernetes).
+package fw

@@ -1,0 +1,363 @@
+package fw
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/bastion-fw/bastion/internal/netns"
+)
+
+// Backend is the iptables implementation the rules are written with.
+type Backend string
+
+// The two backends Debian's iptables package installs.
+const (
+	BackendNFT    Backend = "nft"    // iptables-nft, nf_tables with xt compat
+	BackendLegacy Backend = "legacy" // iptables-legacy, x_tables
+)
+
+// DefaultChain is the name of Bastion's chain.
+const DefaultChain = "BASTION-OUT"
+
+// Marks are the packet and connection mark values Bastion uses; all of them
+// live within Mask, so other tools' marks outside it are left alone.
+type Marks struct {
+	Mask   uint32
+	Allow  uint32
+	Deny   uint32
+	Reject uint32
+	// Own marks the agent's own sockets (SO_MARK), which bypass the queue.
+	Own uint32
+}
+
+// DefaultMarks returns the marks used when Config.Marks is zero.
+func DefaultMarks() Marks {
+	return Marks{Mask: 0x0F000000, Allow: 0x01000000, Deny: 0x02000000, Reject: 0x03000000, Own: 0x0F000000}
+}
+
+// Validate checks that the marks are non-zero, distinct and inside Mask.
+func (m Marks) Validate() error {
+	if m.Mask == 0 {
+		return errors.New("fw: mark mask is zero")
+	}
+	vals := []struct {
+		name string
+		v    uint32
+	}{{"allow", m.Allow}, {"deny", m.Deny}, {"reject", m.Reject}, {"own", m.Own}}
+	for i, a := range vals {
+		if a.v == 0 || a.v&^m.Mask != 0 {
+			return fmt.Errorf("fw: %s mark %#x must be non-zero and inside mask %#x", a.name, a.v, m.Mask)
+		}
+		for _, b := range vals[:i] {
+			if a.v == b.v {
+				return fmt.Errorf("fw: %s and %s marks are both %#x", b.name, a.name, a.v)
+			}
+		}
+	}
+	return nil
+}
+
+// Config says where and how to install the rules.
+type Config struct {
+	// Backend selects iptables-nft or iptables-legacy; "" detects it with
+	// DetectBackend.
+	Backend Backend
+	// NetNS is a namespace name under /run/netns or a path; "" is the
+	// caller's namespace.
+	NetNS string
+	// QueueNum is the NFQUEUE number the agent listens on.
+	QueueNum uint16
+	// FailOpen adds --queue-bypass: while no program listens on the queue,
+	// packets pass instead of being dropped.
+	FailOpen bool
+	// InterceptLoopback queues loopback traffic too.
+	InterceptLoopback bool
+	// Marks; the zero value means DefaultMarks.
+	Marks Marks
+	// Chain is the name of Bastion's chain; "" means DefaultChain.
+	Chain string
+	// Log receives notices (such as IPv6 being skipped); nil discards.
+	Log *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Marks == (Marks{}) {
+		c.Marks = DefaultMarks()
+	}
+	if c.Chain == "" {
+		c.Chain = DefaultChain
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate checks the configuration after defaults are applied.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch c.Backend {
+	case "", BackendNFT, BackendLegacy:
+	default:
+		return fmt.Errorf("fw: unknown backend %q (want %q or %q)", c.Backend, BackendNFT, BackendLegacy)
+	}
+	if err := validChain(c.Chain); err != nil {
+		return err
+	}
+	return c.Marks.Validate()
+}
+
+func validChain(name string) error {
+	// xtables chain names are at most 28 characters; keep to a safe
+	// alphabet so a name never reads as an option or breaks a restore line.
+	if len(name) == 0 || len(name) > 28 || name[0] == '-' {
+		return fmt.Errorf("fw: invalid chain name %q", name)
+	}
+	for _, r := range name {
+		if !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("fw: invalid chain name %q", name)
+		}
+	}
+	switch name {
+	case "INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING":
+		return fmt.Errorf("fw: chain name %q is a built-in chain", name)
+	}
+	return nil
+}
+
+// family is IPv4 or IPv6.
+type family struct {
+	v6   bool
+	name string // "iptables" or "ip6tables"
+}
+
+var (
+	familyV4 = family{v6: false, name: "iptables"}
+	familyV6 = family{v6: true, name: "ip6tables"}
+)
+
+// runner runs the iptables tools of one backend in one namespace.
+type runner struct {
+	backend Backend
+	nsPath  string // "" = current namespace
+}
+
+func newRunner(cfg Config) (runner, error) {
+	r := runner{backend: cfg.Backend}
+	if cfg.NetNS != "" {
+		r.nsPath = cfg.NetNS
+		if !strings.Contains(cfg.NetNS, "/") {
+			r.nsPath = filepath.Join(netns.RunDir, cfg.NetNS)
+		}
+		if _, err := os.Stat(r.nsPath); err != nil {
+			return r, fmt.Errorf("fw: network namespace %q: %w", cfg.NetNS, err)
+		}
+	}
+	return r, nil
+}
+
+// tool returns e.g. "ip6tables-nft-restore" for (v6, "-restore").
+func (r runner) tool(f family, suffix string) string {
+	return f.name + "-" + string(r.backend) + suffix
+}
+
+func (r runner) run(ctx context.Context, stdin string, bin string, args ...string) (string, error) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("fw: %s not found (install Debian package iptables): %w", bin, err)
+	}
+	var cmd *exec.Cmd
+	if r.nsPath != "" {
+		nsenter, err := exec.LookPath("nsenter")
+		if err != nil {
+			return "", fmt.Errorf("fw: nsenter not found (install util-linux): %w", err)
+		}
+		cmd = exec.CommandContext(ctx, nsenter, append([]string{"--net=" + r.nsPath, "--", path}, args...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, path, args...)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg != "" {
+			return stdout.String(), fmt.Errorf("fw: %s %s: %w: %s", bin, strings.Join(args, " "), err, msg)
+		}
+		return stdout.String(), fmt.Errorf("fw: %s %s: %w", bin, strings.Join(args, " "), err)
+	}
+	return stdout.String(), nil
+}
+
+func (r runner) save(ctx context.Context, f family) (string, error) {
+	return r.run(ctx, "", r.tool(f, "-save"))
+}
+
+func (r runner) restore(ctx context.Context, f family, script string) error {
+	_, err := r.run(ctx, script, r.tool(f, "-restore"), "-w", "--noflush")
+	return err
+}
+
+// kernelHasIPv6 reports whether the kernel supports IPv6 at all. IPv6 being
+// disabled by sysctl in a namespace does not count: ip6tables still works
+// there and the rules are installed.
+func kernelHasIPv6() bool {
+	_, err := os.Stat("/proc/sys/net/ipv6")
+	return err == nil
+}
+
+func families(cfg Config, op string) []family {
+	if kernelHasIPv6() {
+		return []family{familyV4, familyV6}
+	}
+	cfg.Log.Warn("kernel has no IPv6 support; skipping ip6tables", "op", op)
+	return []family{familyV4}
+}
+
+func prepare(ctx context.Context, cfg Config) (Config, runner, error) {
+	if err := cfg.Validate(); err != nil {
+		return cfg, runner{}, err
+	}
+	cfg = cfg.withDefaults()
+	if cfg.Backend == "" {
+		b, err := DetectBackend(ctx, cfg.NetNS)
+		if err != nil {
+			return cfg, runner{}, err
+		}
+		cfg.Backend = b
+		cfg.Log.Info("detected iptables backend", "backend", b)
+	}
+	r, err := newRunner(cfg)
+	return cfg, r, err
+}
+
+// Install installs Bastion's chain and the jump to it in both families. It
+// is idempotent and repairs leftovers of a previous run (see package doc).
+func Install(ctx context.Context, cfg Config) error {
+	cfg, r, err := prepare(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, f := range families(cfg, "install") {
+		saved, err := r.save(ctx, f)
+		if err != nil {
+			return err
+		}
+		st := inspect(saved, cfg.Chain)
+		var b strings.Builder
+		b.WriteString("*filter\n")
+		// In --noflush mode declaring a chain creates it, or flushes it if
+		// it exists: either way it is rebuilt from scratch below.
+		fmt.Fprintf(&b, ":%s - [0:0]\n", cfg.Chain)
+		for _, rule := range chainRules(cfg, f.v6) {
+			fmt.Fprintf(&b, "-A %s %s\n", cfg.Chain, rule)
+		}
+		for range st.jumps {
+			fmt.Fprintf(&b, "-D OUTPUT -j %s\n", cfg.Chain)
+		}
+		fmt.Fprintf(&b, "-I OUTPUT 1 -j %s\nCOMMIT\n", cfg.Chain)
+		if err := r.restore(ctx, f, b.String()); err != nil {
+			return fmt.Errorf("fw: install %s rules: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// Remove deletes every jump to Bastion's chain from OUTPUT and the chain
+// itself, in both families, and nothing else. Removing what is not there is
+// not an error.
+func Remove(ctx context.Context, cfg Config) error {
+	cfg, r, err := prepare(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range families(cfg, "remove") {
+		saved, err := r.save(ctx, f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := inspect(saved, cfg.Chain)
+		if st.jumps == 0 && !st.chain {
+			continue
+		}
+		var b strings.Builder
+		b.WriteString("*filter\n")
+		for range st.jumps {
+			fmt.Fprintf(&b, "-D OUTPUT -j %s\n", cfg.Chain)
+		}
+		if st.chain {
+			fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.Chain, cfg.Chain)
+		}
+		b.WriteString("COMMIT\n")
+		if err := r.restore(ctx, f, b.String()); err != nil {
+			errs = append(errs, fmt.Errorf("fw: remove %s rules: %w", f.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// state is what a saved filter table says about Bastion's rules.
+type state struct {
+	chain bool // the chain exists
+	jumps int  // number of "-A OUTPUT -j CHAIN" rules
+}
+
+func inspect(saved, chain string) state {
+	var st state
+	inFilter := false
+	for line := range strings.Lines(saved) {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "*"):
+			inFilter = line == "*filter"
+		case !inFilter:
+		case strings.HasPrefix(line, ":"+chain+" "):
+			st.chain = true
+		case line == "-A OUTPUT -j "+chain:
+			st.jumps++
+		}
+	}
+	return st
+}
+
+// chainRules returns the rules of Bastion's chain, without "-A CHAIN".
+func chainRules(cfg Config, v6 bool) []string {
+	m := cfg.Marks
+	mark := func(v uint32) string { return fmt.Sprintf("%#x/%#x", v, m.Mask) }
+	unreach, icmpEcho := "icmp-port-unreachable", "-p icmp --icmp-type echo-request"
+	if v6 {
+		unreach, icmpEcho = "icmp6-port-unreachable", "-p ipv6-icmp --icmpv6-type echo-request"
+	}
+	queue := fmt.Sprintf("-j NFQUEUE --queue-num %d", cfg.QueueNum)
+	if cfg.FailOpen {
+		queue += " --queue-bypass"
+	}
+	rules := []string{
+		// SECURITY: only CAP_NET_ADMIN/CAP_NET_RAW processes can set SO_MARK.
+		"-m mark --mark " + mark(m.Own) + " -j RETURN",
+		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),
+		"-m connmark --mark " + mark(m.Allow) + " -j RETURN",
+		"-m connmark --mark " + mark(m.Deny) + " -j DROP",
+		"-p tcp -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with tcp-reset",
+		"-m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with " + unreach,
+	}
+	if !cfg.InterceptLoopback {
+		rules = append(rules, "-o lo -j RETURN")
+	}
+	return append(rules,
+		"-p tcp --syn -m conntrack --ctstate NEW "+queue,
+		"-p udp -m conntrack --ctstate NEW "+queue,
+		icmpEcho+" -m conntrack --ctstate NEW "+queue,
+	)
+}
