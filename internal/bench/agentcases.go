@@ -1,0 +1,243 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/testenv"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+// decider answers every pending connection of an agent with ALLOW in the
+// given scope, and forwards what it decided to seen (if not nil).
+func decider(ctx context.Context, a *Agent, scope agentv1.Scope, seen chan<- *agentv1.PendingConnection) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := a.Client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch pending: %w", err)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if ev.GetKind() != agentv1.PendingEvent_KIND_ADDED {
+				continue
+			}
+			pc := ev.GetConnection()
+			if seen != nil {
+				select {
+				case seen <- pc:
+				default: // the reader fell behind; it counts a miss
+				}
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				a.Client.Decide(ctx, &agentv1.DecideRequest{Id: pc.GetId(), Action: agentv1.Action_ACTION_ALLOW, Scope: scope})
+			}()
+		}
+	}()
+	return func() { cancel(); wg.Wait() }, nil
+}
+
+// AgentCached measures connections the agent allows from its decision
+// cache: one connection is answered through the API with scope
+// destination-port, every later one hits the cache.
+func AgentCached(ctx context.Context, runner AgentRunner, workers int, d time.Duration) (Result, Usage, error) {
+	return agentRate(ctx, runner, "agent, cached allow", agentv1.Scope_SCOPE_DESTINATION_PORT, workers, d)
+}
+
+// AgentAPI measures connections that each wait for an ALLOW through the
+// API (scope connection), the worst case of an interactive firewall.
+func AgentAPI(ctx context.Context, runner AgentRunner, workers int, d time.Duration) (Result, Usage, error) {
+	return agentRate(ctx, runner, "agent, API answers each", agentv1.Scope_SCOPE_CONNECTION, workers, d)
+}
+
+func agentRate(ctx context.Context, runner AgentRunner, name string, scope agentv1.Scope, workers int, d time.Duration) (Result, Usage, error) {
+	ns, err := testenv.CreateNetNS("")
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	defer ns.Delete()
+	addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	defer closeSrv()
+	a, err := runner.Start(ctx, ns)
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	defer a.Stop()
+	stop, err := decider(ctx, a, scope, nil)
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	defer stop()
+	// Warm up: the first connection goes through the API (and, for the
+	// cached case, creates the cache entry).
+	warm := testenv.Poll(10*time.Second, func() bool {
+		return ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}) == nil
+	})
+	if !warm {
+		return Result{}, Usage{}, fmt.Errorf("%s: warm-up connection not allowed within 10s: %s", name, a.LogTail(5))
+	}
+	before, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if err != nil {
+		return Result{}, Usage{}, fmt.Errorf("agent status: %w", err)
+	}
+	u0, err := ReadUsage(a.Cmd.Process.Pid)
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	r := ConnRate(ctx, ns, name, addr, workers, d)
+	u1, err := ReadUsage(a.Cmd.Process.Pid)
+	if err != nil {
+		return r, Usage{}, err
+	}
+	after, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if err == nil {
+		c0, c1 := before.GetCounters(), after.GetCounters()
+		r.Note = strings.TrimSpace(r.Note + fmt.Sprintf(" mechanism=%s packets=%d cache_hits=%d api_decisions=%d",
+			after.GetMechanism(), c1.GetPackets()-c0.GetPackets(), c1.GetCacheHits()-c0.GetCacheHits(),
+			c1.GetApiDecisions()-c0.GetApiDecisions()))
+	}
+	return r, Usage{RSSKB: u1.RSSKB, HWMKB: u1.HWMKB, CPUTicks: u1.CPUTicks - u0.CPUTicks}, nil
+}
+
+// Attribution is how well the agent names the process behind connections
+// of short-lived processes.
+type Attribution struct {
+	Processes  int            `json:"processes"`
+	Identified int            `json:"identified"` // right TGID, UID and executable
+	Share      float64        `json:"share"`
+	Misses     map[string]int `json:"misses,omitempty"` // reason -> count
+	Seconds    float64        `json:"seconds"`
+	Mechanism  string         `json:"mechanism,omitempty"`
+	Skipped    string         `json:"skipped,omitempty"`
+}
+
+// MeasureAttribution runs n dialer processes one after another, rotating
+// over TCP and UDP, IPv4 and IPv6, and UIDs 0, 1000 and 1001. Each connects
+// (or sends one datagram) and exits at once; the agent's pending entry for
+// its flow must name its TGID, UID and executable.
+func MeasureAttribution(ctx context.Context, runner AgentRunner, dialer string, n int) (Attribution, error) {
+	res := Attribution{Misses: map[string]int{}}
+	ns, err := testenv.CreateNetNS("")
+	if err != nil {
+		return res, err
+	}
+	defer ns.Delete()
+	var tcp4, tcp6 string
+	for _, p := range []struct {
+		dst  *string
+		addr string
+	}{{&tcp4, "127.0.0.1:0"}, {&tcp6, "[::1]:0"}} {
+		addr, closeSrv, err := AcceptAndClose(ctx, ns, p.addr)
+		if err != nil {
+			return res, err
+		}
+		defer closeSrv()
+		*p.dst = addr
+	}
+	// UDP needs no server: the first datagram is what the agent holds.
+	_, port4, _ := net.SplitHostPort(tcp4)
+	_, port6, _ := net.SplitHostPort(tcp6)
+	udp4, udp6 := net.JoinHostPort("127.0.0.1", port4), net.JoinHostPort("::1", port6)
+
+	a, err := runner.Start(ctx, ns)
+	if err != nil {
+		return res, err
+	}
+	defer a.Stop()
+	seen := make(chan *agentv1.PendingConnection, 1024)
+	stop, err := decider(ctx, a, agentv1.Scope_SCOPE_CONNECTION, seen)
+	if err != nil {
+		return res, err
+	}
+	defer stop()
+
+	kinds := []struct {
+		net, addr string
+		proto     agentv1.Protocol
+	}{
+		{"tcp4", tcp4, agentv1.Protocol_PROTOCOL_TCP},
+		{"udp4", udp4, agentv1.Protocol_PROTOCOL_UDP},
+		{"tcp6", tcp6, agentv1.Protocol_PROTOCOL_TCP},
+		{"udp6", udp6, agentv1.Protocol_PROTOCOL_UDP},
+	}
+	uids := []uint32{0, 1000, 1001}
+	start := time.Now()
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		k, uid := kinds[i%len(kinds)], uids[(i/len(kinds))%len(uids)]
+		res.Processes++
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := ns.RunDialer(dctx, dialer, uid, uid, "-net", k.net, "-addr", k.addr, "-timeout", "5s")
+		cancel()
+		if err != nil || !r.OK {
+			res.Misses["dialer failed: "+r.Kind]++
+			continue
+		}
+		_, lport, _ := net.SplitHostPort(r.Local)
+		// Find the pending entry of this flow; earlier entries of
+		// other flows (e.g. a retransmission) are skipped.
+		var pc *agentv1.PendingConnection
+		deadline := time.After(2 * time.Second)
+	wait:
+		for {
+			select {
+			case c := <-seen:
+				if c.GetFlow().GetProtocol() == k.proto && strconv.Itoa(int(c.GetFlow().GetSrcPort())) == lport {
+					pc = c
+					break wait
+				}
+			case <-deadline:
+				break wait
+			}
+		}
+		switch p := pc.GetProcess(); {
+		case pc == nil:
+			res.Misses["no pending entry"]++
+		case p.GetIdentifiedBy() == "":
+			res.Misses["unidentified"]++
+		case int(p.GetTgid()) != r.PID:
+			res.Misses["wrong pid"]++
+		case p.GetUid() != uid:
+			res.Misses["wrong uid"]++
+		case p.GetExe() != dialer:
+			res.Misses["wrong exe"]++
+		default:
+			res.Identified++
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	if res.Processes > 0 {
+		res.Share = float64(res.Identified) / float64(res.Processes)
+	}
+	if st, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{}); err == nil {
+		res.Mechanism = st.GetMechanism()
+	}
+	return res, nil
+}

@@ -1,0 +1,247 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/testenv"
+)
+
+// Config says what to run.
+type Config struct {
+	Duration  time.Duration // per connection-rate case
+	Workers   int           // dialing goroutines, each on its own thread
+	AgentBin  string        // prebuilt bastion-agent; empty builds ./cmd/bastion-agent
+	NoAgent   bool          // skip the agent cases
+	Processes int           // short-lived processes in the attribution case
+}
+
+// DefaultConfig keeps the whole run under three minutes.
+func DefaultConfig() Config {
+	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000}
+}
+
+// Validate checks the bounds that keep a run short and meaningful.
+func (c Config) Validate() error {
+	switch {
+	case c.Duration < 100*time.Millisecond || c.Duration > 30*time.Second:
+		return fmt.Errorf("duration %v: want 100ms to 30s", c.Duration)
+	case c.Workers < 1 || c.Workers > 64:
+		return fmt.Errorf("workers %d: want 1 to 64", c.Workers)
+	case c.Processes < 0 || c.Processes > 20000:
+		return fmt.Errorf("processes %d: want 0 to 20000", c.Processes)
+	}
+	return nil
+}
+
+// Report is the whole run; it is printed as the final JSON line.
+type Report struct {
+	Machine     Machine     `json:"machine"`
+	Workers     int         `json:"workers"`
+	Results     []Result    `json:"results"`
+	Ratios      Ratios      `json:"ratios"`
+	Attribution Attribution `json:"attribution"`
+	// AgentPer1000 is the agent's CPU time per 1000 connections answered
+	// through the API, and its resident memory after them.
+	AgentCPUMsPer1000 float64  `json:"agent_cpu_ms_per_1000_conns,omitempty"`
+	AgentRSSKB        int64    `json:"agent_rss_kb,omitempty"`
+	AgentHWMKB        int64    `json:"agent_peak_rss_kb,omitempty"`
+	Errors            []string `json:"errors,omitempty"`
+}
+
+// Ratios compare connection rates of the same run (1.0 = as fast).
+type Ratios struct {
+	BareQueueVsNone   float64 `json:"bare_nfqueue_vs_no_firewall,omitempty"`
+	CachedVsNone      float64 `json:"agent_cached_vs_no_firewall,omitempty"`
+	CachedVsBareQueue float64 `json:"agent_cached_vs_bare_nfqueue,omitempty"`
+	APIVsNone         float64 `json:"agent_api_vs_no_firewall,omitempty"`
+	APIVsBareQueue    float64 `json:"agent_api_vs_bare_nfqueue,omitempty"`
+}
+
+// Run measures every case, prints a table as it goes and the report as one
+// JSON line at the end. Failures of single cases are recorded in the
+// report; Run fails only when the baseline cannot be measured.
+func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Report, error) {
+	if err := cfg.Validate(); err != nil {
+		return Report{}, err
+	}
+	rep := Report{Machine: ReadMachine(), Workers: cfg.Workers}
+	fmt.Fprintf(out, "machine: %d CPUs, kernel %s, %s; %d dialing threads, %v per case\n\n",
+		rep.Machine.CPUs, rep.Machine.Kernel, rep.Machine.GoVersion, cfg.Workers, cfg.Duration)
+	fmt.Fprintf(out, "%-28s %10s %10s %12s %12s  %s\n", "case", "conns", "conn/s", "p50 us", "p99 us", "note")
+	row := func(r Result) {
+		rep.Results = append(rep.Results, r)
+		if r.Skipped != "" {
+			fmt.Fprintf(out, "%-28s %10s  skipped: %s\n", r.Name, "-", r.Skipped)
+			return
+		}
+		fmt.Fprintf(out, "%-28s %10d %10.0f %12.1f %12.1f  %s\n", r.Name, r.Conns, r.ConnPerSec, r.P50US, r.P99US, r.Note)
+	}
+	fail := func(err error) {
+		rep.Errors = append(rep.Errors, err.Error())
+		log.Error("bench case failed", "err", err)
+	}
+
+	none, err := noFirewall(ctx, cfg)
+	if err != nil {
+		return rep, fmt.Errorf("no-firewall baseline: %w", err)
+	}
+	row(none)
+	bare, err := bareQueue(ctx, cfg)
+	if err != nil {
+		fail(err)
+		bare = Result{Name: "bare NFQUEUE (accept all)", Skipped: err.Error()}
+	}
+	row(bare)
+
+	cached := Result{Name: "agent, cached allow"}
+	api := Result{Name: "agent, API answers each"}
+	rep.Attribution.Skipped = "agent not run"
+	if runner, cleanup, err := agentRunner(cfg); cfg.NoAgent {
+		cached.Skipped, api.Skipped, rep.Attribution.Skipped = "disabled (-no-agent)", "disabled (-no-agent)", "disabled (-no-agent)"
+	} else if err != nil {
+		fail(err)
+		cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
+	} else {
+		defer cleanup()
+		if r, _, err := AgentCached(ctx, runner, cfg.Workers, cfg.Duration); err != nil {
+			fail(err)
+			cached.Skipped = err.Error()
+		} else {
+			cached = r
+		}
+		if r, u, err := AgentAPI(ctx, runner, cfg.Workers, cfg.Duration); err != nil {
+			fail(err)
+			api.Skipped = err.Error()
+		} else {
+			api = r
+			if r.Conns > 0 {
+				rep.AgentCPUMsPer1000 = u.CPUMillis() * 1000 / float64(r.Conns)
+			}
+			rep.AgentRSSKB, rep.AgentHWMKB = u.RSSKB, u.HWMKB
+		}
+		if cfg.Processes > 0 {
+			rep.Attribution = attribution(ctx, cfg, runner, fail)
+		}
+	}
+	row(cached)
+	row(api)
+
+	ratio := func(a, b Result) float64 {
+		if a.Skipped != "" || b.Skipped != "" || b.ConnPerSec == 0 {
+			return 0
+		}
+		return a.ConnPerSec / b.ConnPerSec
+	}
+	rep.Ratios = Ratios{
+		BareQueueVsNone:   ratio(bare, none),
+		CachedVsNone:      ratio(cached, none),
+		CachedVsBareQueue: ratio(cached, bare),
+		APIVsNone:         ratio(api, none),
+		APIVsBareQueue:    ratio(api, bare),
+	}
+	fmt.Fprintf(out, "\nratios (conn/s, same run): bare NFQUEUE / none %.3f; agent cached / none %.3f, / bare %.3f; agent API / none %.3f, / bare %.3f\n",
+		rep.Ratios.BareQueueVsNone, rep.Ratios.CachedVsNone, rep.Ratios.CachedVsBareQueue, rep.Ratios.APIVsNone, rep.Ratios.APIVsBareQueue)
+	if a := rep.Attribution; a.Skipped == "" {
+		fmt.Fprintf(out, "attribution: %d/%d short-lived processes identified (%.1f%%) by %s in %.1fs; misses %v\n",
+			a.Identified, a.Processes, 100*a.Share, a.Mechanism, a.Seconds, a.Misses)
+		fmt.Fprintf(out, "agent: %.1f ms CPU per 1000 API-answered connections, RSS %d KiB (peak %d KiB)\n",
+			rep.AgentCPUMsPer1000, rep.AgentRSSKB, rep.AgentHWMKB)
+	} else {
+		fmt.Fprintf(out, "attribution: skipped: %s\n", a.Skipped)
+	}
+	line, err := json.Marshal(rep)
+	if err != nil {
+		return rep, fmt.Errorf("encode report: %w", err)
+	}
+	fmt.Fprintln(out, string(line))
+	return rep, nil
+}
+
+func noFirewall(ctx context.Context, cfg Config) (Result, error) {
+	ns, err := testenv.CreateNetNS("")
+	if err != nil {
+		return Result{}, err
+	}
+	defer ns.Delete()
+	addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeSrv()
+	r := ConnRate(ctx, ns, "no firewall", addr, cfg.Workers, cfg.Duration)
+	if r.Conns == 0 {
+		return r, fmt.Errorf("no connection succeeded: %s", r.Note)
+	}
+	return r, nil
+}
+
+func bareQueue(ctx context.Context, cfg Config) (Result, error) {
+	ns, err := testenv.CreateNetNS("")
+	if err != nil {
+		return Result{}, err
+	}
+	defer ns.Delete()
+	addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
+	if err != nil {
+		return Result{}, err
+	}
+	defer closeSrv()
+	q, err := StartBareQueue(ctx, ns, 9)
+	if err != nil {
+		return Result{}, err
+	}
+	defer q.Close()
+	r := ConnRate(ctx, ns, "bare NFQUEUE (accept all)", addr, cfg.Workers, cfg.Duration)
+	// Sanity: every connection's SYN went through the queue.
+	r.Note = fmt.Sprintf("%s queued=%d", r.Note, q.Seen())
+	if q.Seen() < uint64(r.Conns) {
+		return r, fmt.Errorf("bare NFQUEUE saw %d packets for %d connections: rule not effective", q.Seen(), r.Conns)
+	}
+	return r, nil
+}
+
+// agentRunner builds (or takes) the agent binary into a scratch directory.
+func agentRunner(cfg Config) (AgentRunner, func(), error) {
+	if cfg.NoAgent {
+		return nil, nil, nil
+	}
+	dir, err := testenv.MakeTempDir("bastion-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	bin := cfg.AgentBin
+	if bin == "" {
+		if bin, err = testenv.GoBuild(dir, "bastion-agent", AgentPackage); err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("agent not available: %w", err)
+		}
+	}
+	return BinaryAgent{Bin: bin, Dir: dir, QueueNum: 10}, cleanup, nil
+}
+
+func attribution(ctx context.Context, cfg Config, runner AgentRunner, fail func(error)) Attribution {
+	dir, err := testenv.MakeTempDir("bastion-bench-dialer-")
+	if err != nil {
+		fail(err)
+		return Attribution{Skipped: err.Error()}
+	}
+	defer os.RemoveAll(dir)
+	bin, err := testenv.BuildDialerTo(dir)
+	if err != nil {
+		fail(err)
+		return Attribution{Skipped: err.Error()}
+	}
+	a, err := MeasureAttribution(ctx, runner, bin, cfg.Processes)
+	if err != nil {
+		fail(err)
+		a.Skipped = err.Error()
+	}
+	return a
+}
