@@ -24,6 +24,7 @@ var ErrNotFound = errors.New("procfs: no process owns this flow")
 // concurrent use; calls are serialised.
 type Resolver struct {
 	fsys fs.FS
+	ns   *os.File // a duplicate of New's ns, nil for the caller's
 
 	mu   sync.Mutex
 	conn *netlink.Conn
@@ -33,7 +34,8 @@ type Resolver struct {
 // New opens a NETLINK_SOCK_DIAG socket inside network namespace ns (nil: the
 // caller's) and uses fsys, usually os.DirFS("/proc"), for /proc. The socket
 // is created on a thread that entered ns and stays bound to ns, so ns need
-// not stay open afterwards. fsys must show the processes that hold sockets in
+// not stay open afterwards (New keeps its own duplicate for reading
+// /proc/thread-self/net inside ns). fsys must show the processes that hold sockets in
 // ns, that is, be the /proc of their PID namespace.
 func New(ns *os.File, fsys fs.FS) (*Resolver, error) {
 	var conn *netlink.Conn
@@ -45,15 +47,28 @@ func New(ns *os.File, fsys fs.FS) (*Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sock_diag socket: %w", err)
 	}
-	return &Resolver{fsys: fsys, conn: conn, fds: newInodeScanner(fsys)}, nil
+	r := &Resolver{fsys: fsys, conn: conn, fds: newInodeScanner(fsys)}
+	if ns != nil {
+		fd, err := unix.FcntlInt(ns.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("duplicate network namespace descriptor: %w", err)
+		}
+		r.ns = os.NewFile(uintptr(fd), ns.Name())
+	}
+	return r, nil
 }
 
 // Close releases the netlink socket.
 func (r *Resolver) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.conn.Close(); err != nil {
-		return fmt.Errorf("close sock_diag socket: %w", err)
+	var nsErr error
+	if r.ns != nil {
+		nsErr = r.ns.Close()
+	}
+	if err := errors.Join(r.conn.Close(), nsErr); err != nil {
+		return fmt.Errorf("close resolver: %w", err)
 	}
 	return nil
 }
@@ -64,8 +79,11 @@ func (r *Resolver) Close() error {
 // TCP sockets match in every state (SYN_SENT included) on the exact 4-tuple.
 // UDP sockets match on local port and address, connected to t.Dst or not; the
 // most specific socket wins, as in the kernel. ICMP and ICMPv6 echo flows
-// match ping sockets by echo identifier where the kernel's inet_diag knows
-// them; otherwise Resolve returns an error saying so.
+// match ping sockets (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)) by echo
+// identifier, through inet_diag where the kernel supports it and otherwise
+// through /proc/net/icmp{,6} as seen from inside the namespace; if neither
+// works the error wraps errors.ErrUnsupported. Raw ICMP sockets (setuid or
+// CAP_NET_RAW ping) are not found.
 //
 // When the socket exists but no process holds it (the owner exited, or the
 // socket is in TIME_WAIT), Resolve returns a Process with only UID (the
@@ -146,7 +164,7 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 	}
 
 	families := []uint8{family}
-	if v4 {
+	if v4 && (t.Proto == flow.TCP || t.Proto == flow.UDP) {
 		families = append(families, unix.AF_INET6) // dual-stack sockets
 	}
 	best, bestScore := diagSock{}, -1
@@ -154,9 +172,15 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 		socks, err := r.dump(fam, proto)
 		if err != nil {
 			if (t.Proto == flow.ICMP || t.Proto == flow.ICMPv6) && errors.Is(err, unix.ENOENT) {
-				return diagSock{}, fmt.Errorf("this kernel's sock_diag does not report ping sockets: %w", errors.ErrUnsupported)
+				// No inet_diag handler for ping sockets (the
+				// case up to at least Linux 6.18).
+				socks, err = r.pingTable(fam)
+				if err != nil {
+					return diagSock{}, fmt.Errorf("sock_diag does not report ping sockets, and %w: %w", err, errors.ErrUnsupported)
+				}
+			} else {
+				return diagSock{}, err
 			}
-			return diagSock{}, err
 		}
 		for _, s := range socks {
 			if sc := matchScore(s, t); sc > bestScore {
@@ -203,6 +227,29 @@ func (r *Resolver) dump(family, proto uint8) ([]diagSock, error) {
 			return nil, fmt.Errorf("dump sockets of family %d protocol %d: %w", family, proto, err)
 		}
 		socks = append(socks, s)
+	}
+	return socks, nil
+}
+
+// pingTable reads the ping sockets of r's network namespace from
+// /proc/thread-self/net/icmp{,6}, on a thread inside that namespace.
+func (r *Resolver) pingTable(family uint8) ([]diagSock, error) {
+	name := "thread-self/net/icmp"
+	if family == unix.AF_INET6 {
+		name += "6"
+	}
+	var b []byte
+	err := netns.Do(r.ns, func() error {
+		var err error
+		b, err = readBounded(r.fsys, name, maxPingTableBytes)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read ping sockets: %w", err)
+	}
+	socks, err := parsePingTable(b, family)
+	if err != nil {
+		return nil, fmt.Errorf("read ping sockets: %w", err)
 	}
 	return socks, nil
 }

@@ -344,12 +344,11 @@ func TestResolveV4Mapped(t *testing.T) {
 	}
 }
 
-// TestResolveICMP documents what ping sockets give: an answer, or an error
-// that says the kernel cannot, never a wrong process.
+// TestResolveICMP finds a ping socket, v4 and v6, connected or not.
 func TestResolveICMP(t *testing.T) {
 	requireRoot(t)
 	ns := testNetns(t)
-	var fd int
+	fd, fd6 := -1, -1
 	err := netns.Do(ns, func() error {
 		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
 			return err
@@ -359,12 +358,22 @@ func TestResolveICMP(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 4321})
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 4321}); err != nil {
+			return err
+		}
+		fd6, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd6, &unix.SockaddrInet6{Port: 4322}); err != nil {
+			return err
+		}
+		return unix.Connect(fd6, &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()})
 	})
+	t.Cleanup(func() { unix.Close(fd); unix.Close(fd6) })
 	if err != nil {
-		t.Fatalf("open ping socket in test netns: %v", err)
+		t.Fatalf("open ping sockets in test netns: %v", err)
 	}
-	t.Cleanup(func() { unix.Close(fd) })
 	r, err := New(ns, os.DirFS("/proc"))
 	if err != nil {
 		t.Fatal(err)
@@ -372,13 +381,16 @@ func TestResolveICMP(t *testing.T) {
 	t.Cleanup(func() { r.Close() })
 	tuple := flow.Tuple{Proto: flow.ICMP, Src: netip.MustParseAddr("127.0.0.1"), SrcPort: 4321, Dst: netip.MustParseAddr("127.0.0.2")}
 	p, err := r.Resolve(tuple)
-	switch {
-	case errors.Is(err, errors.ErrUnsupported):
-		t.Logf("Resolve(%v): %v", tuple, err)
-	case err != nil:
-		t.Errorf("Resolve(%v): %v", tuple, err)
-	case p.TGID != uint32(os.Getpid()):
-		t.Errorf("Resolve(%v) = %+v; want this process (%d)", tuple, p, os.Getpid())
+	if err != nil || p.TGID != uint32(os.Getpid()) {
+		t.Errorf("Resolve(%v) = %+v, %v; want this process (%d)", tuple, p, err, os.Getpid())
+	}
+	tuple6 := flow.Tuple{Proto: flow.ICMPv6, Src: netip.MustParseAddr("::1"), SrcPort: 4322, Dst: netip.MustParseAddr("::1")}
+	if p, err := r.Resolve(tuple6); err != nil || p.TGID != uint32(os.Getpid()) {
+		t.Errorf("Resolve(%v) = %+v, %v; want this process (%d)", tuple6, p, err, os.Getpid())
+	}
+	tuple.SrcPort++
+	if p, err := r.Resolve(tuple); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Resolve(%v) = %+v, %v; want ErrNotFound", tuple, p, err)
 	}
 }
 
