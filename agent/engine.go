@@ -17,7 +17,14 @@ import (
 
 // releaser gives held packets their verdict.
 type releaser interface {
-	Release(id uint32, a flow.Action) error
+	Release(p PacketRef, a flow.Action) error
+}
+
+// PacketRef names a held packet: its queue ID and the mark it carried, which
+// the verdict must preserve outside Bastion's own bits (VPNs route by mark).
+type PacketRef struct {
+	ID   uint32
+	Mark uint32
 }
 
 // Errors the engine returns to API callers; api.go maps them to gRPC codes.
@@ -52,7 +59,7 @@ type pendingKey struct {
 }
 
 type heldPacket struct {
-	id    uint32
+	ref   PacketRef
 	tuple flow.Tuple
 }
 
@@ -180,7 +187,7 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 
 // Handle decides or holds one queued packet. It is called on the queue's
 // goroutine and returns without waiting for anyone.
-func (e *Engine) Handle(id uint32, t flow.Tuple, proc flow.Process) {
+func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	e.Counters.Packets.Add(1)
 	if proc.Known() && proc.Exe != "" {
 		e.Counters.Identified.Add(1)
@@ -256,16 +263,16 @@ func (e *Engine) Handle(id uint32, t flow.Tuple, proc flow.Process) {
 // HandleUnparsed gives a verdict to a packet whose headers could not be read.
 // Such a packet cannot be attributed or asked about; the prompt timeout
 // action applies to it at once.
-func (e *Engine) HandleUnparsed(id uint32) {
+func (e *Engine) HandleUnparsed(id PacketRef) {
 	e.Counters.Packets.Add(1)
 	e.Counters.Malformed.Add(1)
 	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "unparsed")
 }
 
-func (e *Engine) releaseOne(id uint32, a flow.Action, proc flow.Process, t flow.Tuple, by string) {
+func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, by string) {
 	if err := e.release.Release(id, a); err != nil {
 		e.Counters.ReleaseFailure.Add(1)
-		e.log.Warn("release packet", "packet_id", id, "verdict", a.String(), "err", err)
+		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
 	e.record(Decision{Time: e.now(), Process: proc, Tuple: t, Action: a, DecidedBy: by})
@@ -298,7 +305,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 
 func (e *Engine) releaseHeld(p *pending, held []heldPacket, a flow.Action, by string) {
 	for _, h := range held {
-		e.releaseOne(h.id, a, p.Process, h.tuple, by)
+		e.releaseOne(h.ref, a, p.Process, h.tuple, by)
 	}
 }
 

@@ -18,7 +18,8 @@ type fakeRelease struct {
 	got map[uint32]flow.Action
 }
 
-func (f *fakeRelease) Release(id uint32, a flow.Action) error {
+func (f *fakeRelease) Release(p PacketRef, a flow.Action) error {
+	id := p.ID
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, dup := f.got[id]; dup {
@@ -107,7 +108,7 @@ var (
 
 func TestSystemPolicyAllowsRootAtOnce(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), root)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), root)
 	if got := r.verdict(1); got != flow.ActionAllow {
 		t.Fatalf("root connection verdict = %v, want allow", got)
 	}
@@ -118,7 +119,7 @@ func TestSystemPolicyAllowsRootAtOnce(t *testing.T) {
 
 func TestDeadlineAppliesTimeoutAction(t *testing.T) {
 	e, r, clk := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
 	if got := r.verdict(1); got != flow.ActionNone {
 		t.Fatalf("verdict before deadline = %v, want none", got)
 	}
@@ -139,9 +140,9 @@ func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
 	e, r, _ := newTestEngine(t)
 	events, _, cancel := e.WatchPending(alice)
 	defer cancel()
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
-	e.Handle(2, tcp("192.0.2.1", 40000, 443), curl1000) // retransmitted SYN
-	e.Handle(3, tcp("192.0.2.1", 40001, 443), curl1000) // parallel connection
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40000, 443), curl1000) // retransmitted SYN
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40001, 443), curl1000) // parallel connection
 	if n, _ := e.Stats(); n != 1 {
 		t.Fatalf("%d pending entries, want 1", n)
 	}
@@ -164,7 +165,7 @@ func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
 		}
 	}
 	// A SYN retransmitted after the answer gets the same answer, no prompt.
-	e.Handle(4, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.1", 40000, 443), curl1000)
 	if got := r.verdict(4); got != flow.ActionReject {
 		t.Fatalf("late retransmit verdict %v, want reject", got)
 	}
@@ -175,8 +176,8 @@ func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
 
 func TestOtherProgramsAreNotHeldBack(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
-	e.Handle(2, tcp("192.0.2.2", 40002, 80), root)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.2", 40002, 80), root)
 	if got := r.verdict(2); got != flow.ActionAllow {
 		t.Fatalf("root's connection while curl waits: %v, want allow", got)
 	}
@@ -184,8 +185,8 @@ func TestOtherProgramsAreNotHeldBack(t *testing.T) {
 
 func TestUsersSeeAndDecideOnlyTheirOwn(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
-	e.Handle(2, tcp("192.0.2.1", 40001, 443), wget1001)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), wget1001)
 	aliceList := e.ListPending(alice)
 	if len(aliceList) != 1 || aliceList[0].Process.UID != 1000 {
 		t.Fatalf("alice sees %+v", aliceList)
@@ -213,25 +214,25 @@ func TestUsersSeeAndDecideOnlyTheirOwn(t *testing.T) {
 
 func TestScopedDecisionIsCachedAndExpires(t *testing.T) {
 	e, r, clk := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
 	id := e.ListPending(alice)[0].ID
 	if _, cid, err := e.Decide(alice, DecideRequest{ID: id, Action: flow.ActionAllow, Scope: ScopeDestinationPort, Lifetime: time.Minute}); err != nil || cid == "" {
 		t.Fatalf("Decide: %q %v", cid, err)
 	}
-	e.Handle(2, tcp("192.0.2.1", 40010, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40010, 443), curl1000)
 	if r.verdict(2) != flow.ActionAllow {
 		t.Fatal("cached decision did not apply to the next connection")
 	}
-	e.Handle(3, tcp("192.0.2.1", 40011, 80), curl1000) // other port: asks
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40011, 80), curl1000) // other port: asks
 	if r.verdict(3) != flow.ActionNone {
 		t.Fatal("destination-port scope covered another port")
 	}
-	e.Handle(4, tcp("192.0.2.1", 40012, 443), wget1001) // other program: asks
+	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.1", 40012, 443), wget1001) // other program: asks
 	if r.verdict(4) != flow.ActionNone {
 		t.Fatal("cache entry covered another user's program")
 	}
 	clk.Advance(61 * time.Second)
-	e.Handle(5, tcp("192.0.2.1", 40013, 443), curl1000)
+	e.Handle(PacketRef{ID: 5}, tcp("192.0.2.1", 40013, 443), curl1000)
 	if r.verdict(5) == flow.ActionAllow {
 		t.Fatal("expired cache entry still decided")
 	}
@@ -263,8 +264,8 @@ func TestCachePrecedenceMostSpecificWins(t *testing.T) {
 
 func TestWideDecisionSettlesOtherPendingEntries(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
-	e.Handle(2, tcp("192.0.2.2", 40001, 443), curl1000)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.2", 40001, 443), curl1000)
 	if n, _ := e.Stats(); n != 2 {
 		t.Fatalf("%d pending, want 2", n)
 	}
@@ -287,12 +288,12 @@ func TestWideDecisionSettlesOtherPendingEntries(t *testing.T) {
 func TestWatcherTurnsPolicyIntoPrompt(t *testing.T) {
 	e, r, _ := newTestEngine(t)
 	_, _, cancel := e.WatchPending(admin)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), root)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), root)
 	if r.verdict(1) != flow.ActionNone {
 		t.Fatal("root's connection decided by policy while root's prompt client is connected")
 	}
 	cancel()
-	e.Handle(2, tcp("192.0.2.2", 40000, 443), root)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.2", 40000, 443), root)
 	if r.verdict(2) != flow.ActionAllow {
 		t.Fatal("policy not applied after the watcher left")
 	}
@@ -300,10 +301,10 @@ func TestWatcherTurnsPolicyIntoPrompt(t *testing.T) {
 
 func TestCloseReleasesEverything(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	e.Handle(1, tcp("192.0.2.1", 40000, 443), curl1000)
-	e.Handle(2, tcp("192.0.2.2", 40000, 443), wget1001)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.2", 40000, 443), wget1001)
 	e.Close(flow.ActionAllow)
-	e.Handle(3, tcp("192.0.2.3", 40000, 443), wget1001)
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.3", 40000, 443), wget1001)
 	for id := uint32(1); id <= 3; id++ {
 		if r.verdict(id) != flow.ActionAllow {
 			t.Errorf("packet %d: %v after Close, want allow", id, r.verdict(id))
@@ -319,7 +320,7 @@ func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
 			p = flow.Process{UID: 1000, TGID: 9, Exe: "/x"}
 			e.pol.Rules[1].Mode = policy.ModeAllow
 		}
-		e.Handle(uint32(i+1), tcp("192.0.2.1", uint16(i), 443), p)
+		e.Handle(PacketRef{ID: uint32(i+1)}, tcp("192.0.2.1", uint16(i), 443), p)
 	}
 	events, _, cancel := e.WatchDecisions(alice)
 	defer cancel()

@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/fw"
+	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/nfq"
+	"github.com/bastion-fw/bastion/internal/procid"
+)
+
+// Run runs the agent until ctx ends: it attributes, holds and decides new
+// outbound connections and serves the API. On return the firewall rules it
+// added are gone and every packet it held has had its verdict.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	base := log
+	log = base.With("component", "agent")
+
+	var ns *os.File
+	if cfg.NetNS != "" {
+		var err error
+		if ns, err = netns.Open(cfg.NetNS); err != nil {
+			return err
+		}
+		defer ns.Close()
+	}
+
+	features := procid.Detect()
+	log.Info("kernel features", "features", features.String())
+	res, err := procid.Open(procid.Config{Mechanism: cfg.Mechanism, NetNS: ns, CgroupPath: cfg.CgroupPath, Log: base})
+	if err != nil {
+		return fmt.Errorf("process identification: %w", err)
+	}
+	defer res.Close()
+	// Flows the primary mechanism missed get a second chance through
+	// sock_diag and /proc, as long as their socket still exists.
+	var fallback procid.Resolver
+	if res.Mechanism() != procid.MechProcFS {
+		if fallback, err = procid.Open(procid.Config{Mechanism: procid.MechProcFS, NetNS: ns, Log: base}); err != nil {
+			log.Warn("no procfs fallback for missed flows", "err", err)
+		} else {
+			defer fallback.Close()
+		}
+	}
+
+	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, NetNS: ns, FailOpen: cfg.FailOpen, Log: base.With("component", "nfq")})
+	if err != nil {
+		return fmt.Errorf("open queue: %w", err)
+	}
+	defer q.Close()
+
+	fwCfg := fw.Config{
+		Backend: cfg.Backend, NetNS: cfg.NetNS, QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen,
+		InterceptLoopback: cfg.InterceptLoopback, Log: base.With("component", "fw"),
+	}
+	if fwCfg.Backend == "" {
+		if fwCfg.Backend, err = fw.DetectBackend(ctx, cfg.NetNS); err != nil {
+			return fmt.Errorf("detect iptables backend: %w", err)
+		}
+	}
+
+	l, err := listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+
+	closeAction := flow.ActionDeny
+	if cfg.FailOpen {
+		closeAction = flow.ActionAllow
+	}
+	engine := newEngine(base.With("component", "engine"), cfg.Policy, queueReleaser{q: q, marks: fw.DefaultMarks()})
+	st := staticStatus{
+		Mechanism: string(res.Mechanism()), Features: strings.Fields(features.String()), Backend: string(fwCfg.Backend),
+		QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen, NetNS: cfg.NetNS, Started: time.Now(),
+	}
+	srv := newGRPCServer(engine, st)
+
+	// The queue runs under its own context: it must keep answering until
+	// the rules that feed it are gone.
+	qctx, stopQueue := context.WithCancel(context.Background())
+	defer stopQueue()
+	qdone := make(chan error, 1)
+	go func() {
+		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, p) })
+	}()
+
+	if err := fw.Install(ctx, fwCfg); err != nil {
+		l.Close()
+		engine.Close(closeAction)
+		stopQueue()
+		<-qdone
+		return fmt.Errorf("install firewall rules: %w", err)
+	}
+	log.Info("agent running", "mechanism", res.Mechanism(), "socket", cfg.Socket, "netns", cfg.NetNS,
+		"queue", cfg.QueueNum, "fail_open", cfg.FailOpen, "backend", fwCfg.Backend)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(l); err != nil {
+			return fmt.Errorf("serve API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case err := <-qdone:
+			qdone <- err
+			if err == nil {
+				err = errors.New("queue stopped")
+			}
+			return fmt.Errorf("queue: %w", err)
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		srv.Stop()
+		return nil
+	})
+	runErr := g.Wait()
+
+	// Shutdown order: answer everything held, remove the rules (so nothing
+	// new is queued), then let the queue go.
+	log.Info("agent stopping", "held_verdict", closeAction.String())
+	engine.Close(closeAction)
+	rmCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fw.Remove(rmCtx, fwCfg); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("remove firewall rules: %w", err))
+	}
+	stopQueue()
+	if err := <-qdone; err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
+
+// handlePacket attributes one queued packet and hands it to the engine.
+func handlePacket(e *Engine, res, fallback procid.Resolver, p nfq.Packet) {
+	ref := PacketRef{ID: p.ID, Mark: p.Mark}
+	if p.ParseErr != nil {
+		e.HandleUnparsed(ref)
+		return
+	}
+	proc, err := res.Resolve(p.Tuple)
+	if err != nil && fallback != nil {
+		proc, err = fallback.Resolve(p.Tuple)
+	}
+	if err != nil {
+		proc = flow.Process{}
+	}
+	// SECURITY: the socket owner's UID, from the kernel's queue metadata,
+	// decides whose connection this is.
+	if p.HasUID {
+		proc.UID, proc.GID = p.UID, p.GID
+	}
+	e.Handle(ref, p.Tuple, proc)
+}
+
+// queueReleaser turns verdicts into NFQUEUE verdicts. Every verdict
+// re-injects the packet with Bastion's mark: the chain saves it on the
+// connection, so later packets of an allowed flow never reach the queue, and
+// a reject is carried out by the REJECT target, which answers with a TCP
+// reset or ICMP unreachable.
+type queueReleaser struct {
+	q     *nfq.Queue
+	marks fw.Marks
+}
+
+func (r queueReleaser) Release(p PacketRef, a flow.Action) error {
+	m := r.marks.Deny
+	switch a {
+	case flow.ActionAllow:
+		m = r.marks.Allow
+	case flow.ActionReject:
+		m = r.marks.Reject
+	}
+	return r.q.Repeat(p.ID, p.Mark&^r.marks.Mask|m)
+}
+
+// listen creates the API socket. The socket is world-connectable: every
+// caller is authorised from its peer credentials, not from file modes.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// removeStaleSocket removes a socket left by a crashed agent, and refuses to
+// start when another agent still answers on it or the path is not a socket.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another agent is serving %s", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
