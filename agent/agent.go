@@ -57,7 +57,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, NetNS: ns, FailOpen: cfg.FailOpen, Log: base.With("component", "nfq")})
+	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, NetNS: ns, FailOpen: cfg.FailOpen, Log: base})
 	if err != nil {
 		return fmt.Errorf("open queue: %w", err)
 	}

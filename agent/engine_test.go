@@ -320,7 +320,7 @@ func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
 			p = flow.Process{UID: 1000, TGID: 9, Exe: "/x"}
 			e.pol.Rules[1].Mode = policy.ModeAllow
 		}
-		e.Handle(PacketRef{ID: uint32(i+1)}, tcp("192.0.2.1", uint16(i), 443), p)
+		e.Handle(PacketRef{ID: uint32(i + 1)}, tcp("192.0.2.1", uint16(i), 443), p)
 	}
 	events, _, cancel := e.WatchDecisions(alice)
 	defer cancel()

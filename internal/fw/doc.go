@@ -11,7 +11,7 @@
 //     on its connection (CONNMARK --save-mark);
 //  3. connections marked Allow return to OUTPUT (the user's own rules still
 //     apply), Deny drops, Reject answers with a TCP reset or ICMP port
-//     unreachable;
+//     unreachable (the answer itself, ctstate RELATED, is let through);
 //  4. unless InterceptLoopback, loopback traffic returns;
 //  5. new TCP connections (SYN), new UDP flows and new ICMP echo requests go
 //     to NFQUEUE Config.QueueNum, with --queue-bypass when FailOpen.

@@ -349,8 +349,13 @@ func chainRules(cfg Config, v6 bool) []string {
 		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),
 		"-m connmark --mark " + mark(m.Allow) + " -j RETURN",
 		"-m connmark --mark " + mark(m.Deny) + " -j DROP",
-		"-p tcp -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with tcp-reset",
-		"-m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with " + unreach,
+		// The TCP reset or ICMP error that REJECT sends is attached to the
+		// rejected connection (ctstate RELATED) and so carries its connmark:
+		// without the RELATED exception it would be rejected, that is
+		// dropped, in turn and the application would time out instead of
+		// seeing ECONNREFUSED.
+		"-p tcp -m conntrack ! --ctstate RELATED -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with tcp-reset",
+		"-m conntrack ! --ctstate RELATED -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with " + unreach,
 	}
 	if !cfg.InterceptLoopback {
 		rules = append(rules, "-o lo -j RETURN")

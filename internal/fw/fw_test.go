@@ -39,7 +39,7 @@ func TestChainRules(t *testing.T) {
 		"-m mark ! --mark 0x0/0xf000000 -j CONNMARK --save-mark --nfmask 0xf000000 --ctmask 0xf000000",
 		"-m connmark --mark 0x1000000/0xf000000 -j RETURN",
 		"-m connmark --mark 0x2000000/0xf000000 -j DROP",
-		"-p tcp -m connmark --mark 0x3000000/0xf000000 -j REJECT --reject-with tcp-reset",
+		"-p tcp -m conntrack ! --ctstate RELATED -m connmark --mark 0x3000000/0xf000000 -j REJECT --reject-with tcp-reset",
 		"-j REJECT --reject-with icmp-port-unreachable",
 		"-o lo -j RETURN",
 		"-p tcp --syn -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7 --queue-bypass",
