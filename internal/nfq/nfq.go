@@ -1,0 +1,272 @@
+package nfq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/packet"
+)
+
+// CopyLen is how many bytes of each packet the kernel copies to userspace:
+// enough for an IPv4 or IPv6 header, a few extension headers and the
+// transport header.
+const CopyLen = 256
+
+// DefaultMaxLen is the default number of packets the kernel holds for this
+// queue before it drops (or, with FailOpen, accepts) new ones.
+const DefaultMaxLen = 4096
+
+// Config configures a Queue.
+type Config struct {
+	// Num is the queue number the iptables NFQUEUE rule targets.
+	Num uint16
+	// MaxLen is the kernel's queue length limit; 0 means DefaultMaxLen.
+	MaxLen uint32
+	// NetNS is the network namespace to bind the queue in; nil is the
+	// caller's. The file must stay open until Open returns (the socket
+	// keeps its namespace afterwards).
+	NetNS *os.File
+	// FailOpen makes the kernel accept, instead of drop, packets that find
+	// the queue full. Off by default; see the package documentation.
+	FailOpen bool
+	// Log receives errors from the socket; nil discards them.
+	Log *slog.Logger
+}
+
+// Validate reports whether the configuration is usable.
+func (c Config) Validate() error {
+	if c.MaxLen > 1<<20 {
+		return fmt.Errorf("nfq: queue length %d is unreasonably large", c.MaxLen)
+	}
+	return nil
+}
+
+// Packet is one queued packet as handed to the Run callback.
+type Packet struct {
+	// ID names the packet in verdicts.
+	ID    uint32
+	Tuple flow.Tuple
+	Info  packet.Info
+	// UID and GID of the socket that sent the packet; valid if HasUID.
+	UID, GID uint32
+	HasUID   bool
+	// Mark is the packet's mark when it was queued.
+	Mark uint32
+	// Payload is the captured packet (up to CopyLen bytes). It is only
+	// valid during the handler call; copy it to keep it.
+	Payload []byte
+	// ParseErr is set when the packet could not be parsed; Tuple and Info
+	// then hold whatever was parsed.
+	ParseErr error
+}
+
+// Queue is an NFQUEUE binding.
+type Queue struct {
+	cfg Config
+	log *slog.Logger
+	nf  *nfqueue.Nfqueue
+
+	started atomic.Bool
+	// stopMu guards stopped: handlers run under the read lock so that Run
+	// can wait for an in-flight handler before it returns.
+	stopMu  sync.RWMutex
+	stopped bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open binds to the queue described by cfg. The queue starts receiving
+// packets once Run is called.
+func Open(cfg Config) (*Queue, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxLen == 0 {
+		cfg.MaxLen = DefaultMaxLen
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "nfq", "queue", cfg.Num)
+	flags := uint32(nfqueue.NfQaCfgFlagUIDGid | nfqueue.NfQaCfgFlagGSO)
+	if cfg.FailOpen {
+		flags |= nfqueue.NfQaCfgFlagFailOpen
+	}
+	ncfg := nfqueue.Config{
+		NfQueue:      cfg.Num,
+		MaxQueueLen:  cfg.MaxLen,
+		MaxPacketLen: CopyLen,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        flags,
+		// The family is only used for the obsolete per-family bind,
+		// which kernels since 3.8 ignore; one queue carries both.
+		AfFamily: unix.AF_INET,
+		Logger:   slogAdapter{log},
+	}
+	if cfg.NetNS != nil {
+		ncfg.NetNS = int(cfg.NetNS.Fd())
+	}
+	nf, err := nfqueue.Open(&ncfg)
+	if err != nil {
+		return nil, fmt.Errorf("nfq: open queue %d: %w", cfg.Num, err)
+	}
+	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		_ = nf.Close()
+		return nil, fmt.Errorf("nfq: set NETLINK_NO_ENOBUFS: %w", err)
+	}
+	return &Queue{cfg: cfg, log: log, nf: nf}, nil
+}
+
+// Run delivers each packet to handle, on one goroutine, until ctx ends or the
+// socket fails. handle must not block: it records the packet and returns;
+// verdicts may be issued later from any goroutine. handle is never called
+// after Run returns. Run may be called once per Queue; it returns nil when
+// ctx ends.
+//
+// When Run returns the queue is unbound: the kernel drops the packets still
+// held, and new packets follow the iptables rule's --queue-bypass setting.
+func (q *Queue) Run(ctx context.Context, handle func(Packet)) error {
+	if !q.started.CompareAndSwap(false, true) {
+		return errors.New("nfq: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fatal := make(chan error, 1)
+
+	hook := func(a nfqueue.Attribute) int {
+		q.stopMu.RLock()
+		defer q.stopMu.RUnlock()
+		if q.stopped {
+			return 1
+		}
+		handle(toPacket(a))
+		return 0
+	}
+	errFn := func(err error) int {
+		if ctx.Err() != nil {
+			return 1
+		}
+		if isClosed(err) {
+			select {
+			case fatal <- fmt.Errorf("nfq: receive: %w", err):
+			default:
+			}
+			cancel()
+			return 1
+		}
+		// ENOBUFS (should NETLINK_NO_ENOBUFS be refused), a verdict for
+		// an unknown ID (ENOENT) and similar are reported here and are
+		// not fatal.
+		q.log.Warn("nfqueue receive error", "err", err)
+		return 0
+	}
+	if err := q.nf.RegisterWithErrorFunc(ctx, hook, errFn); err != nil {
+		return fmt.Errorf("nfq: bind queue %d: %w", q.cfg.Num, err)
+	}
+	q.log.Debug("queue bound")
+	<-ctx.Done()
+	q.stopMu.Lock()
+	q.stopped = true
+	q.stopMu.Unlock()
+	select {
+	case err := <-fatal:
+		return err
+	default:
+		return nil
+	}
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) ||
+		errors.Is(err, io.EOF) || errors.Is(err, unix.EBADF)
+}
+
+func toPacket(a nfqueue.Attribute) Packet {
+	var p Packet
+	if a.PacketID != nil {
+		p.ID = *a.PacketID
+	}
+	if a.Mark != nil {
+		p.Mark = *a.Mark
+	}
+	if a.UID != nil && a.GID != nil {
+		p.UID, p.GID, p.HasUID = *a.UID, *a.GID, true
+	}
+	if a.Payload != nil {
+		p.Payload = *a.Payload
+		p.Tuple, p.Info, p.ParseErr = packet.Parse(p.Payload)
+	} else {
+		p.ParseErr = errors.New("nfq: packet without payload")
+	}
+	return p
+}
+
+// Accept lets the held packet continue through the remaining rules.
+func (q *Queue) Accept(id uint32) error {
+	if err := q.nf.SetVerdict(id, nfqueue.NfAccept); err != nil {
+		return fmt.Errorf("nfq: accept packet %d: %w", id, err)
+	}
+	return nil
+}
+
+// Repeat re-injects the held packet at the start of the hook it was queued
+// from, with its mark set to mark (0 leaves the mark unchanged). Bastion's
+// iptables chain saves the mark on the connection and acts on it.
+func (q *Queue) Repeat(id uint32, mark uint32) error {
+	var err error
+	if mark != 0 {
+		err = q.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, nfqueue.WithMark(mark))
+	} else {
+		err = q.nf.SetVerdict(id, nfqueue.NfRepeat)
+	}
+	if err != nil {
+		return fmt.Errorf("nfq: repeat packet %d with mark %#x: %w", id, mark, err)
+	}
+	return nil
+}
+
+// Drop discards the held packet.
+func (q *Queue) Drop(id uint32) error {
+	if err := q.nf.SetVerdict(id, nfqueue.NfDrop); err != nil {
+		return fmt.Errorf("nfq: drop packet %d: %w", id, err)
+	}
+	return nil
+}
+
+// Close closes the socket, which unbinds the queue, and waits for the
+// receive goroutine to end. It is safe to call more than once.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() {
+		if err := q.nf.Close(); err != nil && !isClosed(err) {
+			q.closeErr = fmt.Errorf("nfq: close: %w", err)
+		}
+	})
+	return q.closeErr
+}
+
+// slogAdapter lets go-nfqueue log through slog, at Debug: its messages
+// (such as the unbind failing after the read deadline was forced) are
+// internal details, and real failures reach us through the error callback.
+type slogAdapter struct{ log *slog.Logger }
+
+func (s slogAdapter) Debugf(format string, args ...any) {
+	s.log.Debug(fmt.Sprintf(format, args...), "source", "go-nfqueue")
+}
+
+func (s slogAdapter) Errorf(format string, args ...any) {
+	s.log.Debug(fmt.Sprintf(format, args...), "source", "go-nfqueue")
+}

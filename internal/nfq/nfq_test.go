@@ -1,0 +1,487 @@
+package nfq_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/fw"
+	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/nfq"
+	"github.com/bastion-fw/bastion/internal/packet"
+)
+
+const queueNum = 7
+
+// Test UID/GID for the dialing socket (set as the thread's fsuid/fsgid).
+const testUID, testGID = 4242, 4343
+
+func requireE2E(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("BASTION_E2E") == "1" {
+		t.Fatalf("BASTION_E2E=1 but not root (euid %d)", os.Geteuid())
+	}
+	t.Skip("run as root or with BASTION_E2E=1")
+}
+
+// newNetNS creates a namespace bastion-t-<random> with loopback up, deleted
+// when the test ends.
+func newNetNS(t *testing.T) (string, *os.File) {
+	t.Helper()
+	requireE2E(t)
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	name := "bastion-t-" + hex.EncodeToString(r[:])
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("set lo up: %v: %s", err, out)
+	}
+	f, err := netns.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return name, f
+}
+
+// env is a namespace with Bastion's rules and, optionally, a queue reader.
+type env struct {
+	ns   *os.File
+	q    *nfq.Queue
+	pkts chan nfq.Packet
+
+	mu     sync.Mutex
+	counts map[flow.Tuple]int
+}
+
+func newEnv(t *testing.T, failOpen, withQueue bool) *env {
+	t.Helper()
+	name, f := newNetNS(t)
+	e := &env{ns: f, pkts: make(chan nfq.Packet, 1024), counts: map[flow.Tuple]int{}}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if withQueue {
+		q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, Log: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.q = q
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Run(ctx, func(p nfq.Packet) {
+				p.Payload = nil // only valid during the call
+				e.mu.Lock()
+				e.counts[p.Tuple]++
+				e.mu.Unlock()
+				select {
+				case e.pkts <- p:
+				default:
+				}
+			})
+		}()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := q.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: failOpen, InterceptLoopback: true}
+	if err := fw.Install(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := fw.Remove(context.Background(), cfg); err != nil {
+			t.Errorf("Remove: %v", err)
+		}
+	})
+	return e
+}
+
+// next waits for the next queued packet that matches want (Proto and Dst
+// port), failing the test after a deadline.
+func (e *env) next(t *testing.T, proto flow.Proto, dstPort uint16) nfq.Packet {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case p := <-e.pkts:
+			if p.ParseErr != nil {
+				t.Fatalf("queued packet did not parse: %v", p.ParseErr)
+			}
+			if p.Tuple.Proto == proto && p.Tuple.DstPort == dstPort {
+				return p
+			}
+			t.Logf("ignoring queued %v", p.Tuple)
+			if err := e.q.Accept(p.ID); err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatalf("no %v packet to port %d reached the queue", proto, dstPort)
+		}
+	}
+}
+
+func (e *env) count(tp flow.Tuple) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.counts[tp]
+}
+
+// listen opens a TCP listener inside the namespace that accepts and holds
+// connections until the test ends.
+func (e *env) listen(t *testing.T, network, addr string) *net.TCPAddr {
+	t.Helper()
+	var ln net.Listener
+	if err := netns.Do(e.ns, func() (err error) { ln, err = net.Listen(network, addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
+}
+
+// dial dials from inside the namespace, with the socket owned by testUID,
+// in the background.
+func (e *env) dial(t *testing.T, network, addr string, timeout time.Duration) <-chan error {
+	t.Helper()
+	res := make(chan error, 1)
+	go func() {
+		res <- netns.Do(e.ns, func() error {
+			// fsuid/fsgid are per thread; netns.Do holds the thread.
+			prevUID, _ := unix.SetfsuidRetUid(testUID)
+			prevGID, _ := unix.SetfsgidRetGid(testGID)
+			defer unix.SetfsuidRetUid(prevUID)
+			defer unix.SetfsgidRetGid(prevGID)
+			c, err := net.DialTimeout(network, addr, timeout)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+	}()
+	return res
+}
+
+func wait(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("dial did not return")
+		return nil
+	}
+}
+
+func TestTCPVerdicts(t *testing.T) {
+	e := newEnv(t, false, true)
+	marks := fw.DefaultMarks()
+	for _, family := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(family.network, func(t *testing.T) {
+			ln := e.listen(t, family.network, family.addr)
+			port := uint16(ln.Port)
+			dst := netip.AddrPortFrom(ln.AddrPort().Addr(), port).String()
+
+			t.Run("accept", func(t *testing.T) {
+				res := e.dial(t, family.network, dst, 3*time.Second)
+				p := e.next(t, flow.TCP, port)
+				if p.Tuple.Dst != ln.AddrPort().Addr() || p.Tuple.Src != ln.AddrPort().Addr() || p.Tuple.SrcPort == 0 {
+					t.Errorf("tuple %v, want loopback to port %d", p.Tuple, port)
+				}
+				if !p.Info.TCPFlags.Has(packet.SYN) || p.Info.TCPFlags.Has(packet.ACK) {
+					t.Errorf("flags %v, want SYN only", p.Info.TCPFlags)
+				}
+				if !p.HasUID || p.UID != testUID || p.GID != testGID {
+					t.Errorf("uid/gid %d/%d (has %v), want %d/%d", p.UID, p.GID, p.HasUID, testUID, testGID)
+				}
+				if err := e.q.Accept(p.ID); err != nil {
+					t.Fatal(err)
+				}
+				if err := wait(t, res); err != nil {
+					t.Fatalf("dial after Accept: %v", err)
+				}
+			})
+
+			t.Run("repeat allow", func(t *testing.T) {
+				res := make(chan error, 1)
+				var local netip.AddrPort
+				go func() {
+					res <- netns.Do(e.ns, func() error {
+						c, err := net.DialTimeout(family.network, dst, 3*time.Second)
+						if err != nil {
+							return err
+						}
+						defer c.Close()
+						local = c.LocalAddr().(*net.TCPAddr).AddrPort()
+						// Later packets of the allowed connection must
+						// not be queued.
+						for range 5 {
+							if _, err := c.Write([]byte("hello")); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+				}()
+				p := e.next(t, flow.TCP, port)
+				if err := e.q.Repeat(p.ID, marks.Allow); err != nil {
+					t.Fatal(err)
+				}
+				if err := wait(t, res); err != nil {
+					t.Fatalf("dial after Repeat(allow): %v", err)
+				}
+				tp := p.Tuple
+				if tp.SrcPort != local.Port() {
+					t.Errorf("queued source port %d, connection's %d", tp.SrcPort, local.Port())
+				}
+				if n := e.count(tp); n != 1 {
+					t.Errorf("%d packets of %v reached the queue, want 1", n, tp)
+				}
+			})
+
+			t.Run("repeat deny", func(t *testing.T) {
+				start := time.Now()
+				res := e.dial(t, family.network, dst, 700*time.Millisecond)
+				p := e.next(t, flow.TCP, port)
+				if err := e.q.Repeat(p.ID, marks.Deny); err != nil {
+					t.Fatal(err)
+				}
+				err := wait(t, res)
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					t.Fatalf("dial after Repeat(deny) = %v, want a timeout", err)
+				}
+				t.Logf("denied dial returned after %v: %v", time.Since(start), err)
+			})
+
+			t.Run("repeat reject", func(t *testing.T) {
+				start := time.Now()
+				res := e.dial(t, family.network, dst, 5*time.Second)
+				p := e.next(t, flow.TCP, port)
+				if err := e.q.Repeat(p.ID, marks.Reject); err != nil {
+					t.Fatal(err)
+				}
+				err := wait(t, res)
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Fatalf("dial after Repeat(reject) = %v, want ECONNREFUSED", err)
+				}
+				if d := time.Since(start); d > 2*time.Second {
+					t.Errorf("rejected dial took %v, want it refused at once", d)
+				}
+			})
+
+			t.Run("drop", func(t *testing.T) {
+				res := e.dial(t, family.network, dst, 500*time.Millisecond)
+				p := e.next(t, flow.TCP, port)
+				if err := e.q.Drop(p.ID); err != nil {
+					t.Fatal(err)
+				}
+				var ne net.Error
+				if err := wait(t, res); !errors.As(err, &ne) || !ne.Timeout() {
+					t.Fatalf("dial after Drop = %v, want a timeout", err)
+				}
+			})
+		})
+	}
+}
+
+func TestUDPFirstPacketOnly(t *testing.T) {
+	e := newEnv(t, false, true)
+	allow := fw.DefaultMarks().Allow
+	for _, family := range []struct{ network, addr string }{{"udp4", "127.0.0.1:0"}, {"udp6", "[::1]:0"}} {
+		t.Run(family.network, func(t *testing.T) {
+			var srv net.PacketConn
+			if err := netns.Do(e.ns, func() (err error) { srv, err = net.ListenPacket(family.network, family.addr); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			saddr := srv.LocalAddr().(*net.UDPAddr)
+			var c net.Conn
+			if err := netns.Do(e.ns, func() (err error) { c, err = net.Dial(family.network, saddr.String()); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+
+			if _, err := c.Write([]byte("first")); err != nil {
+				t.Fatal(err)
+			}
+			p := e.next(t, flow.UDP, uint16(saddr.Port))
+			if want := c.LocalAddr().(*net.UDPAddr).AddrPort(); p.Tuple.SrcPort != want.Port() {
+				t.Errorf("queued %v, want source port %d", p.Tuple, want.Port())
+			}
+			if !p.HasUID || p.UID != 0 {
+				t.Errorf("uid %d (has %v), want 0", p.UID, p.HasUID)
+			}
+			if err := e.q.Repeat(p.ID, allow); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 16)
+			srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, _, err := srv.ReadFrom(buf); err != nil {
+				t.Fatalf("first datagram after Repeat(allow): %v", err)
+			}
+			// No reply was sent, so conntrack still calls these NEW: only
+			// the connmark saved from the verdict keeps them off the queue.
+			for i := range 5 {
+				if _, err := c.Write([]byte("more")); err != nil {
+					t.Fatal(err)
+				}
+				srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, _, err := srv.ReadFrom(buf); err != nil {
+					t.Fatalf("datagram %d after allow: %v", i+2, err)
+				}
+			}
+			if k := e.count(p.Tuple); k != 1 {
+				t.Errorf("%d packets of %v reached the queue, want 1", k, p.Tuple)
+			}
+		})
+	}
+}
+
+func TestFailOpenWithoutListener(t *testing.T) {
+	for _, tc := range []struct {
+		failOpen bool
+		wantErr  bool
+	}{{true, false}, {false, true}} {
+		t.Run(fmt.Sprintf("failopen=%v", tc.failOpen), func(t *testing.T) {
+			e := newEnv(t, tc.failOpen, false)
+			ln := e.listen(t, "tcp4", "127.0.0.1:0")
+			err := wait(t, e.dial(t, "tcp4", ln.String(), 500*time.Millisecond))
+			if tc.wantErr {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					t.Fatalf("dial without listener, fail-closed = %v, want timeout", err)
+				}
+			} else if err != nil {
+				t.Fatalf("dial without listener, fail-open = %v, want success", err)
+			}
+		})
+	}
+}
+
+func TestICMPEcho(t *testing.T) {
+	e := newEnv(t, false, true)
+	for _, tc := range []struct {
+		network, addr string
+		typ           byte
+		proto         flow.Proto
+	}{
+		{"ip4:icmp", "127.0.0.1", packet.ICMPv4EchoRequest, flow.ICMP},
+		{"ip6:ipv6-icmp", "::1", packet.ICMPv6EchoRequest, flow.ICMPv6},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			var c net.PacketConn
+			if err := netns.Do(e.ns, func() (err error) { c, err = net.ListenPacket(tc.network, tc.addr); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			msg := []byte{tc.typ, 0, 0, 0, 0x42, 0x43, 0, 1, 'b', 's', 't', 'n'}
+			if tc.proto == flow.ICMP {
+				csum := icmpChecksum(msg)
+				msg[2], msg[3] = byte(csum>>8), byte(csum)
+			} // the kernel fills in the ICMPv6 checksum
+			ip, _ := net.ResolveIPAddr("ip", tc.addr)
+			if _, err := c.WriteTo(msg, ip); err != nil {
+				t.Fatal(err)
+			}
+			p := e.next(t, tc.proto, 0)
+			if p.Tuple.SrcPort != 0x4243 || p.Info.ICMPType != tc.typ {
+				t.Errorf("queued %v type %d, want echo id 0x4243 type %d", p.Tuple, p.Info.ICMPType, tc.typ)
+			}
+			if err := e.q.Accept(p.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+// A verdict for an unknown packet makes the kernel answer with an error
+// message on the socket; Run must log it and keep delivering packets.
+func TestUnknownVerdictIsNotFatal(t *testing.T) {
+	e := newEnv(t, false, true)
+	if err := e.q.Accept(0x7fffffff); err != nil {
+		t.Fatalf("sending a verdict for an unknown ID: %v", err)
+	}
+	ln := e.listen(t, "tcp4", "127.0.0.1:0")
+	res := e.dial(t, "tcp4", ln.String(), 3*time.Second)
+	p := e.next(t, flow.TCP, uint16(ln.Port))
+	if err := e.q.Accept(p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Verdicts may come from many goroutines at once.
+func TestConcurrentVerdicts(t *testing.T) {
+	e := newEnv(t, false, true)
+	ln := e.listen(t, "tcp4", "127.0.0.1:0")
+	const n = 32
+	results := make([]<-chan error, n)
+	for i := range results {
+		results[i] = e.dial(t, "tcp4", ln.String(), 5*time.Second)
+	}
+	var wg sync.WaitGroup
+	for range n {
+		p := e.next(t, flow.TCP, uint16(ln.Port))
+		wg.Go(func() {
+			if err := e.q.Repeat(p.ID, fw.DefaultMarks().Allow); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, r := range results {
+		if err := wait(t, r); err != nil {
+			t.Error(err)
+		}
+	}
+}
