@@ -1,0 +1,420 @@
+package procid
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/procid/procfs"
+)
+
+// Address families as the C programs store them in flow_key.family.
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// Flags written by the C programs (bpf/procid.c).
+const (
+	flowFlagUIDMismatch = 0x8
+	execFlagExeFilename = 0x8
+)
+
+// nfPriority runs the netfilter program before iptables' filter table (0)
+// and mangle (-150), so the flow is recorded before any NFQUEUE sees it.
+const nfPriority = -200
+
+// nsPerTick converts start_boottime to /proc's 10 ms stat ticks.
+const nsPerTick = 10_000_000
+
+// attribution holds the programs and maps that record flows.
+type attribution struct {
+	NfLocalOut     *ebpf.Program `ebpf:"nf_local_out"`
+	SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
+	Connect4       *ebpf.Program `ebpf:"connect4"`
+	Connect6       *ebpf.Program `ebpf:"connect6"`
+	Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
+	Flows          *ebpf.Map     `ebpf:"flows"`
+}
+
+type execTracking struct {
+	OnExec *ebpf.Program `ebpf:"on_exec"`
+	OnFork *ebpf.Program `ebpf:"on_fork"`
+	OnExit *ebpf.Program `ebpf:"on_exit"`
+	Execs  *ebpf.Map     `ebpf:"execs"`
+}
+
+// bpfResolver answers from the maps the eBPF programs fill.
+type bpfResolver struct {
+	mech    Mechanism
+	log     *slog.Logger
+	proc    fs.FS
+	netns   uint32
+	flows   *ebpf.Map
+	execs   *ebpf.Map // nil when exec tracking could not load
+	closers []interface{ Close() error }
+
+	// bufs recycles lookup buffers so Resolve does not allocate them.
+	bufs sync.Pool
+}
+
+type lookupBuf struct {
+	key  procidFlowKey
+	val  procidFlowValue
+	exec procidExecValue
+}
+
+// openBPF loads and attaches the programs for mech (MechNetfilterLink or
+// MechSockOps).
+func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err error) {
+	nsFile := cfg.NetNS
+	if nsFile == nil {
+		f, err := netns.Open("")
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		nsFile = f
+	}
+	ino, err := netns.Inode(nsFile)
+	if err != nil {
+		return nil, err
+	}
+
+	spec, err := loadProcid()
+	if err != nil {
+		return nil, fmt.Errorf("load eBPF spec: %w", err)
+	}
+	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino)}
+	r.bufs.New = func() any { return new(lookupBuf) }
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+
+	// Load only what mech needs: the netfilter program type does not
+	// exist before 6.4, and loading it would fail the sockops fallback.
+	var objs attribution
+	var want any
+	switch mech {
+	case MechNetfilterLink:
+		want = &struct {
+			NfLocalOut *ebpf.Program `ebpf:"nf_local_out"`
+			Flows      *ebpf.Map     `ebpf:"flows"`
+		}{}
+	case MechSockOps:
+		want = &struct {
+			SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
+			Connect4       *ebpf.Program `ebpf:"connect4"`
+			Connect6       *ebpf.Program `ebpf:"connect6"`
+			Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
+			Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
+			Flows          *ebpf.Map     `ebpf:"flows"`
+		}{}
+	default:
+		return nil, fmt.Errorf("mechanism %q is not an eBPF mechanism", mech)
+	}
+	if err := spec.LoadAndAssign(want, nil); err != nil {
+		return nil, fmt.Errorf("load eBPF programs: %w", err)
+	}
+	switch w := want.(type) {
+	case *struct {
+		NfLocalOut *ebpf.Program `ebpf:"nf_local_out"`
+		Flows      *ebpf.Map     `ebpf:"flows"`
+	}:
+		objs.NfLocalOut, objs.Flows = w.NfLocalOut, w.Flows
+		r.closers = append(r.closers, w.NfLocalOut)
+	case *struct {
+		SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
+		Connect4       *ebpf.Program `ebpf:"connect4"`
+		Connect6       *ebpf.Program `ebpf:"connect6"`
+		Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
+		Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
+		Flows          *ebpf.Map     `ebpf:"flows"`
+	}:
+		objs = attribution{SockopsConnect: w.SockopsConnect, Connect4: w.Connect4, Connect6: w.Connect6,
+			Sendmsg4: w.Sendmsg4, Sendmsg6: w.Sendmsg6, Flows: w.Flows}
+		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6)
+	}
+	r.flows = objs.Flows
+	r.closers = append(r.closers, objs.Flows)
+
+	switch mech {
+	case MechNetfilterLink:
+		if err := r.attachNetfilter(nsFile, objs.NfLocalOut); err != nil {
+			return nil, err
+		}
+	case MechSockOps:
+		path := cfg.CgroupPath
+		if path == "" {
+			if path, err = cgroup2Mount(); err != nil {
+				return nil, err
+			}
+		}
+		for _, a := range []struct {
+			prog *ebpf.Program
+			typ  ebpf.AttachType
+		}{
+			{objs.SockopsConnect, ebpf.AttachCGroupSockOps},
+			{objs.Connect4, ebpf.AttachCGroupInet4Connect},
+			{objs.Connect6, ebpf.AttachCGroupInet6Connect},
+			{objs.Sendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+			{objs.Sendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		} {
+			l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
+			if err != nil {
+				return nil, fmt.Errorf("attach %s to cgroup %s: %w", a.typ, path, err)
+			}
+			r.closers = append(r.closers, l)
+		}
+	}
+
+	// Exec tracking is an improvement, not a requirement: without it,
+	// exe and argv come from /proc while the process lives.
+	if err := r.loadExecTracking(spec); err != nil {
+		log.Warn("exec tracking unavailable; executable paths of short-lived processes will be missing", "err", err)
+	}
+	return r, nil
+}
+
+// attachNetfilter attaches prog at LOCAL_OUT for IPv4 and IPv6 inside ns.
+func (r *bpfResolver) attachNetfilter(ns *os.File, prog *ebpf.Program) error {
+	return netns.Do(ns, func() error {
+		for _, pf := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
+			l, err := link.AttachNetfilter(link.NetfilterOptions{
+				Program:        prog,
+				ProtocolFamily: pf,
+				Hook:           link.NetfilterInetLocalOut,
+				Priority:       nfPriority,
+			})
+			if err != nil {
+				return fmt.Errorf("attach netfilter link (family %d): %w", pf, err)
+			}
+			r.closers = append(r.closers, l)
+		}
+		return nil
+	})
+}
+
+func (r *bpfResolver) loadExecTracking(spec *ebpf.CollectionSpec) error {
+	var ex execTracking
+	opts := &ebpf.CollectionOptions{}
+	if err := spec.LoadAndAssign(&ex, opts); err != nil {
+		return fmt.Errorf("load exec tracking: %w", err)
+	}
+	progs := []*ebpf.Program{ex.OnExec, ex.OnFork, ex.OnExit}
+	closeAll := func() {
+		for _, p := range progs {
+			p.Close()
+		}
+		ex.Execs.Close()
+	}
+	var links []link.Link
+	for _, p := range progs {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			closeAll()
+			return fmt.Errorf("attach %s: %w", p, err)
+		}
+		links = append(links, l)
+	}
+	for _, l := range links {
+		r.closers = append(r.closers, l)
+	}
+	for _, p := range progs {
+		r.closers = append(r.closers, p)
+	}
+	r.closers = append(r.closers, ex.Execs)
+	r.execs = ex.Execs
+	return nil
+}
+
+func (r *bpfResolver) Mechanism() Mechanism { return r.mech }
+
+// Close detaches and unloads everything. Links first, so that no program
+// runs against a closed map.
+func (r *bpfResolver) Close() error {
+	var errs []error
+	for _, c := range r.closers {
+		if _, ok := c.(link.Link); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	for _, c := range r.closers {
+		if _, ok := c.(link.Link); !ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	r.closers = nil
+	return errors.Join(errs...)
+}
+
+// setKey fills k with t as the C programs write it for namespace ns.
+func setKey(k *procidFlowKey, ns uint32, t flow.Tuple) {
+	k.Netns = ns
+	k.Proto = uint8(t.Proto)
+	k.Family = afInet6
+	if t.Dst.Unmap().Is4() {
+		k.Family = afInet
+	}
+	// As16 maps IPv4 to ::ffff:a.b.c.d, the form the programs store.
+	k.Saddr = t.Src.As16()
+	k.Daddr = t.Dst.As16()
+	k.Sport = t.SrcPort
+	k.Dport = t.DstPort
+	if t.Proto == flow.ICMP || t.Proto == flow.ICMPv6 {
+		k.Dport = 0
+	}
+}
+
+// Resolve implements Resolver.
+func (r *bpfResolver) Resolve(t flow.Tuple) (flow.Process, error) {
+	return r.resolveIn(r.netns, t)
+}
+
+func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
+	b := r.bufs.Get().(*lookupBuf)
+	defer r.bufs.Put(b)
+
+	setKey(&b.key, ns, t)
+	err := r.flows.Lookup(&b.key, &b.val)
+	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
+		// The sock_addr programs record datagram flows before the
+		// source is chosen: try the destination key.
+		b.key.Saddr = [16]byte{}
+		b.key.Sport = 0
+		err = r.flows.Lookup(&b.key, &b.val)
+	}
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return flow.Process{}, fmt.Errorf("resolve %s: %w", t, ErrNotFound)
+	}
+	if err != nil {
+		return flow.Process{}, fmt.Errorf("resolve %s: look up flow: %w", t, err)
+	}
+
+	v := &b.val
+	p := flow.Process{
+		PID:       v.Pid,
+		TGID:      v.Tgid,
+		UID:       v.Uid,
+		GID:       v.Gid,
+		Comm:      cString(v.Comm[:]),
+		StartTime: v.StartBoottime,
+		Source:    string(r.mech),
+	}
+	if v.Flags&flowFlagUIDMismatch != 0 {
+		r.log.Debug("flow sent with a uid other than the socket owner's", "flow", t, "uid", v.Uid, "sk_uid", v.SkUid, "pid", v.Pid)
+	}
+	r.fillExec(&p, &b.exec)
+	return p, nil
+}
+
+// fillExec completes p with exe, argv and parent, from the exec map when it
+// knows this very process (same start time), else from /proc while the
+// process lives.
+func (r *bpfResolver) fillExec(p *flow.Process, e *procidExecValue) {
+	if r.execs != nil {
+		if err := r.execs.Lookup(&p.TGID, e); err == nil && e.StartBoottime == p.StartTime {
+			p.PPID = e.Ppid
+			if e.Flags&execFlagExeFilename == 0 || (e.ExeLen > 0 && e.Exe[0] == '/') {
+				p.Exe = cString(e.Exe[:])
+			}
+			p.Args = splitArgs(e.Args[:min(int(e.ArgsLen), len(e.Args))])
+			if p.Exe != "" {
+				return
+			}
+		}
+	}
+	// Started before the agent (or exec tracking is off): ask /proc, and
+	// believe it only if it is still the same process.
+	pp, err := procfs.ReadProcess(r.proc, p.TGID)
+	if err != nil || pp.StartTime != p.StartTime/nsPerTick*nsPerTick {
+		return
+	}
+	p.Exe = pp.Exe
+	if p.Args == nil {
+		p.Args = pp.Args
+	}
+	if p.PPID == 0 {
+		p.PPID = pp.PPID
+	}
+}
+
+// Forget implements Resolver.
+func (r *bpfResolver) Forget(t flow.Tuple) {
+	var k procidFlowKey
+	setKey(&k, r.netns, t)
+	_ = r.flows.Delete(&k) // ErrKeyNotExist is fine: LRU may have evicted it
+}
+
+func cString(b []int8) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	s := make([]byte, n)
+	for i := range s {
+		s[i] = byte(b[i])
+	}
+	return string(s)
+}
+
+// splitArgs splits NUL-terminated arguments; a last argument cut off by the
+// size limit is kept.
+func splitArgs(b []int8) []string {
+	if len(b) == 0 {
+		return nil
+	}
+	raw := make([]byte, len(b))
+	for i := range b {
+		raw[i] = byte(b[i])
+	}
+	raw = bytes.TrimSuffix(raw, []byte{0})
+	return strings.Split(string(raw), "\x00")
+}
+
+// cgroup2Mount returns DefaultCgroupPath if it is a cgroup2 mount, else the
+// first cgroup2 mount in /proc/self/mountinfo.
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	defer f.Close()
+	var first string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "36 35 0:30 / /sys/fs/cgroup/unified rw,... - cgroup2 cgroup2 rw"
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				if fields[4] == DefaultCgroupPath {
+					return DefaultCgroupPath, nil
+				}
+				if first == "" {
+					first = fields[4]
+				}
+			}
+		}
+	}
+	if first == "" {
+		return "", errors.New("find cgroup2 mount: no cgroup2 file system is mounted; mount one or run with --mechanism=procfs")
+	}
+	return first, nil
+}

@@ -1,0 +1,41 @@
+// Package procid finds the process behind each new outbound connection.
+//
+// Three mechanisms exist, chosen at start-up by Open (MechAuto picks the best
+// one the kernel offers and logs why others were skipped):
+//
+//   - netfilter-link (kernel >= 6.4): an eBPF program on NF_INET_LOCAL_OUT at
+//     priority -200 in the attributed network namespace records, for the
+//     first packet of every TCP, UDP and ICMP/ICMPv6-echo flow, the task that
+//     sent it. It runs before iptables, so the entry exists by the time the
+//     packet reaches the NFQUEUE.
+//   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
+//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed by destination
+//     with source port 0 because the port is not chosen yet). Covers only
+//     processes in the configured cgroup and its descendants.
+//   - procfs: no eBPF; sock_diag finds the socket and a /proc/*/fd scan its
+//     holder (package procfs). Slow, and blind to processes that exit before
+//     the scan.
+//
+// With both eBPF mechanisms, tp_btf programs on sched_process_exec/fork/exit
+// keep each process's executable path and argv in a map keyed by TGID, so a
+// process that exits right after connect() can still be named. Processes
+// started before the agent are completed from /proc.
+//
+// # Trust boundary
+//
+// SECURITY: the kernel programs take PID, UID, GID, start time, netns and the
+// executable path from kernel structures the process cannot forge. Comm and
+// argv are chosen by the process (and argv can be rewritten after exec); they
+// are display text only and must be escaped before showing and never decide a
+// verdict alone. Exe is the path of the file that was executed, resolved from
+// its dentry (not the string passed to execve); the file at that path may
+// have been replaced since. TGIDs are those of the initial PID namespace, so
+// the agent must run there for the /proc fallback to read the right process.
+//
+// Packets seen by the netfilter program may be crafted by a local raw-socket
+// user; the program only copies header fields into map keys. Such a user can
+// create misleading entries only for tuples it sends itself.
+//
+// The maps are readable and writable by root (CAP_BPF) only; anyone with that
+// privilege can already do anything to the firewall.
+package procid

@@ -1,0 +1,380 @@
+package procid
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/netns"
+)
+
+// The test binary doubles as the client process: with helperEnv set it
+// sends one flow, prints its local address, and exits (or waits for stdin to
+// close when holdEnv is set).
+const (
+	helperEnv = "BASTION_PROCID_HELPER" // "tcp4", "tcp6", "udp4", "udp6", "ping4", "ping6"
+	addrEnv   = "BASTION_PROCID_ADDR"   // destination host:port
+	lportEnv  = "BASTION_PROCID_LPORT"  // optional fixed source port
+	holdEnv   = "BASTION_PROCID_HOLD"
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		if err := helperMain(mode); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			os.Exit(2)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func helperMain(mode string) error {
+	dst := os.Getenv(addrEnv)
+	var local string
+	switch mode {
+	case "tcp4", "tcp6", "udp4", "udp6":
+		d := net.Dialer{Timeout: 5 * time.Second}
+		if lp := os.Getenv(lportEnv); lp != "" {
+			port, _ := strconv.Atoi(lp)
+			if mode[:3] == "tcp" {
+				d.LocalAddr = &net.TCPAddr{Port: port}
+			} else {
+				d.LocalAddr = &net.UDPAddr{Port: port}
+			}
+		}
+		c, err := d.Dial(mode, dst)
+		if err != nil {
+			return err
+		}
+		if mode[:3] == "udp" {
+			if _, err := c.Write([]byte("hello")); err != nil {
+				return err
+			}
+		}
+		local = c.LocalAddr().String()
+		defer c.Close()
+	case "ping4", "ping6":
+		ap := netip.MustParseAddrPort(dst)
+		family, proto, typ := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
+		var sa unix.Sockaddr
+		if mode == "ping6" {
+			family, proto, typ = unix.AF_INET6, unix.IPPROTO_ICMPV6, 128
+			sa = &unix.SockaddrInet6{Addr: ap.Addr().As16()}
+		} else {
+			sa = &unix.SockaddrInet4{Addr: ap.Addr().As4()}
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM, proto)
+		if err != nil {
+			return fmt.Errorf("ping socket: %w", err)
+		}
+		defer unix.Close(fd)
+		// Connect first so that getsockname reports the source address.
+		if err := unix.Connect(fd, sa); err != nil {
+			return fmt.Errorf("connect ping socket: %w", err)
+		}
+		// The kernel fills in the identifier and checksum.
+		msg := []byte{typ, 0, 0, 0, 0, 0, 0, 1, 'b', 'a', 's'}
+		if _, err := unix.Write(fd, msg); err != nil {
+			return fmt.Errorf("send echo: %w", err)
+		}
+		name, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		switch n := name.(type) {
+		case *unix.SockaddrInet4:
+			local = netip.AddrPortFrom(netip.AddrFrom4(n.Addr), uint16(n.Port)).String()
+		case *unix.SockaddrInet6:
+			local = netip.AddrPortFrom(netip.AddrFrom16(n.Addr), uint16(n.Port)).String()
+		}
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	fmt.Println(local)
+	if os.Getenv(holdEnv) != "" {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+	}
+	return nil
+}
+
+// requireRoot skips unprivileged runs; as root, or with BASTION_E2E=1, the
+// test runs and a missing capability fails it.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 && os.Getenv("BASTION_E2E") != "1" {
+		t.Skip("needs root: run as root or with BASTION_E2E=1 (e.g. sudo go test ./internal/procid/)")
+	}
+}
+
+func randName(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// newNetns creates a named network namespace with loopback up and ping
+// sockets allowed for everyone; it is deleted when the test ends.
+func newNetns(t *testing.T) (*os.File, uint32) {
+	t.Helper()
+	name := randName("bastion-t-")
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set lo up: %v: %s", err, out)
+	}
+	ns, err := netns.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	// /proc/sys/net belongs to the namespace of the thread that opens it.
+	err = netns.Do(ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0)
+	})
+	if err != nil {
+		t.Fatalf("allow ping sockets: %v", err)
+	}
+	ino, err := netns.Inode(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, uint32(ino)
+}
+
+// newCgroup creates a child cgroup v2 directory, removed at the end.
+func newCgroup(t *testing.T) (string, *os.File) {
+	t.Helper()
+	root, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, randName("bastion-t-"))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.Close()
+		// rmdir fails while a process is still inside; every helper has
+		// been waited for by now.
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+	})
+	return dir, f
+}
+
+// helperBinary copies the test binary to a directory every UID can enter, so
+// that helpers can run as unprivileged users. It returns the directory and
+// the binary's absolute path.
+func helperBinary(t *testing.T) (dir, path string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path = filepath.Join(dir, "procid-helper")
+	in, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, in, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, path
+}
+
+type helperOpts struct {
+	mode   string
+	dst    string
+	lport  int
+	uid    uint32
+	hold   bool
+	cgroup *os.File
+	argv0  string // how the binary is named to execve (relative paths welcome)
+	dir    string
+	args   []string
+}
+
+type helperProc struct {
+	cmd   *exec.Cmd
+	local netip.AddrPort
+	stdin io.WriteCloser
+}
+
+// startHelper runs the helper inside ns and returns once it has sent its
+// flow (it has printed its local address).
+func startHelper(t *testing.T, ns *os.File, o helperOpts) *helperProc {
+	t.Helper()
+	cmd := exec.Command(o.argv0, o.args...)
+	cmd.Dir = o.dir
+	cmd.Env = append(os.Environ(), helperEnv+"="+o.mode, addrEnv+"="+o.dst)
+	if o.lport != 0 {
+		cmd.Env = append(cmd.Env, lportEnv+"="+strconv.Itoa(o.lport))
+	}
+	if o.hold {
+		cmd.Env = append(cmd.Env, holdEnv+"=1")
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}}
+	if o.cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(o.cgroup.Fd())
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Started from a thread inside ns, the child is born in ns.
+	if err := netns.Do(ns, cmd.Start); err != nil {
+		t.Fatalf("start helper: %v", err)
+	}
+	h := &helperProc{cmd: cmd, stdin: stdin}
+	t.Cleanup(func() {
+		stdin.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		stdin.Close()
+		_ = cmd.Wait()
+		t.Fatalf("helper %s: %v: %s", o.mode, err, stderr.String())
+	}
+	h.local, err = netip.ParseAddrPort(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("helper printed %q: %v", line, err)
+	}
+	if !o.hold {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("helper: %v: %s", err, stderr.String())
+		}
+	}
+	return h
+}
+
+// listen opens a listener inside ns.
+func listen(t *testing.T, ns *os.File, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	err := netns.Do(ns, func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l
+}
+
+// waitResolve retries Resolve until it succeeds or the deadline passes;
+// with the eBPF mechanisms the entry exists before the helper returns, so
+// this normally succeeds at once.
+func waitResolve(t *testing.T, resolve func(flow.Tuple) (flow.Process, error), tup flow.Tuple) flow.Process {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p, err := resolve(tup)
+		if err == nil {
+			return p
+		}
+		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
+			t.Fatalf("resolve %s: %v", tup, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func listenAccept(t *testing.T, ns *os.File, network, addr string, accepted chan<- netip.AddrPort) net.Listener {
+	t.Helper()
+	var l net.Listener
+	err := netns.Do(ns, func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- netip.MustParseAddrPort(c.RemoteAddr().String()):
+			default:
+			}
+			c.Close()
+		}
+	}()
+	return l
+}
+
+// runIn runs cmd to completion from a thread inside ns.
+func runIn(ns *os.File, cmd *exec.Cmd) error {
+	if err := netns.Do(ns, cmd.Start); err != nil {
+		return err
+	}
+	return cmd.Wait()
+}
+
+func mustNetfilterProg(t *testing.T, r *bpfResolver) *ebpf.Program {
+	t.Helper()
+	for _, c := range r.closers {
+		if p, ok := c.(*ebpf.Program); ok && p.Type() == ebpf.Netfilter {
+			return p
+		}
+	}
+	t.Fatal("no netfilter program loaded")
+	return nil
+}

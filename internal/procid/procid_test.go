@@ -1,0 +1,278 @@
+package procid
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+type flowCase struct {
+	mode  string
+	proto flow.Proto
+	dst   string // host:port; port ignored for ping
+	uid   uint32
+}
+
+var flowCases = []flowCase{
+	{"tcp4", flow.TCP, "127.0.0.1:%d", 0},
+	{"tcp6", flow.TCP, "[::1]:%d", 1000},
+	{"udp4", flow.UDP, "127.0.0.1:%d", 1001},
+	{"udp6", flow.UDP, "[::1]:%d", 1000},
+	{"ping4", flow.ICMP, "127.0.0.1:%d", 1001},
+	{"ping6", flow.ICMPv6, "[::1]:%d", 0},
+}
+
+// checkFlows runs every flowCase as a short-lived helper process and checks
+// that r names it. With relative, the helper is executed by a relative
+// path, which must still give an absolute Exe.
+func checkFlows(t *testing.T, r Resolver, ns *os.File, cg *os.File) {
+	dir, bin := helperBinary(t)
+	l4 := listen(t, ns, "tcp4", "127.0.0.1:0")
+	l6 := listen(t, ns, "tcp6", "[::1]:0")
+	for i, c := range flowCases {
+		t.Run(c.mode, func(t *testing.T) {
+			port := 9 // discard; nobody listens, which is fine for UDP
+			switch c.mode {
+			case "tcp4":
+				port = l4.Addr().(*net.TCPAddr).Port
+			case "tcp6":
+				port = l6.Addr().(*net.TCPAddr).Port
+			case "ping4", "ping6":
+				port = 0
+			}
+			dst := fmt.Sprintf(c.dst, port)
+			argv0 := bin
+			if i%2 == 1 {
+				argv0 = "./" + filepath.Base(bin) // relative execve path
+			}
+			marker := fmt.Sprintf("marker-%s-%d", c.mode, i)
+			h := startHelper(t, ns, helperOpts{
+				mode: c.mode, dst: dst, uid: c.uid, cgroup: cg,
+				argv0: argv0, dir: dir, args: []string{marker, "second arg"},
+			})
+			// The helper has exited: this is the short-lived case.
+			dap := netip.MustParseAddrPort(dst)
+			tup := flow.Tuple{Proto: c.proto, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
+			if c.proto == flow.ICMP || c.proto == flow.ICMPv6 {
+				tup.DstPort = 0
+			}
+			p := waitResolve(t, r.Resolve, tup)
+			t.Logf("%s -> %+v", tup, p)
+			pid := uint32(h.cmd.Process.Pid)
+			if p.TGID != pid || p.PID != pid {
+				t.Errorf("pid/tgid = %d/%d, want %d", p.PID, p.TGID, pid)
+			}
+			if p.UID != c.uid || p.GID != c.uid {
+				t.Errorf("uid/gid = %d/%d, want %d", p.UID, p.GID, c.uid)
+			}
+			if p.Exe != bin {
+				t.Errorf("exe = %q, want %q", p.Exe, bin)
+			}
+			if want := []string{argv0, marker, "second arg"}; !slices.Equal(p.Args, want) {
+				t.Errorf("args = %q, want %q", p.Args, want)
+			}
+			if p.PPID != uint32(os.Getpid()) {
+				t.Errorf("ppid = %d, want %d", p.PPID, os.Getpid())
+			}
+			if p.Source != string(r.Mechanism()) {
+				t.Errorf("source = %q, want %q", p.Source, r.Mechanism())
+			}
+			if p.StartTime == 0 {
+				t.Errorf("start time is 0")
+			}
+			r.Forget(tup)
+		})
+	}
+}
+
+func TestNetfilterLink(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err) // kernel 6.18: must work
+	}
+	defer r.Close()
+	checkFlows(t, r, ns, nil)
+}
+
+func TestSockOps(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	cgPath, cg := newCgroup(t)
+	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+	checkFlows(t, r, ns, cg)
+}
+
+func TestNotFound(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+	tup := flow.Tuple{Proto: flow.TCP, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.1"), SrcPort: 1, DstPort: 2}
+	if _, err := r.Resolve(tup); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("resolve unknown flow: err = %v, want ErrNotFound", err)
+	}
+}
+
+// TestSameTupleTwoNamespaces sends the same 5-tuple from two namespaces and
+// checks each is attributed to its own process.
+func TestSameTupleTwoNamespaces(t *testing.T) {
+	requireRoot(t)
+	for _, mech := range []Mechanism{MechNetfilterLink, MechSockOps} {
+		t.Run(string(mech), func(t *testing.T) {
+			nsA, inoA := newNetns(t)
+			nsB, inoB := newNetns(t)
+			cfg := Config{Mechanism: mech, NetNS: nsA, Log: testLogger(t)}
+			var cg *os.File
+			if mech == MechSockOps {
+				cfg.CgroupPath, cg = newCgroup(t)
+			}
+			r, err := Open(cfg)
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer r.Close()
+			br := r.(*bpfResolver)
+			if mech == MechNetfilterLink {
+				// One set of maps, attached in both namespaces.
+				prog := mustNetfilterProg(t, br)
+				if err := br.attachNetfilter(nsB, prog); err != nil {
+					t.Fatal(err)
+				}
+			}
+			const lport = 40555
+			lA := listen(t, nsA, "tcp4", "127.0.0.1:0")
+			port := lA.Addr().(*net.TCPAddr).Port
+			listen(t, nsB, "tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+			dir, bin := helperBinary(t)
+			dst := fmt.Sprintf("127.0.0.1:%d", port)
+			hA := startHelper(t, nsA, helperOpts{mode: "tcp4", dst: dst, lport: lport, uid: 1000, argv0: bin, dir: dir, cgroup: cg})
+			hB := startHelper(t, nsB, helperOpts{mode: "tcp4", dst: dst, lport: lport, uid: 1001, argv0: bin, dir: dir, cgroup: cg})
+			tup := flow.Tuple{Proto: flow.TCP, Src: hA.local.Addr(), Dst: netip.MustParseAddr("127.0.0.1"), SrcPort: lport, DstPort: uint16(port)}
+			if hA.local != hB.local {
+				t.Fatalf("tuples differ: %v vs %v", hA.local, hB.local)
+			}
+			pA := waitResolve(t, func(tu flow.Tuple) (flow.Process, error) { return br.resolveIn(inoA, tu) }, tup)
+			pB := waitResolve(t, func(tu flow.Tuple) (flow.Process, error) { return br.resolveIn(inoB, tu) }, tup)
+			if pA.TGID != uint32(hA.cmd.Process.Pid) || pA.UID != 1000 {
+				t.Errorf("namespace A: got pid %d uid %d, want %d 1000", pA.TGID, pA.UID, hA.cmd.Process.Pid)
+			}
+			if pB.TGID != uint32(hB.cmd.Process.Pid) || pB.UID != 1001 {
+				t.Errorf("namespace B: got pid %d uid %d, want %d 1001", pB.TGID, pB.UID, hB.cmd.Process.Pid)
+			}
+		})
+	}
+}
+
+// TestSystemBinary checks a real program started through a shell that
+// exits right after connecting: nc -z.
+func TestSystemBinary(t *testing.T) {
+	requireRoot(t)
+	nc, err := exec.LookPath("nc")
+	if err != nil {
+		t.Skip("nc not installed")
+	}
+	wantExe, err := filepath.EvalSymlinks(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := newNetns(t)
+	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+
+	var l net.Listener
+	accepted := make(chan netip.AddrPort, 1)
+	l = listenAccept(t, ns, "tcp6", "[::1]:0", accepted)
+	port := l.Addr().(*net.TCPAddr).Port
+	cmd := exec.Command("sh", "-c", fmt.Sprintf("exec nc -z -w1 ::1 %d", port))
+	if err := runIn(ns, cmd); err != nil {
+		t.Fatalf("nc: %v", err)
+	}
+	src := <-accepted
+	tup := flow.Tuple{Proto: flow.TCP, Src: src.Addr(), Dst: netip.MustParseAddr("::1"), SrcPort: src.Port(), DstPort: uint16(port)}
+	p := waitResolve(t, r.Resolve, tup)
+	t.Logf("%s -> %+v", tup, p)
+	if p.TGID != uint32(cmd.Process.Pid) {
+		t.Errorf("tgid = %d, want %d", p.TGID, cmd.Process.Pid)
+	}
+	if p.Exe != wantExe {
+		t.Errorf("exe = %q, want %q", p.Exe, wantExe)
+	}
+	if len(p.Args) < 1 || p.Args[0] != "nc" || p.Args[len(p.Args)-1] != fmt.Sprint(port) {
+		t.Errorf("args = %q", p.Args)
+	}
+}
+
+func TestProcFS(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	r, err := Open(Config{Mechanism: MechProcFS, NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+	l := listen(t, ns, "tcp4", "127.0.0.1:0")
+	dir, bin := helperBinary(t)
+	dst := l.Addr().String()
+	h := startHelper(t, ns, helperOpts{mode: "tcp4", dst: dst, uid: 1000, hold: true, argv0: bin, dir: dir, args: []string{"held"}})
+	dap := netip.MustParseAddrPort(dst)
+	tup := flow.Tuple{Proto: flow.TCP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
+	p := waitResolve(t, r.Resolve, tup)
+	if p.TGID != uint32(h.cmd.Process.Pid) || p.UID != 1000 || p.Exe != bin || p.Source != string(MechProcFS) {
+		t.Errorf("got %+v, want pid %d uid 1000 exe %s", p, h.cmd.Process.Pid, bin)
+	}
+}
+
+func TestAuto(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	r, err := Open(Config{NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+	if r.Mechanism() != MechNetfilterLink {
+		t.Errorf("auto picked %s, want %s on this kernel (%s)", r.Mechanism(), MechNetfilterLink, Detect())
+	}
+}
+
+func TestDetect(t *testing.T) {
+	requireRoot(t)
+	f := Detect()
+	t.Log(f)
+	if !f.BTF || !f.NetfilterLink || !f.SockOps || !f.SockAddr || !f.TpBtf {
+		t.Errorf("kernel 6.18 must offer everything: %s", f)
+	}
+}
