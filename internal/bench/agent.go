@@ -85,7 +85,7 @@ func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*Agent, error) 
 		return nil, errors.Join(fmt.Errorf("agent client: %w", err), a.Stop())
 	}
 	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	ready := testenv.Poll(20*time.Second, func() bool {
+	ready := testenv.Poll(60*time.Second, func() bool {
 		select {
 		case <-a.exited:
 			return true
@@ -102,7 +102,7 @@ func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*Agent, error) 
 	default:
 	}
 	if !ready {
-		return nil, errors.Join(fmt.Errorf("agent API not answering within 20s: %s", a.LogTail(10)), a.Stop())
+		return nil, errors.Join(fmt.Errorf("agent API not answering within 60s: %s", a.LogTail(10)), a.Stop())
 	}
 	return a, nil
 }

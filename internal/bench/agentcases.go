@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -56,32 +57,51 @@ func decider(ctx context.Context, a *Agent, scope agentv1.Scope, seen chan<- *ag
 // AgentCached measures connections the agent allows from its decision
 // cache: one connection is answered through the API with scope
 // destination-port, every later one hits the cache.
-func AgentCached(ctx context.Context, runner AgentRunner, workers int, d time.Duration) (Result, Usage, error) {
-	return agentRate(ctx, runner, "agent, cached allow", agentv1.Scope_SCOPE_DESTINATION_PORT, workers, d)
+func AgentCached(ctx context.Context, s *Session, workers int, d time.Duration) (Result, Usage, error) {
+	return agentRate(ctx, s, "agent, cached allow", agentv1.Scope_SCOPE_DESTINATION_PORT, workers, d)
 }
 
 // AgentAPI measures connections that each wait for an ALLOW through the
 // API (scope connection), the worst case of an interactive firewall.
-func AgentAPI(ctx context.Context, runner AgentRunner, workers int, d time.Duration) (Result, Usage, error) {
-	return agentRate(ctx, runner, "agent, API answers each", agentv1.Scope_SCOPE_CONNECTION, workers, d)
+func AgentAPI(ctx context.Context, s *Session, workers int, d time.Duration) (Result, Usage, error) {
+	return agentRate(ctx, s, "agent, API answers each", agentv1.Scope_SCOPE_CONNECTION, workers, d)
 }
 
-func agentRate(ctx context.Context, runner AgentRunner, name string, scope agentv1.Scope, workers int, d time.Duration) (Result, Usage, error) {
+// Session is one agent on one namespace, shared by the agent cases: the
+// agent's start-up (eBPF loading) is slow enough to matter in a three-minute
+// run. Each case uses its own server port, so cache entries made by one
+// case never answer another's connections.
+type Session struct {
+	NS    *testenv.NS
+	Agent *Agent
+}
+
+// StartSession creates a namespace and starts the agent on it.
+func StartSession(ctx context.Context, runner AgentRunner) (*Session, error) {
 	ns, err := testenv.CreateNetNS("")
 	if err != nil {
-		return Result{}, Usage{}, err
+		return nil, err
 	}
-	defer ns.Delete()
+	a, err := runner.Start(ctx, ns)
+	if err != nil {
+		ns.Delete()
+		return nil, err
+	}
+	return &Session{NS: ns, Agent: a}, nil
+}
+
+// Close stops the agent and deletes the namespace.
+func (s *Session) Close() error {
+	return errors.Join(s.Agent.Stop(), s.NS.Delete())
+}
+
+func agentRate(ctx context.Context, s *Session, name string, scope agentv1.Scope, workers int, d time.Duration) (Result, Usage, error) {
+	ns, a := s.NS, s.Agent
 	addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
 	if err != nil {
 		return Result{}, Usage{}, err
 	}
 	defer closeSrv()
-	a, err := runner.Start(ctx, ns)
-	if err != nil {
-		return Result{}, Usage{}, err
-	}
-	defer a.Stop()
 	stop, err := decider(ctx, a, scope, nil)
 	if err != nil {
 		return Result{}, Usage{}, err
@@ -140,13 +160,9 @@ type Attribution struct {
 // over TCP and UDP, IPv4 and IPv6, and UIDs 0, 1000 and 1001. Each connects
 // (or sends one datagram) and exits at once; the agent's pending entry for
 // its flow must name its TGID, UID and executable.
-func MeasureAttribution(ctx context.Context, runner AgentRunner, dialer string, n int) (Attribution, error) {
+func MeasureAttribution(ctx context.Context, s *Session, dialer string, n int) (Attribution, error) {
 	res := Attribution{Misses: map[string]int{}}
-	ns, err := testenv.CreateNetNS("")
-	if err != nil {
-		return res, err
-	}
-	defer ns.Delete()
+	ns, a := s.NS, s.Agent
 	var tcp4, tcp6 string
 	for _, p := range []struct {
 		dst  *string
@@ -164,11 +180,6 @@ func MeasureAttribution(ctx context.Context, runner AgentRunner, dialer string, 
 	_, port6, _ := net.SplitHostPort(tcp6)
 	udp4, udp6 := net.JoinHostPort("127.0.0.1", port4), net.JoinHostPort("::1", port6)
 
-	a, err := runner.Start(ctx, ns)
-	if err != nil {
-		return res, err
-	}
-	defer a.Stop()
 	seen := make(chan *agentv1.PendingConnection, 1024)
 	stop, err := decider(ctx, a, agentv1.Scope_SCOPE_CONNECTION, seen)
 	if err != nil {
@@ -197,7 +208,7 @@ func MeasureAttribution(ctx context.Context, runner AgentRunner, dialer string, 
 		r, err := ns.RunDialer(dctx, dialer, uid, uid, "-net", k.net, "-addr", k.addr, "-timeout", "5s")
 		cancel()
 		if err != nil || !r.OK {
-			res.Misses["dialer failed: "+r.Kind]++
+			res.Misses["dialer failed: "+r.Kind+" ("+k.net+")"]++
 			continue
 		}
 		_, lport, _ := net.SplitHostPort(r.Local)
@@ -219,15 +230,15 @@ func MeasureAttribution(ctx context.Context, runner AgentRunner, dialer string, 
 		}
 		switch p := pc.GetProcess(); {
 		case pc == nil:
-			res.Misses["no pending entry"]++
+			res.Misses["no pending entry ("+k.net+")"]++
 		case p.GetIdentifiedBy() == "":
-			res.Misses["unidentified"]++
+			res.Misses["unidentified ("+k.net+")"]++
 		case int(p.GetTgid()) != r.PID:
-			res.Misses["wrong pid"]++
+			res.Misses["wrong pid ("+k.net+")"]++
 		case p.GetUid() != uid:
-			res.Misses["wrong uid"]++
+			res.Misses["wrong uid ("+k.net+")"]++
 		case p.GetExe() != dialer:
-			res.Misses["wrong exe"]++
+			res.Misses["wrong exe ("+k.net+")"]++
 		default:
 			res.Identified++
 		}

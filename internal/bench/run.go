@@ -109,24 +109,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
 	} else {
 		defer cleanup()
-		if r, _, err := AgentCached(ctx, runner, cfg.Workers, cfg.Duration); err != nil {
+		sess, err := StartSession(ctx, runner)
+		if err != nil {
 			fail(err)
-			cached.Skipped = err.Error()
+			cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
 		} else {
-			cached = r
-		}
-		if r, u, err := AgentAPI(ctx, runner, cfg.Workers, cfg.Duration); err != nil {
-			fail(err)
-			api.Skipped = err.Error()
-		} else {
-			api = r
-			if r.Conns > 0 {
-				rep.AgentCPUMsPer1000 = u.CPUMillis() * 1000 / float64(r.Conns)
-			}
-			rep.AgentRSSKB, rep.AgentHWMKB = u.RSSKB, u.HWMKB
-		}
-		if cfg.Processes > 0 {
-			rep.Attribution = attribution(ctx, cfg, runner, fail)
+			defer sess.Close()
+			runAgentCases(ctx, cfg, sess, &rep, &cached, &api, fail)
 		}
 	}
 	row(cached)
@@ -226,7 +215,7 @@ func agentRunner(cfg Config) (AgentRunner, func(), error) {
 	return BinaryAgent{Bin: bin, Dir: dir, QueueNum: 10}, cleanup, nil
 }
 
-func attribution(ctx context.Context, cfg Config, runner AgentRunner, fail func(error)) Attribution {
+func attribution(ctx context.Context, cfg Config, sess *Session, fail func(error)) Attribution {
 	dir, err := testenv.MakeTempDir("bastion-bench-dialer-")
 	if err != nil {
 		fail(err)
@@ -238,10 +227,34 @@ func attribution(ctx context.Context, cfg Config, runner AgentRunner, fail func(
 		fail(err)
 		return Attribution{Skipped: err.Error()}
 	}
-	a, err := MeasureAttribution(ctx, runner, bin, cfg.Processes)
+	a, err := MeasureAttribution(ctx, sess, bin, cfg.Processes)
 	if err != nil {
 		fail(err)
 		a.Skipped = err.Error()
 	}
 	return a
+}
+
+// runAgentCases measures the agent cases on one session and fills in the
+// report; each failure is recorded and the next case still runs.
+func runAgentCases(ctx context.Context, cfg Config, sess *Session, rep *Report, cached, api *Result, fail func(error)) {
+	if r, _, err := AgentCached(ctx, sess, cfg.Workers, cfg.Duration); err != nil {
+		fail(err)
+		cached.Skipped = err.Error()
+	} else {
+		*cached = r
+	}
+	if r, u, err := AgentAPI(ctx, sess, cfg.Workers, cfg.Duration); err != nil {
+		fail(err)
+		api.Skipped = err.Error()
+	} else {
+		*api = r
+		if r.Conns > 0 {
+			rep.AgentCPUMsPer1000 = u.CPUMillis() * 1000 / float64(r.Conns)
+		}
+		rep.AgentRSSKB, rep.AgentHWMKB = u.RSSKB, u.HWMKB
+	}
+	if cfg.Processes > 0 {
+		rep.Attribution = attribution(ctx, cfg, sess, fail)
+	}
 }
