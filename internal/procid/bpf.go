@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -363,16 +364,20 @@ func (r *bpfResolver) Forget(t flow.Tuple) {
 	_ = r.flows.Delete(&k) // ErrKeyNotExist is fine: LRU may have evicted it
 }
 
+// bytesOf views the C char array b as bytes without copying.
+func bytesOf(b []int8) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), len(b))
+}
+
 func cString(b []int8) string {
-	n := 0
-	for n < len(b) && b[n] != 0 {
-		n++
+	raw := bytesOf(b)
+	if i := bytes.IndexByte(raw, 0); i >= 0 {
+		raw = raw[:i]
 	}
-	s := make([]byte, n)
-	for i := range s {
-		s[i] = byte(b[i])
-	}
-	return string(s)
+	return string(raw)
 }
 
 // splitArgs splits NUL-terminated arguments; a last argument cut off by the
@@ -381,11 +386,7 @@ func splitArgs(b []int8) []string {
 	if len(b) == 0 {
 		return nil
 	}
-	raw := make([]byte, len(b))
-	for i := range b {
-		raw[i] = byte(b[i])
-	}
-	raw = bytes.TrimSuffix(raw, []byte{0})
+	raw := bytes.TrimSuffix(bytesOf(b), []byte{0})
 	return strings.Split(string(raw), "\x00")
 }
 

@@ -117,7 +117,7 @@ func helperMain(mode string) error {
 
 // requireRoot skips unprivileged runs; as root, or with BASTION_E2E=1, the
 // test runs and a missing capability fails it.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 && os.Getenv("BASTION_E2E") != "1" {
 		t.Skip("needs root: run as root or with BASTION_E2E=1 (e.g. sudo go test ./internal/procid/)")
@@ -132,7 +132,7 @@ func randName(prefix string) string {
 
 // newNetns creates a named network namespace with loopback up and ping
 // sockets allowed for everyone; it is deleted when the test ends.
-func newNetns(t *testing.T) (*os.File, uint32) {
+func newNetns(t testing.TB) (*os.File, uint32) {
 	t.Helper()
 	name := randName("bastion-t-")
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
@@ -166,7 +166,7 @@ func newNetns(t *testing.T) (*os.File, uint32) {
 }
 
 // newCgroup creates a child cgroup v2 directory, removed at the end.
-func newCgroup(t *testing.T) (string, *os.File) {
+func newCgroup(t testing.TB) (string, *os.File) {
 	t.Helper()
 	root, err := cgroup2Mount()
 	if err != nil {
@@ -194,7 +194,7 @@ func newCgroup(t *testing.T) (string, *os.File) {
 // helperBinary copies the test binary to a directory every UID can enter, so
 // that helpers can run as unprivileged users. It returns the directory and
 // the binary's absolute path.
-func helperBinary(t *testing.T) (dir, path string) {
+func helperBinary(t testing.TB) (dir, path string) {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -237,7 +237,7 @@ type helperProc struct {
 
 // startHelper runs the helper inside ns and returns once it has sent its
 // flow (it has printed its local address).
-func startHelper(t *testing.T, ns *os.File, o helperOpts) *helperProc {
+func startHelper(t testing.TB, ns *os.File, o helperOpts) *helperProc {
 	t.Helper()
 	cmd := exec.Command(o.argv0, o.args...)
 	cmd.Dir = o.dir
@@ -292,7 +292,7 @@ func startHelper(t *testing.T, ns *os.File, o helperOpts) *helperProc {
 }
 
 // listen opens a listener inside ns.
-func listen(t *testing.T, ns *os.File, network, addr string) net.Listener {
+func listen(t testing.TB, ns *os.File, network, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
 	err := netns.Do(ns, func() (err error) {
@@ -318,7 +318,7 @@ func listen(t *testing.T, ns *os.File, network, addr string) net.Listener {
 // waitResolve retries Resolve until it succeeds or the deadline passes;
 // with the eBPF mechanisms the entry exists before the helper returns, so
 // this normally succeeds at once.
-func waitResolve(t *testing.T, resolve func(flow.Tuple) (flow.Process, error), tup flow.Tuple) flow.Process {
+func waitResolve(t testing.TB, resolve func(flow.Tuple) (flow.Process, error), tup flow.Tuple) flow.Process {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -333,7 +333,7 @@ func waitResolve(t *testing.T, resolve func(flow.Tuple) (flow.Process, error), t
 	}
 }
 
-func listenAccept(t *testing.T, ns *os.File, network, addr string, accepted chan<- netip.AddrPort) net.Listener {
+func listenAccept(t testing.TB, ns *os.File, network, addr string, accepted chan<- netip.AddrPort) net.Listener {
 	t.Helper()
 	var l net.Listener
 	err := netns.Do(ns, func() (err error) {
@@ -368,7 +368,7 @@ func runIn(ns *os.File, cmd *exec.Cmd) error {
 	return cmd.Wait()
 }
 
-func mustNetfilterProg(t *testing.T, r *bpfResolver) *ebpf.Program {
+func mustNetfilterProg(t testing.TB, r *bpfResolver) *ebpf.Program {
 	t.Helper()
 	for _, c := range r.closers {
 		if p, ok := c.(*ebpf.Program); ok && p.Type() == ebpf.Netfilter {
