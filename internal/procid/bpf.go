@@ -355,6 +355,31 @@ func (r *bpfResolver) fillExec(p *flow.Process, e *procidExecValue) {
 	if p.PPID == 0 {
 		p.PPID = pp.PPID
 	}
+	r.remember(p, e)
+}
+
+// remember stores what /proc said about p in the exec map, keyed like the
+// kernel's own entries, so that the next connection of a process that
+// started before the agent costs a map lookup instead of a /proc read
+// (~130 us). The kernel replaces the entry when the process execs.
+func (r *bpfResolver) remember(p *flow.Process, e *procidExecValue) {
+	if r.execs == nil || p.Exe == "" {
+		return
+	}
+	*e = procidExecValue{Tgid: p.TGID, Ppid: p.PPID, StartBoottime: p.StartTime}
+	e.ExeLen = uint16(copy(bytesOf(e.Exe[:len(e.Exe)-1]), p.Exe))
+	args := bytesOf(e.Args[:])
+	n := 0
+	for _, a := range p.Args {
+		if n+len(a)+1 > len(args) {
+			break
+		}
+		n += copy(args[n:], a)
+		args[n] = 0
+		n++
+	}
+	e.ArgsLen = uint16(n)
+	_ = r.execs.Update(&p.TGID, e, ebpf.UpdateNoExist) // the kernel's entry, if one appeared meanwhile, wins
 }
 
 // Forget implements Resolver.
