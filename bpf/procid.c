@@ -93,6 +93,10 @@ struct flow_value {
 	__u64 ts;     // bpf_ktime_get_boot_ns() when written
 	__u64 sk_ino; // socket inode, 0 when unknown (netfilter only)
 	char comm[COMM_LEN];
+	// The thread group leader's self_exec_id, which every execve bumps:
+	// with tgid and start_boottime it names one process image, so
+	// userspace can cache exe and argv without an exec-map lookup.
+	__u64 exec_id;
 };
 
 // exec_value describes a process image.
@@ -182,6 +186,7 @@ static __always_inline void fill_task(struct flow_value *v, struct task_struct *
 	v->uid = BPF_CORE_READ(t, cred, uid.val);
 	v->gid = BPF_CORE_READ(t, cred, gid.val);
 	v->start_boottime = BPF_CORE_READ(t, group_leader, start_boottime);
+	v->exec_id = BPF_CORE_READ(t, group_leader, self_exec_id);
 	v->ts = bpf_ktime_get_boot_ns();
 	bpf_probe_read_kernel_str(v->comm, sizeof(v->comm), &t->comm);
 }

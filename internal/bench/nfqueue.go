@@ -1,63 +1,47 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
-
-	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
+	"syscall"
 
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
-// BareQueue is a minimal NFQUEUE consumer that accepts every packet: the
-// ceiling any userspace verdict path can reach on this machine.
+// BareQueuePackage is the bare NFQUEUE program's package.
+const BareQueuePackage = "github.com/bastion-fw/bastion/internal/bench/barequeue"
+
+// BareQueue is a minimal NFQUEUE program, in its own process like the agent,
+// that accepts every packet: the ceiling any userspace verdict path can reach
+// on this machine.
 type BareQueue struct {
-	nf     *nfqueue.Nfqueue
-	cancel context.CancelFunc
-	seen   atomic.Uint64
+	cmd  *exec.Cmd
+	out  *bufio.Reader
+	seen uint64
 }
 
 // StartBareQueue sends new outbound TCP connections (SYNs) in ns to queue
-// num and accepts them from a go-nfqueue program running in this process.
-// The rule has no --queue-bypass: if the program falls behind, SYNs are
-// dropped and retransmitted, which shows in p99.
-func StartBareQueue(ctx context.Context, ns *testenv.NS, num uint16) (*BareQueue, error) {
-	nf, err := nfqueue.Open(&nfqueue.Config{
-		NfQueue:      num,
-		NetNS:        int(ns.File.Fd()),
-		Flags:        nfqueue.NfQaCfgFlagUIDGid,
-		Copymode:     nfqueue.NfQnlCopyPacket,
-		MaxPacketLen: 128,
-		MaxQueueLen:  4096,
-		WriteTimeout: 100 * time.Millisecond,
-	})
+// num and starts the program bin (built from BareQueuePackage) inside ns to
+// accept them. The rule has no --queue-bypass: if the program falls behind,
+// SYNs are dropped and retransmitted, which shows in p99.
+func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16) (*BareQueue, error) {
+	cmd := ns.Command(ctx, 0, 0, bin, "-queue-num", strconv.Itoa(int(num)))
+	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, fmt.Errorf("open nfqueue %d: %w", num, err)
+		return nil, err
 	}
-	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
-		nf.Close()
-		return nil, fmt.Errorf("nfqueue option NoENOBUFS: %w", err)
+	if err := ns.Start(cmd); err != nil {
+		return nil, fmt.Errorf("start bare queue: %w", err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	q := &BareQueue{nf: nf, cancel: cancel}
-	hook := func(a nfqueue.Attribute) int {
-		if a.PacketID != nil {
-			q.seen.Add(1)
-			nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
-		}
-		return 0
-	}
-	// Keep reading after transient errors; ctx ends the loop.
-	if err := nf.RegisterWithErrorFunc(ctx, hook, func(error) int { return 0 }); err != nil {
-		cancel()
-		nf.Close()
-		return nil, fmt.Errorf("register nfqueue %d: %w", num, err)
+	q := &BareQueue{cmd: cmd, out: bufio.NewReader(stdout)}
+	if line, err := q.out.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+		q.Close()
+		return nil, fmt.Errorf("bare queue did not start: %q %v", line, err)
 	}
 	if err := Iptables(ns, "-A", "OUTPUT", "-p", "tcp", "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num))); err != nil {
 		q.Close()
@@ -66,14 +50,17 @@ func StartBareQueue(ctx context.Context, ns *testenv.NS, num uint16) (*BareQueue
 	return q, nil
 }
 
-// Seen is the number of packets the queue has delivered.
-func (q *BareQueue) Seen() uint64 { return q.seen.Load() }
-
-// Close stops reading and closes the queue. Remove the rule (or the
-// namespace) first, or new SYNs are dropped.
-func (q *BareQueue) Close() error {
-	q.cancel()
-	return q.nf.Close()
+// Close stops the program and returns how many packets it accepted. Remove
+// the rule (or the namespace) first, or new SYNs are dropped.
+func (q *BareQueue) Close() (uint64, error) {
+	q.cmd.Process.Signal(syscall.SIGTERM)
+	rest, _ := io.ReadAll(q.out)
+	err := q.cmd.Wait()
+	n, perr := strconv.ParseUint(strings.TrimSpace(string(rest)), 10, 64)
+	if perr != nil && err == nil {
+		err = fmt.Errorf("bare queue count %q: %w", rest, perr)
+	}
+	return n, err
 }
 
 // Iptables runs iptables inside ns, staying in the root mount namespace.

@@ -171,6 +171,15 @@ func noFirewall(ctx context.Context, cfg Config) (Result, error) {
 }
 
 func bareQueue(ctx context.Context, cfg Config) (Result, error) {
+	dir, err := testenv.MakeTempDir("bastion-bench-queue-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(dir)
+	bin, err := testenv.GoBuild(dir, "barequeue", BareQueuePackage)
+	if err != nil {
+		return Result{}, err
+	}
 	ns, err := testenv.CreateNetNS("")
 	if err != nil {
 		return Result{}, err
@@ -181,16 +190,19 @@ func bareQueue(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	defer closeSrv()
-	q, err := StartBareQueue(ctx, ns, 9)
+	q, err := StartBareQueue(ctx, ns, bin, 9)
 	if err != nil {
 		return Result{}, err
 	}
-	defer q.Close()
 	r := ConnRate(ctx, ns, "bare NFQUEUE (accept all)", addr, cfg.Workers, cfg.Duration)
+	seen, err := q.Close()
+	if err != nil {
+		return r, err
+	}
 	// Sanity: every connection's SYN went through the queue.
-	r.Note = fmt.Sprintf("%s queued=%d", r.Note, q.Seen())
-	if q.Seen() < uint64(r.Conns) {
-		return r, fmt.Errorf("bare NFQUEUE saw %d packets for %d connections: rule not effective", q.Seen(), r.Conns)
+	r.Note = fmt.Sprintf("%s queued=%d", r.Note, seen)
+	if seen < uint64(r.Conns) {
+		return r, fmt.Errorf("bare NFQUEUE saw %d packets for %d connections: rule not effective", seen, r.Conns)
 	}
 	return r, nil
 }

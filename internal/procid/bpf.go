@@ -69,7 +69,30 @@ type bpfResolver struct {
 
 	// bufs recycles lookup buffers so Resolve does not allocate them.
 	bufs sync.Pool
+
+	// images caches the exe, argv and parent of process images already
+	// seen, so that a program's later connections cost one map lookup
+	// (the flow) instead of two plus string building.
+	imagesMu sync.Mutex
+	images   map[imageKey]image
 }
+
+// imageKey names one process image: execve bumps the leader's
+// self_exec_id, and tgid with start time survives PID reuse.
+type imageKey struct {
+	tgid   uint32
+	start  uint64
+	execID uint64
+}
+
+type image struct {
+	exe  string
+	args []string // shared by every Process built from it; never modified
+	ppid uint32
+}
+
+// maxImages bounds the image cache; it is simply cleared when full.
+const maxImages = 8192
 
 type lookupBuf struct {
 	key  procidFlowKey
@@ -98,7 +121,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF spec: %w", err)
 	}
-	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino)}
+	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino), images: make(map[imageKey]image)}
 	r.bufs.New = func() any { return new(lookupBuf) }
 	defer func() {
 		if err != nil {
@@ -322,7 +345,23 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	if v.Flags&flowFlagUIDMismatch != 0 {
 		r.log.Debug("flow sent with a uid other than the socket owner's", "flow", t, "uid", v.Uid, "sk_uid", v.SkUid, "pid", v.Pid)
 	}
+	ik := imageKey{tgid: v.Tgid, start: v.StartBoottime, execID: v.ExecId}
+	r.imagesMu.Lock()
+	img, ok := r.images[ik]
+	r.imagesMu.Unlock()
+	if ok {
+		p.Exe, p.Args, p.PPID = img.exe, img.args, img.ppid
+		return p, nil
+	}
 	r.fillExec(&p, &b.exec)
+	if p.Exe != "" {
+		r.imagesMu.Lock()
+		if len(r.images) >= maxImages {
+			clear(r.images)
+		}
+		r.images[ik] = image{exe: p.Exe, args: p.Args, ppid: p.PPID}
+		r.imagesMu.Unlock()
+	}
 	return p, nil
 }
 

@@ -49,6 +49,7 @@ type procidFlowValue struct {
 	Ts            uint64
 	SkIno         uint64
 	Comm          [16]int8
+	ExecId        uint64
 }
 
 type procidPathScratch struct {
