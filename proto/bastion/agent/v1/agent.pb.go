@@ -14,6 +14,7 @@
 package agentv1
 
 import (
+	v1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1204,8 +1205,11 @@ type DecisionEvent struct {
 	Process *Process               `protobuf:"bytes,2,opt,name=process,proto3" json:"process,omitempty"`
 	Flow    *Flow                  `protobuf:"bytes,3,opt,name=flow,proto3" json:"flow,omitempty"`
 	Action  Action                 `protobuf:"varint,4,opt,name=action,proto3,enum=bastion.agent.v1.Action" json:"action,omitempty"`
-	// "cache:<id>", "api:uid=<uid>", "policy", "deadline", "unparsed".
-	DecidedBy     string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// "rule:<id>", "cache:<id>", "api:uid=<uid>", "policy", "deadline",
+	// "retransmit", "shutdown", "unparsed".
+	DecidedBy string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// Set when a rule decided: its ID.
+	RuleId        string `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1271,6 +1275,13 @@ func (x *DecisionEvent) GetAction() Action {
 func (x *DecisionEvent) GetDecidedBy() string {
 	if x != nil {
 		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *DecisionEvent) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
 	}
 	return ""
 }
@@ -1561,11 +1572,109 @@ func (x *ForgetCacheResponse) GetRemoved() uint32 {
 	return 0
 }
 
+type SetRulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only root may name another UID; unset means the caller's own.
+	Uid           *uint32    `protobuf:"varint,1,opt,name=uid,proto3,oneof" json:"uid,omitempty"`
+	Rules         []*v1.Rule `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRulesRequest) Reset() {
+	*x = SetRulesRequest{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRulesRequest) ProtoMessage() {}
+
+func (x *SetRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRulesRequest.ProtoReflect.Descriptor instead.
+func (*SetRulesRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetRulesRequest) GetUid() uint32 {
+	if x != nil && x.Uid != nil {
+		return *x.Uid
+	}
+	return 0
+}
+
+func (x *SetRulesRequest) GetRules() []*v1.Rule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type SetRulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rules the agent will enforce (disabled and expired ones are dropped).
+	Active        uint32 `protobuf:"varint,1,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRulesResponse) Reset() {
+	*x = SetRulesResponse{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRulesResponse) ProtoMessage() {}
+
+func (x *SetRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRulesResponse.ProtoReflect.Descriptor instead.
+func (*SetRulesResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetRulesResponse) GetActive() uint32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
 var File_bastion_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbastion/agent/v1/agent.proto\x12\x10bastion.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n" +
+	"\x1cbastion/agent/v1/agent.proto\x12\x10bastion.agent.v1\x1a\x1cbastion/rules/v1/rules.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04tgid\x18\x02 \x01(\rR\x04tgid\x12\x12\n" +
@@ -1651,14 +1760,15 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"caller_uid\x18\f \x01(\rR\tcallerUid\x12!\n" +
 	"\fwatched_uids\x18\r \x03(\rR\vwatchedUids\"\x17\n" +
-	"\x15WatchDecisionsRequest\"\xf1\x01\n" +
+	"\x15WatchDecisionsRequest\"\x8a\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
 	"\x04flow\x18\x03 \x01(\v2\x16.bastion.agent.v1.FlowR\x04flow\x120\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x06action\x12\x1d\n" +
 	"\n" +
-	"decided_by\x18\x05 \x01(\tR\tdecidedBy\"\xd5\x02\n" +
+	"decided_by\x18\x05 \x01(\tR\tdecidedBy\x12\x17\n" +
+	"\arule_id\x18\x06 \x01(\tR\x06ruleId\"\xd5\x02\n" +
 	"\n" +
 	"CacheEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
@@ -1678,7 +1788,13 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x12ForgetCacheRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"/\n" +
 	"\x13ForgetCacheResponse\x12\x18\n" +
-	"\aremoved\x18\x01 \x01(\rR\aremoved*p\n" +
+	"\aremoved\x18\x01 \x01(\rR\aremoved\"^\n" +
+	"\x0fSetRulesRequest\x12\x15\n" +
+	"\x03uid\x18\x01 \x01(\rH\x00R\x03uid\x88\x01\x01\x12,\n" +
+	"\x05rules\x18\x02 \x03(\v2\x16.bastion.rules.v1.RuleR\x05rulesB\x06\n" +
+	"\x04_uid\"*\n" +
+	"\x10SetRulesResponse\x12\x16\n" +
+	"\x06active\x18\x01 \x01(\rR\x06active*p\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -1697,7 +1813,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x11SCOPE_DESTINATION\x10\x03\x12\x0e\n" +
 	"\n" +
 	"SCOPE_PORT\x10\x04\x12\r\n" +
-	"\tSCOPE_ANY\x10\x052\xf6\x04\n" +
+	"\tSCOPE_ANY\x10\x052\xc9\x05\n" +
 	"\fAgentService\x12W\n" +
 	"\fWatchPending\x12%.bastion.agent.v1.WatchPendingRequest\x1a\x1e.bastion.agent.v1.PendingEvent0\x01\x12Z\n" +
 	"\vListPending\x12$.bastion.agent.v1.ListPendingRequest\x1a%.bastion.agent.v1.ListPendingResponse\x12K\n" +
@@ -1705,7 +1821,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\tGetStatus\x12\".bastion.agent.v1.GetStatusRequest\x1a#.bastion.agent.v1.GetStatusResponse\x12\\\n" +
 	"\x0eWatchDecisions\x12'.bastion.agent.v1.WatchDecisionsRequest\x1a\x1f.bastion.agent.v1.DecisionEvent0\x01\x12T\n" +
 	"\tListCache\x12\".bastion.agent.v1.ListCacheRequest\x1a#.bastion.agent.v1.ListCacheResponse\x12Z\n" +
-	"\vForgetCache\x12$.bastion.agent.v1.ForgetCacheRequest\x1a%.bastion.agent.v1.ForgetCacheResponseB>Z<github.com/bastion-fw/bastion/proto/bastion/agent/v1;agentv1b\x06proto3"
+	"\vForgetCache\x12$.bastion.agent.v1.ForgetCacheRequest\x1a%.bastion.agent.v1.ForgetCacheResponse\x12Q\n" +
+	"\bSetRules\x12!.bastion.agent.v1.SetRulesRequest\x1a\".bastion.agent.v1.SetRulesResponseB>Z<github.com/bastion-fw/bastion/proto/bastion/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_bastion_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1720,7 +1837,7 @@ func file_bastion_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: bastion.agent.v1.Protocol
 	(Action)(0),                   // 1: bastion.agent.v1.Action
@@ -1745,15 +1862,18 @@ var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(*ListCacheResponse)(nil),     // 20: bastion.agent.v1.ListCacheResponse
 	(*ForgetCacheRequest)(nil),    // 21: bastion.agent.v1.ForgetCacheRequest
 	(*ForgetCacheResponse)(nil),   // 22: bastion.agent.v1.ForgetCacheResponse
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*SetRulesRequest)(nil),       // 23: bastion.agent.v1.SetRulesRequest
+	(*SetRulesResponse)(nil),      // 24: bastion.agent.v1.SetRulesResponse
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*v1.Rule)(nil),               // 27: bastion.rules.v1.Rule
 }
 var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
 	4,  // 1: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
 	5,  // 2: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
-	23, // 3: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
-	23, // 4: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
+	25, // 3: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
+	25, // 4: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
 	1,  // 5: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
 	3,  // 6: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
 	6,  // 7: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
@@ -1761,37 +1881,40 @@ var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	6,  // 9: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
 	1,  // 10: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
 	2,  // 11: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
-	24, // 12: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
+	26, // 12: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
 	14, // 13: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
-	23, // 14: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
-	23, // 15: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
+	25, // 14: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
+	25, // 15: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
 	4,  // 16: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
 	5,  // 17: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
 	1,  // 18: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
 	2,  // 19: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
 	0,  // 20: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
 	1,  // 21: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
-	23, // 22: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
+	25, // 22: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
 	18, // 23: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
-	8,  // 24: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
-	9,  // 25: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
-	11, // 26: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
-	13, // 27: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
-	16, // 28: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
-	19, // 29: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
-	21, // 30: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
-	7,  // 31: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
-	10, // 32: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
-	12, // 33: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
-	15, // 34: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
-	17, // 35: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
-	20, // 36: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
-	22, // 37: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
-	31, // [31:38] is the sub-list for method output_type
-	24, // [24:31] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	27, // 24: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
+	8,  // 25: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
+	9,  // 26: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
+	11, // 27: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
+	13, // 28: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
+	16, // 29: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
+	19, // 30: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
+	21, // 31: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
+	23, // 32: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
+	7,  // 33: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
+	10, // 34: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
+	12, // 35: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
+	15, // 36: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
+	17, // 37: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
+	20, // 38: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
+	22, // 39: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
+	24, // 40: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_bastion_agent_v1_agent_proto_init() }
@@ -1799,13 +1922,14 @@ func file_bastion_agent_v1_agent_proto_init() {
 	if File_bastion_agent_v1_agent_proto != nil {
 		return
 	}
+	file_bastion_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_agent_v1_agent_proto_rawDesc), len(file_bastion_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	AgentService_WatchDecisions_FullMethodName = "/bastion.agent.v1.AgentService/WatchDecisions"
 	AgentService_ListCache_FullMethodName      = "/bastion.agent.v1.AgentService/ListCache"
 	AgentService_ForgetCache_FullMethodName    = "/bastion.agent.v1.AgentService/ForgetCache"
+	AgentService_SetRules_FullMethodName       = "/bastion.agent.v1.AgentService/SetRules"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -57,6 +58,11 @@ type AgentServiceClient interface {
 	ListCache(ctx context.Context, in *ListCacheRequest, opts ...grpc.CallOption) (*ListCacheResponse, error)
 	// ForgetCache removes cached decisions visible to the caller.
 	ForgetCache(ctx context.Context, in *ForgetCacheRequest, opts ...grpc.CallOption) (*ForgetCacheResponse, error)
+	// SetRules replaces the rules that decide one UID's connections in the
+	// agent, without asking anyone. A caller sets only its own UID's rules;
+	// root may name any UID. The per-user rules service calls it at start-up,
+	// after reconnecting and whenever its rules change.
+	SetRules(ctx context.Context, in *SetRulesRequest, opts ...grpc.CallOption) (*SetRulesResponse, error)
 }
 
 type agentServiceClient struct {
@@ -155,6 +161,16 @@ func (c *agentServiceClient) ForgetCache(ctx context.Context, in *ForgetCacheReq
 	return out, nil
 }
 
+func (c *agentServiceClient) SetRules(ctx context.Context, in *SetRulesRequest, opts ...grpc.CallOption) (*SetRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRulesResponse)
+	err := c.cc.Invoke(ctx, AgentService_SetRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -177,6 +193,11 @@ type AgentServiceServer interface {
 	ListCache(context.Context, *ListCacheRequest) (*ListCacheResponse, error)
 	// ForgetCache removes cached decisions visible to the caller.
 	ForgetCache(context.Context, *ForgetCacheRequest) (*ForgetCacheResponse, error)
+	// SetRules replaces the rules that decide one UID's connections in the
+	// agent, without asking anyone. A caller sets only its own UID's rules;
+	// root may name any UID. The per-user rules service calls it at start-up,
+	// after reconnecting and whenever its rules change.
+	SetRules(context.Context, *SetRulesRequest) (*SetRulesResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -207,6 +228,9 @@ func (UnimplementedAgentServiceServer) ListCache(context.Context, *ListCacheRequ
 }
 func (UnimplementedAgentServiceServer) ForgetCache(context.Context, *ForgetCacheRequest) (*ForgetCacheResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ForgetCache not implemented")
+}
+func (UnimplementedAgentServiceServer) SetRules(context.Context, *SetRulesRequest) (*SetRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRules not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -341,6 +365,24 @@ func _AgentService_ForgetCache_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_SetRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SetRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SetRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SetRules(ctx, req.(*SetRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -367,6 +409,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ForgetCache",
 			Handler:    _AgentService_ForgetCache_Handler,
+		},
+		{
+			MethodName: "SetRules",
+			Handler:    _AgentService_SetRules_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
