@@ -1,0 +1,199 @@
+package rules
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+)
+
+// ToProto converts r to its wire form. FromProto(ToProto(r)) == r for every
+// valid r whose times are in UTC without a monotonic reading (as every
+// rule read back from the wire, a file or the store is).
+func ToProto(r Rule) *rulesv1.Rule {
+	return &rulesv1.Rule{
+		Id:         r.ID,
+		Enabled:    r.Enabled,
+		Action:     actionToProto(r.Action),
+		Exe:        r.Exe,
+		Cmdline:    r.Cmdline,
+		ExeSha256:  r.ExeSHA256,
+		Dst:        formatDst(r.Dst),
+		DstPortMin: uint32(r.PortMin),
+		DstPortMax: uint32(r.PortMax),
+		Host:       r.Host,
+		Protocol:   protoToProto(r.Proto),
+		Lifetime:   rulesv1.Lifetime(r.Lifetime),
+		Expires:    timeToProto(r.Expires),
+		Created:    timeToProto(r.Created),
+		Hits:       r.Hits,
+		LastHit:    timeToProto(r.LastHit),
+		Note:       r.Note,
+	}
+}
+
+// FromProto converts a wire rule, which is untrusted, and validates it.
+func FromProto(p *rulesv1.Rule) (Rule, error) {
+	if p == nil {
+		return Rule{}, fmt.Errorf("rule from wire: no rule")
+	}
+	r, err := fromProto(p)
+	if err != nil {
+		return Rule{}, fmt.Errorf("rule %q from wire: %w", p.GetId(), err)
+	}
+	if err := r.Validate(); err != nil {
+		return Rule{}, fmt.Errorf("rule %q from wire: %w", p.GetId(), err)
+	}
+	return r, nil
+}
+
+func fromProto(p *rulesv1.Rule) (Rule, error) {
+	r := Rule{
+		ID:        p.GetId(),
+		Enabled:   p.GetEnabled(),
+		Exe:       p.GetExe(),
+		Cmdline:   p.GetCmdline(),
+		ExeSHA256: p.GetExeSha256(),
+		Host:      p.GetHost(),
+		Hits:      p.GetHits(),
+		Note:      p.GetNote(),
+	}
+	var err error
+	if r.Action, err = actionFromProto(p.GetAction()); err != nil {
+		return Rule{}, err
+	}
+	switch l := p.GetLifetime(); l {
+	case rulesv1.Lifetime_LIFETIME_ONCE, rulesv1.Lifetime_LIFETIME_DURATION,
+		rulesv1.Lifetime_LIFETIME_SESSION, rulesv1.Lifetime_LIFETIME_FOREVER:
+		r.Lifetime = Lifetime(l)
+	default:
+		return Rule{}, fmt.Errorf("lifetime: unknown value %d", int32(l))
+	}
+	if r.Proto, err = protoFromProto(p.GetProtocol()); err != nil {
+		return Rule{}, err
+	}
+	if r.Dst, err = parseDst(p.GetDst()); err != nil {
+		return Rule{}, fmt.Errorf("dst: %w", err)
+	}
+	if p.GetDstPortMin() > math.MaxUint16 || p.GetDstPortMax() > math.MaxUint16 {
+		return Rule{}, fmt.Errorf("ports: %d-%d out of range", p.GetDstPortMin(), p.GetDstPortMax())
+	}
+	r.PortMin, r.PortMax = uint16(p.GetDstPortMin()), uint16(p.GetDstPortMax())
+	for _, t := range []struct {
+		name string
+		ts   *timestamppb.Timestamp
+		dst  *time.Time
+	}{{"expires", p.GetExpires(), &r.Expires}, {"created", p.GetCreated(), &r.Created}, {"last_hit", p.GetLastHit(), &r.LastHit}} {
+		if *t.dst, err = timeFromProto(t.ts); err != nil {
+			return Rule{}, fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	return r, nil
+}
+
+func actionToProto(a flow.Action) rulesv1.Action {
+	switch a {
+	case flow.ActionAllow:
+		return rulesv1.Action_ACTION_ALLOW
+	case flow.ActionDeny:
+		return rulesv1.Action_ACTION_DENY
+	case flow.ActionReject:
+		return rulesv1.Action_ACTION_REJECT
+	}
+	return rulesv1.Action_ACTION_UNSPECIFIED
+}
+
+func actionFromProto(a rulesv1.Action) (flow.Action, error) {
+	switch a {
+	case rulesv1.Action_ACTION_ALLOW:
+		return flow.ActionAllow, nil
+	case rulesv1.Action_ACTION_DENY:
+		return flow.ActionDeny, nil
+	case rulesv1.Action_ACTION_REJECT:
+		return flow.ActionReject, nil
+	}
+	return 0, fmt.Errorf("action: unknown value %d", int32(a))
+}
+
+func protoToProto(p flow.Proto) rulesv1.Protocol {
+	switch p {
+	case flow.TCP:
+		return rulesv1.Protocol_PROTOCOL_TCP
+	case flow.UDP:
+		return rulesv1.Protocol_PROTOCOL_UDP
+	case flow.ICMP:
+		return rulesv1.Protocol_PROTOCOL_ICMP
+	case flow.ICMPv6:
+		return rulesv1.Protocol_PROTOCOL_ICMPV6
+	}
+	return rulesv1.Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func protoFromProto(p rulesv1.Protocol) (flow.Proto, error) {
+	switch p {
+	case rulesv1.Protocol_PROTOCOL_UNSPECIFIED:
+		return 0, nil
+	case rulesv1.Protocol_PROTOCOL_TCP:
+		return flow.TCP, nil
+	case rulesv1.Protocol_PROTOCOL_UDP:
+		return flow.UDP, nil
+	case rulesv1.Protocol_PROTOCOL_ICMP:
+		return flow.ICMP, nil
+	case rulesv1.Protocol_PROTOCOL_ICMPV6:
+		return flow.ICMPv6, nil
+	}
+	return 0, fmt.Errorf("protocol: unknown value %d", int32(p))
+}
+
+func timeToProto(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func timeFromProto(ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return time.Time{}, nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, err
+	}
+	return ts.AsTime(), nil
+}
+
+// formatDst writes a single address without its length, and a prefix in
+// CIDR form; the zero Prefix is "".
+func formatDst(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return ""
+	case p.IsSingleIP():
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// parseDst is the inverse of formatDst.
+func parseDst(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	if strings.Contains(s, "/") {
+		return netip.ParsePrefix(s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%s: zones are not supported", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}

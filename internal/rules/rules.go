@@ -1,0 +1,72 @@
+package rules
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+)
+
+// Lifetime says how long a rule applies.
+type Lifetime uint8
+
+const (
+	// Once decides only the connections of the prompt it answered; such a
+	// rule is never stored.
+	Once Lifetime = iota + 1
+	// Duration applies until Rule.Expires, on a clock that keeps running
+	// through suspend.
+	Duration
+	// Session applies until logout or the rules service restarts; it is
+	// never written to disk.
+	Session
+	// Forever applies until the rule is deleted.
+	Forever
+)
+
+// Rule decides some of one user's connections. A zero operand matches
+// anything; a rule matches when every operand it sets matches.
+type Rule struct {
+	ID      string
+	Enabled bool
+	Action  flow.Action
+
+	// Exe is an exact path, or a glob: `*` and `?` within one path
+	// element, `[...]` classes, `**` across elements.
+	Exe string
+	// Cmdline is an RE2 expression that must match the whole command line
+	// (arguments joined by single spaces).
+	Cmdline string
+	// ExeSHA256 is the lower-case hex SHA-256 of the executable.
+	ExeSHA256 string
+	// Dst is the destination address (a /32 or /128) or prefix; the zero
+	// Prefix matches any destination.
+	Dst netip.Prefix
+	// PortMin..PortMax is the destination port range; 0..0 is any.
+	PortMin, PortMax uint16
+	// Host is a host name or a domain wildcard `*.example.com`; it matches
+	// only connections whose destination name is known.
+	Host  string
+	Proto flow.Proto // 0 is any
+
+	Lifetime Lifetime
+	Expires  time.Time // for Duration
+
+	Created time.Time
+	Hits    uint64
+	LastHit time.Time
+	Note    string
+}
+
+// Conn is what a rule is matched against.
+type Conn struct {
+	UID   uint32
+	Exe   string
+	Args  []string
+	Tuple flow.Tuple
+	// Host is the destination name when known.
+	Host string
+	// SHA256 returns the executable's hex SHA-256; it is only called when
+	// a rule needs it, as hashing costs a file read. nil means unknown.
+	SHA256 func() (string, error)
+}
