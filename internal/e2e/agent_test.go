@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -56,7 +57,7 @@ func bins(t *testing.T) binaries {
 			return
 		}
 		for _, b := range []struct {
-			dst *string
+			dst       *string
 			name, pkg string
 		}{
 			{&builtBins.agent, "bastion-agent", "github.com/bastion-fw/bastion/cmd/bastion-agent"},
@@ -510,7 +511,7 @@ func (p *Proc) DialResult(t *testing.T, timeout time.Duration) testenv.DialResul
 	t.Helper()
 	p.Wait(t, timeout)
 	var r testenv.DialResult
-	if err := jsonUnmarshal([]byte(strings.TrimSpace(p.Stdout())), &r); err != nil {
+	if err := json.Unmarshal([]byte(strings.TrimSpace(p.Stdout())), &r); err != nil {
 		t.Fatalf("dialer %v: no result: %v; stdout %q stderr %q", p.Cmd.Args, err, p.Stdout(), p.Stderr())
 	}
 	return r
@@ -536,22 +537,4 @@ func testCtx(t *testing.T, timeout time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// freePort returns a port on which nothing listens in ns.
-func freePort(t *testing.T, ns *testenv.NS, network, addr string) int {
-	t.Helper()
-	var port int
-	err := ns.Do(func() error {
-		l, err := net.Listen(network, addr)
-		if err != nil {
-			return err
-		}
-		port = l.Addr().(*net.TCPAddr).Port
-		return l.Close()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
 }
