@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,9 +17,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
 // Exit codes.
@@ -25,16 +28,16 @@ const (
 	ExitOK         = 0
 	ExitError      = 1
 	ExitUsage      = 2
-	ExitNotFound   = 3 // the pending connection or entry does not exist (any more)
-	ExitDenied     = 4 // the agent refused: not your connection
-	ExitNoAgent    = 5 // the agent is not reachable
+	ExitNotFound   = 3 // the pending connection, rule or entry does not exist (any more)
+	ExitDenied     = 4 // the service refused: not yours
+	ExitNoAgent    = 5 // the agent or the rules service is not reachable
 	defaultAgentSk = "/run/bastion/agent.sock"
 )
 
-const usage = `usage: bastionctl [--agent-socket PATH] [--json] COMMAND [ARGS]
+const usage = `usage: bastionctl [--agent-socket PATH] [--ui-socket PATH] [--json] COMMAND [ARGS]
 
-Commands:
-  status                          agent status: mechanism, counters, queue
+Agent commands:
+  status                          agent and rules service status
   pending [--watch]               connections waiting for a verdict
   decide ID ACTION [--scope S] [--for DURATION]
                                   answer a pending connection; ACTION is allow,
@@ -43,14 +46,72 @@ Commands:
   decisions [--follow]            recent decisions (and new ones with --follow)
   cache list                      cached decisions
   cache forget [ID]               forget one cached decision, or all of yours
+
+Your rules (the rules service, bastion-uiserver):
+  rules list                      your rules
+  rules add --action allow|deny|reject [OPERANDS] [--for DURATION|--session|--forever]
+            [--note TEXT] [--disabled]
+                                  OPERANDS: --exe PATH|GLOB, --cmdline RE,
+                                  --sha256 HEX, --dst IP|CIDR, --port N|N-M,
+                                  --host NAME|*.domain, --proto tcp|udp|icmp|icmpv6
+  rules rm ID...                  delete rules
+  rules enable ID | rules disable ID
+  rules export [--format json|toml] [-o FILE]
+  rules import [--format json|toml|opensnitch] FILE...
+  prompt                          answer connection prompts in this terminal
+  watch                           decisions as they happen
+  history [--limit N]             recent decisions
+  later list                      connections decided by the default while
+                                  nobody was prompted
+  later rule ID --action A [--scope S] [OPERANDS] [--for D|--session|--forever]
+                                  make a rule from an entry; S is
+                                  destination-port (default), host, domain,
+                                  port or any; OPERANDS override the scope
+  later forget ID                 drop an entry
 `
 
-// Main runs bastionctl with args and returns its exit code.
+// Env is what bastionctl takes from its process: standard streams, the
+// environment and the user.
+type Env struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	UID            int
+
+	// Tests replace the clocks, the time zone, the history quiet period
+	// and the prompt's system lookups; zero values mean the real ones.
+	now, ruleNow func() time.Time
+	loc          *time.Location
+	quiet        time.Duration
+	promptSys    *promptSystem
+}
+
+// Main runs bastionctl with args and the process's standard streams and
+// environment, and returns its exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return Run(ctx, args, Env{Stdin: os.Stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, UID: os.Getuid()})
+}
+
+// DefaultUISocket is where the user's rules service listens:
+// $XDG_RUNTIME_DIR/bastion/ui.sock, or /run/user/UID/bastion/ui.sock.
+func DefaultUISocket(getenv func(string) string, uid int) string {
+	if dir := getenv("XDG_RUNTIME_DIR"); dir != "" {
+		return filepath.Join(dir, "bastion", "ui.sock")
+	}
+	return filepath.Join("/run/user", strconv.Itoa(uid), "bastion", "ui.sock")
+}
+
+// Run is Main with everything passed in.
+func Run(ctx context.Context, args []string, env Env) int {
+	stdout, stderr := env.Stdout, env.Stderr
+	if env.Getenv == nil {
+		env.Getenv = func(string) string { return "" }
+	}
 	fs := flag.NewFlagSet("bastionctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	sock := fs.String("agent-socket", defaultAgentSk, "agent API socket")
+	uiSock := fs.String("ui-socket", DefaultUISocket(env.Getenv, env.UID), "rules service socket")
 	asJSON := fs.Bool("json", false, "print JSON (one object per line)")
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
@@ -59,35 +120,90 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return ExitUsage
 	}
-	conn, err := grpc.NewClient("unix://"+*sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	agentConn, err := dial(*sock)
 	if err != nil {
 		fmt.Fprintln(stderr, "bastionctl:", err)
 		return ExitError
 	}
-	defer conn.Close()
-	c := &cli{agent: agentv1.NewAgentServiceClient(conn), out: stdout, json: *asJSON}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	defer agentConn.Close()
+	uiConn, err := dial(*uiSock)
+	if err != nil {
+		fmt.Fprintln(stderr, "bastionctl:", err)
+		return ExitError
+	}
+	defer uiConn.Close()
+	c := &cli{
+		agent:     agentv1.NewAgentServiceClient(agentConn),
+		ui:        uiv1.NewUIServiceClient(uiConn),
+		uiSocket:  *uiSock,
+		agentSk:   *sock,
+		in:        env.Stdin,
+		out:       stdout,
+		errOut:    stderr,
+		json:      *asJSON,
+		now:       time.Now,
+		ruleNow:   rules.Now,
+		loc:       time.Local,
+		quiet:     300 * time.Millisecond,
+		promptSys: env.promptSys,
+	}
+	if env.now != nil {
+		c.now = env.now
+	}
+	if env.ruleNow != nil {
+		c.ruleNow = env.ruleNow
+	}
+	if env.loc != nil {
+		c.loc = env.loc
+	}
+	if env.quiet != 0 {
+		c.quiet = env.quiet
+	}
+	return c.run(ctx, fs.Arg(0), fs.Args()[1:])
+}
+
+func dial(sock string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", sock, err)
+	}
+	return conn, nil
+}
+
+func (c *cli) run(ctx context.Context, cmd string, rest []string) int {
+	var err error
 	switch cmd {
 	case "status":
-		err = c.status(ctx)
+		return c.status(ctx)
 	case "pending":
-		err = c.pending(ctx, rest, stderr)
+		err = c.pending(ctx, rest)
 	case "decide":
-		err = c.decide(ctx, rest, stderr)
+		err = c.decide(ctx, rest)
 	case "decisions":
-		err = c.decisions(ctx, rest, stderr)
+		err = c.decisions(ctx, rest)
 	case "cache":
 		err = c.cache(ctx, rest)
+	case "rules":
+		return c.rulesCmd(ctx, rest)
+	case "prompt":
+		err = c.prompt(ctx, rest)
+	case "watch":
+		err = c.watch(ctx, rest)
+	case "history":
+		err = c.history(ctx, rest)
+	case "later":
+		err = c.later(ctx, rest)
 	default:
-		fmt.Fprintf(stderr, "bastionctl: unknown command %q\n", cmd)
-		fs.Usage()
+		fmt.Fprintf(c.errOut, "bastionctl: unknown command %q\n", cmd)
+		fmt.Fprint(c.errOut, usage)
 		return ExitUsage
 	}
-	return exitCode(err, stderr)
+	return exitCode(err, c.errOut)
 }
 
 var errUsage = errors.New("usage")
 
+// exitCode prints err and maps it to an exit code.
 func exitCode(err error, stderr io.Writer) int {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return ExitOK
@@ -98,6 +214,18 @@ func exitCode(err error, stderr io.Writer) int {
 	}
 	st, _ := status.FromError(err)
 	fmt.Fprintln(stderr, "bastionctl:", st.Message())
+	return codeOf(err)
+}
+
+// codeOf maps an error to an exit code without printing it.
+func codeOf(err error) int {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return ExitOK
+	}
+	if errors.Is(err, errUsage) {
+		return ExitUsage
+	}
+	st, _ := status.FromError(err)
 	switch st.Code() {
 	case codes.NotFound:
 		return ExitNotFound
@@ -112,9 +240,23 @@ func exitCode(err error, stderr io.Writer) int {
 }
 
 type cli struct {
-	agent agentv1.AgentServiceClient
-	out   io.Writer
-	json  bool
+	agent    agentv1.AgentServiceClient
+	ui       uiv1.UIServiceClient
+	uiSocket string
+	agentSk  string
+	in       io.Reader
+	out      io.Writer
+	errOut   io.Writer
+	json     bool
+	// now is the wall clock (countdowns, "time left"); ruleNow is the clock
+	// Duration rules are written on (rules.Now).
+	now, ruleNow func() time.Time
+	loc          *time.Location
+	// quiet is how long a history stream must be silent for its backlog
+	// to count as complete.
+	quiet time.Duration
+	// prompt overrides the prompt session's system lookups (tests).
+	promptSys *promptSystem
 }
 
 func (c *cli) emitJSON(m proto.Message) {
@@ -122,242 +264,16 @@ func (c *cli) emitJSON(m proto.Message) {
 	fmt.Fprintln(c.out, string(b))
 }
 
-func (c *cli) status(ctx context.Context) error {
-	st, err := c.agent.GetStatus(ctx, &agentv1.GetStatusRequest{})
-	if err != nil {
-		return err
+// uiErr explains an unreachable rules service; other errors pass through.
+func (c *cli) uiErr(err error) error {
+	if status.Code(err) == codes.Unavailable {
+		return status.Errorf(codes.Unavailable, "rules service not reachable at %s (is bastion-uiserver running?): %s",
+			c.uiSocket, status.Convert(err).Message())
 	}
-	if c.json {
-		c.emitJSON(st)
-		return nil
-	}
-	k := st.GetCounters()
-	fmt.Fprintf(c.out, "agent %s, up since %s\n", st.GetVersion(), st.GetStarted().AsTime().Local().Format(time.DateTime))
-	fmt.Fprintf(c.out, "identification: %s\n", st.GetMechanism())
-	fmt.Fprintf(c.out, "kernel features: %s\n", strings.Join(st.GetFeatures(), " "))
-	ns := st.GetNetns()
-	if ns == "" {
-		ns = "host"
-	}
-	fmt.Fprintf(c.out, "firewall: iptables-%s, queue %d, fail-open %v, network namespace %s\n",
-		st.GetFirewallBackend(), st.GetQueueNum(), st.GetFailOpen(), ns)
-	fmt.Fprintf(c.out, "pending: %d, cached decisions: %d, prompt clients for UIDs %v (you are UID %d)\n",
-		st.GetPending(), st.GetCacheEntries(), st.GetWatchedUids(), st.GetCallerUid())
-	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",
-		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
-	fmt.Fprintf(c.out, "decided by: cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
-		k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(), k.GetIdentified(), k.GetUnidentified())
-	return nil
+	return err
 }
 
-func (c *cli) pending(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("pending", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	watch := fs.Bool("watch", false, "keep watching for new pending connections")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: pending [--watch]", errUsage)
-	}
-	if !*watch {
-		resp, err := c.agent.ListPending(ctx, &agentv1.ListPendingRequest{})
-		if err != nil {
-			return err
-		}
-		for _, p := range resp.GetConnections() {
-			if c.json {
-				c.emitJSON(p)
-			} else {
-				fmt.Fprintln(c.out, describePending(p))
-			}
-		}
-		return nil
-	}
-	stream, err := c.agent.WatchPending(ctx, &agentv1.WatchPendingRequest{})
-	if err != nil {
-		return err
-	}
-	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if c.json {
-			c.emitJSON(ev)
-			continue
-		}
-		switch ev.GetKind() {
-		case agentv1.PendingEvent_KIND_ADDED:
-			fmt.Fprintln(c.out, "+", describePending(ev.GetConnection()))
-		case agentv1.PendingEvent_KIND_RESOLVED:
-			fmt.Fprintf(c.out, "- %s %s by %s\n", ev.GetConnection().GetId(), actionName(ev.GetAction()), ev.GetDecidedBy())
-		}
-	}
-}
-
-func (c *cli) decide(ctx context.Context, args []string, stderr io.Writer) error {
-	const use = "decide ID allow|deny|reject [--scope S] [--for DURATION]"
-	if len(args) < 2 {
-		return fmt.Errorf("%w: %s", errUsage, use)
-	}
-	id, actionArg := args[0], args[1]
-	fs := flag.NewFlagSet("decide", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	scopeArg := fs.String("scope", "connection", "connection, destination-port, destination, port or any")
-	life := fs.Duration("for", 0, "how long the decision is cached (0: until the agent restarts)")
-	if err := fs.Parse(args[2:]); err != nil {
-		return fmt.Errorf("%w: %s", errUsage, use)
-	}
-	action, ok := map[string]agentv1.Action{
-		"allow": agentv1.Action_ACTION_ALLOW, "deny": agentv1.Action_ACTION_DENY, "reject": agentv1.Action_ACTION_REJECT,
-	}[actionArg]
-	if !ok {
-		return fmt.Errorf("%w: action %q is not allow, deny or reject", errUsage, actionArg)
-	}
-	scope, ok := map[string]agentv1.Scope{
-		"connection": agentv1.Scope_SCOPE_CONNECTION, "destination-port": agentv1.Scope_SCOPE_DESTINATION_PORT,
-		"destination": agentv1.Scope_SCOPE_DESTINATION, "port": agentv1.Scope_SCOPE_PORT, "any": agentv1.Scope_SCOPE_ANY,
-	}[*scopeArg]
-	if !ok {
-		return fmt.Errorf("%w: unknown scope %q", errUsage, *scopeArg)
-	}
-	req := &agentv1.DecideRequest{Id: id, Action: action, Scope: scope}
-	if *life > 0 {
-		req.Lifetime = durationpb.New(*life)
-	}
-	resp, err := c.agent.Decide(ctx, req)
-	if err != nil {
-		return err
-	}
-	if c.json {
-		c.emitJSON(resp)
-		return nil
-	}
-	fmt.Fprintf(c.out, "%s: %s, %d packet(s) released", id, actionArg, resp.GetPackets())
-	if resp.GetCacheId() != "" {
-		fmt.Fprintf(c.out, ", cached as %s", resp.GetCacheId())
-	}
-	fmt.Fprintln(c.out)
-	return nil
-}
-
-func (c *cli) decisions(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("decisions", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	follow := fs.Bool("follow", false, "keep printing new decisions")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: decisions [--follow]", errUsage)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.agent.WatchDecisions(ctx, &agentv1.WatchDecisionsRequest{})
-	if err != nil {
-		return err
-	}
-	// Without --follow, print what the agent has kept and stop once the
-	// stream has been quiet briefly: the backlog arrives in one burst.
-	evs := make(chan *agentv1.DecisionEvent)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			ev, err := stream.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			evs <- ev
-		}
-	}()
-	for {
-		var idle <-chan time.Time
-		if !*follow {
-			idle = time.After(300 * time.Millisecond)
-		}
-		select {
-		case ev := <-evs:
-			if c.json {
-				c.emitJSON(ev)
-			} else {
-				fmt.Fprintf(c.out, "%s %-6s %s %s (by %s)\n", ev.GetTime().AsTime().Local().Format(time.TimeOnly),
-					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow()), ev.GetDecidedBy())
-			}
-		case err := <-errc:
-			return err
-		case <-idle:
-			return nil
-		}
-	}
-}
-
-func (c *cli) cache(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: cache list | cache forget [ID]", errUsage)
-	}
-	switch args[0] {
-	case "list":
-		resp, err := c.agent.ListCache(ctx, &agentv1.ListCacheRequest{})
-		if err != nil {
-			return err
-		}
-		for _, e := range resp.GetEntries() {
-			if c.json {
-				c.emitJSON(e)
-				continue
-			}
-			until := "until restart"
-			if e.GetExpires() != nil {
-				until = "until " + e.GetExpires().AsTime().Local().Format(time.DateTime)
-			}
-			fmt.Fprintf(c.out, "%s uid=%d %s %s %s dst=%s port=%d %s, %d hits\n", e.GetId(), e.GetUid(), e.GetExe(),
-				actionName(e.GetAction()), strings.TrimPrefix(strings.ToLower(e.GetScope().String()), "scope_"),
-				e.GetDstIp(), e.GetDstPort(), until, e.GetHits())
-		}
-		return nil
-	case "forget":
-		req := &agentv1.ForgetCacheRequest{}
-		if len(args) > 1 {
-			req.Id = args[1]
-		}
-		resp, err := c.agent.ForgetCache(ctx, req)
-		if err != nil {
-			return err
-		}
-		if c.json {
-			c.emitJSON(resp)
-		} else {
-			fmt.Fprintf(c.out, "forgot %d cached decision(s)\n", resp.GetRemoved())
-		}
-		return nil
-	}
-	return fmt.Errorf("%w: cache list | cache forget [ID]", errUsage)
-}
-
-func actionName(a agentv1.Action) string {
-	return strings.TrimPrefix(strings.ToLower(a.String()), "action_")
-}
-
-func describeProcess(p *agentv1.Process) string {
-	name := p.GetExe()
-	if name == "" {
-		name = "[" + p.GetComm() + "]"
-	}
-	return fmt.Sprintf("%s pid=%d uid=%d", name, p.GetTgid(), p.GetUid())
-}
-
-func describeFlow(f *agentv1.Flow) string {
-	proto := strings.TrimPrefix(strings.ToLower(f.GetProtocol().String()), "protocol_")
-	dst := f.GetDstIp()
-	if f.GetIpVersion() == 6 {
-		dst = "[" + dst + "]"
-	}
-	return fmt.Sprintf("%s %s:%d", proto, dst, f.GetDstPort())
-}
-
-func describePending(p *agentv1.PendingConnection) string {
-	args := strings.Join(p.GetProcess().GetArgs(), " ")
-	if len(args) > 80 {
-		args = args[:77] + "..."
-	}
-	left := time.Until(p.GetDeadline().AsTime()).Round(time.Second)
-	return fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
-		p.GetId(), describeProcess(p.GetProcess()), describeFlow(p.GetFlow()), args, p.GetPackets(),
-		actionName(p.GetDeadlineAction()), left)
+// statusMessage is an error's text without the gRPC decoration.
+func statusMessage(err error) string {
+	return status.Convert(err).Message()
 }

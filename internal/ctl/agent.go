@@ -1,0 +1,227 @@
+package ctl
+
+// The agent's commands: pending connections, decisions and the cache.
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+func (c *cli) pending(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("pending", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	watch := fs.Bool("watch", false, "keep watching for new pending connections")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: pending [--watch]", errUsage)
+	}
+	if !*watch {
+		resp, err := c.agent.ListPending(ctx, &agentv1.ListPendingRequest{})
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.GetConnections() {
+			if c.json {
+				c.emitJSON(p)
+			} else {
+				fmt.Fprintln(c.out, describePending(p))
+			}
+		}
+		return nil
+	}
+	stream, err := c.agent.WatchPending(ctx, &agentv1.WatchPendingRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if c.json {
+			c.emitJSON(ev)
+			continue
+		}
+		switch ev.GetKind() {
+		case agentv1.PendingEvent_KIND_ADDED:
+			fmt.Fprintln(c.out, "+", describePending(ev.GetConnection()))
+		case agentv1.PendingEvent_KIND_RESOLVED:
+			fmt.Fprintf(c.out, "- %s %s by %s\n", ev.GetConnection().GetId(), actionName(ev.GetAction()), ev.GetDecidedBy())
+		}
+	}
+}
+
+func (c *cli) decide(ctx context.Context, args []string) error {
+	const use = "decide ID allow|deny|reject [--scope S] [--for DURATION]"
+	if len(args) < 2 {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	id, actionArg := args[0], args[1]
+	fs := flag.NewFlagSet("decide", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	scopeArg := fs.String("scope", "connection", "connection, destination-port, destination, port or any")
+	life := fs.Duration("for", 0, "how long the decision is cached (0: until the agent restarts)")
+	if err := fs.Parse(args[2:]); err != nil {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	action, ok := map[string]agentv1.Action{
+		"allow": agentv1.Action_ACTION_ALLOW, "deny": agentv1.Action_ACTION_DENY, "reject": agentv1.Action_ACTION_REJECT,
+	}[actionArg]
+	if !ok {
+		return fmt.Errorf("%w: action %q is not allow, deny or reject", errUsage, actionArg)
+	}
+	scope, ok := map[string]agentv1.Scope{
+		"connection": agentv1.Scope_SCOPE_CONNECTION, "destination-port": agentv1.Scope_SCOPE_DESTINATION_PORT,
+		"destination": agentv1.Scope_SCOPE_DESTINATION, "port": agentv1.Scope_SCOPE_PORT, "any": agentv1.Scope_SCOPE_ANY,
+	}[*scopeArg]
+	if !ok {
+		return fmt.Errorf("%w: unknown scope %q", errUsage, *scopeArg)
+	}
+	req := &agentv1.DecideRequest{Id: id, Action: action, Scope: scope}
+	if *life > 0 {
+		req.Lifetime = durationpb.New(*life)
+	}
+	resp, err := c.agent.Decide(ctx, req)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		c.emitJSON(resp)
+		return nil
+	}
+	fmt.Fprintf(c.out, "%s: %s, %d packet(s) released", id, actionArg, resp.GetPackets())
+	if resp.GetCacheId() != "" {
+		fmt.Fprintf(c.out, ", cached as %s", resp.GetCacheId())
+	}
+	fmt.Fprintln(c.out)
+	return nil
+}
+
+func (c *cli) decisions(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("decisions", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	follow := fs.Bool("follow", false, "keep printing new decisions")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: decisions [--follow]", errUsage)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.agent.WatchDecisions(ctx, &agentv1.WatchDecisionsRequest{})
+	if err != nil {
+		return err
+	}
+	// Without --follow, print what the agent has kept and stop once the
+	// stream has been quiet briefly: the backlog arrives in one burst.
+	evs := make(chan *agentv1.DecisionEvent)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			evs <- ev
+		}
+	}()
+	for {
+		var idle <-chan time.Time
+		if !*follow {
+			idle = time.After(c.quiet)
+		}
+		select {
+		case ev := <-evs:
+			if c.json {
+				c.emitJSON(ev)
+			} else {
+				fmt.Fprintf(c.out, "%s %-6s %s %s (by %s)\n", ev.GetTime().AsTime().In(c.loc).Format(time.TimeOnly),
+					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow()), ev.GetDecidedBy())
+			}
+		case err := <-errc:
+			return err
+		case <-idle:
+			return nil
+		}
+	}
+}
+
+func (c *cli) cache(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: cache list | cache forget [ID]", errUsage)
+	}
+	switch args[0] {
+	case "list":
+		resp, err := c.agent.ListCache(ctx, &agentv1.ListCacheRequest{})
+		if err != nil {
+			return err
+		}
+		for _, e := range resp.GetEntries() {
+			if c.json {
+				c.emitJSON(e)
+				continue
+			}
+			until := "until restart"
+			if e.GetExpires() != nil {
+				until = "until " + e.GetExpires().AsTime().In(c.loc).Format(time.DateTime)
+			}
+			fmt.Fprintf(c.out, "%s uid=%d %s %s %s dst=%s port=%d %s, %d hits\n", e.GetId(), e.GetUid(), e.GetExe(),
+				actionName(e.GetAction()), strings.TrimPrefix(strings.ToLower(e.GetScope().String()), "scope_"),
+				e.GetDstIp(), e.GetDstPort(), until, e.GetHits())
+		}
+		return nil
+	case "forget":
+		req := &agentv1.ForgetCacheRequest{}
+		if len(args) > 1 {
+			req.Id = args[1]
+		}
+		resp, err := c.agent.ForgetCache(ctx, req)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			c.emitJSON(resp)
+		} else {
+			fmt.Fprintf(c.out, "forgot %d cached decision(s)\n", resp.GetRemoved())
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: cache list | cache forget [ID]", errUsage)
+}
+
+func actionName(a agentv1.Action) string {
+	return strings.TrimPrefix(strings.ToLower(a.String()), "action_")
+}
+
+func describeProcess(p *agentv1.Process) string {
+	name := p.GetExe()
+	if name == "" {
+		name = "[" + p.GetComm() + "]"
+	}
+	return fmt.Sprintf("%s pid=%d uid=%d", name, p.GetTgid(), p.GetUid())
+}
+
+func describeFlow(f *agentv1.Flow) string {
+	proto := strings.TrimPrefix(strings.ToLower(f.GetProtocol().String()), "protocol_")
+	dst := f.GetDstIp()
+	if f.GetIpVersion() == 6 {
+		dst = "[" + dst + "]"
+	}
+	return fmt.Sprintf("%s %s:%d", proto, dst, f.GetDstPort())
+}
+
+func describePending(p *agentv1.PendingConnection) string {
+	args := strings.Join(p.GetProcess().GetArgs(), " ")
+	if len(args) > 80 {
+		args = args[:77] + "..."
+	}
+	left := time.Until(p.GetDeadline().AsTime()).Round(time.Second)
+	return fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
+		p.GetId(), describeProcess(p.GetProcess()), describeFlow(p.GetFlow()), args, p.GetPackets(),
+		actionName(p.GetDeadlineAction()), left)
+}

@@ -1,0 +1,228 @@
+package ctl
+
+// Readable descriptions of rules, processes and flows.
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+)
+
+func ruleActionName(a rulesv1.Action) string {
+	if a == rulesv1.Action_ACTION_UNSPECIFIED {
+		return "-"
+	}
+	return strings.TrimPrefix(strings.ToLower(a.String()), "action_")
+}
+
+func ruleProtoName(p rulesv1.Protocol) string {
+	if p == rulesv1.Protocol_PROTOCOL_UNSPECIFIED {
+		return ""
+	}
+	return strings.TrimPrefix(strings.ToLower(p.String()), "protocol_")
+}
+
+func flowProtoName(p agentv1.Protocol) string {
+	return strings.TrimPrefix(strings.ToLower(p.String()), "protocol_")
+}
+
+// ruleDestination describes a rule's destination operands, e.g.
+// "tcp example.com:443", "udp *:53", "10.0.0.0/8" or "anywhere".
+func ruleDestination(r *rulesv1.Rule) string {
+	where := r.GetHost()
+	if where == "" {
+		where = r.GetDst()
+		if p, err := netip.ParsePrefix(where); err == nil && p.IsSingleIP() {
+			where = p.Addr().String()
+		}
+	}
+	ports := ""
+	switch lo, hi := r.GetDstPortMin(), r.GetDstPortMax(); {
+	case lo == 0 && hi == 0:
+	case lo == hi || hi == 0:
+		ports = strconv.FormatUint(uint64(lo), 10)
+	default:
+		ports = fmt.Sprintf("%d-%d", lo, hi)
+	}
+	var s string
+	switch {
+	case ports != "" && where == "":
+		s = "*:" + ports
+	case ports != "" && strings.Contains(where, ":"):
+		s = "[" + where + "]:" + ports
+	case ports != "":
+		s = where + ":" + ports
+	default:
+		s = where
+	}
+	if p := ruleProtoName(r.GetProtocol()); p != "" {
+		if s == "" {
+			return p + " anywhere"
+		}
+		return p + " " + s
+	}
+	if s == "" {
+		return "anywhere"
+	}
+	return s
+}
+
+// ruleLifetime describes how long a rule applies, with the time left for
+// Duration rules.
+func ruleLifetime(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
+	switch r.GetLifetime() {
+	case rulesv1.Lifetime_LIFETIME_ONCE:
+		return "once"
+	case rulesv1.Lifetime_LIFETIME_SESSION:
+		return "until logout"
+	case rulesv1.Lifetime_LIFETIME_DURATION:
+		exp := r.GetExpires().AsTime()
+		left := exp.Sub(now)
+		if left <= 0 {
+			return "expired " + exp.In(loc).Format(time.DateTime)
+		}
+		return fmt.Sprintf("until %s (%s left)", exp.In(loc).Format(time.DateTime), shortDuration(left))
+	case rulesv1.Lifetime_LIFETIME_FOREVER:
+		return "forever"
+	}
+	return "-"
+}
+
+// shortDuration rounds d for people: "14m59s", "2h5m", "3d4h".
+func shortDuration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		d = d.Round(time.Second)
+		if s := d % time.Minute; s != 0 {
+			return fmt.Sprintf("%dm%ds", d/time.Minute, s/time.Second)
+		}
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < 48*time.Hour:
+		d = d.Round(time.Minute)
+		if m := d % time.Hour; m != 0 {
+			return fmt.Sprintf("%dh%dm", d/time.Hour, m/time.Minute)
+		}
+		return fmt.Sprintf("%dh", d/time.Hour)
+	}
+	d = d.Round(time.Hour)
+	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// elide shortens s to at most n runes, marking the cut with "…".
+func elide(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// printRuleTable prints rules as an aligned table.
+func printRuleTable(w io.Writer, rs []*rulesv1.Rule, now time.Time, loc *time.Location) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tON\tACTION\tAPP\tDESTINATION\tCMDLINE\tLIFETIME\tHITS\tLAST HIT")
+	for _, r := range rs {
+		on := "yes"
+		if !r.GetEnabled() {
+			on = "no"
+		}
+		app := r.GetExe()
+		if app == "" {
+			app = "*"
+		}
+		if r.GetExeSha256() != "" {
+			app += " sha256:" + elide(r.GetExeSha256(), 9)
+		}
+		last := "never"
+		if r.GetLastHit() != nil {
+			last = r.GetLastHit().AsTime().In(loc).Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", orDash(r.GetId()), on, ruleActionName(r.GetAction()), app,
+			ruleDestination(r), orDash(elide(r.GetCmdline(), 40)), ruleLifetime(r, now, loc), r.GetHits(), last)
+	}
+	tw.Flush()
+}
+
+// printRule prints one rule in full, one field a line.
+func printRule(w io.Writer, r *rulesv1.Rule, now time.Time, loc *time.Location) {
+	state := "enabled"
+	if !r.GetEnabled() {
+		state = "disabled"
+	}
+	if r.GetId() != "" {
+		fmt.Fprintf(w, "rule %s (%s)\n", r.GetId(), state)
+	} else {
+		fmt.Fprintf(w, "rule (%s)\n", state)
+	}
+	field := func(k, v string) { fmt.Fprintf(w, "  %-12s %s\n", k+":", v) }
+	field("action", ruleActionName(r.GetAction()))
+	app := r.GetExe()
+	if app == "" {
+		app = "any program"
+	}
+	field("app", app)
+	if r.GetCmdline() != "" {
+		field("cmdline", r.GetCmdline())
+	}
+	if r.GetExeSha256() != "" {
+		field("sha256", r.GetExeSha256())
+	}
+	field("destination", ruleDestination(r))
+	field("lifetime", ruleLifetime(r, now, loc))
+	if r.GetNote() != "" {
+		field("note", r.GetNote())
+	}
+	if r.GetCreated() != nil {
+		field("created", r.GetCreated().AsTime().In(loc).Format(time.DateTime))
+	}
+	if r.GetHits() > 0 || r.GetLastHit() != nil {
+		last := "never"
+		if r.GetLastHit() != nil {
+			last = r.GetLastHit().AsTime().In(loc).Format(time.DateTime)
+		}
+		field("hits", fmt.Sprintf("%d, last %s", r.GetHits(), last))
+	}
+}
+
+// appName is the base name of a process's executable, or its kernel name.
+func appName(p *agentv1.Process) string {
+	if p.GetExe() != "" {
+		return path.Base(p.GetExe())
+	}
+	if p.GetComm() != "" {
+		return "[" + p.GetComm() + "]"
+	}
+	return "unknown program"
+}
+
+// flowDestination is "host (ip) port" / "ip port" with brackets for IPv6.
+func flowDestination(f *agentv1.Flow, host string) string {
+	dst := f.GetDstIp()
+	if f.GetIpVersion() == 6 {
+		dst = "[" + dst + "]"
+	}
+	if f.GetDstPort() != 0 {
+		dst += ":" + strconv.FormatUint(uint64(f.GetDstPort()), 10)
+	}
+	if host != "" {
+		return host + " " + dst
+	}
+	return dst
+}

@@ -1,0 +1,151 @@
+package ctl
+
+// later: connections the default decided while no prompt client was there.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/rules"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+const laterUse = "later list | later rule ID --action A [--scope S] [OPERANDS] [--for D|--session|--forever] | later forget ID"
+
+func (c *cli) later(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: %s", errUsage, laterUse)
+	}
+	switch args[0] {
+	case "list", "ls":
+		if len(args) != 1 {
+			return fmt.Errorf("%w: later list", errUsage)
+		}
+		return c.laterList(ctx)
+	case "rule":
+		return c.laterRule(ctx, args[1:])
+	case "forget":
+		if len(args) != 2 {
+			return fmt.Errorf("%w: later forget ID", errUsage)
+		}
+		if _, err := c.ui.ResolveDecideLater(ctx, &uiv1.ResolveDecideLaterRequest{Id: args[1]}); err != nil {
+			return c.uiErr(err)
+		}
+		if !c.json {
+			fmt.Fprintln(c.out, "forgot", args[1])
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: %s", errUsage, laterUse)
+}
+
+func (c *cli) laterList(ctx context.Context) error {
+	resp, err := c.ui.ListDecideLater(ctx, &uiv1.ListDecideLaterRequest{})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if c.json {
+		for _, e := range resp.GetEntries() {
+			c.emitJSON(e)
+		}
+		return nil
+	}
+	if len(resp.GetEntries()) == 0 {
+		fmt.Fprintln(c.out, "nothing to decide later")
+		return nil
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tAPPLIED\tAPP\tDESTINATION\tCMDLINE")
+	for _, e := range resp.GetEntries() {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t%s\n", e.GetId(), e.GetTime().AsTime().In(c.loc).Format(time.DateTime),
+			ruleActionName(e.GetApplied()), orDash(e.GetProcess().GetExe()), flowProtoName(e.GetFlow().GetProtocol()),
+			flowDestination(e.GetFlow(), e.GetHost()), orDash(elide(strings.Join(e.GetProcess().GetArgs(), " "), 40)))
+	}
+	return tw.Flush()
+}
+
+var scopeNames = map[string]rules.Scope{
+	"destination-port": rules.ScopeDestinationPort,
+	"host":             rules.ScopeHost,
+	"domain":           rules.ScopeDomain,
+	"port":             rules.ScopePort,
+	"any":              rules.ScopeAny,
+}
+
+// laterRule makes the rule a prompt answer with --scope would have made
+// for the entry; operand flags then override that rule's operands.
+func (c *cli) laterRule(ctx context.Context, args []string) error {
+	const use = "later rule ID --action allow|deny|reject [--scope destination-port|host|domain|port|any] [--with-cmdline] " +
+		"[OPERANDS] [--for DURATION|--session|--forever] [--note TEXT]"
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	id := args[0]
+	fs := c.flagSet("later rule")
+	action := fs.String("action", "", "allow, deny or reject")
+	scopeArg := fs.String("scope", "destination-port", "destination-port, host, domain, port or any")
+	withCmdline := fs.Bool("with-cmdline", false, "only with this command line")
+	note := fs.String("note", "", "a note for yourself")
+	var ops operandFlags
+	ops.register(fs)
+	var life lifetimeFlags
+	life.register(fs)
+	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	a, err := flow.ParseAction(*action)
+	if err != nil {
+		return fmt.Errorf("%w: --action: %v", errUsage, err)
+	}
+	scope, ok := scopeNames[*scopeArg]
+	if !ok {
+		return fmt.Errorf("%w: unknown scope %q", errUsage, *scopeArg)
+	}
+	var lr rules.Rule
+	if err := life.apply(&lr, time.Time{}); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	resp, err := c.ui.ListDecideLater(ctx, &uiv1.ListDecideLaterRequest{})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	var entry *uiv1.DecideLaterEntry
+	for _, e := range resp.GetEntries() {
+		if e.GetId() == id {
+			entry = e
+		}
+	}
+	if entry == nil {
+		return status.Errorf(codes.NotFound, "no decide-later entry %s", id)
+	}
+	choice := rules.Choice{Action: a, Lifetime: lr.Lifetime, For: life.dur, Scope: scope, WithCmdline: *withCmdline}
+	r, err := rules.ForPrompt(processFromProto(entry.GetProcess()), tupleFromProto(entry.GetFlow()), entry.GetHost(), choice, c.ruleNow())
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := ops.apply(&r, setFlags(fs)); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	r.Note = *note
+	r.Created = time.Time{} // the rules service assigns it
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	res, err := c.ui.ResolveDecideLater(ctx, &uiv1.ResolveDecideLaterRequest{Id: id, Rule: rules.ToProto(r)})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if c.json {
+		c.emitJSON(res.GetRule())
+		return nil
+	}
+	printRule(c.out, res.GetRule(), c.now(), c.loc)
+	return nil
+}

@@ -1,0 +1,567 @@
+package ctl
+
+// prompt: answering connection prompts in a terminal, for machines without
+// a desktop. Input is read line by line so it works over ssh, in tmux and
+// from a script.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/rules"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// promptSystem is what the prompt reads about the machine beyond the
+// prompt itself: /proc for the parent process, the user database and
+// /etc/services. Everything is best effort: a prompt shows what it can.
+type promptSystem struct {
+	procFS     fs.FS // rooted at /proc
+	lookupUser func(uid uint32) (string, error)
+	services   *services
+}
+
+func defaultPromptSystem() promptSystem {
+	sys := promptSystem{
+		procFS: os.DirFS("/proc"),
+		lookupUser: func(uid uint32) (string, error) {
+			u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+			if err != nil {
+				return "", err
+			}
+			return u.Username, nil
+		},
+	}
+	if f, err := os.Open("/etc/services"); err == nil {
+		sys.services, _ = parseServices(f)
+		f.Close()
+	}
+	return sys
+}
+
+func (c *cli) prompt(ctx context.Context, args []string) error {
+	fs := c.flagSet("prompt")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("%w: prompt", errUsage)
+	}
+	sys := defaultPromptSystem()
+	if c.promptSys != nil {
+		sys = *c.promptSys
+	}
+	s := &promptSession{ui: c.ui, in: c.in, out: c.out, now: c.now, ruleNow: c.ruleNow, loc: c.loc, sys: sys}
+	return c.uiErr(s.run(ctx))
+}
+
+// promptSession shows the user's prompts one at a time, asks for an action,
+// a lifetime, a scope and optionally the command line, prints the rule that
+// makes and answers the prompt with it once confirmed.
+type promptSession struct {
+	ui           uiv1.UIServiceClient
+	in           io.Reader
+	out          io.Writer
+	now, ruleNow func() time.Time
+	loc          *time.Location
+	sys          promptSystem
+
+	queue    []*uiv1.Prompt // waiting to be shown, oldest first
+	cur      *uiv1.Prompt   // being answered
+	later    map[string]bool
+	step     promptStep
+	choice   rules.Choice
+	previews map[string]rules.Scope // scope menu key -> scope, for cur
+}
+
+type promptStep int
+
+const (
+	stepAction promptStep = iota
+	stepLifetime
+	stepScope
+	stepCmdline
+	stepConfirm
+)
+
+type lineResult struct {
+	line string
+	eof  bool
+	err  error
+}
+
+type eventResult struct {
+	ev  *uiv1.PromptEvent
+	err error
+}
+
+// errQuit ends the session at the user's request.
+var errQuit = errors.New("quit")
+
+// run serves prompts until ctx ends, the input ends, the user quits or the
+// stream fails. Input is only read while a question is asked, so scripted
+// answers wait for their prompt.
+func (s *promptSession) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.later = map[string]bool{}
+	stream, err := s.ui.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{})
+	if err != nil {
+		return err
+	}
+	events := make(chan eventResult)
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			select {
+			case events <- eventResult{ev, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// The reader reads one line per request. It blocks in Read when the
+	// session ends without input: on a terminal that ends with the
+	// process; a test closes its input.
+	want := make(chan struct{})
+	lines := make(chan lineResult)
+	go func() {
+		br := bufio.NewReader(s.in)
+		for {
+			select {
+			case <-want:
+			case <-ctx.Done():
+				return
+			}
+			line, err := br.ReadString('\n')
+			r := lineResult{line: line}
+			if err != nil && line == "" {
+				r = lineResult{eof: errors.Is(err, io.EOF), err: err}
+			}
+			select {
+			case lines <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	fmt.Fprintln(s.out, "Waiting for prompts. Answer with the letter or number in brackets; an empty line leaves a prompt to its default; q quits.")
+	reading := false
+	for {
+		if s.cur == nil && len(s.queue) > 0 {
+			s.cur, s.queue = s.queue[0], s.queue[1:]
+			s.step, s.choice = stepAction, rules.Choice{}
+			s.show()
+			s.ask()
+		}
+		if s.cur != nil && !reading {
+			select {
+			case want <- struct{}{}:
+				reading = true
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		select {
+		case r := <-events:
+			if r.err != nil {
+				if errors.Is(r.err, io.EOF) {
+					return errors.New("the rules service closed the prompt stream")
+				}
+				if status.Code(r.err) == codes.Canceled && ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("watch prompts: %w", r.err)
+			}
+			s.event(r.ev)
+		case r := <-lines:
+			reading = false
+			if r.err != nil {
+				if r.eof {
+					return nil
+				}
+				return fmt.Errorf("read answer: %w", r.err)
+			}
+			if s.cur == nil {
+				continue // the prompt went away while the line was typed
+			}
+			if err := s.answer(ctx, r.line); errors.Is(err, errQuit) {
+				return nil
+			} else if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// event applies a prompt event to the queue and the current prompt.
+func (s *promptSession) event(ev *uiv1.PromptEvent) {
+	p := ev.GetPrompt()
+	id := p.GetId()
+	switch ev.GetKind() {
+	case uiv1.PromptEvent_KIND_ADDED, uiv1.PromptEvent_KIND_UPDATED:
+		if s.cur != nil && s.cur.GetId() == id {
+			s.cur = p
+			return
+		}
+		for i, q := range s.queue {
+			if q.GetId() == id {
+				s.queue[i] = p
+				return
+			}
+		}
+		if s.later[id] {
+			return
+		}
+		s.queue = append(s.queue, p)
+		if s.cur != nil {
+			fmt.Fprintf(s.out, "\n(new prompt from %s; %d more waiting)\n", appName(p.GetProcess()), len(s.queue))
+			s.ask()
+		}
+	case uiv1.PromptEvent_KIND_WITHDRAWN:
+		delete(s.later, id)
+		for i, q := range s.queue {
+			if q.GetId() == id {
+				s.queue = append(s.queue[:i], s.queue[i+1:]...)
+				return
+			}
+		}
+		if s.cur != nil && s.cur.GetId() == id {
+			fmt.Fprintf(s.out, "\n%s: %s\n", s.title(), withdrawnText(ev.GetReason(), s.cur))
+			s.cur = nil
+		}
+	}
+}
+
+func withdrawnText(reason string, p *uiv1.Prompt) string {
+	switch reason {
+	case "deadline":
+		return "timed out, the default (" + ruleActionName(p.GetDeadlineAction()) + ") applied"
+	case "rule":
+		return "decided by a rule added meanwhile"
+	case "agent":
+		return "withdrawn by the agent"
+	}
+	return "answered elsewhere"
+}
+
+// title names the current prompt: "curl -> example.com:443".
+func (s *promptSession) title() string {
+	return appName(s.cur.GetProcess()) + " -> " + flowDestination(s.cur.GetFlow(), s.cur.GetHost())
+}
+
+// show prints everything known about the current prompt.
+func (s *promptSession) show() {
+	p := s.cur
+	proc, fl := p.GetProcess(), p.GetFlow()
+	more := ""
+	if len(s.queue) > 0 {
+		more = fmt.Sprintf(" (%d more waiting)", len(s.queue))
+	}
+	to := fl.GetDstIp()
+	if p.GetHost() != "" {
+		to = p.GetHost()
+	}
+	if fl.GetDstPort() != 0 {
+		if fl.GetIpVersion() == 6 && p.GetHost() == "" {
+			to = "[" + to + "]"
+		}
+		to += ":" + strconv.FormatUint(uint64(fl.GetDstPort()), 10)
+	}
+	fmt.Fprintf(s.out, "\n== %s wants to connect to %s%s ==\n", appName(proc), to, more)
+	field := func(k, v string) { fmt.Fprintf(s.out, "  %-14s %s\n", k+":", v) }
+	field("app", appName(proc))
+	field("executable", orDash(proc.GetExe()))
+	field("process", fmt.Sprintf("PID %d, user %s", proc.GetTgid(), s.userName(proc.GetUid())))
+	field("parent", s.parent(proc.GetPpid()))
+	cmd := strings.Join(proc.GetArgs(), " ")
+	if len([]rune(cmd)) > 120 {
+		cmd = elide(cmd, 120) + "  (m: show all)"
+	}
+	field("command line", orDash(cmd))
+	field("destination", s.destination(p))
+	proto := flowProtoName(fl.GetProtocol())
+	field("protocol", fmt.Sprintf("%s, IPv%d", proto, fl.GetIpVersion()))
+	if p.GetConnections() > 1 {
+		field("connections", strconv.Itoa(int(p.GetConnections())))
+	}
+	field("default", s.countdown())
+}
+
+func (s *promptSession) userName(uid uint32) string {
+	if s.sys.lookupUser != nil {
+		if name, err := s.sys.lookupUser(uid); err == nil && name != "" {
+			return fmt.Sprintf("%s (uid %d)", name, uid)
+		}
+	}
+	return fmt.Sprintf("uid %d", uid)
+}
+
+// parent describes the parent process from /proc/PPID/{exe,comm}; the
+// parent may be gone or not readable, so this shows what it can.
+func (s *promptSession) parent(ppid uint32) string {
+	if ppid == 0 {
+		return "unknown"
+	}
+	d := fmt.Sprintf("PID %d", ppid)
+	if s.sys.procFS == nil {
+		return d
+	}
+	dir := strconv.FormatUint(uint64(ppid), 10)
+	exe, _ := fs.ReadLink(s.sys.procFS, path.Join(dir, "exe"))
+	comm, _ := fs.ReadFile(s.sys.procFS, path.Join(dir, "comm"))
+	name := strings.TrimSpace(string(comm))
+	switch {
+	case exe != "" && name != "":
+		return d + " " + exe + " (" + name + ")"
+	case exe != "":
+		return d + " " + exe
+	case name != "":
+		return d + " (" + name + ")"
+	}
+	return d
+}
+
+// destination is "example.com (93.184.216.34), port 443 (https)".
+func (s *promptSession) destination(p *uiv1.Prompt) string {
+	fl := p.GetFlow()
+	d := fl.GetDstIp()
+	if p.GetHost() != "" {
+		d = p.GetHost() + " (" + d + ")"
+	}
+	proto := flowProtoName(fl.GetProtocol())
+	if (proto == "tcp" || proto == "udp") && fl.GetDstPort() != 0 {
+		d += ", port " + s.sys.services.describePort(proto, uint16(fl.GetDstPort()))
+	}
+	return d
+}
+
+func (s *promptSession) countdown() string {
+	a := ruleActionName(s.cur.GetDeadlineAction())
+	if s.cur.GetDeadline() == nil {
+		return a
+	}
+	left := s.cur.GetDeadline().AsTime().Sub(s.now()).Round(time.Second)
+	if left <= 0 {
+		return a + " now"
+	}
+	return fmt.Sprintf("%s in %v", a, left)
+}
+
+var lifetimes = []struct {
+	key   string
+	label string
+	life  rules.Lifetime
+	dur   time.Duration
+}{
+	{"1", "once", rules.Once, 0},
+	{"2", "15 minutes", rules.Duration, 15 * time.Minute},
+	{"3", "1 hour", rules.Duration, time.Hour},
+	{"4", "until logout", rules.Session, 0},
+	{"5", "forever", rules.Forever, 0},
+}
+
+var scopes = []struct {
+	key   string
+	label string
+	scope rules.Scope
+}{
+	{"1", "this destination and port", rules.ScopeDestinationPort},
+	{"2", "this host, any port", rules.ScopeHost},
+	{"3", "this domain", rules.ScopeDomain},
+	{"4", "this port anywhere", rules.ScopePort},
+	{"5", "anywhere", rules.ScopeAny},
+}
+
+// ask prints the question of the current step.
+func (s *promptSession) ask() {
+	switch s.step {
+	case stepAction:
+		fmt.Fprintf(s.out, "Action? [a]llow [d]eny [r]eject (empty: leave it, %s) > ", s.countdown())
+	case stepLifetime:
+		var opts []string
+		for _, l := range lifetimes {
+			opts = append(opts, "["+l.key+"] "+l.label)
+		}
+		fmt.Fprintf(s.out, "For how long? %s > ", strings.Join(opts, " "))
+	case stepScope:
+		fmt.Fprintf(s.out, "Which connections of %s?\n", appName(s.cur.GetProcess()))
+		s.previews = map[string]rules.Scope{}
+		for _, sc := range scopes {
+			r, err := s.build(rules.Choice{Action: s.choice.Action, Lifetime: s.choice.Lifetime, For: s.choice.For, Scope: sc.scope})
+			if err != nil {
+				continue // e.g. no host name for the domain scope
+			}
+			s.previews[sc.key] = sc.scope
+			if sc.scope == rules.ScopeAny {
+				fmt.Fprintf(s.out, "  [%s] %s\n", sc.key, sc.label)
+				continue
+			}
+			fmt.Fprintf(s.out, "  [%s] %s: %s\n", sc.key, sc.label, ruleDestination(rules.ToProto(r)))
+		}
+		fmt.Fprint(s.out, "> ")
+	case stepCmdline:
+		fmt.Fprintf(s.out, "Only with this command line (%s)? [y]es [n]o > ", elide(strings.Join(s.cur.GetProcess().GetArgs(), " "), 60))
+	case stepConfirm:
+		fmt.Fprint(s.out, "Confirm? [y]es, [n]o: start over > ")
+	}
+}
+
+// build makes the rule for choice c. Created is left to the rules
+// service, which assigns it when it stores the rule.
+func (s *promptSession) build(c rules.Choice) (rules.Rule, error) {
+	r, err := rules.ForPrompt(processFromProto(s.cur.GetProcess()), tupleFromProto(s.cur.GetFlow()), s.cur.GetHost(), c, s.ruleNow())
+	r.Created = time.Time{}
+	return r, err
+}
+
+// answer handles one line typed for the current step.
+func (s *promptSession) answer(ctx context.Context, line string) error {
+	if strings.Contains(line, "\x1b") || strings.TrimSpace(line) == "" {
+		fmt.Fprintf(s.out, "left to the default: %s\n", s.countdown())
+		s.later[s.cur.GetId()] = true
+		s.cur = nil
+		return nil
+	}
+	in := strings.ToLower(strings.TrimSpace(line))
+	switch in {
+	case "q", "quit":
+		fmt.Fprintf(s.out, "quit; %d prompt(s) left to their default\n", len(s.queue)+1)
+		return errQuit
+	case "m":
+		fmt.Fprintf(s.out, "command line: %s\n", orDash(strings.Join(s.cur.GetProcess().GetArgs(), " ")))
+		s.ask()
+		return nil
+	case "?":
+		s.show()
+		s.ask()
+		return nil
+	}
+	switch s.step {
+	case stepAction:
+		a, ok := map[string]flow.Action{"a": flow.ActionAllow, "allow": flow.ActionAllow, "d": flow.ActionDeny,
+			"deny": flow.ActionDeny, "r": flow.ActionReject, "reject": flow.ActionReject}[in]
+		if !ok {
+			fmt.Fprintln(s.out, "answer a, d or r")
+			break
+		}
+		s.choice.Action = a
+		s.step = stepLifetime
+	case stepLifetime:
+		found := false
+		for _, l := range lifetimes {
+			if in == l.key {
+				s.choice.Lifetime, s.choice.For, found = l.life, l.dur, true
+			}
+		}
+		if !found {
+			fmt.Fprintln(s.out, "answer 1 to 5")
+			break
+		}
+		s.step = stepScope
+	case stepScope:
+		sc, ok := s.previews[in]
+		if !ok {
+			fmt.Fprintln(s.out, "answer one of the numbers shown")
+			break
+		}
+		s.choice.Scope = sc
+		s.step = stepCmdline
+		if len(s.cur.GetProcess().GetArgs()) == 0 {
+			s.step = stepConfirm
+			return s.showRule()
+		}
+	case stepCmdline:
+		switch in {
+		case "y", "yes":
+			s.choice.WithCmdline = true
+		case "n", "no":
+			s.choice.WithCmdline = false
+		default:
+			fmt.Fprintln(s.out, "answer y or n")
+			s.ask()
+			return nil
+		}
+		s.step = stepConfirm
+		return s.showRule()
+	case stepConfirm:
+		switch in {
+		case "y", "yes":
+			return s.send(ctx)
+		case "n", "no":
+			s.step, s.choice = stepAction, rules.Choice{}
+		default:
+			fmt.Fprintln(s.out, "answer y or n")
+		}
+	}
+	s.ask()
+	return nil
+}
+
+// showRule prints exactly the rule the answer will send, then asks to
+// confirm it.
+func (s *promptSession) showRule() error {
+	r, err := s.build(s.choice)
+	if err != nil {
+		fmt.Fprintf(s.out, "cannot make that rule: %v\n", err)
+		s.step, s.choice = stepAction, rules.Choice{}
+		s.ask()
+		return nil
+	}
+	if r.Lifetime == rules.Once {
+		fmt.Fprintln(s.out, "This answer decides only this prompt's connections and is not stored:")
+	} else {
+		fmt.Fprintln(s.out, "This rule will be stored:")
+	}
+	printRule(s.out, rules.ToProto(r), s.now(), s.loc)
+	s.ask()
+	return nil
+}
+
+// send answers the prompt. The rule is rebuilt from the choice so that a
+// Duration rule's expiry counts from the confirmation.
+func (s *promptSession) send(ctx context.Context) error {
+	r, err := s.build(s.choice)
+	if err != nil {
+		return fmt.Errorf("make rule: %w", err)
+	}
+	title := s.title()
+	resp, err := s.ui.AnswerPrompt(ctx, &uiv1.AnswerPromptRequest{PromptId: s.cur.GetId(), Rule: rules.ToProto(r)})
+	s.cur = nil
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.NotFound:
+		fmt.Fprintf(s.out, "%s: answered elsewhere\n", title)
+		return nil
+	case codes.InvalidArgument, codes.FailedPrecondition:
+		fmt.Fprintf(s.out, "%s: the rules service refused the answer: %s\n", title, statusMessage(err))
+		return nil
+	default:
+		return fmt.Errorf("answer prompt: %w", err)
+	}
+	got := resp.GetRule()
+	what := ruleActionName(got.GetAction())
+	if got.GetLifetime() == rulesv1.Lifetime_LIFETIME_ONCE || got.GetId() == "" {
+		fmt.Fprintf(s.out, "%s: %s once\n", title, what)
+		return nil
+	}
+	fmt.Fprintf(s.out, "%s: %s, rule %s, %s\n", title, what, got.GetId(), ruleLifetime(got, s.now(), s.loc))
+	return nil
+}

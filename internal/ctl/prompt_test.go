@@ -1,0 +1,302 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// testPrompt is curl fetching https://www.example.com/ from bash.
+func testPrompt(id string) *uiv1.Prompt {
+	return &uiv1.Prompt{
+		Id: id,
+		Process: &agentv1.Process{Pid: 4242, Tgid: 4242, Ppid: 4000, Uid: 1000, Gid: 1000, Comm: "curl",
+			Exe: "/usr/bin/curl", Args: []string{"curl", "-sS", "https://www.example.com/"}, IdentifiedBy: "netfilter-link"},
+		Flow: &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_TCP, IpVersion: 4, SrcIp: "10.0.0.2", SrcPort: 40000,
+			DstIp: "93.184.216.34", DstPort: 443},
+		Host:           "www.example.com",
+		FirstSeen:      timestamppb.New(testNow.Add(-2 * time.Second)),
+		Deadline:       timestamppb.New(testNow.Add(28 * time.Second)),
+		DeadlineAction: rulesv1.Action_ACTION_DENY,
+		Connections:    1,
+	}
+}
+
+// otherPrompt is a Python script resolving a name over IPv6 from a
+// process whose parent is gone and whose host name is unknown.
+func otherPrompt(id string) *uiv1.Prompt {
+	args := []string{"/usr/bin/python3", "/home/alice/bin/sync-calendars.py", "--config", "/home/alice/.config/sync/calendars.toml",
+		"--verbose", "--server", "https://calendar.example.org/dav/", "--since", "2026-01-01", "--until", "2026-12-31"}
+	return &uiv1.Prompt{
+		Id: id,
+		Process: &agentv1.Process{Pid: 5001, Tgid: 5000, Ppid: 4999, Uid: 1001, Gid: 1001, Comm: "python3",
+			Exe: "/usr/bin/python3.11", Args: args},
+		Flow: &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_UDP, IpVersion: 6, SrcIp: "2001:db8::2", SrcPort: 50000,
+			DstIp: "2001:db8::53", DstPort: 53},
+		Deadline:       timestamppb.New(testNow.Add(10 * time.Second)),
+		DeadlineAction: rulesv1.Action_ACTION_ALLOW,
+		Connections:    3,
+	}
+}
+
+func added(p *uiv1.Prompt) *uiv1.PromptEvent {
+	return &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: p}
+}
+
+func withdrawn(id, reason string) *uiv1.PromptEvent {
+	return &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_WITHDRAWN, Prompt: &uiv1.Prompt{Id: id}, Reason: reason}
+}
+
+func uiClient(t *testing.T, h *harness) uiv1.UIServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+h.uiSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return uiv1.NewUIServiceClient(conn)
+}
+
+func newSession(t *testing.T, h *harness, in io.Reader, out io.Writer) *promptSession {
+	clock := func() time.Time { return testNow }
+	return &promptSession{ui: uiClient(t, h), in: in, out: out, now: clock, ruleNow: clock, loc: time.UTC, sys: *testPromptSystem(t)}
+}
+
+// drainAnswers returns the AnswerPrompt requests the fake received.
+func drainAnswers(f *fakeUI) []*uiv1.AnswerPromptRequest {
+	var got []*uiv1.AnswerPromptRequest
+	for {
+		select {
+		case a := <-f.answers:
+			got = append(got, a)
+		default:
+			return got
+		}
+	}
+}
+
+// TestPromptAnswers feeds scripted answers to a curl prompt.
+func TestPromptAnswers(t *testing.T) {
+	curl := func(r *rulesv1.Rule) *rulesv1.Rule {
+		r.Enabled, r.Exe = true, "/usr/bin/curl"
+		return r
+	}
+	const (
+		stored = "curl -> www.example.com 93.184.216.34:443: "
+		later  = "left to the default"
+	)
+	tests := []struct {
+		name   string
+		script string
+		want   *rulesv1.Rule // nil: no answer
+		end    string        // the session's last words
+		golden string
+	}{
+		{"allow forever destination and port", "a\n5\n1\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Host: "www.example.com", DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
+			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "allow, rule", "prompt_allow_forever.golden"},
+		{"deny 15 minutes host", "d\n2\n2\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_DENY,
+			Host: "www.example.com", Lifetime: rulesv1.Lifetime_LIFETIME_DURATION,
+			Expires: timestamppb.New(testNow.Add(15 * time.Minute))}), stored + "deny, rule", "prompt_deny_15m.golden"},
+		{"reject session port with command line", "r\n4\n4\ny\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT,
+			Cmdline: `curl -sS https://www\.example\.com/`, DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
+			Lifetime: rulesv1.Lifetime_LIFETIME_SESSION}), stored + "reject, rule", "prompt_cmdline.golden"},
+		{"allow once domain, words accepted", "allow\n1\n3\nno\nyes\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Host: "*.example.com", Lifetime: rulesv1.Lifetime_LIFETIME_ONCE}), stored + "allow once", ""},
+		{"1 hour anywhere", "a\n3\n5\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Lifetime: rulesv1.Lifetime_LIFETIME_DURATION, Expires: timestamppb.New(testNow.Add(time.Hour))}), stored + "allow, rule", ""},
+		{"start over after no", "a\n5\n1\nn\nn\nd\n5\n5\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_DENY,
+			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "deny, rule", ""},
+		{"invalid answers are asked again", "x\na\n9\n5\n7\n1\nmaybe\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Host: "www.example.com", DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
+			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "allow, rule", "prompt_invalid.golden"},
+		{"empty line decides later", "\n", nil, later, "prompt_later.golden"},
+		{"escape decides later at any step", "a\n5\n\x1b\n", nil, later, ""},
+		{"quit", "q\n", nil, "quit;", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, true, false)
+			h.ui.promptEvents <- added(testPrompt("p1"))
+			out := newSyncBuffer()
+			s := newSession(t, h, strings.NewReader(tc.script), out)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- s.run(ctx) }()
+			// Nothing follows the answer: the session would wait for the
+			// next prompt.
+			out.waitFor(t, tc.end, 1)
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("run: %v\n%s", err, out.String())
+			}
+			got := drainAnswers(h.ui)
+			if tc.want == nil {
+				if len(got) != 0 {
+					t.Fatalf("answered %v, want no answer", got)
+				}
+			} else {
+				if len(got) != 1 || got[0].GetPromptId() != "p1" {
+					t.Fatalf("answers %v, want one for p1\n%s", got, out.String())
+				}
+				if d := protoDiff(tc.want, got[0].GetRule()); d != "" {
+					t.Errorf("rule:\n%s\noutput:\n%s", d, out.String())
+				}
+			}
+			if tc.golden != "" {
+				golden(t, tc.golden, out.String())
+			}
+		})
+	}
+}
+
+// TestPromptDetails shows a prompt without host name, with a long command
+// line (shown whole on m), an unknown user and a parent that is gone, and
+// offers no domain scope.
+func TestPromptDetails(t *testing.T) {
+	h := newHarness(t, true, false)
+	h.ui.promptEvents <- added(otherPrompt("p2"))
+	var out bytes.Buffer
+	s := newSession(t, h, strings.NewReader("m\nd\n5\nm\n3\n1\n"), &out)
+	if err := s.run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(drainAnswers(h.ui)); n != 0 {
+		t.Fatalf("%d answers, want none", n)
+	}
+	golden(t, "prompt_details.golden", out.String())
+}
+
+// syncBuffer is a bytes.Buffer that a test can wait on.
+type syncBuffer struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{}
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{changed: make(chan struct{}, 1)} }
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor waits until the output contains sub n times.
+func (s *syncBuffer) waitFor(t *testing.T, sub string, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for strings.Count(s.String(), sub) < n {
+		select {
+		case <-s.changed:
+		case <-deadline:
+			t.Fatalf("output never contained %q %d times:\n%s", sub, n, s.String())
+		}
+	}
+}
+
+func TestPromptWithdrawn(t *testing.T) {
+	h := newHarness(t, true, false)
+	inR, inW := io.Pipe()
+	out := newSyncBuffer()
+	s := newSession(t, h, inR, out)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.run(ctx) }()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		inW.Close()
+		return <-done
+	})
+	t.Cleanup(func() { stop() })
+	write := func(s string) {
+		t.Helper()
+		if _, err := io.WriteString(inW, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	h.ui.promptEvents <- added(testPrompt("p1"))
+	out.waitFor(t, "Action?", 1)
+	// More prompts queue behind the one shown.
+	h.ui.promptEvents <- added(otherPrompt("p2"))
+	h.ui.promptEvents <- added(testPrompt("p3"))
+	out.waitFor(t, "(new prompt from curl; 2 more waiting)", 1)
+	write("a\n")
+	out.waitFor(t, "For how long?", 1)
+	// A waiting prompt that goes away is dropped from the queue.
+	h.ui.promptEvents <- withdrawn("p3", "deadline")
+	// The prompt being answered is answered on another client.
+	h.ui.promptEvents <- withdrawn("p1", "answered")
+	out.waitFor(t, "curl -> www.example.com 93.184.216.34:443: answered elsewhere", 1)
+	out.waitFor(t, "== python3.11 wants to connect to [2001:db8::53]:53 ==", 1) // nothing more waiting
+	write("d\n2\n1\nn\ny\n")
+	out.waitFor(t, "python3.11 -> [2001:db8::53]:53: deny, rule", 1)
+	got := drainAnswers(h.ui)
+	if len(got) != 1 || got[0].GetPromptId() != "p2" || got[0].GetRule().GetAction() != rulesv1.Action_ACTION_DENY {
+		t.Fatalf("answers %v, want a deny for p2", got)
+	}
+
+	// Answered elsewhere between the confirmation and the answer.
+	h.ui.mu.Lock()
+	h.ui.answered["p4"] = true
+	h.ui.mu.Unlock()
+	h.ui.promptEvents <- added(testPrompt("p4"))
+	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 2)
+	write("a\n5\n5\nn\ny\n")
+	out.waitFor(t, "answered elsewhere", 2)
+
+	// Timed out while being answered.
+	h.ui.promptEvents <- added(testPrompt("p5"))
+	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 3)
+	h.ui.promptEvents <- withdrawn("p5", "deadline")
+	out.waitFor(t, "timed out, the default (deny) applied", 1)
+	if strings.Contains(out.String(), "p3") || strings.Count(out.String(), "== curl wants to connect to") != 3 {
+		t.Errorf("the withdrawn waiting prompt was shown:\n%s", out.String())
+	}
+	if err := stop(); err != nil {
+		t.Errorf("run: %v", err)
+	}
+	golden(t, "prompt_withdrawn.golden", out.String())
+}
+
+// TestPromptCommand runs `bastionctl prompt` end to end.
+func TestPromptCommand(t *testing.T) {
+	h := newHarness(t, true, false)
+	h.ui.promptEvents <- added(testPrompt("p1"))
+	h.ui.promptEvents <- added(otherPrompt("p2"))
+	// The script ends at p2's first question, which ends the session.
+	r := h.run(t, "a\n5\n1\nn\ny\n", "prompt")
+	if r.code != ExitOK {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	if rs := h.ui.ruleList(); len(rs) != 1 || rs[0].GetHost() != "www.example.com" {
+		t.Errorf("stored rules %v, want one for www.example.com", rs)
+	}
+	if down := newHarness(t, false, false).run(t, "", "prompt"); down.code != ExitNoAgent {
+		t.Errorf("with the service down: exit %d, want %d", down.code, ExitNoAgent)
+	}
+}

@@ -1,0 +1,408 @@
+package ctl
+
+// rules: the user's stored rules, through the rules service.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/rules"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+const rulesUse = "rules list | add | rm ID... | enable ID | disable ID | export | import FILE..."
+
+func (c *cli) rulesCmd(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		return exitCode(fmt.Errorf("%w: %s", errUsage, rulesUse), c.errOut)
+	}
+	var err error
+	switch args[0] {
+	case "list", "ls":
+		err = c.rulesList(ctx, args[1:])
+	case "add":
+		err = c.rulesAdd(ctx, args[1:])
+	case "rm", "remove", "delete":
+		err = c.rulesRemove(ctx, args[1:])
+	case "enable":
+		err = c.rulesEnable(ctx, args[1:], true)
+	case "disable":
+		err = c.rulesEnable(ctx, args[1:], false)
+	case "export":
+		err = c.rulesExport(ctx, args[1:])
+	case "import":
+		err = c.rulesImport(ctx, args[1:])
+	default:
+		err = fmt.Errorf("%w: unknown rules command %q; %s", errUsage, args[0], rulesUse)
+	}
+	return exitCode(err, c.errOut)
+}
+
+func (c *cli) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	return fs
+}
+
+func (c *cli) rulesList(ctx context.Context, args []string) error {
+	if len(args) != 0 {
+		return fmt.Errorf("%w: rules list", errUsage)
+	}
+	resp, err := c.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if c.json {
+		for _, r := range resp.GetRules() {
+			c.emitJSON(r)
+		}
+		return nil
+	}
+	if len(resp.GetRules()) == 0 {
+		fmt.Fprintln(c.out, "no rules")
+		return nil
+	}
+	printRuleTable(c.out, resp.GetRules(), c.now(), c.loc)
+	return nil
+}
+
+// operandFlags are the flags that set a rule's operands.
+type operandFlags struct {
+	exe, cmdline, sha256, dst, port, host, proto string
+}
+
+func (o *operandFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.exe, "exe", "", "executable path or glob")
+	fs.StringVar(&o.cmdline, "cmdline", "", "RE2 expression matching the whole command line")
+	fs.StringVar(&o.sha256, "sha256", "", "hex SHA-256 of the executable")
+	fs.StringVar(&o.dst, "dst", "", "destination address or CIDR prefix")
+	fs.StringVar(&o.port, "port", "", "destination port N or range N-M")
+	fs.StringVar(&o.host, "host", "", "destination host name or *.domain")
+	fs.StringVar(&o.proto, "proto", "", "tcp, udp, icmp or icmpv6")
+}
+
+// apply sets the operands whose flags were given (set) on r.
+func (o *operandFlags) apply(r *rules.Rule, set map[string]bool) error {
+	if set["exe"] {
+		r.Exe = o.exe
+	}
+	if set["cmdline"] {
+		r.Cmdline = o.cmdline
+	}
+	if set["sha256"] {
+		r.ExeSHA256 = strings.ToLower(o.sha256)
+	}
+	if set["dst"] {
+		r.Dst = netip.Prefix{}
+		if o.dst != "" {
+			p, err := parseDst(o.dst)
+			if err != nil {
+				return err
+			}
+			r.Dst = p
+		}
+	}
+	if set["port"] {
+		r.PortMin, r.PortMax = 0, 0
+		if o.port != "" {
+			lo, hi, err := parsePorts(o.port)
+			if err != nil {
+				return err
+			}
+			r.PortMin, r.PortMax = lo, hi
+		}
+	}
+	if set["host"] {
+		r.Host = strings.ToLower(o.host)
+	}
+	if set["proto"] {
+		r.Proto = 0
+		if o.proto != "" && o.proto != "any" {
+			p, err := flow.ParseProto(strings.ToLower(o.proto))
+			if err != nil {
+				return fmt.Errorf("--proto: %w", err)
+			}
+			r.Proto = p
+		}
+	}
+	return nil
+}
+
+func parseDst(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("--dst: %w", err)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("--dst: %w", err)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func parsePorts(s string) (lo, hi uint16, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	l, err := strconv.ParseUint(a, 10, 16)
+	if err != nil || l == 0 {
+		return 0, 0, fmt.Errorf("--port: %q is not a port (1-65535) or range N-M", s)
+	}
+	h := l
+	if isRange {
+		h, err = strconv.ParseUint(b, 10, 16)
+		if err != nil || h < l {
+			return 0, 0, fmt.Errorf("--port: %q is not a port (1-65535) or range N-M", s)
+		}
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// lifetimeFlags are --for, --session and --forever.
+type lifetimeFlags struct {
+	dur              time.Duration
+	session, forever bool
+}
+
+func (l *lifetimeFlags) register(fs *flag.FlagSet) {
+	fs.DurationVar(&l.dur, "for", 0, "the rule applies for this long")
+	fs.BoolVar(&l.session, "session", false, "the rule applies until you log out")
+	fs.BoolVar(&l.forever, "forever", false, "the rule applies until deleted (default)")
+}
+
+func (l *lifetimeFlags) apply(r *rules.Rule, now time.Time) error {
+	n := 0
+	for _, b := range []bool{l.dur != 0, l.session, l.forever} {
+		if b {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return errors.New("choose one of --for, --session and --forever")
+	case l.dur < 0:
+		return errors.New("--for must be positive")
+	case l.dur > 0:
+		r.Lifetime, r.Expires = rules.Duration, now.Add(l.dur)
+	case l.session:
+		r.Lifetime = rules.Session
+	default:
+		r.Lifetime = rules.Forever
+	}
+	return nil
+}
+
+func setFlags(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
+}
+
+const addUse = "rules add --action allow|deny|reject [--exe PATH|GLOB] [--cmdline RE] [--sha256 HEX] [--dst IP|CIDR] " +
+	"[--port N|N-M] [--host NAME|*.domain] [--proto P] [--for DURATION|--session|--forever] [--note TEXT] [--disabled]"
+
+func (c *cli) rulesAdd(ctx context.Context, args []string) error {
+	fs := c.flagSet("rules add")
+	action := fs.String("action", "", "allow, deny or reject")
+	note := fs.String("note", "", "a note for yourself")
+	disabled := fs.Bool("disabled", false, "store the rule disabled")
+	var ops operandFlags
+	ops.register(fs)
+	var life lifetimeFlags
+	life.register(fs)
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("%w: %s", errUsage, addUse)
+	}
+	a, err := flow.ParseAction(*action)
+	if err != nil {
+		return fmt.Errorf("%w: --action: %v", errUsage, err)
+	}
+	r := rules.Rule{Enabled: !*disabled, Action: a, Note: *note}
+	if err := ops.apply(&r, setFlags(fs)); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := life.apply(&r, c.ruleNow()); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	resp, err := c.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: rules.ToProto(r)})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if c.json {
+		c.emitJSON(resp.GetRule())
+		return nil
+	}
+	printRule(c.out, resp.GetRule(), c.now(), c.loc)
+	return nil
+}
+
+func (c *cli) rulesRemove(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return fmt.Errorf("%w: rules rm ID...", errUsage)
+	}
+	// Remove what can be removed; report the first failure's code.
+	var first error
+	for _, id := range ids {
+		if _, err := c.ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: id}); err != nil {
+			err = c.uiErr(err)
+			if first == nil {
+				first = err
+			} else {
+				exitCode(err, c.errOut)
+			}
+			continue
+		}
+		if !c.json {
+			fmt.Fprintln(c.out, "removed", id)
+		}
+	}
+	return first
+}
+
+func (c *cli) rulesEnable(ctx context.Context, args []string, enabled bool) error {
+	if len(args) != 1 {
+		if enabled {
+			return fmt.Errorf("%w: rules enable ID", errUsage)
+		}
+		return fmt.Errorf("%w: rules disable ID", errUsage)
+	}
+	resp, err := c.ui.SetRuleEnabled(ctx, &uiv1.SetRuleEnabledRequest{Id: args[0], Enabled: enabled})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if c.json {
+		c.emitJSON(resp.GetRule())
+		return nil
+	}
+	printRule(c.out, resp.GetRule(), c.now(), c.loc)
+	return nil
+}
+
+func parseFormat(s string, importing bool) (uiv1.Format, error) {
+	switch strings.ToLower(s) {
+	case "json":
+		return uiv1.Format_FORMAT_JSON, nil
+	case "toml":
+		return uiv1.Format_FORMAT_TOML, nil
+	case "opensnitch":
+		if importing {
+			return uiv1.Format_FORMAT_OPENSNITCH, nil
+		}
+		return 0, errors.New("OpenSnitch is an import format only; export as json or toml")
+	}
+	if importing {
+		return 0, fmt.Errorf("unknown format %q (want json, toml or opensnitch)", s)
+	}
+	return 0, fmt.Errorf("unknown format %q (want json or toml)", s)
+}
+
+func (c *cli) rulesExport(ctx context.Context, args []string) error {
+	const use = "rules export [--format json|toml] [-o FILE]"
+	fs := c.flagSet("rules export")
+	format := fs.String("format", "json", "json or toml")
+	outPath := fs.String("o", "", "write to FILE instead of standard output")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	f, err := parseFormat(*format, false)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	resp, err := c.ui.ExportRules(ctx, &uiv1.ExportRulesRequest{Format: f})
+	if err != nil {
+		return c.uiErr(err)
+	}
+	if *outPath == "" {
+		_, err := c.out.Write(resp.GetData())
+		return err
+	}
+	// Rules say what a user runs and where it connects: keep them private.
+	if err := os.WriteFile(*outPath, resp.GetData(), 0o600); err != nil {
+		return fmt.Errorf("write rules: %w", err)
+	}
+	return nil
+}
+
+// rulesImport imports each file on its own: a file that cannot be imported
+// at all fails the command (exit 1) after the others were tried; rules that
+// were skipped are reported on stderr without failing it.
+func (c *cli) rulesImport(ctx context.Context, args []string) error {
+	const use = "rules import [--format json|toml|opensnitch] FILE..."
+	fs := c.flagSet("rules import")
+	format := fs.String("format", "", "json, toml or opensnitch (default: from the file name, .toml or json)")
+	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+		return fmt.Errorf("%w: %s", errUsage, use)
+	}
+	var forced uiv1.Format
+	if *format != "" {
+		f, err := parseFormat(*format, true)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		forced = f
+	}
+	failed := 0
+	for _, name := range fs.Args() {
+		f := forced
+		if f == uiv1.Format_FORMAT_UNSPECIFIED {
+			f = uiv1.Format_FORMAT_JSON
+			if strings.EqualFold(filepath.Ext(name), ".toml") {
+				f = uiv1.Format_FORMAT_TOML
+			}
+		}
+		data, err := os.ReadFile(name)
+		if err != nil {
+			fmt.Fprintf(c.errOut, "bastionctl: %s: %v\n", name, errors.Unwrap(err))
+			failed++
+			continue
+		}
+		resp, err := c.ui.ImportRules(ctx, &uiv1.ImportRulesRequest{Format: f, Data: data})
+		if err != nil {
+			err = c.uiErr(err)
+			if codeOf(err) == ExitNoAgent {
+				return err // nothing else will work either
+			}
+			fmt.Fprintf(c.errOut, "bastionctl: %s: not imported: %s\n", name, statusMessage(err))
+			failed++
+			continue
+		}
+		for _, p := range resp.GetProblems() {
+			fmt.Fprintf(c.errOut, "bastionctl: %s: %s\n", name, p)
+		}
+		n := len(resp.GetImported())
+		if n == 0 && len(resp.GetProblems()) > 0 {
+			fmt.Fprintf(c.errOut, "bastionctl: %s: no rule could be imported\n", name)
+			failed++
+			continue
+		}
+		if c.json {
+			for _, r := range resp.GetImported() {
+				c.emitJSON(r)
+			}
+			continue
+		}
+		fmt.Fprintf(c.out, "%s: imported %d rule(s)", name, n)
+		if len(resp.GetProblems()) > 0 {
+			fmt.Fprintf(c.out, ", %d problem(s)", len(resp.GetProblems()))
+		}
+		fmt.Fprintln(c.out)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d file(s) could not be imported", failed, fs.NArg())
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// status shows the agent's status and the rules service's; it succeeds
+// when at least one of them answered.
+func (c *cli) status(ctx context.Context) int {
+	ast, aerr := c.agent.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if aerr == nil {
+		if c.json {
+			c.emitJSON(ast)
+		} else {
+			c.printAgentStatus(ast)
+		}
+	} else {
+		fmt.Fprintf(c.errOut, "bastionctl: agent not reachable at %s: %s\n", c.agentSk, status.Convert(aerr).Message())
+	}
+	ust, uerr := c.ui.GetStatus(ctx, &uiv1.GetStatusRequest{})
+	if uerr == nil {
+		if c.json {
+			c.emitJSON(ust)
+		} else {
+			if aerr == nil {
+				fmt.Fprintln(c.out)
+			}
+			c.printUIStatus(ust)
+		}
+	} else {
+		fmt.Fprintf(c.errOut, "bastionctl: rules service not running (no answer at %s): %s\n", c.uiSocket, status.Convert(uerr).Message())
+	}
+	switch {
+	case aerr == nil || uerr == nil:
+		return ExitOK
+	case codeOf(aerr) == codeOf(uerr):
+		return codeOf(aerr)
+	}
+	return ExitNoAgent
+}
+
+func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
+	k := st.GetCounters()
+	fmt.Fprintf(c.out, "agent %s, up since %s\n", st.GetVersion(), st.GetStarted().AsTime().In(c.loc).Format(time.DateTime))
+	fmt.Fprintf(c.out, "identification: %s\n", st.GetMechanism())
+	fmt.Fprintf(c.out, "kernel features: %s\n", strings.Join(st.GetFeatures(), " "))
+	ns := st.GetNetns()
+	if ns == "" {
+		ns = "host"
+	}
+	fmt.Fprintf(c.out, "firewall: iptables-%s, queue %d, fail-open %v, network namespace %s\n",
+		st.GetFirewallBackend(), st.GetQueueNum(), st.GetFailOpen(), ns)
+	fmt.Fprintf(c.out, "pending: %d, cached decisions: %d, prompt clients for UIDs %v (you are UID %d)\n",
+		st.GetPending(), st.GetCacheEntries(), st.GetWatchedUids(), st.GetCallerUid())
+	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",
+		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
+	fmt.Fprintf(c.out, "decided by: cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
+		k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(), k.GetIdentified(), k.GetUnidentified())
+}
+
+func (c *cli) printUIStatus(st *uiv1.GetStatusResponse) {
+	fmt.Fprintf(c.out, "rules service %s for UID %d, store %s\n", st.GetVersion(), st.GetUid(), st.GetStorePath())
+	agent := "not connected"
+	if st.GetAgentConnected() {
+		agent = "connected"
+	}
+	fmt.Fprintf(c.out, "agent: %s\n", agent)
+	fmt.Fprintf(c.out, "rules: %d, decide later: %d\n", st.GetRules(), st.GetDecideLater())
+	fmt.Fprintf(c.out, "prompt clients: %d, pending prompts: %d\n", st.GetPromptClients(), st.GetPendingPrompts())
+	fmt.Fprintf(c.out, "without a prompt client: silent %s; prompts time out after %v, then %s\n",
+		ruleActionName(st.GetSilentAction()), st.GetPromptTimeout().AsDuration(), ruleActionName(st.GetTimeoutAction()))
+}

@@ -1,0 +1,166 @@
+package ctl
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+func TestStatus(t *testing.T) {
+	tests := []struct {
+		name          string
+		ui, agent     bool
+		code          int
+		golden        string
+		stderrSays    []string
+		stderrNotSays string
+	}{
+		{"both", true, true, ExitOK, "status_both.golden", nil, "bastionctl"},
+		{"rules service down", false, true, ExitOK, "status_agent_only.golden",
+			[]string{"rules service not running (no answer at DIR/absent-ui.sock)"}, "agent not reachable"},
+		{"agent down", true, false, ExitOK, "status_ui_only.golden",
+			[]string{"agent not reachable at DIR/absent-agent.sock"}, "rules service"},
+		{"both down", false, false, ExitNoAgent, "status_none.golden",
+			[]string{"agent not reachable", "rules service not running"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.ui, tc.agent)
+			r := h.run(t, "", "status")
+			if r.code != tc.code {
+				t.Errorf("exit %d, want %d", r.code, tc.code)
+			}
+			for _, s := range tc.stderrSays {
+				if !strings.Contains(r.stderr, s) {
+					t.Errorf("stderr %q does not say %q", r.stderr, s)
+				}
+			}
+			if tc.stderrNotSays != "" && strings.Contains(r.stderr, tc.stderrNotSays) {
+				t.Errorf("stderr %q says %q", r.stderr, tc.stderrNotSays)
+			}
+			golden(t, tc.golden, r.stdout)
+		})
+	}
+}
+
+func historyEntry(sec int, action rulesv1.Action, by, ruleID string) *uiv1.HistoryEntry {
+	return &uiv1.HistoryEntry{
+		Time:    timestamppb.New(testNow.Add(time.Duration(sec) * time.Second)),
+		Process: &agentv1.Process{Tgid: uint32(4000 + sec), Uid: 1000, Exe: "/usr/bin/curl", Args: []string{"curl", "example.com"}},
+		Flow: &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_TCP, IpVersion: 4, SrcIp: "10.0.0.2", SrcPort: 40000,
+			DstIp: "93.184.216.34", DstPort: 443},
+		Host: "example.com", Action: action, DecidedBy: by, RuleId: ruleID,
+	}
+}
+
+func TestHistoryAndWatch(t *testing.T) {
+	h := newHarness(t, true, false)
+	h.ui.history = []*uiv1.HistoryEntry{
+		historyEntry(1, rulesv1.Action_ACTION_ALLOW, "rule:00000000000000aa", "00000000000000aa"),
+		historyEntry(2, rulesv1.Action_ACTION_DENY, "prompt", "00000000000000bb"),
+		historyEntry(3, rulesv1.Action_ACTION_DENY, "deadline", ""),
+		historyEntry(4, rulesv1.Action_ACTION_REJECT, "default", ""),
+	}
+	r := h.run(t, "", "history")
+	if r.code != ExitOK {
+		t.Fatalf("history: exit %d: %s", r.code, r.stderr)
+	}
+	golden(t, "history.golden", r.stdout)
+	r = h.run(t, "", "history", "--limit", "2")
+	if want := strings.Join(strings.Split(readGolden(t, "history.golden"), "\n")[2:], "\n"); r.stdout != want {
+		t.Errorf("history --limit 2:\n%s\nwant the last two lines of the full history:\n%s", r.stdout, want)
+	}
+	r = h.run(t, "", "--json", "history", "--limit", "1")
+	if r.code != ExitOK || strings.Count(r.stdout, "\n") != 1 || !strings.Contains(r.stdout, `"decided_by":"default"`) {
+		t.Errorf("history --json --limit 1: exit %d: %s", r.code, r.stdout)
+	}
+	if r = h.run(t, "", "history", "--limit", "-1"); r.code != ExitUsage {
+		t.Errorf("history --limit -1: exit %d, want %d", r.code, ExitUsage)
+	}
+
+	// watch prints what streams until it is stopped.
+	out := newSyncBuffer()
+	var errb strings.Builder
+	env := h.env(t, strings.NewReader(""), nil, nil)
+	env.Stdout, env.Stderr = out, &errb
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() { done <- Run(ctx, []string{"--ui-socket", h.uiSock, "watch"}, env) }()
+	out.waitFor(t, "\n", 4)
+	cancel()
+	if code := <-done; code != ExitOK {
+		t.Errorf("watch: exit %d: %s", code, errb.String())
+	}
+	if got := out.String(); got != readGolden(t, "history.golden") {
+		t.Errorf("watch printed\n%s\nwant what history printed", got)
+	}
+
+	down := newHarness(t, false, false)
+	if r = down.run(t, "", "watch"); r.code != ExitNoAgent {
+		t.Errorf("watch with the service down: exit %d, want %d", r.code, ExitNoAgent)
+	}
+}
+
+func TestLater(t *testing.T) {
+	h := newHarness(t, true, false)
+	entry := func(id string, p *uiv1.Prompt) *uiv1.DecideLaterEntry {
+		return &uiv1.DecideLaterEntry{Id: id, Time: timestamppb.New(testNow.Add(-time.Hour)), Process: p.GetProcess(),
+			Flow: p.GetFlow(), Host: p.GetHost(), Applied: rulesv1.Action_ACTION_DENY}
+	}
+	h.ui.later = []*uiv1.DecideLaterEntry{entry("l1", testPrompt("x")), entry("l2", otherPrompt("y")), entry("l3", testPrompt("z"))}
+	r := h.run(t, "", "later", "list")
+	if r.code != ExitOK {
+		t.Fatalf("later list: exit %d: %s", r.code, r.stderr)
+	}
+	golden(t, "later_list.golden", r.stdout)
+
+	// The prompt's scope, then operand flags on top.
+	r = h.run(t, "", "later", "rule", "l1", "--action", "allow", "--scope", "domain", "--for", "1h", "--note", "later")
+	if r.code != ExitOK {
+		t.Fatalf("later rule: exit %d: %s", r.code, r.stderr)
+	}
+	golden(t, "later_rule.golden", r.stdout)
+	r = h.run(t, "", "later", "rule", "l2", "--action", "deny", "--port", "53-54", "--with-cmdline")
+	if r.code != ExitOK {
+		t.Fatalf("later rule: exit %d: %s", r.code, r.stderr)
+	}
+	if r = h.run(t, "", "later", "rule", "l3", "--action", "allow", "--scope", "everywhere"); r.code != ExitUsage {
+		t.Errorf("unknown scope: exit %d, want %d", r.code, ExitUsage)
+	}
+	if r = h.run(t, "", "later", "forget", "l3"); r.code != ExitOK || r.stdout != "forgot l3\n" {
+		t.Errorf("later forget: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r = h.run(t, "", "later", "forget", "l3"); r.code != ExitNotFound {
+		t.Errorf("later forget again: exit %d, want %d", r.code, ExitNotFound)
+	}
+	want := []*uiv1.ResolveDecideLaterRequest{
+		{Id: "l1", Rule: &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: "/usr/bin/curl", Host: "*.example.com",
+			Lifetime: rulesv1.Lifetime_LIFETIME_DURATION, Expires: timestamppb.New(testNow.Add(time.Hour)), Note: "later"}},
+		{Id: "l2", Rule: &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_DENY, Exe: "/usr/bin/python3.11",
+			Cmdline: `/usr/bin/python3 /home/alice/bin/sync-calendars\.py --config /home/alice/\.config/sync/calendars\.toml --verbose --server https://calendar\.example\.org/dav/ --since 2026-01-01 --until 2026-12-31`,
+			Dst:     "2001:db8::53", DstPortMin: 53, DstPortMax: 54, Protocol: rulesv1.Protocol_PROTOCOL_UDP,
+			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}},
+		{Id: "l3"},
+	}
+	h.ui.mu.Lock()
+	got := h.ui.resolved
+	h.ui.mu.Unlock()
+	if len(got) != len(want) {
+		t.Fatalf("%d ResolveDecideLater requests, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if d := protoDiff(want[i], got[i]); d != "" {
+			t.Errorf("ResolveDecideLater request %d:\n%s", i, d)
+		}
+	}
+	if r = h.run(t, "", "later", "list"); r.stdout != "nothing to decide later\n" {
+		t.Errorf("later list when empty: %q", r.stdout)
+	}
+}
