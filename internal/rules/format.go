@@ -319,7 +319,8 @@ func jsonPosError(data []byte, off int64, err error) error {
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Errorf("%s: %w", offsetPos(data, se.Offset), err)
+		// Offset counts the offending byte as read.
+		return fmt.Errorf("%s: %w", offsetPos(data, se.Offset-1), err)
 	case errors.As(err, &te):
 		return fmt.Errorf("%s: field %q: %w", offsetPos(data, te.Offset), te.Field, err)
 	}

@@ -32,7 +32,8 @@ type Rule struct {
 	Action  flow.Action
 
 	// Exe is an exact path, or a glob: `*` and `?` within one path
-	// element, `[...]` classes, `**` across elements.
+	// element, `[...]` classes, `**` across elements, `\` escapes (see
+	// the package documentation).
 	Exe string
 	// Cmdline is an RE2 expression that must match the whole command line
 	// (arguments joined by single spaces).
@@ -44,8 +45,9 @@ type Rule struct {
 	Dst netip.Prefix
 	// PortMin..PortMax is the destination port range; 0..0 is any.
 	PortMin, PortMax uint16
-	// Host is a host name or a domain wildcard `*.example.com`; it matches
-	// only connections whose destination name is known.
+	// Host is a lower-case host name or a domain wildcard `*.example.com`
+	// (example.com and every name under it); it matches only connections
+	// whose destination name is known.
 	Host  string
 	Proto flow.Proto // 0 is any
 

@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -94,6 +95,10 @@ func (r Rule) Validate() error {
 	}
 	if len(r.Note) > maxNoteLen {
 		return fmt.Errorf("note: longer than %d bytes", maxNoteLen)
+	}
+	// TOML and SQLite integers are signed 64-bit.
+	if r.Hits > math.MaxInt64 {
+		return fmt.Errorf("hits: %d is above %d", r.Hits, int64(math.MaxInt64))
 	}
 	return nil
 }

@@ -54,6 +54,7 @@ func TestValidate(t *testing.T) {
 		{"host long label", func(r *Rule) { r.Host = strings.Repeat("a", 64) + ".com" }, "longer than 63 bytes"},
 		{"host wildcard ok", func(r *Rule) { r.Host = "*.example.com" }, ""},
 		{"id space", func(r *Rule) { r.ID = "a b" }, "id \"a b\": unprintable or space character at byte 1"},
+		{"hits beyond int64", func(r *Rule) { r.Hits = 1 << 63 }, "hits: 9223372036854775808 is above 9223372036854775807"},
 		{"long note", func(r *Rule) { r.Note = strings.Repeat("x", maxNoteLen+1) }, "note: longer than 4096 bytes"},
 	}
 	for _, tt := range tests {
