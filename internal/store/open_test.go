@@ -365,3 +365,35 @@ func TestMigrationsAppendOnly(t *testing.T) {
 		t.Error("migrations were appended; run go test -update to record them")
 	}
 }
+
+// TestHandEditedRuleIsReported edits a stored rule into something that is
+// not a rule: reading it fails and names the rule, rather than returning
+// a different rule.
+func TestHandEditedRuleIsReported(t *testing.T) {
+	for _, tc := range []struct{ name, edit, wantErr string }{
+		{"bad prefix", "UPDATE rules SET dst = '10.0.0.300/8'", `invalid destination "10.0.0.300/8"`},
+		{"lifetime refused by the schema", "UPDATE rules SET lifetime = 1", "CHECK constraint failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, rs := populated(t, 1)
+			db := rawDB(t, path)
+			_, err := db.Exec(tc.edit)
+			db.Close()
+			if err != nil {
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("edit: %v, want %q", err, tc.wantErr)
+				}
+				return // the schema itself refused the edit
+			}
+			s, err := Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			_, err = s.Rules(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), rs[0].ID) {
+				t.Errorf("Rules() = %v, want an error naming rule %s and containing %q", err, rs[0].ID, tc.wantErr)
+			}
+		})
+	}
+}
