@@ -6,6 +6,8 @@ require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/cilium/ebpf v0.22.0
 	github.com/florianl/go-nfqueue/v2 v2.0.2
+	github.com/godbus/dbus/v5 v5.1.0
+	github.com/gotk3/gotk3 v0.6.5-0.20240618185848-ff349ae13f56
 	github.com/mdlayher/netlink v1.7.2
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.50.0
