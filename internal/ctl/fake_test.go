@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -420,7 +421,7 @@ func testPromptSystem(t *testing.T) *promptSystem {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	svc, err := parseServices(f)
+	svc, err := procinfo.ParseServices(f)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/user"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -33,23 +32,14 @@ import (
 type promptSystem struct {
 	procFS     fs.FS // rooted at /proc
 	lookupUser func(uid uint32) (string, error)
-	services   *services
+	services   *procinfo.Services
 }
 
 func defaultPromptSystem() promptSystem {
 	sys := promptSystem{
-		procFS: os.DirFS("/proc"),
-		lookupUser: func(uid uint32) (string, error) {
-			u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
-			if err != nil {
-				return "", err
-			}
-			return u.Username, nil
-		},
-	}
-	if f, err := os.Open("/etc/services"); err == nil {
-		sys.services, _ = parseServices(f)
-		f.Close()
+		procFS:     os.DirFS("/proc"),
+		lookupUser: procinfo.UserName,
+		services:   procinfo.LoadServices("/etc/services"),
 	}
 	return sys
 }
@@ -317,26 +307,7 @@ func (s *promptSession) userName(uid uint32) string {
 // parent describes the parent process from /proc/PPID/{exe,comm}; the
 // parent may be gone or not readable, so this shows what it can.
 func (s *promptSession) parent(ppid uint32) string {
-	if ppid == 0 {
-		return "unknown"
-	}
-	d := fmt.Sprintf("PID %d", ppid)
-	if s.sys.procFS == nil {
-		return d
-	}
-	dir := strconv.FormatUint(uint64(ppid), 10)
-	exe, _ := fs.ReadLink(s.sys.procFS, path.Join(dir, "exe"))
-	comm, _ := fs.ReadFile(s.sys.procFS, path.Join(dir, "comm"))
-	name := strings.TrimSpace(string(comm))
-	switch {
-	case exe != "" && name != "":
-		return d + " " + exe + " (" + name + ")"
-	case exe != "":
-		return d + " " + exe
-	case name != "":
-		return d + " (" + name + ")"
-	}
-	return d
+	return procinfo.Parent(s.sys.procFS, ppid)
 }
 
 // destination is "example.com (93.184.216.34), port 443 (https)".
@@ -348,7 +319,7 @@ func (s *promptSession) destination(p *uiv1.Prompt) string {
 	}
 	proto := flowProtoName(fl.GetProtocol())
 	if (proto == "tcp" || proto == "udp") && fl.GetDstPort() != 0 {
-		d += ", port " + s.sys.services.describePort(proto, uint16(fl.GetDstPort()))
+		d += ", port " + s.sys.services.DescribePort(proto, uint16(fl.GetDstPort()))
 	}
 	return d
 }

@@ -1,16 +1,18 @@
-package ctl
+package procinfo
 
 import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 )
 
-// services maps ports to service names, as /etc/services lists them
-// (services(5)): "name port/protocol [aliases...] [# comment]".
-type services struct {
+// Services maps ports to service names, as /etc/services lists them
+// (services(5)): "name port/protocol [aliases...] [# comment]". A nil
+// *Services knows no names.
+type Services struct {
 	byPort map[serviceKey]string
 }
 
@@ -19,11 +21,11 @@ type serviceKey struct {
 	port  uint16
 }
 
-// parseServices reads an /etc/services file. Lines it cannot read are
+// ParseServices reads an /etc/services file. Lines it cannot read are
 // skipped; the first name listed for a port and protocol wins, as in
 // getservbyport(3).
-func parseServices(r io.Reader) (*services, error) {
-	s := &services{byPort: map[serviceKey]string{}}
+func ParseServices(r io.Reader) (*Services, error) {
+	s := &Services{byPort: map[serviceKey]string{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
@@ -51,10 +53,26 @@ func parseServices(r io.Reader) (*services, error) {
 	return s, nil
 }
 
-// name returns the service on port for proto ("tcp", "udp"); a port the
+// LoadServices reads the services file at path, usually /etc/services. A
+// missing or unreadable file gives nil, which knows no names: port names
+// are a nicety, never a reason to fail.
+func LoadServices(path string) *Services {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	s, err := ParseServices(f)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// Name returns the service on port for proto ("tcp", "udp"); a port the
 // file lists only for the other of TCP and UDP still gets its name, since
 // most services are registered for both. "" when unknown.
-func (s *services) name(proto string, port uint16) string {
+func (s *Services) Name(proto string, port uint16) string {
 	if s == nil {
 		return ""
 	}
@@ -68,9 +86,9 @@ func (s *services) name(proto string, port uint16) string {
 	return s.byPort[serviceKey{other, port}]
 }
 
-// describePort is "443 (https)" or "8443".
-func (s *services) describePort(proto string, port uint16) string {
-	if n := s.name(proto, port); n != "" {
+// DescribePort is "443 (https)" or "8443".
+func (s *Services) DescribePort(proto string, port uint16) string {
+	if n := s.Name(proto, port); n != "" {
 		return fmt.Sprintf("%d (%s)", port, n)
 	}
 	return strconv.Itoa(int(port))

@@ -1,12 +1,10 @@
-package ctl
+package procinfo
 
 import (
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 )
 
 func TestParseServices(t *testing.T) {
@@ -15,7 +13,7 @@ func TestParseServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	s, err := parseServices(f)
+	s, err := ParseServices(f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,13 +37,23 @@ func TestParseServices(t *testing.T) {
 		{"tcp", 0, "0"},
 	}
 	for _, tc := range tests {
-		if got := s.describePort(tc.proto, tc.port); got != tc.want {
-			t.Errorf("describePort(%s, %d) = %q, want %q", tc.proto, tc.port, got, tc.want)
+		if got := s.DescribePort(tc.proto, tc.port); got != tc.want {
+			t.Errorf("DescribePort(%s, %d) = %q, want %q", tc.proto, tc.port, got, tc.want)
 		}
 	}
-	var none *services
-	if got := none.describePort("tcp", 443); got != "443" {
+	var none *Services
+	if got := none.DescribePort("tcp", 443); got != "443" {
 		t.Errorf("without a services file: %q, want 443", got)
+	}
+}
+
+func TestLoadServices(t *testing.T) {
+	if s := LoadServices(filepath.Join(t.TempDir(), "missing")); s != nil {
+		t.Errorf("missing file: got %v, want nil", s)
+	}
+	s := LoadServices(filepath.Join("testdata", "services"))
+	if got := s.Name("tcp", 443); got != "https" {
+		t.Errorf("Name(tcp, 443) = %q, want https", got)
 	}
 }
 
@@ -59,7 +67,7 @@ func FuzzParseServices(f *testing.F) {
 	f.Add("a 65535/udp b c # d\n\n#\n\t\n")
 	f.Add("a 99999999999999999999/tcp\nb -1/tcp\nc 1/\n/1/tcp\n")
 	f.Fuzz(func(t *testing.T, data string) {
-		s, err := parseServices(strings.NewReader(data))
+		s, err := ParseServices(strings.NewReader(data))
 		if err != nil {
 			return
 		}
@@ -69,29 +77,4 @@ func FuzzParseServices(f *testing.F) {
 			}
 		}
 	})
-}
-
-func TestParentProcess(t *testing.T) {
-	procFS := fstest.MapFS{
-		"10/exe":  {Data: []byte("/usr/bin/bash"), Mode: fs.ModeSymlink},
-		"10/comm": {Data: []byte("bash\n")},
-		"11/comm": {Data: []byte("sshd\n")},                              // exe not readable (another user's)
-		"12/exe":  {Data: []byte("/usr/bin/tmux"), Mode: fs.ModeSymlink}, // comm gone
-	}
-	s := &promptSession{sys: promptSystem{procFS: procFS}}
-	tests := []struct {
-		ppid uint32
-		want string
-	}{
-		{0, "unknown"},
-		{10, "PID 10 /usr/bin/bash (bash)"},
-		{11, "PID 11 (sshd)"},
-		{12, "PID 12 /usr/bin/tmux"},
-		{13, "PID 13"}, // exited
-	}
-	for _, tc := range tests {
-		if got := s.parent(tc.ppid); got != tc.want {
-			t.Errorf("parent(%d) = %q, want %q", tc.ppid, got, tc.want)
-		}
-	}
 }
