@@ -17,6 +17,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/peercred"
+	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
@@ -210,6 +211,26 @@ func (s *apiServer) ForgetCache(ctx context.Context, req *agentv1.ForgetCacheReq
 	return &agentv1.ForgetCacheResponse{Removed: uint32(n)}, nil
 }
 
+func (s *apiServer) SetRules(ctx context.Context, req *agentv1.SetRulesRequest) (*agentv1.SetRulesResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Authorise before parsing anything the caller sent.
+	if _, err := rulesTarget(c, req.Uid); err != nil {
+		return nil, toStatus(err)
+	}
+	sr, err := setRulesFromProto(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	n, err := s.engine.SetRules(c, sr)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &agentv1.SetRulesResponse{Active: uint32(n)}, nil
+}
+
 // Conversions between the API's types and the engine's, at the boundary.
 
 func decideFromProto(req *agentv1.DecideRequest) (DecideRequest, error) {
@@ -238,6 +259,29 @@ func decideFromProto(req *agentv1.DecideRequest) (DecideRequest, error) {
 		}
 	}
 	return DecideRequest{ID: req.GetId(), Action: a, Scope: scope, Lifetime: life}, nil
+}
+
+func setRulesFromProto(req *agentv1.SetRulesRequest) (SetRulesRequest, error) {
+	if n := len(req.GetRules()); n > maxRulesPerUID {
+		return SetRulesRequest{}, fmt.Errorf("%d rules, at most %d", n, maxRulesPerUID)
+	}
+	out := SetRulesRequest{UID: req.Uid, Rules: make([]rules.Rule, 0, len(req.GetRules()))}
+	for i, p := range req.GetRules() {
+		r, err := rules.FromProto(p)
+		if err == nil {
+			err = r.Validate()
+		}
+		if err != nil {
+			return SetRulesRequest{}, fmt.Errorf("rule %d (id %q): %w", i, p.GetId(), err)
+		}
+		// Decisions name the rule that made them; the rules service
+		// counts hits by that ID.
+		if r.ID == "" {
+			return SetRulesRequest{}, fmt.Errorf("rule %d: id is required", i)
+		}
+		out.Rules = append(out.Rules, r)
+	}
+	return out, nil
 }
 
 func actionFromProto(a agentv1.Action) flow.Action {
@@ -339,5 +383,6 @@ func decisionToProto(d Decision) *agentv1.DecisionEvent {
 		Flow:      flowToProto(d.Tuple),
 		Action:    actionToProto(d.Action),
 		DecidedBy: d.DecidedBy,
+		RuleId:    d.RuleID,
 	}
 }

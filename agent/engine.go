@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,8 @@ type Decision struct {
 	Tuple     flow.Tuple
 	Action    flow.Action
 	DecidedBy string
+	// RuleID is the ID of the rule that decided, if one did.
+	RuleID string
 }
 
 // PendingEventKind says whether a pending connection appeared or was decided.
@@ -125,6 +128,7 @@ type CacheEntry struct {
 type Counters struct {
 	Packets, Allowed, Denied, Rejected                               atomic.Uint64
 	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions      atomic.Uint64
+	RuleDecisions                                                    atomic.Uint64
 	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
 }
 
@@ -144,14 +148,18 @@ type Engine struct {
 	release releaser
 	now     func() time.Time
 	after   func(time.Duration, func()) *time.Timer
+	hashes  *exeHasher
 
 	Counters Counters
 
-	mu         sync.Mutex
-	pending    map[pendingKey]*pending
-	byID       map[string]*pending
-	recent     map[flow.Tuple]recentVerdict
-	cache      *decisionCache
+	mu      sync.Mutex
+	pending map[pendingKey]*pending
+	byID    map[string]*pending
+	recent  map[flow.Tuple]recentVerdict
+	cache   *decisionCache
+	// rules holds each UID's compiled rules. They are immutable once
+	// built, so they are matched without the lock; SetRules replaces them.
+	rules      map[uint32]*uidRules
 	nextID     uint64
 	watchers   map[*subscriber[PendingEvent]]struct{}
 	watchedUID map[uint32]int
@@ -175,6 +183,8 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		release:    r,
 		now:        time.Now,
 		after:      time.AfterFunc,
+		hashes:     newExeHasher("/proc"),
+		rules:      make(map[uint32]*uidRules),
 		pending:    make(map[pendingKey]*pending),
 		byID:       make(map[string]*pending),
 		recent:     make(map[flow.Tuple]recentVerdict),
@@ -208,6 +218,31 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		e.Counters.Retransmits.Add(1)
 		e.releaseOne(id, rv.action, proc, t, "retransmit")
 		return
+	}
+	// The UID's own rules come first. They are matched without the lock,
+	// as a sha256 rule may read the executable; if SetRules replaced them
+	// meanwhile, the new ones are matched too, so that no connection
+	// slips into the pending table past rules that already cover it.
+	for m := e.rules[proc.UID]; m != nil; {
+		e.mu.Unlock()
+		r, ok := m.match(e.hashes, proc, t, ruleTime(now))
+		if ok {
+			e.Counters.RuleDecisions.Add(1)
+			e.releaseOne(id, r.Action, proc, t, "rule:"+r.ID)
+			return
+		}
+		e.mu.Lock()
+		if e.closed {
+			a := e.closeAction
+			e.mu.Unlock()
+			e.releaseOne(id, a, proc, t, "shutdown")
+			return
+		}
+		next := e.rules[proc.UID]
+		if next == m {
+			break
+		}
+		m = next
 	}
 	if ce := e.cache.lookup(proc.UID, proc.Exe, t, now); ce != nil {
 		ce.hits++
@@ -269,13 +304,29 @@ func (e *Engine) HandleUnparsed(id PacketRef) {
 	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "unparsed")
 }
 
+// ruleTime is the time rules are matched at: the wall clock without Go's
+// monotonic reading, exactly what rules.Now returns, taken from a reading
+// the caller already has (a clock read costs ~200 ns on a VM). Comparisons
+// with a monotonic reading would stop counting while the machine is
+// suspended, and a Duration rule would outlive its expiry by the time
+// spent asleep; the wall clock is advanced by the kernel on resume. The
+// agent does not use a rules.BootClock: it starts at boot, often before
+// the wall clock is synchronised, and would keep that error for its whole
+// life, while rules' expiry times are wall times computed by the rules
+// service.
+func ruleTime(now time.Time) time.Time { return now.Round(0) }
+
 func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, by string) {
 	if err := e.release.Release(id, a); err != nil {
 		e.Counters.ReleaseFailure.Add(1)
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
-	e.record(Decision{Time: e.now(), Process: proc, Tuple: t, Action: a, DecidedBy: by})
+	d := Decision{Time: e.now(), Process: proc, Tuple: t, Action: a, DecidedBy: by}
+	if id, ok := strings.CutPrefix(by, "rule:"); ok {
+		d.RuleID = id
+	}
+	e.record(d)
 }
 
 func (e *Engine) count(a flow.Action) {
