@@ -48,8 +48,10 @@ const historySize = 1024
 const watcherBuffer = 4096
 
 // pendingKey groups held packets into one question: the same program (UID
-// and executable) going to the same destination. Retransmitted SYNs and
-// parallel connections land in the same entry.
+// and executable) going to the same destination. Parallel connections and
+// datagrams resent while the first is held land in the same entry. (The
+// kernel does not retransmit a SYN while its first copy sits in the queue;
+// retransmissions after a verdict are answered from recent.)
 type pendingKey struct {
 	uid   uint32
 	exe   string
@@ -62,6 +64,18 @@ type pendingKey struct {
 type heldPacket struct {
 	ref   PacketRef
 	tuple flow.Tuple
+	tgid  uint32
+}
+
+// recentKey names one connection of one process: a retransmission of it
+// gets the verdict its first packet got. The process is part of the key so
+// that another program (or user) that happens to reuse the same 5-tuple
+// soon after is asked afresh.
+type recentKey struct {
+	tuple flow.Tuple
+	uid   uint32
+	tgid  uint32
+	exe   string
 }
 
 // Pending is a connection that waits for a verdict.
@@ -155,7 +169,7 @@ type Engine struct {
 	mu      sync.Mutex
 	pending map[pendingKey]*pending
 	byID    map[string]*pending
-	recent  map[flow.Tuple]recentVerdict
+	recent  map[recentKey]recentVerdict
 	cache   *decisionCache
 	// rules holds each UID's compiled rules. They are immutable once
 	// built, so they are matched without the lock; SetRules replaces them.
@@ -187,7 +201,7 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		rules:      make(map[uint32]*uidRules),
 		pending:    make(map[pendingKey]*pending),
 		byID:       make(map[string]*pending),
-		recent:     make(map[flow.Tuple]recentVerdict),
+		recent:     make(map[recentKey]recentVerdict),
 		cache:      newDecisionCache(),
 		watchers:   make(map[*subscriber[PendingEvent]]struct{}),
 		watchedUID: make(map[uint32]int),
@@ -213,7 +227,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		e.releaseOne(id, a, proc, t, "shutdown")
 		return
 	}
-	if rv, ok := e.recent[t]; ok && now.Before(rv.until) {
+	if rv, ok := e.recent[recentKey{t, proc.UID, proc.TGID, proc.Exe}]; ok && now.Before(rv.until) {
 		e.mu.Unlock()
 		e.Counters.Retransmits.Add(1)
 		e.releaseOne(id, rv.action, proc, t, "retransmit")
@@ -257,7 +271,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		key.comm = proc.Comm
 	}
 	if p := e.pending[key]; p != nil {
-		p.held = append(p.held, heldPacket{id, t})
+		p.held = append(p.held, heldPacket{id, t, proc.TGID})
 		p.Packets = len(p.held)
 		e.mu.Unlock()
 		return
@@ -268,7 +282,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		e.Counters.PolicyDecisions.Add(1)
 		if rule.Log {
 			e.log.Info("system policy decided", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe,
-				"dst", t.String(), "verdict", rule.Mode.Action().String())
+				"dst", t, "verdict", rule.Mode.Action())
 		}
 		e.releaseOne(id, rule.Mode.Action(), proc, t, "policy")
 		return
@@ -285,14 +299,14 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 			Packets:        1,
 		},
 		key:  key,
-		held: []heldPacket{{id, t}},
+		held: []heldPacket{{id, t, proc.TGID}},
 	}
 	p.timer = e.after(e.pol.PromptTimeout, func() { e.expire(p.ID) })
 	e.pending[key] = p
 	e.byID[p.ID] = p
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingAdded, Pending: p.Pending})
 	e.mu.Unlock()
-	e.log.Debug("holding connection", "id", p.ID, "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t.String())
+	e.log.Debug("holding connection", "id", p.ID, "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t)
 }
 
 // HandleUnparsed gives a verdict to a packet whose headers could not be read.
@@ -348,7 +362,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 	p.timer.Stop()
 	until := e.now().Add(retransmitWindow)
 	for _, h := range p.held {
-		e.recent[h.tuple] = recentVerdict{action: a, until: until}
+		e.recent[recentKey{h.tuple, p.Process.UID, h.tgid, p.Process.Exe}] = recentVerdict{action: a, until: until}
 	}
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingResolved, Pending: p.Pending, Action: a, DecidedBy: by})
 	return p.held

@@ -341,3 +341,29 @@ func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
 		t.Fatalf("alice saw %d decisions, want %d", n, historySize/2)
 	}
 }
+
+// A 5-tuple reused by another process soon after a decision is asked about
+// afresh: only the same process's retransmissions inherit the verdict.
+func TestReusedTupleFromAnotherProcessIsAskedAgain(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	id := e.ListPending(alice)[0].ID
+	if _, _, err := e.Decide(alice, DecideRequest{ID: id, Action: flow.ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	other := curl1000
+	other.PID, other.TGID = 51, 51
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40000, 443), other)
+	if got := r.verdict(2); got != flow.ActionNone {
+		t.Fatalf("another process reusing the tuple got %v from the first one's answer", got)
+	}
+	mallory := flow.Process{PID: 52, TGID: 52, UID: 1001, Exe: "/usr/bin/curl"}
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40000, 443), mallory)
+	if got := r.verdict(3); got != flow.ActionNone {
+		t.Fatalf("another user reusing the tuple got %v", got)
+	}
+	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.1", 40000, 443), curl1000)
+	if got := r.verdict(4); got != flow.ActionAllow {
+		t.Fatalf("the same process's retransmission got %v, want allow", got)
+	}
+}
