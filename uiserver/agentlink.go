@@ -1,0 +1,155 @@
+package uiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+// Reconnection backoff of the agent link.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// setRulesTimeout bounds one SetRules call.
+	setRulesTimeout = 10 * time.Second
+)
+
+// runAgentLink keeps the service connected to the agent until ctx ends,
+// reconnecting with backoff. The agent keeps no state for us across its
+// restarts, so every connection starts by pushing all rules again.
+func (s *Service) runAgentLink(ctx context.Context) error {
+	wait := minBackoff
+	wasUp := false
+	for {
+		up, err := s.agentSession(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch {
+		case up:
+			s.log.Warn("lost the agent; reconnecting", "socket", s.cfg.AgentSocket, "err", err)
+			wait = minBackoff
+		case wasUp || wait == minBackoff:
+			s.log.Warn("cannot reach the agent; retrying", "socket", s.cfg.AgentSocket, "err", err)
+		default:
+			s.log.Debug("cannot reach the agent; retrying", "socket", s.cfg.AgentSocket, "retry_in", wait, "err", err)
+		}
+		wasUp = up
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		wait = min(2*wait, maxBackoff)
+	}
+}
+
+// agentSession runs one connection to the agent: push the rules, watch
+// pending connections and decisions, push the rules again whenever they
+// change. up reports whether the link got as far as watching.
+func (s *Service) agentSession(ctx context.Context) (up bool, err error) {
+	conn, err := grpc.NewClient("unix://"+s.cfg.AgentSocket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: minBackoff, Multiplier: 2, MaxDelay: maxBackoff},
+			MinConnectTimeout: 2 * time.Second,
+		}))
+	if err != nil {
+		return false, fmt.Errorf("agent client: %w", err)
+	}
+	defer conn.Close()
+	c := agentv1.NewAgentServiceClient(conn)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Any change made before this push is in it.
+	select {
+	case <-s.rulesDirty:
+	default:
+	}
+	if err := s.pushRules(sctx, c); err != nil {
+		return false, err
+	}
+	pend, err := c.WatchPending(sctx, &agentv1.WatchPendingRequest{})
+	if err != nil {
+		return false, fmt.Errorf("watch pending connections: %w", err)
+	}
+	dec, err := c.WatchDecisions(sctx, &agentv1.WatchDecisionsRequest{})
+	if err != nil {
+		return false, fmt.Errorf("watch decisions: %w", err)
+	}
+	s.setAgent(c)
+	defer s.setAgent(nil)
+	s.log.Info("connected to the agent", "socket", s.cfg.AgentSocket)
+
+	g, gctx := errgroup.WithContext(sctx)
+	g.Go(func() error {
+		for {
+			ev, err := pend.Recv()
+			if err != nil {
+				return fmt.Errorf("pending connections: %w", err)
+			}
+			s.onPending(c, ev)
+		}
+	})
+	g.Go(func() error {
+		for {
+			ev, err := dec.Recv()
+			if err != nil {
+				return fmt.Errorf("decisions: %w", err)
+			}
+			s.onDecision(ev)
+		}
+	})
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				cancel() // ends both streams when either fails
+				return nil
+			case <-s.rulesDirty:
+				if err := s.pushRules(gctx, c); err != nil {
+					return err
+				}
+			}
+		}
+	})
+	err = g.Wait()
+	if err == nil {
+		err = errors.New("link closed")
+	}
+	return true, err
+}
+
+func (s *Service) pushRules(ctx context.Context, c agentv1.AgentServiceClient) error {
+	rs := s.agentRules()
+	ctx, cancel := context.WithTimeout(ctx, setRulesTimeout)
+	defer cancel()
+	resp, err := c.SetRules(ctx, &agentv1.SetRulesRequest{Rules: rs})
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded, codes.Internal:
+		return fmt.Errorf("push rules to the agent: %w", err)
+	default:
+		// The agent understood and refused (too many rules, an older
+		// agent without SetRules). Staying connected is still worth it:
+		// the connections it asks about are matched here.
+		s.log.Error("the agent refused the rules; they apply only to connections it asks about",
+			"rules", len(rs), "err", err)
+		return nil
+	}
+	s.log.Debug("pushed rules to the agent", "rules", len(rs), "active", resp.GetActive())
+	return nil
+}
