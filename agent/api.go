@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -185,8 +185,8 @@ func (s *apiServer) ListCache(ctx context.Context, _ *agentv1.ListCacheRequest) 
 	resp := &agentv1.ListCacheResponse{}
 	for _, ce := range s.engine.ListCache(c) {
 		pe := &agentv1.CacheEntry{
-			Id: ce.ID, Uid: ce.UID, Exe: ce.Exe, Scope: agentv1.Scope(ce.Scope + 1), Protocol: protoToProto(ce.Proto),
-			DstPort: uint32(ce.Port), Action: actionToProto(ce.Action), Hits: ce.Hits,
+			Id: ce.ID, Uid: ce.UID, Exe: ce.Exe, Scope: agentv1.Scope(ce.Scope + 1), Protocol: apiconv.ProtoProto(ce.Proto),
+			DstPort: uint32(ce.Port), Action: apiconv.ActionProto(ce.Action), Hits: ce.Hits,
 		}
 		if ce.Dst.IsValid() {
 			pe.DstIp = ce.Dst.String()
@@ -237,7 +237,7 @@ func decideFromProto(req *agentv1.DecideRequest) (DecideRequest, error) {
 	if req.GetId() == "" {
 		return DecideRequest{}, errors.New("id is required")
 	}
-	a := actionFromProto(req.GetAction())
+	a := apiconv.Action(req.GetAction())
 	if a == flow.ActionNone {
 		return DecideRequest{}, errors.New("action must be ACTION_ALLOW, ACTION_DENY or ACTION_REJECT")
 	}
@@ -284,81 +284,14 @@ func setRulesFromProto(req *agentv1.SetRulesRequest) (SetRulesRequest, error) {
 	return out, nil
 }
 
-func actionFromProto(a agentv1.Action) flow.Action {
-	switch a {
-	case agentv1.Action_ACTION_ALLOW:
-		return flow.ActionAllow
-	case agentv1.Action_ACTION_DENY:
-		return flow.ActionDeny
-	case agentv1.Action_ACTION_REJECT:
-		return flow.ActionReject
-	}
-	return flow.ActionNone
-}
-
-func actionToProto(a flow.Action) agentv1.Action {
-	switch a {
-	case flow.ActionAllow:
-		return agentv1.Action_ACTION_ALLOW
-	case flow.ActionDeny:
-		return agentv1.Action_ACTION_DENY
-	case flow.ActionReject:
-		return agentv1.Action_ACTION_REJECT
-	}
-	return agentv1.Action_ACTION_UNSPECIFIED
-}
-
-func protoToProto(p flow.Proto) agentv1.Protocol {
-	switch p {
-	case flow.TCP:
-		return agentv1.Protocol_PROTOCOL_TCP
-	case flow.UDP:
-		return agentv1.Protocol_PROTOCOL_UDP
-	case flow.ICMP:
-		return agentv1.Protocol_PROTOCOL_ICMP
-	case flow.ICMPv6:
-		return agentv1.Protocol_PROTOCOL_ICMPV6
-	}
-	return agentv1.Protocol_PROTOCOL_UNSPECIFIED
-}
-
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.Unmap().String()
-}
-
-func flowToProto(t flow.Tuple) *agentv1.Flow {
-	f := &agentv1.Flow{
-		Protocol: protoToProto(t.Proto),
-		SrcIp:    addrString(t.Src), SrcPort: uint32(t.SrcPort),
-		DstIp: addrString(t.Dst), DstPort: uint32(t.DstPort),
-	}
-	if t.Dst.IsValid() {
-		f.IpVersion = 4
-		if t.IPv6() {
-			f.IpVersion = 6
-		}
-	}
-	return f
-}
-
-func processToProto(p flow.Process) *agentv1.Process {
-	return &agentv1.Process{
-		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
-		Comm: p.Comm, Exe: p.Exe, Args: p.Args, IdentifiedBy: p.Source,
-	}
-}
-
 func pendingToProto(p Pending) *agentv1.PendingConnection {
 	return &agentv1.PendingConnection{
 		Id:             p.ID,
-		Process:        processToProto(p.Process),
-		Flow:           flowToProto(p.Tuple),
+		Process:        apiconv.ProcessProto(p.Process),
+		Flow:           apiconv.FlowProto(p.Tuple),
 		FirstSeen:      timestamppb.New(p.FirstSeen),
 		Deadline:       timestamppb.New(p.Deadline),
-		DeadlineAction: actionToProto(p.DeadlineAction),
+		DeadlineAction: apiconv.ActionProto(p.DeadlineAction),
 		Packets:        uint32(p.Packets),
 	}
 }
@@ -370,7 +303,7 @@ func pendingEventToProto(ev PendingEvent) *agentv1.PendingEvent {
 		out.Kind = agentv1.PendingEvent_KIND_ADDED
 	case PendingResolved:
 		out.Kind = agentv1.PendingEvent_KIND_RESOLVED
-		out.Action = actionToProto(ev.Action)
+		out.Action = apiconv.ActionProto(ev.Action)
 		out.DecidedBy = ev.DecidedBy
 	}
 	return out
@@ -379,9 +312,9 @@ func pendingEventToProto(ev PendingEvent) *agentv1.PendingEvent {
 func decisionToProto(d Decision) *agentv1.DecisionEvent {
 	return &agentv1.DecisionEvent{
 		Time:      timestamppb.New(d.Time),
-		Process:   processToProto(d.Process),
-		Flow:      flowToProto(d.Tuple),
-		Action:    actionToProto(d.Action),
+		Process:   apiconv.ProcessProto(d.Process),
+		Flow:      apiconv.FlowProto(d.Tuple),
+		Action:    apiconv.ActionProto(d.Action),
 		DecidedBy: d.DecidedBy,
 		RuleId:    d.RuleID,
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
@@ -315,8 +316,8 @@ func (a *apiServer) ListDecideLater(ctx context.Context, _ *uiv1.ListDecideLater
 		resp.Entries = append(resp.Entries, &uiv1.DecideLaterEntry{
 			Id:      e.ID,
 			Time:    timestamppb.New(e.Time),
-			Process: processToAgent(e.Process),
-			Flow:    tupleToAgent(e.Tuple),
+			Process: apiconv.ProcessProto(e.Process),
+			Flow:    apiconv.FlowProto(e.Tuple),
 			Host:    e.Host,
 			Applied: actionToRules(e.Applied),
 		})

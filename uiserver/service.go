@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
@@ -621,8 +622,8 @@ func (s *Service) onPending(c agentv1.AgentServiceClient, ev *agentv1.PendingEve
 	pc := ev.GetConnection()
 	e := &entry{
 		id:      pc.GetId(),
-		proc:    processFromAgent(pc.GetProcess()),
-		tuple:   tupleFromAgent(pc.GetFlow()),
+		proc:    apiconv.Process(pc.GetProcess()),
+		tuple:   apiconv.Tuple(pc.GetFlow()),
 		packets: max(pc.GetPackets(), 1),
 	}
 	if e.id == "" || e.proc.UID != s.uid {
@@ -774,8 +775,8 @@ func withdrawn(p *prompt, reason string) *uiv1.PromptEvent {
 func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 	return &uiv1.Prompt{
 		Id:             p.id,
-		Process:        processToAgent(p.first.proc),
-		Flow:           tupleToAgent(p.first.tuple),
+		Process:        apiconv.ProcessProto(p.first.proc),
+		Flow:           apiconv.FlowProto(p.first.tuple),
 		FirstSeen:      timestamppb.New(p.firstSeen),
 		Deadline:       timestamppb.New(p.deadline),
 		DeadlineAction: actionToRules(s.cfg.TimeoutAction),
@@ -850,7 +851,7 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 		if c != nil {
 			ctx, cancel := context.WithTimeout(s.ctx, decideTimeout)
 			_, err := c.Decide(ctx, &agentv1.DecideRequest{
-				Id: e.id, Action: actionToAgent(a), Scope: agentv1.Scope_SCOPE_CONNECTION,
+				Id: e.id, Action: apiconv.ActionProto(a), Scope: agentv1.Scope_SCOPE_CONNECTION,
 			})
 			cancel()
 			// NotFound: decided meanwhile (by a rule, another client or
@@ -871,11 +872,11 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 // onDecision handles one event of the agent's WatchDecisions stream: it
 // counts rule hits and records what the service did not decide itself.
 func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
-	proc := processFromAgent(ev.GetProcess())
+	proc := apiconv.Process(ev.GetProcess())
 	if proc.UID != s.uid {
 		return
 	}
-	t := tupleFromAgent(ev.GetFlow())
+	t := apiconv.Tuple(ev.GetFlow())
 	at := ev.GetTime().AsTime()
 	by := ev.GetDecidedBy()
 	ruleID := ev.GetRuleId()
@@ -905,7 +906,7 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 	}
 	s.mu.Unlock()
 	s.record(store.HistoryEntry{
-		Time: at, Process: proc, Tuple: t, Action: actionFromAgent(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
+		Time: at, Process: proc, Tuple: t, Action: apiconv.Action(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
 	})
 }
 
@@ -1111,8 +1112,8 @@ func (s *Service) unsubscribeHistory(sub *subscriber[*uiv1.HistoryEntry]) {
 func historyProto(e store.HistoryEntry) *uiv1.HistoryEntry {
 	return &uiv1.HistoryEntry{
 		Time:      timestamppb.New(e.Time),
-		Process:   processToAgent(e.Process),
-		Flow:      tupleToAgent(e.Tuple),
+		Process:   apiconv.ProcessProto(e.Process),
+		Flow:      apiconv.FlowProto(e.Tuple),
 		Host:      e.Host,
 		Action:    actionToRules(e.Action),
 		DecidedBy: e.DecidedBy,

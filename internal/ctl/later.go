@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -126,7 +127,7 @@ func (c *cli) laterRule(ctx context.Context, args []string) error {
 		return status.Errorf(codes.NotFound, "no decide-later entry %s", id)
 	}
 	choice := rules.Choice{Action: a, Lifetime: lr.Lifetime, For: life.dur, Scope: scope, WithCmdline: *withCmdline}
-	r, err := rules.ForPrompt(processFromProto(entry.GetProcess()), tupleFromProto(entry.GetFlow()), entry.GetHost(), choice, c.ruleNow())
+	r, err := rules.ForPrompt(apiconv.Process(entry.GetProcess()), apiconv.Tuple(entry.GetFlow()), entry.GetHost(), choice, c.ruleNow())
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -398,7 +399,7 @@ func (s *promptSession) ask() {
 // build makes the rule for choice c. Created is left to the rules
 // service, which assigns it when it stores the rule.
 func (s *promptSession) build(c rules.Choice) (rules.Rule, error) {
-	r, err := rules.ForPrompt(processFromProto(s.cur.GetProcess()), tupleFromProto(s.cur.GetFlow()), s.cur.GetHost(), c, s.ruleNow())
+	r, err := rules.ForPrompt(apiconv.Process(s.cur.GetProcess()), apiconv.Tuple(s.cur.GetFlow()), s.cur.GetHost(), c, s.ruleNow())
 	r.Created = time.Time{}
 	return r, err
 }

@@ -1,0 +1,131 @@
+package apiconv
+
+import (
+	"net/netip"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+// Action converts an API action; unknown values become flow.ActionNone.
+func Action(a agentv1.Action) flow.Action {
+	switch a {
+	case agentv1.Action_ACTION_ALLOW:
+		return flow.ActionAllow
+	case agentv1.Action_ACTION_DENY:
+		return flow.ActionDeny
+	case agentv1.Action_ACTION_REJECT:
+		return flow.ActionReject
+	}
+	return flow.ActionNone
+}
+
+// ActionProto is the inverse of Action.
+func ActionProto(a flow.Action) agentv1.Action {
+	switch a {
+	case flow.ActionAllow:
+		return agentv1.Action_ACTION_ALLOW
+	case flow.ActionDeny:
+		return agentv1.Action_ACTION_DENY
+	case flow.ActionReject:
+		return agentv1.Action_ACTION_REJECT
+	}
+	return agentv1.Action_ACTION_UNSPECIFIED
+}
+
+// Proto converts an API protocol; unknown values become 0.
+func Proto(p agentv1.Protocol) flow.Proto {
+	switch p {
+	case agentv1.Protocol_PROTOCOL_TCP:
+		return flow.TCP
+	case agentv1.Protocol_PROTOCOL_UDP:
+		return flow.UDP
+	case agentv1.Protocol_PROTOCOL_ICMP:
+		return flow.ICMP
+	case agentv1.Protocol_PROTOCOL_ICMPV6:
+		return flow.ICMPv6
+	}
+	return 0
+}
+
+// ProtoProto is the inverse of Proto.
+func ProtoProto(p flow.Proto) agentv1.Protocol {
+	switch p {
+	case flow.TCP:
+		return agentv1.Protocol_PROTOCOL_TCP
+	case flow.UDP:
+		return agentv1.Protocol_PROTOCOL_UDP
+	case flow.ICMP:
+		return agentv1.Protocol_PROTOCOL_ICMP
+	case flow.ICMPv6:
+		return agentv1.Protocol_PROTOCOL_ICMPV6
+	}
+	return agentv1.Protocol_PROTOCOL_UNSPECIFIED
+}
+
+// AddrString formats a for the API: IPv4-mapped addresses as IPv4, the
+// invalid address as "".
+func AddrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.Unmap().String()
+}
+
+func parseAddr(s string) netip.Addr {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+func port(p uint32) uint16 {
+	if p > 0xffff {
+		return 0
+	}
+	return uint16(p)
+}
+
+// Tuple converts an API flow.
+func Tuple(f *agentv1.Flow) flow.Tuple {
+	return flow.Tuple{
+		Proto:   Proto(f.GetProtocol()),
+		Src:     parseAddr(f.GetSrcIp()),
+		Dst:     parseAddr(f.GetDstIp()),
+		SrcPort: port(f.GetSrcPort()),
+		DstPort: port(f.GetDstPort()),
+	}
+}
+
+// FlowProto is the inverse of Tuple.
+func FlowProto(t flow.Tuple) *agentv1.Flow {
+	f := &agentv1.Flow{
+		Protocol: ProtoProto(t.Proto),
+		SrcIp:    AddrString(t.Src), SrcPort: uint32(t.SrcPort),
+		DstIp: AddrString(t.Dst), DstPort: uint32(t.DstPort),
+	}
+	if t.Dst.IsValid() {
+		f.IpVersion = 4
+		if t.IPv6() {
+			f.IpVersion = 6
+		}
+	}
+	return f
+}
+
+// Process converts an API process.
+func Process(p *agentv1.Process) flow.Process {
+	return flow.Process{
+		PID: p.GetPid(), TGID: p.GetTgid(), PPID: p.GetPpid(), UID: p.GetUid(), GID: p.GetGid(),
+		Comm: p.GetComm(), Exe: p.GetExe(), Args: p.GetArgs(), Source: p.GetIdentifiedBy(),
+	}
+}
+
+// ProcessProto is the inverse of Process.
+func ProcessProto(p flow.Process) *agentv1.Process {
+	return &agentv1.Process{
+		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
+		Comm: p.Comm, Exe: p.Exe, Args: p.Args, IdentifiedBy: p.Source,
+	}
+}

@@ -1,0 +1,50 @@
+package apiconv
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+func TestRoundTrips(t *testing.T) {
+	for _, a := range []flow.Action{flow.ActionNone, flow.ActionAllow, flow.ActionDeny, flow.ActionReject} {
+		if got := Action(ActionProto(a)); got != a {
+			t.Errorf("action %v round-trips to %v", a, got)
+		}
+	}
+	for _, p := range []flow.Proto{0, flow.TCP, flow.UDP, flow.ICMP, flow.ICMPv6} {
+		if got := Proto(ProtoProto(p)); got != p {
+			t.Errorf("proto %v round-trips to %v", p, got)
+		}
+	}
+	for _, tu := range []flow.Tuple{
+		{Proto: flow.TCP, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.1"), SrcPort: 40000, DstPort: 443},
+		{Proto: flow.UDP, Src: netip.MustParseAddr("fe80::1"), Dst: netip.MustParseAddr("2001:db8::1"), SrcPort: 5353, DstPort: 53},
+		{Proto: flow.ICMP, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.2"), SrcPort: 7},
+	} {
+		if got := Tuple(FlowProto(tu)); got != tu {
+			t.Errorf("tuple %v round-trips to %v", tu, got)
+		}
+	}
+	p := flow.Process{PID: 1, TGID: 2, PPID: 3, UID: 4, GID: 5, Comm: "c", Exe: "/e", Args: []string{"a", "b"}, Source: "s"}
+	if got := Process(ProcessProto(p)); !reflect.DeepEqual(got, p) {
+		t.Errorf("process round-trips to %+v", got)
+	}
+}
+
+func TestHostileValuesBecomeZero(t *testing.T) {
+	got := Tuple(&agentv1.Flow{Protocol: 99, SrcIp: "nope", DstIp: "::ffff:192.0.2.1", SrcPort: 1 << 20, DstPort: 80})
+	want := flow.Tuple{Dst: netip.MustParseAddr("192.0.2.1"), DstPort: 80}
+	if got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if f := FlowProto(flow.Tuple{}); f.GetIpVersion() != 0 || f.GetDstIp() != "" {
+		t.Fatalf("zero tuple gives %+v", f)
+	}
+	if Process(nil).Known() || Tuple(nil) != (flow.Tuple{}) {
+		t.Fatal("nil messages must convert to zero values")
+	}
+}
