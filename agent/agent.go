@@ -18,6 +18,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/nfq"
 	"github.com/bastion-fw/bastion/internal/procid"
+	"github.com/bastion-fw/bastion/internal/unixsock"
 )
 
 // Run runs the agent until ctx ends: it attributes, holds and decides new
@@ -201,7 +202,7 @@ func listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := removeStaleSocket(path); err != nil {
+	if err := unixsock.RemoveStale(path, "agent"); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("unix", path)
@@ -213,27 +214,4 @@ func listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return l, nil
-}
-
-// removeStaleSocket removes a socket left by a crashed agent, and refuses to
-// start when another agent still answers on it or the path is not a socket.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("another agent is serving %s", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/bastion-fw/bastion/internal/store"
+	"github.com/bastion-fw/bastion/internal/unixsock"
 )
 
 // Periods of the service's housekeeping.
@@ -106,7 +107,7 @@ func listen(path string, uid uint32) (net.Listener, error) {
 	if err := prepareSocketDir(filepath.Dir(path), uid); err != nil {
 		return nil, err
 	}
-	if err := removeStaleSocket(path); err != nil {
+	if err := unixsock.RemoveStale(path, "bastion-uiserver"); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("unix", path)
@@ -149,30 +150,6 @@ func prepareSocketDir(dir string, uid uint32) error {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return fmt.Errorf("chmod socket directory: %w", err)
 		}
-	}
-	return nil
-}
-
-// removeStaleSocket removes a socket left by a crashed service, and refuses
-// to start when another service still answers on it or the path is not a
-// socket.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("another bastion-uiserver is serving %s", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
 	}
 	return nil
 }
