@@ -1,0 +1,358 @@
+package gtkclient
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gotk3/gotk3/glib"
+	"github.com/gotk3/gotk3/gtk"
+
+	"github.com/bastion-fw/bastion/internal/procinfo"
+	"github.com/bastion-fw/bastion/internal/rules"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// Run runs bastion-gtk until ctx ends or the user quits. It must be called
+// from the program's main goroutine: it locks it to its OS thread, which
+// becomes the GTK main thread.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	// WM_CLASS and the Wayland app ID derive from the program name; it
+	// matches deploy/bastion-gtk.desktop.
+	glib.SetPrgname("bastion-gtk")
+	glib.SetApplicationName("Bastion")
+	if err := gtk.InitCheck(nil); err != nil {
+		return fmt.Errorf("start gtk (is DISPLAY or WAYLAND_DISPLAY set?): %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a, err := newApp(ctx, cfg, log, appOptions{})
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	go func() {
+		<-ctx.Done()
+		glib.IdleAdd(gtk.MainQuit)
+	}()
+	a.start()
+	gtk.Main()
+	return nil
+}
+
+// appOptions are what tests and the screenshot tool change.
+type appOptions struct {
+	now      func() time.Time // the clock prompts and rules are read with
+	timing   *timing
+	procFS   fs.FS
+	services *procinfo.Services
+	apps     *appIndex
+	userName func(uid uint32) (string, error)
+	notifier notifier // nil: the session bus's, when cfg.Notify
+	// quitOnClose quits the GTK main loop when the main window closes in
+	// --no-prompts mode (tests leave the loop running).
+	noQuit bool
+}
+
+// notifier sends desktop notifications.
+type notifier interface {
+	notify(ctx context.Context, n notification) (uint32, error)
+	Close() error
+}
+
+// app is one running bastion-gtk. Fields below the mutex comment are only
+// used on the GTK thread.
+type app struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	cfg    Config
+	log    *slog.Logger
+	timing timing
+	now    func() time.Time
+	loc    *time.Location
+	ui     uiv1.UIServiceClient
+	closer func() error
+	notif  notifier
+
+	procFS   fs.FS
+	services *procinfo.Services
+	apps     *appIndex
+	userName func(uid uint32) (string, error)
+	noQuit   bool
+
+	later laterWatch // used by the connection goroutine
+
+	// GTK thread only.
+	up       bool
+	upErr    error
+	retryAt  time.Time
+	status   *uiv1.GetStatusResponse
+	queue    *promptQueue
+	history  []*uiv1.HistoryEntry
+	prompt   *promptWindow
+	main     *mainWindow
+	onChange func() // test hook: called on the GTK thread after every UI update
+}
+
+func newApp(ctx context.Context, cfg Config, log *slog.Logger, o appOptions) (*app, error) {
+	cc, err := dial(cfg.UISocket)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	a := &app{
+		ctx: ctx, cancel: cancel, cfg: cfg, log: log.With("component", "gtk"),
+		timing: defaultTiming(), now: rules.Now, loc: time.Local,
+		ui: uiv1.NewUIServiceClient(cc), closer: cc.Close,
+		procFS: os.DirFS("/proc"), userName: procinfo.UserName, noQuit: o.noQuit,
+		queue: newPromptQueue(),
+	}
+	if o.now != nil {
+		a.now = o.now
+	}
+	if o.timing != nil {
+		a.timing = *o.timing
+	}
+	if o.procFS != nil {
+		a.procFS = o.procFS
+	}
+	if o.userName != nil {
+		a.userName = o.userName
+	}
+	a.services = o.services
+	if a.services == nil {
+		a.services = procinfo.LoadServices("/etc/services")
+	}
+	a.apps = o.apps
+	if a.apps == nil {
+		a.apps = loadAppIndex()
+	}
+	a.notif = o.notifier
+	if a.notif == nil && cfg.Notify {
+		n, err := newDBusNotifier(ctx, "", a.notificationAction)
+		if err != nil {
+			// A desktop without a notification service still gets prompts.
+			a.log.Warn("desktop notifications are off", "err", err)
+		} else {
+			a.notif = n
+		}
+	}
+	installCSS()
+	return a, nil
+}
+
+// start shows the first windows and starts the connection; GTK thread.
+func (a *app) start() {
+	if !a.cfg.NoPrompts {
+		a.prompt = newPromptWindow(a)
+	}
+	if a.cfg.MainWindow {
+		a.showMain("rules")
+	}
+	go a.connect(a.ctx)
+}
+
+// close stops the connection and destroys the windows; GTK thread.
+func (a *app) close() {
+	a.cancel()
+	if a.prompt != nil {
+		a.prompt.win.Destroy()
+	}
+	if a.main != nil {
+		a.main.win.Destroy()
+	}
+	if a.notif != nil {
+		a.notif.Close()
+	}
+	a.closer()
+}
+
+// post runs f on the GTK thread.
+func (a *app) post(f func()) {
+	glib.IdleAdd(func() {
+		if a.ctx.Err() != nil {
+			return // the windows may be gone
+		}
+		f()
+		if a.onChange != nil {
+			a.onChange()
+		}
+	})
+}
+
+func (a *app) showMain(page string) {
+	if a.main == nil {
+		a.main = newMainWindow(a)
+	}
+	a.main.present(page)
+}
+
+// mainClosed is called when the user closes the main window.
+func (a *app) mainClosed() {
+	a.main = nil
+	if a.cfg.NoPrompts && !a.noQuit {
+		gtk.MainQuit()
+	}
+}
+
+func (a *app) connected(st *uiv1.GetStatusResponse) {
+	a.up, a.upErr, a.status = true, nil, st
+	a.log.Info("connected to the rules service", "socket", a.cfg.UISocket, "agent", st.GetAgentConnected())
+	if a.main != nil {
+		a.main.statusChanged()
+		a.main.refreshRules()
+		a.main.refreshLater()
+	}
+}
+
+func (a *app) statusUpdate(st *uiv1.GetStatusResponse) {
+	old := a.status
+	a.status = st
+	if a.main == nil {
+		return
+	}
+	a.main.statusChanged()
+	if old == nil || old.GetRules() != st.GetRules() {
+		a.main.refreshRules()
+	}
+	if old == nil || old.GetDecideLater() != st.GetDecideLater() {
+		a.main.refreshLater()
+	}
+}
+
+func (a *app) disconnected(err error, retry time.Time) {
+	a.up, a.upErr, a.retryAt = false, err, retry
+	// The stream that brought the prompts is gone, so they cannot be
+	// answered from here; the service sends the ones still waiting again
+	// when the client reconnects.
+	a.queue.clear()
+	if a.prompt != nil {
+		a.prompt.update()
+	}
+	if a.main != nil {
+		a.main.statusChanged()
+	}
+}
+
+func (a *app) promptEvent(ev *uiv1.PromptEvent) {
+	a.queue.apply(ev)
+	if a.prompt != nil {
+		a.prompt.update()
+	}
+}
+
+// historyCap bounds the decisions kept in memory.
+const historyCap = 2000
+
+func (a *app) historyReset() {
+	a.history = a.history[:0]
+	if a.main != nil {
+		a.main.historyReset()
+	}
+}
+
+func (a *app) historyEntry(e *uiv1.HistoryEntry) {
+	if len(a.history) >= historyCap {
+		a.history = append(a.history[:0], a.history[len(a.history)-historyCap/2:]...)
+		if a.main != nil {
+			a.main.historyReset()
+		}
+	}
+	a.history = append(a.history, e)
+	if a.main != nil {
+		a.main.historyAdded(e)
+	}
+}
+
+// laterWatch remembers which decide-later entries were notified about.
+type laterWatch struct {
+	mu    sync.Mutex
+	count int // the status's decide_later count last seen, -1 before
+	seen  map[string]bool
+}
+
+// checkDecideLater notifies about connections the default denied while
+// no prompt client was connected: the entries of the decide-later list
+// not seen before. It runs on the connection goroutine.
+func (a *app) checkDecideLater(ctx context.Context, st *uiv1.GetStatusResponse) {
+	w := &a.later
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen == nil {
+		w.seen, w.count = map[string]bool{}, -1
+	}
+	if int(st.GetDecideLater()) == w.count {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, a.timing.callTimeout)
+	resp, err := a.ui.ListDecideLater(cctx, &uiv1.ListDecideLaterRequest{})
+	cancel()
+	if err != nil {
+		a.log.Warn("list decide-later entries", "err", err)
+		return
+	}
+	w.count = int(st.GetDecideLater())
+	var fresh []*uiv1.DecideLaterEntry
+	for _, e := range resp.GetEntries() {
+		if w.seen[e.GetId()] {
+			continue
+		}
+		w.seen[e.GetId()] = true
+		if e.GetApplied() != rulesv1.Action_ACTION_ALLOW {
+			fresh = append(fresh, e)
+		}
+	}
+	if len(fresh) == 0 || a.notif == nil {
+		return
+	}
+	n := deniedNotification(fresh)
+	if _, err := a.notif.notify(ctx, n); err != nil {
+		a.log.Warn("notify about denied connections", "err", err)
+	}
+}
+
+// deniedNotification summarises connections denied by the default.
+func deniedNotification(es []*uiv1.DecideLaterEntry) notification {
+	n := notification{Urgency: 1, Actions: []string{"default", "Review", "review", "Review"}}
+	if len(es) == 1 {
+		e := es[0]
+		n.Summary = fmt.Sprintf("Bastion blocked %s", exeName(e.GetProcess()))
+		n.Body = markupEscaper.Replace(fmt.Sprintf("%s tried to connect to %s while no prompt was open; the default (%s) applied.",
+			printable(exeName(e.GetProcess())), printable(target(e.GetFlow(), e.GetHost())), actionName(e.GetApplied())))
+		return n
+	}
+	n.Summary = fmt.Sprintf("Bastion blocked %d connections", len(es))
+	var lines []string
+	for i, e := range es {
+		if i == 4 {
+			lines = append(lines, fmt.Sprintf("and %d more", len(es)-4))
+			break
+		}
+		lines = append(lines, printable(exeName(e.GetProcess()))+" → "+printable(target(e.GetFlow(), e.GetHost())))
+	}
+	n.Body = "While no prompt was open, the default denied:\n" + strings.Join(lines, "\n")
+	n.Body = markupEscaper.Replace(n.Body)
+	return n
+}
+
+// markupEscaper escapes notification bodies, which servers may read as
+// markup: a host name like "<b>" must show as such.
+var markupEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+// notificationAction is called from the D-Bus goroutine when the user
+// clicks a notification of ours.
+func (a *app) notificationAction(string) {
+	a.post(func() { a.showMain("later") })
+}

@@ -1,0 +1,264 @@
+package gtkclient
+
+// Readable descriptions of processes, flows and rules, shared by the
+// prompt and the main window.
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/procinfo"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+)
+
+// exeName is the base name of a process's executable, or its kernel name.
+func exeName(p *agentv1.Process) string {
+	if p.GetExe() != "" {
+		return path.Base(p.GetExe())
+	}
+	if p.GetComm() != "" {
+		return "[" + p.GetComm() + "]"
+	}
+	return "unknown program"
+}
+
+func actionName(a rulesv1.Action) string {
+	switch a {
+	case rulesv1.Action_ACTION_ALLOW:
+		return "allow"
+	case rulesv1.Action_ACTION_DENY:
+		return "deny"
+	case rulesv1.Action_ACTION_REJECT:
+		return "reject"
+	}
+	return "-"
+}
+
+func protoName(p agentv1.Protocol) string {
+	switch p {
+	case agentv1.Protocol_PROTOCOL_TCP:
+		return "TCP"
+	case agentv1.Protocol_PROTOCOL_UDP:
+		return "UDP"
+	case agentv1.Protocol_PROTOCOL_ICMP:
+		return "ICMP"
+	case agentv1.Protocol_PROTOCOL_ICMPV6:
+		return "ICMPv6"
+	}
+	return "unknown protocol"
+}
+
+// target is what a prompt's title names: "example.com:443",
+// "[2001:db8::1]:22" or "10.0.0.1".
+func target(f *agentv1.Flow, host string) string {
+	to := host
+	if to == "" {
+		to = f.GetDstIp()
+		if f.GetIpVersion() == 6 && f.GetDstPort() != 0 {
+			to = "[" + to + "]"
+		}
+	}
+	if f.GetDstPort() != 0 {
+		to += ":" + strconv.FormatUint(uint64(f.GetDstPort()), 10)
+	}
+	return to
+}
+
+// destinationText is "example.com (93.184.216.34)" or the address alone.
+func destinationText(f *agentv1.Flow, host string) string {
+	if host != "" {
+		return host + " (" + f.GetDstIp() + ")"
+	}
+	return f.GetDstIp()
+}
+
+// portText is "443 (https) · TCP · IPv4".
+func portText(f *agentv1.Flow, svc *procinfo.Services) string {
+	proto := protoName(f.GetProtocol())
+	var parts []string
+	if (proto == "TCP" || proto == "UDP") && f.GetDstPort() != 0 {
+		parts = append(parts, "port "+svc.DescribePort(strings.ToLower(proto), uint16(f.GetDstPort())))
+	}
+	parts = append(parts, proto, fmt.Sprintf("IPv%d", f.GetIpVersion()))
+	return strings.Join(parts, " · ")
+}
+
+// ruleDestination describes a rule's destination operands: "TCP
+// example.com:443", "UDP port 53", "10.0.0.0/8" or "anywhere".
+func ruleDestination(r *rulesv1.Rule) string {
+	where := r.GetHost()
+	if where == "" {
+		where = r.GetDst()
+		if p, err := netip.ParsePrefix(where); err == nil && p.IsSingleIP() {
+			where = p.Addr().String()
+		}
+	}
+	ports := ""
+	switch lo, hi := r.GetDstPortMin(), r.GetDstPortMax(); {
+	case lo == 0 && hi == 0:
+	case lo == hi || hi == 0:
+		ports = strconv.FormatUint(uint64(lo), 10)
+	default:
+		ports = fmt.Sprintf("%d-%d", lo, hi)
+	}
+	var s string
+	switch {
+	case ports != "" && where == "":
+		s = "port " + ports
+	case ports != "" && strings.Contains(where, ":"):
+		s = "[" + where + "]:" + ports
+	case ports != "":
+		s = where + ":" + ports
+	case where == "":
+		s = "anywhere"
+	default:
+		s = where
+	}
+	if p := ruleProtoName(r.GetProtocol()); p != "" {
+		return p + " " + s
+	}
+	return s
+}
+
+func ruleProtoName(p rulesv1.Protocol) string {
+	switch p {
+	case rulesv1.Protocol_PROTOCOL_TCP:
+		return "TCP"
+	case rulesv1.Protocol_PROTOCOL_UDP:
+		return "UDP"
+	case rulesv1.Protocol_PROTOCOL_ICMP:
+		return "ICMP"
+	case rulesv1.Protocol_PROTOCOL_ICMPV6:
+		return "ICMPv6"
+	}
+	return ""
+}
+
+// ruleLifetime is "forever", "until logout", "once", or "42m left" for a
+// Duration rule ("expired" once it has).
+func ruleLifetime(r *rulesv1.Rule, now time.Time) string {
+	switch r.GetLifetime() {
+	case rulesv1.Lifetime_LIFETIME_ONCE:
+		return "once"
+	case rulesv1.Lifetime_LIFETIME_SESSION:
+		return "until logout"
+	case rulesv1.Lifetime_LIFETIME_FOREVER:
+		return "forever"
+	case rulesv1.Lifetime_LIFETIME_DURATION:
+		left := r.GetExpires().AsTime().Sub(now)
+		if left <= 0 {
+			return "expired"
+		}
+		return roughDuration(left) + " left"
+	}
+	return "-"
+}
+
+// ruleApp is the rule's program: the executable, "any program", plus the
+// command line when set.
+func ruleApp(r *rulesv1.Rule) string {
+	app := r.GetExe()
+	if app == "" {
+		app = "any program"
+	}
+	if r.GetExeSha256() != "" {
+		app += " (sha256 " + elide(r.GetExeSha256(), 12) + ")"
+	}
+	return app
+}
+
+// ruleSentence is the whole rule in one line, as the prompt previews it:
+// "/usr/bin/curl → TCP example.com:443, for 1 hour (until 15:04)".
+func ruleSentence(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
+	var b strings.Builder
+	b.WriteString(ruleApp(r))
+	if r.GetCmdline() != "" {
+		b.WriteString(" with command line matching " + strconv.Quote(elide(r.GetCmdline(), 80)))
+	}
+	b.WriteString(" → " + ruleDestination(r))
+	switch r.GetLifetime() {
+	case rulesv1.Lifetime_LIFETIME_ONCE:
+		b.WriteString(", this time only (not stored)")
+	case rulesv1.Lifetime_LIFETIME_SESSION:
+		b.WriteString(", until logout")
+	case rulesv1.Lifetime_LIFETIME_FOREVER:
+		b.WriteString(", forever")
+	case rulesv1.Lifetime_LIFETIME_DURATION:
+		exp := r.GetExpires().AsTime()
+		fmt.Fprintf(&b, ", for %s (until %s)", shortDuration(exp.Sub(now)), exp.In(loc).Format("15:04"))
+	}
+	return b.String()
+}
+
+// shortDuration rounds d for people: "45s", "14m59s", "2h5m", "3d4h".
+func shortDuration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		d = d.Round(time.Second)
+		if s := d % time.Minute; s != 0 {
+			return fmt.Sprintf("%dm%ds", d/time.Minute, s/time.Second)
+		}
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d < 48*time.Hour:
+		d = d.Round(time.Minute)
+		if m := d % time.Hour; m != 0 {
+			return fmt.Sprintf("%dh%dm", d/time.Hour, m/time.Minute)
+		}
+		return fmt.Sprintf("%dh", d/time.Hour)
+	}
+	d = d.Round(time.Hour)
+	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
+}
+
+// roughDuration is shortDuration without the seconds past a minute.
+func roughDuration(d time.Duration) string {
+	if d >= time.Minute && d < time.Hour {
+		return fmt.Sprintf("%dm", int((d+time.Minute-1)/time.Minute))
+	}
+	return shortDuration(d)
+}
+
+// ago is "just now", "5m ago", "3h ago", or a date for older times.
+func ago(t, now time.Time, loc *time.Location) string {
+	d := now.Sub(t)
+	switch {
+	case t.IsZero():
+		return "never"
+	case d < 10*time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	}
+	return t.In(loc).Format("2006-01-02")
+}
+
+// elide shortens s to at most n runes, marking the cut with "…".
+func elide(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// printable replaces control characters, which a program can put in its
+// command line to mess up a label, with "�".
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x202e || r == 0x202d {
+			return '\ufffd'
+		}
+		return r
+	}, s)
+}

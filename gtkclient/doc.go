@@ -1,0 +1,20 @@
+// Package gtkclient is bastion-gtk, Bastion's desktop client: the prompt
+// window that asks whether a program may connect, and the main window with
+// the user's rules, the recent decisions, the decide-later list and the
+// status of the agent and the rules service.
+//
+// It talks only to the user's own rules service, bastion-uiserver, on
+// $XDG_RUNTIME_DIR/bastion/ui.sock, never to the root agent. Every GTK call
+// happens on the GTK main thread: the gRPC streams and calls run in
+// goroutines and hand their results over with glib.IdleAdd, so a slow or
+// vanished service never freezes a window. When the service goes away the
+// client says so in a banner and reconnects with backoff.
+//
+// Trust boundary: what the rules service sends (process names, command
+// lines, host names) comes from programs the user runs and may be crafted
+// by them; it is shown as plain text (never as Pango markup) and elided,
+// and it is never interpreted. The rule a prompt answer sends is built by
+// rules.ForPrompt from the prompt itself, so the rule the user saw is the
+// rule that is stored. .desktop files and the icon theme are read for
+// display only.
+package gtkclient

@@ -1,0 +1,567 @@
+package demo
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bastion-fw/bastion/gtkclient/internal/wire"
+	"github.com/bastion-fw/bastion/internal/rules"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// Call is one request that reached the service.
+type Call struct {
+	Method string
+	Req    proto.Message
+}
+
+// Service implements uiv1.UIServiceServer in memory. Its state outlives
+// the gRPC servers that serve it, so a test can stop serving and serve
+// again to look like a restarted rules service.
+type Service struct {
+	uiv1.UnimplementedUIServiceServer
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every change
+	calls    []Call
+	rules    []*rulesv1.Rule
+	prompts  []*uiv1.Prompt
+	history  []*uiv1.HistoryEntry
+	later    []*uiv1.DecideLaterEntry
+	watchers map[chan *uiv1.PromptEvent]bool
+	hwatch   map[chan *uiv1.HistoryEntry]bool
+	nextID   int
+	agentUp  bool
+	now      func() time.Time
+}
+
+// New returns an empty service whose agent is connected.
+func New() *Service {
+	return &Service{
+		changed:  make(chan struct{}),
+		watchers: map[chan *uiv1.PromptEvent]bool{},
+		hwatch:   map[chan *uiv1.HistoryEntry]bool{},
+		agentUp:  true,
+		now:      rules.Now,
+	}
+}
+
+// Serve serves s on a Unix socket at path until ctx ends. It returns once
+// the socket listens; stop waits until the server has stopped.
+func (s *Service) Serve(ctx context.Context, path string) (stop func(), err error) {
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	srv := grpc.NewServer()
+	uiv1.RegisterUIServiceServer(srv, s)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis)
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		<-ctx.Done()
+		srv.Stop()
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+// Changed returns a channel closed at the next change of the service's
+// state or calls.
+func (s *Service) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *Service) touchLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *Service) record(method string, req proto.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = append(s.calls, Call{method, proto.Clone(req)})
+	s.touchLocked()
+}
+
+// Calls returns the requests received so far, oldest first.
+func (s *Service) Calls() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+// CallsTo returns the requests to one method.
+func (s *Service) CallsTo(method string) []proto.Message {
+	var out []proto.Message
+	for _, c := range s.Calls() {
+		if c.Method == method {
+			out = append(out, c.Req)
+		}
+	}
+	return out
+}
+
+// SetAgentConnected sets what GetStatus says about the agent.
+func (s *Service) SetAgentConnected(up bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.agentUp = up
+	s.touchLocked()
+}
+
+// SetClock replaces the clock rule expiries and entry times are read from.
+func (s *Service) SetClock(now func() time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.now = now
+}
+
+func (s *Service) newIDLocked(prefix string) string {
+	s.nextID++
+	return fmt.Sprintf("%s%04d", prefix, s.nextID)
+}
+
+// GetStatus implements uiv1.UIServiceServer.
+func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetStatusResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &uiv1.GetStatusResponse{
+		Version:        "demo",
+		Uid:            1000,
+		AgentConnected: s.agentUp,
+		PromptClients:  uint32(len(s.watchers)),
+		PendingPrompts: uint32(len(s.prompts)),
+		Rules:          uint32(len(s.rules)),
+		DecideLater:    uint32(len(s.later)),
+		SilentAction:   rulesv1.Action_ACTION_DENY,
+		PromptTimeout:  durationpb.New(30 * time.Second),
+		TimeoutAction:  rulesv1.Action_ACTION_DENY,
+		StorePath:      "/home/alice/.local/share/bastion/rules.db",
+	}
+	if s.agentUp {
+		resp.Agent = &agentv1.GetStatusResponse{
+			Version:         "demo",
+			Mechanism:       "netfilter-link",
+			Features:        []string{"netfilter-link=yes", "sockops=yes"},
+			FirewallBackend: "iptables-nft",
+			QueueNum:        4242,
+			Started:         timestamppb.New(s.now().Add(-3 * time.Hour)),
+			CallerUid:       1000,
+		}
+	}
+	return resp, nil
+}
+
+// AddRules stores rules directly, assigning IDs and creation times.
+func (s *Service) AddRules(rs ...*rulesv1.Rule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range rs {
+		s.addRuleLocked(r)
+	}
+	s.touchLocked()
+}
+
+func (s *Service) addRuleLocked(r *rulesv1.Rule) *rulesv1.Rule {
+	r = proto.Clone(r).(*rulesv1.Rule)
+	if r.GetId() == "" {
+		r.Id = s.newIDLocked("r")
+	}
+	if r.GetCreated() == nil {
+		r.Created = timestamppb.New(s.now())
+	}
+	s.rules = append(s.rules, r)
+	return r
+}
+
+// Rules returns the stored rules.
+func (s *Service) Rules() []*rulesv1.Rule {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*rulesv1.Rule, len(s.rules))
+	for i, r := range s.rules {
+		out[i] = proto.Clone(r).(*rulesv1.Rule)
+	}
+	return out
+}
+
+// ListRules implements uiv1.UIServiceServer.
+func (s *Service) ListRules(_ context.Context, req *uiv1.ListRulesRequest) (*uiv1.ListRulesResponse, error) {
+	s.record("ListRules", req)
+	return &uiv1.ListRulesResponse{Rules: s.Rules()}, nil
+}
+
+func validRule(p *rulesv1.Rule) error {
+	if _, err := rules.FromProto(p); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return nil
+}
+
+// AddRule implements uiv1.UIServiceServer.
+func (s *Service) AddRule(_ context.Context, req *uiv1.AddRuleRequest) (*uiv1.AddRuleResponse, error) {
+	s.record("AddRule", req)
+	if err := validRule(req.GetRule()); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := proto.Clone(req.GetRule()).(*rulesv1.Rule)
+	r.Id, r.Created = "", nil
+	r = s.addRuleLocked(r)
+	s.touchLocked()
+	return &uiv1.AddRuleResponse{Rule: r}, nil
+}
+
+func (s *Service) ruleIndexLocked(id string) (int, error) {
+	i := slices.IndexFunc(s.rules, func(r *rulesv1.Rule) bool { return r.GetId() == id })
+	if i < 0 {
+		return 0, status.Errorf(codes.NotFound, "rule %q not found", id)
+	}
+	return i, nil
+}
+
+// UpdateRule implements uiv1.UIServiceServer.
+func (s *Service) UpdateRule(_ context.Context, req *uiv1.UpdateRuleRequest) (*uiv1.UpdateRuleResponse, error) {
+	s.record("UpdateRule", req)
+	if err := validRule(req.GetRule()); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, err := s.ruleIndexLocked(req.GetRule().GetId())
+	if err != nil {
+		return nil, err
+	}
+	old := s.rules[i]
+	r := proto.Clone(req.GetRule()).(*rulesv1.Rule)
+	r.Created, r.Hits, r.LastHit = old.GetCreated(), old.GetHits(), old.GetLastHit()
+	s.rules[i] = r
+	s.touchLocked()
+	return &uiv1.UpdateRuleResponse{Rule: r}, nil
+}
+
+// DeleteRule implements uiv1.UIServiceServer.
+func (s *Service) DeleteRule(_ context.Context, req *uiv1.DeleteRuleRequest) (*uiv1.DeleteRuleResponse, error) {
+	s.record("DeleteRule", req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, err := s.ruleIndexLocked(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	s.rules = slices.Delete(s.rules, i, i+1)
+	s.touchLocked()
+	return &uiv1.DeleteRuleResponse{}, nil
+}
+
+// SetRuleEnabled implements uiv1.UIServiceServer.
+func (s *Service) SetRuleEnabled(_ context.Context, req *uiv1.SetRuleEnabledRequest) (*uiv1.SetRuleEnabledResponse, error) {
+	s.record("SetRuleEnabled", req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, err := s.ruleIndexLocked(req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	s.rules[i].Enabled = req.GetEnabled()
+	s.touchLocked()
+	return &uiv1.SetRuleEnabledResponse{Rule: proto.Clone(s.rules[i]).(*rulesv1.Rule)}, nil
+}
+
+func fileFormat(f uiv1.Format) (rules.Format, error) {
+	switch f {
+	case uiv1.Format_FORMAT_JSON:
+		return rules.FormatJSON, nil
+	case uiv1.Format_FORMAT_TOML:
+		return rules.FormatTOML, nil
+	}
+	return 0, status.Errorf(codes.InvalidArgument, "format %s not supported", f)
+}
+
+// ExportRules implements uiv1.UIServiceServer.
+func (s *Service) ExportRules(_ context.Context, req *uiv1.ExportRulesRequest) (*uiv1.ExportRulesResponse, error) {
+	s.record("ExportRules", req)
+	f, err := fileFormat(req.GetFormat())
+	if err != nil {
+		return nil, err
+	}
+	var rs []rules.Rule
+	for _, p := range s.Rules() {
+		r, err := rules.FromProto(p)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		rs = append(rs, r)
+	}
+	data, err := rules.Export(rs, f)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &uiv1.ExportRulesResponse{Data: data}, nil
+}
+
+// ImportRules implements uiv1.UIServiceServer.
+func (s *Service) ImportRules(_ context.Context, req *uiv1.ImportRulesRequest) (*uiv1.ImportRulesResponse, error) {
+	s.record("ImportRules", req)
+	var (
+		rs       []rules.Rule
+		problems []string
+		err      error
+	)
+	if req.GetFormat() == uiv1.Format_FORMAT_OPENSNITCH {
+		rs, problems, err = rules.ImportOpenSnitch(req.GetData())
+	} else {
+		var f rules.Format
+		if f, err = fileFormat(req.GetFormat()); err != nil {
+			return nil, err
+		}
+		rs, err = rules.Import(req.GetData(), f)
+	}
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &uiv1.ImportRulesResponse{Problems: problems}
+	for _, r := range rs {
+		r.ID = ""
+		resp.Imported = append(resp.Imported, s.addRuleLocked(rules.ToProto(r)))
+	}
+	s.touchLocked()
+	return resp, nil
+}
+
+// AddPrompt makes p waiting and tells the prompt clients; it assigns an
+// ID when p has none and returns it.
+func (s *Service) AddPrompt(p *uiv1.Prompt) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p = proto.Clone(p).(*uiv1.Prompt)
+	if p.GetId() == "" {
+		p.Id = s.newIDLocked("p")
+	}
+	kind := uiv1.PromptEvent_KIND_ADDED
+	if i := slices.IndexFunc(s.prompts, func(q *uiv1.Prompt) bool { return q.GetId() == p.GetId() }); i >= 0 {
+		s.prompts[i] = p
+		kind = uiv1.PromptEvent_KIND_UPDATED
+	} else {
+		s.prompts = append(s.prompts, p)
+	}
+	s.broadcastLocked(&uiv1.PromptEvent{Kind: kind, Prompt: p})
+	return p.GetId()
+}
+
+// Withdraw removes a waiting prompt, as when it was answered elsewhere
+// ("answered") or timed out ("deadline"). It reports whether it was waiting.
+func (s *Service) Withdraw(id, reason string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.withdrawLocked(id, reason)
+}
+
+func (s *Service) withdrawLocked(id, reason string) bool {
+	i := slices.IndexFunc(s.prompts, func(q *uiv1.Prompt) bool { return q.GetId() == id })
+	if i < 0 {
+		return false
+	}
+	p := s.prompts[i]
+	s.prompts = slices.Delete(s.prompts, i, i+1)
+	s.broadcastLocked(&uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_WITHDRAWN, Prompt: p, Reason: reason})
+	return true
+}
+
+// Prompts returns the waiting prompts.
+func (s *Service) Prompts() []*uiv1.Prompt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.prompts)
+}
+
+// PromptClients is the number of connected WatchPrompts streams.
+func (s *Service) PromptClients() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.watchers)
+}
+
+func (s *Service) broadcastLocked(ev *uiv1.PromptEvent) {
+	for ch := range s.watchers {
+		select {
+		case ch <- ev:
+		default: // a stuck client misses events rather than blocking the service
+		}
+	}
+	s.touchLocked()
+}
+
+// WatchPrompts implements uiv1.UIServiceServer.
+func (s *Service) WatchPrompts(req *uiv1.WatchPromptsRequest, stream uiv1.UIService_WatchPromptsServer) error {
+	s.record("WatchPrompts", req)
+	ch := make(chan *uiv1.PromptEvent, 1024)
+	s.mu.Lock()
+	for _, p := range s.prompts {
+		ch <- &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: p}
+	}
+	s.watchers[ch] = true
+	s.touchLocked()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.watchers, ch)
+		s.touchLocked()
+		s.mu.Unlock()
+	}()
+	for {
+		select {
+		case ev := <-ch:
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// AnswerPrompt implements uiv1.UIServiceServer: like the real service, it
+// checks that the rule is valid and covers the prompt's connection, and
+// stores it unless it is LIFETIME_ONCE.
+func (s *Service) AnswerPrompt(_ context.Context, req *uiv1.AnswerPromptRequest) (*uiv1.AnswerPromptResponse, error) {
+	s.record("AnswerPrompt", req)
+	r, err := rules.FromProto(req.GetRule())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.prompts, func(q *uiv1.Prompt) bool { return q.GetId() == req.GetPromptId() })
+	if i < 0 {
+		return nil, status.Errorf(codes.NotFound, "prompt %q is not waiting", req.GetPromptId())
+	}
+	p := s.prompts[i]
+	c := rules.Conn{UID: p.GetProcess().GetUid(), Exe: p.GetProcess().GetExe(), Args: p.GetProcess().GetArgs(),
+		Tuple: wire.Tuple(p.GetFlow()), Host: p.GetHost()}
+	if !rules.Covers(r, c) {
+		return nil, status.Errorf(codes.InvalidArgument, "the rule does not cover the prompt's connection")
+	}
+	out := proto.Clone(req.GetRule()).(*rulesv1.Rule)
+	if out.GetLifetime() != rulesv1.Lifetime_LIFETIME_ONCE {
+		out.Id = ""
+		out.Created = nil
+		out = s.addRuleLocked(out)
+	}
+	s.history = append(s.history, &uiv1.HistoryEntry{Time: timestamppb.New(s.now()), Process: p.GetProcess(),
+		Flow: p.GetFlow(), Host: p.GetHost(), Action: out.GetAction(), DecidedBy: "prompt", RuleId: out.GetId()})
+	s.withdrawLocked(p.GetId(), "answered")
+	return &uiv1.AnswerPromptResponse{Rule: out}, nil
+}
+
+// AddDecideLater adds entries to the decide-later list.
+func (s *Service) AddDecideLater(es ...*uiv1.DecideLaterEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range es {
+		e = proto.Clone(e).(*uiv1.DecideLaterEntry)
+		if e.GetId() == "" {
+			e.Id = s.newIDLocked("l")
+		}
+		s.later = append(s.later, e)
+	}
+	s.touchLocked()
+}
+
+// ListDecideLater implements uiv1.UIServiceServer.
+func (s *Service) ListDecideLater(_ context.Context, req *uiv1.ListDecideLaterRequest) (*uiv1.ListDecideLaterResponse, error) {
+	s.record("ListDecideLater", req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &uiv1.ListDecideLaterResponse{Entries: slices.Clone(s.later)}, nil
+}
+
+// ResolveDecideLater implements uiv1.UIServiceServer.
+func (s *Service) ResolveDecideLater(_ context.Context, req *uiv1.ResolveDecideLaterRequest) (*uiv1.ResolveDecideLaterResponse, error) {
+	s.record("ResolveDecideLater", req)
+	if req.GetRule() != nil {
+		if err := validRule(req.GetRule()); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.later, func(e *uiv1.DecideLaterEntry) bool { return e.GetId() == req.GetId() })
+	if i < 0 {
+		return nil, status.Errorf(codes.NotFound, "entry %q not found", req.GetId())
+	}
+	s.later = slices.Delete(s.later, i, i+1)
+	resp := &uiv1.ResolveDecideLaterResponse{}
+	if req.GetRule() != nil {
+		resp.Rule = s.addRuleLocked(req.GetRule())
+	}
+	s.touchLocked()
+	return resp, nil
+}
+
+// AddHistory appends entries to the history and streams them to watchers.
+func (s *Service) AddHistory(es ...*uiv1.HistoryEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range es {
+		s.history = append(s.history, e)
+		for ch := range s.hwatch {
+			select {
+			case ch <- e:
+			default:
+			}
+		}
+	}
+	s.touchLocked()
+}
+
+// WatchHistory implements uiv1.UIServiceServer.
+func (s *Service) WatchHistory(req *uiv1.WatchHistoryRequest, stream uiv1.UIService_WatchHistoryServer) error {
+	s.record("WatchHistory", req)
+	ch := make(chan *uiv1.HistoryEntry, 4096)
+	s.mu.Lock()
+	for _, e := range s.history {
+		select {
+		case ch <- e:
+		default:
+		}
+	}
+	s.hwatch[ch] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.hwatch, ch)
+		s.mu.Unlock()
+	}()
+	for {
+		select {
+		case e := <-ch:
+			if err := stream.Send(e); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}

@@ -1,0 +1,567 @@
+package gtkclient
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/gotk3/gotk3/gdk"
+	"github.com/gotk3/gotk3/glib"
+	"github.com/gotk3/gotk3/gtk"
+	"github.com/gotk3/gotk3/pango"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bastion-fw/bastion/gtkclient/internal/wire"
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/procinfo"
+	"github.com/bastion-fw/bastion/internal/rules"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// promptWindow asks about the first waiting prompt group. It is created
+// once and shown while prompts wait.
+type promptWindow struct {
+	a   *app
+	win *gtk.Window
+
+	icon         *gtk.Image
+	title, more  *gtk.Label
+	subtitle     *gtk.Label
+	exe, process *gtk.Label
+	parent       *gtk.Label
+	cmdShort     *gtk.Label
+	cmdPlain     *gtk.Label
+	cmdFull      *gtk.Label
+	cmdExpander  *gtk.Expander
+	dest, port   *gtk.Label
+	connsKey     *gtk.Label
+	conns        *gtk.Label
+	countdown    *gtk.Label
+	progress     *gtk.ProgressBar
+	lifetime     *gtk.ComboBoxText
+	scope        *gtk.ComboBoxText
+	withCmd      *gtk.CheckButton
+	preview      *gtk.Label
+	errLabel     *gtk.Label
+	allow, deny  *gtk.Button
+	reject       *gtk.Button
+	later, rules *gtk.Button
+
+	shown   *promptGroup // the group on screen, nil when hidden
+	shownID string       // its primary prompt's ID
+	shownAt time.Time    // when it appeared: the buttons arm ArmDelay later
+	total   time.Duration
+	scopes  []rules.Scope // the scope combo's entries
+	armed   bool
+	busy    bool // an answer is on its way
+	ticking bool
+
+	onShown func(id string) // test hook: after a prompt is on screen
+}
+
+func newPromptWindow(a *app) *promptWindow {
+	p := &promptWindow{a: a}
+	win, err := gtk.WindowNew(gtk.WINDOW_TOPLEVEL)
+	if err != nil {
+		panic("gtk: create window: " + err.Error())
+	}
+	p.win = win
+	win.SetTitle("Bastion: connection prompt")
+	win.SetIconName("security-high")
+	win.SetDefaultSize(560, -1)
+	win.SetResizable(false)
+	win.SetPosition(gtk.WIN_POS_CENTER)
+	win.SetTypeHint(gdk.WINDOW_TYPE_HINT_DIALOG)
+	// SECURITY: the prompt must not take the keyboard from the window the
+	// user is typing in (a keystroke meant for it must never answer a
+	// prompt), and must stay visible.
+	win.SetKeepAbove(true)
+	win.SetAcceptFocus(false)
+	win.SetFocusOnMap(false)
+	win.SetUrgencyHint(true)
+	win.SetSkipPagerHint(true)
+	// Once the user clicks into the prompt, it may take the focus, so that
+	// the keyboard shortcuts work from then on.
+	win.AddEvents(int(gdk.BUTTON_PRESS_MASK))
+	win.Connect("button-press-event", func() bool {
+		if !p.win.GetAcceptFocus() {
+			p.win.SetAcceptFocus(true)
+			p.win.PresentWithTime(gdk.CURRENT_TIME)
+		}
+		return false
+	})
+	win.Connect("delete-event", func() bool {
+		p.putOff() // closing the window leaves the prompt to its default
+		return true
+	})
+
+	outer := mustBox(gtk.ORIENTATION_VERTICAL, 12)
+	outer.SetMarginTop(18)
+	outer.SetMarginBottom(16)
+	outer.SetMarginStart(20)
+	outer.SetMarginEnd(20)
+	win.Add(outer)
+
+	// Header: icon, "curl wants to connect to example.com:443", queue.
+	head := mustBox(gtk.ORIENTATION_HORIZONTAL, 14)
+	p.icon, _ = gtk.ImageNewFromIconName("application-x-executable", gtk.ICON_SIZE_DIALOG)
+	p.icon.SetPixelSize(56)
+	p.icon.SetVAlign(gtk.ALIGN_START)
+	head.PackStart(p.icon, false, false, 0)
+	titles := mustBox(gtk.ORIENTATION_VERTICAL, 4)
+	p.title = mustLabel("")
+	p.title.SetLineWrap(true)
+	p.title.SetLineWrapMode(pango.WRAP_WORD_CHAR)
+	p.title.SetMaxWidthChars(40)
+	addClass(p.title, "bastion-title")
+	p.subtitle = mustLabel("")
+	p.subtitle.SetLineWrap(true)
+	addClass(p.subtitle, "bastion-subtitle", "bastion-key")
+	titles.PackStart(p.title, false, false, 0)
+	titles.PackStart(p.subtitle, false, false, 0)
+	head.PackStart(titles, true, true, 0)
+	p.more = mustLabel("")
+	p.more.SetVAlign(gtk.ALIGN_START)
+	addClass(p.more, "bastion-more")
+	head.PackEnd(p.more, false, false, 0)
+	outer.PackStart(head, false, false, 0)
+
+	// Details: who is asking and where it is going.
+	grid := mustGrid()
+	grid.SetRowSpacing(5)
+	grid.SetColumnSpacing(14)
+	row := 0
+	addRow := func(key string, value gtk.IWidget) *gtk.Label {
+		k := mustLabel(key)
+		k.SetYAlign(0)
+		k.SetVAlign(gtk.ALIGN_START)
+		addClass(k, "bastion-key")
+		grid.Attach(k, 0, row, 1, 1)
+		grid.Attach(value, 1, row, 1, 1)
+		row++
+		return k
+	}
+	p.exe, p.process, p.parent = valueLabel(), valueLabel(), valueLabel()
+	p.dest, p.port, p.conns = valueLabel(), valueLabel(), valueLabel()
+	addClass(p.exe, "bastion-mono")
+	addRow("Program", p.exe)
+	addRow("Process", p.process)
+	addRow("Parent", p.parent)
+	p.cmdShort = valueLabel()
+	p.cmdShort.SetLineWrap(false)
+	p.cmdShort.SetEllipsize(pango.ELLIPSIZE_END)
+	p.cmdShort.SetMaxWidthChars(56)
+	addClass(p.cmdShort, "bastion-mono")
+	p.cmdFull = valueLabel()
+	p.cmdFull.SetMaxWidthChars(56)
+	addClass(p.cmdFull, "bastion-mono")
+	p.cmdExpander, _ = gtk.ExpanderNew("")
+	p.cmdExpander.SetLabelWidget(p.cmdShort)
+	p.cmdExpander.Add(p.cmdFull)
+	p.cmdExpander.SetCanFocus(false)
+	p.cmdExpander.Connect("notify::expanded", func() { p.cmdShort.SetVisible(!p.cmdExpander.GetExpanded()) })
+	p.cmdPlain = valueLabel()
+	addClass(p.cmdPlain, "bastion-mono")
+	cmdBox := mustBox(gtk.ORIENTATION_VERTICAL, 0)
+	cmdBox.PackStart(p.cmdPlain, false, false, 0)
+	cmdBox.PackStart(p.cmdExpander, false, false, 0)
+	addRow("Command line", cmdBox)
+	addRow("Destination", p.dest)
+	addRow("Port", p.port)
+	p.connsKey = addRow("Connections", p.conns)
+	outer.PackStart(grid, false, false, 0)
+
+	// Countdown to the default.
+	cd := mustBox(gtk.ORIENTATION_VERTICAL, 4)
+	p.countdown = mustLabel("")
+	addClass(p.countdown, "bastion-countdown")
+	p.progress, _ = gtk.ProgressBarNew()
+	cd.PackStart(p.countdown, false, false, 0)
+	cd.PackStart(p.progress, false, false, 0)
+	outer.PackStart(cd, false, false, 0)
+
+	// The choice: lifetime, scope, command line, and the rule it makes.
+	choice := mustGrid()
+	choice.SetRowSpacing(6)
+	choice.SetColumnSpacing(14)
+	p.lifetime = mustCombo()
+	for _, l := range promptLifetimes {
+		p.lifetime.AppendText(l.label)
+	}
+	p.lifetime.SetActive(0)
+	p.lifetime.SetCanFocus(false)
+	p.lifetime.SetHExpand(true)
+	p.scope = mustCombo()
+	p.scope.SetCanFocus(false)
+	p.scope.SetHExpand(true)
+	for i, w := range []struct {
+		key string
+		w   gtk.IWidget
+	}{{"For how long", p.lifetime}, {"Which connections", p.scope}} {
+		k := mustLabel(w.key)
+		addClass(k, "bastion-key")
+		choice.Attach(k, 0, i, 1, 1)
+		choice.Attach(w.w, 1, i, 1, 1)
+	}
+	p.withCmd, _ = gtk.CheckButtonNewWithLabel("Only with this command line")
+	p.withCmd.SetCanFocus(false)
+	choice.Attach(p.withCmd, 1, 2, 1, 1)
+	outer.PackStart(choice, false, false, 0)
+	p.preview = valueLabel()
+	addClass(p.preview, "bastion-rule")
+	outer.PackStart(p.preview, false, false, 0)
+	p.errLabel = mustLabel("")
+	p.errLabel.SetLineWrap(true)
+	addClass(p.errLabel, "bastion-error")
+	outer.PackStart(p.errLabel, false, false, 0)
+	for _, w := range []*gtk.ComboBoxText{p.lifetime, p.scope} {
+		w.Connect("changed", p.refreshPreview)
+	}
+	p.withCmd.Connect("toggled", p.refreshPreview)
+
+	// Buttons: Rules… and Decide later on the left, the answers on the right.
+	buttons := mustBox(gtk.ORIENTATION_HORIZONTAL, 8)
+	p.rules = mustButton("R_ules…")
+	p.rules.SetTooltipText("Open the rules window")
+	p.rules.Connect("clicked", func() { p.a.showMain("rules") })
+	p.later = mustButton("Decide _later")
+	p.later.SetTooltipText("Leave this connection to the default (Esc)")
+	p.later.Connect("clicked", p.putOff)
+	p.allow = mustButton("_Allow")
+	p.deny = mustButton("_Deny")
+	p.reject = mustButton("_Reject")
+	p.allow.SetTooltipText("Alt+A")
+	p.deny.SetTooltipText("Drop the connection silently (Alt+D)")
+	p.reject.SetTooltipText("Refuse the connection at once (Alt+R)")
+	addClass(p.allow, "bastion-action", "bastion-allow")
+	addClass(p.deny, "bastion-action", "bastion-deny")
+	addClass(p.reject, "bastion-action")
+	for _, b := range []*gtk.Button{p.rules, p.later, p.allow, p.deny, p.reject} {
+		b.SetCanFocus(false)
+	}
+	p.allow.Connect("clicked", func() { p.answer(flow.ActionAllow) })
+	p.deny.Connect("clicked", func() { p.answer(flow.ActionDeny) })
+	p.reject.Connect("clicked", func() { p.answer(flow.ActionReject) })
+	buttons.PackStart(p.rules, false, false, 0)
+	buttons.PackStart(p.later, false, false, 0)
+	buttons.PackEnd(p.allow, false, false, 0)
+	buttons.PackEnd(p.deny, false, false, 0)
+	buttons.PackEnd(p.reject, false, false, 0)
+	outer.PackStart(buttons, false, false, 4)
+
+	// Keyboard: Alt+A, Alt+D, Alt+R answer; Esc decides later.
+	accel, _ := gtk.AccelGroupNew()
+	win.AddAccelGroup(accel)
+	accel.Connect(gdk.KEY_a, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionAllow); return true })
+	accel.Connect(gdk.KEY_d, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionDeny); return true })
+	accel.Connect(gdk.KEY_r, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionReject); return true })
+	accel.Connect(gdk.KEY_Escape, 0, gtk.ACCEL_VISIBLE, func() bool { p.putOff(); return true })
+	accel.Connect(gdk.KEY_u, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.a.showMain("rules"); return true })
+	outer.ShowAll()
+	return p
+}
+
+// update shows the first waiting group, or hides the window when none
+// waits; GTK thread.
+func (p *promptWindow) update() {
+	g := p.a.queue.current()
+	if g == nil {
+		p.shown, p.shownID = nil, ""
+		p.busy = false
+		p.win.Hide()
+		return
+	}
+	if more := p.a.queue.waiting(); more > 0 {
+		p.more.SetText(fmt.Sprintf("%d more waiting", more))
+		p.more.Show()
+	} else {
+		p.more.Hide()
+	}
+	if g == p.shown && g.primary().GetId() == p.shownID {
+		p.fillDetails(g) // an update: more connections, a new deadline
+		p.tick()
+		return
+	}
+	p.shown, p.shownID = g, g.primary().GetId()
+	p.shownAt = p.a.now()
+	p.total = g.deadline().Sub(p.shownAt)
+	p.busy, p.armed = false, false
+	p.errLabel.SetText("")
+	p.fillDetails(g)
+	p.fillChoices(g)
+	p.tick()
+	if !p.win.GetVisible() {
+		// Shown anew: focus only comes with a click again.
+		p.win.SetAcceptFocus(false)
+		p.win.ShowAll()
+		p.refreshConns(g)
+	}
+	if !p.ticking {
+		p.ticking = true
+		glib.TimeoutAdd(200, func() bool {
+			if p.a.ctx.Err() != nil || p.shown == nil {
+				p.ticking = false
+				return false
+			}
+			p.tick()
+			return true
+		})
+	}
+	if p.onShown != nil {
+		p.onShown(p.shownID)
+	}
+}
+
+func (p *promptWindow) fillDetails(g *promptGroup) {
+	pr := g.primary()
+	proc, fl := pr.GetProcess(), pr.GetFlow()
+	name, iconName := exeName(proc), ""
+	if info, ok := p.a.apps.lookup(proc.GetExe()); ok {
+		name, iconName = info.Name, info.Icon
+	}
+	p.setIcon(iconName, proc.GetExe())
+	p.title.SetText(printable(elide(name, 60)) + " wants to connect to " + printable(elide(target(fl, pr.GetHost()), 80)))
+	if name != exeName(proc) {
+		p.subtitle.SetText(printable(exeName(proc)))
+		p.subtitle.Show()
+	} else {
+		p.subtitle.Hide()
+	}
+	p.exe.SetText(printable(orDash(proc.GetExe())))
+	user := fmt.Sprintf("uid %d", proc.GetUid())
+	if n, err := p.a.userName(proc.GetUid()); err == nil && n != "" {
+		user = fmt.Sprintf("%s (uid %d)", n, proc.GetUid())
+	}
+	p.process.SetText(fmt.Sprintf("PID %d, user %s", proc.GetTgid(), user))
+	p.parent.SetText(printable(procinfo.Parent(p.a.procFS, proc.GetPpid())))
+	cmd := printable(strings.Join(proc.GetArgs(), " "))
+	p.cmdShort.SetText(orDash(cmd))
+	p.cmdFull.SetText(cmd)
+	p.cmdPlain.SetText(orDash(cmd))
+	p.cmdExpander.SetExpanded(false)
+	p.dest.SetText(printable(destinationText(fl, pr.GetHost())))
+	p.port.SetText(portText(fl, p.a.services))
+	p.conns.SetText(fmt.Sprint(g.connections()))
+	p.refreshConns(g)
+}
+
+// refreshConns shows the connections row only when there are several.
+func (p *promptWindow) refreshConns(g *promptGroup) {
+	several := g.connections() > 1
+	p.connsKey.SetVisible(several)
+	p.conns.SetVisible(several)
+	// A long command line is elided with a way to see it whole.
+	long := len([]rune(strings.Join(g.primary().GetProcess().GetArgs(), " "))) > cmdElideAt
+	p.cmdPlain.SetVisible(!long)
+	p.cmdExpander.SetVisible(long)
+	p.cmdShort.SetVisible(!p.cmdExpander.GetExpanded())
+}
+
+// setIcon shows the application's icon: its desktop entry's, else one
+// named like the executable in the icon theme, else a generic one.
+func (p *promptWindow) setIcon(name, exe string) {
+	theme, err := gtk.IconThemeGetDefault()
+	candidates := []string{name}
+	if exe != "" {
+		candidates = append(candidates, strings.ToLower(path.Base(exe)))
+	}
+	for _, c := range candidates {
+		switch {
+		case c == "":
+		case strings.HasPrefix(c, "/"):
+			if pb, err := gdk.PixbufNewFromFileAtSize(c, 56, 56); err == nil {
+				p.icon.SetFromPixbuf(pb)
+				return
+			}
+		case err == nil && theme.HasIcon(c):
+			p.icon.SetFromIconName(c, gtk.ICON_SIZE_DIALOG)
+			p.icon.SetPixelSize(56)
+			return
+		}
+	}
+	p.icon.SetFromIconName("application-x-executable", gtk.ICON_SIZE_DIALOG)
+	p.icon.SetPixelSize(56)
+}
+
+// fillChoices resets the choice for a new prompt: once, the narrowest
+// scope, without the command line.
+func (p *promptWindow) fillChoices(g *promptGroup) {
+	pr := g.primary()
+	p.scope.RemoveAll()
+	p.scopes = p.scopes[:0]
+	for _, s := range promptScopes {
+		r, err := p.build(rules.Choice{Action: flow.ActionAllow, Lifetime: rules.Forever, Scope: s.scope})
+		if err != nil {
+			continue // e.g. no host name for the domain scope
+		}
+		label := s.label
+		if s.scope != rules.ScopeAny {
+			label += " (" + printable(elide(ruleDestination(rules.ToProto(r)), 48)) + ")"
+		}
+		p.scope.AppendText(label)
+		p.scopes = append(p.scopes, s.scope)
+	}
+	p.scope.SetActive(0)
+	p.lifetime.SetActive(0)
+	p.withCmd.SetActive(false)
+	p.withCmd.SetSensitive(len(pr.GetProcess().GetArgs()) > 0)
+	p.refreshPreview()
+}
+
+// choice is what the widgets say, for action a.
+func (p *promptWindow) choice(a flow.Action) rules.Choice {
+	c := rules.Choice{Action: a, WithCmdline: p.withCmd.GetActive()}
+	if i := p.lifetime.GetActive(); i >= 0 && i < len(promptLifetimes) {
+		c.Lifetime, c.For = promptLifetimes[i].life, promptLifetimes[i].dur
+	}
+	if i := p.scope.GetActive(); i >= 0 && i < len(p.scopes) {
+		c.Scope = p.scopes[i]
+	}
+	return c
+}
+
+// build makes the rule for c exactly as the answer will send it. Created
+// is left to the rules service.
+func (p *promptWindow) build(c rules.Choice) (rules.Rule, error) {
+	pr := p.shown.primary()
+	r, err := rules.ForPrompt(wire.Process(pr.GetProcess()), wire.Tuple(pr.GetFlow()), pr.GetHost(), c, p.a.now())
+	r.Created = time.Time{}
+	return r, err
+}
+
+// refreshPreview shows the rule the current choice makes.
+func (p *promptWindow) refreshPreview() {
+	if p.shown == nil {
+		return
+	}
+	r, err := p.build(p.choice(flow.ActionAllow))
+	if err != nil {
+		p.preview.SetText("This choice makes no valid rule: " + err.Error())
+		return
+	}
+	pr := rules.ToProto(r)
+	p.preview.SetText("Rule: " + printable(ruleSentence(pr, p.a.now(), p.a.loc)))
+}
+
+// tick updates the countdown, arms the buttons after the delay and drops
+// prompts whose deadline passed; GTK thread.
+func (p *promptWindow) tick() {
+	if p.shown == nil {
+		return
+	}
+	now := p.a.now()
+	if p.a.queue.expire(now) {
+		p.update()
+		return
+	}
+	armed := !p.busy && now.Sub(p.shownAt) >= p.a.cfg.ArmDelay
+	if armed != p.armed || !armed {
+		p.armed = armed
+		for _, b := range []*gtk.Button{p.allow, p.deny, p.reject} {
+			b.SetSensitive(armed)
+		}
+	}
+	pr := p.shown.primary()
+	act := actionName(pr.GetDeadlineAction())
+	d := p.shown.deadline()
+	if d.IsZero() {
+		p.countdown.SetText("If you do not answer: " + act)
+		p.progress.Hide()
+		return
+	}
+	left := max(0, d.Sub(now))
+	p.countdown.SetText(fmt.Sprintf("%s in %d s if you do not answer", capitalize(act), int((left+time.Second-1)/time.Second)))
+	if p.total > 0 {
+		p.progress.SetFraction(min(1, float64(left)/float64(p.total)))
+		p.progress.Show()
+	}
+}
+
+// answer answers the shown group with action a and the chosen lifetime
+// and scope; before the buttons are armed it does nothing.
+func (p *promptWindow) answer(a flow.Action) {
+	if p.shown == nil || p.busy || !p.armed {
+		return
+	}
+	c := p.choice(a)
+	r, err := p.build(c)
+	if err != nil {
+		p.errLabel.SetText("Cannot make that rule: " + err.Error())
+		return
+	}
+	g := p.shown
+	ids := []string{g.primary().GetId()}
+	if c.Lifetime == rules.Once {
+		// A once answer is not stored, so it decides only the prompt it
+		// answers: answer every prompt of the group.
+		ids = g.ids()
+	}
+	p.busy = true
+	p.tick()
+	rule := rules.ToProto(r)
+	call(p.a, func(ctx context.Context, ui uiv1.UIServiceClient) ([]*rulesv1.Rule, error) {
+		var out []*rulesv1.Rule
+		for i, id := range ids {
+			resp, err := ui.AnswerPrompt(ctx, &uiv1.AnswerPromptRequest{PromptId: id, Rule: rule})
+			if status.Code(err) == codes.NotFound && i > 0 {
+				continue // decided meanwhile
+			}
+			if err != nil {
+				return out, err
+			}
+			out = append(out, resp.GetRule())
+		}
+		return out, nil
+	}, func(_ []*rulesv1.Rule, err error) {
+		switch status.Code(err) {
+		case codes.OK, codes.NotFound:
+			// Answered, or answered elsewhere first: either way it is done.
+			// A stored rule decides the group's other prompts; the service
+			// withdraws them.
+			p.a.log.Info("prompt answered", "prompt_id", ids[0], "action", a.String(), "lifetime", c.Lifetime, "scope", c.Scope.String(), "err", err)
+			p.a.queue.remove(g.ids()...)
+			p.update()
+		default:
+			p.busy = false
+			p.errLabel.SetText("The rules service refused the answer: " + statusMessage(err))
+			p.tick()
+		}
+	})
+}
+
+// putOff leaves the shown group to its default ("decide later").
+func (p *promptWindow) putOff() {
+	if p.shown == nil {
+		return
+	}
+	p.a.queue.putOff()
+	p.update()
+}
+
+func statusMessage(err error) string {
+	if s, ok := status.FromError(err); ok {
+		return s.Message()
+	}
+	return err.Error()
+}
+
+// cmdElideAt is the command line length above which it is elided.
+const cmdElideAt = 56
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
