@@ -55,6 +55,10 @@ func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*Agent, error) 
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
+	// Users' programs (a rules service) reach the socket, as in /run/bastion.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
 	a := &Agent{Socket: filepath.Join(dir, "agent.sock"), LogPath: filepath.Join(dir, "agent.log"), exited: make(chan struct{})}
 	logf, err := os.Create(a.LogPath)
 	if err != nil {

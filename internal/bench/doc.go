@@ -3,10 +3,16 @@
 // NFQUEUE whose Go program accepts everything, and the agent itself (cached
 // decision, and each connection answered through its API), plus how well the
 // agent attributes connections of short-lived processes and what it costs in
-// memory and CPU. Ratios are always between numbers of the same run.
+// memory and CPU, and how long a connection's first packet takes to become a
+// prompt at a user's prompt client (agent, bastion-uiserver run as UID 1000,
+// a WatchPrompts client connected as that user). Ratios are always between
+// numbers of the same run.
 //
 // Everything runs in network namespaces the benchmark creates and deletes;
 // the host's own namespace is never touched.
 //
-// Trust boundary: none. Run by root on a development machine.
+// Trust boundary: none. Run by root on a development machine. DialUnixAs
+// changes the credentials of one locked thread of the (root) process for the
+// length of a connect() and restores them before that thread runs anything
+// else.
 package bench

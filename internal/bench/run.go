@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -19,11 +20,14 @@ type Config struct {
 	AgentBin  string        // prebuilt bastion-agent; empty builds ./cmd/bastion-agent
 	NoAgent   bool          // skip the agent cases
 	Processes int           // short-lived processes in the attribution case
+	// PromptConns is how many connections the prompt-latency case times
+	// (0 skips it).
+	PromptConns int
 }
 
 // DefaultConfig keeps the whole run under three minutes.
 func DefaultConfig() Config {
-	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000}
+	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000, PromptConns: 200}
 }
 
 // Validate checks the bounds that keep a run short and meaningful.
@@ -35,6 +39,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("workers %d: want 1 to 64", c.Workers)
 	case c.Processes < 0 || c.Processes > 20000:
 		return fmt.Errorf("processes %d: want 0 to 20000", c.Processes)
+	case c.PromptConns < 0 || c.PromptConns > 5000:
+		return fmt.Errorf("prompt connections %d: want 0 to 5000", c.PromptConns)
 	}
 	return nil
 }
@@ -46,6 +52,8 @@ type Report struct {
 	Results     []Result    `json:"results"`
 	Ratios      Ratios      `json:"ratios"`
 	Attribution Attribution `json:"attribution"`
+	// PromptLatency is SYN -> prompt at a connected prompt client.
+	PromptLatency PromptLatency `json:"prompt_latency"`
 	// AgentPer1000 is the agent's CPU time per 1000 connections answered
 	// through the API, and its resident memory after them.
 	AgentCPUMsPer1000 float64  `json:"agent_cpu_ms_per_1000_conns,omitempty"`
@@ -102,17 +110,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	cached := Result{Name: "agent, cached allow"}
 	api := Result{Name: "agent, API answers each"}
 	rep.Attribution.Skipped = "agent not run"
+	rep.PromptLatency.Skipped = "agent not run"
 	if runner, cleanup, err := agentRunner(cfg); cfg.NoAgent {
 		cached.Skipped, api.Skipped, rep.Attribution.Skipped = "disabled (-no-agent)", "disabled (-no-agent)", "disabled (-no-agent)"
+		rep.PromptLatency.Skipped = "disabled (-no-agent)"
 	} else if err != nil {
 		fail(err)
 		cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
+		rep.PromptLatency.Skipped = err.Error()
 	} else {
 		defer cleanup()
 		sess, err := StartSession(ctx, runner)
 		if err != nil {
 			fail(err)
 			cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
+			rep.PromptLatency.Skipped = err.Error()
 		} else {
 			defer sess.Close()
 			runAgentCases(ctx, cfg, sess, &rep, &cached, &api, fail)
@@ -143,6 +155,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 			rep.AgentCPUMsPer1000, rep.AgentRSSKB, rep.AgentHWMKB)
 	} else {
 		fmt.Fprintf(out, "attribution: skipped: %s\n", a.Skipped)
+	}
+	if pl := rep.PromptLatency; pl.Skipped == "" {
+		fmt.Fprintf(out, "SYN -> prompt at a connected prompt client (uid %d, %d connections, one at a time): p50 %.0f us, p99 %.0f us, max %.0f us; of which SYN -> rules service p50 %.0f us, p99 %.0f us\n",
+			promptUID, pl.Conns, pl.P50US, pl.P99US, pl.MaxUS, pl.ToServiceP50US, pl.ToServiceP99US)
+	} else {
+		fmt.Fprintf(out, "prompt latency: skipped: %s\n", pl.Skipped)
 	}
 	line, err := json.Marshal(rep)
 	if err != nil {
@@ -269,4 +287,33 @@ func runAgentCases(ctx context.Context, cfg Config, sess *Session, rep *Report, 
 	if cfg.Processes > 0 {
 		rep.Attribution = attribution(ctx, cfg, sess, fail)
 	}
+	// Last: the rules service makes UID 1000 a user who is asked, which
+	// would change what the cases above measure.
+	rep.PromptLatency.Skipped = "disabled (0 connections)"
+	if cfg.PromptConns > 0 {
+		rep.PromptLatency = promptLatency(ctx, cfg, sess, fail)
+	}
+}
+
+func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(error)) PromptLatency {
+	dir, err := testenv.MakeTempDir("bastion-bench-prompt-")
+	if err != nil {
+		fail(err)
+		return PromptLatency{Skipped: err.Error()}
+	}
+	defer os.RemoveAll(dir)
+	var bins [2]string
+	for i, pkg := range []string{UIServerPackage, PromptDialerPackage} {
+		if bins[i], err = testenv.GoBuild(dir, filepath.Base(pkg), pkg); err != nil {
+			fail(err)
+			return PromptLatency{Skipped: err.Error()}
+		}
+	}
+	pl, err := MeasurePromptLatency(ctx, sess, bins[0], bins[1], cfg.PromptConns)
+	if err != nil {
+		err = fmt.Errorf("prompt latency: %w", err)
+		fail(err)
+		pl.Skipped = err.Error()
+	}
+	return pl
 }
