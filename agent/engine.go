@@ -62,20 +62,23 @@ type pendingKey struct {
 }
 
 type heldPacket struct {
-	ref   PacketRef
-	tuple flow.Tuple
-	tgid  uint32
+	ref    PacketRef
+	tuple  flow.Tuple
+	tgid   uint32
+	socket uint64
 }
 
 // recentKey names one connection of one process: a retransmission of it
-// gets the verdict its first packet got. The process is part of the key so
-// that another program (or user) that happens to reuse the same 5-tuple
-// soon after is asked afresh.
+// gets the verdict its first packet got. The process and, where the
+// mechanism knows it, the socket are part of the key, so that a new
+// connection that happens to reuse the same 5-tuple soon after — from
+// another program, another user or the same process — is asked afresh.
 type recentKey struct {
-	tuple flow.Tuple
-	uid   uint32
-	tgid  uint32
-	exe   string
+	tuple  flow.Tuple
+	uid    uint32
+	tgid   uint32
+	exe    string
+	socket uint64
 }
 
 // Pending is a connection that waits for a verdict.
@@ -227,7 +230,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		e.releaseOne(id, a, proc, t, "shutdown")
 		return
 	}
-	if rv, ok := e.recent[recentKey{t, proc.UID, proc.TGID, proc.Exe}]; ok && now.Before(rv.until) {
+	if rv, ok := e.recent[recentKey{t, proc.UID, proc.TGID, proc.Exe, proc.Socket}]; ok && now.Before(rv.until) {
 		e.mu.Unlock()
 		e.Counters.Retransmits.Add(1)
 		e.releaseOne(id, rv.action, proc, t, "retransmit")
@@ -271,7 +274,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		key.comm = proc.Comm
 	}
 	if p := e.pending[key]; p != nil {
-		p.held = append(p.held, heldPacket{id, t, proc.TGID})
+		p.held = append(p.held, heldPacket{id, t, proc.TGID, proc.Socket})
 		p.Packets = len(p.held)
 		e.mu.Unlock()
 		return
@@ -299,7 +302,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 			Packets:        1,
 		},
 		key:  key,
-		held: []heldPacket{{id, t, proc.TGID}},
+		held: []heldPacket{{id, t, proc.TGID, proc.Socket}},
 	}
 	p.timer = e.after(e.pol.PromptTimeout, func() { e.expire(p.ID) })
 	e.pending[key] = p
@@ -362,7 +365,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 	p.timer.Stop()
 	until := e.now().Add(retransmitWindow)
 	for _, h := range p.held {
-		e.recent[recentKey{h.tuple, p.Process.UID, h.tgid, p.Process.Exe}] = recentVerdict{action: a, until: until}
+		e.recent[recentKey{h.tuple, p.Process.UID, h.tgid, p.Process.Exe, h.socket}] = recentVerdict{action: a, until: until}
 	}
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingResolved, Pending: p.Pending, Action: a, DecidedBy: by})
 	return p.held

@@ -367,3 +367,25 @@ func TestReusedTupleFromAnotherProcessIsAskedAgain(t *testing.T) {
 		t.Fatalf("the same process's retransmission got %v, want allow", got)
 	}
 }
+
+// With the socket known, even the same process is asked again when a new
+// socket reuses the tuple: an "allow once" covers one connection only.
+func TestReusedTupleFromANewSocketIsAskedAgain(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	first := curl1000
+	first.Socket = 1001
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), first)
+	if _, _, err := e.Decide(alice, DecideRequest{ID: e.ListPending(alice)[0].ID, Action: flow.ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40000, 443), first)
+	if got := r.verdict(2); got != flow.ActionAllow {
+		t.Fatalf("retransmission from the same socket got %v, want allow", got)
+	}
+	second := first
+	second.Socket = 1002
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40000, 443), second)
+	if got := r.verdict(3); got != flow.ActionNone {
+		t.Fatalf("a new socket reusing the tuple got %v without being asked", got)
+	}
+}

@@ -84,6 +84,10 @@ type Process struct {
 	// Source names the mechanism that identified the process, e.g.
 	// "netfilter-link", "sockops", "procfs".
 	Source string
+	// Socket is the inode of the socket that sent the flow's first packet,
+	// 0 when unknown. It tells a retransmission (same socket) from a new
+	// connection that happens to reuse the same 5-tuple.
+	Socket uint64
 }
 
 // Known reports whether the process was identified at all.

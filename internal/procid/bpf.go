@@ -341,6 +341,7 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 		Comm:      cString(v.Comm[:]),
 		StartTime: v.StartBoottime,
 		Source:    string(r.mech),
+		Socket:    v.SkIno,
 	}
 	if v.Flags&flowFlagUIDMismatch != 0 {
 		r.log.Debug("flow sent with a uid other than the socket owner's", "flow", t, "uid", v.Uid, "sk_uid", v.SkUid, "pid", v.Pid)

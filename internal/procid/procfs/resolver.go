@@ -119,6 +119,7 @@ func (r *Resolver) Resolve(t flow.Tuple) (flow.Process, error) {
 		}
 		p, err := ReadProcess(r.fsys, tgid)
 		if err == nil && r.fds.holds(r.fds.cache[inode], inode) {
+			p.Socket = inode
 			return p, nil
 		}
 		delete(r.fds.cache, inode)
