@@ -27,6 +27,9 @@ declare -A pkgs=(
 )
 if [ "$what" = test ]; then
 	pkgs+=([wget]=wget [nc]=netcat-openbsd [ping]=iputils-ping [gcc]=gcc)
+	# bastion-gtk: building (GTK headers, pkg-config) and its headless tests.
+	pkgs+=([pkg-config]=pkg-config [Xvfb]=xvfb [xauth]=xauth [import]=imagemagick [dbus-daemon]=dbus-daemon
+		[desktop-file-validate]=desktop-file-utils)
 fi
 missing=()
 for cmd in "${!pkgs[@]}"; do
@@ -34,6 +37,12 @@ for cmd in "${!pkgs[@]}"; do
 done
 # iptables-legacy and iptables-nft both come with Debian's iptables package.
 command -v iptables-legacy >/dev/null 2>&1 || missing+=(iptables)
+# bastion-gtk runs with GTK 3; building and testing it needs the headers.
+if [ "$what" = test ]; then
+	[ -e /usr/include/gtk-3.0/gtk/gtk.h ] || missing+=(libgtk-3-dev)
+else
+	ldconfig -p 2>/dev/null | grep -q 'libgtk-3\.so\.0 ' || missing+=(libgtk-3-0)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps: installing ${missing[*]}"
 	apt-get update -qq

@@ -157,7 +157,8 @@ type env struct {
 type envOpt struct {
 	cfg      func(*Config)
 	notifier notifier
-	realTime bool // use the wall clock instead of a fake one
+	realTime bool                // use the wall clock instead of a fake one
+	setup    func(*demo.Service) // before the client starts
 }
 
 var testNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
@@ -172,6 +173,9 @@ func newEnv(t testing.TB, o envOpt) *env {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	e := &env{t: t, svc: demo.New(), sock: filepath.Join(dir, "ui.sock"), clock: &fakeClock{t: testNow}}
+	if o.setup != nil {
+		o.setup(e.svc)
+	}
 	e.serve()
 	cfg := Config{UISocket: e.sock, ArmDelay: 0}
 	if o.cfg != nil {

@@ -913,4 +913,3 @@ func (m *mainWindow) statusChanged() {
 		set("Running since", ag.GetStarted().AsTime().In(a.loc).Format(time.DateTime))
 	}
 }
-
