@@ -12,7 +12,7 @@ AGENT_ARGS ?=
 # package at a time keeps their timing honest on a 2-core machine.
 TEST_FLAGS ?= -p 1 -timeout 40m
 
-.PHONY: all build generate generate-bpf generate-proto test unit-test deps deps-test bench run fmt-check lint clean gtk-test screenshots
+.PHONY: all build generate generate-bpf generate-proto test unit-test deps deps-test bench run fmt-check lint clean gtk-test screenshots install uninstall deb units-verify deb-check docs-test
 
 all: build
 
@@ -62,14 +62,39 @@ unit-test:
 bench: deps-test
 	$(GO) run ./cmd/bastion-bench
 
-# Runs the agent in the foreground; Ctrl-C stops it and removes its rules.
-# NETNS=name confines it to that network namespace (created if missing).
+# Runs Bastion in the foreground (deploy/run.sh): the agent as root, then as
+# the invoking user (SUDO_USER) their rules service and a prompt client:
+# bastion-gtk when a display is available, else `bastionctl prompt` in this
+# terminal. Ctrl-C stops them all, the agent last, which removes its rules.
+# NETNS=name confines the agent to that network namespace (created if missing).
 run: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "make run: run as root (sudo make run)"; exit 1; fi
-	@if [ -n "$(NETNS)" ] && [ ! -e /run/netns/$(NETNS) ]; then \
-		ip netns add $(NETNS) && ip -n $(NETNS) link set lo up && echo "created network namespace $(NETNS)"; fi
-	@echo "bastion-agent running; answer prompts with: $(BIN)/bastionctl pending --watch / $(BIN)/bastionctl decide ID allow"
-	exec $(BIN)/bastion-agent $(if $(NETNS),--netns $(NETNS) --intercept-loopback) $(AGENT_ARGS)
+	BIN=$(CURDIR)/$(BIN) NETNS=$(NETNS) AGENT_ARGS="$(AGENT_ARGS)" ./deploy/run.sh
+
+# For people building from source: PREFIX (default /usr/local) and DESTDIR
+# are honoured; uninstall removes exactly the files install recorded.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN=$(CURDIR)/$(BIN) ./deploy/install.sh install
+
+uninstall:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" ./deploy/install.sh uninstall
+
+# bin/bastion_VERSION_ARCH.deb, packed by nfpm (pinned in deploy/tools).
+deb: build
+	BIN=$(CURDIR)/$(BIN) OUT=$(CURDIR)/$(BIN) ./deploy/deb.sh
+
+# Packaging and documentation checks; all of them also run in `make test`
+# (they are Go tests in internal/deploytest).
+units-verify:
+	$(GO) test -count=1 -run 'TestUnits' ./internal/deploytest/
+
+deb-check:
+	$(GO) test -count=1 -run 'TestDeb' ./internal/deploytest/
+
+docs-test:
+	$(GO) test -count=1 -run 'TestDocs' ./internal/deploytest/
 
 # The desktop client's tests alone (they start their own Xvfb).
 gtk-test: deps-test

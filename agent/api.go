@@ -301,6 +301,8 @@ func pendingEventToProto(ev PendingEvent) *agentv1.PendingEvent {
 	switch ev.Kind {
 	case PendingAdded:
 		out.Kind = agentv1.PendingEvent_KIND_ADDED
+	case PendingUpdated:
+		out.Kind = agentv1.PendingEvent_KIND_UPDATED
 	case PendingResolved:
 		out.Kind = agentv1.PendingEvent_KIND_RESOLVED
 		out.Action = apiconv.ActionProto(ev.Action)

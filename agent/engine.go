@@ -98,6 +98,19 @@ type pending struct {
 	key   pendingKey
 	held  []heldPacket
 	timer *time.Timer
+	// updateDue is set while a PendingUpdated announcement is scheduled.
+	updateDue bool
+}
+
+// announceUpdate tells the watchers how many packets p holds now, unless it
+// was decided meanwhile.
+func (e *Engine) announceUpdate(p *pending) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p.updateDue = false
+	if e.byID[p.ID] == p {
+		e.broadcastPendingLocked(PendingEvent{Kind: PendingUpdated, Pending: p.Pending})
+	}
 }
 
 // Decision is one verdict the engine gave.
@@ -117,7 +130,12 @@ type PendingEventKind uint8
 const (
 	PendingAdded PendingEventKind = iota + 1
 	PendingResolved
+	PendingUpdated // more packets joined the entry
 )
+
+// updateInterval bounds how often a growing entry is re-announced, so that
+// a burst of 500 parallel connections makes a handful of events, not 500.
+const updateInterval = 100 * time.Millisecond
 
 // PendingEvent is what WatchPending streams.
 type PendingEvent struct {
@@ -276,6 +294,10 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	if p := e.pending[key]; p != nil {
 		p.held = append(p.held, heldPacket{id, t, proc.TGID, proc.Socket})
 		p.Packets = len(p.held)
+		if !p.updateDue {
+			p.updateDue = true
+			e.after(updateInterval, func() { e.announceUpdate(p) })
+		}
 		e.mu.Unlock()
 		return
 	}

@@ -389,3 +389,26 @@ func TestReusedTupleFromANewSocketIsAskedAgain(t *testing.T) {
 		t.Fatalf("a new socket reusing the tuple got %v without being asked", got)
 	}
 }
+
+func TestGrowingEntryIsAnnouncedSparingly(t *testing.T) {
+	e, _, clk := newTestEngine(t)
+	events, _, cancel := e.WatchPending(alice)
+	defer cancel()
+	for i := range 500 {
+		e.Handle(PacketRef{ID: uint32(i + 1)}, tcp("192.0.2.1", uint16(40000+i), 443), curl1000)
+	}
+	if ev := <-events; ev.Kind != PendingAdded {
+		t.Fatalf("first event %v, want added", ev.Kind)
+	}
+	if len(events) != 0 {
+		t.Fatalf("%d more events before the update interval; want them batched", len(events))
+	}
+	clk.Advance(updateInterval)
+	ev := <-events
+	if ev.Kind != PendingUpdated || ev.Pending.Packets != 500 {
+		t.Fatalf("got %v with %d packets, want one update with 500", ev.Kind, ev.Pending.Packets)
+	}
+	if len(events) != 0 {
+		t.Fatalf("%d extra events", len(events))
+	}
+}

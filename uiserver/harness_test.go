@@ -501,3 +501,13 @@ func (pc *promptClient) recvErr(d time.Duration) error {
 		return errTimeout
 	}
 }
+
+// grow announces that more packets joined an agent entry, as the agent's
+// KIND_UPDATED does.
+func (fa *fakeAgent) grow(id string, packets uint32) {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	pc := fa.pending[id]
+	pc.Packets = packets
+	fa.broadcastLocked(&agentv1.PendingEvent{Kind: agentv1.PendingEvent_KIND_UPDATED, Connection: pc})
+}

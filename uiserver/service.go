@@ -635,8 +635,25 @@ func (s *Service) onPending(c agentv1.AgentServiceClient, ev *agentv1.PendingEve
 	switch ev.GetKind() {
 	case agentv1.PendingEvent_KIND_ADDED:
 		s.pendingAdded(c, e)
+	case agentv1.PendingEvent_KIND_UPDATED:
+		s.pendingUpdated(e.id, e.packets)
 	case agentv1.PendingEvent_KIND_RESOLVED:
 		s.pendingResolved(e.id)
+	}
+}
+
+// pendingUpdated records that more connections joined an agent entry, so
+// the prompt shows how many connections the answer will release.
+func (s *Service) pendingUpdated(entryID string, packets uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.byEntry[entryID]
+	if p == nil {
+		return
+	}
+	if e := p.entries[entryID]; e != nil && e.packets != packets {
+		e.packets = packets
+		s.broadcastLocked(&uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_UPDATED, Prompt: s.promptProto(p)})
 	}
 }
 

@@ -589,3 +589,20 @@ func TestAgentRefusingRulesStillWorks(t *testing.T) {
 	h.agent.hold("c1", h.uid, curl, 40000, "192.0.2.1", 443, 30*time.Second)
 	waitFor(t, "the rule to decide here", func() bool { return h.agent.decision("c1") == agentv1.Action_ACTION_DENY })
 }
+
+// The agent groups parallel connections into one entry and announces its
+// growing count; the prompt must show every connection the answer releases.
+func TestPromptCountsConnectionsTheAgentGrouped(t *testing.T) {
+	h := newHarness(t, nil)
+	pc := h.watchPrompts()
+	h.agent.hold("c1", h.uid, curl, 30000, "192.0.2.7", 443, 30*time.Second)
+	waitFor(t, "the prompt", func() bool { return pc.count(uiv1.PromptEvent_KIND_ADDED) == 1 })
+	h.agent.grow("c1", 500)
+	waitFor(t, "the prompt to count 500 connections", func() bool {
+		evs := pc.snapshot()
+		return evs[len(evs)-1].GetKind() == uiv1.PromptEvent_KIND_UPDATED && evs[len(evs)-1].GetPrompt().GetConnections() == 500
+	})
+	if got := pc.count(uiv1.PromptEvent_KIND_ADDED); got != 1 {
+		t.Fatalf("%d prompts, want 1", got)
+	}
+}

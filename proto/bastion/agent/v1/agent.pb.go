@@ -212,6 +212,10 @@ const (
 	PendingEvent_KIND_UNSPECIFIED PendingEvent_Kind = 0
 	PendingEvent_KIND_ADDED       PendingEvent_Kind = 1
 	PendingEvent_KIND_RESOLVED    PendingEvent_Kind = 2
+	// More packets joined the entry (parallel connections, resent
+	// datagrams); connection.packets has the new count. Sent at most about
+	// every updateInterval (100 ms) per entry.
+	PendingEvent_KIND_UPDATED PendingEvent_Kind = 3
 )
 
 // Enum value maps for PendingEvent_Kind.
@@ -220,11 +224,13 @@ var (
 		0: "KIND_UNSPECIFIED",
 		1: "KIND_ADDED",
 		2: "KIND_RESOLVED",
+		3: "KIND_UPDATED",
 	}
 	PendingEvent_Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
 		"KIND_ADDED":       1,
 		"KIND_RESOLVED":    2,
+		"KIND_UPDATED":     3,
 	}
 )
 
@@ -1701,7 +1707,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"first_seen\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x126\n" +
 	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12A\n" +
 	"\x0fdeadline_action\x18\x06 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x0edeadlineAction\x12\x18\n" +
-	"\apackets\x18\a \x01(\rR\apackets\"\x9e\x02\n" +
+	"\apackets\x18\a \x01(\rR\apackets\"\xb0\x02\n" +
 	"\fPendingEvent\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.bastion.agent.v1.PendingEvent.KindR\x04kind\x12C\n" +
 	"\n" +
@@ -1709,12 +1715,13 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"connection\x120\n" +
 	"\x06action\x18\x03 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x06action\x12\x1d\n" +
 	"\n" +
-	"decided_by\x18\x04 \x01(\tR\tdecidedBy\"?\n" +
+	"decided_by\x18\x04 \x01(\tR\tdecidedBy\"Q\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"KIND_ADDED\x10\x01\x12\x11\n" +
-	"\rKIND_RESOLVED\x10\x02\"\x15\n" +
+	"\rKIND_RESOLVED\x10\x02\x12\x10\n" +
+	"\fKIND_UPDATED\x10\x03\"\x15\n" +
 	"\x13WatchPendingRequest\"\x14\n" +
 	"\x12ListPendingRequest\"\\\n" +
 	"\x13ListPendingResponse\x12E\n" +

@@ -1,0 +1,224 @@
+package deploytest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/bastion-fw/bastion/internal/testenv"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+)
+
+// testUserName is the unprivileged account the tests run the rules service,
+// prompts and clients as, standing in for the person who ran `sudo make run`.
+const testUserName = "bastion-test"
+
+// repoRoot is the repository's top directory.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate the test source")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// buildBinaries builds the CGO_ENABLED=0 programs into a directory every UID
+// can read and returns it.
+func buildBinaries(t testing.TB) string {
+	t.Helper()
+	testenv.RequireTools(t, "go")
+	dir := testenv.TempDir(t)
+	for _, name := range []string{"bastion-agent", "bastion-uiserver", "bastionctl"} {
+		if _, err := testenv.GoBuild(dir, name, "github.com/bastion-fw/bastion/cmd/"+name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// testUser returns the test account's UID and GID, creating the account
+// (a system user with no home and no login shell) when it is missing.
+func testUser(t testing.TB) (uid, gid uint32) {
+	t.Helper()
+	u, err := user.Lookup(testUserName)
+	if err != nil {
+		out, aerr := exec.Command("useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+			"--shell", "/usr/sbin/nologin", testUserName).CombinedOutput()
+		if aerr != nil {
+			t.Fatalf("useradd %s: %v: %s", testUserName, aerr, out)
+		}
+		if u, err = user.Lookup(testUserName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, _ := strconv.ParseUint(u.Uid, 10, 32)
+	g, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return uint32(id), uint32(g)
+}
+
+// ownedDir makes a 0700 directory owned by uid:gid inside parent.
+func ownedDir(t testing.TB, parent, name string, uid, gid uint32) string {
+	t.Helper()
+	dir := filepath.Join(parent, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, int(uid), int(gid)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// syncBuffer is an io.Writer that several goroutines (a process's stdout
+// and stderr copiers) write and a test polls.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitOutput waits until out contains want, and fails t after timeout.
+func waitOutput(t testing.TB, out *syncBuffer, want string, timeout time.Duration) {
+	t.Helper()
+	if !testenv.Poll(timeout, func() bool { return strings.Contains(out.String(), want) }) {
+		t.Fatalf("no %q within %v; output so far:\n%s", want, timeout, out.String())
+	}
+}
+
+// agentClient connects to an agent's API socket.
+func agentClient(t testing.TB, sock string) agentv1.AgentServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return agentv1.NewAgentServiceClient(conn)
+}
+
+// agentProc is an agent started by a test.
+type agentProc struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	done   chan struct{}
+	err    error // Wait's result, once done is closed
+	client agentv1.AgentServiceClient
+}
+
+// startAgent starts argv (a bastion-agent command line, possibly behind
+// nsenter or setpriv) and waits until its API at sock answers GetStatus.
+// It returns an error when the agent exits first or is not up in time.
+func startAgent(t testing.TB, sock string, argv ...string) (*agentProc, error) {
+	t.Helper()
+	a := &agentProc{out: &syncBuffer{}, done: make(chan struct{})}
+	a.cmd = exec.Command(argv[0], argv[1:]...)
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
+	if err := a.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		a.err = a.cmd.Wait()
+		close(a.done)
+	}()
+	t.Cleanup(func() { a.stop(t) })
+	a.client = agentClient(t, sock)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := a.client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+		cancel()
+		if err == nil {
+			return a, nil
+		}
+		select {
+		case <-a.done:
+			return a, fmt.Errorf("agent exited during start-up (%v): %s", a.err, a.out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return a, fmt.Errorf("agent not answering within 30s: %s", a.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop ends the agent with SIGTERM and returns Wait's error; the agent
+// removes its rules on the way out.
+func (a *agentProc) stop(t testing.TB) error {
+	select {
+	case <-a.done:
+		return a.err
+	default:
+	}
+	a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.done:
+	case <-time.After(45 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.done
+		t.Errorf("agent did not stop within 45s: %s", a.out.String())
+	}
+	return a.err
+}
+
+// pendingWhere waits until a pending connection satisfies match and
+// returns it.
+func pendingWhere(t testing.TB, c agentv1.AgentServiceClient, timeout time.Duration, match func(*agentv1.PendingConnection) bool) (*agentv1.PendingConnection, error) {
+	t.Helper()
+	var found *agentv1.PendingConnection
+	ok := testenv.Poll(timeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r, err := c.ListPending(ctx, &agentv1.ListPendingRequest{})
+		if err != nil {
+			return false
+		}
+		for _, p := range r.GetConnections() {
+			if match(p) {
+				found = p
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		return nil, errors.New("no such pending connection")
+	}
+	return found, nil
+}
+
+// lookPath fails t, naming the package, when a tool is missing.
+func lookPath(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found (apt-get install %s)", name, pkg)
+	}
+	return p
+}
