@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gotk3/gotk3/gdk"
 	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
 
@@ -33,6 +34,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// matches deploy/bastion-gtk.desktop.
 	glib.SetPrgname("bastion-gtk")
 	glib.SetApplicationName("Bastion")
+	// X11 first, so that on a Wayland session the prompt runs under
+	// XWayland, where keep-above, urgency and no-focus-on-map are honoured
+	// (Wayland has no protocol for them); native Wayland only as a fallback.
+	if os.Getenv("GDK_BACKEND") == "" {
+		gdk.SetAllowedBackends("x11,*")
+	}
 	if err := gtk.InitCheck(nil); err != nil {
 		return fmt.Errorf("start gtk (is DISPLAY or WAYLAND_DISPLAY set?): %w", err)
 	}
