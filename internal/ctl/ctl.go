@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -266,6 +267,11 @@ func (c *cli) emitJSON(m proto.Message) {
 
 // uiErr explains an unreachable rules service; other errors pass through.
 func (c *cli) uiErr(err error) error {
+	if status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "permission denied") {
+		// The socket's directory is 0700: this is someone else's service.
+		return status.Errorf(codes.PermissionDenied, "rules service at %s belongs to another user: %s",
+			c.uiSocket, status.Convert(err).Message())
+	}
 	if status.Code(err) == codes.Unavailable {
 		return status.Errorf(codes.Unavailable, "rules service not reachable at %s (is bastion-uiserver running?): %s",
 			c.uiSocket, status.Convert(err).Message())

@@ -146,15 +146,15 @@ func TestUIServerTwoUsers(t *testing.T) {
 			{"history"},
 		} {
 			out, code := bastionctlB(append([]string{"--ui-socket", userA.Socket()}, args...)...)
-			if code == 0 || !strings.Contains(out, "permission denied") {
-				t.Errorf("B: bastionctl --ui-socket A's %v: exit %d, output %q; want a permission error", args, code, out)
+			if code != ctl.ExitDenied || !strings.Contains(out, "permission denied") {
+				t.Errorf("B: bastionctl --ui-socket A's %v: exit %d, output %q; want exit %d, a permission error", args, code, out, ctl.ExitDenied)
 			}
 			t.Logf("B: bastionctl --ui-socket A's %v: exit %d: %s", args, code, strings.TrimSpace(out))
 		}
 		// B's prompt client on A's socket fails at once: no prompt, no answer.
 		cmd := ns.Command(ctx, uidB, uidB, b.ctl, "--agent-socket", a.Socket, "--ui-socket", userA.Socket(), "prompt")
 		cmd.Stdin = strings.NewReader("a\n1\n1\nn\ny\n")
-		if out, code := run(t, cmd); code == 0 || !strings.Contains(out, "permission denied") || strings.Contains(out, "wants to connect") {
+		if out, code := run(t, cmd); code != ctl.ExitDenied || !strings.Contains(out, "permission denied") || strings.Contains(out, "wants to connect") {
 			t.Errorf("B: bastionctl prompt on A's socket: exit %d, output %q; want a permission error and no prompt", code, out)
 		}
 		// B's own gRPC client of A's socket, connecting as B.
