@@ -45,7 +45,26 @@ rmdir "$DEB_STAGE/etc" 2>/dev/null || true
 # The .deb's files belong to root, whoever builds it.
 mkdir -p "$OUT"
 deb=$OUT/bastion_${DEB_VERSION}_${DEB_ARCH}.deb
-# nfpm expands no variables in file paths: fill in the staging directory.
-sed "s|@STAGE@|$DEB_STAGE|" deploy/nfpm.yaml >"$stage/nfpm.yaml"
+# nfpm expands no variables in file paths: fill in the staging directory,
+# and what bastion-gtk adds when it was built (it links libc and GTK; its
+# autostart entry under /etc is a conffile, so it leaves the tree).
+conf=$(sed "s|@STAGE@|$DEB_STAGE|" deploy/nfpm.yaml)
+if [ -x "$DEB_STAGE/usr/bin/bastion-gtk" ]; then
+	conf=${conf//"  # @GTK_DEPENDS@"/"  - libc6
+  - libgtk-3-0
+  #"}
+	autostart=$DEB_STAGE/etc/xdg/autostart/bastion-gtk.desktop
+	if [ -f "$autostart" ]; then
+		mv "$autostart" "$stage/autostart.desktop"
+		rmdir -p "$DEB_STAGE/etc/xdg/autostart" 2>/dev/null || true
+		conf=${conf//"  # @GTK_CONTENTS@"/"  - src: $stage/autostart.desktop
+    dst: /etc/xdg/autostart/bastion-gtk.desktop
+    type: config|noreplace
+    file_info:
+      mode: 0644
+  #"}
+	fi
+fi
+printf '%s\n' "$conf" >"$stage/nfpm.yaml"
 "$NFPM" package --config "$stage/nfpm.yaml" --packager deb --target "$deb" >&2
 echo "$deb"
