@@ -178,7 +178,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 
 	switch mech {
 	case MechNetfilterLink:
-		if err := r.attachNetfilter(nsFile, objs.NfLocalOut); err != nil {
+		if err := r.attachNetfilter(cfg.NetNS, objs.NfLocalOut); err != nil {
 			return nil, err
 		}
 	case MechSockOps:
@@ -215,6 +215,9 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 }
 
 // attachNetfilter attaches prog at LOCAL_OUT for IPv4 and IPv6 inside ns.
+// attachNetfilter attaches prog at LOCAL_OUT in ns; a nil ns is the
+// caller's own namespace, attached in place (entering a namespace, even
+// one's own, needs CAP_SYS_ADMIN, which the agent's unit does not grant).
 func (r *bpfResolver) attachNetfilter(ns *os.File, prog *ebpf.Program) error {
 	return netns.Do(ns, func() error {
 		for _, pf := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
