@@ -21,8 +21,8 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/bastion-gtk$$')
 	@if pkg-config --exists gtk+-3.0 2>/dev/null; then \
-		echo "CGO_ENABLED=1 $(GO) build -trimpath -o $(BIN)/ ./cmd/bastion-gtk"; \
-		CGO_ENABLED=1 $(GO) build -trimpath -o $(BIN)/ ./cmd/bastion-gtk; \
+		echo "CGO_ENABLED=1 $(GO) build -trimpath -buildmode=pie -o $(BIN)/ ./cmd/bastion-gtk"; \
+		CGO_ENABLED=1 $(GO) build -trimpath -buildmode=pie -o $(BIN)/ ./cmd/bastion-gtk; \
 	else echo "build: skipping bastion-gtk: GTK 3 headers missing (apt-get install libgtk-3-dev)"; fi
 
 # Regenerates committed code: the eBPF objects (needs clang, llvm-strip,

@@ -30,6 +30,8 @@ if [ "$what" = test ]; then
 	# bastion-gtk: building (GTK headers, pkg-config) and its headless tests.
 	pkgs+=([pkg-config]=pkg-config [Xvfb]=xvfb [xauth]=xauth [import]=imagemagick [dbus-daemon]=dbus-daemon
 		[desktop-file-validate]=desktop-file-utils)
+	# packaging checks: unit verification and the .deb's lint.
+	pkgs+=([systemd-analyze]=systemd [lintian]=lintian)
 fi
 missing=()
 for cmd in "${!pkgs[@]}"; do
