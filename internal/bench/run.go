@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -67,8 +68,13 @@ type Ratios struct {
 	BareQueueVsNone   float64 `json:"bare_nfqueue_vs_no_firewall,omitempty"`
 	CachedVsNone      float64 `json:"agent_cached_vs_no_firewall,omitempty"`
 	CachedVsBareQueue float64 `json:"agent_cached_vs_bare_nfqueue,omitempty"`
-	APIVsNone         float64 `json:"agent_api_vs_no_firewall,omitempty"`
-	APIVsBareQueue    float64 `json:"agent_api_vs_bare_nfqueue,omitempty"`
+	// CachedVsBareQueuePaired is the median of PairedRounds: the cached
+	// case and the bare queue measured back to back, several times, so
+	// that a noisy neighbour skews one round rather than the verdict.
+	CachedVsBareQueuePaired float64   `json:"agent_cached_vs_bare_nfqueue_paired,omitempty"`
+	PairedRounds            []float64 `json:"paired_rounds,omitempty"`
+	APIVsNone               float64   `json:"agent_api_vs_no_firewall,omitempty"`
+	APIVsBareQueue          float64   `json:"agent_api_vs_bare_nfqueue,omitempty"`
 }
 
 // Run measures every case, prints a table as it goes and the report as one
@@ -107,11 +113,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	}
 	row(bare)
 
+	var (
+		sess   *Session
+		runner AgentRunner
+	)
 	cached := Result{Name: "agent, cached allow"}
 	api := Result{Name: "agent, API answers each"}
 	rep.Attribution.Skipped = "agent not run"
 	rep.PromptLatency.Skipped = "agent not run"
-	if runner, cleanup, err := agentRunner(cfg); cfg.NoAgent {
+	if r, cleanup, err := agentRunner(cfg); cfg.NoAgent {
 		cached.Skipped, api.Skipped, rep.Attribution.Skipped = "disabled (-no-agent)", "disabled (-no-agent)", "disabled (-no-agent)"
 		rep.PromptLatency.Skipped = "disabled (-no-agent)"
 	} else if err != nil {
@@ -120,11 +130,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		rep.PromptLatency.Skipped = err.Error()
 	} else {
 		defer cleanup()
-		sess, err := StartSession(ctx, runner)
+		runner = r
+		sess, err = StartSession(ctx, runner)
 		if err != nil {
 			fail(err)
 			cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
 			rep.PromptLatency.Skipped = err.Error()
+			sess = nil
 		} else {
 			defer sess.Close()
 			runAgentCases(ctx, cfg, sess, &rep, &cached, &api, fail)
@@ -132,6 +144,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	}
 	row(cached)
 	row(api)
+	if cached.Skipped == "" && bare.Skipped == "" && sess != nil {
+		rep.Ratios.PairedRounds = pairedRounds(ctx, cfg, runner, fail)
+	}
 
 	ratio := func(a, b Result) float64 {
 		if a.Skipped != "" || b.Skipped != "" || b.ConnPerSec == 0 {
@@ -139,15 +154,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		}
 		return a.ConnPerSec / b.ConnPerSec
 	}
+	paired := rep.Ratios.PairedRounds
 	rep.Ratios = Ratios{
-		BareQueueVsNone:   ratio(bare, none),
-		CachedVsNone:      ratio(cached, none),
-		CachedVsBareQueue: ratio(cached, bare),
-		APIVsNone:         ratio(api, none),
-		APIVsBareQueue:    ratio(api, bare),
+		BareQueueVsNone:         ratio(bare, none),
+		CachedVsNone:            ratio(cached, none),
+		CachedVsBareQueue:       ratio(cached, bare),
+		CachedVsBareQueuePaired: median(paired),
+		PairedRounds:            paired,
+		APIVsNone:               ratio(api, none),
+		APIVsBareQueue:          ratio(api, bare),
 	}
 	fmt.Fprintf(out, "\nratios (conn/s, same run): bare NFQUEUE / none %.3f; agent cached / none %.3f, / bare %.3f; agent API / none %.3f, / bare %.3f\n",
 		rep.Ratios.BareQueueVsNone, rep.Ratios.CachedVsNone, rep.Ratios.CachedVsBareQueue, rep.Ratios.APIVsNone, rep.Ratios.APIVsBareQueue)
+	if len(paired) > 0 {
+		fmt.Fprintf(out, "agent cached / bare NFQUEUE, measured back to back: median %.3f of rounds %.3f\n", median(paired), paired)
+	}
 	if a := rep.Attribution; a.Skipped == "" {
 		fmt.Fprintf(out, "attribution: %d/%d short-lived processes identified (%.1f%%) by %s in %.1fs; misses %v\n",
 			a.Identified, a.Processes, 100*a.Share, a.Mechanism, a.Seconds, a.Misses)
@@ -316,4 +337,50 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 		pl.Skipped = err.Error()
 	}
 	return pl
+}
+
+// pairedRoundsN rounds of (bare queue, cached agent), each half as long as
+// a case, compare the two under the same momentary load. Each round gives
+// both a fresh namespace, so that neither inherits the other cases'
+// conntrack entries and TIME_WAIT sockets.
+const pairedRoundsN = 5
+
+func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, fail func(error)) []float64 {
+	half := cfg
+	half.Duration = max(cfg.Duration/2, time.Second)
+	var out []float64
+	for range pairedRoundsN {
+		b, err := bareQueue(ctx, half)
+		if err != nil {
+			fail(err)
+			return out
+		}
+		sess, err := StartSession(ctx, runner)
+		if err != nil {
+			fail(err)
+			return out
+		}
+		c, _, err := AgentCached(ctx, sess, half.Workers, half.Duration)
+		sess.Close()
+		if err != nil {
+			fail(err)
+			return out
+		}
+		if b.ConnPerSec > 0 {
+			out = append(out, c.ConnPerSec/b.ConnPerSec)
+		}
+	}
+	return out
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
