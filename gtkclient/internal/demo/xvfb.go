@@ -6,6 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -13,17 +16,20 @@ import (
 type Xvfb struct {
 	Display string // ":99"
 	cmd     *exec.Cmd
+	exited  chan struct{}
 }
 
 // StartXvfb starts Xvfb on the first free display from :99 to :120 (one
-// without a /tmp/.X<N>-lock file) and waits until it accepts clients.
+// without a /tmp/.X<N>-lock file of a live server) and waits until it
+// accepts clients. Any local user may connect: Xvfb runs without -auth, so
+// a test may run a client as another UID.
 func StartXvfb(size string) (*Xvfb, error) {
 	bin, err := exec.LookPath("Xvfb")
 	if err != nil {
 		return nil, fmt.Errorf("start Xvfb: %w (install the xvfb package)", err)
 	}
 	for n := 99; n <= 120; n++ {
-		if _, err := os.Stat(fmt.Sprintf("/tmp/.X%d-lock", n)); err == nil {
+		if displayInUse(n) {
 			continue
 		}
 		d := fmt.Sprintf(":%d", n)
@@ -31,13 +37,19 @@ func StartXvfb(size string) (*Xvfb, error) {
 		if err := cmd.Start(); err != nil {
 			return nil, fmt.Errorf("start Xvfb: %w", err)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
+		exited := make(chan struct{})
+		go func() {
+			cmd.Wait()
+			close(exited)
+		}()
 		sock := filepath.Join("/tmp/.X11-unix", fmt.Sprintf("X%d", n))
+		// A stale socket of a server that died is replaced by the new
+		// server's; wait until it accepts a connection, not just exists.
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := os.Stat(sock); err == nil {
-				return &Xvfb{Display: d, cmd: cmd}, nil
+			if c, err := dialX(sock); err == nil {
+				c.Close()
+				return &Xvfb{Display: d, cmd: cmd, exited: exited}, nil
 			}
 			select {
 			case <-exited:
@@ -47,7 +59,8 @@ func StartXvfb(size string) (*Xvfb, error) {
 					continue
 				}
 				cmd.Process.Kill()
-				return nil, errors.New("start Xvfb: it did not open its socket within 10s")
+				<-exited
+				return nil, errors.New("start Xvfb: it did not accept clients within 10s")
 			}
 			break
 		}
@@ -55,7 +68,46 @@ func StartXvfb(size string) (*Xvfb, error) {
 	return nil, errors.New("start Xvfb: no free display from :99 to :120")
 }
 
-// Stop ends the server.
+// displayInUse reports whether display n has a lock file naming a live
+// process. A lock left by a server that was killed is stale: the next X
+// server on that display removes it.
+func displayInUse(n int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/tmp/.X%d-lock", n))
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return true // being written, or not ours to judge
+	}
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+func dialX(sock string) (*os.File, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), sock), nil
+}
+
+// Stop ends the server with SIGTERM, so that it removes its lock file and
+// socket (a killed server leaves them behind), and waits for it; SIGKILL
+// after 5s.
 func (x *Xvfb) Stop() {
-	x.cmd.Process.Kill()
+	x.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-x.exited:
+	case <-time.After(5 * time.Second):
+		x.cmd.Process.Kill()
+		<-x.exited
+	}
 }
