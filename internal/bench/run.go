@@ -339,18 +339,16 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 	return pl
 }
 
-// pairedRoundsN rounds of (bare queue, cached agent), each half as long as
-// a case, compare the two under the same momentary load. Each round gives
+// pairedRoundsN rounds of (bare queue, cached agent), each as long as a
+// case, compare the two under the same momentary load. Each round gives
 // both a fresh namespace, so that neither inherits the other cases'
 // conntrack entries and TIME_WAIT sockets.
 const pairedRoundsN = 5
 
 func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, fail func(error)) []float64 {
-	half := cfg
-	half.Duration = max(cfg.Duration/2, time.Second)
 	var out []float64
 	for range pairedRoundsN {
-		b, err := bareQueue(ctx, half)
+		b, err := bareQueue(ctx, cfg)
 		if err != nil {
 			fail(err)
 			return out
@@ -360,7 +358,7 @@ func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, fail func
 			fail(err)
 			return out
 		}
-		c, _, err := AgentCached(ctx, sess, half.Workers, half.Duration)
+		c, _, err := AgentCached(ctx, sess, cfg.Workers, cfg.Duration)
 		sess.Close()
 		if err != nil {
 			fail(err)

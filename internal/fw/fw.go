@@ -344,6 +344,13 @@ func chainRules(cfg Config, v6 bool) []string {
 		queue += " --queue-bypass"
 	}
 	rules := []string{
+		// Fast path for almost every packet: a connection that got past
+		// its first packet was allowed (a denied or rejected first packet
+		// is dropped before conntrack confirms the connection), and
+		// RELATED packets (ICMP errors, the resets REJECT sends) belong to
+		// a connection already decided. Only first packets, verdicts
+		// re-injected with NF_REPEAT and not-yet-answered UDP flows go on.
+		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
 		// SECURITY: only CAP_NET_ADMIN/CAP_NET_RAW processes can set SO_MARK.
 		"-m mark --mark " + mark(m.Own) + " -j RETURN",
 		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),

@@ -177,8 +177,12 @@ func checkInstalled(t *testing.T, snap string) {
 		if i, j := strings.Index(fam, "-A OUTPUT -j "+DefaultChain), strings.Index(fam, "-A OUTPUT -p tcp"); i < 0 || j < i {
 			t.Errorf("jump rule is not first in OUTPUT:\n%s", fam)
 		}
-		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 9 {
-			t.Errorf("%d rules in %s, want 9:\n%s", n, DefaultChain, fam)
+		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 10 {
+			t.Errorf("%d rules in %s, want 10:\n%s", n, DefaultChain, fam)
+		}
+		// The fast path for decided connections must come first.
+		if i, j := strings.Index(fam, "-A "+DefaultChain+" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"), strings.Index(fam, "-A "+DefaultChain+" "); i < 0 || i != j {
+			t.Errorf("%s does not start with the established fast path:\n%s", DefaultChain, fam)
 		}
 		if strings.Contains(fam, "4242") {
 			t.Errorf("stray rule survived Install:\n%s", fam)
