@@ -5,6 +5,9 @@
 // Install inserts one jump rule at the top of OUTPUT and fills the chain
 // Config.Chain (default BASTION-OUT), in order:
 //
+//  0. packets of established connections, and packets related to them,
+//     return at once: a connection got past its first packet only if it
+//     was allowed, so most packets cost one rule;
 //  1. packets marked Own return (the agent's own sockets, SO_MARK);
 //  2. a packet that carries a verdict mark in Marks.Mask — set by the agent
 //     when it re-injects a queued packet with NF_REPEAT — has the mark saved
@@ -17,7 +20,8 @@
 //     to NFQUEUE Config.QueueNum, with --queue-bypass when FailOpen.
 //
 // Only the first packet of a connection is queued; once Allow is saved on the
-// connection, later packets return at step 3 without leaving the kernel.
+// connection, later packets return at step 0 (or, for a UDP flow not yet
+// answered, at step 3) without leaving the kernel.
 // Deny and Reject drop the packet before conntrack confirms the connection,
 // so the connmark does not outlive that packet: a retransmitted SYN is
 // queued again and the agent must answer it from its own verdict cache.
