@@ -25,6 +25,12 @@ import (
 // from the program's main goroutine: it locks it to its OS thread, which
 // becomes the GTK main thread.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	return run(ctx, cfg, log, appOptions{})
+}
+
+// run is Run with options; the end-to-end test runs the real program
+// through it, with a hook to drive the widgets.
+func run(ctx context.Context, cfg Config, log *slog.Logger, o appOptions) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -45,7 +51,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	a, err := newApp(ctx, cfg, log, appOptions{})
+	a, err := newApp(ctx, cfg, log, o)
 	if err != nil {
 		return err
 	}
@@ -55,6 +61,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		glib.IdleAdd(gtk.MainQuit)
 	}()
 	a.start()
+	if o.started != nil {
+		o.started(a)
+	}
 	gtk.Main()
 	return nil
 }
@@ -71,6 +80,8 @@ type appOptions struct {
 	// quitOnClose quits the GTK main loop when the main window closes in
 	// --no-prompts mode (tests leave the loop running).
 	noQuit bool
+	// started is called on the GTK thread once the app runs (tests).
+	started func(*app)
 }
 
 // notifier sends desktop notifications.

@@ -36,6 +36,10 @@ func TestMain(m *testing.M) {
 
 func testMain(m *testing.M) int {
 	runtime.LockOSThread()
+	if os.Getenv(e2eChildEnv) != "" {
+		// Run as the user's prompt client by TestE2EPromptClickAllowsCurl.
+		return e2eChildMain()
+	}
 	if testing.Short() {
 		gtkUnavailable = "-short: the GTK tests need Xvfb"
 		return m.Run()

@@ -1,0 +1,810 @@
+package gtkclient
+
+// The end-to-end test of the prompt: the real agent in a network
+// namespace, the real rules service of UID 1000, and bastion-gtk run as
+// UID 1000 on the test's Xvfb. A curl is held by the agent, the prompt
+// window shows it, a click on Allow (forever, this destination and port)
+// lets it through, and the next curl passes by the stored rule with no
+// prompt.
+//
+// bastion-gtk must connect as the user (the rules service admits only its
+// owner, by SO_PEERCRED), so the test binary runs itself as UID 1000 in
+// "child" mode (TestMain sees e2eChildEnv): it runs the program through
+// run, the code path of Run, and drives the real widgets on the GTK thread
+// with glib.IdleAdd, reporting what it saw and did as JSON lines on its
+// standard output.
+//
+// The agent and rules-service helpers are a minimal copy of those in
+// internal/e2e, which live in _test.go files there and cannot be imported.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gotk3/gotk3/glib"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/bastion-fw/bastion/internal/bench"
+	"github.com/bastion-fw/bastion/internal/rules"
+	"github.com/bastion-fw/bastion/internal/testenv"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+const (
+	// e2eChildEnv, set to the rules service's socket, makes the test
+	// binary the prompt client of TestE2EPromptClickAllowsCurl.
+	e2eChildEnv = "BASTION_GTK_E2E_CHILD"
+	// e2eDstEnv is the "IP:port" whose prompt the child answers.
+	e2eDstEnv = "BASTION_GTK_E2E_DST"
+	e2eUID    = 1000
+
+	// e2eAgentPolicy asks about UID 1000's connections and allows all
+	// others; a prompt waits 30s at most.
+	e2eAgentPolicy = `[policy]
+prompt_timeout = "30s"
+timeout_action = "deny"
+default_action = "allow"
+
+[[policy.users]]
+uids = "0-999"
+action = "allow"
+
+[[policy.users]]
+uids = "1000"
+action = "ask"
+`
+	// e2eUserConfig is UID 1000's rules-service config: without a prompt
+	// client, or without an answer, the connection is denied, so a curl
+	// can only pass by the answer or by the rule it made.
+	e2eUserConfig = "prompt_timeout = \"25s\"\ntimeout_action = \"deny\"\nsilent_action = \"deny\"\n"
+)
+
+// e2eReport is one line of the child's standard output.
+type e2eReport struct {
+	// Event is "shown" (the prompt is on screen and the choice made),
+	// "answered" (the window moved on after the click), "finished" or
+	// "error".
+	Event    string `json:"event"`
+	PromptID string `json:"prompt_id,omitempty"`
+	// The prompt's labels.
+	Title   string `json:"title,omitempty"`
+	Exe     string `json:"exe,omitempty"`
+	Process string `json:"process,omitempty"`
+	Dest    string `json:"dest,omitempty"`
+	Port    string `json:"port,omitempty"`
+	Preview string `json:"preview,omitempty"`
+	// EarlyClick is what a click on Allow did before the buttons armed:
+	// "ignored", "answered" (wrong), or "not tried" when the prompt had
+	// been up for longer than the arm delay already.
+	EarlyClick string `json:"early_click,omitempty"`
+	// Shown lists every prompt the window showed, in order.
+	Shown   []string `json:"shown,omitempty"`
+	Visible bool     `json:"visible,omitempty"`
+	Error   string   `json:"error,omitempty"`
+}
+
+// TestE2EPromptClickAllowsCurl: a curl in a network namespace → a GTK
+// prompt → a click → curl succeeds, and the next curl succeeds with no
+// prompt, through the real agent and the real rules service.
+func TestE2EPromptClickAllowsCurl(t *testing.T) {
+	needGTK(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "go", "ip", "nsenter", "iptables", "curl")
+	bins := buildE2EBins(t)
+	ns := testenv.NewNetNS(t)
+	srvURL := ns.HTTPServer(t, "127.0.0.1:0")
+	u, err := url.Parse(srvURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := u.Host
+	port, _ := strconv.Atoi(u.Port())
+	curlPath, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	curlExe, err := filepath.EvalSymlinks(curlPath) // the executable the agent names
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+
+	agentSock := startE2EAgent(t, ns, bins.agent)
+	user := newE2EUser(t, e2eUID)
+	startE2EUIServer(t, bins.uiserver, agentSock, user)
+	// An independent prompt client and history reader, as the user.
+	prompts := recordStream(t, func(ctx context.Context) (grpc.ServerStreamingClient[uiv1.PromptEvent], error) {
+		return user.ui.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{}, grpc.WaitForReady(true))
+	})
+	history := recordStream(t, func(ctx context.Context) (grpc.ServerStreamingClient[uiv1.HistoryEntry], error) {
+		return user.ui.WatchHistory(ctx, &uiv1.WatchHistoryRequest{}, grpc.WaitForReady(true))
+	})
+	waitStatus(t, user, "the witness prompt client", func(st *uiv1.GetStatusResponse) bool { return st.GetPromptClients() == 1 })
+
+	gtkc := startGTKChild(t, bins.self, user, dst)
+	waitStatus(t, user, "bastion-gtk as a prompt client", func(st *uiv1.GetStatusResponse) bool { return st.GetPromptClients() == 2 })
+
+	// The first curl: held by the agent until the prompt is answered.
+	curl1 := startCurl(t, ctx, ns, srvURL, 20*time.Second)
+	shown := gtkc.next(t, 60*time.Second)
+	if shown.Event != "shown" {
+		t.Fatalf("bastion-gtk: %+v, want the prompt shown", shown)
+	}
+	t.Logf("prompt %s on screen: %q, %s, %s, %s; rule: %q; early click %s", shown.PromptID, shown.Title, shown.Process,
+		shown.Dest, shown.Port, shown.Preview, shown.EarlyClick)
+	if curl1.exited() {
+		t.Errorf("curl finished before the prompt was answered: %q %q", curl1.stdout.String(), curl1.stderr.String())
+	}
+	for _, c := range []struct {
+		what, got string
+		ok        bool
+	}{
+		{"title", shown.Title, shown.Title == "curl wants to connect to "+dst},
+		{"program", shown.Exe, shown.Exe == curlExe},
+		{"process", shown.Process, strings.HasPrefix(shown.Process, fmt.Sprintf("PID %d, user ", curl1.cmd.Process.Pid)) &&
+			strings.HasSuffix(shown.Process, fmt.Sprintf("(uid %d)", e2eUID))},
+		{"destination", shown.Dest, shown.Dest == "127.0.0.1"},
+		{"port", shown.Port, strings.HasPrefix(shown.Port, "port "+u.Port()) && strings.HasSuffix(shown.Port, "· TCP · IPv4")},
+		{"rule preview", shown.Preview, strings.Contains(shown.Preview, dst) && strings.HasSuffix(shown.Preview, ", forever")},
+	} {
+		if !c.ok {
+			t.Errorf("the prompt's %s is %q", c.what, c.got)
+		}
+	}
+	switch shown.EarlyClick {
+	case "ignored":
+	case "not tried":
+		t.Log("the prompt was up for longer than the arm delay before the child saw it: early click not tried")
+	default:
+		t.Errorf("a click on Allow before the buttons armed: %q, want it ignored", shown.EarlyClick)
+	}
+
+	answered := gtkc.next(t, 30*time.Second)
+	if answered.Event != "answered" || answered.Error != "" {
+		t.Fatalf("bastion-gtk after the click: %+v", answered)
+	}
+	if err := curl1.wait(t, 30*time.Second); err != nil || curl1.stdout.String() != "200" {
+		t.Fatalf("curl after the click on Allow: %v, output %q, stderr %q", err, curl1.stdout.String(), curl1.stderr.String())
+	}
+
+	// The answer is the rule the rules service stored.
+	rs := listRules(t, user)
+	if len(rs) != 1 {
+		t.Fatalf("rules after the answer: %v, want one", rs)
+	}
+	r := rs[0]
+	if r.GetId() == "" || !r.GetEnabled() || r.GetAction() != rulesv1.Action_ACTION_ALLOW || r.GetLifetime() != rulesv1.Lifetime_LIFETIME_FOREVER ||
+		r.GetExe() != curlExe || r.GetDst() != "127.0.0.1" || r.GetDstPortMin() != uint32(port) || r.GetDstPortMax() != uint32(port) ||
+		r.GetProtocol() != rulesv1.Protocol_PROTOCOL_TCP || r.GetHost() != "" || r.GetCmdline() != "" {
+		t.Fatalf("stored rule %v; want allow %s → TCP 127.0.0.1:%d forever", r, curlExe, port)
+	}
+	// The service had exactly this one prompt, answered by bastion-gtk.
+	evs := prompts.wait(t, "the prompt withdrawn", func(evs []*uiv1.PromptEvent) bool {
+		return slices.ContainsFunc(evs, func(ev *uiv1.PromptEvent) bool { return ev.GetKind() == uiv1.PromptEvent_KIND_WITHDRAWN })
+	})
+	var added []string
+	for _, ev := range evs {
+		switch ev.GetKind() {
+		case uiv1.PromptEvent_KIND_ADDED:
+			added = append(added, ev.GetPrompt().GetId())
+		case uiv1.PromptEvent_KIND_WITHDRAWN:
+			if ev.GetPrompt().GetId() != shown.PromptID || ev.GetReason() != "answered" {
+				t.Errorf("prompt %s withdrawn (%q); want %s answered", ev.GetPrompt().GetId(), ev.GetReason(), shown.PromptID)
+			}
+		}
+	}
+	if !slices.Equal(added, []string{shown.PromptID}) {
+		t.Errorf("prompts added at the rules service: %v, want only %s", added, shown.PromptID)
+	}
+
+	// The second curl passes by the rule, with no prompt: a prompt would
+	// hold it for 25s, so the 5s connect time-out would fail it.
+	mark := len(prompts.all())
+	curl2 := startCurl(t, ctx, ns, srvURL, 5*time.Second)
+	if err := curl2.wait(t, 30*time.Second); err != nil || curl2.stdout.String() != "200" {
+		t.Fatalf("second curl: %v, output %q, stderr %q", err, curl2.stdout.String(), curl2.stderr.String())
+	}
+	t.Logf("the second curl passed in %v", curl2.elapsed().Round(time.Millisecond))
+	by := "rule:" + r.GetId()
+	history.wait(t, "the second curl in the history, decided by "+by, func(es []*uiv1.HistoryEntry) bool {
+		return slices.ContainsFunc(es, func(e *uiv1.HistoryEntry) bool {
+			return int(e.GetProcess().GetTgid()) == curl2.cmd.Process.Pid && e.GetFlow().GetDstPort() == uint32(port) &&
+				e.GetDecidedBy() == by && e.GetAction() == rulesv1.Action_ACTION_ALLOW
+		})
+	})
+	if !testenv.Poll(20*time.Second, func() bool {
+		rs := listRules(t, user)
+		return len(rs) == 1 && rs[0].GetHits() >= 1
+	}) {
+		t.Errorf("the rule's hits after the second curl: %v, want at least 1", listRules(t, user))
+	}
+	if evs := prompts.all()[mark:]; len(evs) != 0 {
+		t.Errorf("the second curl was prompted for although the rule covers it: %v", evs)
+	}
+	fin := gtkc.finish(t)
+	if fin.Event != "finished" || !slices.Equal(fin.Shown, []string{shown.PromptID}) || fin.Visible {
+		t.Errorf("bastion-gtk at the end: %+v; want only prompt %s shown, the window hidden", fin, shown.PromptID)
+	}
+}
+
+// e2eBins are the programs the test runs, in a directory UID 1000 can read.
+type e2eBins struct {
+	agent, uiserver, self string
+}
+
+func buildE2EBins(t *testing.T) e2eBins {
+	t.Helper()
+	dir := testenv.TempDir(t)
+	var b e2eBins
+	var err error
+	if b.agent, err = testenv.GoBuild(dir, "bastion-agent", "github.com/bastion-fw/bastion/cmd/bastion-agent"); err != nil {
+		t.Fatal(err)
+	}
+	if b.uiserver, err = testenv.GoBuild(dir, "bastion-uiserver", "github.com/bastion-fw/bastion/cmd/bastion-uiserver"); err != nil {
+		t.Fatal(err)
+	}
+	// The test binary itself, for the child: go test's own copy sits in
+	// a 0700 directory.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.self = filepath.Join(dir, "gtkclient.test")
+	if err := copyFile(self, b.self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	return out.Close()
+}
+
+// proc is a process the test started and ends by PID at cleanup.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	done           chan struct{}
+	err            error
+	began, ended   time.Time
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProc starts cmd, sending its output to p's buffers unless cmd has
+// its own, and ends it at cleanup: stop is the signal to send first (the
+// process gets 20s to exit), logging its stderr if t failed.
+func startProc(t *testing.T, name string, cmd *exec.Cmd, stop syscall.Signal) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	if cmd.Stdout == nil {
+		cmd.Stdout = &p.stdout
+	}
+	cmd.Stderr = &p.stderr
+	p.began = time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		p.ended = time.Now()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if !p.exited() {
+			cmd.Process.Signal(stop)
+			select {
+			case <-p.done:
+			case <-time.After(20 * time.Second):
+				t.Errorf("%s did not exit within 20s of %v; killed", name, stop)
+				cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("%s (%s) stderr:\n%s", name, strings.Join(cmd.Args, " "), p.stderr.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// elapsed is how long the process ran; call it after it exited.
+func (p *proc) elapsed() time.Duration {
+	<-p.done
+	return p.ended.Sub(p.began)
+}
+
+func (p *proc) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		t.Fatalf("%v still running after %v", p.cmd.Args, timeout)
+		return nil
+	}
+}
+
+// startE2EAgent starts bastion-agent on ns with loopback interception and
+// e2eAgentPolicy, and waits until its API answers; it returns the socket.
+func startE2EAgent(t *testing.T, ns *testenv.NS, bin string) string {
+	t.Helper()
+	dir := testenv.TempDir(t) // 0755: UID 1000's rules service reaches the socket
+	config := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(config, []byte(e2eAgentPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	// The queue number is only this agent's (internal/e2e uses 4301 on).
+	a := startProc(t, "bastion-agent", exec.Command(bin, "--netns", ns.Name, "--socket", sock, "--intercept-loopback",
+		"--queue-num", "4290", "--config", config, "--log-level", "debug"), syscall.SIGTERM)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := agentv1.NewAgentServiceClient(conn)
+	if !testenv.Poll(30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+		return err == nil || a.exited()
+	}) || a.exited() {
+		t.Fatalf("bastion-agent not answering within 30s (exited: %v): %s", a.exited(), a.stderr.String())
+	}
+	return sock
+}
+
+// e2eUser is a desktop user: a UID with its own home and XDG directories
+// (0700, owned by it) and a client of its rules service that connects as
+// the user.
+type e2eUser struct {
+	uid                                    uint32
+	home, runtimeDir, dataHome, configHome string
+	ui                                     uiv1.UIServiceClient
+}
+
+func newE2EUser(t *testing.T, uid uint32) *e2eUser {
+	t.Helper()
+	home := filepath.Join(testenv.TempDir(t), "home")
+	u := &e2eUser{uid: uid, home: home, runtimeDir: filepath.Join(home, "run"),
+		dataHome: filepath.Join(home, "data"), configHome: filepath.Join(home, "config")}
+	cfg := filepath.Join(u.configHome, "bastion", "config.toml")
+	for _, d := range []string{u.home, u.runtimeDir, u.dataHome, u.configHome, filepath.Dir(cfg)} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(d, int(uid), int(uid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(cfg, []byte(e2eUserConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(cfg, int(uid), int(uid)); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := bench.ClientAs(u.socket(), uid, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	u.ui = uiv1.NewUIServiceClient(conn)
+	return u
+}
+
+func (u *e2eUser) socket() string { return filepath.Join(u.runtimeDir, "bastion", "ui.sock") }
+
+func (u *e2eUser) env() []string {
+	return []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=" + u.home,
+		"XDG_RUNTIME_DIR=" + u.runtimeDir,
+		"XDG_DATA_HOME=" + u.dataHome,
+		"XDG_CONFIG_HOME=" + u.configHome,
+		"LANG=C",
+	}
+}
+
+// asUser makes cmd run as u, in u's home, with u's environment.
+func (u *e2eUser) asUser(cmd *exec.Cmd, env ...string) *exec.Cmd {
+	cmd.Env, cmd.Dir = append(u.env(), env...), u.home
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: u.uid, Gid: u.uid, Groups: []uint32{}},
+		Pdeathsig:  syscall.SIGKILL, // never outlive the test
+	}
+	return cmd
+}
+
+// startE2EUIServer starts u's bastion-uiserver as u and waits until it is
+// connected to the agent.
+func startE2EUIServer(t *testing.T, bin, agentSock string, u *e2eUser) {
+	t.Helper()
+	s := startProc(t, "bastion-uiserver", u.asUser(exec.Command(bin, "--agent-socket", agentSock, "--log-level", "debug")), syscall.SIGTERM)
+	if !testenv.Poll(30*time.Second, func() bool {
+		st, err := userStatus(u)
+		return s.exited() || (err == nil && st.GetAgentConnected())
+	}) || s.exited() {
+		t.Fatalf("bastion-uiserver of uid %d not connected to the agent within 30s (exited: %v): %s", u.uid, s.exited(), s.stderr.String())
+	}
+}
+
+func userStatus(u *e2eUser) (*uiv1.GetStatusResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return u.ui.GetStatus(ctx, &uiv1.GetStatusRequest{})
+}
+
+func waitStatus(t *testing.T, u *e2eUser, what string, cond func(*uiv1.GetStatusResponse) bool) {
+	t.Helper()
+	var st *uiv1.GetStatusResponse
+	var err error
+	if !testenv.Poll(30*time.Second, func() bool {
+		st, err = userStatus(u)
+		return err == nil && cond(st)
+	}) {
+		t.Fatalf("waiting 30s for %s: status %v, err %v", what, st, err)
+	}
+}
+
+func listRules(t *testing.T, u *e2eUser) []*rulesv1.Rule {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := u.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
+	if err != nil {
+		t.Fatalf("ListRules as uid %d: %v", u.uid, err)
+	}
+	return resp.GetRules()
+}
+
+// startCurl starts curl as UID 1000 in ns; it prints only the HTTP status
+// and gives up connecting after connectTimeout.
+func startCurl(t *testing.T, ctx context.Context, ns *testenv.NS, url string, connectTimeout time.Duration) *proc {
+	t.Helper()
+	cmd := ns.Command(ctx, e2eUID, e2eUID, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+		"--connect-timeout", strconv.Itoa(int(connectTimeout.Seconds())), "-m", "20", url)
+	return startProc(t, "curl", cmd, syscall.SIGKILL)
+}
+
+// streamRecord records every message of a server stream (it does not
+// reconnect: the services stay up for the whole test).
+type streamRecord[T any] struct {
+	mu     sync.Mutex
+	msgs   []*T
+	err    error
+	change chan struct{} // closed and replaced on every message
+}
+
+func recordStream[T any](t *testing.T, open func(context.Context) (grpc.ServerStreamingClient[T], error)) *streamRecord[T] {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := open(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	r := &streamRecord[T]{change: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			m, err := stream.Recv()
+			r.mu.Lock()
+			if err != nil {
+				r.err = err
+			} else {
+				r.msgs = append(r.msgs, m)
+			}
+			close(r.change)
+			r.change = make(chan struct{})
+			r.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return r
+}
+
+func (r *streamRecord[T]) all() []*T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.msgs)
+}
+
+// wait waits up to 20s until cond holds for the messages so far.
+func (r *streamRecord[T]) wait(t *testing.T, what string, cond func([]*T) bool) []*T {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		r.mu.Lock()
+		msgs, err, ch := slices.Clone(r.msgs), r.err, r.change
+		r.mu.Unlock()
+		if cond(msgs) {
+			return msgs
+		}
+		if err != nil {
+			t.Fatalf("waiting for %s: stream ended: %v; got %v", what, err, msgs)
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("no %s within 20s; got %v", what, msgs)
+		}
+	}
+}
+
+// gtkChild is bastion-gtk run as the user by the test binary in child mode.
+type gtkChild struct {
+	p       *proc
+	stdin   io.WriteCloser
+	reports chan e2eReport
+}
+
+func startGTKChild(t *testing.T, self string, u *e2eUser, dst string) *gtkChild {
+	t.Helper()
+	cmd := u.asUser(exec.Command(self, "-test.run=^$"), e2eChildEnv+"="+u.socket(), e2eDstEnv+"="+dst,
+		"DISPLAY="+os.Getenv("DISPLAY"), "GDK_BACKEND=x11", "NO_AT_BRIDGE=1", "GSETTINGS_BACKEND=memory")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &gtkChild{stdin: stdin, reports: make(chan e2eReport, 16)}
+	// Interrupt: the child finishes as when its input ends.
+	c.p = startProc(t, "bastion-gtk (test child)", cmd, syscall.SIGTERM)
+	t.Cleanup(func() { stdin.Close() })
+	go func() {
+		defer close(c.reports)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var r e2eReport
+			if json.Unmarshal(sc.Bytes(), &r) == nil && r.Event != "" {
+				c.reports <- r
+			}
+		}
+	}()
+	return c
+}
+
+// next returns the child's next report.
+func (c *gtkChild) next(t *testing.T, timeout time.Duration) e2eReport {
+	t.Helper()
+	select {
+	case r, ok := <-c.reports:
+		if !ok {
+			err := c.p.wait(t, 10*time.Second)
+			t.Fatalf("bastion-gtk (test child) exited: %v; stderr:\n%s", err, c.p.stderr.String())
+		}
+		if r.Event == "error" {
+			t.Fatalf("bastion-gtk (test child): %s", r.Error)
+		}
+		return r
+	case <-time.After(timeout):
+		t.Fatalf("no report from bastion-gtk (test child) within %v", timeout)
+	}
+	return e2eReport{}
+}
+
+// finish ends the child's input; it reports what it showed and exits.
+func (c *gtkChild) finish(t *testing.T) e2eReport {
+	t.Helper()
+	c.stdin.Close()
+	r := c.next(t, 20*time.Second)
+	if err := c.p.wait(t, 20*time.Second); err != nil {
+		t.Errorf("bastion-gtk (test child) exit: %v", err)
+	}
+	return r
+}
+
+// e2eChildMain runs bastion-gtk as the prompt client of the end-to-end
+// test: through run, as Run does, with a hook that drives its prompt.
+func e2eChildMain() int {
+	out := json.NewEncoder(os.Stdout)
+	cfg := DefaultConfig()
+	cfg.UISocket, cfg.Notify = os.Getenv(e2eChildEnv), false
+	dst := os.Getenv(e2eDstEnv)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	code := make(chan int, 1)
+	o := appOptions{started: func(a *app) {
+		var shown []string // GTK thread only
+		a.prompt.onShown = func(id string) { shown = append(shown, id) }
+		go func() {
+			defer cancel()
+			fin, err := e2eDrive(a, cfg, dst, out)
+			if err != nil {
+				out.Encode(e2eReport{Event: "error", Error: err.Error()})
+				code <- 1
+				return
+			}
+			if err := gtkDo(func() { fin.Shown, fin.Visible = slices.Clone(shown), a.prompt.win.GetVisible() }); err != nil {
+				out.Encode(e2eReport{Event: "error", Error: err.Error()})
+				code <- 1
+				return
+			}
+			out.Encode(fin)
+			code <- 0
+		}()
+	}}
+	if err := run(ctx, cfg, log, o); err != nil {
+		out.Encode(e2eReport{Event: "error", Error: err.Error()})
+		return 1
+	}
+	select {
+	case c := <-code:
+		return c
+	default:
+		out.Encode(e2eReport{Event: "error", Error: "the GTK main loop ended early"})
+		return 1
+	}
+}
+
+// e2eDrive answers the prompt for dst like a user: it waits for the
+// prompt, clicks Allow once too early, chooses "forever" and "this
+// destination and port", clicks Allow once the buttons arm, and waits
+// until the window moves on. Then it waits for its input to end.
+func e2eDrive(a *app, cfg Config, dst string, out *json.Encoder) (e2eReport, error) {
+	p := a.prompt
+	var shown e2eReport
+	err := gtkWait(60*time.Second, "a prompt for "+dst, func() bool {
+		if !p.win.GetVisible() || p.shown == nil {
+			return false
+		}
+		fl := p.shown.primary().GetFlow()
+		if net.JoinHostPort(fl.GetDstIp(), strconv.Itoa(int(fl.GetDstPort()))) != dst {
+			return false
+		}
+		shown = e2eReport{Event: "shown", PromptID: p.shownID, Title: labelText(p.title), Exe: labelText(p.exe),
+			Process: labelText(p.process), Dest: labelText(p.dest), Port: labelText(p.port)}
+		// Before the buttons arm, a click must do nothing.
+		shown.EarlyClick = "not tried"
+		if a.now().Sub(p.shownAt) < cfg.ArmDelay {
+			p.allow.Clicked()
+			shown.EarlyClick = "ignored"
+			if p.busy || p.shown == nil {
+				shown.EarlyClick = "answered"
+			}
+		}
+		for i, l := range promptLifetimes {
+			if l.life == rules.Forever {
+				p.lifetime.SetActive(i)
+			}
+		}
+		p.scope.SetActive(slices.Index(p.scopes, rules.ScopeDestinationPort))
+		shown.Preview = labelText(p.preview)
+		return true
+	})
+	if err != nil {
+		return e2eReport{}, err
+	}
+	if err := out.Encode(shown); err != nil {
+		return e2eReport{}, err
+	}
+	if err := gtkWait(10*time.Second, "the buttons to arm", func() bool {
+		if !p.armed || !p.allow.GetSensitive() {
+			return false
+		}
+		p.allow.Clicked()
+		return true
+	}); err != nil {
+		return e2eReport{}, err
+	}
+	answered := e2eReport{Event: "answered"}
+	if err := gtkWait(20*time.Second, "the answer", func() bool {
+		if e := labelText(p.errLabel); e != "" {
+			answered.Error = e
+			return true
+		}
+		return p.shownID != shown.PromptID
+	}); err != nil {
+		return e2eReport{}, err
+	}
+	if err := out.Encode(answered); err != nil {
+		return e2eReport{}, err
+	}
+	io.Copy(io.Discard, os.Stdin) // until the test is done
+	return e2eReport{Event: "finished"}, nil
+}
+
+// gtkDo runs f on the GTK thread and waits for it.
+func gtkDo(f func()) error {
+	done := make(chan struct{})
+	glib.IdleAdd(func() {
+		defer close(done)
+		f()
+	})
+	select {
+	case <-done:
+		return nil
+	case <-time.After(20 * time.Second):
+		return errors.New("the GTK main loop did not run a function within 20s")
+	}
+}
+
+// gtkWait waits until cond, run on the GTK thread, holds.
+func gtkWait(timeout time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var ok bool
+		if err := gtkDo(func() { ok = cond() }); err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
