@@ -12,7 +12,7 @@ import (
 	"github.com/gotk3/gotk3/gtk"
 	"github.com/gotk3/gotk3/pango"
 
-	"github.com/bastion-fw/bastion/gtkclient/internal/wire"
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -717,7 +717,7 @@ func (m *mainWindow) openRuleFor(proc *agentv1.Process, fl *agentv1.Flow, host s
 	case rulesv1.Action_ACTION_REJECT:
 		act = flow.ActionReject
 	}
-	r, err := rules.ForPrompt(wire.Process(proc), wire.Tuple(fl), host,
+	r, err := rules.ForPrompt(apiconv.Process(proc), apiconv.Tuple(fl), host,
 		rules.Choice{Action: act, Lifetime: rules.Forever, Scope: rules.ScopeDestinationPort}, m.a.now())
 	if err != nil {
 		m.fail("Cannot make a rule for this connection", err)

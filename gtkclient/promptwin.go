@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/bastion-fw/bastion/gtkclient/internal/wire"
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -428,7 +428,7 @@ func (p *promptWindow) choice(a flow.Action) rules.Choice {
 // is left to the rules service.
 func (p *promptWindow) build(c rules.Choice) (rules.Rule, error) {
 	pr := p.shown.primary()
-	r, err := rules.ForPrompt(wire.Process(pr.GetProcess()), wire.Tuple(pr.GetFlow()), pr.GetHost(), c, p.a.now())
+	r, err := rules.ForPrompt(apiconv.Process(pr.GetProcess()), apiconv.Tuple(pr.GetFlow()), pr.GetHost(), c, p.a.now())
 	r.Created = time.Time{}
 	return r, err
 }

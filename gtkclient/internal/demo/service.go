@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bastion-fw/bastion/gtkclient/internal/wire"
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -459,7 +459,7 @@ func (s *Service) AnswerPrompt(_ context.Context, req *uiv1.AnswerPromptRequest)
 	}
 	p := s.prompts[i]
 	c := rules.Conn{UID: p.GetProcess().GetUid(), Exe: p.GetProcess().GetExe(), Args: p.GetProcess().GetArgs(),
-		Tuple: wire.Tuple(p.GetFlow()), Host: p.GetHost()}
+		Tuple: apiconv.Tuple(p.GetFlow()), Host: p.GetHost()}
 	if !rules.Covers(r, c) {
 		return nil, status.Errorf(codes.InvalidArgument, "the rule does not cover the prompt's connection")
 	}
