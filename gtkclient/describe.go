@@ -5,13 +5,13 @@ package gtkclient
 
 import (
 	"fmt"
-	"net/netip"
 	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/procinfo"
+	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 )
@@ -91,21 +91,7 @@ func portText(f *agentv1.Flow, svc *procinfo.Services) string {
 // ruleDestination describes a rule's destination operands: "TCP
 // example.com:443", "UDP port 53", "10.0.0.0/8" or "anywhere".
 func ruleDestination(r *rulesv1.Rule) string {
-	where := r.GetHost()
-	if where == "" {
-		where = r.GetDst()
-		if p, err := netip.ParsePrefix(where); err == nil && p.IsSingleIP() {
-			where = p.Addr().String()
-		}
-	}
-	ports := ""
-	switch lo, hi := r.GetDstPortMin(), r.GetDstPortMax(); {
-	case lo == 0 && hi == 0:
-	case lo == hi || hi == 0:
-		ports = strconv.FormatUint(uint64(lo), 10)
-	default:
-		ports = fmt.Sprintf("%d-%d", lo, hi)
-	}
+	where, ports := rules.DestinationText(r)
 	var s string
 	switch {
 	case ports != "" && where == "":
