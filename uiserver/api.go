@@ -154,9 +154,9 @@ func (a *apiServer) GetStatus(ctx context.Context, _ *uiv1.GetStatusRequest) (*u
 		PromptClients:  uint32(n.promptClients),
 		PendingPrompts: uint32(n.prompts),
 		Rules:          uint32(n.rules),
-		SilentAction:   actionToRules(s.cfg.SilentAction),
+		SilentAction:   rules.ActionProto(s.cfg.SilentAction),
 		PromptTimeout:  durationpb.New(s.cfg.PromptTimeout),
-		TimeoutAction:  actionToRules(s.cfg.TimeoutAction),
+		TimeoutAction:  rules.ActionProto(s.cfg.TimeoutAction),
 		StorePath:      s.store.Path(),
 	}
 	if later, err := s.DecideLater(ctx); err == nil {
@@ -319,7 +319,7 @@ func (a *apiServer) ListDecideLater(ctx context.Context, _ *uiv1.ListDecideLater
 			Process: apiconv.ProcessProto(e.Process),
 			Flow:    apiconv.FlowProto(e.Tuple),
 			Host:    e.Host,
-			Applied: actionToRules(e.Applied),
+			Applied: rules.ActionProto(e.Applied),
 		})
 	}
 	return resp, nil

@@ -796,7 +796,7 @@ func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 		Flow:           apiconv.FlowProto(p.first.tuple),
 		FirstSeen:      timestamppb.New(p.firstSeen),
 		Deadline:       timestamppb.New(p.deadline),
-		DeadlineAction: actionToRules(s.cfg.TimeoutAction),
+		DeadlineAction: rules.ActionProto(s.cfg.TimeoutAction),
 		Connections:    p.connections(),
 	}
 }
@@ -1132,7 +1132,7 @@ func historyProto(e store.HistoryEntry) *uiv1.HistoryEntry {
 		Process:   apiconv.ProcessProto(e.Process),
 		Flow:      apiconv.FlowProto(e.Tuple),
 		Host:      e.Host,
-		Action:    actionToRules(e.Action),
+		Action:    rules.ActionProto(e.Action),
 		DecidedBy: e.DecidedBy,
 		RuleId:    e.RuleID,
 	}

@@ -20,7 +20,7 @@ func ToProto(r Rule) *rulesv1.Rule {
 	return &rulesv1.Rule{
 		Id:         r.ID,
 		Enabled:    r.Enabled,
-		Action:     actionToProto(r.Action),
+		Action:     ActionProto(r.Action),
 		Exe:        r.Exe,
 		Cmdline:    r.Cmdline,
 		ExeSha256:  r.ExeSHA256,
@@ -97,7 +97,9 @@ func fromProto(p *rulesv1.Rule) (Rule, error) {
 	return r, nil
 }
 
-func actionToProto(a flow.Action) rulesv1.Action {
+// ActionProto converts an action for the rules API; ActionNone becomes
+// ACTION_UNSPECIFIED.
+func ActionProto(a flow.Action) rulesv1.Action {
 	switch a {
 	case flow.ActionAllow:
 		return rulesv1.Action_ACTION_ALLOW
