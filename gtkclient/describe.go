@@ -176,31 +176,9 @@ func ruleSentence(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
 		b.WriteString(", forever")
 	case rulesv1.Lifetime_LIFETIME_DURATION:
 		exp := r.GetExpires().AsTime()
-		fmt.Fprintf(&b, ", for %s (until %s)", shortDuration(exp.Sub(now)), exp.In(loc).Format("15:04"))
+		fmt.Fprintf(&b, ", for %s (until %s)", rules.ShortDuration(exp.Sub(now)), exp.In(loc).Format("15:04"))
 	}
 	return b.String()
-}
-
-// shortDuration rounds d for people: "45s", "14m59s", "2h5m", "3d4h".
-func shortDuration(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	case d < time.Hour:
-		d = d.Round(time.Second)
-		if s := d % time.Minute; s != 0 {
-			return fmt.Sprintf("%dm%ds", d/time.Minute, s/time.Second)
-		}
-		return fmt.Sprintf("%dm", d/time.Minute)
-	case d < 48*time.Hour:
-		d = d.Round(time.Minute)
-		if m := d % time.Hour; m != 0 {
-			return fmt.Sprintf("%dh%dm", d/time.Hour, m/time.Minute)
-		}
-		return fmt.Sprintf("%dh", d/time.Hour)
-	}
-	d = d.Round(time.Hour)
-	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
 }
 
 // roughDuration is shortDuration without the seconds past a minute.
@@ -208,7 +186,7 @@ func roughDuration(d time.Duration) string {
 	if d >= time.Minute && d < time.Hour {
 		return fmt.Sprintf("%dm", int((d+time.Minute-1)/time.Minute))
 	}
-	return shortDuration(d)
+	return rules.ShortDuration(d)
 }
 
 // ago is "just now", "5m ago", "3h ago", or a date for older times.

@@ -75,33 +75,11 @@ func ruleLifetime(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
 		if left <= 0 {
 			return "expired " + exp.In(loc).Format(time.DateTime)
 		}
-		return fmt.Sprintf("until %s (%s left)", exp.In(loc).Format(time.DateTime), shortDuration(left))
+		return fmt.Sprintf("until %s (%s left)", exp.In(loc).Format(time.DateTime), rules.ShortDuration(left))
 	case rulesv1.Lifetime_LIFETIME_FOREVER:
 		return "forever"
 	}
 	return "-"
-}
-
-// shortDuration rounds d for people: "14m59s", "2h5m", "3d4h".
-func shortDuration(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	case d < time.Hour:
-		d = d.Round(time.Second)
-		if s := d % time.Minute; s != 0 {
-			return fmt.Sprintf("%dm%ds", d/time.Minute, s/time.Second)
-		}
-		return fmt.Sprintf("%dm", d/time.Minute)
-	case d < 48*time.Hour:
-		d = d.Round(time.Minute)
-		if m := d % time.Hour; m != 0 {
-			return fmt.Sprintf("%dh%dm", d/time.Hour, m/time.Minute)
-		}
-		return fmt.Sprintf("%dh", d/time.Hour)
-	}
-	d = d.Round(time.Hour)
-	return fmt.Sprintf("%dd%dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
 }
 
 func orDash(s string) string {

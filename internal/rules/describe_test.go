@@ -2,6 +2,7 @@ package rules
 
 import (
 	"testing"
+	"time"
 
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 )
@@ -20,6 +21,21 @@ func TestDestinationText(t *testing.T) {
 		where, ports := DestinationText(tc.r)
 		if where != tc.where || ports != tc.ports {
 			t.Errorf("DestinationText(%v) = %q, %q; want %q, %q", tc.r, where, ports, tc.where, tc.ports)
+		}
+	}
+}
+
+func TestShortDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		45 * time.Second:                "45s",
+		14*time.Minute + 59*time.Second: "14m59s",
+		15 * time.Minute:                "15m",
+		2*time.Hour + 5*time.Minute:     "2h5m",
+		3 * time.Hour:                   "3h",
+		76*time.Hour + 10*time.Minute:   "3d4h",
+	} {
+		if got := ShortDuration(d); got != want {
+			t.Errorf("ShortDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
 }
