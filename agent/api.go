@@ -85,18 +85,7 @@ func (s *apiServer) WatchPending(_ *agentv1.WatchPendingRequest, stream grpc.Ser
 	}
 	events, gone, cancel := s.engine.WatchPending(c)
 	defer cancel()
-	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-gone:
-			return status.Error(codes.ResourceExhausted, "watcher fell behind or the agent is stopping; reconnect")
-		case ev := <-events:
-			if err := stream.Send(pendingEventToProto(ev)); err != nil {
-				return err
-			}
-		}
-	}
+	return pump(stream, events, gone, pendingEventToProto)
 }
 
 func (s *apiServer) ListPending(ctx context.Context, _ *agentv1.ListPendingRequest) (*agentv1.ListPendingResponse, error) {
@@ -163,14 +152,20 @@ func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc
 	}
 	events, gone, cancel := s.engine.WatchDecisions(c)
 	defer cancel()
+	return pump(stream, events, gone, decisionToProto)
+}
+
+// pump sends the engine's events to a stream until the client leaves, or
+// the engine drops the subscriber (it fell behind, or the agent stops).
+func pump[T any, M any](stream grpc.ServerStreamingServer[M], events <-chan T, gone <-chan struct{}, conv func(T) *M) error {
 	for {
 		select {
 		case <-stream.Context().Done():
 			return nil
 		case <-gone:
-			return status.Error(codes.ResourceExhausted, "watcher fell behind; reconnect")
-		case d := <-events:
-			if err := stream.Send(decisionToProto(d)); err != nil {
+			return status.Error(codes.ResourceExhausted, "watcher fell behind or the agent is stopping; reconnect")
+		case ev := <-events:
+			if err := stream.Send(conv(ev)); err != nil {
 				return err
 			}
 		}
