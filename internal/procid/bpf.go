@@ -175,6 +175,12 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	}
 	r.flows = objs.Flows
 	r.closers = append(r.closers, objs.Flows)
+	// Lookups pass the Go structs' memory to the kernel as it is (see
+	// resolveIn): they must have the programs' layout exactly.
+	if ks, vs := r.flows.KeySize(), r.flows.ValueSize(); ks != uint32(unsafe.Sizeof(procidFlowKey{})) || vs != uint32(unsafe.Sizeof(procidFlowValue{})) {
+		return nil, fmt.Errorf("flows map is %d/%d bytes, Go types are %d/%d: regenerate with go generate ./internal/procid",
+			ks, vs, unsafe.Sizeof(procidFlowKey{}), unsafe.Sizeof(procidFlowValue{}))
+	}
 
 	switch mech {
 	case MechNetfilterLink:
@@ -320,13 +326,17 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	defer r.bufs.Put(b)
 
 	setKey(&b.key, ns, t)
-	err := r.flows.Lookup(&b.key, &b.val)
+	// unsafe.Pointer arguments go to the kernel as they are, without
+	// cilium/ebpf's reflection-based marshalling: this lookup is on every
+	// queued packet's path (the sizes are checked in openBPF).
+	key, val := unsafe.Pointer(&b.key), unsafe.Pointer(&b.val)
+	err := r.flows.Lookup(key, val)
 	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
 		// The sock_addr programs record datagram flows before the
 		// source is chosen: try the destination key.
 		b.key.Saddr = [16]byte{}
 		b.key.Sport = 0
-		err = r.flows.Lookup(&b.key, &b.val)
+		err = r.flows.Lookup(key, val)
 	}
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return flow.Process{}, fmt.Errorf("resolve %s: %w", t, ErrNotFound)
