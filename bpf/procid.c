@@ -208,6 +208,17 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	sk = BPF_CORE_READ(skb, sk);
 	if (!sk)
 		return NF_ACCEPT; // kernel-generated (RST, ICMP errors): no owner
+
+	// Leave every later packet of a TCP connection at once, before any
+	// header is read: only a socket in SYN_SENT sends a first SYN.
+	// Request and time-wait mini sockets (SYN-ACKs, final ACKs) have
+	// only the common part, so their state is checked before sk_protocol
+	// is read; UDP and ping sockets pass on to the per-packet checks.
+	__u8 sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (sk_state == TCP_NEW_SYN_RECV || sk_state == TCP_TIME_WAIT)
+		return NF_ACCEPT;
+	if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP && sk_state != TCP_SYN_SENT)
+		return NF_ACCEPT;
 	key.netns = BPF_CORE_READ(state, net, ns.inum);
 
 	head = BPF_CORE_READ(skb, head);
