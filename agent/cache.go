@@ -63,6 +63,7 @@ func keyFor(scope Scope, uid uint32, exe string, t flow.Tuple) cacheKey {
 // cacheEntry is one cached decision.
 type cacheEntry struct {
 	id      string
+	by      string // "cache:" + id, as decisions name it (built once, not per hit)
 	key     cacheKey
 	action  flow.Action
 	expires time.Time // zero: until the agent restarts or the entry is forgotten
@@ -105,7 +106,8 @@ func (c *decisionCache) put(key cacheKey, a flow.Action, expires time.Time) *cac
 		delete(c.byID, old.id)
 	}
 	c.nextID++
-	e := &cacheEntry{id: "d" + strconv.FormatUint(c.nextID, 10), key: key, action: a, expires: expires}
+	id := "d" + strconv.FormatUint(c.nextID, 10)
+	e := &cacheEntry{id: id, by: "cache:" + id, key: key, action: a, expires: expires}
 	c.byKey[key] = e
 	c.byID[e.id] = e
 	return e

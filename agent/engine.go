@@ -281,7 +281,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	}
 	if ce := e.cache.lookup(proc.UID, proc.Exe, t, now); ce != nil {
 		ce.hits++
-		a, by := ce.action, "cache:"+ce.id
+		a, by := ce.action, ce.by
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
 		e.releaseOne(id, a, proc, t, by)
