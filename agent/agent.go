@@ -99,6 +99,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	go func() {
 		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, p) })
 	}()
+	// The rules go in only once the queue is bound, so that no first
+	// packet finds the queue without a listener.
+	select {
+	case <-q.Bound():
+	case err := <-qdone:
+		l.Close()
+		engine.Close(closeAction)
+		if err == nil {
+			err = errors.New("queue stopped")
+		}
+		return fmt.Errorf("bind queue: %w", err)
+	}
 
 	if err := fw.Install(ctx, fwCfg); err != nil {
 		l.Close()

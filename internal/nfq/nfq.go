@@ -79,6 +79,7 @@ type Queue struct {
 	nf  *nfqueue.Nfqueue
 
 	started atomic.Bool
+	bound   chan struct{} // closed once Run has bound the queue
 	// stopMu guards stopped: handlers run under the read lock so that Run
 	// can wait for an in-flight handler before it returns.
 	stopMu  sync.RWMutex
@@ -128,7 +129,7 @@ func Open(cfg Config) (*Queue, error) {
 		_ = nf.Close()
 		return nil, fmt.Errorf("nfq: set NETLINK_NO_ENOBUFS: %w", err)
 	}
-	return &Queue{cfg: cfg, log: log, nf: nf}, nil
+	return &Queue{cfg: cfg, log: log, nf: nf, bound: make(chan struct{})}, nil
 }
 
 // Run delivers each packet to handle, on one goroutine, until ctx ends or the
@@ -178,6 +179,7 @@ func (q *Queue) Run(ctx context.Context, handle func(Packet)) error {
 		return fmt.Errorf("nfq: bind queue %d: %w", q.cfg.Num, err)
 	}
 	q.log.Debug("queue bound")
+	close(q.bound)
 	<-ctx.Done()
 	q.stopMu.Lock()
 	q.stopped = true
@@ -189,6 +191,11 @@ func (q *Queue) Run(ctx context.Context, handle func(Packet)) error {
 		return nil
 	}
 }
+
+// Bound is closed once Run has bound the queue: from then on the kernel
+// delivers packets to it. Rules that feed the queue must wait for it, or
+// their first packets find no listener (and are dropped, fail-closed).
+func (q *Queue) Bound() <-chan struct{} { return q.bound }
 
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) ||

@@ -112,6 +112,12 @@ func newEnv(t *testing.T, failOpen, withQueue bool) *env {
 				t.Errorf("Close: %v", err)
 			}
 		})
+		// Rules go in once the queue is bound, as the agent does.
+		select {
+		case <-q.Bound():
+		case <-time.After(5 * time.Second):
+			t.Fatal("queue not bound 5s after Run")
+		}
 	}
 	cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: failOpen, InterceptLoopback: true}
 	if err := fw.Install(context.Background(), cfg); err != nil {
