@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/bastion-fw/bastion/internal/fw"
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
@@ -17,20 +19,51 @@ import (
 const BareQueuePackage = "github.com/bastion-fw/bastion/internal/bench/barequeue"
 
 // BareQueue is a minimal NFQUEUE program, in its own process like the agent,
-// that accepts every packet: the ceiling any userspace verdict path can reach
-// on this machine.
+// that lets every packet through: the ceiling any userspace verdict path
+// can reach on this machine.
 type BareQueue struct {
-	cmd  *exec.Cmd
-	out  *bufio.Reader
-	seen uint64
+	cmd   *exec.Cmd
+	out   *bufio.Reader
+	seen  uint64
+	fwCfg *fw.Config // Bastion's chain, when the queue sits behind it
 }
 
-// StartBareQueue sends new outbound TCP connections (SYNs) in ns to queue
-// num and starts the program bin (built from BareQueuePackage) inside ns to
-// accept them. The rule has no --queue-bypass: if the program falls behind,
-// SYNs are dropped and retransmitted, which shows in p99.
-func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16) (*BareQueue, error) {
-	cmd := ns.Command(ctx, 0, 0, bin, "-queue-num", strconv.Itoa(int(num)))
+// BareRules says which rules feed a bare queue.
+type BareRules int
+
+const (
+	// PlainSYN is one rule, -p tcp --syn -j NFQUEUE, answered NF_ACCEPT:
+	// no connection tracking, nothing after the verdict.
+	PlainSYN BareRules = iota
+	// BastionChain is the agent's own chain (internal/fw, as the agent
+	// installs it with loopback interception), answered as the agent
+	// answers an allow: NF_REPEAT with the allow mark, which the chain
+	// saves on the connection. The kernel then does exactly the work it
+	// does for the agent: connection tracking of every packet, the chain,
+	// and the second pass of the re-injected packet.
+	BastionChain
+)
+
+func (r BareRules) String() string {
+	if r == BastionChain {
+		return "bare NFQUEUE, Bastion's chain"
+	}
+	return "bare NFQUEUE (accept all)"
+}
+
+// StartBareQueue sends new outbound TCP connections in ns to queue num
+// through rules, and starts the program bin (built from BareQueuePackage)
+// inside ns to let them through. The rules have no --queue-bypass: if the
+// program falls behind, SYNs are dropped and retransmitted, which shows in
+// p99.
+func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16, rules BareRules) (*BareQueue, error) {
+	args := []string{"-queue-num", strconv.Itoa(int(num))}
+	var fwCfg *fw.Config
+	if rules == BastionChain {
+		fwCfg = &fw.Config{NetNS: ns.Path, QueueNum: num, InterceptLoopback: true}
+		args = append(args, "-repeat-mark", strconv.FormatUint(uint64(fw.DefaultMarks().Allow), 10))
+	}
+	cmd := ns.Command(ctx, 0, 0, bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -43,6 +76,19 @@ func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16)
 		q.Close()
 		return nil, fmt.Errorf("bare queue did not start: %q %v", line, err)
 	}
+	if fwCfg != nil {
+		b, err := fw.DetectBackend(ctx, ns.Path)
+		if err == nil {
+			fwCfg.Backend = b
+			err = fw.Install(ctx, *fwCfg)
+		}
+		if err != nil {
+			q.Close()
+			return nil, fmt.Errorf("install Bastion's chain for the bare queue: %w", err)
+		}
+		q.fwCfg = fwCfg
+		return q, nil
+	}
 	if err := Iptables(ns, "-A", "OUTPUT", "-p", "tcp", "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num))); err != nil {
 		q.Close()
 		return nil, err
@@ -50,9 +96,14 @@ func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16)
 	return q, nil
 }
 
-// Close stops the program and returns how many packets it accepted. Remove
-// the rule (or the namespace) first, or new SYNs are dropped.
+// Close removes Bastion's chain if the queue sat behind it, stops the
+// program and returns how many packets it let through. A plain rule stays:
+// delete the namespace after, or new SYNs are dropped.
 func (q *BareQueue) Close() (uint64, error) {
+	var fwErr error
+	if q.fwCfg != nil {
+		fwErr = fw.Remove(context.Background(), *q.fwCfg)
+	}
 	q.cmd.Process.Signal(syscall.SIGTERM)
 	rest, _ := io.ReadAll(q.out)
 	err := q.cmd.Wait()
@@ -60,7 +111,7 @@ func (q *BareQueue) Close() (uint64, error) {
 	if perr != nil && err == nil {
 		err = fmt.Errorf("bare queue count %q: %w", rest, perr)
 	}
-	return n, err
+	return n, errors.Join(fwErr, err)
 }
 
 // Iptables runs iptables inside ns, staying in the root mount namespace.

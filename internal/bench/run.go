@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -65,16 +66,30 @@ type Report struct {
 
 // Ratios compare connection rates of the same run (1.0 = as fast).
 type Ratios struct {
-	BareQueueVsNone   float64 `json:"bare_nfqueue_vs_no_firewall,omitempty"`
-	CachedVsNone      float64 `json:"agent_cached_vs_no_firewall,omitempty"`
-	CachedVsBareQueue float64 `json:"agent_cached_vs_bare_nfqueue,omitempty"`
-	// CachedVsBareQueuePaired is the median of PairedRounds: the cached
-	// case and the bare queue measured back to back, several times, so
-	// that a noisy neighbour skews one round rather than the verdict.
-	CachedVsBareQueuePaired float64   `json:"agent_cached_vs_bare_nfqueue_paired,omitempty"`
-	PairedRounds            []float64 `json:"paired_rounds,omitempty"`
-	APIVsNone               float64   `json:"agent_api_vs_no_firewall,omitempty"`
-	APIVsBareQueue          float64   `json:"agent_api_vs_bare_nfqueue,omitempty"`
+	BareQueueVsNone float64 `json:"bare_nfqueue_vs_no_firewall,omitempty"`
+	// BareChainVsBareQueue is what Bastion's chain costs the kernel:
+	// connection tracking, the rules and the re-injected second pass.
+	BareChainVsBareQueue float64 `json:"bare_chain_vs_bare_nfqueue,omitempty"`
+	CachedVsNone         float64 `json:"agent_cached_vs_no_firewall,omitempty"`
+	CachedVsBareQueue    float64 `json:"agent_cached_vs_bare_nfqueue,omitempty"`
+	// CachedVsBareChain is the agent's own cost per connection: the same
+	// rules and kernel work, plus identifying the process and deciding.
+	CachedVsBareChain float64 `json:"agent_cached_vs_bare_chain,omitempty"`
+	// The paired figures are medians of PairedRounds: the bare queue (both
+	// rule sets) and the cached case measured back to back, several times,
+	// so that a noisy neighbour skews one round rather than the verdict.
+	CachedVsBareQueuePaired float64       `json:"agent_cached_vs_bare_nfqueue_paired,omitempty"`
+	CachedVsBareChainPaired float64       `json:"agent_cached_vs_bare_chain_paired,omitempty"`
+	PairedRounds            []PairedRound `json:"paired_rounds,omitempty"`
+	APIVsNone               float64       `json:"agent_api_vs_no_firewall,omitempty"`
+	APIVsBareQueue          float64       `json:"agent_api_vs_bare_nfqueue,omitempty"`
+}
+
+// PairedRound is one back-to-back measurement: conn/s of each case.
+type PairedRound struct {
+	BareQueue float64 `json:"bare_nfqueue"`
+	BareChain float64 `json:"bare_chain"`
+	Cached    float64 `json:"agent_cached"`
 }
 
 // Run measures every case, prints a table as it goes and the report as one
@@ -106,12 +121,23 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		return rep, fmt.Errorf("no-firewall baseline: %w", err)
 	}
 	row(none)
-	bare, err := bareQueue(ctx, cfg)
+	bareBin, cleanBare, err := buildBareQueue()
+	if err != nil {
+		return rep, err
+	}
+	defer cleanBare()
+	bare, err := bareQueue(ctx, cfg, bareBin, PlainSYN)
 	if err != nil {
 		fail(err)
-		bare = Result{Name: "bare NFQUEUE (accept all)", Skipped: err.Error()}
+		bare = Result{Name: PlainSYN.String(), Skipped: err.Error()}
 	}
 	row(bare)
+	chain, err := bareQueue(ctx, cfg, bareBin, BastionChain)
+	if err != nil {
+		fail(err)
+		chain = Result{Name: BastionChain.String(), Skipped: err.Error()}
+	}
+	row(chain)
 
 	var (
 		sess   *Session
@@ -144,8 +170,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	}
 	row(cached)
 	row(api)
-	if cached.Skipped == "" && bare.Skipped == "" && sess != nil {
-		rep.Ratios.PairedRounds = pairedRounds(ctx, cfg, runner, fail)
+	if cached.Skipped == "" && bare.Skipped == "" && chain.Skipped == "" && sess != nil {
+		rep.Ratios.PairedRounds = pairedRounds(ctx, cfg, runner, bareBin, fail)
 	}
 
 	ratio := func(a, b Result) float64 {
@@ -155,19 +181,31 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		return a.ConnPerSec / b.ConnPerSec
 	}
 	paired := rep.Ratios.PairedRounds
+	var vsQueue, vsChain []float64
+	for _, p := range paired {
+		if p.BareQueue > 0 && p.BareChain > 0 {
+			vsQueue = append(vsQueue, p.Cached/p.BareQueue)
+			vsChain = append(vsChain, p.Cached/p.BareChain)
+		}
+	}
 	rep.Ratios = Ratios{
 		BareQueueVsNone:         ratio(bare, none),
+		BareChainVsBareQueue:    ratio(chain, bare),
 		CachedVsNone:            ratio(cached, none),
 		CachedVsBareQueue:       ratio(cached, bare),
-		CachedVsBareQueuePaired: median(paired),
+		CachedVsBareChain:       ratio(cached, chain),
+		CachedVsBareQueuePaired: median(vsQueue),
+		CachedVsBareChainPaired: median(vsChain),
 		PairedRounds:            paired,
 		APIVsNone:               ratio(api, none),
 		APIVsBareQueue:          ratio(api, bare),
 	}
-	fmt.Fprintf(out, "\nratios (conn/s, same run): bare NFQUEUE / none %.3f; agent cached / none %.3f, / bare %.3f; agent API / none %.3f, / bare %.3f\n",
-		rep.Ratios.BareQueueVsNone, rep.Ratios.CachedVsNone, rep.Ratios.CachedVsBareQueue, rep.Ratios.APIVsNone, rep.Ratios.APIVsBareQueue)
-	if len(paired) > 0 {
-		fmt.Fprintf(out, "agent cached / bare NFQUEUE, measured back to back: median %.3f of rounds %.3f\n", median(paired), paired)
+	fmt.Fprintf(out, "\nratios (conn/s, same run): bare NFQUEUE / none %.3f; Bastion's chain / bare NFQUEUE %.3f; agent cached / none %.3f, / bare NFQUEUE %.3f, / bare chain %.3f; agent API / none %.3f, / bare NFQUEUE %.3f\n",
+		rep.Ratios.BareQueueVsNone, rep.Ratios.BareChainVsBareQueue, rep.Ratios.CachedVsNone, rep.Ratios.CachedVsBareQueue,
+		rep.Ratios.CachedVsBareChain, rep.Ratios.APIVsNone, rep.Ratios.APIVsBareQueue)
+	if len(vsChain) > 0 {
+		fmt.Fprintf(out, "agent cached, measured back to back with the bare queue in %d rounds: median %.3f of the bare queue behind Bastion's chain (rounds %.3f), %.3f of the bare queue with the plain rule (rounds %.3f)\n",
+			len(vsChain), median(vsChain), vsChain, median(vsQueue), vsQueue)
 	}
 	if a := rep.Attribution; a.Skipped == "" {
 		fmt.Fprintf(out, "attribution: %d/%d short-lived processes identified (%.1f%%) by %s in %.1fs; misses %v\n",
@@ -209,16 +247,21 @@ func noFirewall(ctx context.Context, cfg Config) (Result, error) {
 	return r, nil
 }
 
-func bareQueue(ctx context.Context, cfg Config) (Result, error) {
+// buildBareQueue builds the bare queue program into a scratch directory.
+func buildBareQueue() (bin string, cleanup func(), err error) {
 	dir, err := testenv.MakeTempDir("bastion-bench-queue-")
 	if err != nil {
-		return Result{}, err
+		return "", nil, err
 	}
-	defer os.RemoveAll(dir)
-	bin, err := testenv.GoBuild(dir, "barequeue", BareQueuePackage)
+	bin, err = testenv.GoBuild(dir, "barequeue", BareQueuePackage)
 	if err != nil {
-		return Result{}, err
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("build the bare queue: %w", err)
 	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+func bareQueue(ctx context.Context, cfg Config, bin string, rules BareRules) (Result, error) {
 	ns, err := testenv.CreateNetNS("")
 	if err != nil {
 		return Result{}, err
@@ -229,19 +272,19 @@ func bareQueue(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	defer closeSrv()
-	q, err := StartBareQueue(ctx, ns, bin, 9)
+	q, err := StartBareQueue(ctx, ns, bin, 9, rules)
 	if err != nil {
 		return Result{}, err
 	}
-	r := ConnRate(ctx, ns, "bare NFQUEUE (accept all)", addr, cfg.Workers, cfg.Duration)
+	r := ConnRate(ctx, ns, rules.String(), addr, cfg.Workers, cfg.Duration)
 	seen, err := q.Close()
 	if err != nil {
 		return r, err
 	}
 	// Sanity: every connection's SYN went through the queue.
-	r.Note = fmt.Sprintf("%s queued=%d", r.Note, seen)
+	r.Note = strings.TrimSpace(fmt.Sprintf("%s queued=%d", r.Note, seen))
 	if seen < uint64(r.Conns) {
-		return r, fmt.Errorf("bare NFQUEUE saw %d packets for %d connections: rule not effective", seen, r.Conns)
+		return r, fmt.Errorf("%s saw %d packets for %d connections: rules not effective", rules, seen, r.Conns)
 	}
 	return r, nil
 }
@@ -339,16 +382,22 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 	return pl
 }
 
-// pairedRoundsN rounds of (bare queue, cached agent), each as long as a
-// case, compare the two under the same momentary load. Each round gives
-// both a fresh namespace, so that neither inherits the other cases'
-// conntrack entries and TIME_WAIT sockets.
+// pairedRoundsN rounds of (bare queue with the plain rule, bare queue
+// behind Bastion's chain, cached agent), each as long as a case, compare
+// the three under the same momentary load. Each case gets a fresh
+// namespace, so that none inherits another's conntrack entries and
+// TIME_WAIT sockets.
 const pairedRoundsN = 5
 
-func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, fail func(error)) []float64 {
-	var out []float64
+func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, bareBin string, fail func(error)) []PairedRound {
+	var out []PairedRound
 	for range pairedRoundsN {
-		b, err := bareQueue(ctx, cfg)
+		b, err := bareQueue(ctx, cfg, bareBin, PlainSYN)
+		if err != nil {
+			fail(err)
+			return out
+		}
+		ch, err := bareQueue(ctx, cfg, bareBin, BastionChain)
 		if err != nil {
 			fail(err)
 			return out
@@ -364,9 +413,7 @@ func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, fail func
 			fail(err)
 			return out
 		}
-		if b.ConnPerSec > 0 {
-			out = append(out, c.ConnPerSec/b.ConnPerSec)
-		}
+		out = append(out, PairedRound{BareQueue: b.ConnPerSec, BareChain: ch.ConnPerSec, Cached: c.ConnPerSec})
 	}
 	return out
 }

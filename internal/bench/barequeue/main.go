@@ -1,8 +1,15 @@
 // Command barequeue is the benchmark's ceiling: the smallest NFQUEUE program
-// that accepts every packet. It runs as its own process, as the agent does,
-// so that the two pay the same context switches. It binds the queue in its
-// own network namespace, prints "ready", and on SIGTERM prints the number of
-// packets it accepted and exits.
+// that lets every packet through. It runs as its own process, as the agent
+// does, so that the two pay the same context switches, and it reads the
+// queue with the agent's own queue code (internal/nfq) and the agent's Go
+// runtime settings (one P), so that the difference between the two is what
+// the agent does per packet: identify the process and decide.
+//
+// With -repeat-mark it re-injects each packet with NF_REPEAT and that mark,
+// as the agent's verdicts do behind Bastion's chain; otherwise it answers
+// NF_ACCEPT. It binds the queue in its own network namespace, prints
+// "ready", and on SIGTERM prints the number of packets it let through and
+// exits.
 package main
 
 import (
@@ -11,49 +18,51 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync/atomic"
 	"syscall"
-	"time"
 
-	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
+	"github.com/bastion-fw/bastion/internal/nfq"
 )
 
 func main() {
 	num := flag.Uint("queue-num", 9, "NFQUEUE number")
+	repeatMark := flag.Uint("repeat-mark", 0, "re-inject with NF_REPEAT and this mark instead of NF_ACCEPT")
 	flag.Parse()
-	nf, err := nfqueue.Open(&nfqueue.Config{
-		NfQueue:      uint16(*num),
-		Flags:        nfqueue.NfQaCfgFlagUIDGid,
-		Copymode:     nfqueue.NfQnlCopyPacket,
-		MaxPacketLen: 128,
-		MaxQueueLen:  4096,
-		WriteTimeout: 100 * time.Millisecond,
-	})
+	// As cmd/bastion-agent does: one goroutine handles the queue, and a
+	// P per core only adds thread hand-offs.
+	runtime.GOMAXPROCS(1)
+
+	q, err := nfq.Open(nfq.Config{Num: uint16(*num)})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "barequeue: open:", err)
-		os.Exit(1)
-	}
-	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
-		fmt.Fprintln(os.Stderr, "barequeue: NoENOBUFS:", err)
+		fmt.Fprintln(os.Stderr, "barequeue:", err)
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	var seen atomic.Uint64
-	hook := func(a nfqueue.Attribute) int {
-		if a.PacketID != nil {
-			seen.Add(1)
-			nf.SetVerdict(*a.PacketID, nfqueue.NfAccept)
-		}
-		return 0
+	verdict := func(p nfq.Packet) error { return q.Accept(p.ID) }
+	if *repeatMark != 0 {
+		verdict = func(p nfq.Packet) error { return q.Repeat(p.ID, uint32(*repeatMark)) }
 	}
-	if err := nf.RegisterWithErrorFunc(ctx, hook, func(error) int { return 0 }); err != nil {
-		fmt.Fprintln(os.Stderr, "barequeue: register:", err)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Run(ctx, func(p nfq.Packet) {
+			if verdict(p) == nil {
+				seen.Add(1)
+			}
+		})
+	}()
+	select {
+	case <-q.Bound():
+		fmt.Println("ready")
+		err = <-done
+	case err = <-done:
+	}
+	q.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "barequeue:", err)
 		os.Exit(1)
 	}
-	fmt.Println("ready")
-	<-ctx.Done()
-	nf.Close()
 	fmt.Println(seen.Load())
 }
