@@ -107,6 +107,15 @@ func TestUnitsVerify(t *testing.T) {
 			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
 		}
 	}
+	// The agent unit's ExecStartPre runs the host's touch: the staged root
+	// gets it where the unit expects it.
+	touch, err := exec.LookPath("touch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", touch, filepath.Join(dest, "usr/bin/touch")).CombinedOutput(); err != nil {
+		t.Fatalf("copy touch into the staged root: %v: %s", err, out)
+	}
 	verify("bastion-agent.service", "--root="+dest, filepath.Join(dest, "lib/systemd/system/bastion-agent.service"))
 
 	// --root does not work with --user: verify a copy that runs the binary
