@@ -62,7 +62,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // flow_value.flags
 #define FLOW_F_NETFILTER 0x1 // written by nf_local_out
 #define FLOW_F_SOCKOPS 0x2   // written by sockops_connect
-#define FLOW_F_SOCKADDR 0x4  // written by connect4/6 or sendmsg4/6 (sport 0 key)
+#define FLOW_F_SOCKADDR 0x4  // written by connect4/6 or sendmsg4/6 (saddr :: key)
 #define FLOW_F_UID_MISMATCH 0x8 // task uid != sk->sk_uid: maybe not the socket's owner
 
 // exec_value.flags
@@ -78,8 +78,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // (::ffff:a.b.c.d), and family is AF_INET for them even when the socket is
 // AF_INET6 (dual-stack sockets send IPv4 packets). Ports are host byte
 // order. For ICMP/ICMPv6 echo requests sport is the echo identifier and
-// dport is 0. The sock_addr programs do not know the source yet and write
-// saddr = :: and sport = 0 ("destination keys").
+// dport is 0. The sock_addr programs do not know the source address yet and
+// write saddr = ::; with sport = 0 too when the socket has no port yet
+// ("destination keys"), else with the socket's port ("port keys").
 //
 // netns is the network namespace's inode number (net->ns.inum), so the same
 // 5-tuple in two namespaces never collides.
@@ -134,7 +135,7 @@ struct path_scratch {
 
 // flows: struct flow_key -> struct flow_value.
 // Written by nf_local_out (exact tuples), sockops_connect (exact TCP tuples)
-// and the sock_addr programs (destination keys). Read, and deleted through
+// and the sock_addr programs (port and destination keys). Read, and deleted through
 // Resolver.Forget, by userspace. LRU so it can never fill up.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -491,13 +492,22 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	return 1;
 }
 
-// record_dst writes a destination key (saddr ::, sport 0) for a UDP or ping
-// socket about to connect or send.
+// record_dst writes a port key (saddr ::, the socket's port) or, when the
+// socket has no port yet, a destination key (saddr ::, sport 0) for a UDP or
+// ping socket about to connect or send.
+//
+// At sendmsg the port is always known: inet_sendmsg and inet6_sendmsg bind
+// an unbound socket before udp(v6)_sendmsg runs the hook (measured on 6.18,
+// and so since the hook exists). At connect it is known only when the
+// application bound the socket first; otherwise the kernel picks it after
+// the hook. A port key tells apart two sockets sending to one destination,
+// which a destination key cannot: the later sender overwrites the earlier.
 static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, const __u32 d[4])
 {
 	struct flow_key key = {};
 	struct flow_value val = {};
 	__u32 proto = ctx->protocol;
+	struct bpf_sock *sk = ctx->sk;
 
 	if (proto == IPPROTO_UDP) {
 		key.dport = bpf_ntohs(ctx->user_port);
@@ -509,6 +519,8 @@ static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, c
 	key.proto = proto;
 	key.family = family;
 	__builtin_memcpy(key.daddr, d, 16);
+	if (sk)
+		key.sport = sk->src_port; // host order; 0 while unbound
 
 	struct task_struct *t = bpf_get_current_task_btf();
 	key.netns = task_netns(t);

@@ -322,11 +322,7 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	setKey(&b.key, ns, t)
 	err := r.flows.Lookup(&b.key, &b.val)
 	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
-		// The sock_addr programs record datagram flows before the
-		// source is chosen: try the destination key.
-		b.key.Saddr = [16]byte{}
-		b.key.Sport = 0
-		err = r.flows.Lookup(&b.key, &b.val)
+		err = r.lookupSockAddr(b)
 	}
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return flow.Process{}, fmt.Errorf("resolve %s: %w", t, ErrNotFound)
@@ -367,6 +363,37 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 		r.imagesMu.Unlock()
 	}
 	return p, nil
+}
+
+// lookupSockAddr looks b.key up among the entries of the sock_addr programs,
+// which know no source address: the port key (saddr ::) that sendmsg, or a
+// connect on a bound socket, wrote, and the destination key (sport 0 too)
+// that a connect on an unbound socket wrote. When both exist the later one
+// wins. Port keys stay when their socket closes (nothing tells the programs,
+// and the agent does not Forget), and a socket connected to the same
+// destination since may have been given that port: its newer destination key
+// is the only sign. A port key newer than the destination key is right: a
+// socket cannot be given a port that another socket holds (SO_REUSEPORT
+// aside), so the destination key's socket has another port. This is right
+// wherever one destination key per destination, overwritten by every
+// connect and sendmsg (the scheme before port keys), was right.
+func (r *bpfResolver) lookupSockAddr(b *lookupBuf) error {
+	b.key.Saddr = [16]byte{}
+	if b.key.Sport == 0 {
+		return r.flows.Lookup(&b.key, &b.val)
+	}
+	errPort := r.flows.Lookup(&b.key, &b.val)
+	if errPort != nil && !errors.Is(errPort, ebpf.ErrKeyNotExist) {
+		return errPort
+	}
+	port := b.val
+	b.key.Sport = 0
+	errDst := r.flows.Lookup(&b.key, &b.val)
+	if errPort == nil && (errDst != nil || port.Ts >= b.val.Ts) {
+		b.val = port
+		return nil
+	}
+	return errDst
 }
 
 // fillExec completes p with exe, argv and parent, from the exec map when it
@@ -425,11 +452,17 @@ func (r *bpfResolver) remember(p *flow.Process, e *procidExecValue) {
 	_ = r.execs.Update(&p.TGID, e, ebpf.UpdateNoExist) // the kernel's entry, if one appeared meanwhile, wins
 }
 
-// Forget implements Resolver.
+// Forget implements Resolver. It drops the exact key and, for datagram
+// flows under MechSockOps, the port key; destination keys may stand for
+// other sockets' flows and stay.
 func (r *bpfResolver) Forget(t flow.Tuple) {
 	var k procidFlowKey
 	setKey(&k, r.netns, t)
 	_ = r.flows.Delete(&k) // ErrKeyNotExist is fine: LRU may have evicted it
+	if r.mech == MechSockOps && t.Proto != flow.TCP && k.Sport != 0 {
+		k.Saddr = [16]byte{}
+		_ = r.flows.Delete(&k)
+	}
 }
 
 // bytesOf views the C char array b as bytes without copying.

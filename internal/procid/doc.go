@@ -12,8 +12,11 @@
 //     reads the same tuple from the same bytes as internal/packet, which the
 //     tests check by running its parser on crafted packets (nf_parse_test).
 //   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
-//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed by destination
-//     with source port 0 because the port is not chosen yet). Covers only
+//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed without the
+//     source address, which is not chosen yet: by source port and
+//     destination when the socket has a port, which it always has at sendmsg,
+//     else by destination alone). Two unbound sockets connected to one
+//     destination share that key and the later connect wins. Covers only
 //     processes in the configured cgroup and its descendants.
 //   - procfs: no eBPF; sock_diag finds the socket and a /proc/*/fd scan its
 //     holder (package procfs). Slow, and blind to processes that exit before

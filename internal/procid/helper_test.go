@@ -77,6 +77,39 @@ func helperMain(mode string) error {
 		}
 		local = c.LocalAddr().String()
 		defer c.Close()
+	case "udp4-sendto", "udp6-sendto":
+		// An unconnected, unbound socket: the destination goes with
+		// each datagram (sendto) and the kernel picks the source port
+		// on the first one, as for many DNS, NTP and QUIC clients.
+		ap := netip.MustParseAddrPort(dst)
+		family := unix.AF_INET6
+		var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+		if mode == "udp4-sendto" {
+			family = unix.AF_INET
+			sa = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Sendto(fd, []byte("hello"), 0, sa); err != nil {
+			return fmt.Errorf("sendto: %w", err)
+		}
+		name, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		// Unbound: the source address was chosen by the route,
+		// loopback here, and getsockname reports the wildcard.
+		var port int
+		switch n := name.(type) {
+		case *unix.SockaddrInet4:
+			port = n.Port
+		case *unix.SockaddrInet6:
+			port = n.Port
+		}
+		local = netip.AddrPortFrom(ap.Addr(), uint16(port)).String()
 	case "rawping6":
 		// An echo request from a raw ICMPv6 socket, as setuid ping
 		// sends it: unlike ping sockets, raw sockets honour sticky
