@@ -144,6 +144,18 @@ struct {
 	__type(value, struct flow_value);
 } flows SEC(".maps");
 
+// sock_flows: __u64 socket cookie -> struct flow_value.
+// Written by connect4/6 for UDP sockets that have no port yet, whose flows
+// share one destination key in `flows`. Userspace finds a live flow's
+// socket cookie with sock_diag and reads who connected that very socket.
+// Cookies are never reused, so an entry cannot name the wrong socket; LRU.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct flow_value);
+} sock_flows SEC(".maps");
+
 // execs: __u32 tgid -> struct exec_value.
 // Written by on_exec (new image), on_fork (copy of the parent's entry for a
 // new process) and on_exit (sets EXEC_F_EXITED). Read by userspace, which
@@ -527,6 +539,13 @@ static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, c
 	fill_task(&val, t);
 	val.flags = FLOW_F_SOCKADDR;
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
+	if (key.sport == 0 && proto == IPPROTO_UDP) {
+		// A destination key, shared with every other unbound socket
+		// connecting there: also remember this socket's own entry.
+		// (Ping sockets are not in sock_diag, so not for them.)
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_update_elem(&sock_flows, &cookie, &val, BPF_ANY);
+	}
 }
 
 static __always_inline void record_dst4(struct bpf_sock_addr *ctx)

@@ -59,13 +59,18 @@ type execTracking struct {
 
 // bpfResolver answers from the maps the eBPF programs fill.
 type bpfResolver struct {
-	mech    Mechanism
-	log     *slog.Logger
-	proc    fs.FS
-	netns   uint32
-	flows   *ebpf.Map
-	execs   *ebpf.Map // nil when exec tracking could not load
-	closers []interface{ Close() error }
+	mech  Mechanism
+	log   *slog.Logger
+	proc  fs.FS
+	netns uint32
+	flows *ebpf.Map
+	execs *ebpf.Map // nil when exec tracking could not load
+	// MechSockOps only, both nil when sock_diag could not be opened:
+	// the entries of connected UDP sockets by cookie, and sock_diag to
+	// find a flow's socket cookie.
+	sockFlows *ebpf.Map
+	diag      *procfs.Resolver
+	closers   []interface{ Close() error }
 
 	// bufs recycles lookup buffers so Resolve does not allocate them.
 	bufs sync.Pool
@@ -147,6 +152,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 			Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
 			Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
 			Flows          *ebpf.Map     `ebpf:"flows"`
+			SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
 		}{}
 	default:
 		return nil, fmt.Errorf("mechanism %q is not an eBPF mechanism", mech)
@@ -168,10 +174,19 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 		Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
 		Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
 		Flows          *ebpf.Map     `ebpf:"flows"`
+		SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
 	}:
 		objs = attribution{SockopsConnect: w.SockopsConnect, Connect4: w.Connect4, Connect6: w.Connect6,
 			Sendmsg4: w.Sendmsg4, Sendmsg6: w.Sendmsg6, Flows: w.Flows}
-		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6)
+		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6, w.SockFlows)
+		// Without sock_diag, connected UDP flows to one destination
+		// are told apart by nothing: the later connect wins.
+		if d, derr := procfs.New(cfg.NetNS, r.proc); derr != nil {
+			log.Warn("sock_diag unavailable; UDP sockets connected to the same destination will be confused", "err", derr)
+		} else {
+			r.diag, r.sockFlows = d, w.SockFlows
+			r.closers = append(r.closers, d)
+		}
 	}
 	r.flows = objs.Flows
 	r.closers = append(r.closers, objs.Flows)
@@ -322,7 +337,17 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	setKey(&b.key, ns, t)
 	err := r.flows.Lookup(&b.key, &b.val)
 	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
-		err = r.lookupSockAddr(b)
+		var byDst bool
+		byDst, err = r.lookupSockAddr(b)
+		if (byDst || errors.Is(err, ebpf.ErrKeyNotExist)) && t.Proto == flow.UDP && r.diag != nil && ns == r.netns {
+			// A destination key stands for every unbound socket
+			// connected there, and names the last one. If the
+			// flow's socket is still open, the entry written for
+			// that very socket names who connected it.
+			if c, ok := r.diag.ConnectedUDPCookie(t); ok && r.sockFlows.Lookup(&c, &b.val) == nil {
+				err = nil
+			}
+		}
 	}
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return flow.Process{}, fmt.Errorf("resolve %s: %w", t, ErrNotFound)
@@ -377,23 +402,26 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 // aside), so the destination key's socket has another port. This is right
 // wherever one destination key per destination, overwritten by every
 // connect and sendmsg (the scheme before port keys), was right.
-func (r *bpfResolver) lookupSockAddr(b *lookupBuf) error {
+//
+// byDst reports that the answer is a destination key.
+func (r *bpfResolver) lookupSockAddr(b *lookupBuf) (byDst bool, err error) {
 	b.key.Saddr = [16]byte{}
 	if b.key.Sport == 0 {
-		return r.flows.Lookup(&b.key, &b.val)
+		err = r.flows.Lookup(&b.key, &b.val)
+		return err == nil, err
 	}
 	errPort := r.flows.Lookup(&b.key, &b.val)
 	if errPort != nil && !errors.Is(errPort, ebpf.ErrKeyNotExist) {
-		return errPort
+		return false, errPort
 	}
 	port := b.val
 	b.key.Sport = 0
 	errDst := r.flows.Lookup(&b.key, &b.val)
 	if errPort == nil && (errDst != nil || port.Ts >= b.val.Ts) {
 		b.val = port
-		return nil
+		return false, nil
 	}
-	return errDst
+	return errDst == nil, errDst
 }
 
 // fillExec completes p with exe, argv and parent, from the exec map when it

@@ -15,8 +15,10 @@
 //     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed without the
 //     source address, which is not chosen yet: by source port and
 //     destination when the socket has a port, which it always has at sendmsg,
-//     else by destination alone). Two unbound sockets connected to one
-//     destination share that key and the later connect wins. Covers only
+//     else by destination alone). Unbound UDP sockets connected to one
+//     destination share that key; while a flow's socket is open, sock_diag
+//     gives its cookie and connect's entry for that cookie names the
+//     process, and once it is closed the later connect wins. Covers only
 //     processes in the configured cgroup and its descendants.
 //   - procfs: no eBPF; sock_diag finds the socket and a /proc/*/fd scan its
 //     holder (package procfs). Slow, and blind to processes that exit before

@@ -76,6 +76,7 @@ const (
 	procidMapFlows           = "flows"
 	procidMapParseResults    = "parse_results"
 	procidMapPathScratchMap  = "path_scratch_map"
+	procidMapSockFlows       = "sock_flows"
 	procidProgConnect4       = "connect4"
 	procidProgConnect6       = "connect6"
 	procidProgNfLocalOut     = "nf_local_out"
@@ -151,6 +152,7 @@ type procidMapSpecs struct {
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	ParseResults   *ebpf.MapSpec `ebpf:"parse_results"`
 	PathScratchMap *ebpf.MapSpec `ebpf:"path_scratch_map"`
+	SockFlows      *ebpf.MapSpec `ebpf:"sock_flows"`
 }
 
 // procidVariableSpecs contains global variables before they are loaded into the kernel.
@@ -184,6 +186,7 @@ type procidMaps struct {
 	Flows          *ebpf.Map `ebpf:"flows"`
 	ParseResults   *ebpf.Map `ebpf:"parse_results"`
 	PathScratchMap *ebpf.Map `ebpf:"path_scratch_map"`
+	SockFlows      *ebpf.Map `ebpf:"sock_flows"`
 }
 
 func (m *procidMaps) Close() error {
@@ -193,6 +196,7 @@ func (m *procidMaps) Close() error {
 		m.Flows,
 		m.ParseResults,
 		m.PathScratchMap,
+		m.SockFlows,
 	)
 }
 

@@ -140,3 +140,50 @@ func TestSockAddrConnectThenSendto(t *testing.T) {
 		})
 	}
 }
+
+// TestSockAddrTwoConnectedSenders has two processes connect unbound UDP
+// sockets to one destination and keep them open. Their connects come before
+// the kernel picks their ports, so both write the one destination key; the
+// resolver tells them apart through sock_diag, which names each flow's
+// socket by its cookie, and the entry the connect program wrote for that
+// cookie.
+func TestSockAddrTwoConnectedSenders(t *testing.T) {
+	requireRoot(t)
+	ns, _ := newNetns(t)
+	cgPath, cg := newCgroup(t)
+	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer r.Close()
+	dir, bin := helperBinary(t)
+	for _, c := range []struct{ fam, dst string }{{"4", "127.0.0.1:53"}, {"6", "[::1]:53"}} {
+		t.Run("udp"+c.fam, func(t *testing.T) {
+			dap := netip.MustParseAddrPort(c.dst)
+			var hs []*helperProc
+			for i := range 2 {
+				hs = append(hs, startHelper(t, ns, helperOpts{mode: "udp" + c.fam, dst: c.dst, uid: uint32(1000 + i), hold: true, cgroup: cg, argv0: bin, dir: dir}))
+			}
+			for i, h := range hs {
+				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
+				p := waitResolve(t, r.Resolve, tup)
+				if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uint32(1000+i) {
+					t.Errorf("%s -> pid %d uid %d, want pid %d uid %d", tup, p.TGID, p.UID, want, 1000+i)
+				}
+			}
+			// Closed sockets are out of sock_diag's sight: the
+			// destination key answers, for the later sender.
+			for _, h := range hs {
+				h.stdin.Close()
+				if err := h.cmd.Wait(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h := hs[0]
+			tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
+			if p := waitResolve(t, r.Resolve, tup); p.TGID != uint32(hs[1].cmd.Process.Pid) {
+				t.Errorf("after close: %s -> pid %d, want the later sender %d", tup, p.TGID, hs[1].cmd.Process.Pid)
+			}
+		})
+	}
+}
