@@ -13,6 +13,8 @@
 //     (< 6.4). They write the same `flows` map and always allow.
 //   - on_exec / on_fork / on_exit (tp_btf) keep `execs`: the executable path
 //     and argv of every process, keyed by TGID.
+//   - nf_parse_test runs nf_local_out's packet parser under
+//     BPF_PROG_TEST_RUN for tests; the agent never loads it.
 //
 // All programs only observe; none of them ever drops or denies anything.
 //
@@ -40,6 +42,17 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IP_MF 0x2000
 #define IPPROTO_ICMPV6 58 // not an enum member in vmlinux.h
 
+// IPv6 extension headers walked by parse_packet (macros in the kernel, so
+// not in vmlinux.h). ESP (50) and anything else end the walk.
+#define NEXTHDR_HOP 0       // Hop-by-Hop Options, (hdrlen+1)*8 bytes
+#define NEXTHDR_ROUTING 43  // (hdrlen+1)*8 bytes
+#define NEXTHDR_FRAGMENT 44 // always 8 bytes
+#define NEXTHDR_AUTH 51     // AH, (hdrlen+2)*4 bytes
+#define NEXTHDR_DEST 60     // Destination Options, (hdrlen+1)*8 bytes
+// MAX_V6_EXT bounds the walk; equal to packet.MaxExtHeaders, so that the
+// agent's parser and this one give up on the same chains.
+#define MAX_V6_EXT 8
+
 #define COMM_LEN 16
 #define EXE_LEN 256  // must match the mask in mask_exe
 #define ARGS_LEN 512 // power of two, see read_args
@@ -49,7 +62,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // flow_value.flags
 #define FLOW_F_NETFILTER 0x1 // written by nf_local_out
 #define FLOW_F_SOCKOPS 0x2   // written by sockops_connect
-#define FLOW_F_SOCKADDR 0x4  // written by connect4/6 or sendmsg4/6 (sport 0 key)
+#define FLOW_F_SOCKADDR 0x4  // written by connect4/6 or sendmsg4/6 (saddr :: key)
 #define FLOW_F_UID_MISMATCH 0x8 // task uid != sk->sk_uid: maybe not the socket's owner
 
 // exec_value.flags
@@ -65,8 +78,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // (::ffff:a.b.c.d), and family is AF_INET for them even when the socket is
 // AF_INET6 (dual-stack sockets send IPv4 packets). Ports are host byte
 // order. For ICMP/ICMPv6 echo requests sport is the echo identifier and
-// dport is 0. The sock_addr programs do not know the source yet and write
-// saddr = :: and sport = 0 ("destination keys").
+// dport is 0. The sock_addr programs do not know the source address yet and
+// write saddr = ::; with sport = 0 too when the socket has no port yet
+// ("destination keys"), else with the socket's port ("port keys").
 //
 // netns is the network namespace's inode number (net->ns.inum), so the same
 // 5-tuple in two namespaces never collides.
@@ -121,7 +135,7 @@ struct path_scratch {
 
 // flows: struct flow_key -> struct flow_value.
 // Written by nf_local_out (exact tuples), sockops_connect (exact TCP tuples)
-// and the sock_addr programs (destination keys). Read, and deleted through
+// and the sock_addr programs (port and destination keys). Read, and deleted through
 // Resolver.Forget, by userspace. LRU so it can never fill up.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -129,6 +143,18 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
+
+// sock_flows: __u64 socket cookie -> struct flow_value.
+// Written by connect4/6 for UDP sockets that have no port yet, whose flows
+// share one destination key in `flows`. Userspace finds a live flow's
+// socket cookie with sock_diag and reads who connected that very socket.
+// Cookies are never reused, so an entry cannot name the wrong socket; LRU.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct flow_value);
+} sock_flows SEC(".maps");
 
 // execs: __u32 tgid -> struct exec_value.
 // Written by on_exec (new image), on_fork (copy of the parent's entry for a
@@ -194,16 +220,162 @@ static __always_inline void fill_task(struct flow_value *v, struct task_struct *
 // ---------------------------------------------------------------------------
 // Netfilter: NF_INET_LOCAL_OUT, first packet of each flow.
 
+static __always_inline int is_v6_ext(__u8 nexthdr)
+{
+	return nexthdr == NEXTHDR_HOP || nexthdr == NEXTHDR_ROUTING || nexthdr == NEXTHDR_FRAGMENT ||
+	       nexthdr == NEXTHDR_AUTH || nexthdr == NEXTHDR_DEST;
+}
+
+// parse_packet reads the flow key (all but netns) and the TCP flags of the
+// IP packet in skb whose IP header starts at address nh, exactly as
+// internal/packet.Parse reads the tuple of the same bytes in the agent. It
+// returns 0 for TCP, UDP and ICMP/ICMPv6 echo requests whose transport header
+// it read, -1 for everything else: other protocols, non-first fragments,
+// malformed or truncated headers, IPv6 extension-header chains longer than
+// MAX_V6_EXT.
+//
+// Every read stays inside the linear data (head + tail; the headers of a
+// locally generated packet are always there) and inside the length the IP
+// header claims, so bytes past the packet never end up in a key. Addresses
+// are plain integers here: bpf_probe_read_kernel does the loads.
+static __always_inline int parse_packet(struct sk_buff *skb, __u64 nh, struct flow_key *key, __u8 *tcp_flags)
+{
+	// tail is an offset from head on 64-bit kernels (sk_buff_data_t).
+	__u64 end = (__u64)BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, tail);
+	__u64 l4;
+	__u8 proto, vihl;
+
+	if (nh + 1 > end || bpf_probe_read_kernel(&vihl, 1, (void *)nh))
+		return -1;
+	if ((vihl >> 4) == 4) {
+		struct iphdr ip;
+		if (nh + sizeof(ip) > end || bpf_probe_read_kernel(&ip, sizeof(ip), (void *)nh))
+			return -1;
+		__u64 ihl = (vihl & 0xf) * 4;
+		__u64 tot = bpf_ntohs(ip.tot_len);
+		if (ihl < sizeof(ip) || nh + ihl > end)
+			return -1;
+		if (tot != 0) { // 0 only for GSO super-packets (BIG TCP)
+			if (tot < ihl)
+				return -1;
+			if (nh + tot < end)
+				end = nh + tot;
+		}
+		// Only the first fragment carries the transport header.
+		if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK)
+			return -1;
+		key->family = AF_INET;
+		map_v4(key->saddr, ip.saddr);
+		map_v4(key->daddr, ip.daddr);
+		proto = ip.protocol;
+		l4 = nh + ihl;
+	} else if ((vihl >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (nh + sizeof(ip6) > end || bpf_probe_read_kernel(&ip6, sizeof(ip6), (void *)nh))
+			return -1;
+		__u64 plen = bpf_ntohs(ip6.payload_len);
+		if (plen != 0 && nh + sizeof(ip6) + plen < end) // 0: jumbogram or BIG TCP
+			end = nh + sizeof(ip6) + plen;
+		// A v4-mapped destination counts as IPv4, as in every key
+		// (and as the agent's tuple for these bytes says); only raw
+		// sockets send such packets.
+		key->family = is_v4_mapped((const __u32 *)&ip6.daddr) ? AF_INET : AF_INET6;
+		__builtin_memcpy(key->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(key->daddr, &ip6.daddr, 16);
+
+		// Walk the extension headers. Applications add Hop-by-Hop,
+		// Routing and Destination Options with IPV6_HOPOPTS/RTHDR/
+		// DSTOPTS (per socket or per sendmsg), IPsec adds AH, and raw
+		// sockets can send anything, fragments included.
+		proto = ip6.nexthdr;
+		l4 = nh + sizeof(ip6);
+		for (int i = 0; i < MAX_V6_EXT && is_v6_ext(proto); i++) {
+			__u8 eh[4]; // next header, hdrlen, fragment offset and flags
+			__u64 len;
+			// RFC 8200: Hop-by-Hop Options only directly after the
+			// IPv6 header; a stack that sends it elsewhere is broken
+			// or lying, and the agent's parser refuses it too.
+			if (proto == NEXTHDR_HOP && i != 0)
+				return -1;
+			if (l4 + 8 > end || bpf_probe_read_kernel(eh, sizeof(eh), (void *)l4))
+				return -1;
+			if (proto == NEXTHDR_FRAGMENT) {
+				// A first fragment (offset 0) carries the transport
+				// header after this one; later fragments carry
+				// none, and their flow was recorded from the first.
+				if ((((__u16)eh[2] << 8) | eh[3]) >> 3)
+					return -1;
+				len = 8;
+			} else if (proto == NEXTHDR_AUTH) {
+				len = ((__u64)eh[1] + 2) * 4;
+			} else {
+				len = ((__u64)eh[1] + 1) * 8;
+			}
+			if (l4 + len > end)
+				return -1;
+			proto = eh[0];
+			l4 += len;
+		}
+		if (is_v6_ext(proto))
+			return -1; // more than MAX_V6_EXT extension headers
+	} else {
+		return -1;
+	}
+	key->proto = proto;
+
+	if (proto == IPPROTO_TCP) {
+		struct {
+			__u16 source;
+			__u16 dest;
+			__u32 seq;
+			__u32 ack_seq;
+			__u8 doff;
+			__u8 flags;
+		} th;
+		if (l4 + 20 > end || bpf_probe_read_kernel(&th, sizeof(th), (void *)l4))
+			return -1;
+		if ((th.doff >> 4) < 5)
+			return -1; // data offset below the 20-byte minimum
+		key->sport = bpf_ntohs(th.source);
+		key->dport = bpf_ntohs(th.dest);
+		*tcp_flags = th.flags;
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr uh;
+		if (l4 + sizeof(uh) > end || bpf_probe_read_kernel(&uh, sizeof(uh), (void *)l4))
+			return -1;
+		key->sport = bpf_ntohs(uh.source);
+		key->dport = bpf_ntohs(uh.dest);
+	} else if ((proto == IPPROTO_ICMP && (vihl >> 4) == 4) ||
+		   (proto == IPPROTO_ICMPV6 && (vihl >> 4) == 6)) {
+		// ICMP in IPv6 or ICMPv6 in IPv4 is no echo: the agent's
+		// parser sees an opaque protocol there.
+		struct {
+			__u8 type;
+			__u8 code;
+			__u16 csum;
+			__u16 id;
+			__u16 seq;
+		} ih;
+		if (l4 + sizeof(ih) > end || bpf_probe_read_kernel(&ih, sizeof(ih), (void *)l4))
+			return -1;
+		if (ih.type != (proto == IPPROTO_ICMP ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
+			return -1;
+		key->sport = bpf_ntohs(ih.id);
+		key->dport = 0;
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
 SEC("netfilter")
 int nf_local_out(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
-	const struct nf_hook_state *state = ctx->state;
 	struct flow_key key = {};
 	struct flow_value val = {};
 	struct sock *sk;
-	unsigned char *head, *l4;
-	__u8 proto;
+	__u8 tcp_flags = 0;
 
 	sk = BPF_CORE_READ(skb, sk);
 	if (!sk)
@@ -219,56 +391,16 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 		return NF_ACCEPT;
 	if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP && sk_state != TCP_SYN_SENT)
 		return NF_ACCEPT;
-	key.netns = BPF_CORE_READ(state, net, ns.inum);
 
-	head = BPF_CORE_READ(skb, head);
-	head += BPF_CORE_READ(skb, network_header);
-
-	__u8 vihl;
-	if (bpf_probe_read_kernel(&vihl, 1, head))
+	__u64 nh = (__u64)BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	if (parse_packet(skb, nh, &key, &tcp_flags))
 		return NF_ACCEPT;
-	if ((vihl >> 4) == 4) {
-		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head))
-			return NF_ACCEPT;
-		// Only the first fragment carries the transport header.
-		if (bpf_ntohs(ip.frag_off) & IP_OFFSET_MASK)
-			return NF_ACCEPT;
-		key.family = AF_INET;
-		map_v4(key.saddr, ip.saddr);
-		map_v4(key.daddr, ip.daddr);
-		proto = ip.protocol;
-		l4 = head + (vihl & 0xf) * 4;
-	} else if ((vihl >> 4) == 6) {
-		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head))
-			return NF_ACCEPT;
-		key.family = AF_INET6;
-		__builtin_memcpy(key.saddr, &ip6.saddr, 16);
-		__builtin_memcpy(key.daddr, &ip6.daddr, 16);
-		// Extension headers are not walked: locally generated TCP, UDP
-		// and echo requests do not carry them unless the application
-		// set IPV6_HOPOPTS/RTHDR/DSTOPTS explicitly (known gap).
-		proto = ip6.nexthdr;
-		l4 = head + sizeof(ip6);
-	} else {
-		return NF_ACCEPT;
-	}
-	key.proto = proto;
+	key.netns = BPF_CORE_READ(ctx->state, net, ns.inum);
+	__u8 proto = key.proto;
 
 	if (proto == IPPROTO_TCP) {
-		struct {
-			__u16 source;
-			__u16 dest;
-			__u32 seq;
-			__u32 ack_seq;
-			__u8 doff;
-			__u8 flags;
-		} th;
-		if (bpf_probe_read_kernel(&th, sizeof(th), l4))
-			return NF_ACCEPT;
 		// First packet only: SYN without ACK ...
-		if (!(th.flags & TCP_FLAG_SYN) || (th.flags & TCP_FLAG_ACK))
+		if (!(tcp_flags & TCP_FLAG_SYN) || (tcp_flags & TCP_FLAG_ACK))
 			return NF_ACCEPT;
 		// ... and not a retransmission. Retransmitted SYNs are sent from
 		// the retransmit timer, in the context of whatever task happens to
@@ -276,32 +408,6 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 		struct inet_connection_sock *icsk = (void *)sk;
 		if (BPF_CORE_READ(icsk, icsk_retransmits) != 0)
 			return NF_ACCEPT;
-		key.sport = bpf_ntohs(th.source);
-		key.dport = bpf_ntohs(th.dest);
-	} else if (proto == IPPROTO_UDP) {
-		struct udphdr uh;
-		if (bpf_probe_read_kernel(&uh, sizeof(uh), l4))
-			return NF_ACCEPT;
-		key.sport = bpf_ntohs(uh.source);
-		key.dport = bpf_ntohs(uh.dest);
-	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
-		struct {
-			__u8 type;
-			__u8 code;
-			__u16 csum;
-			__u16 id;
-			__u16 seq;
-		} ih;
-		if (bpf_probe_read_kernel(&ih, sizeof(ih), l4))
-			return NF_ACCEPT;
-		if (proto == IPPROTO_ICMP && ih.type != ICMP_ECHO)
-			return NF_ACCEPT;
-		if (proto == IPPROTO_ICMPV6 && ih.type != ICMPV6_ECHO_REQUEST)
-			return NF_ACCEPT;
-		key.sport = bpf_ntohs(ih.id);
-		key.dport = 0;
-	} else {
-		return NF_ACCEPT;
 	}
 
 	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
@@ -325,6 +431,42 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	if (val.sk_uid != val.uid)
 		val.flags |= FLOW_F_UID_MISMATCH;
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
+	return NF_ACCEPT;
+}
+
+// parse_result is what nf_parse_test found in one packet.
+struct parse_result {
+	struct flow_key key; // netns is always 0
+	__s32 ret;           // parse_packet's return value
+	__u8 tcp_flags;
+	__u8 _pad[3];
+};
+
+// parse_results: __u32 0 -> struct parse_result. Written by nf_parse_test,
+// read by the tests that run it.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct parse_result);
+} parse_results SEC(".maps");
+
+// nf_parse_test runs parse_packet on a packet handed in through
+// BPF_PROG_TEST_RUN (whose skb has no socket, so nf_local_out itself would
+// stop at once) and stores the result, so that tests can hold the kernel-side
+// parser against internal/packet on packets no ordinary socket sends. The
+// agent never loads it.
+SEC("netfilter")
+int nf_parse_test(struct bpf_nf_ctx *ctx)
+{
+	struct parse_result r = {};
+	__u32 zero = 0;
+
+	// The test-run skb starts at the IP header but, unlike a packet at
+	// LOCAL_OUT, has no network header offset set (it is 0, i.e. head).
+	__u64 nh = (__u64)BPF_CORE_READ(ctx->skb, data);
+	r.ret = parse_packet(ctx->skb, nh, &r.key, &r.tcp_flags);
+	bpf_map_update_elem(&parse_results, &zero, &r, BPF_ANY);
 	return NF_ACCEPT;
 }
 
@@ -374,13 +516,22 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	return 1;
 }
 
-// record_dst writes a destination key (saddr ::, sport 0) for a UDP or ping
-// socket about to connect or send.
+// record_dst writes a port key (saddr ::, the socket's port) or, when the
+// socket has no port yet, a destination key (saddr ::, sport 0) for a UDP or
+// ping socket about to connect or send.
+//
+// At sendmsg the port is always known: inet_sendmsg and inet6_sendmsg bind
+// an unbound socket before udp(v6)_sendmsg runs the hook (measured on 6.18,
+// and so since the hook exists). At connect it is known only when the
+// application bound the socket first; otherwise the kernel picks it after
+// the hook. A port key tells apart two sockets sending to one destination,
+// which a destination key cannot: the later sender overwrites the earlier.
 static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, const __u32 d[4])
 {
 	struct flow_key key = {};
 	struct flow_value val = {};
 	__u32 proto = ctx->protocol;
+	struct bpf_sock *sk = ctx->sk;
 
 	if (proto == IPPROTO_UDP) {
 		key.dport = bpf_ntohs(ctx->user_port);
@@ -392,12 +543,21 @@ static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, c
 	key.proto = proto;
 	key.family = family;
 	__builtin_memcpy(key.daddr, d, 16);
+	if (sk)
+		key.sport = sk->src_port; // host order; 0 while unbound
 
 	struct task_struct *t = bpf_get_current_task_btf();
 	key.netns = task_netns(t);
 	fill_task(&val, t);
 	val.flags = FLOW_F_SOCKADDR;
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
+	if (key.sport == 0 && proto == IPPROTO_UDP) {
+		// A destination key, shared with every other unbound socket
+		// connecting there: also remember this socket's own entry.
+		// (Ping sockets are not in sock_diag, so not for them.)
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		bpf_map_update_elem(&sock_flows, &cookie, &val, BPF_ANY);
+	}
 }
 
 static __always_inline void record_dst4(struct bpf_sock_addr *ctx)

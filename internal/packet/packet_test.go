@@ -110,6 +110,7 @@ func TestParse(t *testing.T) {
 		flags   TCPFlags
 		icmp    [2]uint8
 		frag    bool
+		off     int // TransportOffset, checked when not 0
 		wantErr error
 	}{
 		{name: "v4 tcp syn", pkt: syn, want: t4(flow.TCP, 40000, 443), flags: SYN},
@@ -145,9 +146,17 @@ func TestParse(t *testing.T) {
 		{name: "v6 neighbour solicitation", pkt: ipv6(58, nil, icmp(135, 0, 3)), want: t6(flow.ICMPv6, 0, 0), icmp: [2]uint8{135, 0}},
 		{name: "v6 icmp v4 type is opaque", pkt: ipv6(1, nil, icmp(8, 0, 3)), want: t6(flow.ICMP, 0, 0)},
 		{name: "v6 hop-by-hop, routing, dest opts", pkt: ipv6(17, []ext{{0, pad(6)}, {43, pad(14)}, {60, pad(6)}}, udp(7, 8)), want: t6(flow.UDP, 7, 8)},
-		{name: "v6 ah then tcp", pkt: ipv6(6, []ext{{51, pad(14)}}, tcp(1, 2, SYN)), want: t6(flow.TCP, 1, 2), flags: SYN},
+		{name: "v6 ah then tcp", pkt: ipv6(6, []ext{{51, pad(14)}}, tcp(1, 2, SYN)), want: t6(flow.TCP, 1, 2), flags: SYN, off: 56},
+		// As Linux sends a socket's IPV6_HOPOPTS and IPV6_DSTOPTS: the
+		// lengths differ, so a wrong hdrlen formula lands mid-option.
+		{name: "v6 hop-by-hop 8, dest opts 24, tcp syn", pkt: ipv6(6, []ext{{0, pad(6)}, {60, append([]byte{0x1e, 20}, pad(20)...)}}, tcp(40000, 443, SYN)), want: t6(flow.TCP, 40000, 443), flags: SYN, off: 72},
+		{name: "v6 ah 24 bytes then udp", pkt: ipv6(17, []ext{{51, pad(22)}}, udp(7, 8)), want: t6(flow.UDP, 7, 8), off: 64},
+		{name: "v6 hop, ah, dest opts, echo", pkt: ipv6(58, []ext{{0, pad(6)}, {51, pad(14)}, {60, pad(14)}}, icmp(128, 0, 9)), want: t6(flow.ICMPv6, 9, 0), icmp: [2]uint8{128, 0}, off: 80},
+		{name: "v6 eight ext headers (the limit)", pkt: ipv6(17, []ext{{60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}}, udp(1, 2)), want: t6(flow.UDP, 1, 2), off: 104},
 		{name: "v6 first fragment", pkt: ipv6(17, []ext{{44, []byte{0, 1, 0, 0, 0, 1}}}, udp(7, 8)), want: t6(flow.UDP, 7, 8), frag: true},
 		{name: "v6 non-first fragment", pkt: ipv6(17, []ext{{44, []byte{0, 0x18, 0, 0, 0, 1}}}, pad(8)), want: t6(flow.UDP, 0, 0), frag: true, wantErr: ErrFragment},
+		{name: "v6 last fragment after hop-by-hop", pkt: ipv6(6, []ext{{0, pad(6)}, {44, []byte{0x05, 0xc8, 0, 0, 0, 1}}}, pad(8)), want: t6(flow.TCP, 0, 0), frag: true, wantErr: ErrFragment},
+		{name: "v6 first fragment between options", pkt: ipv6(6, []ext{{0, pad(6)}, {44, []byte{0, 1, 0, 0, 0, 1}}, {60, pad(6)}}, tcp(5, 6, SYN)), want: t6(flow.TCP, 5, 6), flags: SYN, frag: true, off: 64},
 		{name: "v6 no next header", pkt: ipv6(59, nil, nil), want: t6(59, 0, 0)},
 		{name: "v6 esp opaque", pkt: ipv6(50, nil, pad(8)), want: t6(50, 0, 0)},
 		{name: "v6 short header", pkt: ipv6(6, nil, nil)[:39], wantErr: ErrTruncated},
@@ -180,6 +189,9 @@ func TestParse(t *testing.T) {
 			}
 			if info.Fragment != tt.frag {
 				t.Errorf("fragment = %v, want %v", info.Fragment, tt.frag)
+			}
+			if tt.off != 0 && info.TransportOffset != tt.off {
+				t.Errorf("transport offset = %d, want %d", info.TransportOffset, tt.off)
 			}
 		})
 	}
@@ -234,6 +246,9 @@ func FuzzParse(f *testing.F) {
 		ipv6(17, []ext{{0, pad(6)}, {43, pad(14)}, {60, pad(6)}, {44, pad(6)}}, udp(7, 8)),
 		ipv6(58, []ext{{51, pad(14)}}, icmp(128, 0, 9)),
 		ipv6(17, []ext{{44, []byte{0, 0x18, 0, 0, 0, 1}}}, pad(8)),
+		ipv6(6, []ext{{0, pad(6)}, {60, append([]byte{0x1e, 20}, pad(20)...)}}, tcp(40000, 443, SYN)),
+		ipv6(6, []ext{{0, pad(6)}, {44, []byte{0, 1, 0, 0, 0, 1}}, {60, pad(6)}}, tcp(5, 6, SYN)),
+		ipv6(17, []ext{{51, pad(22)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}}, udp(1, 2)),
 		{0x45},
 		{},
 	}

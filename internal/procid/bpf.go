@@ -59,13 +59,18 @@ type execTracking struct {
 
 // bpfResolver answers from the maps the eBPF programs fill.
 type bpfResolver struct {
-	mech    Mechanism
-	log     *slog.Logger
-	proc    fs.FS
-	netns   uint32
-	flows   *ebpf.Map
-	execs   *ebpf.Map // nil when exec tracking could not load
-	closers []interface{ Close() error }
+	mech  Mechanism
+	log   *slog.Logger
+	proc  fs.FS
+	netns uint32
+	flows *ebpf.Map
+	execs *ebpf.Map // nil when exec tracking could not load
+	// MechSockOps only, both nil when sock_diag could not be opened:
+	// the entries of connected UDP sockets by cookie, and sock_diag to
+	// find a flow's socket cookie.
+	sockFlows *ebpf.Map
+	diag      *procfs.Resolver
+	closers   []interface{ Close() error }
 
 	// bufs recycles lookup buffers so Resolve does not allocate them.
 	bufs sync.Pool
@@ -147,6 +152,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 			Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
 			Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
 			Flows          *ebpf.Map     `ebpf:"flows"`
+			SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
 		}{}
 	default:
 		return nil, fmt.Errorf("mechanism %q is not an eBPF mechanism", mech)
@@ -168,10 +174,19 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 		Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
 		Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
 		Flows          *ebpf.Map     `ebpf:"flows"`
+		SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
 	}:
 		objs = attribution{SockopsConnect: w.SockopsConnect, Connect4: w.Connect4, Connect6: w.Connect6,
 			Sendmsg4: w.Sendmsg4, Sendmsg6: w.Sendmsg6, Flows: w.Flows}
-		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6)
+		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6, w.SockFlows)
+		// Without sock_diag, connected UDP flows to one destination
+		// are told apart by nothing: the later connect wins.
+		if d, derr := procfs.New(cfg.NetNS, r.proc); derr != nil {
+			log.Warn("sock_diag unavailable; UDP sockets connected to the same destination will be confused", "err", derr)
+		} else {
+			r.diag, r.sockFlows = d, w.SockFlows
+			r.closers = append(r.closers, d)
+		}
 	}
 	r.flows = objs.Flows
 	r.closers = append(r.closers, objs.Flows)
@@ -332,11 +347,17 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	key, val := unsafe.Pointer(&b.key), unsafe.Pointer(&b.val)
 	err := r.flows.Lookup(key, val)
 	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
-		// The sock_addr programs record datagram flows before the
-		// source is chosen: try the destination key.
-		b.key.Saddr = [16]byte{}
-		b.key.Sport = 0
-		err = r.flows.Lookup(key, val)
+		var byDst bool
+		byDst, err = r.lookupSockAddr(b)
+		if (byDst || errors.Is(err, ebpf.ErrKeyNotExist)) && t.Proto == flow.UDP && r.diag != nil && ns == r.netns {
+			// A destination key stands for every unbound socket
+			// connected there, and names the last one. If the
+			// flow's socket is still open, the entry written for
+			// that very socket names who connected it.
+			if c, ok := r.diag.ConnectedUDPCookie(t); ok && r.sockFlows.Lookup(&c, &b.val) == nil {
+				err = nil
+			}
+		}
 	}
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return flow.Process{}, fmt.Errorf("resolve %s: %w", t, ErrNotFound)
@@ -377,6 +398,40 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 		r.imagesMu.Unlock()
 	}
 	return p, nil
+}
+
+// lookupSockAddr looks b.key up among the entries of the sock_addr programs,
+// which know no source address: the port key (saddr ::) that sendmsg, or a
+// connect on a bound socket, wrote, and the destination key (sport 0 too)
+// that a connect on an unbound socket wrote. When both exist the later one
+// wins. Port keys stay when their socket closes (nothing tells the programs,
+// and the agent does not Forget), and a socket connected to the same
+// destination since may have been given that port: its newer destination key
+// is the only sign. A port key newer than the destination key is right: a
+// socket cannot be given a port that another socket holds (SO_REUSEPORT
+// aside), so the destination key's socket has another port. This is right
+// wherever one destination key per destination, overwritten by every
+// connect and sendmsg (the scheme before port keys), was right.
+//
+// byDst reports that the answer is a destination key.
+func (r *bpfResolver) lookupSockAddr(b *lookupBuf) (byDst bool, err error) {
+	b.key.Saddr = [16]byte{}
+	if b.key.Sport == 0 {
+		err = r.flows.Lookup(&b.key, &b.val)
+		return err == nil, err
+	}
+	errPort := r.flows.Lookup(&b.key, &b.val)
+	if errPort != nil && !errors.Is(errPort, ebpf.ErrKeyNotExist) {
+		return false, errPort
+	}
+	port := b.val
+	b.key.Sport = 0
+	errDst := r.flows.Lookup(&b.key, &b.val)
+	if errPort == nil && (errDst != nil || port.Ts >= b.val.Ts) {
+		b.val = port
+		return false, nil
+	}
+	return errDst == nil, errDst
 }
 
 // fillExec completes p with exe, argv and parent, from the exec map when it
@@ -435,11 +490,17 @@ func (r *bpfResolver) remember(p *flow.Process, e *procidExecValue) {
 	_ = r.execs.Update(&p.TGID, e, ebpf.UpdateNoExist) // the kernel's entry, if one appeared meanwhile, wins
 }
 
-// Forget implements Resolver.
+// Forget implements Resolver. It drops the exact key and, for datagram
+// flows under MechSockOps, the port key; destination keys may stand for
+// other sockets' flows and stay.
 func (r *bpfResolver) Forget(t flow.Tuple) {
 	var k procidFlowKey
 	setKey(&k, r.netns, t)
 	_ = r.flows.Delete(&k) // ErrKeyNotExist is fine: LRU may have evicted it
+	if r.mech == MechSockOps && t.Proto != flow.TCP && k.Sport != 0 {
+		k.Saddr = [16]byte{}
+		_ = r.flows.Delete(&k)
+	}
 }
 
 // bytesOf views the C char array b as bytes without copying.

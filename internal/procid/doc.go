@@ -7,10 +7,18 @@
 //     priority -200 in the attributed network namespace records, for the
 //     first packet of every TCP, UDP and ICMP/ICMPv6-echo flow, the task that
 //     sent it. It runs before iptables, so the entry exists by the time the
-//     packet reaches the NFQUEUE.
+//     packet reaches the NFQUEUE. It walks up to 8 IPv6 extension headers
+//     (Hop-by-Hop, Routing, Destination Options, AH, a first Fragment) and
+//     reads the same tuple from the same bytes as internal/packet, which the
+//     tests check by running its parser on crafted packets (nf_parse_test).
 //   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
-//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed by destination
-//     with source port 0 because the port is not chosen yet). Covers only
+//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed without the
+//     source address, which is not chosen yet: by source port and
+//     destination when the socket has a port, which it always has at sendmsg,
+//     else by destination alone). Unbound UDP sockets connected to one
+//     destination share that key; while a flow's socket is open, sock_diag
+//     gives its cookie and connect's entry for that cookie names the
+//     process, and once it is closed the later connect wins. Covers only
 //     processes in the configured cgroup and its descendants.
 //   - procfs: no eBPF; sock_diag finds the socket and a /proc/*/fd scan its
 //     holder (package procfs). Slow, and blind to processes that exit before

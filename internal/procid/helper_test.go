@@ -29,10 +29,13 @@ import (
 // sends one flow, prints its local address, and exits (or waits for stdin to
 // close when holdEnv is set).
 const (
-	helperEnv = "BASTION_PROCID_HELPER" // "tcp4", "tcp6", "udp4", "udp6", "ping4", "ping6"
+	helperEnv = "BASTION_PROCID_HELPER" // "tcp4", "tcp6", "udp4", "udp6", "ping4", "ping6", "rawping6"
 	addrEnv   = "BASTION_PROCID_ADDR"   // destination host:port
 	lportEnv  = "BASTION_PROCID_LPORT"  // optional fixed source port
 	holdEnv   = "BASTION_PROCID_HOLD"
+	// extHdrEnv asks for IPv6 extension headers on every packet, set as
+	// sticky socket options before connect: "hop", "dst" or "hop,dst".
+	extHdrEnv = "BASTION_PROCID_EXTHDR"
 )
 
 func TestMain(m *testing.M) {
@@ -52,6 +55,9 @@ func helperMain(mode string) error {
 	switch mode {
 	case "tcp4", "tcp6", "udp4", "udp6":
 		d := net.Dialer{Timeout: 5 * time.Second}
+		if eh := os.Getenv(extHdrEnv); eh != "" {
+			d.Control = func(_, _ string, c syscall.RawConn) error { return setExtHeaders(c, eh) }
+		}
 		if lp := os.Getenv(lportEnv); lp != "" {
 			port, _ := strconv.Atoi(lp)
 			if mode[:3] == "tcp" {
@@ -71,6 +77,68 @@ func helperMain(mode string) error {
 		}
 		local = c.LocalAddr().String()
 		defer c.Close()
+	case "udp4-sendto", "udp6-sendto":
+		// An unconnected, unbound socket: the destination goes with
+		// each datagram (sendto) and the kernel picks the source port
+		// on the first one, as for many DNS, NTP and QUIC clients.
+		ap := netip.MustParseAddrPort(dst)
+		family := unix.AF_INET6
+		var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+		if mode == "udp4-sendto" {
+			family = unix.AF_INET
+			sa = &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+		}
+		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Sendto(fd, []byte("hello"), 0, sa); err != nil {
+			return fmt.Errorf("sendto: %w", err)
+		}
+		name, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		// Unbound: the source address was chosen by the route,
+		// loopback here, and getsockname reports the wildcard.
+		var port int
+		switch n := name.(type) {
+		case *unix.SockaddrInet4:
+			port = n.Port
+		case *unix.SockaddrInet6:
+			port = n.Port
+		}
+		local = netip.AddrPortFrom(ap.Addr(), uint16(port)).String()
+	case "rawping6":
+		// An echo request from a raw ICMPv6 socket, as setuid ping
+		// sends it: unlike ping sockets, raw sockets honour sticky
+		// extension headers. The identifier is ours to choose.
+		ap := netip.MustParseAddrPort(dst)
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
+		if err != nil {
+			return fmt.Errorf("raw ICMPv6 socket: %w", err)
+		}
+		defer unix.Close(fd)
+		if eh := os.Getenv(extHdrEnv); eh != "" {
+			if err := setExtHeadersFD(fd, eh); err != nil {
+				return err
+			}
+		}
+		if err := unix.Connect(fd, &unix.SockaddrInet6{Addr: ap.Addr().As16()}); err != nil {
+			return fmt.Errorf("connect raw socket: %w", err)
+		}
+		id := uint16(os.Getpid())
+		// The kernel computes the ICMPv6 checksum.
+		msg := []byte{128, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'b', 'a', 's'}
+		if _, err := unix.Write(fd, msg); err != nil {
+			return fmt.Errorf("send echo: %w", err)
+		}
+		name, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		local = netip.AddrPortFrom(netip.AddrFrom16(name.(*unix.SockaddrInet6).Addr), id).String()
 	case "ping4", "ping6":
 		ap := netip.MustParseAddrPort(dst)
 		family, proto, typ := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
@@ -111,6 +179,48 @@ func helperMain(mode string) error {
 	fmt.Println(local)
 	if os.Getenv(holdEnv) != "" {
 		_, _ = io.Copy(io.Discard, os.Stdin)
+	}
+	return nil
+}
+
+// Sticky IPv6 extension headers (RFC 3542 section 6) for helpers: the
+// kernel puts them into every packet the socket sends, a TCP SYN included.
+// Their lengths differ, so that a walker that got hdrlen wrong would land
+// in the middle of an option instead of on the transport header.
+var (
+	// hopOpts is an 8-byte Hop-by-Hop Options header (hdrlen 0): PadN
+	// with 4 bytes of padding.
+	hopOpts = []byte{0, 0, 1, 4, 0, 0, 0, 0}
+	// dstOpts is a 24-byte Destination Options header (hdrlen 2) holding
+	// one 20-byte option of the experimental type 0x1e (RFC 4727), whose
+	// top bits tell receivers to skip it. (A PadN that long would make
+	// the receiver drop the packet: Linux allows at most 7 padding bytes.)
+	dstOpts = append([]byte{0, 2, 0x1e, 20}, make([]byte, 20)...)
+)
+
+// setExtHeaders sets the sticky extension headers named in spec ("hop",
+// "dst", comma-separated) on c. Both need CAP_NET_RAW.
+func setExtHeaders(c syscall.RawConn, spec string) error {
+	var serr error
+	err := c.Control(func(fd uintptr) { serr = setExtHeadersFD(int(fd), spec) })
+	return errors.Join(err, serr)
+}
+
+func setExtHeadersFD(fd int, spec string) error {
+	for _, name := range strings.Split(spec, ",") {
+		var opt int
+		var hdr []byte
+		switch name {
+		case "hop":
+			opt, hdr = unix.IPV6_HOPOPTS, hopOpts
+		case "dst":
+			opt, hdr = unix.IPV6_DSTOPTS, dstOpts
+		default:
+			return fmt.Errorf("unknown extension header %q", name)
+		}
+		if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, opt, string(hdr)); err != nil {
+			return fmt.Errorf("set %s extension header: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -224,7 +334,9 @@ type helperOpts struct {
 	uid    uint32
 	hold   bool
 	cgroup *os.File
-	argv0  string // how the binary is named to execve (relative paths welcome)
+	extHdr string    // extHdrEnv value: IPv6 extension headers to send
+	caps   []uintptr // ambient capabilities, e.g. CAP_NET_RAW for extHdr as non-root
+	argv0  string    // how the binary is named to execve (relative paths welcome)
 	dir    string
 	args   []string
 }
@@ -248,7 +360,10 @@ func startHelper(t testing.TB, ns *os.File, o helperOpts) *helperProc {
 	if o.hold {
 		cmd.Env = append(cmd.Env, holdEnv+"=1")
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}}
+	if o.extHdr != "" {
+		cmd.Env = append(cmd.Env, extHdrEnv+"="+o.extHdr)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}, AmbientCaps: o.caps}
 	if o.cgroup != nil {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = int(o.cgroup.Fd())

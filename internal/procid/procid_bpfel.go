@@ -52,6 +52,14 @@ type procidFlowValue struct {
 	ExecId        uint64
 }
 
+type procidParseResult struct {
+	_        structs.HostLayout
+	Key      procidFlowKey
+	Ret      int32
+	TcpFlags uint8
+	Pad      [3]uint8
+}
+
 type procidPathScratch struct {
 	_     structs.HostLayout
 	Names [32]uint64
@@ -66,10 +74,13 @@ const (
 	procidMapExecScratch     = "exec_scratch"
 	procidMapExecs           = "execs"
 	procidMapFlows           = "flows"
+	procidMapParseResults    = "parse_results"
 	procidMapPathScratchMap  = "path_scratch_map"
+	procidMapSockFlows       = "sock_flows"
 	procidProgConnect4       = "connect4"
 	procidProgConnect6       = "connect6"
 	procidProgNfLocalOut     = "nf_local_out"
+	procidProgNfParseTest    = "nf_parse_test"
 	procidProgOnExec         = "on_exec"
 	procidProgOnExit         = "on_exit"
 	procidProgOnFork         = "on_fork"
@@ -123,6 +134,7 @@ type procidProgramSpecs struct {
 	Connect4       *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6       *ebpf.ProgramSpec `ebpf:"connect6"`
 	NfLocalOut     *ebpf.ProgramSpec `ebpf:"nf_local_out"`
+	NfParseTest    *ebpf.ProgramSpec `ebpf:"nf_parse_test"`
 	OnExec         *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit         *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork         *ebpf.ProgramSpec `ebpf:"on_fork"`
@@ -138,7 +150,9 @@ type procidMapSpecs struct {
 	ExecScratch    *ebpf.MapSpec `ebpf:"exec_scratch"`
 	Execs          *ebpf.MapSpec `ebpf:"execs"`
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
+	ParseResults   *ebpf.MapSpec `ebpf:"parse_results"`
 	PathScratchMap *ebpf.MapSpec `ebpf:"path_scratch_map"`
+	SockFlows      *ebpf.MapSpec `ebpf:"sock_flows"`
 }
 
 // procidVariableSpecs contains global variables before they are loaded into the kernel.
@@ -170,7 +184,9 @@ type procidMaps struct {
 	ExecScratch    *ebpf.Map `ebpf:"exec_scratch"`
 	Execs          *ebpf.Map `ebpf:"execs"`
 	Flows          *ebpf.Map `ebpf:"flows"`
+	ParseResults   *ebpf.Map `ebpf:"parse_results"`
 	PathScratchMap *ebpf.Map `ebpf:"path_scratch_map"`
+	SockFlows      *ebpf.Map `ebpf:"sock_flows"`
 }
 
 func (m *procidMaps) Close() error {
@@ -178,7 +194,9 @@ func (m *procidMaps) Close() error {
 		m.ExecScratch,
 		m.Execs,
 		m.Flows,
+		m.ParseResults,
 		m.PathScratchMap,
+		m.SockFlows,
 	)
 }
 
@@ -195,6 +213,7 @@ type procidPrograms struct {
 	Connect4       *ebpf.Program `ebpf:"connect4"`
 	Connect6       *ebpf.Program `ebpf:"connect6"`
 	NfLocalOut     *ebpf.Program `ebpf:"nf_local_out"`
+	NfParseTest    *ebpf.Program `ebpf:"nf_parse_test"`
 	OnExec         *ebpf.Program `ebpf:"on_exec"`
 	OnExit         *ebpf.Program `ebpf:"on_exit"`
 	OnFork         *ebpf.Program `ebpf:"on_fork"`
@@ -208,6 +227,7 @@ func (p *procidPrograms) Close() error {
 		p.Connect4,
 		p.Connect6,
 		p.NfLocalOut,
+		p.NfParseTest,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,

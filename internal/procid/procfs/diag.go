@@ -27,6 +27,7 @@ type diagSock struct {
 	remote     netip.AddrPort
 	uid        uint32
 	inode      uint32
+	cookie     uint64 // the kernel's socket cookie, unique for the boot
 	v6only     bool
 	v6Wildcard bool // AF_INET6 socket bound to "::"
 }
@@ -74,6 +75,8 @@ func parseDiagMsg(b []byte) (diagSock, error) {
 		state:  b[1],
 		uid:    binary.NativeEndian.Uint32(b[64:]),
 		inode:  binary.NativeEndian.Uint32(b[68:]),
+		// idiag_cookie: two __u32, low half first.
+		cookie: uint64(binary.NativeEndian.Uint32(b[44:])) | uint64(binary.NativeEndian.Uint32(b[48:]))<<32,
 	}
 	sport := binary.BigEndian.Uint16(b[4:])
 	dport := binary.BigEndian.Uint16(b[6:])

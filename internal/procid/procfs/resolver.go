@@ -195,6 +195,32 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 	return best, nil
 }
 
+// ConnectedUDPCookie returns the socket cookie of the UDP socket connected
+// from t.Src to t.Dst, found with one exact sock_diag lookup (no /proc
+// scan); ok is false when there is none: closed, or not connected there.
+func (r *Resolver) ConnectedUDPCookie(t flow.Tuple) (cookie uint64, ok bool) {
+	if t.Proto != flow.UDP || !t.Src.IsValid() || !t.Dst.IsValid() {
+		return 0, false
+	}
+	src := netip.AddrPortFrom(t.Src.Unmap(), t.SrcPort)
+	dst := netip.AddrPortFrom(t.Dst.Unmap(), t.DstPort)
+	family := uint8(unix.AF_INET6)
+	if dst.Addr().Is4() {
+		family = unix.AF_INET // dual-stack sockets are found too
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// udp_dump_one takes source and destination the other way round.
+	s, ok := r.exact(family, unix.IPPROTO_UDP, dst, src)
+	if !ok || s.local.Port() != src.Port() || s.remote != dst || s.cookie == 0 {
+		return 0, false
+	}
+	if la := s.local.Addr(); la != src.Addr() && !la.IsUnspecified() {
+		return 0, false
+	}
+	return s.cookie, true
+}
+
 // exact asks for one socket; ok is false on any error, including "no such
 // socket" (ENOENT).
 func (r *Resolver) exact(family, proto uint8, src, dst netip.AddrPort) (diagSock, bool) {
