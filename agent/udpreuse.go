@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/conntrack"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/sockdiag"
 )
 
@@ -79,7 +82,63 @@ func openUDPReuseGuard(ns *os.File, forget func(flow.Tuple, uint64), log *slog.L
 		g.owners.Close()
 		return nil, err
 	}
+	if err := g.verify(ns, verifyTimeout); err != nil {
+		g.Close()
+		return nil, err
+	}
 	return g, nil
+}
+
+// verifyTimeout bounds the start-up check; the kernel usually notifies
+// within 100 us.
+const verifyTimeout = 2 * time.Second
+
+// verify checks that the kernel does what the guard relies on: ctnetlink
+// answers, and closing a UDP socket in ns is notified. A kernel without
+// inet_diag's UDP handler (CONFIG_INET_UDP_DIAG) accepts the subscription
+// and then notifies nothing. Notifications of other sockets that arrive
+// meanwhile are handled as usual.
+func (g *udpReuseGuard) verify(ns *os.File, timeout time.Duration) error {
+	probe := flow.Tuple{Proto: flow.UDP, Src: netip.IPv4Unspecified(), Dst: netip.IPv4Unspecified()}
+	if _, err := g.ct.Get(probe); err != nil && !errors.Is(err, conntrack.ErrNotFound) {
+		return fmt.Errorf("ctnetlink does not answer: %w", err)
+	}
+	var port uint16
+	err := netns.Do(ns, func() error {
+		c, err := net.ListenPacket("udp4", "0.0.0.0:0")
+		if err != nil {
+			return err
+		}
+		port = c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		return c.Close()
+	})
+	if err != nil {
+		return fmt.Errorf("open a udp socket to check destroy notifications: %w", err)
+	}
+	if err := g.watch.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return fmt.Errorf("check destroy notifications: %w", err)
+	}
+	defer g.watch.SetReadDeadline(time.Time{})
+	for {
+		socks, err := g.watch.Receive()
+		if errors.Is(err, sockdiag.ErrLost) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("the kernel did not report a closed udp socket within %v (no CONFIG_INET_UDP_DIAG?): %w", timeout, err)
+		}
+		found := false
+		for _, s := range socks {
+			if s.Family == unix.AF_INET && s.Local.Port() == port && !s.Connected() {
+				found = true
+				continue
+			}
+			g.destroyed(s)
+		}
+		if found {
+			return nil
+		}
+	}
 }
 
 // Close releases the sockets; it unblocks Run.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -208,6 +209,10 @@ func (w *DestroyWatcher) Receive() ([]Socket, error) {
 	}
 	return socks, nil
 }
+
+// SetReadDeadline makes Receive fail once t passes; the zero time removes
+// the deadline.
+func (w *DestroyWatcher) SetReadDeadline(t time.Time) error { return w.c.SetReadDeadline(t) }
 
 // Close unsubscribes and unblocks Receive.
 func (w *DestroyWatcher) Close() error { return w.c.Close() }
