@@ -85,11 +85,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		closeAction = flow.ActionAllow
 	}
 	engine := newEngine(base.With("component", "engine"), cfg.Policy, queueReleaser{q: q, marks: fw.DefaultMarks()})
+
+	// Without the guard, a new UDP socket that reuses the 5-tuple of a flow
+	// conntrack still tracks passes on that flow's verdict, unasked.
+	reuse := &udpReuseState{}
+	guard, err := openUDPReuseGuard(ns, engine.ForgetRecent, base.With("component", "udpreuse"))
+	if err != nil {
+		reuse.set(udpReuseUnavailable(err))
+		log.Warn("udp tuple-reuse protection unavailable: a new udp socket that reuses the 5-tuple of a "+
+			"remembered flow passes on that flow's verdict for up to 120 s", "err", err)
+	} else {
+		defer guard.Close()
+		reuse.set(udpReuseActive)
+		log.Info("udp tuple-reuse protection active: the conntrack entries of a destroyed udp socket's flows are removed")
+	}
+
 	st := staticStatus{
 		Mechanism: string(res.Mechanism()), Features: strings.Fields(features.String()), Backend: string(fwCfg.Backend),
 		QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen, NetNS: cfg.NetNS, Started: time.Now(),
 	}
-	srv := newGRPCServer(engine, st)
+	srv := newGRPCServer(engine, st, guard, reuse)
 
 	// The queue runs under its own context: it must keep answering until
 	// the rules that feed it are gone.
@@ -97,7 +112,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer stopQueue()
 	qdone := make(chan error, 1)
 	go func() {
-		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, p) })
+		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, guard, p) })
 	}()
 	// The rules go in only once the queue is bound, so that no first
 	// packet finds the queue without a listener.
@@ -124,6 +139,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	if guard != nil {
+		g.Go(func() error {
+			// A failing guard costs the protection, not the agent.
+			if err := guard.Run(gctx); err != nil {
+				reuse.set(fmt.Sprintf("stopped (%v)", err))
+				log.Error("udp tuple-reuse protection stopped: a new udp socket that reuses the 5-tuple of a "+
+					"remembered flow passes on that flow's verdict", "err", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := srv.Serve(l); err != nil {
 			return fmt.Errorf("serve API: %w", err)
@@ -166,7 +192,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 }
 
 // handlePacket attributes one queued packet and hands it to the engine.
-func handlePacket(e *Engine, res, fallback procid.Resolver, p nfq.Packet) {
+// guard may be nil.
+func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard, p nfq.Packet) {
 	ref := PacketRef{ID: p.ID, Mark: p.Mark}
 	if p.ParseErr != nil {
 		e.HandleUnparsed(ref)
@@ -184,6 +211,9 @@ func handlePacket(e *Engine, res, fallback procid.Resolver, p nfq.Packet) {
 	if p.HasUID {
 		proc.UID, proc.GID = p.UID, p.GID
 	}
+	// Recorded before the verdict: the socket cannot be destroyed while
+	// the kernel holds its packet, so its destroy notification comes after.
+	guard.Sent(p.Tuple, proc.Socket)
 	e.Handle(ref, p.Tuple, proc)
 }
 

@@ -41,13 +41,15 @@ type apiServer struct {
 	agentv1.UnimplementedAgentServiceServer
 	engine *Engine
 	status staticStatus
+	guard  *udpReuseGuard // nil when unavailable
+	reuse  *udpReuseState
 }
 
 // newGRPCServer returns a server with the agent service, health and
-// reflection, authenticating callers with SO_PEERCRED.
-func newGRPCServer(e *Engine, st staticStatus) *grpc.Server {
+// reflection, authenticating callers with SO_PEERCRED. guard may be nil.
+func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState) *grpc.Server {
 	s := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
-	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st})
+	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse})
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
@@ -123,24 +125,29 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 	}
 	pendingN, cacheN := s.engine.Stats()
 	k := &s.engine.Counters
+	var released, races uint64
+	if s.guard != nil {
+		released, races = s.guard.Released.Load(), s.guard.Races.Load()
+	}
 	return &agentv1.GetStatusResponse{
-		Version:         Version,
-		Mechanism:       s.status.Mechanism,
-		Features:        s.status.Features,
-		FirewallBackend: s.status.Backend,
-		QueueNum:        uint32(s.status.QueueNum),
-		FailOpen:        s.status.FailOpen,
-		Netns:           s.status.NetNS,
-		Pending:         uint32(pendingN),
-		CacheEntries:    uint32(cacheN),
-		Started:         timestamppb.New(s.status.Started),
-		CallerUid:       c.UID,
-		WatchedUids:     s.engine.WatchedUIDs(c),
+		Version:            Version,
+		Mechanism:          s.status.Mechanism,
+		Features:           s.status.Features,
+		FirewallBackend:    s.status.Backend,
+		QueueNum:           uint32(s.status.QueueNum),
+		FailOpen:           s.status.FailOpen,
+		Netns:              s.status.NetNS,
+		Pending:            uint32(pendingN),
+		CacheEntries:       uint32(cacheN),
+		Started:            timestamppb.New(s.status.Started),
+		CallerUid:          c.UID,
+		WatchedUids:        s.engine.WatchedUIDs(c),
+		UdpReuseProtection: s.reuse.get(),
 		Counters: &agentv1.Counters{
 			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
 			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
 			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
-			Malformed: k.Malformed.Load(),
+			Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
 		},
 	}, nil
 }

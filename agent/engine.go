@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,13 +69,12 @@ type heldPacket struct {
 	socket uint64
 }
 
-// recentKey names one connection of one process: a retransmission of it
-// gets the verdict its first packet got. The process and, where the
-// mechanism knows it, the socket are part of the key, so that a new
-// connection that happens to reuse the same 5-tuple soon after — from
-// another program, another user or the same process — is asked afresh.
-type recentKey struct {
-	tuple  flow.Tuple
+// recentSender names the sender of one connection: a retransmission of it
+// (same tuple, same sender) gets the verdict its first packet got. The
+// process and, where the mechanism knows it, the socket are part of it, so
+// that a new connection that happens to reuse the same 5-tuple soon after —
+// from another program, another user or the same process — is asked afresh.
+type recentSender struct {
 	uid    uint32
 	tgid   uint32
 	exe    string
@@ -190,8 +190,10 @@ type Engine struct {
 	mu      sync.Mutex
 	pending map[pendingKey]*pending
 	byID    map[string]*pending
-	recent  map[recentKey]recentVerdict
-	cache   *decisionCache
+	// recent holds, per tuple, the verdicts that answer retransmissions;
+	// almost always one.
+	recent map[flow.Tuple][]recentVerdict
+	cache  *decisionCache
 	// rules holds each UID's compiled rules. They are immutable once
 	// built, so they are matched without the lock; SetRules replaces them.
 	rules      map[uint32]*uidRules
@@ -207,8 +209,53 @@ type Engine struct {
 }
 
 type recentVerdict struct {
+	sender recentSender
 	action flow.Action
 	until  time.Time
+}
+
+// recentLocked returns the verdict that answers a retransmission of t by
+// sender, if there is a live one.
+func (e *Engine) recentLocked(t flow.Tuple, sender recentSender, now time.Time) (flow.Action, bool) {
+	for _, rv := range e.recent[t] {
+		if rv.sender == sender && now.Before(rv.until) {
+			return rv.action, true
+		}
+	}
+	return flow.ActionNone, false
+}
+
+// rememberLocked records the verdict for t by sender until until.
+func (e *Engine) rememberLocked(t flow.Tuple, sender recentSender, a flow.Action, until time.Time) {
+	rvs := e.recent[t]
+	for i := range rvs {
+		if rvs[i].sender == sender {
+			rvs[i].action, rvs[i].until = a, until
+			return
+		}
+	}
+	e.recent[t] = append(rvs, recentVerdict{sender: sender, action: a, until: until})
+}
+
+// ForgetRecent drops the retransmission verdicts of t given to socket, and
+// those given where the socket was unknown, once socket is gone (socket 0:
+// the socket that sent t is unknown): a new socket that reuses t must be
+// asked afresh even when its sender looks the same (the same process, with
+// a mechanism that does not know sockets). Other sockets' verdicts stay;
+// they cannot answer a new socket.
+func (e *Engine) ForgetRecent(t flow.Tuple, socket uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rvs := e.recent[t]
+	if len(rvs) == 0 {
+		return
+	}
+	rvs = slices.DeleteFunc(rvs, func(rv recentVerdict) bool { return rv.sender.socket == 0 || rv.sender.socket == socket })
+	if len(rvs) == 0 {
+		delete(e.recent, t)
+		return
+	}
+	e.recent[t] = rvs
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
@@ -222,7 +269,7 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		rules:      make(map[uint32]*uidRules),
 		pending:    make(map[pendingKey]*pending),
 		byID:       make(map[string]*pending),
-		recent:     make(map[recentKey]recentVerdict),
+		recent:     make(map[flow.Tuple][]recentVerdict),
 		cache:      newDecisionCache(),
 		watchers:   make(map[*subscriber[PendingEvent]]struct{}),
 		watchedUID: make(map[uint32]int),
@@ -248,10 +295,10 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		e.releaseOne(id, a, proc, t, "shutdown")
 		return
 	}
-	if rv, ok := e.recent[recentKey{t, proc.UID, proc.TGID, proc.Exe, proc.Socket}]; ok && now.Before(rv.until) {
+	if a, ok := e.recentLocked(t, recentSender{proc.UID, proc.TGID, proc.Exe, proc.Socket}, now); ok {
 		e.mu.Unlock()
 		e.Counters.Retransmits.Add(1)
-		e.releaseOne(id, rv.action, proc, t, "retransmit")
+		e.releaseOne(id, a, proc, t, "retransmit")
 		return
 	}
 	// The UID's own rules come first. They are matched without the lock,
@@ -387,7 +434,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 	p.timer.Stop()
 	until := e.now().Add(retransmitWindow)
 	for _, h := range p.held {
-		e.recent[recentKey{h.tuple, p.Process.UID, h.tgid, p.Process.Exe, h.socket}] = recentVerdict{action: a, until: until}
+		e.rememberLocked(h.tuple, recentSender{p.Process.UID, h.tgid, p.Process.Exe, h.socket}, a, until)
 	}
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingResolved, Pending: p.Pending, Action: a, DecidedBy: by})
 	return p.held
@@ -676,9 +723,12 @@ func (e *Engine) gc() {
 	now := e.now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for t, rv := range e.recent {
-		if !now.Before(rv.until) {
+	for t, rvs := range e.recent {
+		rvs = slices.DeleteFunc(rvs, func(rv recentVerdict) bool { return !now.Before(rv.until) })
+		if len(rvs) == 0 {
 			delete(e.recent, t)
+		} else {
+			e.recent[t] = rvs
 		}
 	}
 	e.cache.expire(now)

@@ -412,3 +412,45 @@ func TestGrowingEntryIsAnnouncedSparingly(t *testing.T) {
 		t.Fatalf("%d extra events", len(events))
 	}
 }
+
+// Once a socket is gone, its retransmission verdicts and those whose socket
+// was unknown no longer answer; other sockets' stay.
+func TestForgetRecent(t *testing.T) {
+	e, r, _ := newTestEngine(t)
+	tup := flow.Tuple{Proto: flow.UDP, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.1"), SrcPort: 40000, DstPort: 53}
+	decide := func(id uint32, p flow.Process) {
+		t.Helper()
+		e.Handle(PacketRef{ID: id}, tup, p)
+		pend := e.ListPending(admin)
+		if len(pend) != 1 {
+			t.Fatalf("%d pending, want 1", len(pend))
+		}
+		if _, _, err := e.Decide(admin, DecideRequest{ID: pend[0].ID, Action: flow.ActionAllow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unknown := curl1000 // a mechanism that does not know sockets
+	decide(1, unknown)
+	e.Handle(PacketRef{ID: 2}, tup, unknown)
+	if got := r.verdict(2); got != flow.ActionAllow {
+		t.Fatalf("retransmission got %v, want allow", got)
+	}
+	onSocket := wget1001
+	onSocket.Socket = 77
+	decide(3, onSocket)
+
+	e.ForgetRecent(tup, 99) // another socket of the tuple was destroyed
+	e.Handle(PacketRef{ID: 4}, tup, unknown)
+	if got := r.verdict(4); got != flow.ActionNone {
+		t.Errorf("after the tuple's socket was destroyed, a sender with no known socket got %v unasked", got)
+	}
+	e.Handle(PacketRef{ID: 5}, tup, onSocket)
+	if got := r.verdict(5); got != flow.ActionAllow {
+		t.Errorf("socket 77, still alive, got %v for its retransmission, want allow", got)
+	}
+	e.ForgetRecent(tup, 77)
+	e.Handle(PacketRef{ID: 6}, tup, onSocket)
+	if got := r.verdict(6); got != flow.ActionNone {
+		t.Errorf("after socket 77 was destroyed its verdict still answered: %v", got)
+	}
+}

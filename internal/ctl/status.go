@@ -58,6 +58,12 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 	}
 	fmt.Fprintf(c.out, "firewall: iptables-%s, queue %d, fail-open %v, network namespace %s\n",
 		st.GetFirewallBackend(), st.GetQueueNum(), st.GetFailOpen(), ns)
+	reuse := st.GetUdpReuseProtection()
+	if reuse == "" {
+		reuse = "unknown (the agent does not report it)"
+	}
+	fmt.Fprintf(c.out, "udp tuple-reuse protection: %s; flows released %d, reuse races %d\n",
+		reuse, k.GetUdpFlowsReleased(), k.GetUdpReuseRaces())
 	fmt.Fprintf(c.out, "pending: %d, cached decisions: %d, prompt clients for UIDs %v (you are UID %d)\n",
 		st.GetPending(), st.GetCacheEntries(), st.GetWatchedUids(), st.GetCallerUid())
 	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",

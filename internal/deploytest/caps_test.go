@@ -40,6 +40,7 @@ func unitCaps(t testing.TB, path string) []string {
 type capsResult struct {
 	started   bool
 	mechanism string
+	udpReuse  string // GetStatus udp_reuse_protection
 	newExe    string // executable named for a process started after the agent
 	preExe    string // ... and for one started before it
 	log       string
@@ -92,8 +93,8 @@ func TestAgentCapabilities(t *testing.T) {
 				t.Logf("KNOWN BUG: netfilter link needs CAP_SYS_ADMIN only for a needless setns into the agent's own namespace; fell back to sockops")
 				mech = "netfilter-link"
 			}
-			if !r.started || mech != "netfilter-link" || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" {
-				t.Errorf("with the unit's capabilities: %+v; want started, netfilter-link, curl and bash named", r)
+			if !r.started || mech != "netfilter-link" || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" {
+				t.Errorf("with the unit's capabilities: %+v; want started, netfilter-link, curl and bash named, udp reuse protection active", r)
 			}
 		}},
 		{"unit set, procfs", caps, procfs, func(t *testing.T, r capsResult) {
@@ -140,7 +141,7 @@ func TestAgentCapabilities(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runWithCaps(t, bin, uid, gid, tc.caps, tc.args)
-			t.Logf("%v %v: started %v, mechanism %q, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.newExe, r.preExe)
+			t.Logf("%v %v: started %v, mechanism %q, udp reuse protection %q, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.udpReuse, r.newExe, r.preExe)
 			tc.check(t, r)
 		})
 	}
@@ -210,6 +211,7 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 		t.Fatal(err)
 	}
 	r.mechanism = st.GetMechanism()
+	r.udpReuse = st.GetUdpReuseProtection()
 
 	fmt.Fprintln(preIn, "go")
 	curl := ns.CommandInCgroup(ctx, cg, uid, gid, "curl", "-s", "-m", "30", "-o", "/dev/null", "http://127.0.0.1:"+port+"/")

@@ -4,6 +4,12 @@
 // firewall looks the process up, it may already be gone.
 //
 // Usage: dialer -net tcp4|tcp6|udp4|udp6|ping4|ping6 -addr HOST[:PORT] [-reply] [-timeout 2s]
+// [-local HOST:PORT] [-sendto]
+//
+// -local binds the socket to that source before connecting. -sendto (udp4,
+// udp6 only) sends from one unconnected socket with sendto(2) instead of
+// connecting it; -addr may then list several destinations, comma-separated,
+// each sent one datagram in turn (and, with -reply, each echo awaited).
 package main
 
 import (
@@ -14,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,11 +45,19 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:80", "destination (host:port; host for ping)")
 	reply := flag.Bool("reply", false, "send a payload and wait for the echo (always for ping)")
 	timeout := flag.Duration("timeout", 2*time.Second, "give up after this long")
+	localAddr := flag.String("local", "", "bind to this source HOST:PORT first")
+	sendto := flag.Bool("sendto", false, "udp: send from an unconnected socket to each of the comma-separated -addr")
 	flag.Parse()
 
 	r := result{PID: os.Getpid(), UID: os.Getuid(), Network: *network, Addr: *addr}
 	start := time.Now()
-	local, err := dial(*network, *addr, *reply, *timeout)
+	var local string
+	var err error
+	if *sendto {
+		local, err = sendTo(*network, *localAddr, strings.Split(*addr, ","), *reply, *timeout)
+	} else {
+		local, err = dial(*network, *addr, *localAddr, *reply, *timeout)
+	}
 	r.ElapsedUS = time.Since(start).Microseconds()
 	r.Local = local
 	if err != nil {
@@ -57,15 +72,31 @@ func main() {
 	}
 }
 
-func dial(network, addr string, reply bool, timeout time.Duration) (string, error) {
+func dial(network, addr, localAddr string, reply bool, timeout time.Duration) (string, error) {
+	d := net.Dialer{Timeout: timeout}
 	switch network {
-	case "tcp4", "tcp6", "udp4", "udp6":
+	case "tcp4", "tcp6":
+		if localAddr != "" {
+			a, err := net.ResolveTCPAddr(network, localAddr)
+			if err != nil {
+				return "", err
+			}
+			d.LocalAddr = a
+		}
+	case "udp4", "udp6":
+		if localAddr != "" {
+			a, err := net.ResolveUDPAddr(network, localAddr)
+			if err != nil {
+				return "", err
+			}
+			d.LocalAddr = a
+		}
 	case "ping4", "ping6":
 		return ping(network == "ping6", addr, timeout)
 	default:
 		return "", fmt.Errorf("unknown network %q", network)
 	}
-	c, err := net.DialTimeout(network, addr, timeout)
+	c, err := d.Dial(network, addr)
 	if err != nil {
 		return "", err
 	}
@@ -86,6 +117,49 @@ func dial(network, addr string, reply bool, timeout time.Duration) (string, erro
 	buf := make([]byte, len(payload))
 	if _, err := c.Read(buf); err != nil {
 		return local, err
+	}
+	return local, nil
+}
+
+// sendTo sends one datagram to each of addrs from one unconnected socket
+// bound to localAddr (any port when empty), and with reply waits for each
+// echo before sending the next.
+func sendTo(network, localAddr string, addrs []string, reply bool, timeout time.Duration) (string, error) {
+	if network != "udp4" && network != "udp6" {
+		return "", fmt.Errorf("-sendto needs udp4 or udp6, not %q", network)
+	}
+	if localAddr == "" {
+		localAddr = ":0"
+	}
+	c, err := net.ListenPacket(network, localAddr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	local := c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(timeout))
+	payload := []byte("bastion-dialer\n")
+	buf := make([]byte, 64)
+	for _, a := range addrs {
+		dst, err := net.ResolveUDPAddr(network, a)
+		if err != nil {
+			return local, err
+		}
+		if _, err := c.WriteTo(payload, dst); err != nil {
+			return local, err
+		}
+		if !reply {
+			continue
+		}
+		for {
+			_, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return local, err
+			}
+			if from.String() == dst.String() {
+				break
+			}
+		}
 	}
 	return local, nil
 }

@@ -914,8 +914,14 @@ type Counters struct {
 	Identified        uint64                 `protobuf:"varint,9,opt,name=identified,proto3" json:"identified,omitempty"`
 	Unidentified      uint64                 `protobuf:"varint,10,opt,name=unidentified,proto3" json:"unidentified,omitempty"`
 	Malformed         uint64                 `protobuf:"varint,11,opt,name=malformed,proto3" json:"malformed,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// UDP flows whose conntrack entry was removed when the socket that sent
+	// them was destroyed, so that a new socket reusing their 5-tuple is asked.
+	UdpFlowsReleased uint64 `protobuf:"varint,12,opt,name=udp_flows_released,json=udpFlowsReleased,proto3" json:"udp_flows_released,omitempty"`
+	// Of those, flows another socket had already reused before the entry was
+	// removed: its datagrams sent meanwhile passed on the old verdict.
+	UdpReuseRaces uint64 `protobuf:"varint,13,opt,name=udp_reuse_races,json=udpReuseRaces,proto3" json:"udp_reuse_races,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Counters) Reset() {
@@ -1025,6 +1031,20 @@ func (x *Counters) GetMalformed() uint64 {
 	return 0
 }
 
+func (x *Counters) GetUdpFlowsReleased() uint64 {
+	if x != nil {
+		return x.UdpFlowsReleased
+	}
+	return 0
+}
+
+func (x *Counters) GetUdpReuseRaces() uint64 {
+	if x != nil {
+		return x.UdpReuseRaces
+	}
+	return 0
+}
+
 type GetStatusResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1043,9 +1063,14 @@ type GetStatusResponse struct {
 	// The caller as the agent sees it.
 	CallerUid uint32 `protobuf:"varint,12,opt,name=caller_uid,json=callerUid,proto3" json:"caller_uid,omitempty"`
 	// UIDs with a connected watcher (only the caller's own unless root).
-	WatchedUids   []uint32 `protobuf:"varint,13,rep,packed,name=watched_uids,json=watchedUids,proto3" json:"watched_uids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WatchedUids []uint32 `protobuf:"varint,13,rep,packed,name=watched_uids,json=watchedUids,proto3" json:"watched_uids,omitempty"`
+	// UDP tuple-reuse protection: "active", or "unavailable (reason)" or
+	// "stopped (reason)". While active, the conntrack entries of a destroyed
+	// UDP socket's flows are removed, so that a new socket sending with one of
+	// their 5-tuples is asked about instead of inheriting the old verdict.
+	UdpReuseProtection string `protobuf:"bytes,14,opt,name=udp_reuse_protection,json=udpReuseProtection,proto3" json:"udp_reuse_protection,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -1167,6 +1192,13 @@ func (x *GetStatusResponse) GetWatchedUids() []uint32 {
 		return x.WatchedUids
 	}
 	return nil
+}
+
+func (x *GetStatusResponse) GetUdpReuseProtection() string {
+	if x != nil {
+		return x.UdpReuseProtection
+	}
+	return ""
 }
 
 type WatchDecisionsRequest struct {
@@ -1734,7 +1766,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eDecideResponse\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\rR\apackets\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x12\n" +
-	"\x10GetStatusRequest\"\xf2\x02\n" +
+	"\x10GetStatusRequest\"\xc8\x03\n" +
 	"\bCounters\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
@@ -1750,7 +1782,9 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"identified\x12\"\n" +
 	"\funidentified\x18\n" +
 	" \x01(\x04R\funidentified\x12\x1c\n" +
-	"\tmalformed\x18\v \x01(\x04R\tmalformed\"\xd1\x03\n" +
+	"\tmalformed\x18\v \x01(\x04R\tmalformed\x12,\n" +
+	"\x12udp_flows_released\x18\f \x01(\x04R\x10udpFlowsReleased\x12&\n" +
+	"\x0fudp_reuse_races\x18\r \x01(\x04R\rudpReuseRaces\"\x83\x04\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tmechanism\x18\x02 \x01(\tR\tmechanism\x12\x1a\n" +
@@ -1766,7 +1800,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\astarted\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x1d\n" +
 	"\n" +
 	"caller_uid\x18\f \x01(\rR\tcallerUid\x12!\n" +
-	"\fwatched_uids\x18\r \x03(\rR\vwatchedUids\"\x17\n" +
+	"\fwatched_uids\x18\r \x03(\rR\vwatchedUids\x120\n" +
+	"\x14udp_reuse_protection\x18\x0e \x01(\tR\x12udpReuseProtection\"\x17\n" +
 	"\x15WatchDecisionsRequest\"\x8a\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
