@@ -84,16 +84,7 @@ func TestAgentCapabilities(t *testing.T) {
 		check func(t *testing.T, r capsResult)
 	}{
 		{"unit set", caps, nil, func(t *testing.T, r capsResult) {
-			mech := r.mechanism
-			if mech == "sockops" && strings.Contains(r.log, "netfilter-link: enter network namespace: operation not permitted") {
-				// KNOWN BUG (internal/procid openBPF): with no --netns it
-				// setns()es into its own namespace, which needs
-				// CAP_SYS_ADMIN, and falls back to sockops. Once fixed,
-				// this test requires netfilter-link here.
-				t.Logf("KNOWN BUG: netfilter link needs CAP_SYS_ADMIN only for a needless setns into the agent's own namespace; fell back to sockops")
-				mech = "netfilter-link"
-			}
-			if !r.started || mech != "netfilter-link" || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" {
+			if !r.started || r.mechanism != "netfilter-link" || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" {
 				t.Errorf("with the unit's capabilities: %+v; want started, netfilter-link, curl and bash named, udp reuse protection active", r)
 			}
 		}},

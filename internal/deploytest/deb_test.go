@@ -216,6 +216,7 @@ func TestDebAgentRuns(t *testing.T) {
 	root := testenv.TempDir(t)
 	run(t, "dpkg", "-x", deb, root)
 	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
+		stageUnitTools(t, root)
 		out, err := exec.Command(sa, "verify", "--man=no", "--generators=no", "--root="+root,
 			filepath.Join(root, "lib/systemd/system/bastion-agent.service")).CombinedOutput()
 		if err != nil || len(out) > 0 {

@@ -107,15 +107,7 @@ func TestUnitsVerify(t *testing.T) {
 			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
 		}
 	}
-	// The agent unit's ExecStartPre runs the host's touch: the staged root
-	// gets it where the unit expects it.
-	touch, err := exec.LookPath("touch")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", touch, filepath.Join(dest, "usr/bin/touch")).CombinedOutput(); err != nil {
-		t.Fatalf("copy touch into the staged root: %v: %s", err, out)
-	}
+	stageUnitTools(t, dest)
 	verify("bastion-agent.service", "--root="+dest, filepath.Join(dest, "lib/systemd/system/bastion-agent.service"))
 
 	// --root does not work with --user: verify a copy that runs the binary
@@ -141,5 +133,22 @@ func TestUnitsVerify(t *testing.T) {
 	out, err := exec.Command(sa, "verify", "--man=no", "--generators=no", bad).CombinedOutput()
 	if err == nil && len(out) == 0 {
 		t.Errorf("systemd-analyze verify accepted a broken unit")
+	}
+}
+
+// stageUnitTools copies the host programs the agent unit runs besides the
+// agent (ExecStartPre's touch) into root, where systemd-analyze verify
+// --root looks for them.
+func stageUnitTools(t *testing.T, root string) {
+	t.Helper()
+	touch, err := exec.LookPath("touch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", touch, filepath.Join(root, "usr/bin/touch")).CombinedOutput(); err != nil {
+		t.Fatalf("copy touch into %s: %v: %s", root, err, out)
 	}
 }
