@@ -33,6 +33,8 @@ type staticStatus struct {
 	FailOpen  bool
 	NetNS     string
 	Started   time.Time
+	// DNSQueueNum is the DNS answers' queue; 0 when names are not learnt.
+	DNSQueueNum uint16
 }
 
 // apiServer serves bastion.agent.v1.AgentService. Every handler reads the
@@ -41,13 +43,14 @@ type apiServer struct {
 	agentv1.UnimplementedAgentServiceServer
 	engine *Engine
 	status staticStatus
+	names  *nameBook // nil when names are not learnt
 }
 
 // newGRPCServer returns a server with the agent service, health and
 // reflection, authenticating callers with SO_PEERCRED.
-func newGRPCServer(e *Engine, st staticStatus) *grpc.Server {
+func newGRPCServer(e *Engine, st staticStatus, names *nameBook) *grpc.Server {
 	s := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
-	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st})
+	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, names: names})
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
@@ -122,6 +125,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		return nil, err
 	}
 	pendingN, cacheN := s.engine.Stats()
+	dnsAnswers, dnsMalformed, dnsNames := s.names.counts()
 	k := &s.engine.Counters
 	return &agentv1.GetStatusResponse{
 		Version:         Version,
@@ -136,11 +140,13 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		Started:         timestamppb.New(s.status.Started),
 		CallerUid:       c.UID,
 		WatchedUids:     s.engine.WatchedUIDs(c),
+		DnsQueueNum:     uint32(s.status.DNSQueueNum),
+		DnsNames:        uint32(dnsNames),
 		Counters: &agentv1.Counters{
 			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
 			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
 			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
-			Malformed: k.Malformed.Load(),
+			Malformed: k.Malformed.Load(), DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
 		},
 	}, nil
 }
@@ -288,6 +294,7 @@ func pendingToProto(p Pending) *agentv1.PendingConnection {
 		Deadline:       timestamppb.New(p.Deadline),
 		DeadlineAction: apiconv.ActionProto(p.DeadlineAction),
 		Packets:        uint32(p.Packets),
+		Host:           p.Host,
 	}
 }
 
@@ -314,5 +321,6 @@ func decisionToProto(d Decision) *agentv1.DecisionEvent {
 		Action:    apiconv.ActionProto(d.Action),
 		DecidedBy: d.DecidedBy,
 		RuleId:    d.RuleID,
+		Host:      d.Host,
 	}
 }
