@@ -248,7 +248,7 @@ func TestDNSWorksWhileAgentIsGone(t *testing.T) {
 		t.Fatalf("agent running: the answer on loopback was not read (dns answers %d)", st.GetCounters().GetDnsAnswers())
 	}
 	a.Kill(t)
-	if rs := ruleset(t, ns); !strings.Contains(rs, "--sport 53 -j NFQUEUE") {
+	if rs := ruleset(t, ns); !strings.Contains(rs, "--sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE") {
 		t.Fatalf("precondition: the killed agent's DNS rule should be left behind:\n%s", rs)
 	}
 	resolve("agent killed")

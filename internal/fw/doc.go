@@ -21,9 +21,9 @@
 //
 // With Config.DNSQueueNum set, Install also fills Config.InputChain (default
 // BASTION-IN) in the mangle table and jumps to it from the top of mangle
-// INPUT: UDP packets from source port 53 (DNS answers, loopback included, so
-// a local stub resolver's answers count) go to NFQUEUE DNSQueueNum, always
-// with --queue-bypass, and packets carrying the Allow mark return. The agent
+// INPUT: UDP packets from source port 53 of a tracked flow (answers to
+// queries this host sent, loopback included, so a local stub resolver's
+// answers count) go to NFQUEUE DNSQueueNum, always with --queue-bypass, and packets carrying the Allow mark return. The agent
 // reads each answer and re-injects it at once with NF_REPEAT and the Allow
 // mark, so it then walks the rest of mangle INPUT and the filter table like
 // any other packet. Mangle, not filter: a bypassed packet (no agent) moves

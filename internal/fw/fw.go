@@ -446,7 +446,9 @@ func inputRules(cfg Config) []string {
 		// skip.
 		fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", m.Allow, m.Mask),
 		// SECURITY: always --queue-bypass, whatever FailOpen says: name
-		// learning is best effort and must never stop DNS.
-		fmt.Sprintf("-p udp --sport 53 -j NFQUEUE --queue-num %d --queue-bypass", cfg.DNSQueueNum),
+		// learning is best effort and must never stop DNS. Only answers
+		// to queries this host sent (ESTABLISHED) are read: an unsolicited
+		// packet from port 53 must at least hit a query's port pair.
+		fmt.Sprintf("-p udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num %d --queue-bypass", cfg.DNSQueueNum),
 	}
 }

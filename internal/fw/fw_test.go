@@ -65,7 +65,7 @@ func TestInputRules(t *testing.T) {
 	cfg := Config{QueueNum: 7, DNSQueueNum: 8, FailOpen: false}.withDefaults()
 	got := strings.Join(inputRules(cfg), "\n")
 	want := "-m mark --mark 0x1000000/0xf000000 -j RETURN\n" +
-		"-p udp --sport 53 -j NFQUEUE --queue-num 8 --queue-bypass"
+		"-p udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num 8 --queue-bypass"
 	if got != want {
 		t.Errorf("inputRules =\n%s\nwant (always --queue-bypass, even fail-closed)\n%s", got, want)
 	}
@@ -251,7 +251,7 @@ func checkInstalled(t *testing.T, snap string) {
 			t.Errorf("%d rules in %s, want 2 and no stray one:\n%s", n, DefaultInputChain, fam)
 		}
 	}
-	if n := strings.Count(snap, "-A "+DefaultInputChain+" -p udp -m udp --sport 53 -j NFQUEUE --queue-num 4 --queue-bypass\n"); n != 2 {
+	if n := strings.Count(snap, "-A "+DefaultInputChain+" -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num 4 --queue-bypass\n"); n != 2 {
 		t.Errorf("%d DNS queue rules, want one per family:\n%s", n, snap)
 	}
 	for _, tbl := range strings.SplitAfter(snap, "COMMIT\n") {
