@@ -244,12 +244,49 @@ func TestDNSWorksWhileAgentIsGone(t *testing.T) {
 		}
 	}
 	resolve("agent running")
-	if st := a.Status(t); st.GetCounters().GetDnsAnswers() < 1 {
+	st := a.Status(t)
+	if st.GetCounters().GetDnsAnswers() < 1 {
 		t.Fatalf("agent running: the answer on loopback was not read (dns answers %d)", st.GetCounters().GetDnsAnswers())
+	}
+	// An answer nobody asked for (a new flow from port 53) is not read.
+	echo := ns.ListenPacket(t, "udp4", "127.0.0.1:0")
+	var forged net.PacketConn
+	if err := ns.Do(func() (err error) {
+		forged, err = net.ListenPacket("udp4", "127.0.0.2:53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer forged.Close()
+	msg, _ := dnsResponse(forgedQuery(t))
+	if _, err := forged.WriteTo(msg, echo.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	forged.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := forged.ReadFrom(make([]byte, 1500)); err != nil {
+		t.Fatalf("the unsolicited answer was not delivered: %v", err)
+	}
+	if got := a.Status(t).GetCounters().GetDnsAnswers(); got != st.GetCounters().GetDnsAnswers() {
+		t.Errorf("an unsolicited answer was read: dns answers %d -> %d", st.GetCounters().GetDnsAnswers(), got)
 	}
 	a.Kill(t)
 	if rs := ruleset(t, ns); !strings.Contains(rs, "--sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE") {
 		t.Fatalf("precondition: the killed agent's DNS rule should be left behind:\n%s", rs)
 	}
 	resolve("agent killed")
+}
+
+// forgedQuery is an A query for dnsName, from which dnsResponse makes an
+// answer.
+func forgedQuery(t *testing.T) []byte {
+	t.Helper()
+	q := dnsmessage.Message{
+		Header:    dnsmessage.Header{ID: 99},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName(dnsName + "."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+	}
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
