@@ -20,12 +20,13 @@ import (
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
-// The name the test DNS server answers, through a CNAME, and its address:
-// a loopback address of the test's namespace where a TCP listener runs.
+// The name the test DNS server answers, through a CNAME, and its addresses:
+// loopback addresses of the test's namespace where TCP listeners run.
 const (
 	dnsName   = "www.example.test"
 	dnsTarget = "edge.cdn-example.test"
 	dnsAddr   = "127.0.0.7"
+	dnsAddr6  = "::1"
 )
 
 var (
@@ -47,16 +48,22 @@ func dnsClient(t *testing.T) string {
 	return dnsClientBin
 }
 
-// dnsServer answers A queries for dnsName with a CNAME to dnsTarget and
-// an A record dnsAddr, on 127.0.0.1:53 in ns, until t ends; other names get
-// NXDOMAIN. It counts the queries it answered.
+// dnsServer answers A and AAAA queries for dnsName with a CNAME to
+// dnsTarget and an A record dnsAddr or an AAAA record dnsAddr6, on
+// 127.0.0.1:53 (and [::1]:53 with startDNSServerOn) in ns, until t ends;
+// other names get NXDOMAIN. It counts the queries it answered.
 type dnsServer struct{ answered atomic.Int64 }
 
 func startDNSServer(t *testing.T, ns *testenv.NS) *dnsServer {
 	t.Helper()
+	return startDNSServerOn(t, ns, "127.0.0.1:53")
+}
+
+func startDNSServerOn(t *testing.T, ns *testenv.NS, addr string) *dnsServer {
+	t.Helper()
 	var pc net.PacketConn
 	if err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", "127.0.0.1:53")
+		pc, err = net.ListenPacket("udp", addr)
 		return err
 	}); err != nil {
 		t.Fatalf("DNS server in %s: %v", ns.Name, err)
@@ -104,6 +111,13 @@ func dnsResponse(query []byte) ([]byte, bool) {
 			{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(dnsTarget + "."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 30},
 				Body: &dnsmessage.AResource{A: netip.MustParseAddr(dnsAddr).As4()}},
 		}
+	case qu.Type == dnsmessage.TypeAAAA:
+		m.Answers = []dnsmessage.Resource{
+			{Header: dnsmessage.ResourceHeader{Name: qu.Name, Type: dnsmessage.TypeCNAME, Class: dnsmessage.ClassINET, TTL: 30},
+				Body: &dnsmessage.CNAMEResource{CNAME: dnsmessage.MustNewName(dnsTarget + ".")}},
+			{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(dnsTarget + "."), Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET, TTL: 30},
+				Body: &dnsmessage.AAAAResource{AAAA: netip.MustParseAddr(dnsAddr6).As16()}},
+		}
 	}
 	b, err := m.Pack()
 	return b, err == nil
@@ -132,46 +146,62 @@ func dnsClientCmd(ctx context.Context, t *testing.T, ns *testenv.NS, uid uint32,
 }
 
 // TestDNSNamesNamePendingConnections: a program of UID 1000 resolves
-// www.example.test (a CNAME to another name, then an A record) at a DNS
-// server on the namespace's loopback and connects to the address. The
-// agent reads the answer from its DNS queue, so the pending connection
-// carries the name the program asked for; the status counts it.
+// www.example.test (a CNAME to another name, then an A or AAAA record) at a
+// DNS server on the namespace's loopback, over IPv4 or IPv6, and connects to
+// the address. The agent reads the answer from its DNS queue, so the
+// pending connection carries the name the program asked for; the status
+// counts it.
 func TestDNSNamesNamePendingConnections(t *testing.T) {
 	dnsClient(t)
-	ns := testenv.NewNetNS(t)
-	srv := startDNSServer(t, ns)
-	port := portOf(ns.Listen(t, "tcp4", dnsAddr+":0").Addr())
-	a := startPolicyAgent(t, ns, twoUserPolicy) // UID 1000 is asked
-	ctx := testCtx(t, 2*time.Minute)
+	for _, tc := range []struct {
+		name, server, listen, want, lookup string
+		v                                  uint32
+	}{
+		{"IPv4", "127.0.0.1:53", dnsAddr + ":0", dnsAddr, "ip4", 4},
+		{"IPv6", "[::1]:53", "[" + dnsAddr6 + "]:0", dnsAddr6, "ip6", 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testenv.NewNetNS(t)
+			srv := startDNSServerOn(t, ns, tc.server)
+			port := portOf(ns.Listen(t, "tcp", tc.listen).Addr())
+			a := startPolicyAgent(t, ns, twoUserPolicy) // UID 1000 is asked
+			ctx := testCtx(t, 2*time.Minute)
 
-	p := dnsClientCmd(ctx, t, ns, uidA, port)
-	// The query itself is a new UDP flow of UID 1000: allow it, and the
-	// resent ones, for this program and port 53.
-	q := a.WaitPending(t, 15*time.Second, flowTo(udp, 4, 53))
-	if q.GetHost() != "" {
-		t.Errorf("the DNS server's address got a name: %q", q.GetHost())
-	}
-	a.Decide(t, q.GetId(), allow, agentv1.Scope_SCOPE_DESTINATION_PORT)
-	c := a.WaitPending(t, 15*time.Second, flowTo(tcp, 4, port))
-	if c.GetHost() != dnsName || c.GetFlow().GetDstIp() != dnsAddr {
-		t.Errorf("pending connection %s host %q, want %q (the name asked, not the CNAME target)", describe(c), c.GetHost(), dnsName)
-	}
-	a.Decide(t, c.GetId(), allow, scopeConn)
-	if r := p.dnsResult(t, 30*time.Second); !r.OK || len(r.Addrs) != 1 || r.Addrs[0] != dnsAddr {
-		t.Errorf("dnsclient: %+v, want it to resolve %s and connect", r, dnsAddr)
-	}
-	st := a.Status(t)
-	if st.GetDnsQueueNum() == 0 || st.GetCounters().GetDnsAnswers() < 1 || st.GetDnsNames() < 1 || st.GetCounters().GetDnsMalformed() != 0 {
-		t.Errorf("status: dns queue %d, answers %d, names %d, malformed %d; want a queue, >=1, >=1, 0",
-			st.GetDnsQueueNum(), st.GetCounters().GetDnsAnswers(), st.GetDnsNames(), st.GetCounters().GetDnsMalformed())
-	}
-	if srv.answered.Load() == 0 {
-		t.Error("the DNS server answered nothing")
-	}
-	// bastionctl pending/decisions name it too.
-	out, code := run(t, ns.Command(ctx, 0, 0, builtBins.ctl, "--agent-socket", a.Socket, "decisions"))
-	if code != 0 || !strings.Contains(out, dnsAddr+":"+strconv.Itoa(port)+" ("+dnsName+")") {
-		t.Errorf("bastionctl decisions (exit %d) does not name the destination:\n%s", code, out)
+			p := start(t, ns.Command(ctx, uidA, uidA, dnsClient(t), "-server", tc.server, "-net", tc.lookup,
+				"-name", dnsName+".", "-port", strconv.Itoa(port), "-timeout", "25s"))
+			// The query itself is a new UDP flow of UID 1000: allow it,
+			// and the resent ones, for this program and port 53.
+			q := a.WaitPending(t, 15*time.Second, flowTo(udp, tc.v, 53))
+			if q.GetHost() != "" {
+				t.Errorf("the DNS server's address got a name: %q", q.GetHost())
+			}
+			a.Decide(t, q.GetId(), allow, agentv1.Scope_SCOPE_DESTINATION_PORT)
+			c := a.WaitPending(t, 15*time.Second, flowTo(tcp, tc.v, port))
+			if c.GetHost() != dnsName || c.GetFlow().GetDstIp() != tc.want {
+				t.Errorf("pending connection %s host %q, want %q (the name asked, not the CNAME target)", describe(c), c.GetHost(), dnsName)
+			}
+			a.Decide(t, c.GetId(), allow, scopeConn)
+			if r := p.dnsResult(t, 30*time.Second); !r.OK || len(r.Addrs) != 1 || r.Addrs[0] != tc.want {
+				t.Errorf("dnsclient: %+v, want it to resolve %s and connect", r, tc.want)
+			}
+			st := a.Status(t)
+			if st.GetDnsQueueNum() == 0 || st.GetCounters().GetDnsAnswers() < 1 || st.GetDnsNames() < 1 || st.GetCounters().GetDnsMalformed() != 0 {
+				t.Errorf("status: dns queue %d, answers %d, names %d, malformed %d; want a queue, >=1, >=1, 0",
+					st.GetDnsQueueNum(), st.GetCounters().GetDnsAnswers(), st.GetDnsNames(), st.GetCounters().GetDnsMalformed())
+			}
+			if srv.answered.Load() == 0 {
+				t.Error("the DNS server answered nothing")
+			}
+			// bastionctl decisions names it too.
+			dst := tc.want
+			if tc.v == 6 {
+				dst = "[" + dst + "]"
+			}
+			out, code := run(t, ns.Command(ctx, 0, 0, builtBins.ctl, "--agent-socket", a.Socket, "decisions"))
+			if code != 0 || !strings.Contains(out, dst+":"+strconv.Itoa(port)+" ("+dnsName+")") {
+				t.Errorf("bastionctl decisions (exit %d) does not name the destination:\n%s", code, out)
+			}
+		})
 	}
 }
 

@@ -3,7 +3,7 @@
 // an application does, and prints the outcome as one JSON line. With
 // -resolve-only it stops after the lookup.
 //
-// Usage: dnsclient -server 127.0.0.1:53 -name www.example.test -port 8080 [-timeout 20s] [-resolve-only]
+// Usage: dnsclient -server 127.0.0.1:53 -name www.example.test -port 8080 [-net ip4|ip6] [-timeout 20s] [-resolve-only]
 package main
 
 import (
@@ -28,6 +28,7 @@ func main() {
 	port := flag.Int("port", 0, "TCP port to connect to")
 	timeout := flag.Duration("timeout", 20*time.Second, "for the lookup and the connection together")
 	resolveOnly := flag.Bool("resolve-only", false, "only resolve")
+	network := flag.String("net", "ip4", "addresses to ask for: ip4 (A) or ip6 (AAAA)")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -46,7 +47,7 @@ func main() {
 			os.Exit(1)
 		}
 	}()
-	addrs, err := r.LookupNetIP(ctx, "ip4", *name)
+	addrs, err := r.LookupNetIP(ctx, *network, *name)
 	if err != nil {
 		out.Err = "lookup: " + err.Error()
 		return
