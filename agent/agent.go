@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/bastion-fw/bastion/internal/dnsnames"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/fw"
 	"github.com/bastion-fw/bastion/internal/netns"
@@ -64,9 +65,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer q.Close()
 
+	// DNS answers come through a queue of their own, always fail-open
+	// (a full queue accepts rather than drops), so that reading them
+	// never competes with held connections and never stops DNS.
+	var (
+		names *nameBook
+		dnsQ  *nfq.Queue
+	)
+	if dq := cfg.dnsQueue(); dq != 0 {
+		dnsQ, err = nfq.Open(nfq.Config{Num: dq, NetNS: ns, FailOpen: true, CopyLen: dnsCopyLen, Log: base})
+		if err != nil {
+			return fmt.Errorf("open DNS queue: %w", err)
+		}
+		defer dnsQ.Close()
+		names = newNameBook(base.With("component", "dns"), dnsnames.CacheConfig{})
+	}
+
 	fwCfg := fw.Config{
 		Backend: cfg.Backend, NetNS: cfg.NetNS, QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen,
-		InterceptLoopback: cfg.InterceptLoopback, Log: base.With("component", "fw"),
+		DNSQueueNum: cfg.dnsQueue(), InterceptLoopback: cfg.InterceptLoopback, Log: base.With("component", "fw"),
 	}
 	if fwCfg.Backend == "" {
 		if fwCfg.Backend, err = fw.DetectBackend(ctx, cfg.NetNS); err != nil {
@@ -103,8 +120,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	st := staticStatus{
 		Mechanism: string(res.Mechanism()), Features: strings.Fields(features.String()), Backend: string(fwCfg.Backend),
 		QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen, NetNS: cfg.NetNS, Started: time.Now(),
+		DNSQueueNum: cfg.dnsQueue(),
 	}
-	srv := newGRPCServer(engine, st, guard, reuse)
+	srv := newGRPCServer(engine, st, guard, reuse, names)
 
 	// The queue runs under its own context: it must keep answering until
 	// the rules that feed it are gone.
@@ -112,7 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer stopQueue()
 	qdone := make(chan error, 1)
 	go func() {
-		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, guard, p) })
+		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, guard, names, p) })
 	}()
 	// The rules go in only once the queue is bound, so that no first
 	// packet finds the queue without a listener.
@@ -126,16 +144,39 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return fmt.Errorf("bind queue: %w", err)
 	}
+	// The DNS queue is fail-open at both ends (--queue-bypass, and a
+	// full queue accepts), so it needs no such care; it still binds
+	// before the rules go in, so that the first answers are read.
+	dnsDone := make(chan error, 1)
+	if dnsQ != nil {
+		v := dnsVerdicts{q: dnsQ, marks: fw.DefaultMarks()}
+		go func() { dnsDone <- dnsQ.Run(qctx, func(p nfq.Packet) { v.handle(names, p) }) }()
+		select {
+		case <-dnsQ.Bound():
+		case err := <-dnsDone:
+			l.Close()
+			engine.Close(closeAction)
+			stopQueue()
+			<-qdone
+			if err == nil {
+				err = errors.New("queue stopped")
+			}
+			return fmt.Errorf("bind DNS queue: %w", err)
+		}
+	} else {
+		close(dnsDone)
+	}
 
 	if err := fw.Install(ctx, fwCfg); err != nil {
 		l.Close()
 		engine.Close(closeAction)
 		stopQueue()
 		<-qdone
+		<-dnsDone
 		return fmt.Errorf("install firewall rules: %w", err)
 	}
 	log.Info("agent running", "mechanism", res.Mechanism(), "socket", cfg.Socket, "netns", cfg.NetNS,
-		"queue", cfg.QueueNum, "fail_open", cfg.FailOpen, "backend", fwCfg.Backend)
+		"queue", cfg.QueueNum, "dns_queue", fwCfg.DNSQueueNum, "fail_open", cfg.FailOpen, "backend", fwCfg.Backend)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
@@ -173,6 +214,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		srv.Stop()
 		return nil
 	})
+	if names != nil {
+		g.Go(func() error {
+			// Expired names are forgotten even if nobody looks them up,
+			// so the status counts only live ones.
+			t := time.NewTicker(30 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+					names.cache.Sweep()
+				}
+			}
+		})
+	}
 	runErr := g.Wait()
 
 	// Shutdown order: answer everything held, remove the rules (so nothing
@@ -188,12 +245,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := <-qdone; err != nil && runErr == nil {
 		runErr = err
 	}
+	if err := <-dnsDone; err != nil && runErr == nil {
+		runErr = fmt.Errorf("DNS queue: %w", err)
+	}
 	return runErr
 }
 
-// handlePacket attributes one queued packet and hands it to the engine.
-// guard may be nil.
-func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard, p nfq.Packet) {
+// handlePacket attributes one queued packet, names its destination if a DNS
+// answer did, and hands it to the engine. guard and names may be nil.
+func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard, names *nameBook, p nfq.Packet) {
 	ref := PacketRef{ID: p.ID, Mark: p.Mark}
 	if p.ParseErr != nil {
 		e.HandleUnparsed(ref)
@@ -214,7 +274,7 @@ func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard
 	// Recorded before the verdict: the socket cannot be destroyed while
 	// the kernel holds its packet, so its destroy notification comes after.
 	guard.Sent(p.Tuple, proc.Socket)
-	e.Handle(ref, p.Tuple, proc)
+	e.HandleNamed(ref, p.Tuple, proc, names.lookup(p.Tuple.Dst))
 }
 
 // queueReleaser turns verdicts into NFQUEUE verdicts. Every verdict

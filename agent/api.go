@@ -33,6 +33,8 @@ type staticStatus struct {
 	FailOpen  bool
 	NetNS     string
 	Started   time.Time
+	// DNSQueueNum is the DNS answers' queue; 0 when names are not learnt.
+	DNSQueueNum uint16
 }
 
 // apiServer serves bastion.agent.v1.AgentService. Every handler reads the
@@ -43,13 +45,15 @@ type apiServer struct {
 	status staticStatus
 	guard  *udpReuseGuard // nil when unavailable
 	reuse  *udpReuseState
+	names  *nameBook // nil when names are not learnt
 }
 
 // newGRPCServer returns a server with the agent service, health and
-// reflection, authenticating callers with SO_PEERCRED. guard may be nil.
-func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState) *grpc.Server {
+// reflection, authenticating callers with SO_PEERCRED. guard and names may
+// be nil.
+func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook) *grpc.Server {
 	s := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
-	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse})
+	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names})
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
@@ -124,6 +128,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		return nil, err
 	}
 	pendingN, cacheN := s.engine.Stats()
+	dnsAnswers, dnsMalformed, dnsNames := s.names.counts()
 	k := &s.engine.Counters
 	var released, races uint64
 	if s.guard != nil {
@@ -143,11 +148,14 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		CallerUid:          c.UID,
 		WatchedUids:        s.engine.WatchedUIDs(c),
 		UdpReuseProtection: s.reuse.get(),
+		DnsQueueNum:        uint32(s.status.DNSQueueNum),
+		DnsNames:           uint32(dnsNames),
 		Counters: &agentv1.Counters{
 			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
 			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
 			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
 			Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
+			DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
 		},
 	}, nil
 }
@@ -295,6 +303,7 @@ func pendingToProto(p Pending) *agentv1.PendingConnection {
 		Deadline:       timestamppb.New(p.Deadline),
 		DeadlineAction: apiconv.ActionProto(p.DeadlineAction),
 		Packets:        uint32(p.Packets),
+		Host:           p.Host,
 	}
 }
 
@@ -321,5 +330,6 @@ func decisionToProto(d Decision) *agentv1.DecisionEvent {
 		Action:    apiconv.ActionProto(d.Action),
 		DecidedBy: d.DecidedBy,
 		RuleId:    d.RuleID,
+		Host:      d.Host,
 	}
 }

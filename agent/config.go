@@ -46,6 +46,12 @@ type Config struct {
 	FailOpen bool
 	// InterceptLoopback asks about connections to loopback addresses too.
 	InterceptLoopback bool
+	// DNSNames learns destination host names from UDP DNS answers, read
+	// from a second queue (always fail-open), so that host rules match and
+	// prompts show names.
+	DNSNames bool
+	// DNSQueueNum is the NFQUEUE of DNS answers; 0 means QueueNum+1.
+	DNSQueueNum uint16
 	// Backend is the iptables flavour; "" detects it.
 	Backend fw.Backend
 	// Policy is the system policy.
@@ -61,6 +67,7 @@ func DefaultConfig() Config {
 		Mechanism: procid.MechAuto,
 		QueueNum:  DefaultQueueNum,
 		FailOpen:  true,
+		DNSNames:  true,
 		Policy:    policy.Default(),
 		LogLevel:  slog.LevelInfo,
 	}
@@ -77,6 +84,14 @@ func (c Config) Validate() error {
 	if c.QueueNum == 0 {
 		return errors.New("queue number must not be 0")
 	}
+	if c.DNSNames {
+		switch q := c.dnsQueue(); {
+		case q == 0:
+			return fmt.Errorf("queue number %d leaves no DNS queue number after it; set dns_queue_num", c.QueueNum)
+		case q == c.QueueNum:
+			return fmt.Errorf("DNS queue number %d is the connection queue's", q)
+		}
+	}
 	if err := (fw.Config{Backend: c.Backend}).Validate(); err != nil {
 		return err
 	}
@@ -84,6 +99,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("policy: %w", err)
 	}
 	return nil
+}
+
+// dnsQueue is the DNS answers' queue number; 0 when there is none.
+func (c Config) dnsQueue() uint16 {
+	switch {
+	case !c.DNSNames:
+		return 0
+	case c.DNSQueueNum != 0:
+		return c.DNSQueueNum
+	}
+	return c.QueueNum + 1 // 65535 wraps to 0: none
 }
 
 // fileConfig is the TOML layout of agent.toml; see deploy/agent.toml.
@@ -95,6 +121,8 @@ type fileConfig struct {
 	QueueNum          *uint16 `toml:"queue_num"`
 	FailOpen          *bool   `toml:"fail_open"`
 	InterceptLoopback *bool   `toml:"intercept_loopback"`
+	DNSNames          *bool   `toml:"dns_names"`
+	DNSQueueNum       *uint16 `toml:"dns_queue_num"`
 	FirewallBackend   *string `toml:"firewall_backend"`
 	LogLevel          *string `toml:"log_level"`
 	Policy            *struct {
@@ -144,6 +172,12 @@ func (c *Config) applyFile(data []byte) error {
 	}
 	if f.InterceptLoopback != nil {
 		c.InterceptLoopback = *f.InterceptLoopback
+	}
+	if f.DNSNames != nil {
+		c.DNSNames = *f.DNSNames
+	}
+	if f.DNSQueueNum != nil {
+		c.DNSQueueNum = *f.DNSQueueNum
 	}
 	if f.FirewallBackend != nil && *f.FirewallBackend != "auto" {
 		c.Backend = fw.Backend(*f.FirewallBackend)
@@ -202,6 +236,8 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	queue := fsys.Uint("queue-num", uint(cfg.QueueNum), "NFQUEUE number")
 	failOpen := fsys.Bool("fail-open", cfg.FailOpen, "let traffic pass while the agent is not running")
 	loopback := fsys.Bool("intercept-loopback", false, "also ask about connections to loopback addresses")
+	dnsNames := fsys.Bool("dns-names", cfg.DNSNames, "learn destination host names from UDP DNS answers")
+	dnsQueue := fsys.Uint("dns-queue-num", 0, "NFQUEUE number for DNS answers (default: queue-num + 1)")
 	backend := fsys.String("firewall-backend", "auto", "iptables flavour: auto, nft or legacy")
 	timeout := fsys.Duration("prompt-timeout", cfg.Policy.PromptTimeout, "how long a connection waits for an answer")
 	timeoutAction := fsys.String("timeout-action", cfg.Policy.TimeoutAction.String(), "verdict when nobody answers in time: allow, deny or reject")
@@ -252,6 +288,15 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	if given["intercept-loopback"] {
 		cfg.InterceptLoopback = *loopback
+	}
+	if given["dns-names"] {
+		cfg.DNSNames = *dnsNames
+	}
+	if given["dns-queue-num"] {
+		if *dnsQueue > 65535 {
+			return Config{}, fmt.Errorf("DNS queue number %d out of range 0-65535", *dnsQueue)
+		}
+		cfg.DNSQueueNum = uint16(*dnsQueue)
 	}
 	if given["firewall-backend"] && *backend != "auto" {
 		cfg.Backend = fw.Backend(*backend)

@@ -79,3 +79,31 @@ func TestBadConfigIsAClearError(t *testing.T) {
 		t.Error("a missing config named with --config was accepted")
 	}
 }
+
+func TestDNSQueueConfig(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty.toml")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want uint16 // the DNS queue; 0 none
+		ok   bool
+	}{
+		{[]string{"--queue-num", "88"}, 89, true},
+		{[]string{"--queue-num", "88", "--dns-queue-num", "200"}, 200, true},
+		{[]string{"--queue-num", "88", "--dns-names=false"}, 0, true},
+		{[]string{"--queue-num", "88", "--dns-queue-num", "88"}, 0, false},
+		{[]string{"--queue-num", "65535"}, 0, false},
+		{[]string{"--queue-num", "65535", "--dns-queue-num", "1"}, 1, true},
+	} {
+		cfg, err := ParseFlags(append([]string{"--config", empty}, tc.args...), io.Discard)
+		if (err == nil) != tc.ok {
+			t.Errorf("%v: error %v, want ok=%v", tc.args, err, tc.ok)
+			continue
+		}
+		if got := cfg.dnsQueue(); tc.ok && got != tc.want {
+			t.Errorf("%v: DNS queue %d, want %d", tc.args, got, tc.want)
+		}
+	}
+}

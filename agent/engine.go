@@ -83,9 +83,11 @@ type recentSender struct {
 
 // Pending is a connection that waits for a verdict.
 type Pending struct {
-	ID        string
-	Process   flow.Process
-	Tuple     flow.Tuple
+	ID      string
+	Process flow.Process
+	Tuple   flow.Tuple
+	// Host is the destination's name when a DNS answer gave it.
+	Host      string
 	FirstSeen time.Time
 	Deadline  time.Time
 	// DeadlineAction applies at Deadline.
@@ -118,6 +120,7 @@ type Decision struct {
 	Time      time.Time
 	Process   flow.Process
 	Tuple     flow.Tuple
+	Host      string // the destination's name, when known
 	Action    flow.Action
 	DecidedBy string
 	// RuleID is the ID of the rule that decided, if one did.
@@ -277,9 +280,17 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 	}
 }
 
-// Handle decides or holds one queued packet. It is called on the queue's
-// goroutine and returns without waiting for anyone.
+// Handle decides or holds one queued packet whose destination has no known
+// name. It is called on the queue's goroutine and returns without waiting
+// for anyone.
 func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
+	e.HandleNamed(id, t, proc, "")
+}
+
+// HandleNamed is Handle for a packet whose destination address host was
+// answered for (a hint from DNS; "" when unknown). Host rules match on it,
+// and the pending entry and the decision carry it.
+func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host string) {
 	e.Counters.Packets.Add(1)
 	if proc.Known() && proc.Exe != "" {
 		e.Counters.Identified.Add(1)
@@ -292,13 +303,13 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	if e.closed {
 		a := e.closeAction
 		e.mu.Unlock()
-		e.releaseOne(id, a, proc, t, "shutdown")
+		e.releaseOne(id, a, proc, t, host, "shutdown")
 		return
 	}
 	if a, ok := e.recentLocked(t, recentSender{proc.UID, proc.TGID, proc.Exe, proc.Socket}, now); ok {
 		e.mu.Unlock()
 		e.Counters.Retransmits.Add(1)
-		e.releaseOne(id, a, proc, t, "retransmit")
+		e.releaseOne(id, a, proc, t, host, "retransmit")
 		return
 	}
 	// The UID's own rules come first. They are matched without the lock,
@@ -307,17 +318,17 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	// slips into the pending table past rules that already cover it.
 	for m := e.rules[proc.UID]; m != nil; {
 		e.mu.Unlock()
-		r, ok := m.match(e.hashes, proc, t, ruleTime(now))
+		r, ok := m.match(e.hashes, proc, t, host, ruleTime(now))
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
-			e.releaseOne(id, r.Action, proc, t, "rule:"+r.ID)
+			e.releaseOne(id, r.Action, proc, t, host, "rule:"+r.ID)
 			return
 		}
 		e.mu.Lock()
 		if e.closed {
 			a := e.closeAction
 			e.mu.Unlock()
-			e.releaseOne(id, a, proc, t, "shutdown")
+			e.releaseOne(id, a, proc, t, host, "shutdown")
 			return
 		}
 		next := e.rules[proc.UID]
@@ -331,7 +342,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 		a, by := ce.action, ce.by
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
-		e.releaseOne(id, a, proc, t, by)
+		e.releaseOne(id, a, proc, t, host, by)
 		return
 	}
 	key := pendingKey{uid: proc.UID, exe: proc.Exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
@@ -356,7 +367,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 			e.log.Info("system policy decided", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe,
 				"dst", t, "verdict", rule.Mode.Action())
 		}
-		e.releaseOne(id, rule.Mode.Action(), proc, t, "policy")
+		e.releaseOne(id, rule.Mode.Action(), proc, t, host, "policy")
 		return
 	}
 	e.nextID++
@@ -365,6 +376,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 			ID:             "c" + strconv.FormatUint(e.nextID, 10),
 			Process:        proc,
 			Tuple:          t,
+			Host:           host,
 			FirstSeen:      now,
 			Deadline:       now.Add(e.pol.PromptTimeout),
 			DeadlineAction: e.pol.TimeoutAction,
@@ -378,7 +390,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 	e.byID[p.ID] = p
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingAdded, Pending: p.Pending})
 	e.mu.Unlock()
-	e.log.Debug("holding connection", "id", p.ID, "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t)
+	e.log.Debug("holding connection", "id", p.ID, "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t, "host", host)
 }
 
 // HandleUnparsed gives a verdict to a packet whose headers could not be read.
@@ -387,7 +399,7 @@ func (e *Engine) Handle(id PacketRef, t flow.Tuple, proc flow.Process) {
 func (e *Engine) HandleUnparsed(id PacketRef) {
 	e.Counters.Packets.Add(1)
 	e.Counters.Malformed.Add(1)
-	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "unparsed")
+	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "", "unparsed")
 }
 
 // ruleTime is the time rules are matched at: the wall clock without Go's
@@ -402,13 +414,13 @@ func (e *Engine) HandleUnparsed(id PacketRef) {
 // service.
 func ruleTime(now time.Time) time.Time { return now.Round(0) }
 
-func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, by string) {
+func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, host, by string) {
 	if err := e.release.Release(id, a); err != nil {
 		e.Counters.ReleaseFailure.Add(1)
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
-	d := Decision{Time: e.now(), Process: proc, Tuple: t, Action: a, DecidedBy: by}
+	d := Decision{Time: e.now(), Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
 	if id, ok := strings.CutPrefix(by, "rule:"); ok {
 		d.RuleID = id
 	}
@@ -442,7 +454,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 
 func (e *Engine) releaseHeld(p *pending, held []heldPacket, a flow.Action, by string) {
 	for _, h := range held {
-		e.releaseOne(h.ref, a, p.Process, h.tuple, by)
+		e.releaseOne(h.ref, a, p.Process, h.tuple, p.Host, by)
 	}
 }
 

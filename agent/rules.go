@@ -29,8 +29,8 @@ func (u *uidRules) len() int {
 }
 
 // match returns the rule that decides the connection, if any.
-func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, now time.Time) (*rules.Rule, bool) {
-	c := rules.Conn{UID: proc.UID, Exe: proc.Exe, Args: proc.Args, Tuple: t}
+func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) (*rules.Rule, bool) {
+	c := rules.Conn{UID: proc.UID, Exe: proc.Exe, Args: proc.Args, Tuple: t, Host: host}
 	if u.hashes && proc.Exe != "" {
 		c.SHA256 = (&connHash{h: h, proc: proc}).sha256
 	}
@@ -127,7 +127,7 @@ func (e *Engine) settleByRules(uid uint32, m *uidRules, waiting []*pending, now 
 	}
 	var matched []verdict
 	for _, p := range waiting {
-		if r, ok := m.match(e.hashes, p.Process, p.Tuple, now); ok {
+		if r, ok := m.match(e.hashes, p.Process, p.Tuple, p.Host, now); ok {
 			matched = append(matched, verdict{p: p, a: r.Action, by: "rule:" + r.ID})
 		}
 	}

@@ -205,6 +205,11 @@ func (fa *fakeAgent) emitDecision(ev *agentv1.DecisionEvent) {
 
 // hold adds a pending connection of uid's exe to dst:port.
 func (fa *fakeAgent) hold(id string, uid uint32, exe string, srcPort uint32, dst string, dport uint32, deadline time.Duration) *agentv1.PendingConnection {
+	return fa.holdNamed(id, uid, exe, srcPort, dst, dport, deadline, "")
+}
+
+// holdNamed is hold for a destination the agent knows the name of.
+func (fa *fakeAgent) holdNamed(id string, uid uint32, exe string, srcPort uint32, dst string, dport uint32, deadline time.Duration, host string) *agentv1.PendingConnection {
 	now := fa.clock.Now()
 	pc := &agentv1.PendingConnection{
 		Id:      id,
@@ -212,7 +217,7 @@ func (fa *fakeAgent) hold(id string, uid uint32, exe string, srcPort uint32, dst
 		Flow: &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_TCP, IpVersion: 4, SrcIp: "10.0.0.1", SrcPort: srcPort,
 			DstIp: dst, DstPort: dport},
 		FirstSeen: timestamppb.New(now), Deadline: timestamppb.New(now.Add(deadline)),
-		DeadlineAction: agentv1.Action_ACTION_DENY, Packets: 1,
+		DeadlineAction: agentv1.Action_ACTION_DENY, Packets: 1, Host: host,
 	}
 	fa.mu.Lock()
 	fa.pending[id] = pc

@@ -96,9 +96,11 @@ func keyOf(p flow.Process, t flow.Tuple) promptKey {
 
 // entry is one pending connection of the agent.
 type entry struct {
-	id       string
-	proc     flow.Process
-	tuple    flow.Tuple
+	id    string
+	proc  flow.Process
+	tuple flow.Tuple
+	// host is the destination's name when the agent learnt it from DNS.
+	host     string
 	packets  uint32
 	deadline time.Time // the agent's; zero when it sent none
 }
@@ -123,8 +125,8 @@ func (p *prompt) connections() uint32 {
 	return n
 }
 
-func connOf(p flow.Process, t flow.Tuple) rules.Conn {
-	return rules.Conn{UID: p.UID, Exe: p.Exe, Args: p.Args, Tuple: t}
+func connOf(p flow.Process, t flow.Tuple, host string) rules.Conn {
+	return rules.Conn{UID: p.UID, Exe: p.Exe, Args: p.Args, Tuple: t, Host: host}
 }
 
 // options are what tests replace.
@@ -624,6 +626,7 @@ func (s *Service) onPending(c agentv1.AgentServiceClient, ev *agentv1.PendingEve
 		id:      pc.GetId(),
 		proc:    apiconv.Process(pc.GetProcess()),
 		tuple:   apiconv.Tuple(pc.GetFlow()),
+		host:    apiconv.Host(pc.GetHost()),
 		packets: max(pc.GetPackets(), 1),
 	}
 	if e.id == "" || e.proc.UID != s.uid {
@@ -667,7 +670,7 @@ func (s *Service) pendingAdded(c agentv1.AgentServiceClient, e *entry) {
 	}
 	// The agent asks about a connection a rule covers when the rules
 	// changed after it held the connection but before SetRules arrived.
-	if r, ok := s.matcher.Match(connOf(e.proc, e.tuple), s.ruleNow()); ok {
+	if r, ok := s.matcher.Match(connOf(e.proc, e.tuple, e.host), s.ruleNow()); ok {
 		s.countHitLocked(r.ID, now)
 		s.mu.Unlock()
 		s.decideEntries(c, key, []*entry{e}, r.Action, "rule:"+r.ID, r.ID)
@@ -692,7 +695,7 @@ func (s *Service) pendingAdded(c agentv1.AgentServiceClient, e *entry) {
 		s.armLocked(p, now, s.promptDeadline(now, e))
 		s.broadcastLocked(&uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: s.promptProto(p)})
 		s.mu.Unlock()
-		s.log.Debug("prompting", "prompt_id", p.id, "exe", e.proc.Exe, "dst", e.tuple.String())
+		s.log.Debug("prompting", "prompt_id", p.id, "exe", e.proc.Exe, "dst", e.tuple.String(), "host", e.host)
 		return
 	}
 	s.mu.Unlock()
@@ -794,6 +797,7 @@ func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 		Id:             p.id,
 		Process:        apiconv.ProcessProto(p.first.proc),
 		Flow:           apiconv.FlowProto(p.first.tuple),
+		Host:           p.first.host,
 		FirstSeen:      timestamppb.New(p.firstSeen),
 		Deadline:       timestamppb.New(p.deadline),
 		DeadlineAction: rules.ActionProto(s.cfg.TimeoutAction),
@@ -811,7 +815,7 @@ func (s *Service) settlePrompts() {
 	var done []settled
 	s.mu.Lock()
 	for _, p := range s.prompts {
-		if r, ok := s.matcher.Match(connOf(p.first.proc, p.first.tuple), now); ok {
+		if r, ok := s.matcher.Match(connOf(p.first.proc, p.first.tuple, p.first.host), now); ok {
 			done = append(done, settled{p, r})
 		}
 	}
@@ -839,7 +843,7 @@ func (s *Service) decideSilently(c agentv1.AgentServiceClient, key promptKey, es
 	}
 	e := es[0]
 	le, err := s.store.AddDecideLater(s.ctx, store.DecideLaterEntry{
-		Time: s.clock.Now(), Process: e.proc, Tuple: e.tuple, Applied: a,
+		Time: s.clock.Now(), Process: e.proc, Tuple: e.tuple, Host: e.host, Applied: a,
 	})
 	if err != nil {
 		s.log.Warn("add decide-later entry", "exe", e.proc.Exe, "dst", e.tuple.String(), "err", err)
@@ -879,7 +883,7 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 			}
 		}
 		s.record(store.HistoryEntry{
-			Time: now, Process: e.proc, Tuple: e.tuple, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
+			Time: now, Process: e.proc, Tuple: e.tuple, Host: e.host, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
 		})
 	}
 }
@@ -923,7 +927,7 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 	}
 	s.mu.Unlock()
 	s.record(store.HistoryEntry{
-		Time: at, Process: proc, Tuple: t, Action: apiconv.Action(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
+		Time: at, Process: proc, Tuple: t, Host: apiconv.Host(ev.GetHost()), Action: apiconv.Action(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
 	})
 }
 
@@ -997,7 +1001,7 @@ func (s *Service) AnswerPrompt(ctx context.Context, id string, r rules.Rule) (ru
 		s.mu.Unlock()
 		return rules.Rule{}, fmt.Errorf("%w: no prompt %q (already answered, timed out or withdrawn)", errNotFound, id)
 	}
-	if !rules.Covers(r, connOf(p.first.proc, p.first.tuple)) {
+	if !rules.Covers(r, connOf(p.first.proc, p.first.tuple, p.first.host)) {
 		s.mu.Unlock()
 		return rules.Rule{}, invalidf("the rule does not cover the prompt's connection (%s, exe %q, args %q)",
 			p.first.tuple.String(), p.first.proc.Exe, strings.Join(p.first.proc.Args, " "))
@@ -1062,7 +1066,7 @@ func (s *Service) ResolveDecideLater(ctx context.Context, id string, r *rules.Ru
 	}
 	var out rules.Rule
 	if r != nil {
-		if !rules.Covers(*r, connOf(found.Process, found.Tuple)) {
+		if !rules.Covers(*r, connOf(found.Process, found.Tuple, found.Host)) {
 			return rules.Rule{}, invalidf("the rule does not cover the entry's connection (%s, exe %q)",
 				found.Tuple.String(), found.Process.Exe)
 		}

@@ -606,3 +606,59 @@ func TestPromptCountsConnectionsTheAgentGrouped(t *testing.T) {
 		t.Fatalf("%d prompts, want 1", got)
 	}
 }
+
+// TestHostRulesMatchTheAgentsNames: the agent names a destination from DNS;
+// a *.domain rule then decides it without a prompt, the prompt for another
+// name shows that name, an answer with a host rule covers it, and history
+// keeps the names. A name that is not a plain host name is dropped.
+func TestHostRulesMatchTheAgentsNames(t *testing.T) {
+	h := newHarness(t, nil)
+	pc := h.watchPrompts()
+	r := forever(rulesv1.Action_ACTION_ALLOW, curl)
+	r.Host = "*.example.test"
+	r = h.addRule(r)
+	h.waitPushed("the host rule pushed", func(ids map[string]bool) bool { return ids[r.GetId()] })
+
+	h.agent.holdNamed("c1", h.uid, curl, 40000, "192.0.2.80", 443, 30*time.Second, "www.example.test")
+	waitFor(t, "the host rule to decide c1", func() bool { return h.agent.decision("c1") == agentv1.Action_ACTION_ALLOW })
+	if n := pc.count(uiv1.PromptEvent_KIND_ADDED); n != 0 {
+		t.Errorf("%d prompts for a connection a host rule covers", n)
+	}
+
+	// Another name: a prompt that shows it, answered with a host rule.
+	h.agent.holdNamed("c2", h.uid, curl, 40001, "198.51.100.9", 443, 30*time.Second, "API.Other.TEST.")
+	waitFor(t, "a prompt for c2", func() bool { return pc.find(uiv1.PromptEvent_KIND_ADDED) != nil })
+	pr := pc.find(uiv1.PromptEvent_KIND_ADDED).GetPrompt()
+	if pr.GetHost() != "api.other.test" {
+		t.Errorf("prompt host %q, want api.other.test", pr.GetHost())
+	}
+	wrong := forever(rulesv1.Action_ACTION_ALLOW, curl)
+	wrong.Host = "*.example.test"
+	if _, err := h.ui.AnswerPrompt(context.Background(), &uiv1.AnswerPromptRequest{PromptId: pr.GetId(), Rule: wrong}); code(err) != codes.InvalidArgument {
+		t.Errorf("answer with a host rule for another name: %v, want InvalidArgument", err)
+	}
+	right := forever(rulesv1.Action_ACTION_DENY, curl)
+	right.Host = "api.other.test"
+	if _, err := h.ui.AnswerPrompt(context.Background(), &uiv1.AnswerPromptRequest{PromptId: pr.GetId(), Rule: right}); err != nil {
+		t.Fatalf("answer with the prompt's host: %v", err)
+	}
+	if got := h.agent.decision("c2"); got != agentv1.Action_ACTION_DENY {
+		t.Errorf("c2 got %v, want deny", got)
+	}
+
+	// The same address as c1 with no name, or a hostile name: asked about.
+	h.agent.holdNamed("c3", h.uid, curl, 40002, "192.0.2.80", 443, 30*time.Second, "www.example.test\x1b[0m")
+	waitFor(t, "a prompt for c3", func() bool { return pc.count(uiv1.PromptEvent_KIND_ADDED) == 2 })
+	for _, ev := range pc.snapshot() {
+		if ev.GetKind() == uiv1.PromptEvent_KIND_ADDED && ev.GetPrompt().GetFlow().GetSrcPort() == 40002 && ev.GetPrompt().GetHost() != "" {
+			t.Errorf("hostile name reached the prompt: %q", ev.GetPrompt().GetHost())
+		}
+	}
+	h.waitHistory("with the names", func(es []*uiv1.HistoryEntry) bool {
+		hosts := map[string]bool{}
+		for _, e := range es {
+			hosts[e.GetHost()] = true
+		}
+		return hosts["www.example.test"] && hosts["api.other.test"]
+	})
+}

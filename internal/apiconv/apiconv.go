@@ -3,6 +3,7 @@ package apiconv
 import (
 	"net/netip"
 
+	"github.com/bastion-fw/bastion/internal/dnsnames"
 	"github.com/bastion-fw/bastion/internal/flow"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -128,4 +129,15 @@ func ProcessProto(p flow.Process) *agentv1.Process {
 		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
 		Comm: p.Comm, Exe: p.Exe, Args: p.Args, IdentifiedBy: p.Source,
 	}
+}
+
+// Host returns an API host name in the form rules compare (lower case, no
+// trailing dot), or "" when it is not a plain host name: a name from the
+// agent came from a DNS answer, which anyone may have sent.
+func Host(s string) string {
+	h, ok := dnsnames.Normalize(s)
+	if !ok {
+		return ""
+	}
+	return h
 }

@@ -48,3 +48,13 @@ func TestHostileValuesBecomeZero(t *testing.T) {
 		t.Fatal("nil messages must convert to zero values")
 	}
 }
+
+func TestHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"www.Example.TEST.": "www.example.test", "": "", "a b": "", "evil\x1b[31m.test": "", "x..y": "",
+	} {
+		if got := Host(in); got != want {
+			t.Errorf("Host(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

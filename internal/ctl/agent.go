@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
@@ -141,7 +142,7 @@ func (c *cli) decisions(ctx context.Context, args []string) error {
 				c.emitJSON(ev)
 			} else {
 				fmt.Fprintf(c.out, "%s %-6s %s %s (by %s)\n", ev.GetTime().AsTime().In(c.loc).Format(time.TimeOnly),
-					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow()), ev.GetDecidedBy())
+					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow(), ev.GetHost()), ev.GetDecidedBy())
 			}
 		case err := <-errc:
 			return err
@@ -206,13 +207,19 @@ func describeProcess(p *agentv1.Process) string {
 	return fmt.Sprintf("%s pid=%d uid=%d", name, p.GetTgid(), p.GetUid())
 }
 
-func describeFlow(f *agentv1.Flow) string {
+// describeFlow is "tcp 192.0.2.1:443", with " (example.com)" when the
+// agent knows the destination's name.
+func describeFlow(f *agentv1.Flow, host string) string {
 	proto := strings.TrimPrefix(strings.ToLower(f.GetProtocol().String()), "protocol_")
 	dst := f.GetDstIp()
 	if f.GetIpVersion() == 6 {
 		dst = "[" + dst + "]"
 	}
-	return fmt.Sprintf("%s %s:%d", proto, dst, f.GetDstPort())
+	out := fmt.Sprintf("%s %s:%d", proto, dst, f.GetDstPort())
+	if h := apiconv.Host(host); h != "" {
+		out += " (" + h + ")"
+	}
+	return out
 }
 
 func describePending(p *agentv1.PendingConnection) string {
@@ -222,6 +229,6 @@ func describePending(p *agentv1.PendingConnection) string {
 	}
 	left := time.Until(p.GetDeadline().AsTime()).Round(time.Second)
 	return fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
-		p.GetId(), describeProcess(p.GetProcess()), describeFlow(p.GetFlow()), args, p.GetPackets(),
+		p.GetId(), describeProcess(p.GetProcess()), describeFlow(p.GetFlow(), p.GetHost()), args, p.GetPackets(),
 		actionName(p.GetDeadlineAction()), left)
 }

@@ -304,9 +304,10 @@ func (fakeAgent) GetStatus(context.Context, *agentv1.GetStatusRequest) (*agentv1
 		Version: "test", Mechanism: "netfilter-link", Features: []string{"netfilter-link", "sockops"},
 		FirewallBackend: "nft", QueueNum: 7, FailOpen: true, Pending: 1, CacheEntries: 3,
 		Started: timestamppb.New(testNow.Add(-2 * time.Hour)), CallerUid: 1000, WatchedUids: []uint32{1000},
-		UdpReuseProtection: "active",
+		UdpReuseProtection: "active", DnsQueueNum: 8, DnsNames: 5,
 		Counters: &agentv1.Counters{Packets: 10, Allowed: 7, Denied: 2, Rejected: 1, CacheHits: 4, PolicyDecisions: 3,
-			ApiDecisions: 2, DeadlineDecisions: 1, Identified: 9, Unidentified: 1, UdpFlowsReleased: 5, UdpReuseRaces: 1},
+			ApiDecisions: 2, DeadlineDecisions: 1, Identified: 9, Unidentified: 1, UdpFlowsReleased: 5, UdpReuseRaces: 1,
+			DnsAnswers: 12, DnsMalformed: 1},
 	}, nil
 }
 

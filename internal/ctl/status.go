@@ -70,6 +70,12 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
 	fmt.Fprintf(c.out, "decided by: cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
 		k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(), k.GetIdentified(), k.GetUnidentified())
+	if q := st.GetDnsQueueNum(); q != 0 {
+		fmt.Fprintf(c.out, "host names from DNS: queue %d, answers %d (malformed %d), addresses named %d\n",
+			q, k.GetDnsAnswers(), k.GetDnsMalformed(), st.GetDnsNames())
+	} else {
+		fmt.Fprintln(c.out, "host names from DNS: off")
+	}
 }
 
 func (c *cli) printUIStatus(st *uiv1.GetStatusResponse) {

@@ -19,6 +19,17 @@
 //  5. new TCP connections (SYN), new UDP flows and new ICMP echo requests go
 //     to NFQUEUE Config.QueueNum, with --queue-bypass when FailOpen.
 //
+// With Config.DNSQueueNum set, Install also fills Config.InputChain (default
+// BASTION-IN) in the mangle table and jumps to it from the top of mangle
+// INPUT: UDP packets from source port 53 of a tracked flow (answers to
+// queries this host sent, loopback included, so a local stub resolver's
+// answers count) go to NFQUEUE DNSQueueNum, always with --queue-bypass, and packets carrying the Allow mark return. The agent
+// reads each answer and re-injects it at once with NF_REPEAT and the Allow
+// mark, so it then walks the rest of mangle INPUT and the filter table like
+// any other packet. Mangle, not filter: a bypassed packet (no agent) moves
+// on to the next table, and the administrator's filter INPUT rules must
+// still see it.
+//
 // Only the first packet of a connection is queued; once Allow is saved on the
 // connection, later packets return at step 0 (or, for a UDP flow not yet
 // answered, at step 3) without leaving the kernel.

@@ -26,6 +26,10 @@ const (
 // DefaultChain is the name of Bastion's chain.
 const DefaultChain = "BASTION-OUT"
 
+// DefaultInputChain is the name of Bastion's INPUT chain, which queues DNS
+// answers for the agent to read names from.
+const DefaultInputChain = "BASTION-IN"
+
 // Marks are the packet and connection mark values Bastion uses; all of them
 // live within Mask, so other tools' marks outside it are left alone.
 type Marks struct {
@@ -83,6 +87,13 @@ type Config struct {
 	Marks Marks
 	// Chain is the name of Bastion's chain; "" means DefaultChain.
 	Chain string
+	// DNSQueueNum, when not 0, is the NFQUEUE that UDP DNS answers
+	// (source port 53, loopback included) are copied to from INPUT, always
+	// with --queue-bypass: DNS must work while the agent is away.
+	DNSQueueNum uint16
+	// InputChain is the name of Bastion's INPUT chain; "" means
+	// DefaultInputChain.
+	InputChain string
 	// Log receives notices (such as IPv6 being skipped); nil discards.
 	Log *slog.Logger
 }
@@ -93,6 +104,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Chain == "" {
 		c.Chain = DefaultChain
+	}
+	if c.InputChain == "" {
+		c.InputChain = DefaultInputChain
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -110,6 +124,15 @@ func (c Config) Validate() error {
 	}
 	if err := validChain(c.Chain); err != nil {
 		return err
+	}
+	if err := validChain(c.InputChain); err != nil {
+		return err
+	}
+	if c.InputChain == c.Chain {
+		return fmt.Errorf("fw: output and input chains are both %q", c.Chain)
+	}
+	if c.DNSQueueNum != 0 && c.DNSQueueNum == c.QueueNum {
+		return fmt.Errorf("fw: DNS queue and connection queue are both %d", c.QueueNum)
 	}
 	return c.Marks.Validate()
 }
@@ -240,8 +263,10 @@ func prepare(ctx context.Context, cfg Config) (Config, runner, error) {
 	return cfg, r, err
 }
 
-// Install installs Bastion's chain and the jump to it in both families. It
-// is idempotent and repairs leftovers of a previous run (see package doc).
+// Install installs Bastion's chain and the jump to it in both families, and,
+// when DNSQueueNum is set, the INPUT chain that queues DNS answers (without
+// it, a leftover INPUT chain is removed). It is idempotent and repairs
+// leftovers of a previous run (see package doc).
 func Install(ctx context.Context, cfg Config) error {
 	cfg, r, err := prepare(ctx, cfg)
 	if err != nil {
@@ -252,7 +277,7 @@ func Install(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		st := inspect(saved, cfg.Chain)
+		st := inspect(saved, cfg.Chain, cfg.InputChain)
 		var b strings.Builder
 		b.WriteString("*filter\n")
 		// In --noflush mode declaring a chain creates it, or flushes it if
@@ -264,7 +289,28 @@ func Install(ctx context.Context, cfg Config) error {
 		for range st.jumps {
 			fmt.Fprintf(&b, "-D OUTPUT -j %s\n", cfg.Chain)
 		}
-		fmt.Fprintf(&b, "-I OUTPUT 1 -j %s\nCOMMIT\n", cfg.Chain)
+		fmt.Fprintf(&b, "-I OUTPUT 1 -j %s\n", cfg.Chain)
+		b.WriteString("COMMIT\n")
+		// The DNS chain lives in the mangle table, which INPUT walks
+		// before filter: with --queue-bypass and no agent, a packet moves
+		// on to the next table, so the administrator's filter rules still
+		// see every answer.
+		if cfg.DNSQueueNum != 0 || st.inChain || st.inJumps > 0 {
+			b.WriteString("*mangle\n")
+			for range st.inJumps {
+				fmt.Fprintf(&b, "-D INPUT -j %s\n", cfg.InputChain)
+			}
+			if cfg.DNSQueueNum != 0 {
+				fmt.Fprintf(&b, ":%s - [0:0]\n", cfg.InputChain)
+				for _, rule := range inputRules(cfg) {
+					fmt.Fprintf(&b, "-A %s %s\n", cfg.InputChain, rule)
+				}
+				fmt.Fprintf(&b, "-I INPUT 1 -j %s\n", cfg.InputChain)
+			} else if st.inChain {
+				fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.InputChain, cfg.InputChain)
+			}
+			b.WriteString("COMMIT\n")
+		}
 		if err := r.restore(ctx, f, b.String()); err != nil {
 			return fmt.Errorf("fw: install %s rules: %w", f.name, err)
 		}
@@ -272,9 +318,9 @@ func Install(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// Remove deletes every jump to Bastion's chain from OUTPUT and the chain
-// itself, in both families, and nothing else. Removing what is not there is
-// not an error.
+// Remove deletes every jump to Bastion's chains (filter OUTPUT, mangle INPUT)
+// and the chains themselves, in both families, and nothing else. Removing
+// what is not there is not an error.
 func Remove(ctx context.Context, cfg Config) error {
 	cfg, r, err := prepare(ctx, cfg)
 	if err != nil {
@@ -287,8 +333,8 @@ func Remove(ctx context.Context, cfg Config) error {
 			errs = append(errs, err)
 			continue
 		}
-		st := inspect(saved, cfg.Chain)
-		if st.jumps == 0 && !st.chain {
+		st := inspect(saved, cfg.Chain, cfg.InputChain)
+		if st == (state{}) {
 			continue
 		}
 		var b strings.Builder
@@ -300,6 +346,16 @@ func Remove(ctx context.Context, cfg Config) error {
 			fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.Chain, cfg.Chain)
 		}
 		b.WriteString("COMMIT\n")
+		if st.inJumps > 0 || st.inChain {
+			b.WriteString("*mangle\n")
+			for range st.inJumps {
+				fmt.Fprintf(&b, "-D INPUT -j %s\n", cfg.InputChain)
+			}
+			if st.inChain {
+				fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.InputChain, cfg.InputChain)
+			}
+			b.WriteString("COMMIT\n")
+		}
 		if err := r.restore(ctx, f, b.String()); err != nil {
 			errs = append(errs, fmt.Errorf("fw: remove %s rules: %w", f.name, err))
 		}
@@ -309,23 +365,29 @@ func Remove(ctx context.Context, cfg Config) error {
 
 // state is what a saved filter table says about Bastion's rules.
 type state struct {
-	chain bool // the chain exists
-	jumps int  // number of "-A OUTPUT -j CHAIN" rules
+	chain   bool // the chain exists
+	jumps   int  // number of "-A OUTPUT -j CHAIN" rules
+	inChain bool // the DNS chain exists in the mangle table
+	inJumps int  // number of mangle "-A INPUT -j INPUTCHAIN" rules
 }
 
-func inspect(saved, chain string) state {
+func inspect(saved, chain, inputChain string) state {
 	var st state
-	inFilter := false
+	table := ""
 	for line := range strings.Lines(saved) {
 		line = strings.TrimSpace(line)
 		switch {
 		case strings.HasPrefix(line, "*"):
-			inFilter = line == "*filter"
-		case !inFilter:
-		case strings.HasPrefix(line, ":"+chain+" "):
+			table = line
+		case table == "*filter" && strings.HasPrefix(line, ":"+chain+" "):
 			st.chain = true
-		case line == "-A OUTPUT -j "+chain:
+		case table == "*filter" && line == "-A OUTPUT -j "+chain:
 			st.jumps++
+		case table != "*mangle":
+		case strings.HasPrefix(line, ":"+inputChain+" "):
+			st.inChain = true
+		case line == "-A INPUT -j "+inputChain:
+			st.inJumps++
 		}
 	}
 	return st
@@ -372,4 +434,21 @@ func chainRules(cfg Config, v6 bool) []string {
 		"-p udp -m conntrack --ctstate NEW "+queue,
 		icmpEcho+" -m conntrack --ctstate NEW "+queue,
 	)
+}
+
+// inputRules returns the rules of Bastion's INPUT chain, without "-A CHAIN".
+func inputRules(cfg Config) []string {
+	m := cfg.Marks
+	return []string{
+		// The agent re-injects each answer it has read with NF_REPEAT and
+		// the Allow mark: the answer walks INPUT again, returns here and
+		// meets the administrator's own INPUT rules, which NF_ACCEPT would
+		// skip.
+		fmt.Sprintf("-m mark --mark %#x/%#x -j RETURN", m.Allow, m.Mask),
+		// SECURITY: always --queue-bypass, whatever FailOpen says: name
+		// learning is best effort and must never stop DNS. Only answers
+		// to queries this host sent (ESTABLISHED) are read: an unsolicited
+		// packet from port 53 must at least hit a query's port pair.
+		fmt.Sprintf("-p udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num %d --queue-bypass", cfg.DNSQueueNum),
+	}
 }

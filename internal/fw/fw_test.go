@@ -61,6 +61,25 @@ func TestChainRules(t *testing.T) {
 	}
 }
 
+func TestInputRules(t *testing.T) {
+	cfg := Config{QueueNum: 7, DNSQueueNum: 8, FailOpen: false}.withDefaults()
+	got := strings.Join(inputRules(cfg), "\n")
+	want := "-m mark --mark 0x1000000/0xf000000 -j RETURN\n" +
+		"-p udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num 8 --queue-bypass"
+	if got != want {
+		t.Errorf("inputRules =\n%s\nwant (always --queue-bypass, even fail-closed)\n%s", got, want)
+	}
+	for _, bad := range []Config{
+		{QueueNum: 7, DNSQueueNum: 7},
+		{InputChain: "BASTION-OUT"},
+		{InputChain: "INPUT"},
+	} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("Validate(%+v) accepted", bad)
+		}
+	}
+}
+
 func TestInspect(t *testing.T) {
 	saved := `# Generated
 *nat
@@ -77,10 +96,15 @@ COMMIT
 -A BASTION-OUT -j RETURN
 COMMIT
 `
-	if got := inspect(saved, "BASTION-OUT"); got != (state{chain: true, jumps: 2}) {
+	if got := inspect(saved, "BASTION-OUT", "BASTION-IN"); got != (state{chain: true, jumps: 2}) {
 		t.Errorf("inspect = %+v, want chain and 2 jumps", got)
 	}
-	if got := inspect(saved, "OTHER"); got != (state{}) {
+	mangle := saved + "*mangle\n:INPUT ACCEPT [0:0]\n:BASTION-IN - [0:0]\n-A INPUT -j BASTION-IN\n-A INPUT -j BASTION-IN\nCOMMIT\n" +
+		"*filter\n-A INPUT -j BASTION-IN\nCOMMIT\n"
+	if got := inspect(mangle, "BASTION-OUT", "BASTION-IN"); got != (state{chain: true, jumps: 2, inChain: true, inJumps: 2}) {
+		t.Errorf("inspect with the DNS chain = %+v, want it and 2 mangle INPUT jumps", got)
+	}
+	if got := inspect(saved, "OTHER", "OTHER-IN"); got != (state{}) {
 		t.Errorf("inspect(OTHER) = %+v, want nothing", got)
 	}
 }
@@ -108,7 +132,7 @@ func TestInstallRemove(t *testing.T) {
 			// An unrelated rule of the user's, in both families.
 			nsRun(t, ns, "iptables-"+string(backend), "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
 			nsRun(t, ns, "ip6tables-"+string(backend), "-w", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
-			cfg := Config{Backend: backend, NetNS: ns, QueueNum: 3, InterceptLoopback: true}
+			cfg := Config{Backend: backend, NetNS: ns, QueueNum: 3, DNSQueueNum: 4, InterceptLoopback: true}
 
 			before, err := Snapshot(ctx, cfg)
 			if err != nil {
@@ -131,10 +155,13 @@ func TestInstallRemove(t *testing.T) {
 			checkInstalled(t, installed)
 
 			// A crashed agent: an extra jump rule at the end of OUTPUT and
-			// a stray rule in our chain. Install must repair both.
+			// mangle INPUT, and a stray rule in each chain. Install must
+			// repair all of it.
 			for _, tool := range []string{"iptables-", "ip6tables-"} {
 				nsRun(t, ns, tool+string(backend), "-w", "-A", "OUTPUT", "-j", DefaultChain)
 				nsRun(t, ns, tool+string(backend), "-w", "-A", DefaultChain, "-p", "udp", "--dport", "4242", "-j", "ACCEPT")
+				nsRun(t, ns, tool+string(backend), "-w", "-t", "mangle", "-A", "INPUT", "-j", DefaultInputChain)
+				nsRun(t, ns, tool+string(backend), "-w", "-t", "mangle", "-A", DefaultInputChain, "-p", "udp", "--dport", "4242", "-j", "ACCEPT")
 			}
 			if err := Install(ctx, cfg); err != nil {
 				t.Fatalf("Install after crash: %v", err)
@@ -146,6 +173,23 @@ func TestInstallRemove(t *testing.T) {
 			checkInstalled(t, repaired)
 			if repaired != installed {
 				t.Errorf("repair differs from a clean install:\n%s\nwant\n%s", repaired, installed)
+			}
+
+			// Without DNS snooping, Install takes the DNS chain away.
+			noDNS := cfg
+			noDNS.DNSQueueNum = 0
+			if err := Install(ctx, noDNS); err != nil {
+				t.Fatalf("Install without DNS: %v", err)
+			}
+			plain, err := Snapshot(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(plain, DefaultInputChain) || !strings.Contains(plain, "-A OUTPUT -j "+DefaultChain) {
+				t.Errorf("Install without DNS left the DNS chain or lost the output chain:\n%s", plain)
+			}
+			if err := Install(ctx, cfg); err != nil {
+				t.Fatal(err)
 			}
 
 			for i := range 2 {
@@ -190,6 +234,30 @@ func checkInstalled(t *testing.T, snap string) {
 	}
 	if strings.Count(snap, "NFQUEUE --queue-num 3") != 6 {
 		t.Errorf("want 3 NFQUEUE rules per family:\n%s", snap)
+	}
+	// The DNS chain: first in mangle INPUT, exactly two rules, always
+	// bypassing the queue.
+	for _, fam := range strings.SplitAfter(snap, "COMMIT\n") {
+		if !strings.Contains(fam, "*mangle") {
+			continue
+		}
+		if n := strings.Count(fam, "-A INPUT -j "+DefaultInputChain+"\n"); n != 1 {
+			t.Errorf("%d mangle INPUT jumps, want 1:\n%s", n, fam)
+		}
+		if i, j := strings.Index(fam, "-A INPUT -j "+DefaultInputChain), strings.Index(fam, "-A INPUT "); i != j {
+			t.Errorf("DNS jump is not first in mangle INPUT:\n%s", fam)
+		}
+		if n := strings.Count(fam, "-A "+DefaultInputChain+" "); n != 2 || strings.Contains(fam, "4242") {
+			t.Errorf("%d rules in %s, want 2 and no stray one:\n%s", n, DefaultInputChain, fam)
+		}
+	}
+	if n := strings.Count(snap, "-A "+DefaultInputChain+" -p udp -m udp --sport 53 -m conntrack --ctstate ESTABLISHED -j NFQUEUE --queue-num 4 --queue-bypass\n"); n != 2 {
+		t.Errorf("%d DNS queue rules, want one per family:\n%s", n, snap)
+	}
+	for _, tbl := range strings.SplitAfter(snap, "COMMIT\n") {
+		if strings.Contains(tbl, "*filter") && strings.Contains(tbl, DefaultInputChain) {
+			t.Errorf("DNS chain referenced outside mangle:\n%s", tbl)
+		}
 	}
 }
 

@@ -34,6 +34,10 @@ type Config struct {
 	Num uint16
 	// MaxLen is the kernel's queue length limit; 0 means DefaultMaxLen.
 	MaxLen uint32
+	// CopyLen is how many bytes of each packet are copied to userspace; 0
+	// means CopyLen (headers only). A queue that reads payloads, such as
+	// DNS answers, sets more.
+	CopyLen uint32
 	// NetNS is the network namespace to bind the queue in; nil is the
 	// caller's. The file must stay open until Open returns (the socket
 	// keeps its namespace afterwards).
@@ -50,6 +54,9 @@ func (c Config) Validate() error {
 	if c.MaxLen > 1<<20 {
 		return fmt.Errorf("nfq: queue length %d is unreasonably large", c.MaxLen)
 	}
+	if c.CopyLen > 0xffff {
+		return fmt.Errorf("nfq: copy length %d is larger than an IP packet", c.CopyLen)
+	}
 	return nil
 }
 
@@ -64,7 +71,7 @@ type Packet struct {
 	HasUID   bool
 	// Mark is the packet's mark when it was queued.
 	Mark uint32
-	// Payload is the captured packet (up to CopyLen bytes). It is only
+	// Payload is the captured packet (up to Config.CopyLen bytes). It is only
 	// valid during the handler call; copy it to keep it.
 	Payload []byte
 	// ParseErr is set when the packet could not be parsed; Tuple and Info
@@ -98,6 +105,9 @@ func Open(cfg Config) (*Queue, error) {
 	if cfg.MaxLen == 0 {
 		cfg.MaxLen = DefaultMaxLen
 	}
+	if cfg.CopyLen == 0 {
+		cfg.CopyLen = CopyLen
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -110,7 +120,7 @@ func Open(cfg Config) (*Queue, error) {
 	ncfg := nfqueue.Config{
 		NfQueue:      cfg.Num,
 		MaxQueueLen:  cfg.MaxLen,
-		MaxPacketLen: CopyLen,
+		MaxPacketLen: cfg.CopyLen,
 		Copymode:     nfqueue.NfQnlCopyPacket,
 		Flags:        flags,
 		// The family is only used for the obsolete per-family bind,

@@ -470,7 +470,11 @@ type PendingConnection struct {
 	DeadlineAction Action                 `protobuf:"varint,6,opt,name=deadline_action,json=deadlineAction,proto3,enum=bastion.agent.v1.Action" json:"deadline_action,omitempty"`
 	// Packets held for this entry: retransmissions and parallel connections
 	// of the same program to the same destination attach here.
-	Packets       uint32 `protobuf:"varint,7,opt,name=packets,proto3" json:"packets,omitempty"`
+	Packets uint32 `protobuf:"varint,7,opt,name=packets,proto3" json:"packets,omitempty"`
+	// The name the program looked up for dst_ip (the question of a DNS
+	// answer the agent saw, lower case, no trailing dot), empty when unknown.
+	// A hint: whoever answered the DNS query chose it.
+	Host          string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -552,6 +556,13 @@ func (x *PendingConnection) GetPackets() uint32 {
 		return x.Packets
 	}
 	return 0
+}
+
+func (x *PendingConnection) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
 }
 
 type PendingEvent struct {
@@ -920,6 +931,9 @@ type Counters struct {
 	// Of those, flows another socket had already reused before the entry was
 	// removed: its datagrams sent meanwhile passed on the old verdict.
 	UdpReuseRaces uint64 `protobuf:"varint,13,opt,name=udp_reuse_races,json=udpReuseRaces,proto3" json:"udp_reuse_races,omitempty"`
+	// DNS answers read from the DNS queue, and those that did not parse.
+	DnsAnswers    uint64 `protobuf:"varint,14,opt,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	DnsMalformed  uint64 `protobuf:"varint,15,opt,name=dns_malformed,json=dnsMalformed,proto3" json:"dns_malformed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1045,6 +1059,20 @@ func (x *Counters) GetUdpReuseRaces() uint64 {
 	return 0
 }
 
+func (x *Counters) GetDnsAnswers() uint64 {
+	if x != nil {
+		return x.DnsAnswers
+	}
+	return 0
+}
+
+func (x *Counters) GetDnsMalformed() uint64 {
+	if x != nil {
+		return x.DnsMalformed
+	}
+	return 0
+}
+
 type GetStatusResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1069,8 +1097,12 @@ type GetStatusResponse struct {
 	// UDP socket's flows are removed, so that a new socket sending with one of
 	// their 5-tuples is asked about instead of inheriting the old verdict.
 	UdpReuseProtection string `protobuf:"bytes,14,opt,name=udp_reuse_protection,json=udpReuseProtection,proto3" json:"udp_reuse_protection,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The NFQUEUE DNS answers are read from; 0 when names are not learnt.
+	DnsQueueNum uint32 `protobuf:"varint,15,opt,name=dns_queue_num,json=dnsQueueNum,proto3" json:"dns_queue_num,omitempty"`
+	// Addresses with a known name.
+	DnsNames      uint32 `protobuf:"varint,16,opt,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -1201,6 +1233,20 @@ func (x *GetStatusResponse) GetUdpReuseProtection() string {
 	return ""
 }
 
+func (x *GetStatusResponse) GetDnsQueueNum() uint32 {
+	if x != nil {
+		return x.DnsQueueNum
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetDnsNames() uint32 {
+	if x != nil {
+		return x.DnsNames
+	}
+	return 0
+}
+
 type WatchDecisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1247,7 +1293,9 @@ type DecisionEvent struct {
 	// "retransmit", "shutdown", "unparsed".
 	DecidedBy string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
 	// Set when a rule decided: its ID.
-	RuleId        string `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	RuleId string `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// The destination's name when known, as in PendingConnection.host.
+	Host          string `protobuf:"bytes,7,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1320,6 +1368,13 @@ func (x *DecisionEvent) GetDecidedBy() string {
 func (x *DecisionEvent) GetRuleId() string {
 	if x != nil {
 		return x.RuleId
+	}
+	return ""
+}
+
+func (x *DecisionEvent) GetHost() string {
+	if x != nil {
+		return x.Host
 	}
 	return ""
 }
@@ -1730,7 +1785,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x06src_ip\x18\x03 \x01(\tR\x05srcIp\x12\x19\n" +
 	"\bsrc_port\x18\x04 \x01(\rR\asrcPort\x12\x15\n" +
 	"\x06dst_ip\x18\x05 \x01(\tR\x05dstIp\x12\x19\n" +
-	"\bdst_port\x18\x06 \x01(\rR\adstPort\"\xd4\x02\n" +
+	"\bdst_port\x18\x06 \x01(\rR\adstPort\"\xe8\x02\n" +
 	"\x11PendingConnection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -1739,7 +1794,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"first_seen\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x126\n" +
 	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12A\n" +
 	"\x0fdeadline_action\x18\x06 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x0edeadlineAction\x12\x18\n" +
-	"\apackets\x18\a \x01(\rR\apackets\"\xb0\x02\n" +
+	"\apackets\x18\a \x01(\rR\apackets\x12\x12\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\xb0\x02\n" +
 	"\fPendingEvent\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.bastion.agent.v1.PendingEvent.KindR\x04kind\x12C\n" +
 	"\n" +
@@ -1766,7 +1822,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eDecideResponse\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\rR\apackets\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x12\n" +
-	"\x10GetStatusRequest\"\xc8\x03\n" +
+	"\x10GetStatusRequest\"\x8e\x04\n" +
 	"\bCounters\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
@@ -1784,7 +1840,10 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	" \x01(\x04R\funidentified\x12\x1c\n" +
 	"\tmalformed\x18\v \x01(\x04R\tmalformed\x12,\n" +
 	"\x12udp_flows_released\x18\f \x01(\x04R\x10udpFlowsReleased\x12&\n" +
-	"\x0fudp_reuse_races\x18\r \x01(\x04R\rudpReuseRaces\"\x83\x04\n" +
+	"\x0fudp_reuse_races\x18\r \x01(\x04R\rudpReuseRaces\x12\x1f\n" +
+	"\vdns_answers\x18\x0e \x01(\x04R\n" +
+	"dnsAnswers\x12#\n" +
+	"\rdns_malformed\x18\x0f \x01(\x04R\fdnsMalformed\"\xc4\x04\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tmechanism\x18\x02 \x01(\tR\tmechanism\x12\x1a\n" +
@@ -1801,8 +1860,10 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"caller_uid\x18\f \x01(\rR\tcallerUid\x12!\n" +
 	"\fwatched_uids\x18\r \x03(\rR\vwatchedUids\x120\n" +
-	"\x14udp_reuse_protection\x18\x0e \x01(\tR\x12udpReuseProtection\"\x17\n" +
-	"\x15WatchDecisionsRequest\"\x8a\x02\n" +
+	"\x14udp_reuse_protection\x18\x0e \x01(\tR\x12udpReuseProtection\x12\"\n" +
+	"\rdns_queue_num\x18\x0f \x01(\rR\vdnsQueueNum\x12\x1b\n" +
+	"\tdns_names\x18\x10 \x01(\rR\bdnsNames\"\x17\n" +
+	"\x15WatchDecisionsRequest\"\x9e\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -1810,7 +1871,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x06action\x12\x1d\n" +
 	"\n" +
 	"decided_by\x18\x05 \x01(\tR\tdecidedBy\x12\x17\n" +
-	"\arule_id\x18\x06 \x01(\tR\x06ruleId\"\xd5\x02\n" +
+	"\arule_id\x18\x06 \x01(\tR\x06ruleId\x12\x12\n" +
+	"\x04host\x18\a \x01(\tR\x04host\"\xd5\x02\n" +
 	"\n" +
 	"CacheEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
