@@ -35,10 +35,14 @@ rm -f "$DEB_STAGE/usr/share/bastion/installed-files" "$DEB_STAGE/etc/bastion/age
 rmdir "$DEB_STAGE/usr/share/bastion" "$DEB_STAGE/etc/bastion"
 rmdir "$DEB_STAGE/etc" 2>/dev/null || true
 # Debian wants a changelog, in its format: this build, with the latest
-# commits as its entries.
+# commits as its entries, wrapped at word boundaries (a subject cut
+# mid-word reads as a misspelling to lintian).
 {
 	printf 'bastion (%s) unstable; urgency=medium\n\n' "$DEB_VERSION"
-	git log -n 20 --format='  * %h %s' 2>/dev/null | cut -c1-80 || echo '  * Built outside git.'
+	git log -n 20 --format='%h %s' 2>/dev/null | while IFS= read -r entry; do
+		printf '%s\n' "$entry" | fold -s -w 74 | sed -e 's/ *$//' -e '1s/^/  * /' -e '2,$s/^/    /'
+	done
+	git rev-parse --git-dir >/dev/null 2>&1 || echo '  * Built outside git.'
 	printf '\n -- Bastion developers <bastion-fw@users.noreply.github.com>  %s\n' \
 		"$(git log -1 --format=%aD 2>/dev/null || date -R)"
 } | gzip -9n >"$DEB_STAGE.changelog.gz"
