@@ -15,12 +15,17 @@ import (
 	"github.com/bastion-fw/bastion/internal/netns"
 )
 
+// ByFamily is the netlink message type of inet_diag requests and replies
+// (SOCK_DIAG_BY_FAMILY).
+const ByFamily = 20
+
 // Constants from linux/sock_diag.h and linux/inet_diag.h.
 const (
-	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+	sockDiagByFamily = ByFamily
 	msgLen           = 72 // sizeof(struct inet_diag_msg)
 	reqLen           = 56 // sizeof(struct inet_diag_req_v2)
 	attrProtocol     = 10 // INET_DIAG_PROTOCOL
+	attrSKV6Only     = 11 // INET_DIAG_SKV6ONLY
 	allStates        = 0xffffffff
 	noCookie         = ^uint64(0) // INET_DIAG_NOCOOKIE
 
@@ -43,6 +48,9 @@ type Socket struct {
 	// Family is the socket's address family, AF_INET or AF_INET6; a
 	// dual-stack AF_INET6 socket may carry IPv4 flows.
 	Family uint8
+	// State is the kernel's socket state (TCP_ESTABLISHED for a connected
+	// UDP socket, TCP_CLOSE for an unconnected one).
+	State uint8
 	// Protocol is set from INET_DIAG_PROTOCOL when the message has it
 	// (destroy notifications do), else 0.
 	Protocol uint8
@@ -54,6 +62,15 @@ type Socket struct {
 	// Inode and UID are 0 in destroy notifications.
 	Inode uint32
 	UID   uint32
+	// V6Only is set from INET_DIAG_SKV6ONLY when the message has it: an
+	// AF_INET6 socket with IPV6_V6ONLY takes no IPv4 flows.
+	V6Only bool
+}
+
+// V6Wildcard reports whether the socket is an AF_INET6 socket bound to "::"
+// (which, unless V6Only, also takes IPv4 flows).
+func (s Socket) V6Wildcard() bool {
+	return s.Family == unix.AF_INET6 && s.Local.Addr() == netip.IPv6Unspecified()
 }
 
 // Connected reports whether the socket was connected to one remote address.
@@ -67,6 +84,7 @@ func ParseMessage(b []byte) (Socket, error) {
 	}
 	s := Socket{
 		Family: b[0],
+		State:  b[1],
 		// idiag_cookie is two native-endian u32, low half first.
 		Cookie: uint64(binary.NativeEndian.Uint32(b[44:])) | uint64(binary.NativeEndian.Uint32(b[48:]))<<32,
 		UID:    binary.NativeEndian.Uint32(b[64:]),
@@ -92,20 +110,25 @@ func ParseMessage(b []byte) (Socket, error) {
 		if l < 4 || l > len(a) {
 			return Socket{}, fmt.Errorf("inet_diag attribute of length %d in %d bytes", l, len(a))
 		}
-		if typ == attrProtocol && l >= 5 {
+		switch {
+		case typ == attrProtocol && l >= 5:
 			s.Protocol = a[4]
+		case typ == attrSKV6Only && l >= 5:
+			s.V6Only = a[4] != 0
 		}
 		a = a[min((l+3)&^3, len(a)):]
 	}
 	return s, nil
 }
 
-// request encodes struct inet_diag_req_v2 for an exact lookup of id's
-// source and destination as given (see UDPOwner for the order UDP wants).
-func request(family uint8, src, dst netip.AddrPort) []byte {
+// Request encodes struct inet_diag_req_v2 for sockets of family and
+// proto in every state: an exact lookup of src and dst as given (UDP takes
+// them the other way round: see UDPOwner), or, with netlink.Dump and zero
+// addresses, a dump of them all.
+func Request(family, proto uint8, src, dst netip.AddrPort) []byte {
 	b := make([]byte, reqLen)
 	b[0] = family
-	b[1] = unix.IPPROTO_UDP
+	b[1] = proto
 	binary.NativeEndian.PutUint32(b[4:], allStates)
 	id := b[8:]
 	binary.BigEndian.PutUint16(id[0:], src.Port())
@@ -118,8 +141,12 @@ func request(family uint8, src, dst netip.AddrPort) []byte {
 }
 
 // putAddr writes a in the form family expects: 4 bytes for AF_INET, 16
-// (IPv4-mapped for an IPv4 address) for AF_INET6.
+// (IPv4-mapped for an IPv4 address) for AF_INET6; nothing for the zero
+// address.
 func putAddr(dst []byte, a netip.Addr, family uint8) {
+	if !a.IsValid() {
+		return
+	}
 	if family == unix.AF_INET {
 		a4 := a.Unmap().As4()
 		copy(dst, a4[:])
@@ -254,7 +281,7 @@ func (l *Lookup) UDPOwner(t flow.Tuple) (s Socket, ok bool, err error) {
 		// local end as the destination, as for a datagram received.
 		msgs, err := l.c.Execute(netlink.Message{
 			Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request},
-			Data:   request(fam, remote, local),
+			Data:   Request(fam, unix.IPPROTO_UDP, remote, local),
 		})
 		if errors.Is(err, unix.ENOENT) {
 			continue

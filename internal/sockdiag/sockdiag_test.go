@@ -1,6 +1,7 @@
 package sockdiag
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"net"
 	"net/netip"
@@ -54,15 +55,15 @@ func TestParseDestroyNotifications(t *testing.T) {
 		connected bool
 	}{
 		{"connected udp4", destroyConnected4, Socket{
-			Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df6,
+			Family: unix.AF_INET, State: 1 /* TCP_ESTABLISHED */, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df6,
 			Local: netip.MustParseAddrPort("127.0.0.1:58483"), Remote: netip.MustParseAddrPort("127.0.0.1:9999"),
 		}, true},
 		{"unconnected dual-stack", destroyUnconnected6, Socket{
-			Family: unix.AF_INET6, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df7,
+			Family: unix.AF_INET6, State: 7 /* TCP_CLOSE */, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df7,
 			Local: netip.MustParseAddrPort("[::]:37746"), Remote: netip.MustParseAddrPort("[::]:0"),
 		}, false},
 		{"connected udp6", destroyConnected6, Socket{
-			Family: unix.AF_INET6, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df8,
+			Family: unix.AF_INET6, State: 1 /* TCP_ESTABLISHED */, Protocol: unix.IPPROTO_UDP, Cookie: 0x2df8,
 			Local: netip.MustParseAddrPort("[::1]:47343"), Remote: netip.MustParseAddrPort("[::1]:9999"),
 		}, true},
 	} {
@@ -125,6 +126,10 @@ func FuzzParseMessage(f *testing.F) {
 		f.Add(unhex(f, m))
 	}
 	f.Add(make([]byte, msgLen))
+	v6only := make([]byte, msgLen+8)
+	v6only[0] = unix.AF_INET6
+	copy(v6only[msgLen:], []byte{5, 0, attrSKV6Only, 0, 1})
+	f.Add(v6only)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseMessage(b)
 		if err != nil {
@@ -140,7 +145,7 @@ func FuzzParseMessage(f *testing.F) {
 }
 
 func TestRequestEncoding(t *testing.T) {
-	got := request(unix.AF_INET, netip.MustParseAddrPort("10.0.0.2:53"), netip.MustParseAddrPort("127.0.0.1:40000"))
+	got := Request(unix.AF_INET, unix.IPPROTO_UDP, netip.MustParseAddrPort("10.0.0.2:53"), netip.MustParseAddrPort("127.0.0.1:40000"))
 	want := unhex(t, `02 11 00 00 ff ff ff ff
 		00 35 9c 40
 		0a 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00
@@ -149,7 +154,7 @@ func TestRequestEncoding(t *testing.T) {
 	if string(got) != string(want) {
 		t.Errorf("request\n got %x\nwant %x", got, want)
 	}
-	got6 := request(unix.AF_INET6, netip.MustParseAddrPort("10.0.0.2:53"), netip.MustParseAddrPort("[::1]:1"))
+	got6 := Request(unix.AF_INET6, unix.IPPROTO_UDP, netip.MustParseAddrPort("10.0.0.2:53"), netip.MustParseAddrPort("[::1]:1"))
 	if a := netip.AddrFrom16([16]byte(got6[12:28])); a != netip.MustParseAddr("::ffff:10.0.0.2") {
 		t.Errorf("AF_INET6 request carries IPv4 as %v, want it mapped", a)
 	}
@@ -293,5 +298,37 @@ func waitDestroyed(t *testing.T, w *DestroyWatcher, port uint16) Socket {
 		w.Close()
 		t.Fatalf("no destroy notification for port %d within 10s", port)
 		return Socket{}
+	}
+}
+
+// A sock_diag reply (not a destroy notification) carries the state, the
+// owner's UID and inode, and INET_DIAG_SKV6ONLY when asked.
+func TestParseMessageReply(t *testing.T) {
+	b := make([]byte, msgLen+8)
+	b[0] = unix.AF_INET6
+	b[1] = 7 // TCP_CLOSE: an unconnected UDP socket
+	binary.BigEndian.PutUint16(b[4:], 5353)
+	// Local "::", remote "::": bound to the IPv6 wildcard.
+	// idiag_cookie[0] is the low half.
+	binary.NativeEndian.PutUint32(b[44:], 0x89abcdef)
+	binary.NativeEndian.PutUint32(b[48:], 0x01234567)
+	binary.NativeEndian.PutUint32(b[64:], 1000)
+	binary.NativeEndian.PutUint32(b[68:], 424242)
+	copy(b[msgLen:], []byte{5, 0, attrSKV6Only, 0, 1})
+	s, err := ParseMessage(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Socket{
+		Family: unix.AF_INET6, State: 7,
+		Local:  netip.MustParseAddrPort("[::]:5353"),
+		Remote: netip.MustParseAddrPort("[::]:0"),
+		Cookie: 0x0123456789abcdef, UID: 1000, Inode: 424242, V6Only: true,
+	}
+	if s != want {
+		t.Errorf("ParseMessage = %+v, want %+v", s, want)
+	}
+	if !s.V6Wildcard() {
+		t.Errorf("%+v: V6Wildcard() = false", s)
 	}
 }

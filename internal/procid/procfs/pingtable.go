@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/sockdiag"
 )
 
 // maxPingTableBytes bounds a read of /proc/net/icmp{,6}: ~150 bytes a socket.
@@ -22,8 +24,8 @@ const maxPingTableBytes = 4 << 20
 //
 // Addresses are the in-memory bytes of each 32-bit word printed as a
 // host-order hex number; the port (the echo identifier) is host order.
-func parsePingTable(b []byte, family uint8) ([]diagSock, error) {
-	var socks []diagSock
+func parsePingTable(b []byte, family uint8) ([]sockdiag.Socket, error) {
+	var socks []sockdiag.Socket
 	first := true
 	for line := range bytes.Lines(b) {
 		if first { // header
@@ -54,11 +56,10 @@ func parsePingTable(b []byte, family uint8) ([]diagSock, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: ping table inode: %v", errMalformed, err)
 		}
-		socks = append(socks, diagSock{
-			family: family, state: uint8(state),
-			local: local, remote: remote,
-			uid: uint32(uid), inode: uint32(inode),
-			v6Wildcard: family == unix.AF_INET6 && local.Addr() == netip.IPv6Unspecified(),
+		socks = append(socks, sockdiag.Socket{
+			Family: family, State: uint8(state),
+			Local: local, Remote: remote,
+			UID: uint32(uid), Inode: uint32(inode),
 		})
 	}
 	return socks, nil

@@ -49,8 +49,8 @@ func TestParsePingTable(t *testing.T) {
 				t.Fatalf("parsePingTable() = %+v, %v; want one socket", socks, err)
 			}
 			s := socks[0]
-			if s.local != netip.MustParseAddrPort(tt.local) || s.remote != netip.MustParseAddrPort(tt.remote) ||
-				s.uid != tt.uid || s.inode != tt.inode || s.family != tt.family {
+			if s.Local != netip.MustParseAddrPort(tt.local) || s.Remote != netip.MustParseAddrPort(tt.remote) ||
+				s.UID != tt.uid || s.Inode != tt.inode || s.Family != tt.family {
 				t.Errorf("parsePingTable() = %+v; want local %s remote %s uid %d inode %d", s, tt.local, tt.remote, tt.uid, tt.inode)
 			}
 		})

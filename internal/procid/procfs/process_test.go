@@ -201,15 +201,3 @@ func FuzzParseStatus(f *testing.F) {
 		_, _ = parseStatus(b)
 	})
 }
-
-func FuzzParseDiagMsg(f *testing.F) {
-	f.Add(make([]byte, diagMsgLen))
-	m := make([]byte, diagMsgLen+8)
-	m[0] = 10
-	copy(m[diagMsgLen:], []byte{5, 0, attrSKV6Only, 0, 1})
-	f.Add(m)
-	f.Add([]byte{2})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = parseDiagMsg(b)
-	})
-}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/sockdiag"
 )
 
 // ErrNotFound means no process owns the flow's socket: there is no such
@@ -105,11 +106,11 @@ func (r *Resolver) Resolve(t flow.Tuple) (flow.Process, error) {
 	if err != nil {
 		return flow.Process{}, fmt.Errorf("resolve %v: %w", t, err)
 	}
-	orphan := flow.Process{UID: s.uid, Source: Source}
-	if s.inode == 0 {
-		return orphan, fmt.Errorf("resolve %v: socket in state %d has no owner: %w", t, s.state, ErrNotFound)
+	orphan := flow.Process{UID: s.UID, Source: Source}
+	if s.Inode == 0 {
+		return orphan, fmt.Errorf("resolve %v: socket in state %d has no owner: %w", t, s.State, ErrNotFound)
 	}
-	inode := uint64(s.inode)
+	inode := uint64(s.Inode)
 	// The process can exit or drop the socket between the scan and the
 	// read: try again once with a fresh scan before giving up.
 	for range 2 {
@@ -131,7 +132,7 @@ func (r *Resolver) Resolve(t flow.Tuple) (flow.Process, error) {
 // lookup, which is cheap, then a dump of the protocol's sockets filtered
 // here, which also finds what the exact lookup cannot (an unconnected UDP
 // socket bound to another address family, for one).
-func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
+func (r *Resolver) findSocket(t flow.Tuple) (sockdiag.Socket, error) {
 	v4 := t.Dst.Unmap().Is4()
 	proto := uint8(t.Proto)
 	switch t.Proto {
@@ -143,7 +144,7 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 			proto = unix.IPPROTO_ICMPV6
 		}
 	default:
-		return diagSock{}, fmt.Errorf("protocol %v has no sockets to diagnose", t.Proto)
+		return sockdiag.Socket{}, fmt.Errorf("protocol %v has no sockets to diagnose", t.Proto)
 	}
 	src := netip.AddrPortFrom(t.Src.Unmap(), t.SrcPort)
 	dst := netip.AddrPortFrom(t.Dst.Unmap(), t.DstPort)
@@ -159,7 +160,7 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 			// way round ("swapped for historical reasons").
 			a, b = dst, src
 		}
-		if s, ok := r.exact(family, proto, a, b); ok && matchScore(s, t) >= 0 && s.inode != 0 {
+		if s, ok := r.exact(family, proto, a, b); ok && matchScore(s, t) >= 0 && s.Inode != 0 {
 			return s, nil
 		}
 	}
@@ -168,7 +169,7 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 	if v4 && (t.Proto == flow.TCP || t.Proto == flow.UDP) {
 		families = append(families, unix.AF_INET6) // dual-stack sockets
 	}
-	best, bestScore := diagSock{}, -1
+	best, bestScore := sockdiag.Socket{}, -1
 	for _, fam := range families {
 		socks, err := r.dump(fam, proto)
 		if err != nil {
@@ -177,10 +178,10 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 				// case up to at least Linux 6.18).
 				socks, err = r.pingTable(fam)
 				if err != nil {
-					return diagSock{}, fmt.Errorf("sock_diag does not report ping sockets, and %w: %w", err, errors.ErrUnsupported)
+					return sockdiag.Socket{}, fmt.Errorf("sock_diag does not report ping sockets, and %w: %w", err, errors.ErrUnsupported)
 				}
 			} else {
-				return diagSock{}, err
+				return sockdiag.Socket{}, err
 			}
 		}
 		for _, s := range socks {
@@ -190,7 +191,7 @@ func (r *Resolver) findSocket(t flow.Tuple) (diagSock, error) {
 		}
 	}
 	if bestScore < 0 {
-		return diagSock{}, fmt.Errorf("no such socket: %w", ErrNotFound)
+		return sockdiag.Socket{}, fmt.Errorf("no such socket: %w", ErrNotFound)
 	}
 	return best, nil
 }
@@ -212,44 +213,44 @@ func (r *Resolver) ConnectedUDPCookie(t flow.Tuple) (cookie uint64, ok bool) {
 	defer r.mu.Unlock()
 	// udp_dump_one takes source and destination the other way round.
 	s, ok := r.exact(family, unix.IPPROTO_UDP, dst, src)
-	if !ok || s.local.Port() != src.Port() || s.remote != dst || s.cookie == 0 {
+	if !ok || s.Local.Port() != src.Port() || s.Remote != dst || s.Cookie == 0 {
 		return 0, false
 	}
-	if la := s.local.Addr(); la != src.Addr() && !la.IsUnspecified() {
+	if la := s.Local.Addr(); la != src.Addr() && !la.IsUnspecified() {
 		return 0, false
 	}
-	return s.cookie, true
+	return s.Cookie, true
 }
 
 // exact asks for one socket; ok is false on any error, including "no such
 // socket" (ENOENT).
-func (r *Resolver) exact(family, proto uint8, src, dst netip.AddrPort) (diagSock, bool) {
+func (r *Resolver) exact(family, proto uint8, src, dst netip.AddrPort) (sockdiag.Socket, bool) {
 	msgs, err := r.conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request},
-		Data:   diagRequest(family, proto, allStates, src, dst),
+		Header: netlink.Header{Type: sockdiag.ByFamily, Flags: netlink.Request},
+		Data:   sockdiag.Request(family, proto, src, dst),
 	})
 	if err != nil || len(msgs) != 1 {
-		return diagSock{}, false
+		return sockdiag.Socket{}, false
 	}
-	s, err := parseDiagMsg(msgs[0].Data)
+	s, err := sockdiag.ParseMessage(msgs[0].Data)
 	return s, err == nil
 }
 
 // dump lists the sockets of one family and protocol in every state.
-func (r *Resolver) dump(family, proto uint8) ([]diagSock, error) {
+func (r *Resolver) dump(family, proto uint8) ([]sockdiag.Socket, error) {
 	msgs, err := r.conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
-		Data:   diagRequest(family, proto, allStates, netip.AddrPort{}, netip.AddrPort{}),
+		Header: netlink.Header{Type: sockdiag.ByFamily, Flags: netlink.Request | netlink.Dump},
+		Data:   sockdiag.Request(family, proto, netip.AddrPort{}, netip.AddrPort{}),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dump sockets of family %d protocol %d: %w", family, proto, err)
 	}
-	socks := make([]diagSock, 0, len(msgs))
+	socks := make([]sockdiag.Socket, 0, len(msgs))
 	for _, m := range msgs {
-		if m.Header.Type != sockDiagByFamily {
+		if m.Header.Type != sockdiag.ByFamily {
 			continue
 		}
-		s, err := parseDiagMsg(m.Data)
+		s, err := sockdiag.ParseMessage(m.Data)
 		if err != nil {
 			return nil, fmt.Errorf("dump sockets of family %d protocol %d: %w", family, proto, err)
 		}
@@ -260,7 +261,7 @@ func (r *Resolver) dump(family, proto uint8) ([]diagSock, error) {
 
 // pingTable reads the ping sockets of r's network namespace from
 // /proc/thread-self/net/icmp{,6}, on a thread inside that namespace.
-func (r *Resolver) pingTable(family uint8) ([]diagSock, error) {
+func (r *Resolver) pingTable(family uint8) ([]sockdiag.Socket, error) {
 	name := "thread-self/net/icmp"
 	if family == unix.AF_INET6 {
 		name += "6"
