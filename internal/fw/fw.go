@@ -412,25 +412,36 @@ func chainRules(cfg Config, v6 bool) []string {
 		// RELATED packets (ICMP errors, the resets REJECT sends) belong to
 		// a connection already decided. Only first packets, verdicts
 		// re-injected with NF_REPEAT and not-yet-answered UDP flows go on.
-		"-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+		// A TCP SYN is never waved through here: conntrack maps a new
+		// connection onto an old entry of the same 4-tuple that missed
+		// its end (an out-of-window reset leaves it ESTABLISHED), and the
+		// new connection, maybe another program's, would inherit the old
+		// one's verdict.
+		"-p tcp ! --syn -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+		"! -p tcp -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
 		// SECURITY: only CAP_NET_ADMIN/CAP_NET_RAW processes can set SO_MARK.
 		"-m mark --mark " + mark(m.Own) + " -j RETURN",
-		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),
-		"-m connmark --mark " + mark(m.Allow) + " -j RETURN",
-		"-m connmark --mark " + mark(m.Deny) + " -j DROP",
-		// The TCP reset or ICMP error that REJECT sends is attached to the
-		// rejected connection (ctstate RELATED) and so carries its connmark:
-		// without the RELATED exception it would be rejected, that is
-		// dropped, in turn and the application would time out instead of
-		// seeing ECONNREFUSED.
-		"-p tcp -m conntrack ! --ctstate RELATED -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with tcp-reset",
-		"-m conntrack ! --ctstate RELATED -m connmark --mark " + mark(m.Reject) + " -j REJECT --reject-with " + unreach,
 	}
 	if !cfg.InterceptLoopback {
 		rules = append(rules, "-o lo -j RETURN")
 	}
 	return append(rules,
-		"-p tcp --syn -m conntrack --ctstate NEW "+queue,
+		// A re-injected verdict: saved on the connection, acted on below.
+		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),
+		// Every first SYN is asked, whatever conntrack remembers of its
+		// tuple (the connmark of an earlier connection, for one). Its
+		// retransmissions come here too; the agent answers them from the
+		// verdict of the first.
+		"-p tcp --syn -m mark --mark "+mark(0)+" "+queue,
+		"-m connmark --mark "+mark(m.Allow)+" -j RETURN",
+		"-m connmark --mark "+mark(m.Deny)+" -j DROP",
+		// The TCP reset or ICMP error that REJECT sends is attached to the
+		// rejected connection (ctstate RELATED) and so carries its connmark:
+		// without the RELATED exception it would be rejected, that is
+		// dropped, in turn and the application would time out instead of
+		// seeing ECONNREFUSED.
+		"-p tcp -m conntrack ! --ctstate RELATED -m connmark --mark "+mark(m.Reject)+" -j REJECT --reject-with tcp-reset",
+		"-m conntrack ! --ctstate RELATED -m connmark --mark "+mark(m.Reject)+" -j REJECT --reject-with "+unreach,
 		"-p udp -m conntrack --ctstate NEW "+queue,
 		icmpEcho+" -m conntrack --ctstate NEW "+queue,
 	)

@@ -42,7 +42,7 @@ func TestChainRules(t *testing.T) {
 		"-p tcp -m conntrack ! --ctstate RELATED -m connmark --mark 0x3000000/0xf000000 -j REJECT --reject-with tcp-reset",
 		"-j REJECT --reject-with icmp-port-unreachable",
 		"-o lo -j RETURN",
-		"-p tcp --syn -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7 --queue-bypass",
+		"-p tcp --syn -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 7 --queue-bypass",
 		"-p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7 --queue-bypass",
 	} {
 		if !strings.Contains(v4, want) {
@@ -221,11 +221,14 @@ func checkInstalled(t *testing.T, snap string) {
 		if i, j := strings.Index(fam, "-A OUTPUT -j "+DefaultChain), strings.Index(fam, "-A OUTPUT -p tcp"); i < 0 || j < i {
 			t.Errorf("jump rule is not first in OUTPUT:\n%s", fam)
 		}
-		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 10 {
-			t.Errorf("%d rules in %s, want 10:\n%s", n, DefaultChain, fam)
+		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 11 {
+			t.Errorf("%d rules in %s, want 11:\n%s", n, DefaultChain, fam)
 		}
-		// The fast path for decided connections must come first.
-		if i, j := strings.Index(fam, "-A "+DefaultChain+" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"), strings.Index(fam, "-A "+DefaultChain+" "); i < 0 || i != j {
+		// The fast path for decided connections must come first, and
+		// must not let a TCP SYN through.
+		fast := "-A " + DefaultChain + " -p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n" +
+			"-A " + DefaultChain + " ! -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+		if i, j := strings.Index(fam, fast), strings.Index(fam, "-A "+DefaultChain+" "); i < 0 || i != j {
 			t.Errorf("%s does not start with the established fast path:\n%s", DefaultChain, fam)
 		}
 		if strings.Contains(fam, "4242") {
