@@ -35,8 +35,8 @@ const (
 	// PlainSYN is one rule, -p tcp --syn -j NFQUEUE, answered NF_ACCEPT:
 	// no connection tracking, nothing after the verdict.
 	PlainSYN BareRules = iota
-	// BastionChain is the agent's own chain (internal/fw, as the agent
-	// installs it with loopback interception), answered as the agent
+	// BastionChain is the agent's own rules (internal/fw, as the agent
+	// installs them with loopback interception), answered as the agent
 	// answers an allow: NF_REPEAT with the allow mark, which the chain
 	// saves on the connection. The kernel then does exactly the work it
 	// does for the agent: connection tracking of every packet, the chain,
@@ -60,7 +60,9 @@ func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16,
 	args := []string{"-queue-num", strconv.Itoa(int(num))}
 	var fwCfg *fw.Config
 	if rules == BastionChain {
-		fwCfg = &fw.Config{NetNS: ns.Path, QueueNum: num, InterceptLoopback: true}
+		// As the agent installs them by default, DNS answer chain
+		// included (nobody reads its queue here; it bypasses).
+		fwCfg = &fw.Config{NetNS: ns.Path, QueueNum: num, DNSQueueNum: num + 1, InterceptLoopback: true}
 		args = append(args, "-repeat-mark", strconv.FormatUint(uint64(fw.DefaultMarks().Allow), 10))
 	}
 	cmd := ns.Command(ctx, 0, 0, bin, args...)

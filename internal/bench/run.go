@@ -387,7 +387,7 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 // the three under the same momentary load. Each case gets a fresh
 // namespace, so that none inherits another's conntrack entries and
 // TIME_WAIT sockets.
-const pairedRoundsN = 5
+const pairedRoundsN = 7
 
 func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, bareBin string, fail func(error)) []PairedRound {
 	var out []PairedRound
