@@ -130,7 +130,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer stopQueue()
 	qdone := make(chan error, 1)
 	go func() {
-		qdone <- q.Run(qctx, func(p nfq.Packet) { handlePacket(engine, res, fallback, guard, names, p) })
+		h := packetHandler{engine: engine, res: res, fallback: fallback, guard: guard, names: names}
+		qdone <- q.Run(qctx, h.handle)
 	}()
 	// The rules go in only once the queue is bound, so that no first
 	// packet finds the queue without a listener.
@@ -251,17 +252,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return runErr
 }
 
-// handlePacket attributes one queued packet, names its destination if a DNS
-// answer did, and hands it to the engine. guard and names may be nil.
-func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard, names *nameBook, p nfq.Packet) {
+// packetHandler attributes each queued packet, names its destination if a
+// DNS answer did, and hands it to the engine. guard, names and fallback may
+// be nil.
+type packetHandler struct {
+	engine        *Engine
+	res, fallback procid.Resolver
+	guard         *udpReuseGuard
+	names         *nameBook
+}
+
+func (h packetHandler) handle(p nfq.Packet) {
 	ref := PacketRef{ID: p.ID, Mark: p.Mark}
 	if p.ParseErr != nil {
-		e.HandleUnparsed(ref)
+		h.engine.HandleUnparsed(ref)
 		return
 	}
-	proc, err := res.Resolve(p.Tuple)
-	if err != nil && fallback != nil {
-		proc, err = fallback.Resolve(p.Tuple)
+	proc, err := h.res.Resolve(p.Tuple)
+	if err != nil && h.fallback != nil {
+		proc, err = h.fallback.Resolve(p.Tuple)
 	}
 	if err != nil {
 		proc = flow.Process{}
@@ -273,8 +282,8 @@ func handlePacket(e *Engine, res, fallback procid.Resolver, guard *udpReuseGuard
 	}
 	// Recorded before the verdict: the socket cannot be destroyed while
 	// the kernel holds its packet, so its destroy notification comes after.
-	guard.Sent(p.Tuple, proc.Socket)
-	e.HandleNamed(ref, p.Tuple, proc, names.lookup(p.Tuple.Dst))
+	h.guard.Sent(p.Tuple, proc.Socket)
+	h.engine.HandleNamed(ref, p.Tuple, proc, h.names.lookup(p.Tuple.Dst))
 }
 
 // queueReleaser turns verdicts into NFQUEUE verdicts. Every verdict
