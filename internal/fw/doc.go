@@ -6,18 +6,24 @@
 // Config.Chain (default BASTION-OUT), in order:
 //
 //  0. packets of established connections, and packets related to them,
-//     return at once: a connection got past its first packet only if it
-//     was allowed, so most packets cost one rule;
+//     return at once, except TCP SYNs: a connection got past its first
+//     packet only if it was allowed, so most packets cost one rule;
 //  1. packets marked Own return (the agent's own sockets, SO_MARK);
-//  2. a packet that carries a verdict mark in Marks.Mask — set by the agent
+//  2. unless InterceptLoopback, loopback traffic returns;
+//  3. a packet that carries a verdict mark in Marks.Mask — set by the agent
 //     when it re-injects a queued packet with NF_REPEAT — has the mark saved
 //     on its connection (CONNMARK --save-mark);
-//  3. connections marked Allow return to OUTPUT (the user's own rules still
+//  4. a TCP SYN without a verdict mark goes to NFQUEUE Config.QueueNum,
+//     whatever conntrack remembers of its 4-tuple: an earlier connection
+//     that ended without conntrack seeing its reset would otherwise lend
+//     the new one its state and its connmark;
+//  5. connections marked Allow return to OUTPUT (the user's own rules still
 //     apply), Deny drops, Reject answers with a TCP reset or ICMP port
 //     unreachable (the answer itself, ctstate RELATED, is let through);
-//  4. unless InterceptLoopback, loopback traffic returns;
-//  5. new TCP connections (SYN), new UDP flows and new ICMP echo requests go
-//     to NFQUEUE Config.QueueNum, with --queue-bypass when FailOpen.
+//  6. new UDP flows and new ICMP echo requests go to NFQUEUE
+//     Config.QueueNum.
+//
+// Every NFQUEUE rule has --queue-bypass when FailOpen.
 //
 // With Config.DNSQueueNum set, Install also fills Config.InputChain (default
 // BASTION-IN) in the mangle table and jumps to it from the top of mangle
@@ -32,10 +38,10 @@
 //
 // Only the first packet of a connection is queued; once Allow is saved on the
 // connection, later packets return at step 0 (or, for a UDP flow not yet
-// answered, at step 3) without leaving the kernel.
-// Deny and Reject drop the packet before conntrack confirms the connection,
-// so the connmark does not outlive that packet: a retransmitted SYN is
-// queued again and the agent must answer it from its own verdict cache.
+// answered, at step 5) without leaving the kernel. A retransmitted SYN is
+// queued again (step 4), and the agent answers it from its own verdict of
+// the first. Deny and Reject drop the packet before conntrack confirms the
+// connection, so the connmark does not outlive that packet.
 //
 // Rules are applied with one iptables-restore --noflush transaction per
 // family. Install is idempotent and also repairs what a crashed agent left
