@@ -843,7 +843,7 @@ func (m *mainWindow) statusPage() gtk.IWidget {
 		add(k)
 	}
 	section("Agent")
-	for _, k := range []string{"Agent", "Identification", "Firewall", "Agent version", "Running since"} {
+	for _, k := range []string{"Agent", "Identification", "Firewall", "Reused UDP ports", "Host names", "Agent version", "Running since"} {
 		add(k)
 	}
 	sw := mustScrolled()
@@ -893,7 +893,7 @@ func (m *mainWindow) statusChanged() {
 	set("No prompt client", actionName(st.GetSilentAction())+" (listed under Decide later)")
 	ag := st.GetAgent()
 	if !st.GetAgentConnected() || ag == nil {
-		for _, k := range []string{"Identification", "Firewall", "Agent version", "Running since"} {
+		for _, k := range []string{"Identification", "Firewall", "Reused UDP ports", "Host names", "Agent version", "Running since"} {
 			set(k, "-")
 		}
 		set("Agent", "not connected")
@@ -908,6 +908,14 @@ func (m *mainWindow) statusChanged() {
 		fw += ", fail-closed"
 	}
 	set("Firewall", fw)
+	// A new UDP socket that reuses an old flow's ports is asked about
+	// only while this protection is active.
+	set("Reused UDP ports", orDash(ag.GetUdpReuseProtection()))
+	if ag.GetDnsQueueNum() != 0 {
+		set("Host names", fmt.Sprintf("from DNS answers, %d addresses named", ag.GetDnsNames()))
+	} else {
+		set("Host names", "off (connections show addresses only)")
+	}
 	set("Agent version", orDash(ag.GetVersion()))
 	if ag.GetStarted() != nil {
 		set("Running since", ag.GetStarted().AsTime().In(a.loc).Format(time.DateTime))

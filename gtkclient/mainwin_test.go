@@ -298,6 +298,12 @@ func TestStatusBanner(t *testing.T) {
 		if got := labelText(e.a.main.statusValues["Identification"]); !strings.HasPrefix(got, "netfilter-link") {
 			t.Errorf("identification %q", got)
 		}
+		if got := labelText(e.a.main.statusValues["Reused UDP ports"]); got != "active" {
+			t.Errorf("reused UDP ports %q, want active", got)
+		}
+		if got := labelText(e.a.main.statusValues["Host names"]); !strings.Contains(got, "57 addresses named") {
+			t.Errorf("host names %q", got)
+		}
 	})
 	e.svc.SetAgentConnected(false)
 	waitGTK(t, "the agent banner", func() bool {

@@ -158,13 +158,16 @@ func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetS
 	}
 	if s.agentUp {
 		resp.Agent = &agentv1.GetStatusResponse{
-			Version:         "demo",
-			Mechanism:       "netfilter-link",
-			Features:        []string{"netfilter-link=yes", "sockops=yes"},
-			FirewallBackend: "iptables-nft",
-			QueueNum:        4242,
-			Started:         timestamppb.New(s.now().Add(-3 * time.Hour)),
-			CallerUid:       1000,
+			Version:            "demo",
+			Mechanism:          "netfilter-link",
+			Features:           []string{"netfilter-link=yes", "sockops=yes"},
+			FirewallBackend:    "iptables-nft",
+			QueueNum:           4242,
+			Started:            timestamppb.New(s.now().Add(-3 * time.Hour)),
+			CallerUid:          1000,
+			UdpReuseProtection: "active",
+			DnsQueueNum:        4243,
+			DnsNames:           57,
 		}
 	}
 	return resp, nil
