@@ -1,108 +1,21 @@
 package packet
 
 import (
-	"encoding/binary"
 	"errors"
-	"net/netip"
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	pt "github.com/bastion-fw/bastion/internal/packet/packettest"
 )
-
-var (
-	src4 = netip.MustParseAddr("10.0.0.1")
-	dst4 = netip.MustParseAddr("192.0.2.7")
-	src6 = netip.MustParseAddr("2001:db8::1")
-	dst6 = netip.MustParseAddr("2001:db8::2")
-)
-
-// ipv4 builds an IPv4 header (IHL 5 + opts) followed by payload.
-func ipv4(proto uint8, fragField uint16, opts []byte, payload []byte) []byte {
-	ihl := 20 + len(opts)
-	b := make([]byte, ihl+len(payload))
-	b[0] = 0x40 | byte(ihl/4)
-	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
-	binary.BigEndian.PutUint16(b[6:8], fragField)
-	b[8] = 64
-	b[9] = proto
-	copy(b[12:16], src4.AsSlice())
-	copy(b[16:20], dst4.AsSlice())
-	copy(b[20:], opts)
-	copy(b[ihl:], payload)
-	return b
-}
-
-// ext is one IPv6 extension header: its type and body (without next/len).
-type ext struct {
-	typ  uint8
-	body []byte
-}
-
-func ipv6(proto uint8, exts []ext, payload []byte) []byte {
-	var chain []byte
-	for i, e := range exts {
-		next := proto
-		if i+1 < len(exts) {
-			next = exts[i+1].typ
-		}
-		h := append([]byte{next, 0}, e.body...)
-		switch e.typ {
-		case ipv6AH:
-			h[1] = byte(len(h)/4 - 2)
-		case ipv6Fragment:
-		default:
-			h[1] = byte(len(h)/8 - 1)
-		}
-		chain = append(chain, h...)
-	}
-	b := make([]byte, 40, 40+len(chain)+len(payload))
-	b[0] = 0x60
-	binary.BigEndian.PutUint16(b[4:6], uint16(len(chain)+len(payload)))
-	b[6] = proto
-	if len(exts) > 0 {
-		b[6] = exts[0].typ
-	}
-	b[7] = 64
-	copy(b[8:24], src6.AsSlice())
-	copy(b[24:40], dst6.AsSlice())
-	b = append(b, chain...)
-	return append(b, payload...)
-}
-
-func tcp(sport, dport uint16, flags TCPFlags) []byte {
-	b := make([]byte, 20)
-	binary.BigEndian.PutUint16(b[0:2], sport)
-	binary.BigEndian.PutUint16(b[2:4], dport)
-	b[12] = 5 << 4
-	b[13] = byte(flags)
-	return b
-}
-
-func udp(sport, dport uint16) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint16(b[0:2], sport)
-	binary.BigEndian.PutUint16(b[2:4], dport)
-	binary.BigEndian.PutUint16(b[4:6], 8)
-	return b
-}
-
-func icmp(typ, code uint8, id uint16) []byte {
-	b := make([]byte, 8)
-	b[0], b[1] = typ, code
-	binary.BigEndian.PutUint16(b[4:6], id)
-	return b
-}
-
-func pad(n int) []byte { return make([]byte, n) }
 
 func TestParse(t *testing.T) {
 	t4 := func(p flow.Proto, sp, dp uint16) flow.Tuple {
-		return flow.Tuple{Proto: p, Src: src4, Dst: dst4, SrcPort: sp, DstPort: dp}
+		return flow.Tuple{Proto: p, Src: pt.Src4, Dst: pt.Dst4, SrcPort: sp, DstPort: dp}
 	}
 	t6 := func(p flow.Proto, sp, dp uint16) flow.Tuple {
-		return flow.Tuple{Proto: p, Src: src6, Dst: dst6, SrcPort: sp, DstPort: dp}
+		return flow.Tuple{Proto: p, Src: pt.Src6, Dst: pt.Dst6, SrcPort: sp, DstPort: dp}
 	}
-	syn := ipv4(6, 0x4000, nil, tcp(40000, 443, SYN))
+	syn := pt.IPv4(6, 0x4000, nil, pt.TCP(40000, 443, SYN))
 	tests := []struct {
 		name    string
 		pkt     []byte
@@ -114,18 +27,18 @@ func TestParse(t *testing.T) {
 		wantErr error
 	}{
 		{name: "v4 tcp syn", pkt: syn, want: t4(flow.TCP, 40000, 443), flags: SYN},
-		{name: "v4 tcp synack with options", pkt: ipv4(6, 0, []byte{1, 1, 1, 0}, tcp(443, 40000, SYN|ACK)), want: t4(flow.TCP, 443, 40000), flags: SYN | ACK},
-		{name: "v4 tcp rst fin", pkt: ipv4(6, 0, nil, tcp(1, 2, RST|FIN|ACK)), want: t4(flow.TCP, 1, 2), flags: RST | FIN | ACK},
-		{name: "v4 udp", pkt: ipv4(17, 0, nil, udp(5353, 53)), want: t4(flow.UDP, 5353, 53)},
-		{name: "v4 udp with padding", pkt: append(ipv4(17, 0, nil, udp(1, 2)), pad(10)...), want: t4(flow.UDP, 1, 2)},
-		{name: "v4 icmp echo request", pkt: ipv4(1, 0, nil, icmp(8, 0, 0x1234)), want: t4(flow.ICMP, 0x1234, 0), icmp: [2]uint8{8, 0}},
-		{name: "v4 icmp echo reply", pkt: ipv4(1, 0, nil, icmp(0, 0, 7)), want: t4(flow.ICMP, 7, 0), icmp: [2]uint8{0, 0}},
-		{name: "v4 icmp unreachable", pkt: ipv4(1, 0, nil, icmp(3, 3, 99)), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{3, 3}},
-		{name: "v4 unreachable 4 bytes", pkt: ipv4(1, 0, nil, icmp(3, 1, 0)[:4]), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{3, 1}},
-		{name: "v4 first fragment", pkt: ipv4(17, 0x2000, nil, udp(9, 10)), want: t4(flow.UDP, 9, 10), frag: true},
-		{name: "v4 non-first fragment", pkt: ipv4(17, 0x0003, nil, pad(16)), want: t4(flow.UDP, 0, 0), frag: true, wantErr: ErrFragment},
-		{name: "v4 gre no ports", pkt: ipv4(47, 0, nil, pad(8)), want: t4(47, 0, 0)},
-		{name: "v4 icmpv6 inside is opaque", pkt: ipv4(58, 0, nil, icmp(128, 0, 5)), want: t4(flow.ICMPv6, 0, 0)},
+		{name: "v4 tcp synack with options", pkt: pt.IPv4(6, 0, []byte{1, 1, 1, 0}, pt.TCP(443, 40000, SYN|ACK)), want: t4(flow.TCP, 443, 40000), flags: SYN | ACK},
+		{name: "v4 tcp rst fin", pkt: pt.IPv4(6, 0, nil, pt.TCP(1, 2, RST|FIN|ACK)), want: t4(flow.TCP, 1, 2), flags: RST | FIN | ACK},
+		{name: "v4 udp", pkt: pt.IPv4(17, 0, nil, pt.UDP(5353, 53)), want: t4(flow.UDP, 5353, 53)},
+		{name: "v4 udp with padding", pkt: append(pt.IPv4(17, 0, nil, pt.UDP(1, 2)), pt.Zeros(10)...), want: t4(flow.UDP, 1, 2)},
+		{name: "v4 icmp echo request", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 0x1234)), want: t4(flow.ICMP, 0x1234, 0), icmp: [2]uint8{8, 0}},
+		{name: "v4 icmp echo reply", pkt: pt.IPv4(1, 0, nil, pt.ICMP(0, 0, 7)), want: t4(flow.ICMP, 7, 0), icmp: [2]uint8{0, 0}},
+		{name: "v4 icmp unreachable", pkt: pt.IPv4(1, 0, nil, pt.ICMP(3, 3, 99)), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{3, 3}},
+		{name: "v4 unreachable 4 bytes", pkt: pt.IPv4(1, 0, nil, pt.ICMP(3, 1, 0)[:4]), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{3, 1}},
+		{name: "v4 first fragment", pkt: pt.IPv4(17, 0x2000, nil, pt.UDP(9, 10)), want: t4(flow.UDP, 9, 10), frag: true},
+		{name: "v4 non-first fragment", pkt: pt.IPv4(17, 0x0003, nil, pt.Zeros(16)), want: t4(flow.UDP, 0, 0), frag: true, wantErr: ErrFragment},
+		{name: "v4 gre no ports", pkt: pt.IPv4(47, 0, nil, pt.Zeros(8)), want: t4(47, 0, 0)},
+		{name: "v4 icmpv6 inside is opaque", pkt: pt.IPv4(58, 0, nil, pt.ICMP(128, 0, 5)), want: t4(flow.ICMPv6, 0, 0)},
 		{name: "v4 headers only (capture cut)", pkt: syn[:40], want: t4(flow.TCP, 40000, 443), flags: SYN},
 		{name: "empty", pkt: nil, wantErr: ErrTruncated},
 		{name: "v4 short header", pkt: syn[:19], wantErr: ErrTruncated},
@@ -134,38 +47,42 @@ func TestParse(t *testing.T) {
 		{name: "v4 total length below ihl", pkt: func() []byte { b := append([]byte(nil), syn...); b[3] = 10; b[2] = 0; return b }(), wantErr: ErrMalformed},
 		{name: "v4 total length cuts tcp", pkt: func() []byte { b := append([]byte(nil), syn...); b[2], b[3] = 0, 30; return b }(), want: t4(flow.TCP, 0, 0), wantErr: ErrTruncated},
 		{name: "v4 tcp bad data offset", pkt: func() []byte { b := append([]byte(nil), syn...); b[32] = 0x40; return b }(), want: t4(flow.TCP, 0, 0), wantErr: ErrMalformed},
-		{name: "v4 truncated udp", pkt: ipv4(17, 0, nil, udp(1, 2))[:27], want: t4(flow.UDP, 0, 0), wantErr: ErrTruncated},
-		{name: "v4 truncated echo", pkt: ipv4(1, 0, nil, icmp(8, 0, 1))[:26], want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{8, 0}, wantErr: ErrTruncated},
-		{name: "v4 truncated icmp", pkt: ipv4(1, 0, nil, icmp(8, 0, 1))[:23], want: t4(flow.ICMP, 0, 0), wantErr: ErrTruncated},
+		{name: "v4 truncated udp", pkt: pt.IPv4(17, 0, nil, pt.UDP(1, 2))[:27], want: t4(flow.UDP, 0, 0), wantErr: ErrTruncated},
+		{name: "v4 truncated echo", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 1))[:26], want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{8, 0}, wantErr: ErrTruncated},
+		{name: "v4 truncated icmp", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 1))[:23], want: t4(flow.ICMP, 0, 0), wantErr: ErrTruncated},
 		{name: "version 5", pkt: []byte{0x50, 0, 0, 0}, wantErr: ErrUnsupported},
 
-		{name: "v6 tcp syn", pkt: ipv6(6, nil, tcp(50000, 80, SYN)), want: t6(flow.TCP, 50000, 80), flags: SYN},
-		{name: "v6 udp", pkt: ipv6(17, nil, udp(1000, 53)), want: t6(flow.UDP, 1000, 53)},
-		{name: "v6 echo request", pkt: ipv6(58, nil, icmp(128, 0, 0xbeef)), want: t6(flow.ICMPv6, 0xbeef, 0), icmp: [2]uint8{128, 0}},
-		{name: "v6 echo reply", pkt: ipv6(58, nil, icmp(129, 0, 3)), want: t6(flow.ICMPv6, 3, 0), icmp: [2]uint8{129, 0}},
-		{name: "v6 neighbour solicitation", pkt: ipv6(58, nil, icmp(135, 0, 3)), want: t6(flow.ICMPv6, 0, 0), icmp: [2]uint8{135, 0}},
-		{name: "v6 icmp v4 type is opaque", pkt: ipv6(1, nil, icmp(8, 0, 3)), want: t6(flow.ICMP, 0, 0)},
-		{name: "v6 hop-by-hop, routing, dest opts", pkt: ipv6(17, []ext{{0, pad(6)}, {43, pad(14)}, {60, pad(6)}}, udp(7, 8)), want: t6(flow.UDP, 7, 8)},
-		{name: "v6 ah then tcp", pkt: ipv6(6, []ext{{51, pad(14)}}, tcp(1, 2, SYN)), want: t6(flow.TCP, 1, 2), flags: SYN, off: 56},
+		{name: "v6 tcp syn", pkt: pt.IPv6(6, nil, pt.TCP(50000, 80, SYN)), want: t6(flow.TCP, 50000, 80), flags: SYN},
+		{name: "v6 udp", pkt: pt.IPv6(17, nil, pt.UDP(1000, 53)), want: t6(flow.UDP, 1000, 53)},
+		{name: "v6 echo request", pkt: pt.IPv6(58, nil, pt.ICMP(128, 0, 0xbeef)), want: t6(flow.ICMPv6, 0xbeef, 0), icmp: [2]uint8{128, 0}},
+		{name: "v6 echo reply", pkt: pt.IPv6(58, nil, pt.ICMP(129, 0, 3)), want: t6(flow.ICMPv6, 3, 0), icmp: [2]uint8{129, 0}},
+		{name: "v6 neighbour solicitation", pkt: pt.IPv6(58, nil, pt.ICMP(135, 0, 3)), want: t6(flow.ICMPv6, 0, 0), icmp: [2]uint8{135, 0}},
+		{name: "v6 icmp v4 type is opaque", pkt: pt.IPv6(1, nil, pt.ICMP(8, 0, 3)), want: t6(flow.ICMP, 0, 0)},
+		{name: "v6 hop-by-hop, routing, dest opts", pkt: pt.IPv6(17, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 43, Body: pt.Zeros(14)}, {Type: 60, Body: pt.Zeros(6)}}, pt.UDP(7, 8)), want: t6(flow.UDP, 7, 8)},
+		{name: "v6 ah then tcp", pkt: pt.IPv6(6, []pt.Ext{{Type: 51, Body: pt.Zeros(14)}}, pt.TCP(1, 2, SYN)), want: t6(flow.TCP, 1, 2), flags: SYN, off: 56},
 		// As Linux sends a socket's IPV6_HOPOPTS and IPV6_DSTOPTS: the
 		// lengths differ, so a wrong hdrlen formula lands mid-option.
-		{name: "v6 hop-by-hop 8, dest opts 24, tcp syn", pkt: ipv6(6, []ext{{0, pad(6)}, {60, append([]byte{0x1e, 20}, pad(20)...)}}, tcp(40000, 443, SYN)), want: t6(flow.TCP, 40000, 443), flags: SYN, off: 72},
-		{name: "v6 ah 24 bytes then udp", pkt: ipv6(17, []ext{{51, pad(22)}}, udp(7, 8)), want: t6(flow.UDP, 7, 8), off: 64},
-		{name: "v6 hop, ah, dest opts, echo", pkt: ipv6(58, []ext{{0, pad(6)}, {51, pad(14)}, {60, pad(14)}}, icmp(128, 0, 9)), want: t6(flow.ICMPv6, 9, 0), icmp: [2]uint8{128, 0}, off: 80},
-		{name: "v6 eight ext headers (the limit)", pkt: ipv6(17, []ext{{60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}}, udp(1, 2)), want: t6(flow.UDP, 1, 2), off: 104},
-		{name: "v6 first fragment", pkt: ipv6(17, []ext{{44, []byte{0, 1, 0, 0, 0, 1}}}, udp(7, 8)), want: t6(flow.UDP, 7, 8), frag: true},
-		{name: "v6 non-first fragment", pkt: ipv6(17, []ext{{44, []byte{0, 0x18, 0, 0, 0, 1}}}, pad(8)), want: t6(flow.UDP, 0, 0), frag: true, wantErr: ErrFragment},
-		{name: "v6 last fragment after hop-by-hop", pkt: ipv6(6, []ext{{0, pad(6)}, {44, []byte{0x05, 0xc8, 0, 0, 0, 1}}}, pad(8)), want: t6(flow.TCP, 0, 0), frag: true, wantErr: ErrFragment},
-		{name: "v6 first fragment between options", pkt: ipv6(6, []ext{{0, pad(6)}, {44, []byte{0, 1, 0, 0, 0, 1}}, {60, pad(6)}}, tcp(5, 6, SYN)), want: t6(flow.TCP, 5, 6), flags: SYN, frag: true, off: 64},
-		{name: "v6 no next header", pkt: ipv6(59, nil, nil), want: t6(59, 0, 0)},
-		{name: "v6 esp opaque", pkt: ipv6(50, nil, pad(8)), want: t6(50, 0, 0)},
-		{name: "v6 short header", pkt: ipv6(6, nil, nil)[:39], wantErr: ErrTruncated},
-		{name: "v6 truncated ext header", pkt: ipv6(17, []ext{{60, pad(6)}}, udp(1, 2))[:44], want: t6(60, 0, 0), wantErr: ErrTruncated},
-		{name: "v6 ext length beyond data", pkt: func() []byte { b := ipv6(17, []ext{{60, pad(6)}}, udp(1, 2)); b[41] = 200; return b }(), want: t6(60, 0, 0), wantErr: ErrTruncated},
-		{name: "v6 hop-by-hop not first", pkt: ipv6(17, []ext{{60, pad(6)}, {0, pad(6)}}, udp(1, 2)), want: t6(0, 0, 0), wantErr: ErrMalformed},
-		{name: "v6 too many ext headers", pkt: ipv6(17, []ext{{60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}}, udp(1, 2)), want: t6(60, 0, 0), wantErr: ErrMalformed},
-		{name: "v6 payload length cuts udp", pkt: func() []byte { b := ipv6(17, nil, udp(1, 2)); b[5] = 4; return b }(), want: t6(flow.UDP, 0, 0), wantErr: ErrTruncated},
-		{name: "v6 truncated tcp", pkt: ipv6(6, nil, tcp(1, 2, SYN))[:59], want: t6(flow.TCP, 0, 0), wantErr: ErrTruncated},
+		{name: "v6 hop-by-hop 8, dest opts 24, tcp syn", pkt: pt.IPv6(6, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 60, Body: append([]byte{0x1e, 20}, pt.Zeros(20)...)}}, pt.TCP(40000, 443, SYN)), want: t6(flow.TCP, 40000, 443), flags: SYN, off: 72},
+		{name: "v6 ah 24 bytes then udp", pkt: pt.IPv6(17, []pt.Ext{{Type: 51, Body: pt.Zeros(22)}}, pt.UDP(7, 8)), want: t6(flow.UDP, 7, 8), off: 64},
+		{name: "v6 hop, ah, dest opts, echo", pkt: pt.IPv6(58, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 51, Body: pt.Zeros(14)}, {Type: 60, Body: pt.Zeros(14)}}, pt.ICMP(128, 0, 9)), want: t6(flow.ICMPv6, 9, 0), icmp: [2]uint8{128, 0}, off: 80},
+		{name: "v6 eight ext headers (the limit)", pkt: pt.IPv6(17, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}}, pt.UDP(1, 2)), want: t6(flow.UDP, 1, 2), off: 104},
+		{name: "v6 first fragment", pkt: pt.IPv6(17, []pt.Ext{{Type: 44, Body: []byte{0, 1, 0, 0, 0, 1}}}, pt.UDP(7, 8)), want: t6(flow.UDP, 7, 8), frag: true},
+		{name: "v6 non-first fragment", pkt: pt.IPv6(17, []pt.Ext{{Type: 44, Body: []byte{0, 0x18, 0, 0, 0, 1}}}, pt.Zeros(8)), want: t6(flow.UDP, 0, 0), frag: true, wantErr: ErrFragment},
+		{name: "v6 last fragment after hop-by-hop", pkt: pt.IPv6(6, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 44, Body: []byte{0x05, 0xc8, 0, 0, 0, 1}}}, pt.Zeros(8)), want: t6(flow.TCP, 0, 0), frag: true, wantErr: ErrFragment},
+		{name: "v6 first fragment between options", pkt: pt.IPv6(6, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 44, Body: []byte{0, 1, 0, 0, 0, 1}}, {Type: 60, Body: pt.Zeros(6)}}, pt.TCP(5, 6, SYN)), want: t6(flow.TCP, 5, 6), flags: SYN, frag: true, off: 64},
+		{name: "v6 no next header", pkt: pt.IPv6(59, nil, nil), want: t6(59, 0, 0)},
+		{name: "v6 esp opaque", pkt: pt.IPv6(50, nil, pt.Zeros(8)), want: t6(50, 0, 0)},
+		{name: "v6 short header", pkt: pt.IPv6(6, nil, nil)[:39], wantErr: ErrTruncated},
+		{name: "v6 truncated ext header", pkt: pt.IPv6(17, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}}, pt.UDP(1, 2))[:44], want: t6(60, 0, 0), wantErr: ErrTruncated},
+		{name: "v6 ext length beyond data", pkt: func() []byte {
+			b := pt.IPv6(17, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}}, pt.UDP(1, 2))
+			b[41] = 200
+			return b
+		}(), want: t6(60, 0, 0), wantErr: ErrTruncated},
+		{name: "v6 hop-by-hop not first", pkt: pt.IPv6(17, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}, {Type: 0, Body: pt.Zeros(6)}}, pt.UDP(1, 2)), want: t6(0, 0, 0), wantErr: ErrMalformed},
+		{name: "v6 too many ext headers", pkt: pt.IPv6(17, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}}, pt.UDP(1, 2)), want: t6(60, 0, 0), wantErr: ErrMalformed},
+		{name: "v6 payload length cuts udp", pkt: func() []byte { b := pt.IPv6(17, nil, pt.UDP(1, 2)); b[5] = 4; return b }(), want: t6(flow.UDP, 0, 0), wantErr: ErrTruncated},
+		{name: "v6 truncated tcp", pkt: pt.IPv6(6, nil, pt.TCP(1, 2, SYN))[:59], want: t6(flow.TCP, 0, 0), wantErr: ErrTruncated},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -202,9 +119,9 @@ func TestErrorMessages(t *testing.T) {
 		pkt  []byte
 		want string
 	}{
-		{ipv4(6, 0, nil, nil)[:12], "packet: truncated IPv4 header: have 12 of 20 bytes"},
-		{ipv4(6, 0, nil, tcp(1, 2, SYN))[:30], "packet: truncated TCP header: have 10 of 20 bytes"},
-		{ipv6(6, nil, nil)[:10], "packet: truncated IPv6 header: have 10 of 40 bytes"},
+		{pt.IPv4(6, 0, nil, nil)[:12], "packet: truncated IPv4 header: have 12 of 20 bytes"},
+		{pt.IPv4(6, 0, nil, pt.TCP(1, 2, SYN))[:30], "packet: truncated TCP header: have 10 of 20 bytes"},
+		{pt.IPv6(6, nil, nil)[:10], "packet: truncated IPv6 header: have 10 of 40 bytes"},
 		{[]byte{0x10}, "packet: unsupported IP version 1"},
 	}
 	for _, tt := range tests {
@@ -217,9 +134,9 @@ func TestErrorMessages(t *testing.T) {
 
 func TestParseDoesNotAllocate(t *testing.T) {
 	for _, pkt := range [][]byte{
-		ipv4(6, 0, nil, tcp(1, 2, SYN)),
-		ipv6(17, []ext{{0, pad(6)}, {44, pad(6)}}, udp(1, 2)),
-		ipv6(58, nil, icmp(128, 0, 1)),
+		pt.IPv4(6, 0, nil, pt.TCP(1, 2, SYN)),
+		pt.IPv6(17, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 44, Body: pt.Zeros(6)}}, pt.UDP(1, 2)),
+		pt.IPv6(58, nil, pt.ICMP(128, 0, 1)),
 	} {
 		if n := testing.AllocsPerRun(100, func() { _, _, _ = Parse(pkt) }); n != 0 {
 			t.Errorf("Parse allocates %v times per packet, want 0", n)
@@ -237,18 +154,18 @@ func TestTCPFlagsString(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	seeds := [][]byte{
-		ipv4(6, 0x4000, nil, tcp(40000, 443, SYN)),
-		ipv4(6, 0, []byte{1, 1, 1, 0}, tcp(1, 2, SYN|ACK)),
-		ipv4(17, 0, nil, udp(5353, 53)),
-		ipv4(1, 0, nil, icmp(8, 0, 0x1234)),
-		ipv4(17, 0x2001, nil, pad(8)),
-		ipv6(6, nil, tcp(50000, 80, SYN)),
-		ipv6(17, []ext{{0, pad(6)}, {43, pad(14)}, {60, pad(6)}, {44, pad(6)}}, udp(7, 8)),
-		ipv6(58, []ext{{51, pad(14)}}, icmp(128, 0, 9)),
-		ipv6(17, []ext{{44, []byte{0, 0x18, 0, 0, 0, 1}}}, pad(8)),
-		ipv6(6, []ext{{0, pad(6)}, {60, append([]byte{0x1e, 20}, pad(20)...)}}, tcp(40000, 443, SYN)),
-		ipv6(6, []ext{{0, pad(6)}, {44, []byte{0, 1, 0, 0, 0, 1}}, {60, pad(6)}}, tcp(5, 6, SYN)),
-		ipv6(17, []ext{{51, pad(22)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}, {60, pad(6)}}, udp(1, 2)),
+		pt.IPv4(6, 0x4000, nil, pt.TCP(40000, 443, SYN)),
+		pt.IPv4(6, 0, []byte{1, 1, 1, 0}, pt.TCP(1, 2, SYN|ACK)),
+		pt.IPv4(17, 0, nil, pt.UDP(5353, 53)),
+		pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 0x1234)),
+		pt.IPv4(17, 0x2001, nil, pt.Zeros(8)),
+		pt.IPv6(6, nil, pt.TCP(50000, 80, SYN)),
+		pt.IPv6(17, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 43, Body: pt.Zeros(14)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 44, Body: pt.Zeros(6)}}, pt.UDP(7, 8)),
+		pt.IPv6(58, []pt.Ext{{Type: 51, Body: pt.Zeros(14)}}, pt.ICMP(128, 0, 9)),
+		pt.IPv6(17, []pt.Ext{{Type: 44, Body: []byte{0, 0x18, 0, 0, 0, 1}}}, pt.Zeros(8)),
+		pt.IPv6(6, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 60, Body: append([]byte{0x1e, 20}, pt.Zeros(20)...)}}, pt.TCP(40000, 443, SYN)),
+		pt.IPv6(6, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 44, Body: []byte{0, 1, 0, 0, 0, 1}}, {Type: 60, Body: pt.Zeros(6)}}, pt.TCP(5, 6, SYN)),
+		pt.IPv6(17, []pt.Ext{{Type: 51, Body: pt.Zeros(22)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 60, Body: pt.Zeros(6)}}, pt.UDP(1, 2)),
 		{0x45},
 		{},
 	}
@@ -293,10 +210,10 @@ func FuzzParse(f *testing.F) {
 
 func BenchmarkParse(b *testing.B) {
 	pkts := map[string][]byte{
-		"v4-tcp-syn":   ipv4(6, 0x4000, nil, tcp(40000, 443, SYN)),
-		"v6-udp":       ipv6(17, nil, udp(1000, 53)),
-		"v6-ext-chain": ipv6(17, []ext{{0, pad(6)}, {43, pad(14)}, {60, pad(6)}}, udp(7, 8)),
-		"v4-truncated": ipv4(6, 0, nil, nil),
+		"v4-tcp-syn":   pt.IPv4(6, 0x4000, nil, pt.TCP(40000, 443, SYN)),
+		"v6-udp":       pt.IPv6(17, nil, pt.UDP(1000, 53)),
+		"v6-ext-chain": pt.IPv6(17, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 43, Body: pt.Zeros(14)}, {Type: 60, Body: pt.Zeros(6)}}, pt.UDP(7, 8)),
+		"v4-truncated": pt.IPv4(6, 0, nil, nil),
 	}
 	for name, pkt := range pkts {
 		b.Run(name, func(b *testing.B) {
