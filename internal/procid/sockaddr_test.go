@@ -20,12 +20,7 @@ import (
 func TestSockAddrTwoSenders(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
 
 	cases := []struct {
@@ -50,11 +45,7 @@ func TestSockAddrTwoSenders(t *testing.T) {
 			}
 			dap := netip.MustParseAddrPort(c.dst)
 			for i, h := range hs {
-				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
-				p := waitResolve(t, r.Resolve, tup)
-				if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uint32(1000+i) {
-					t.Errorf("sender %d: %s -> pid %d uid %d, want pid %d uid %d", i, tup, p.TGID, p.UID, want, 1000+i)
-				}
+				p := checkSender(t, r, h, dap, uint32(1000+i))
 				if p.Exe != bin || p.Source != string(MechSockOps) {
 					t.Errorf("sender %d: exe %q source %q", i, p.Exe, p.Source)
 				}
@@ -78,12 +69,7 @@ func TestSockAddrPortReuse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("set ip_local_port_range: %v", err)
 	}
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
 
 	for _, fam := range []string{"4", "6"} {
@@ -102,11 +88,7 @@ func TestSockAddrPortReuse(t *testing.T) {
 				if h.local.Port() != port {
 					t.Fatalf("helper %d used port %d, want %d", i, h.local.Port(), port)
 				}
-				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: port, DstPort: dap.Port()}
-				p := waitResolve(t, r.Resolve, tup)
-				if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uint32(1000+i) {
-					t.Errorf("%s by helper %d: %s -> pid %d uid %d, want pid %d uid %d", mode, i, tup, p.TGID, p.UID, want, 1000+i)
-				}
+				checkSender(t, r, h, dap, uint32(1000+i))
 			}
 		})
 	}
@@ -118,12 +100,7 @@ func TestSockAddrPortReuse(t *testing.T) {
 func TestSockAddrConnectThenSendto(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
 	for _, c := range []struct{ fam, dst string }{{"4", "127.0.0.1:53"}, {"6", "[::1]:53"}} {
 		t.Run("udp"+c.fam, func(t *testing.T) {
@@ -131,11 +108,7 @@ func TestSockAddrConnectThenSendto(t *testing.T) {
 			conn := startHelper(t, ns, helperOpts{mode: "udp" + c.fam, dst: c.dst, uid: 1000, cgroup: cg, argv0: bin, dir: dir})
 			send := startHelper(t, ns, helperOpts{mode: "udp" + c.fam + "-sendto", dst: c.dst, uid: 1001, cgroup: cg, argv0: bin, dir: dir})
 			for i, h := range []*helperProc{conn, send} {
-				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
-				p := waitResolve(t, r.Resolve, tup)
-				if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uint32(1000+i) {
-					t.Errorf("%s -> pid %d uid %d, want pid %d uid %d", tup, p.TGID, p.UID, want, 1000+i)
-				}
+				checkSender(t, r, h, dap, uint32(1000+i))
 			}
 		})
 	}
@@ -150,12 +123,7 @@ func TestSockAddrConnectThenSendto(t *testing.T) {
 func TestSockAddrTwoConnectedSenders(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
 	for _, c := range []struct{ fam, dst string }{{"4", "127.0.0.1:53"}, {"6", "[::1]:53"}} {
 		t.Run("udp"+c.fam, func(t *testing.T) {
@@ -165,11 +133,7 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 				hs = append(hs, startHelper(t, ns, helperOpts{mode: "udp" + c.fam, dst: c.dst, uid: uint32(1000 + i), hold: true, cgroup: cg, argv0: bin, dir: dir}))
 			}
 			for i, h := range hs {
-				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
-				p := waitResolve(t, r.Resolve, tup)
-				if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uint32(1000+i) {
-					t.Errorf("%s -> pid %d uid %d, want pid %d uid %d", tup, p.TGID, p.UID, want, 1000+i)
-				}
+				checkSender(t, r, h, dap, uint32(1000+i))
 			}
 			// Closed sockets are out of sock_diag's sight: the
 			// destination key answers, for the later sender.
@@ -186,4 +150,29 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openSockOps opens the sockops resolver on ns, attached to a cgroup of its
+// own, and returns the cgroup the helpers must run in.
+func openSockOps(t *testing.T, ns *os.File) (Resolver, *os.File) {
+	t.Helper()
+	cgPath, cg := newCgroup(t)
+	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, cg
+}
+
+// checkSender resolves the UDP flow from h to dst and checks that it names
+// h's process and uid.
+func checkSender(t *testing.T, r Resolver, h *helperProc, dst netip.AddrPort, uid uint32) flow.Process {
+	t.Helper()
+	tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dst.Addr(), SrcPort: h.local.Port(), DstPort: dst.Port()}
+	p := waitResolve(t, r.Resolve, tup)
+	if want := uint32(h.cmd.Process.Pid); p.TGID != want || p.UID != uid {
+		t.Errorf("%s -> pid %d uid %d, want pid %d uid %d", tup, p.TGID, p.UID, want, uid)
+	}
+	return p
 }
