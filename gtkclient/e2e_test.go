@@ -297,27 +297,10 @@ func copyFile(src, dst string, mode os.FileMode) error {
 // proc is a process the test started and ends by PID at cleanup.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
+	stdout, stderr testenv.SyncBuffer
 	done           chan struct{}
 	err            error
 	began, ended   time.Time
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startProc starts cmd, sending its output to p's buffers unless cmd has

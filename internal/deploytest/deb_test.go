@@ -23,7 +23,7 @@ func buildDeb(t testing.TB) string {
 	out := testenv.TempDir(t)
 	cmd := exec.Command(filepath.Join(root, "deploy", "deb.sh"))
 	cmd.Env = append(os.Environ(), "BIN="+bin, "OUT="+out, "DEB_VERSION=1.2.3~test")
-	var stderr syncBuffer
+	var stderr testenv.SyncBuffer
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()
 	if err != nil {

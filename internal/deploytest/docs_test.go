@@ -198,7 +198,7 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 	if b.ui {
 		ui := exec.CommandContext(ctx, "setpriv", append([]string{"--reuid", fmt.Sprint(uid), "--regid", fmt.Sprint(gid), "--clear-groups", "--",
 			"env", "-i"}, append(userEnv, filepath.Join(bin, "bastion-uiserver"), "--agent-socket", sock)...)...)
-		uiOut := &syncBuffer{}
+		uiOut := &testenv.SyncBuffer{}
 		ui.Stdout, ui.Stderr = uiOut, uiOut
 		if err := ui.Start(); err != nil {
 			t.Fatal(err)

@@ -1,7 +1,6 @@
 package deploytest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,27 +82,8 @@ func ownedDir(t testing.TB, parent, name string, uid, gid uint32) string {
 	return dir
 }
 
-// syncBuffer is an io.Writer that several goroutines (a process's stdout
-// and stderr copiers) write and a test polls.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitOutput waits until out contains want, and fails t after timeout.
-func waitOutput(t testing.TB, out *syncBuffer, want string, timeout time.Duration) {
+func waitOutput(t testing.TB, out *testenv.SyncBuffer, want string, timeout time.Duration) {
 	t.Helper()
 	if !testenv.Poll(timeout, func() bool { return strings.Contains(out.String(), want) }) {
 		t.Fatalf("no %q within %v; output so far:\n%s", want, timeout, out.String())
@@ -125,7 +104,7 @@ func agentClient(t testing.TB, sock string) agentv1.AgentServiceClient {
 // agentProc is an agent started by a test.
 type agentProc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.SyncBuffer
 	done   chan struct{}
 	err    error // Wait's result, once done is closed
 	client agentv1.AgentServiceClient
@@ -136,7 +115,7 @@ type agentProc struct {
 // It returns an error when the agent exits first or is not up in time.
 func startAgent(t testing.TB, sock string, argv ...string) (*agentProc, error) {
 	t.Helper()
-	a := &agentProc{out: &syncBuffer{}, done: make(chan struct{})}
+	a := &agentProc{out: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {

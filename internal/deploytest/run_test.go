@@ -67,7 +67,7 @@ func TestRunScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func TestRunScript(t *testing.T) {
 	// The user connects; the terminal prompt asks; the test answers "allow,
 	// once, this destination and port, any command line, confirm".
 	curl := ns.Command(ctx, uid, gid, "curl", "-sS", "-m", "60", url)
-	curlOut := &syncBuffer{}
+	curlOut := &testenv.SyncBuffer{}
 	curl.Stdout, curl.Stderr = curlOut, curlOut
 	if err := curl.Start(); err != nil {
 		t.Fatal(err)
