@@ -400,32 +400,14 @@ func startE2EAgent(t *testing.T, ns *testenv.NS, bin string) string {
 // (0700, owned by it) and a client of its rules service that connects as
 // the user.
 type e2eUser struct {
-	uid                                    uint32
-	home, runtimeDir, dataHome, configHome string
-	ui                                     uiv1.UIServiceClient
+	*testenv.Account
+	ui uiv1.UIServiceClient
 }
 
 func newE2EUser(t *testing.T, uid uint32) *e2eUser {
 	t.Helper()
-	home := filepath.Join(testenv.TempDir(t), "home")
-	u := &e2eUser{uid: uid, home: home, runtimeDir: filepath.Join(home, "run"),
-		dataHome: filepath.Join(home, "data"), configHome: filepath.Join(home, "config")}
-	cfg := filepath.Join(u.configHome, "bastion", "config.toml")
-	for _, d := range []string{u.home, u.runtimeDir, u.dataHome, u.configHome, filepath.Dir(cfg)} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(d, int(uid), int(uid)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(cfg, []byte(e2eUserConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(cfg, int(uid), int(uid)); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := bench.ClientAs(u.socket(), uid, uid)
+	u := &e2eUser{Account: testenv.NewAccount(t, uid, e2eUserConfig)}
+	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,39 +416,16 @@ func newE2EUser(t *testing.T, uid uint32) *e2eUser {
 	return u
 }
 
-func (u *e2eUser) socket() string { return filepath.Join(u.runtimeDir, "bastion", "ui.sock") }
-
-func (u *e2eUser) env() []string {
-	return []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME=" + u.home,
-		"XDG_RUNTIME_DIR=" + u.runtimeDir,
-		"XDG_DATA_HOME=" + u.dataHome,
-		"XDG_CONFIG_HOME=" + u.configHome,
-		"LANG=C",
-	}
-}
-
-// asUser makes cmd run as u, in u's home, with u's environment.
-func (u *e2eUser) asUser(cmd *exec.Cmd, env ...string) *exec.Cmd {
-	cmd.Env, cmd.Dir = append(u.env(), env...), u.home
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: u.uid, Gid: u.uid, Groups: []uint32{}},
-		Pdeathsig:  syscall.SIGKILL, // never outlive the test
-	}
-	return cmd
-}
-
 // startE2EUIServer starts u's bastion-uiserver as u and waits until it is
 // connected to the agent.
 func startE2EUIServer(t *testing.T, bin, agentSock string, u *e2eUser) {
 	t.Helper()
-	s := startProc(t, "bastion-uiserver", u.asUser(exec.Command(bin, "--agent-socket", agentSock, "--log-level", "debug")), syscall.SIGTERM)
+	s := startProc(t, "bastion-uiserver", u.AsUser(exec.Command(bin, "--agent-socket", agentSock, "--log-level", "debug")), syscall.SIGTERM)
 	if !testenv.Poll(30*time.Second, func() bool {
 		st, err := userStatus(u)
 		return s.exited() || (err == nil && st.GetAgentConnected())
 	}) || s.exited() {
-		t.Fatalf("bastion-uiserver of uid %d not connected to the agent within 30s (exited: %v): %s", u.uid, s.exited(), s.stderr.String())
+		t.Fatalf("bastion-uiserver of uid %d not connected to the agent within 30s (exited: %v): %s", u.UID, s.exited(), s.stderr.String())
 	}
 }
 
@@ -494,7 +453,7 @@ func listRules(t *testing.T, u *e2eUser) []*rulesv1.Rule {
 	defer cancel()
 	resp, err := u.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
 	if err != nil {
-		t.Fatalf("ListRules as uid %d: %v", u.uid, err)
+		t.Fatalf("ListRules as uid %d: %v", u.UID, err)
 	}
 	return resp.GetRules()
 }
@@ -589,7 +548,7 @@ type gtkChild struct {
 
 func startGTKChild(t *testing.T, self string, u *e2eUser, dst string) *gtkChild {
 	t.Helper()
-	cmd := u.asUser(exec.Command(self, "-test.run=^$"), e2eChildEnv+"="+u.socket(), e2eDstEnv+"="+dst,
+	cmd := u.AsUser(exec.Command(self, "-test.run=^$"), e2eChildEnv+"="+u.UISocket(), e2eDstEnv+"="+dst,
 		"DISPLAY="+os.Getenv("DISPLAY"), "GDK_BACKEND=x11", "NO_AT_BRIDGE=1", "GSETTINGS_BACKEND=memory")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -93,57 +93,22 @@ func startPolicyAgent(t *testing.T, ns *testenv.NS, config string) *Agent {
 // user, and a gRPC client of the user's rules service that connects as the
 // user (the service admits only its owner, by SO_PEERCRED).
 type account struct {
-	uid                                    uint32
-	dir                                    string // root-owned, 0755: logs
-	home, runtimeDir, dataHome, configHome string
-	UI                                     uiv1.UIServiceClient
+	*testenv.Account
+	UI uiv1.UIServiceClient
 }
 
-// newAccount makes uid's directories and writes config (TOML) as its
-// $XDG_CONFIG_HOME/bastion/config.toml.
+// newAccount makes uid's directories, with config (TOML) as its rules
+// service's config, and a client of its rules service's socket.
 func newAccount(t *testing.T, uid uint32, config string) *account {
 	t.Helper()
-	u := &account{uid: uid, dir: testenv.TempDir(t)}
-	u.home = filepath.Join(u.dir, "home")
-	u.runtimeDir = filepath.Join(u.home, "run")
-	u.dataHome = filepath.Join(u.home, "data")
-	u.configHome = filepath.Join(u.home, "config")
-	for _, d := range []string{u.home, u.runtimeDir, u.dataHome, u.configHome, filepath.Join(u.configHome, "bastion")} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(d, int(uid), int(uid)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := filepath.Join(u.configHome, "bastion", "config.toml")
-	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(cfg, int(uid), int(uid)); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := bench.ClientAs(u.Socket(), uid, uid)
+	u := &account{Account: testenv.NewAccount(t, uid, config)}
+	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	u.UI = uiv1.NewUIServiceClient(conn)
 	return u
-}
-
-// Socket is where the user's rules service listens by default.
-func (u *account) Socket() string { return filepath.Join(u.runtimeDir, "bastion", "ui.sock") }
-
-func (u *account) env() []string {
-	return []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME=" + u.home,
-		"XDG_RUNTIME_DIR=" + u.runtimeDir,
-		"XDG_DATA_HOME=" + u.dataHome,
-		"XDG_CONFIG_HOME=" + u.configHome,
-		"LANG=C",
-	}
 }
 
 // UIServer is a running bastion-uiserver of one user.
@@ -162,7 +127,7 @@ type UIServer struct {
 func startUIServer(t *testing.T, a *Agent, u *account) *UIServer {
 	t.Helper()
 	uiBins(t)
-	s := &UIServer{User: u, LogPath: filepath.Join(u.dir, "uiserver.log"), exited: make(chan struct{})}
+	s := &UIServer{User: u, LogPath: filepath.Join(u.Dir, "uiserver.log"), exited: make(chan struct{})}
 	logf, err := os.OpenFile(s.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -170,11 +135,11 @@ func startUIServer(t *testing.T, a *Agent, u *account) *UIServer {
 	defer logf.Close()
 	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
 	s.Cmd = exec.Command(uiServerBin, "--agent-socket", a.Socket, "--log-level", "debug")
-	s.Cmd.Env, s.Cmd.Dir = u.env(), u.home
+	s.Cmd.Env, s.Cmd.Dir = u.Env(), u.Home
 	s.Cmd.Stdout, s.Cmd.Stderr = logf, logf
-	s.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.uid, Groups: []uint32{}}}
+	s.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.UID, Groups: []uint32{}}}
 	if err := s.Cmd.Start(); err != nil {
-		t.Fatalf("start uiserver as uid %d: %v", u.uid, err)
+		t.Fatalf("start uiserver as uid %d: %v", u.UID, err)
 	}
 	go func() {
 		s.waited = s.Cmd.Wait()
@@ -182,7 +147,7 @@ func startUIServer(t *testing.T, a *Agent, u *account) *UIServer {
 	}()
 	t.Cleanup(func() {
 		if err := s.stop(syscall.SIGTERM); err != nil {
-			t.Errorf("stop uiserver of uid %d: %v", u.uid, err)
+			t.Errorf("stop uiserver of uid %d: %v", u.UID, err)
 		}
 		if t.Failed() {
 			s.dumpLog(t)
@@ -223,7 +188,7 @@ func (s *UIServer) stop(sig syscall.Signal) error {
 func (s *UIServer) Stop(t *testing.T) {
 	t.Helper()
 	if err := s.stop(syscall.SIGTERM); err != nil {
-		t.Fatalf("uiserver of uid %d did not stop cleanly: %v", s.User.uid, err)
+		t.Fatalf("uiserver of uid %d did not stop cleanly: %v", s.User.UID, err)
 	}
 }
 
@@ -241,7 +206,7 @@ func (s *UIServer) dumpLog(t *testing.T) {
 		t.Logf("uiserver log %s: %v", s.LogPath, err)
 		return
 	}
-	t.Logf("uiserver log of uid %d (%s):\n%s", s.User.uid, s.LogPath, data)
+	t.Logf("uiserver log of uid %d (%s):\n%s", s.User.UID, s.LogPath, data)
 }
 
 // Status returns the service's GetStatus, called as its user.
@@ -269,10 +234,10 @@ func (s *UIServer) WaitConnected(t *testing.T) {
 		return st.GetAgentConnected()
 	})
 	if s.hasExited() {
-		t.Fatalf("uiserver of uid %d exited: %v", s.User.uid, s.waited)
+		t.Fatalf("uiserver of uid %d exited: %v", s.User.UID, s.waited)
 	}
 	if !ok {
-		t.Fatalf("uiserver of uid %d not connected to the agent within 30s: %v", s.User.uid, last)
+		t.Fatalf("uiserver of uid %d not connected to the agent within 30s: %v", s.User.UID, last)
 	}
 }
 
@@ -285,7 +250,7 @@ func waitPromptClients(t *testing.T, u *account, n uint32) {
 		got = st.GetPromptClients()
 		return err == nil && got == n
 	}) {
-		t.Fatalf("uid %d's service has %d prompt clients, want %d", u.uid, got, n)
+		t.Fatalf("uid %d's service has %d prompt clients, want %d", u.UID, got, n)
 	}
 }
 
@@ -308,7 +273,7 @@ func watchPrompts(t *testing.T, u *account, clients uint32) *PromptWatcher {
 	stream, err := u.UI.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{}, grpc.WaitForReady(true))
 	if err != nil {
 		cancel()
-		t.Fatalf("WatchPrompts as uid %d: %v", u.uid, err)
+		t.Fatalf("WatchPrompts as uid %d: %v", u.UID, err)
 	}
 	w := &PromptWatcher{u: u, done: make(chan struct{}), cancel: cancel}
 	go func() {
@@ -377,7 +342,7 @@ func (w *PromptWatcher) WaitAdded(t *testing.T, from int, timeout time.Duration,
 	w.mu.Lock()
 	err := w.err
 	w.mu.Unlock()
-	t.Fatalf("uid %d's prompt client: no matching prompt within %v (stream error: %v); events: %v", w.u.uid, timeout, err, describeEvents(w.Events(from)))
+	t.Fatalf("uid %d's prompt client: no matching prompt within %v (stream error: %v); events: %v", w.u.UID, timeout, err, describeEvents(w.Events(from)))
 	return nil
 }
 
@@ -394,7 +359,7 @@ func (w *PromptWatcher) WaitWithdrawn(t *testing.T, id string, timeout time.Dura
 		}
 		return false
 	}) {
-		t.Fatalf("uid %d's prompt %s not withdrawn within %v; events %v", w.u.uid, id, timeout, describeEvents(w.Events(0)))
+		t.Fatalf("uid %d's prompt %s not withdrawn within %v; events %v", w.u.UID, id, timeout, describeEvents(w.Events(0)))
 	}
 	return reason
 }
@@ -455,8 +420,8 @@ func runSplit(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
 // ctlCommand is bastionctl run as u in ns, with u's XDG_RUNTIME_DIR (so it
 // finds u's rules service) and the agent's socket.
 func ctlCommand(ctx context.Context, ns *testenv.NS, a *Agent, u *account, args ...string) *exec.Cmd {
-	cmd := ns.Command(ctx, u.uid, u.uid, builtBins.ctl, append([]string{"--agent-socket", a.Socket}, args...)...)
-	cmd.Env = append(cmd.Env, "XDG_RUNTIME_DIR="+u.runtimeDir)
+	cmd := ns.Command(ctx, u.UID, u.UID, builtBins.ctl, append([]string{"--agent-socket", a.Socket}, args...)...)
+	cmd.Env = append(cmd.Env, "XDG_RUNTIME_DIR="+u.RuntimeDir)
 	return cmd
 }
 
@@ -469,7 +434,7 @@ func ctlJSON[T any, PT interface {
 	t.Helper()
 	out, errOut, code := runSplit(t, ctlCommand(ctx, ns, a, u, append([]string{"--json"}, args...)...))
 	if code != 0 {
-		t.Fatalf("bastionctl --json %s as uid %d: exit %d: %s", strings.Join(args, " "), u.uid, code, errOut)
+		t.Fatalf("bastionctl --json %s as uid %d: exit %d: %s", strings.Join(args, " "), u.UID, code, errOut)
 	}
 	var res []PT
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -511,7 +476,7 @@ func waitHistory(t *testing.T, ctx context.Context, ns *testenv.NS, a *Agent, u 
 			fmt.Fprintf(&b, "\n  %s %v uid=%d %s :%d by %q rule %q", e.GetTime().AsTime().Format(time.TimeOnly), e.GetAction(),
 				e.GetProcess().GetUid(), e.GetProcess().GetExe(), e.GetFlow().GetDstPort(), e.GetDecidedBy(), e.GetRuleId())
 		}
-		t.Fatalf("uid %d's history: %d entries to port %d decided by %q, want %d; history:%s", u.uid, len(got), port, decidedBy, n, b.String())
+		t.Fatalf("uid %d's history: %d entries to port %d decided by %q, want %d; history:%s", u.UID, len(got), port, decidedBy, n, b.String())
 	}
 	return got
 }

@@ -64,10 +64,10 @@ func TestUIServerTwoUsers(t *testing.T) {
 	answered := func(t *testing.T, u *account, w *PromptWatcher, pr *uiv1.Prompt) {
 		t.Helper()
 		if err := answerOnce(t, u, pr, ruleAllow); err != nil {
-			t.Fatalf("uid %d answers its own prompt: %v", u.uid, err)
+			t.Fatalf("uid %d answers its own prompt: %v", u.UID, err)
 		}
 		if reason := w.WaitWithdrawn(t, pr.GetId(), 10*time.Second); reason != "answered" {
-			t.Errorf("uid %d's prompt withdrawn as %q, want answered", u.uid, reason)
+			t.Errorf("uid %d's prompt withdrawn as %q, want answered", u.UID, reason)
 		}
 	}
 	curlDone := func(t *testing.T, p *Proc, uid uint32) {
@@ -145,35 +145,35 @@ func TestUIServerTwoUsers(t *testing.T) {
 			{"later", "list"},
 			{"history"},
 		} {
-			out, code := bastionctlB(append([]string{"--ui-socket", userA.Socket()}, args...)...)
+			out, code := bastionctlB(append([]string{"--ui-socket", userA.UISocket()}, args...)...)
 			if code != ctl.ExitDenied || !strings.Contains(out, "permission denied") {
 				t.Errorf("B: bastionctl --ui-socket A's %v: exit %d, output %q; want exit %d, a permission error", args, code, out, ctl.ExitDenied)
 			}
 			t.Logf("B: bastionctl --ui-socket A's %v: exit %d: %s", args, code, strings.TrimSpace(out))
 		}
 		// B's prompt client on A's socket fails at once: no prompt, no answer.
-		cmd := ns.Command(ctx, uidB, uidB, b.ctl, "--agent-socket", a.Socket, "--ui-socket", userA.Socket(), "prompt")
+		cmd := ns.Command(ctx, uidB, uidB, b.ctl, "--agent-socket", a.Socket, "--ui-socket", userA.UISocket(), "prompt")
 		cmd.Stdin = strings.NewReader("a\n1\n1\nn\ny\n")
 		if out, code := run(t, cmd); code != ctl.ExitDenied || !strings.Contains(out, "permission denied") || strings.Contains(out, "wants to connect") {
 			t.Errorf("B: bastionctl prompt on A's socket: exit %d, output %q; want a permission error and no prompt", code, out)
 		}
 		// B's own gRPC client of A's socket, connecting as B.
-		bOnA, err := bench.ClientAs(userA.Socket(), uidB, uidB)
+		bOnA, err := bench.ClientAs(userA.UISocket(), uidB, uidB)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer bOnA.Close()
-		if err := answerOnce(t, &account{uid: uidB, UI: uiv1.NewUIServiceClient(bOnA)}, pr, ruleAllow); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		if err := answerOnce(t, &account{Account: &testenv.Account{UID: uidB}, UI: uiv1.NewUIServiceClient(bOnA)}, pr, ruleAllow); err == nil || !strings.Contains(err.Error(), "permission denied") {
 			t.Errorf("B: AnswerPrompt of A's prompt over A's socket: %v, want permission denied", err)
 		}
 		// Root passes the directory's permissions, so this reaches the
 		// service's own check: SO_PEERCRED says root, not A.
-		out, code = run(t, ns.Command(ctx, 0, 0, b.ctl, "--agent-socket", a.Socket, "--ui-socket", userA.Socket(), "rules", "list"))
+		out, code = run(t, ns.Command(ctx, 0, 0, b.ctl, "--agent-socket", a.Socket, "--ui-socket", userA.UISocket(), "rules", "list"))
 		if code != ctl.ExitDenied {
 			t.Errorf("root: bastionctl --ui-socket A's rules list: exit %d (%q), want %d (PermissionDenied from the service)", code, out, ctl.ExitDenied)
 		}
 		t.Logf("root: bastionctl --ui-socket A's rules list: exit %d: %s", code, strings.TrimSpace(out))
-		if out, code := run(t, ns.Command(ctx, 0, 0, "grpcurl", "-plaintext", "-unix", "-d", `{"id":"`+ruleID+`"}`, userA.Socket(),
+		if out, code := run(t, ns.Command(ctx, 0, 0, "grpcurl", "-plaintext", "-unix", "-d", `{"id":"`+ruleID+`"}`, userA.UISocket(),
 			"bastion.ui.v1.UIService/DeleteRule")); code == 0 || !strings.Contains(out, "PermissionDenied") {
 			t.Errorf("root: grpcurl DeleteRule on A's socket: exit %d, output %q; want PermissionDenied", code, out)
 		}
