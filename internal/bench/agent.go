@@ -112,8 +112,11 @@ func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*Agent, error) 
 }
 
 // LogTail returns the last n lines of the agent's log, for error messages.
-func (a *Agent) LogTail(n int) string {
-	data, _ := os.ReadFile(a.LogPath)
+func (a *Agent) LogTail(n int) string { return fileTail(a.LogPath, n) }
+
+// fileTail returns the last n lines of the file at path, joined by " | ".
+func fileTail(path string, n int) string {
+	data, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }

@@ -227,11 +227,7 @@ func startUIServer(ctx context.Context, bin, dir, agentSocket string, uid uint32
 	return s, nil
 }
 
-func (s *uiService) logTail(n int) string {
-	data, _ := os.ReadFile(s.logPath)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
-}
+func (s *uiService) logTail(n int) string { return fileTail(s.logPath, n) }
 
 // stop ends the service by PID (SIGTERM, SIGKILL after 10s).
 func (s *uiService) stop() error {
