@@ -144,6 +144,40 @@ struct {
 	__type(value, struct flow_value);
 } flows SEC(".maps");
 
+// recent_flows is a second, lock-free copy of what nf_local_out writes into
+// `flows`, which userspace reads through a read-only memory mapping instead
+// of a bpf() syscall: the agent looks up every queued packet's flow, and the
+// syscall was the largest part of its own cost per connection.
+//
+// It is a direct-mapped cache of RECENT_FLOWS slots, indexed by
+// recent_slot(key); a slot holds the newest flow written there. Each slot is
+// a seqlock: the writer moves seq from even to odd with a compare-and-swap
+// (so only one CPU writes a slot at a time), writes key and value, and makes
+// seq even again; the reader copies the slot between two reads of seq and
+// keeps the copy only if seq was even and unchanged and the key is the one
+// it asked for. Anything else (an older flow in the slot, a writer busy on
+// it, a write given up because another CPU held the slot) sends the reader
+// to `flows`, which nf_local_out always writes. A write given up leaves no
+// stale copy of its key behind: it is given up only when another writer is
+// overwriting the whole slot.
+//
+// Only nf_local_out writes it, so only MechNetfilterLink reads it.
+#define RECENT_FLOWS 8192 // power of two; ~1 MB of 120-byte slots
+
+struct recent_flow {
+	__u32 seq; // odd while a writer owns the slot
+	struct flow_key key;
+	struct flow_value val;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, RECENT_FLOWS);
+	__type(key, __u32);
+	__type(value, struct recent_flow);
+} recent_flows SEC(".maps");
+
 // sock_flows: __u64 socket cookie -> struct flow_value.
 // Written by connect4/6 for UDP sockets that have no port yet, whose flows
 // share one destination key in `flows`. Userspace finds a live flow's
@@ -215,6 +249,42 @@ static __always_inline void fill_task(struct flow_value *v, struct task_struct *
 	v->exec_id = BPF_CORE_READ(t, group_leader, self_exec_id);
 	v->ts = bpf_ktime_get_boot_ns();
 	bpf_probe_read_kernel_str(v->comm, sizeof(v->comm), &t->comm);
+}
+
+// recent_slot is the slot of k in recent_flows. The agent computes the same
+// function over the same 11 words (internal/procid, recentSlot); change
+// both or neither.
+static __always_inline __u32 recent_slot(const struct flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u32 h = 0x811c9dc5;
+#pragma unroll
+	for (int i = 0; i < sizeof(*k) / 4; i++) {
+		h ^= w[i];
+		h *= 0x9e3779b1;
+		h ^= h >> 16;
+	}
+	return h & (RECENT_FLOWS - 1);
+}
+
+// put_recent copies key and val into their recent_flows slot, unless another
+// CPU is writing that slot (see recent_flows).
+static __always_inline void put_recent(const struct flow_key *key, const struct flow_value *val)
+{
+	__u32 idx = recent_slot(key);
+	struct recent_flow *slot = bpf_map_lookup_elem(&recent_flows, &idx);
+	if (!slot)
+		return;
+	__u32 seq = *(volatile __u32 *)&slot->seq;
+	if (seq & 1)
+		return;
+	if (__sync_val_compare_and_swap(&slot->seq, seq, seq + 1) != seq)
+		return;
+	__builtin_memcpy(&slot->key, key, sizeof(*key));
+	__builtin_memcpy(&slot->val, val, sizeof(*val));
+	// A fetching atomic is a full barrier on every JIT (a plain atomic
+	// add is not on arm64): key and value are visible before seq is even.
+	__sync_val_compare_and_swap(&slot->seq, seq + 1, seq + 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +500,7 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	val.flags = FLOW_F_NETFILTER;
 	if (val.sk_uid != val.uid)
 		val.flags |= FLOW_F_UID_MISMATCH;
+	put_recent(&key, &val);
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
 	return NF_ACCEPT;
 }

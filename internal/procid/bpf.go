@@ -64,7 +64,10 @@ type bpfResolver struct {
 	proc  fs.FS
 	netns uint32
 	flows *ebpf.Map
-	execs *ebpf.Map // nil when exec tracking could not load
+	// recent is nf_local_out's memory-mapped copy of its newest flows,
+	// read before flows; nil under MechSockOps.
+	recent *recentFlows
+	execs  *ebpf.Map // nil when exec tracking could not load
 	// MechSockOps only, both nil when sock_diag could not be opened:
 	// the entries of connected UDP sockets by cookie, and sock_diag to
 	// find a flow's socket cookie.
@@ -137,12 +140,14 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	// Load only what mech needs: the netfilter program type does not
 	// exist before 6.4, and loading it would fail the sockops fallback.
 	var objs attribution
+	var recentMap *ebpf.Map // MechNetfilterLink only
 	var want any
 	switch mech {
 	case MechNetfilterLink:
 		want = &struct {
-			NfLocalOut *ebpf.Program `ebpf:"nf_local_out"`
-			Flows      *ebpf.Map     `ebpf:"flows"`
+			NfLocalOut  *ebpf.Program `ebpf:"nf_local_out"`
+			Flows       *ebpf.Map     `ebpf:"flows"`
+			RecentFlows *ebpf.Map     `ebpf:"recent_flows"`
 		}{}
 	case MechSockOps:
 		want = &struct {
@@ -162,11 +167,12 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	}
 	switch w := want.(type) {
 	case *struct {
-		NfLocalOut *ebpf.Program `ebpf:"nf_local_out"`
-		Flows      *ebpf.Map     `ebpf:"flows"`
+		NfLocalOut  *ebpf.Program `ebpf:"nf_local_out"`
+		Flows       *ebpf.Map     `ebpf:"flows"`
+		RecentFlows *ebpf.Map     `ebpf:"recent_flows"`
 	}:
-		objs.NfLocalOut, objs.Flows = w.NfLocalOut, w.Flows
-		r.closers = append(r.closers, w.NfLocalOut)
+		objs.NfLocalOut, objs.Flows, recentMap = w.NfLocalOut, w.Flows, w.RecentFlows
+		r.closers = append(r.closers, w.NfLocalOut, w.RecentFlows)
 	case *struct {
 		SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
 		Connect4       *ebpf.Program `ebpf:"connect4"`
@@ -195,6 +201,12 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	if ks, vs := r.flows.KeySize(), r.flows.ValueSize(); ks != uint32(unsafe.Sizeof(procidFlowKey{})) || vs != uint32(unsafe.Sizeof(procidFlowValue{})) {
 		return nil, fmt.Errorf("flows map is %d/%d bytes, Go types are %d/%d: regenerate with go generate ./internal/procid",
 			ks, vs, unsafe.Sizeof(procidFlowKey{}), unsafe.Sizeof(procidFlowValue{}))
+	}
+	if recentMap != nil {
+		if r.recent, err = openRecentFlows(recentMap); err != nil {
+			return nil, err
+		}
+		r.closers = append(r.closers, r.recent)
 	}
 
 	switch mech {
@@ -344,8 +356,11 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	// unsafe.Pointer arguments go to the kernel as they are, without
 	// cilium/ebpf's reflection-based marshalling: this lookup is on every
 	// queued packet's path (the sizes are checked in openBPF).
-	key, val := unsafe.Pointer(&b.key), unsafe.Pointer(&b.val)
-	err := r.flows.Lookup(key, val)
+	var err error
+	if r.recent == nil || !r.recent.lookup(&b.key, &b.val) {
+		key, val := unsafe.Pointer(&b.key), unsafe.Pointer(&b.val)
+		err = r.flows.Lookup(key, val)
+	}
 	if errors.Is(err, ebpf.ErrKeyNotExist) && t.Proto != flow.TCP {
 		var byDst bool
 		byDst, err = r.lookupSockAddr(b)

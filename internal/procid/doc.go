@@ -11,6 +11,12 @@
 //     (Hop-by-Hop, Routing, Destination Options, AH, a first Fragment) and
 //     reads the same tuple from the same bytes as internal/packet, which the
 //     tests check by running its parser on crafted packets (nf_parse_test).
+//     It also copies each record into recent_flows, a small direct-mapped
+//     array that the agent maps read-only into memory: Resolve reads a
+//     queued packet's flow from there with a few loads (a seqlock per slot)
+//     and asks the flows map with a bpf() syscall only when the slot holds
+//     another flow or is being written. ~0.3 us instead of ~2 us per
+//     lookup here, and the lookup is on every queued packet's path.
 //   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
 //     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed without the
 //     source address, which is not chosen yet: by source port and
@@ -45,5 +51,6 @@
 // create misleading entries only for tuples it sends itself.
 //
 // The maps are readable and writable by root (CAP_BPF) only; anyone with that
-// privilege can already do anything to the firewall.
+// privilege can already do anything to the firewall. The agent maps
+// recent_flows read-only.
 package procid

@@ -67,6 +67,13 @@ type procidPathScratch struct {
 	Buf   [512]int8
 }
 
+type procidRecentFlow struct {
+	_   structs.HostLayout
+	Seq uint32
+	Key procidFlowKey
+	Val procidFlowValue
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -76,6 +83,7 @@ const (
 	procidMapFlows           = "flows"
 	procidMapParseResults    = "parse_results"
 	procidMapPathScratchMap  = "path_scratch_map"
+	procidMapRecentFlows     = "recent_flows"
 	procidMapSockFlows       = "sock_flows"
 	procidProgConnect4       = "connect4"
 	procidProgConnect6       = "connect6"
@@ -152,6 +160,7 @@ type procidMapSpecs struct {
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	ParseResults   *ebpf.MapSpec `ebpf:"parse_results"`
 	PathScratchMap *ebpf.MapSpec `ebpf:"path_scratch_map"`
+	RecentFlows    *ebpf.MapSpec `ebpf:"recent_flows"`
 	SockFlows      *ebpf.MapSpec `ebpf:"sock_flows"`
 }
 
@@ -186,6 +195,7 @@ type procidMaps struct {
 	Flows          *ebpf.Map `ebpf:"flows"`
 	ParseResults   *ebpf.Map `ebpf:"parse_results"`
 	PathScratchMap *ebpf.Map `ebpf:"path_scratch_map"`
+	RecentFlows    *ebpf.Map `ebpf:"recent_flows"`
 	SockFlows      *ebpf.Map `ebpf:"sock_flows"`
 }
 
@@ -196,6 +206,7 @@ func (m *procidMaps) Close() error {
 		m.Flows,
 		m.ParseResults,
 		m.PathScratchMap,
+		m.RecentFlows,
 		m.SockFlows,
 	)
 }

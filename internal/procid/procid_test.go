@@ -101,8 +101,43 @@ func checkFlows(t *testing.T, r Resolver, ns *os.File, cg *os.File) {
 			if p.StartTime == 0 {
 				t.Errorf("start time is 0")
 			}
+			if br, ok := r.(*bpfResolver); ok {
+				checkRecent(t, br, tup)
+			}
 			r.Forget(tup)
 		})
+	}
+}
+
+// checkRecent checks that nf_local_out's memory-mapped copy of tup's flow
+// (recent_flows) is readable at the slot the agent computes, and says what
+// the flows map says. Under MechSockOps nothing writes it.
+func checkRecent(t *testing.T, r *bpfResolver, tup flow.Tuple) {
+	t.Helper()
+	if r.mech != MechNetfilterLink {
+		if r.recent != nil {
+			t.Errorf("%s maps recent_flows", r.mech)
+		}
+		return
+	}
+	var k procidFlowKey
+	var fromMap, fromRecent procidFlowValue
+	setKey(&k, r.netns, tup)
+	if err := r.flows.Lookup(&k, &fromMap); err != nil {
+		t.Fatalf("flows map: %v", err)
+	}
+	if !r.recent.lookup(&k, &fromRecent) {
+		t.Fatalf("recent_flows has no copy of %s (slot %d)", tup, recentSlot(&k)%uint32(len(r.recent.mem)/int(slotSize)))
+	}
+	if fromRecent != fromMap {
+		t.Errorf("recent_flows says %+v, flows says %+v", fromRecent, fromMap)
+	}
+	hits := r.recent.hits.Load()
+	if _, err := r.Resolve(tup); err != nil {
+		t.Fatalf("resolve again: %v", err)
+	}
+	if r.recent.hits.Load() != hits+1 {
+		t.Errorf("Resolve did not answer from recent_flows")
 	}
 }
 
