@@ -241,12 +241,15 @@ static __always_inline __u32 task_netns(struct task_struct *t)
 // fill_task fills v from the current task (thread) t.
 static __always_inline void fill_task(struct flow_value *v, struct task_struct *t)
 {
-	v->pid = BPF_CORE_READ(t, pid);
-	v->tgid = BPF_CORE_READ(t, tgid);
-	v->uid = BPF_CORE_READ(t, cred, uid.val);
-	v->gid = BPF_CORE_READ(t, cred, gid.val);
-	v->start_boottime = BPF_CORE_READ(t, group_leader, start_boottime);
-	v->exec_id = BPF_CORE_READ(t, group_leader, self_exec_id);
+	const struct cred *cred = t->cred;
+	struct task_struct *leader = t->group_leader;
+
+	v->pid = t->pid;
+	v->tgid = t->tgid;
+	v->uid = cred->uid.val;
+	v->gid = cred->gid.val;
+	v->start_boottime = leader->start_boottime;
+	v->exec_id = leader->self_exec_id;
 	v->ts = bpf_ktime_get_boot_ns();
 	bpf_probe_read_kernel_str(v->comm, sizeof(v->comm), &t->comm);
 }
@@ -311,7 +314,7 @@ static __always_inline int is_v6_ext(__u8 nexthdr)
 static __always_inline int parse_packet(struct sk_buff *skb, __u64 nh, struct flow_key *key, __u8 *tcp_flags)
 {
 	// tail is an offset from head on 64-bit kernels (sk_buff_data_t).
-	__u64 end = (__u64)BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, tail);
+	__u64 end = (__u64)skb->head + skb->tail;
 	__u64 l4;
 	__u8 proto, vihl;
 
@@ -447,7 +450,7 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	struct sock *sk;
 	__u8 tcp_flags = 0;
 
-	sk = BPF_CORE_READ(skb, sk);
+	sk = skb->sk;
 	if (!sk)
 		return NF_ACCEPT; // kernel-generated (RST, ICMP errors): no owner
 
@@ -456,16 +459,16 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	// Request and time-wait mini sockets (SYN-ACKs, final ACKs) have
 	// only the common part, so their state is checked before sk_protocol
 	// is read; UDP and ping sockets pass on to the per-packet checks.
-	__u8 sk_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 sk_state = sk->__sk_common.skc_state;
 	if (sk_state == TCP_NEW_SYN_RECV || sk_state == TCP_TIME_WAIT)
 		return NF_ACCEPT;
-	if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP && sk_state != TCP_SYN_SENT)
+	if (sk->sk_protocol == IPPROTO_TCP && sk_state != TCP_SYN_SENT)
 		return NF_ACCEPT;
 
-	__u64 nh = (__u64)BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	__u64 nh = (__u64)skb->head + skb->network_header;
 	if (parse_packet(skb, nh, &key, &tcp_flags))
 		return NF_ACCEPT;
-	key.netns = BPF_CORE_READ(ctx->state, net, ns.inum);
+	key.netns = ctx->state->net->ns.inum;
 	__u8 proto = key.proto;
 
 	if (proto == IPPROTO_TCP) {
@@ -480,10 +483,10 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 			return NF_ACCEPT;
 	}
 
-	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	struct socket *sock = sk->sk_socket;
 	__u64 ino = 0;
 	if (sock)
-		ino = BPF_CORE_READ(sock, file, f_inode, i_ino);
+		ino = sock->file->f_inode->i_ino;
 
 	if (proto != IPPROTO_TCP) {
 		// Datagrams: every packet comes here. Keep the first sender of
@@ -495,7 +498,7 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 
 	struct task_struct *t = bpf_get_current_task_btf();
 	fill_task(&val, t);
-	val.sk_uid = BPF_CORE_READ(sk, sk_uid.val);
+	val.sk_uid = sk->sk_uid.val;
 	val.sk_ino = ino;
 	val.flags = FLOW_F_NETFILTER;
 	if (val.sk_uid != val.uid)
