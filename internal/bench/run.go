@@ -384,36 +384,45 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 
 // pairedRoundsN rounds of (bare queue with the plain rule, bare queue
 // behind Bastion's chain, cached agent), each as long as a case, compare
-// the three under the same momentary load. Each case gets a fresh
-// namespace, so that none inherits another's conntrack entries and
-// TIME_WAIT sockets.
+// the three under the same momentary load. The order turns by one case
+// each round, so that none is always measured first or last (after the
+// agent's start-up, say). Each case gets a fresh namespace, so that none
+// inherits another's conntrack entries and TIME_WAIT sockets.
 const pairedRoundsN = 7
 
 func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, bareBin string, fail func(error)) []PairedRound {
 	var out []PairedRound
-	for range pairedRoundsN {
-		b, err := bareQueue(ctx, cfg, bareBin, PlainSYN)
-		if err != nil {
-			fail(err)
-			return out
+	for i := range pairedRoundsN {
+		var p PairedRound
+		cases := []func() error{
+			func() error {
+				r, err := bareQueue(ctx, cfg, bareBin, PlainSYN)
+				p.BareQueue = r.ConnPerSec
+				return err
+			},
+			func() error {
+				r, err := bareQueue(ctx, cfg, bareBin, BastionChain)
+				p.BareChain = r.ConnPerSec
+				return err
+			},
+			func() error {
+				sess, err := StartSession(ctx, runner)
+				if err != nil {
+					return err
+				}
+				defer sess.Close()
+				r, _, err := AgentCached(ctx, sess, cfg.Workers, cfg.Duration)
+				p.Cached = r.ConnPerSec
+				return err
+			},
 		}
-		ch, err := bareQueue(ctx, cfg, bareBin, BastionChain)
-		if err != nil {
-			fail(err)
-			return out
+		for j := range cases {
+			if err := cases[(i+j)%len(cases)](); err != nil {
+				fail(err)
+				return out
+			}
 		}
-		sess, err := StartSession(ctx, runner)
-		if err != nil {
-			fail(err)
-			return out
-		}
-		c, _, err := AgentCached(ctx, sess, cfg.Workers, cfg.Duration)
-		sess.Close()
-		if err != nil {
-			fail(err)
-			return out
-		}
-		out = append(out, PairedRound{BareQueue: b.ConnPerSec, BareChain: ch.ConnPerSec, Cached: c.ConnPerSec})
+		out = append(out, p)
 	}
 	return out
 }
