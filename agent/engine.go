@@ -303,13 +303,13 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 	if e.closed {
 		a := e.closeAction
 		e.mu.Unlock()
-		e.releaseOne(id, a, proc, t, host, "shutdown")
+		e.releaseOne(id, a, proc, t, host, "shutdown", now)
 		return
 	}
 	if a, ok := e.recentLocked(t, recentSender{proc.UID, proc.TGID, proc.Exe, proc.Socket}, now); ok {
 		e.mu.Unlock()
 		e.Counters.Retransmits.Add(1)
-		e.releaseOne(id, a, proc, t, host, "retransmit")
+		e.releaseOne(id, a, proc, t, host, "retransmit", now)
 		return
 	}
 	// The UID's own rules come first. They are matched without the lock,
@@ -321,14 +321,14 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 		r, ok := m.match(e.hashes, proc, t, host, ruleTime(now))
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
-			e.releaseOne(id, r.Action, proc, t, host, "rule:"+r.ID)
+			e.releaseOne(id, r.Action, proc, t, host, "rule:"+r.ID, now)
 			return
 		}
 		e.mu.Lock()
 		if e.closed {
 			a := e.closeAction
 			e.mu.Unlock()
-			e.releaseOne(id, a, proc, t, host, "shutdown")
+			e.releaseOne(id, a, proc, t, host, "shutdown", now)
 			return
 		}
 		next := e.rules[proc.UID]
@@ -342,7 +342,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 		a, by := ce.action, ce.by
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
-		e.releaseOne(id, a, proc, t, host, by)
+		e.releaseOne(id, a, proc, t, host, by, now)
 		return
 	}
 	key := pendingKey{uid: proc.UID, exe: proc.Exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
@@ -367,7 +367,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 			e.log.Info("system policy decided", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe,
 				"dst", t, "verdict", rule.Mode.Action())
 		}
-		e.releaseOne(id, rule.Mode.Action(), proc, t, host, "policy")
+		e.releaseOne(id, rule.Mode.Action(), proc, t, host, "policy", now)
 		return
 	}
 	e.nextID++
@@ -399,7 +399,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 func (e *Engine) HandleUnparsed(id PacketRef) {
 	e.Counters.Packets.Add(1)
 	e.Counters.Malformed.Add(1)
-	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "", "unparsed")
+	e.releaseOne(id, e.pol.TimeoutAction, flow.Process{}, flow.Tuple{}, "", "unparsed", e.now())
 }
 
 // ruleTime is the time rules are matched at: the wall clock without Go's
@@ -414,13 +414,18 @@ func (e *Engine) HandleUnparsed(id PacketRef) {
 // service.
 func ruleTime(now time.Time) time.Time { return now.Round(0) }
 
-func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, host, by string) {
+// releaseOne gives a packet its verdict and records the decision as made
+// at when. HandleNamed passes the clock reading it decided by (the cache
+// entries, retransmission verdicts and rules were checked against it),
+// so that a packet costs one clock read, not two: on a VM a read costs
+// ~70 ns, as much as the rest of a cached decision.
+func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, host, by string, when time.Time) {
 	if err := e.release.Release(id, a); err != nil {
 		e.Counters.ReleaseFailure.Add(1)
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
-	d := Decision{Time: e.now(), Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
+	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
 	if id, ok := strings.CutPrefix(by, "rule:"); ok {
 		d.RuleID = id
 	}
@@ -454,7 +459,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 
 func (e *Engine) releaseHeld(p *pending, held []heldPacket, a flow.Action, by string) {
 	for _, h := range held {
-		e.releaseOne(h.ref, a, p.Process, h.tuple, p.Host, by)
+		e.releaseOne(h.ref, a, p.Process, h.tuple, p.Host, by, e.now())
 	}
 }
 

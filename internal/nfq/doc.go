@@ -1,7 +1,8 @@
 // Package nfq receives the packets that Bastion's iptables rules send to an
-// NFQUEUE and returns verdicts for them. It wraps
-// github.com/florianl/go-nfqueue/v2 and parses each packet with
-// internal/packet.
+// NFQUEUE and returns verdicts for them. It receives through
+// github.com/florianl/go-nfqueue/v2, parses each packet with
+// internal/packet, and writes the verdicts to the queue's socket itself
+// (one small datagram; see Queue.verdict).
 //
 // The kernel holds every queued packet until a verdict arrives: Accept lets
 // it continue, Drop discards it, and Repeat re-injects it at the start of the

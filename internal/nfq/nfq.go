@@ -2,6 +2,7 @@ package nfq
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
 	"github.com/mdlayher/netlink"
@@ -84,6 +86,8 @@ type Queue struct {
 	cfg Config
 	log *slog.Logger
 	nf  *nfqueue.Nfqueue
+	// raw writes verdicts to nf's socket (see verdict).
+	raw syscall.RawConn
 
 	started atomic.Bool
 	bound   chan struct{} // closed once Run has bound the queue
@@ -139,7 +143,12 @@ func Open(cfg Config) (*Queue, error) {
 		_ = nf.Close()
 		return nil, fmt.Errorf("nfq: set NETLINK_NO_ENOBUFS: %w", err)
 	}
-	return &Queue{cfg: cfg, log: log, nf: nf, bound: make(chan struct{})}, nil
+	raw, err := nf.Con.SyscallConn()
+	if err != nil {
+		_ = nf.Close()
+		return nil, fmt.Errorf("nfq: queue socket: %w", err)
+	}
+	return &Queue{cfg: cfg, log: log, nf: nf, raw: raw, bound: make(chan struct{})}, nil
 }
 
 // Run delivers each packet to handle, on one goroutine, until ctx ends or the
@@ -234,7 +243,7 @@ func toPacket(a nfqueue.Attribute) Packet {
 
 // Accept lets the held packet continue through the remaining rules.
 func (q *Queue) Accept(id uint32) error {
-	if err := q.nf.SetVerdict(id, nfqueue.NfAccept); err != nil {
+	if err := q.verdict(id, nfqueue.NfAccept, 0); err != nil {
 		return fmt.Errorf("nfq: accept packet %d: %w", id, err)
 	}
 	return nil
@@ -244,13 +253,7 @@ func (q *Queue) Accept(id uint32) error {
 // from, with its mark set to mark (0 leaves the mark unchanged). Bastion's
 // iptables chain saves the mark on the connection and acts on it.
 func (q *Queue) Repeat(id uint32, mark uint32) error {
-	var err error
-	if mark != 0 {
-		err = q.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, nfqueue.WithMark(mark))
-	} else {
-		err = q.nf.SetVerdict(id, nfqueue.NfRepeat)
-	}
-	if err != nil {
+	if err := q.verdict(id, nfqueue.NfRepeat, mark); err != nil {
 		return fmt.Errorf("nfq: repeat packet %d with mark %#x: %w", id, mark, err)
 	}
 	return nil
@@ -258,8 +261,74 @@ func (q *Queue) Repeat(id uint32, mark uint32) error {
 
 // Drop discards the held packet.
 func (q *Queue) Drop(id uint32) error {
-	if err := q.nf.SetVerdict(id, nfqueue.NfDrop); err != nil {
+	if err := q.verdict(id, nfqueue.NfDrop, 0); err != nil {
 		return fmt.Errorf("nfq: drop packet %d: %w", id, err)
+	}
+	return nil
+}
+
+// Netlink numbers from linux/netfilter/nfnetlink_queue.h that x/sys/unix
+// does not define.
+const (
+	nfqnlMsgVerdict = 1 // NFQNL_MSG_VERDICT
+	nfqaVerdictHdr  = 2 // NFQA_VERDICT_HDR: struct nfqnl_msg_verdict_hdr { __be32 verdict; __be32 id; }
+	nfqaMark        = 3 // NFQA_MARK: __be32
+)
+
+// verdictLen is the length of a verdict message with a mark: the netlink
+// header, the nfnetlink header, and the verdict and mark attributes.
+const verdictLen = unix.NLMSG_HDRLEN + 4 + (unix.SizeofNlAttr + 8) + (unix.SizeofNlAttr + 4)
+
+// verdict sends the verdict for packet id, with mark unless it is 0.
+//
+// The message is built and written here rather than by go-nfqueue's
+// SetVerdict: every verdict there cost ~20 allocations, and the socket
+// package under it starts and waits for a goroutine on each send (to watch
+// a context that can never be cancelled). A verdict is one datagram of
+// at most 40 bytes; no reply is asked for, and the kernel reports a refused
+// verdict (an unknown packet ID) to Run's error callback, as before.
+//
+// Writes need no lock: each is one datagram, which the kernel handles
+// whole. Unlike go-nfqueue's, they do not wait while go-nfqueue binds or
+// unbinds the queue (a request and its acknowledgement): no packet can be
+// held before the bind, and an unbind that a refused verdict's error reply
+// disturbed does not matter, as closing the socket unbinds the queue.
+func (q *Queue) verdict(id uint32, verdict int, mark uint32) error {
+	m := make([]byte, 0, verdictLen)
+	// struct nlmsghdr: length (filled in below), type, flags, sequence
+	// and port ID; sequence 0, as no reply is matched to it, and port 0,
+	// the kernel.
+	m = binary.NativeEndian.AppendUint32(m, 0)
+	m = binary.NativeEndian.AppendUint16(m, unix.NFNL_SUBSYS_QUEUE<<8|nfqnlMsgVerdict)
+	m = binary.NativeEndian.AppendUint16(m, unix.NLM_F_REQUEST)
+	m = binary.NativeEndian.AppendUint32(m, 0)
+	m = binary.NativeEndian.AppendUint32(m, 0)
+	// struct nfgenmsg: family (unused by verdicts), version, and the
+	// queue number as res_id.
+	m = append(m, unix.AF_UNSPEC, unix.NFNETLINK_V0)
+	m = binary.BigEndian.AppendUint16(m, q.cfg.Num)
+	// The attributes: struct nlattr (length, type), then the value.
+	m = binary.NativeEndian.AppendUint16(m, unix.SizeofNlAttr+8)
+	m = binary.NativeEndian.AppendUint16(m, nfqaVerdictHdr)
+	m = binary.BigEndian.AppendUint32(m, uint32(verdict))
+	m = binary.BigEndian.AppendUint32(m, id)
+	if mark != 0 {
+		m = binary.NativeEndian.AppendUint16(m, unix.SizeofNlAttr+4)
+		m = binary.NativeEndian.AppendUint16(m, nfqaMark)
+		m = binary.BigEndian.AppendUint32(m, mark)
+	}
+	binary.NativeEndian.PutUint32(m[0:4], uint32(len(m)))
+
+	var werr error
+	err := q.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), m)
+		return werr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	if werr != nil {
+		return os.NewSyscallError("write", werr)
 	}
 	return nil
 }
