@@ -95,20 +95,22 @@ func (s *Session) Close() error {
 	return errors.Join(s.Agent.Stop(), s.NS.Delete())
 }
 
-func agentRate(ctx context.Context, s *Session, name string, scope agentv1.Scope, workers int, d time.Duration) (Result, Usage, error) {
+// agentTarget starts a server in the session's namespace whose connections
+// the agent decides in scope, with a decider answering the prompts, and
+// makes the first connection (which, for a cached scope, creates the cache
+// entry). It returns the server's address and a function that stops both.
+func agentTarget(ctx context.Context, s *Session, name string, scope agentv1.Scope) (addr string, stop func(), err error) {
 	ns, a := s.NS, s.Agent
 	addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
 	if err != nil {
-		return Result{}, Usage{}, err
+		return "", nil, err
 	}
-	defer closeSrv()
-	stop, err := decider(ctx, a, scope, nil)
+	stopDecider, err := decider(ctx, a, scope, nil)
 	if err != nil {
-		return Result{}, Usage{}, err
+		closeSrv()
+		return "", nil, err
 	}
-	defer stop()
-	// Warm up: the first connection goes through the API (and, for the
-	// cached case, creates the cache entry).
+	stop = func() { stopDecider(); closeSrv() }
 	warm := testenv.Poll(10*time.Second, func() bool {
 		return ns.Do(func() error {
 			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
@@ -119,8 +121,19 @@ func agentRate(ctx context.Context, s *Session, name string, scope agentv1.Scope
 		}) == nil
 	})
 	if !warm {
-		return Result{}, Usage{}, fmt.Errorf("%s: warm-up connection not allowed within 10s: %s", name, a.LogTail(5))
+		stop()
+		return "", nil, fmt.Errorf("%s: warm-up connection not allowed within 10s: %s", name, a.LogTail(5))
 	}
+	return addr, stop, nil
+}
+
+func agentRate(ctx context.Context, s *Session, name string, scope agentv1.Scope, workers int, d time.Duration) (Result, Usage, error) {
+	a := s.Agent
+	addr, stop, err := agentTarget(ctx, s, name, scope)
+	if err != nil {
+		return Result{}, Usage{}, err
+	}
+	defer stop()
 	before, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
 	if err != nil {
 		return Result{}, Usage{}, fmt.Errorf("agent status: %w", err)
@@ -129,7 +142,7 @@ func agentRate(ctx context.Context, s *Session, name string, scope agentv1.Scope
 	if err != nil {
 		return Result{}, Usage{}, err
 	}
-	r := ConnRate(ctx, ns, name, addr, workers, d)
+	r := ConnRate(ctx, s.NS, name, addr, workers, d)
 	u1, err := ReadUsage(a.Cmd.Process.Pid)
 	if err != nil {
 		return r, Usage{}, err

@@ -1,6 +1,8 @@
 // Package bench measures what Bastion costs on new outbound connections, on
 // this machine, in one run: a baseline with no firewall, the ceiling of a bare
-// NFQUEUE whose Go program accepts everything, and the agent itself (cached
+// NFQUEUE whose Go program accepts everything (behind three rule sets: the
+// first packets of new flows, the mechanism's ceiling; TCP SYNs only, without
+// connection tracking; Bastion's own chain), and the agent itself (cached
 // decision, and each connection answered through its API), plus how well the
 // agent attributes connections of short-lived processes and what it costs in
 // memory and CPU, and how long a connection's first packet takes to become a

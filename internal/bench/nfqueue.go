@@ -32,9 +32,16 @@ type BareQueue struct {
 type BareRules int
 
 const (
-	// PlainSYN is one rule, -p tcp --syn -j NFQUEUE, answered NF_ACCEPT:
-	// no connection tracking, nothing after the verdict.
-	PlainSYN BareRules = iota
+	// SYNOnly is one rule, -p tcp --syn -j NFQUEUE, answered NF_ACCEPT:
+	// no connection tracking, nothing after the verdict. It queues TCP
+	// only, so it is less than any firewall that also asks about UDP.
+	SYNOnly BareRules = iota
+	// FirstPackets queues the first packet of every new flow as the
+	// agent's design defines it, TCP SYNs and conntrack NEW for UDP and
+	// ICMP echo, answered NF_ACCEPT: the mechanism's ceiling. The UDP and
+	// ICMP rules turn connection tracking on in the namespace, so every
+	// packet, TCP too, is tracked.
+	FirstPackets
 	// BastionChain is the agent's own rules (internal/fw, as the agent
 	// installs them with loopback interception), answered as the agent
 	// answers an allow: NF_REPEAT with the allow mark, which the chain
@@ -45,10 +52,13 @@ const (
 )
 
 func (r BareRules) String() string {
-	if r == BastionChain {
+	switch r {
+	case BastionChain:
 		return "bare NFQUEUE, Bastion's chain"
+	case FirstPackets:
+		return "bare NFQUEUE, first packets"
 	}
-	return "bare NFQUEUE (accept all)"
+	return "bare NFQUEUE, TCP SYN only"
 }
 
 // StartBareQueue sends new outbound TCP connections in ns to queue num
@@ -91,9 +101,18 @@ func StartBareQueue(ctx context.Context, ns *testenv.NS, bin string, num uint16,
 		q.fwCfg = fwCfg
 		return q, nil
 	}
-	if err := Iptables(ns, "-A", "OUTPUT", "-p", "tcp", "--syn", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num))); err != nil {
-		q.Close()
-		return nil, err
+	queue := []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(num))}
+	matches := [][]string{{"-p", "tcp", "--syn"}}
+	if rules == FirstPackets {
+		matches = append(matches,
+			[]string{"-p", "udp", "-m", "conntrack", "--ctstate", "NEW"},
+			[]string{"-p", "icmp", "--icmp-type", "echo-request", "-m", "conntrack", "--ctstate", "NEW"})
+	}
+	for _, m := range matches {
+		if err := Iptables(ns, append(append([]string{"-A", "OUTPUT"}, m...), queue...)...); err != nil {
+			q.Close()
+			return nil, err
+		}
 	}
 	return q, nil
 }
