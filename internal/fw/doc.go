@@ -27,7 +27,9 @@
 //
 // With Config.DNSQueueNum set, Install also fills Config.InputChain (default
 // BASTION-IN) in the mangle table and jumps to it from the top of mangle
-// INPUT: UDP packets from source port 53 of a tracked flow (answers to
+// INPUT for UDP from port 53 only, so that every other packet the host
+// receives (on loopback, every packet it sends too) costs one failed match:
+// UDP packets from source port 53 of a tracked flow (answers to
 // queries this host sent, loopback included, so a local stub resolver's
 // answers count) go to NFQUEUE DNSQueueNum, always with --queue-bypass, and packets carrying the Allow mark return. The agent
 // reads each answer and re-injects it at once with NF_REPEAT and the Allow

@@ -295,17 +295,15 @@ func Install(ctx context.Context, cfg Config) error {
 		// before filter: with --queue-bypass and no agent, a packet moves
 		// on to the next table, so the administrator's filter rules still
 		// see every answer.
-		if cfg.DNSQueueNum != 0 || st.inChain || st.inJumps > 0 {
+		if cfg.DNSQueueNum != 0 || st.inChain || st.inJumps+st.oldInJumps > 0 {
 			b.WriteString("*mangle\n")
-			for range st.inJumps {
-				fmt.Fprintf(&b, "-D INPUT -j %s\n", cfg.InputChain)
-			}
+			deleteInputJumps(&b, st, cfg.InputChain)
 			if cfg.DNSQueueNum != 0 {
 				fmt.Fprintf(&b, ":%s - [0:0]\n", cfg.InputChain)
 				for _, rule := range inputRules(cfg) {
 					fmt.Fprintf(&b, "-A %s %s\n", cfg.InputChain, rule)
 				}
-				fmt.Fprintf(&b, "-I INPUT 1 -j %s\n", cfg.InputChain)
+				fmt.Fprintf(&b, "-I INPUT 1 %s\n", inputJump(cfg.InputChain))
 			} else if st.inChain {
 				fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.InputChain, cfg.InputChain)
 			}
@@ -346,11 +344,9 @@ func Remove(ctx context.Context, cfg Config) error {
 			fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.Chain, cfg.Chain)
 		}
 		b.WriteString("COMMIT\n")
-		if st.inJumps > 0 || st.inChain {
+		if st.inJumps+st.oldInJumps > 0 || st.inChain {
 			b.WriteString("*mangle\n")
-			for range st.inJumps {
-				fmt.Fprintf(&b, "-D INPUT -j %s\n", cfg.InputChain)
-			}
+			deleteInputJumps(&b, st, cfg.InputChain)
 			if st.inChain {
 				fmt.Fprintf(&b, "-F %s\n-X %s\n", cfg.InputChain, cfg.InputChain)
 			}
@@ -368,7 +364,28 @@ type state struct {
 	chain   bool // the chain exists
 	jumps   int  // number of "-A OUTPUT -j CHAIN" rules
 	inChain bool // the DNS chain exists in the mangle table
-	inJumps int  // number of mangle "-A INPUT -j INPUTCHAIN" rules
+	inJumps int  // number of mangle "-A INPUT " + inputJump(INPUTCHAIN) rules
+	// oldInJumps counts mangle "-A INPUT -j INPUTCHAIN" rules: the jump
+	// for every packet that agents before the UDP-only jump installed,
+	// left behind by one that crashed.
+	oldInJumps int
+}
+
+// inputJump is the mangle INPUT rule (without "-A INPUT") that sends DNS
+// answers to chain, as iptables-save prints it. Only UDP from port 53 takes
+// the jump; every other packet the host receives (on loopback, also every
+// packet it sends there) passes with one failed match.
+func inputJump(chain string) string { return "-p udp -m udp --sport 53 -j " + chain }
+
+// deleteInputJumps writes the deletion of every jump to the DNS chain that
+// st found.
+func deleteInputJumps(b *strings.Builder, st state, chain string) {
+	for range st.inJumps {
+		fmt.Fprintf(b, "-D INPUT %s\n", inputJump(chain))
+	}
+	for range st.oldInJumps {
+		fmt.Fprintf(b, "-D INPUT -j %s\n", chain)
+	}
 }
 
 func inspect(saved, chain, inputChain string) state {
@@ -386,8 +403,10 @@ func inspect(saved, chain, inputChain string) state {
 		case table != "*mangle":
 		case strings.HasPrefix(line, ":"+inputChain+" "):
 			st.inChain = true
-		case line == "-A INPUT -j "+inputChain:
+		case line == "-A INPUT "+inputJump(inputChain):
 			st.inJumps++
+		case line == "-A INPUT -j "+inputChain:
+			st.oldInJumps++
 		}
 	}
 	return st

@@ -99,10 +99,11 @@ COMMIT
 	if got := inspect(saved, "BASTION-OUT", "BASTION-IN"); got != (state{chain: true, jumps: 2}) {
 		t.Errorf("inspect = %+v, want chain and 2 jumps", got)
 	}
-	mangle := saved + "*mangle\n:INPUT ACCEPT [0:0]\n:BASTION-IN - [0:0]\n-A INPUT -j BASTION-IN\n-A INPUT -j BASTION-IN\nCOMMIT\n" +
+	mangle := saved + "*mangle\n:INPUT ACCEPT [0:0]\n:BASTION-IN - [0:0]\n-A INPUT -p udp -m udp --sport 53 -j BASTION-IN\n" +
+		"-A INPUT -j BASTION-IN\n-A INPUT -p udp -m udp --sport 53 -j BASTION-IN\n-A INPUT -p udp -j BASTION-IN\nCOMMIT\n" +
 		"*filter\n-A INPUT -j BASTION-IN\nCOMMIT\n"
-	if got := inspect(mangle, "BASTION-OUT", "BASTION-IN"); got != (state{chain: true, jumps: 2, inChain: true, inJumps: 2}) {
-		t.Errorf("inspect with the DNS chain = %+v, want it and 2 mangle INPUT jumps", got)
+	if got := inspect(mangle, "BASTION-OUT", "BASTION-IN"); got != (state{chain: true, jumps: 2, inChain: true, inJumps: 2, oldInJumps: 1}) {
+		t.Errorf("inspect with the DNS chain = %+v, want it, 2 mangle INPUT jumps and 1 old-style one", got)
 	}
 	if got := inspect(saved, "OTHER", "OTHER-IN"); got != (state{}) {
 		t.Errorf("inspect(OTHER) = %+v, want nothing", got)
@@ -155,11 +156,13 @@ func TestInstallRemove(t *testing.T) {
 			checkInstalled(t, installed)
 
 			// A crashed agent: an extra jump rule at the end of OUTPUT and
-			// mangle INPUT, and a stray rule in each chain. Install must
-			// repair all of it.
+			// mangle INPUT, the unconditional INPUT jump of older agents,
+			// and a stray rule in each chain. Install must repair all of
+			// it.
 			for _, tool := range []string{"iptables-", "ip6tables-"} {
 				nsRun(t, ns, tool+string(backend), "-w", "-A", "OUTPUT", "-j", DefaultChain)
 				nsRun(t, ns, tool+string(backend), "-w", "-A", DefaultChain, "-p", "udp", "--dport", "4242", "-j", "ACCEPT")
+				nsRun(t, ns, tool+string(backend), "-w", "-t", "mangle", "-A", "INPUT", "-p", "udp", "--sport", "53", "-j", DefaultInputChain)
 				nsRun(t, ns, tool+string(backend), "-w", "-t", "mangle", "-A", "INPUT", "-j", DefaultInputChain)
 				nsRun(t, ns, tool+string(backend), "-w", "-t", "mangle", "-A", DefaultInputChain, "-p", "udp", "--dport", "4242", "-j", "ACCEPT")
 			}
@@ -244,10 +247,10 @@ func checkInstalled(t *testing.T, snap string) {
 		if !strings.Contains(fam, "*mangle") {
 			continue
 		}
-		if n := strings.Count(fam, "-A INPUT -j "+DefaultInputChain+"\n"); n != 1 {
-			t.Errorf("%d mangle INPUT jumps, want 1:\n%s", n, fam)
+		if n := strings.Count(fam, "-A INPUT "+inputJump(DefaultInputChain)+"\n"); n != 1 || strings.Contains(fam, "-A INPUT -j "+DefaultInputChain) {
+			t.Errorf("%d mangle INPUT jumps for DNS answers, want 1 and no other:\n%s", n, fam)
 		}
-		if i, j := strings.Index(fam, "-A INPUT -j "+DefaultInputChain), strings.Index(fam, "-A INPUT "); i != j {
+		if i, j := strings.Index(fam, "-A INPUT "+inputJump(DefaultInputChain)), strings.Index(fam, "-A INPUT "); i != j {
 			t.Errorf("DNS jump is not first in mangle INPUT:\n%s", fam)
 		}
 		if n := strings.Count(fam, "-A "+DefaultInputChain+" "); n != 2 || strings.Contains(fam, "4242") {
