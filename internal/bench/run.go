@@ -408,8 +408,8 @@ func promptLatency(ctx context.Context, cfg Config, sess *Session, fail func(err
 // case that is not being measured waits idle for packets. The medians of
 // the per-round ratios are the paired figures.
 const (
-	pairedRoundsN = 15
-	pairedSlice   = time.Second
+	pairedRoundsN = 30
+	pairedSlice   = 750 * time.Millisecond
 )
 
 // pairedCase is one case of the paired rounds, ready to be dialled.
