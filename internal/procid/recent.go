@@ -15,8 +15,8 @@ import (
 // costs a few memory loads instead of a bpf() syscall. A miss is never an
 // answer: the caller then asks the flows map.
 type recentFlows struct {
-	mem  []byte // the map's values, RECENT_FLOWS slots of slotSize bytes
-	hits atomic.Uint64
+	mem  []byte        // the map's values, RECENT_FLOWS slots of slotSize bytes
+	hits atomic.Uint64 // lookups answered; the tests check the path is taken
 }
 
 // Layout of one slot in 32-bit words: seq, then the key, then the value.
@@ -53,7 +53,9 @@ func openRecentFlows(m *ebpf.Map) (*recentFlows, error) {
 	return &recentFlows{mem: mem[:n*int(slotSize)]}, nil
 }
 
-// Close unmaps the slots; lookups must have ended.
+// Close unmaps the slots. A lookup after Close misses; one running while
+// Close unmaps would fault, so the resolver is closed only after its last
+// Resolve (as the agent does, once the queue has stopped).
 func (f *recentFlows) Close() error {
 	if f.mem == nil {
 		return nil
@@ -80,6 +82,9 @@ func recentSlot(k *procidFlowKey) uint32 {
 // whether it did.
 func (f *recentFlows) lookup(k *procidFlowKey, v *procidFlowValue) bool {
 	slots := uint32(len(f.mem) / int(slotSize))
+	if slots == 0 {
+		return false // closed
+	}
 	off := uintptr(recentSlot(k)&(slots-1)) * slotSize
 	slot := (*[slotWords]uint32)(unsafe.Pointer(&f.mem[off]))
 

@@ -96,6 +96,12 @@ func TestRecentFlowsLookup(t *testing.T) {
 	if hits := f.hits.Load(); hits != 1 {
 		t.Fatalf("hits = %d, want 1", hits)
 	}
+
+	// Closed (unmapped): a miss, not a fault.
+	f.mem = nil
+	if f.lookup(&k, &got) {
+		t.Fatal("closed table: hit")
+	}
 }
 
 // TestRecentFlowsNoTornReads has writers rewrite one slot with two flows
