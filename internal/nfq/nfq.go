@@ -22,9 +22,13 @@ import (
 )
 
 // CopyLen is how many bytes of each packet the kernel copies to userspace:
-// enough for an IPv4 or IPv6 header, a few extension headers and the
-// transport header.
-const CopyLen = 256
+// every header the parser reads, however long the IPv6 extension-header
+// chain the kernel-side parser also walks (16 KiB at most). A first packet
+// is rarely more than a few hundred bytes, and the kernel copies only what
+// there is. With 256, as before, a packet with more than ~200 bytes of
+// extension headers arrived cut short, could not be parsed and got the
+// timeout action.
+const CopyLen = packet.MaxHeaderLen
 
 // DefaultMaxLen is the default number of packets the kernel holds for this
 // queue before it drops (or, with FailOpen, accepts) new ones.

@@ -382,6 +382,59 @@ func TestUDPFirstPacketOnly(t *testing.T) {
 	}
 }
 
+// TestLongIPv6ExtensionHeaders sends a first datagram behind a 1,016-byte
+// Destination Options header: the queue must copy all of it, or the agent
+// cannot parse the packet and gives it the timeout action.
+func TestLongIPv6ExtensionHeaders(t *testing.T) {
+	e := newEnv(t, false, true)
+	// Four experimental options (type 0x1e, RFC 4727: receivers skip
+	// them) of 250 bytes and a 4-byte PadN: 2 + 4*252 + 6 = 1,016 bytes,
+	// hdrlen 126. (One long PadN would be dropped by the receiver.)
+	opts := []byte{0, 126}
+	for range 4 {
+		opts = append(append(opts, 0x1e, 250), make([]byte, 250)...)
+	}
+	opts = append(opts, 1, 4, 0, 0, 0, 0)
+	var srv net.PacketConn
+	if err := netns.Do(e.ns, func() (err error) { srv, err = net.ListenPacket("udp6", "[::1]:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	port := srv.LocalAddr().(*net.UDPAddr).Port
+	var c *net.UDPConn
+	if err := netns.Do(e.ns, func() error {
+		conn, err := net.Dial("udp6", srv.LocalAddr().String())
+		if err != nil {
+			return err
+		}
+		c = conn.(*net.UDPConn)
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, string(opts))
+		}); err != nil {
+			return err
+		}
+		return serr
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	p := e.next(t, flow.UDP, uint16(port)) // fails the test if it did not parse
+	if want := 40 + len(opts); p.Info.TransportOffset != want {
+		t.Errorf("UDP header at offset %d, want %d", p.Info.TransportOffset, want)
+	}
+	if err := e.q.Accept(p.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFailOpenWithoutListener(t *testing.T) {
 	for _, tc := range []struct {
 		failOpen bool

@@ -84,6 +84,12 @@ type Info struct {
 // most a handful; anything longer is refused rather than walked.
 const MaxExtHeaders = 8
 
+// MaxHeaderLen is the most bytes of a packet Parse can read: an IPv6
+// header, MaxExtHeaders extension headers of the largest size (2,048 bytes;
+// an AH header is at most 1,028) and a TCP header. A queue that copies this
+// much of each packet never hands Parse a header chain cut short.
+const MaxHeaderLen = 40 + MaxExtHeaders*2048 + 20
+
 // IPv6 extension header numbers.
 const (
 	ipv6HopByHop = 0
