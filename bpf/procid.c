@@ -2,12 +2,13 @@
 //
 // procid.c: kernel-side process identification for new outbound flows.
 //
-// Three groups of programs write two maps that the Go package
+// Three groups of programs write the maps that the Go package
 // internal/procid reads:
 //
 //   - nf_local_out (SEC "netfilter", NF_INET_LOCAL_OUT, priority -200, one
 //     link per network namespace and family) records who sent the first
-//     packet of each TCP/UDP/ICMP-echo flow into `flows`.
+//     packet of each TCP/UDP/ICMP-echo flow into `flows`, and a copy into
+//     `recent_flows`, which the agent reads from memory.
 //   - sockops_connect (cgroup sockops) and connect4/6 + sendmsg4/6 (cgroup
 //     sock_addr) are the fallback for kernels without the netfilter link
 //     (< 6.4). They write the same `flows` map and always allow.
