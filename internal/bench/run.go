@@ -84,9 +84,10 @@ type Ratios struct {
 	CachedVsBareSYN   float64 `json:"agent_cached_vs_bare_syn_only,omitempty"`
 	CachedVsBareChain float64 `json:"agent_cached_vs_bare_chain,omitempty"`
 	// The paired figures are medians over PairedRounds, in which the
-	// bare queue (each rule set) and the cached agent run back to back,
-	// several times, so that a noisy neighbour skews one round rather
-	// than the verdict. CachedVsBarePaired is the figure of the target.
+	// bare queue (each rule set) and the cached agent take turns in short
+	// slices (see pairedRounds), so that a noisy neighbour skews one round
+	// rather than the verdict. CachedVsBarePaired is the figure of the
+	// target.
 	CachedVsBarePaired      float64       `json:"agent_cached_vs_bare_first_packets_paired,omitempty"`
 	CachedVsBareSYNPaired   float64       `json:"agent_cached_vs_bare_syn_only_paired,omitempty"`
 	CachedVsBareChainPaired float64       `json:"agent_cached_vs_bare_chain_paired,omitempty"`
