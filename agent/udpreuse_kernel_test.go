@@ -5,10 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
-	"syscall"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -53,7 +50,7 @@ func TestUDPReuseGuardResync(t *testing.T) {
 		}
 		l := c.LocalAddr().(*net.UDPAddr).AddrPort()
 		tup := flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: l.Addr(), SrcPort: l.Port(), DstPort: uint16(srv.Port)}
-		g.Sent(tup, socketInode(t, c))
+		g.Sent(tup, testenv.SocketInode(t, c))
 		if _, err := g.ct.Get(tup); err != nil {
 			t.Fatalf("flow %v not tracked: %v", tup, err)
 		}
@@ -80,21 +77,4 @@ func TestUDPReuseGuardResync(t *testing.T) {
 	if g.Released.Load() != 1 || g.Races.Load() != 0 {
 		t.Errorf("released %d, races %d; want 1 and 0", g.Released.Load(), g.Races.Load())
 	}
-}
-
-func socketInode(t *testing.T, c syscall.Conn) uint64 {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st unix.Stat_t
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
-		t.Fatal(err)
-	}
-	if serr != nil {
-		t.Fatal(serr)
-	}
-	return st.Ino
 }

@@ -160,24 +160,6 @@ func TestRequestEncoding(t *testing.T) {
 	}
 }
 
-// inode returns the inode of a socket, as sock_diag reports it.
-func inode(t *testing.T, c syscall.Conn) uint32 {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st unix.Stat_t
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
-		t.Fatal(err)
-	}
-	if serr != nil {
-		t.Fatal(serr)
-	}
-	return uint32(st.Ino)
-}
-
 func tupleOf(local, remote net.Addr) flow.Tuple {
 	l, r := local.(*net.UDPAddr).AddrPort(), remote.(*net.UDPAddr).AddrPort()
 	return flow.Tuple{Proto: flow.UDP, Src: l.Addr().Unmap(), Dst: r.Addr().Unmap(), SrcPort: l.Port(), DstPort: r.Port()}
@@ -248,7 +230,7 @@ func TestDestroyAndOwnerInNamespace(t *testing.T) {
 			// one the route picks, the peer's own loopback address here.
 			tup := tupleOf(local, to)
 			tup.Src = tup.Dst
-			ino := inode(t, c.(syscall.Conn))
+			ino := uint32(testenv.SocketInode(t, c.(syscall.Conn)))
 			s, ok, err := l.UDPOwner(tup)
 			if err != nil || !ok {
 				t.Fatalf("UDPOwner(%v) of a live socket: ok %v, err %v", tup, ok, err)

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bastion-fw/bastion/internal/netns"
 )
 
@@ -358,4 +360,23 @@ func ProcIDs(pid int) (uid, gid uint32, err error) {
 		return 0, 0, fmt.Errorf("read ids of pid %d: Uid or Gid missing", pid)
 	}
 	return uid, gid, sc.Err()
+}
+
+// SocketInode returns the inode number of socket c, the number sock_diag
+// and /proc/PID/fd name it by.
+func SocketInode(t testing.TB, c syscall.Conn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return st.Ino
 }
