@@ -30,11 +30,7 @@ func TestForkWithoutExec(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 	accepted := make(chan netip.AddrPort, 1)
 	l := listenAccept(t, ns, "tcp4", "127.0.0.1:0", accepted)
 	port := l.Addr().(*net.TCPAddr).Port
@@ -74,11 +70,7 @@ os.waitpid(pid, 0)
 func TestExeAcrossMount(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 	dir, bin := helperBinary(t)
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

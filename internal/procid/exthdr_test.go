@@ -26,11 +26,7 @@ import (
 func TestNetfilterLinkIPv6ExtHeaders(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err) // kernel 6.18: must work
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 	dir, bin := helperBinary(t)
 	l6 := listen(t, ns, "tcp6", "[::1]:0")
 	tcpPort := l6.Addr().(*net.TCPAddr).Port

@@ -144,11 +144,7 @@ func checkRecent(t *testing.T, r *bpfResolver, tup flow.Tuple) {
 func TestNetfilterLink(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err) // kernel 6.18: must work
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 	checkFlows(t, r, ns, nil)
 }
 
@@ -167,11 +163,7 @@ func TestSockOps(t *testing.T) {
 func TestNotFound(t *testing.T) {
 	requireRoot(t)
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 	tup := flow.Tuple{Proto: flow.TCP, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.1"), SrcPort: 1, DstPort: 2}
 	if _, err := r.Resolve(tup); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("resolve unknown flow: err = %v, want ErrNotFound", err)
@@ -241,11 +233,7 @@ func TestSystemBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns, _ := newNetns(t)
-	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
+	r := openNetfilter(t, ns)
 
 	var l net.Listener
 	accepted := make(chan netip.AddrPort, 1)

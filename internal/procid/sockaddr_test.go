@@ -152,6 +152,18 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 	}
 }
 
+// openNetfilter opens the netfilter-link resolver on ns; on this kernel
+// (6.18) it must work.
+func openNetfilter(t *testing.T, ns *os.File) Resolver {
+	t.Helper()
+	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
 // openSockOps opens the sockops resolver on ns, attached to a cgroup of its
 // own, and returns the cgroup the helpers must run in.
 func openSockOps(t *testing.T, ns *os.File) (Resolver, *os.File) {
