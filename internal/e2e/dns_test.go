@@ -101,23 +101,20 @@ func dnsResponse(query []byte) ([]byte, bool) {
 		Header:    dnsmessage.Header{ID: q.Header.ID, Response: true, Authoritative: true, RecursionDesired: q.Header.RecursionDesired},
 		Questions: q.Questions,
 	}
+	// The name is a CNAME of dnsTarget, which has the address.
+	target := dnsmessage.MustNewName(dnsTarget + ".")
+	cname := dnsmessage.Resource{
+		Header: dnsmessage.ResourceHeader{Name: qu.Name, Type: dnsmessage.TypeCNAME, Class: dnsmessage.ClassINET, TTL: 30},
+		Body:   &dnsmessage.CNAMEResource{CNAME: target},
+	}
+	addr := dnsmessage.ResourceHeader{Name: target, Type: qu.Type, Class: dnsmessage.ClassINET, TTL: 30}
 	switch {
 	case !strings.EqualFold(qu.Name.String(), dnsName+"."):
 		m.Header.RCode = dnsmessage.RCodeNameError
 	case qu.Type == dnsmessage.TypeA:
-		m.Answers = []dnsmessage.Resource{
-			{Header: dnsmessage.ResourceHeader{Name: qu.Name, Type: dnsmessage.TypeCNAME, Class: dnsmessage.ClassINET, TTL: 30},
-				Body: &dnsmessage.CNAMEResource{CNAME: dnsmessage.MustNewName(dnsTarget + ".")}},
-			{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(dnsTarget + "."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 30},
-				Body: &dnsmessage.AResource{A: netip.MustParseAddr(dnsAddr).As4()}},
-		}
+		m.Answers = []dnsmessage.Resource{cname, {Header: addr, Body: &dnsmessage.AResource{A: netip.MustParseAddr(dnsAddr).As4()}}}
 	case qu.Type == dnsmessage.TypeAAAA:
-		m.Answers = []dnsmessage.Resource{
-			{Header: dnsmessage.ResourceHeader{Name: qu.Name, Type: dnsmessage.TypeCNAME, Class: dnsmessage.ClassINET, TTL: 30},
-				Body: &dnsmessage.CNAMEResource{CNAME: dnsmessage.MustNewName(dnsTarget + ".")}},
-			{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(dnsTarget + "."), Type: dnsmessage.TypeAAAA, Class: dnsmessage.ClassINET, TTL: 30},
-				Body: &dnsmessage.AAAAResource{AAAA: netip.MustParseAddr(dnsAddr6).As16()}},
-		}
+		m.Answers = []dnsmessage.Resource{cname, {Header: addr, Body: &dnsmessage.AAAAResource{AAAA: netip.MustParseAddr(dnsAddr6).As16()}}}
 	}
 	b, err := m.Pack()
 	return b, err == nil
