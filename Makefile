@@ -12,7 +12,7 @@ AGENT_ARGS ?=
 # package at a time keeps their timing honest on a 2-core machine.
 TEST_FLAGS ?= -p 1 -timeout 40m
 
-.PHONY: all build generate generate-bpf generate-proto test unit-test deps deps-test bench run fmt-check lint clean gtk-test screenshots install uninstall deb units-verify deb-check docs-test
+.PHONY: all build generate generate-bpf generate-proto test unit-test deps deps-test bench run fmt-check lint clean gtk-test screenshots install uninstall deb units-verify deb-check docs-test attack
 
 all: build
 
@@ -58,6 +58,14 @@ test: deps-test fmt-check
 
 unit-test:
 	$(GO) test -short ./...
+
+# The standing attack suite: every TestAttack* end-to-end test (a hostile
+# unprivileged user against a real agent, each in its own namespace), then a
+# table of attack, tries, got through and expected. Needs root.
+attack: deps-test
+	@report=$$(mktemp /tmp/bastion-attack.XXXXXX.jsonl); \
+	BASTION_ATTACK_REPORT=$$report $(GO) test -count=1 $(TEST_FLAGS) -run '^TestAttack' ./internal/e2e/; rc=$$?; \
+	$(GO) run ./internal/e2e/attacktable $$report || rc=1; rm -f $$report; exit $$rc
 
 bench: deps-test
 	$(GO) run ./cmd/bastion-bench
