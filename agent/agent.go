@@ -18,6 +18,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/fw"
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/nfq"
+	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/procid"
 	"github.com/bastion-fw/bastion/internal/unixsock"
 )
@@ -91,11 +92,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	l, err := listen(cfg.Socket)
+	ul, err := listen(cfg.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.Socket)
+	l := peercred.LimitListener(ul, apiConnLimits, base.With("component", "api"))
 
 	closeAction := flow.ActionDeny
 	if cfg.FailOpen {
