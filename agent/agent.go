@@ -183,6 +183,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error { return returnMemory(gctx, 10*time.Second, log) })
 	if guard != nil {
 		g.Go(func() error {
 			// A failing guard costs the protection, not the agent.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/bastion-fw/bastion/internal/peercred"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
 // The API's resource bounds. SECURITY: any local user may connect to the
@@ -36,7 +37,10 @@ const (
 	maxCallsPerUID = 16
 	// maxReceivingPerUID bounds one UID's calls whose request is still
 	// being received or decoded, each up to maxRecvMsgSize.
-	maxReceivingPerUID = 4
+	maxReceivingPerUID = 2
+	// maxSetRulesPerUID bounds one UID's SetRules calls in flight: a rule
+	// set is compiled while the one it replaces is still in use.
+	maxSetRulesPerUID = 1
 	// maxConnsPerUID and maxConnsNonRoot bound the API connections of one
 	// non-root UID and of all of them.
 	maxConnsPerUID  = 16
@@ -60,8 +64,11 @@ type callLimits struct {
 }
 
 type uidCalls struct {
-	streams, calls, receiving int
+	streams, calls, receiving, setRules int
 }
+
+// setRulesMethod is the one method whose requests are big by design.
+var setRulesMethod = "/" + agentv1.AgentService_ServiceDesc.ServiceName + "/SetRules"
 
 func newCallLimits(log *slog.Logger) *callLimits {
 	return &callLimits{log: log, byUID: make(map[uint32]*uidCalls)}
@@ -73,9 +80,13 @@ func (l *callLimits) serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
-		// Clients may ping at most every 10 s, and only with calls open;
-		// others are told to go away (ENHANCE_YOUR_CALM).
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second}),
+		// Clients may ping at most every 5 minutes, and only with calls
+		// open; others are told to go away (ENHANCE_YOUR_CALM). Our own
+		// clients do not ping: the socket is local.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Minute}),
+		// A connection without calls for 10 minutes is closed; clients
+		// reconnect when they need to.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 10 * time.Minute}),
 		// A connection that has not finished its handshake within 10 s
 		// is closed.
 		grpc.ConnectionTimeout(10 * time.Second),
@@ -123,6 +134,8 @@ func (l *callLimits) tap(ctx context.Context, info *tap.Info) (context.Context, 
 		refusal = fmt.Sprintf("uid %d already has %d streams open, the limit: close one and retry", c.UID, u.streams)
 	case !streaming && u.calls >= maxCallsPerUID:
 		refusal = fmt.Sprintf("uid %d already has %d calls in flight, the limit: retry when one ends", c.UID, u.calls)
+	case info.FullMethodName == setRulesMethod && u.setRules >= maxSetRulesPerUID:
+		refusal = fmt.Sprintf("uid %d already has a SetRules in flight: retry when it ends", c.UID)
 	case u.receiving >= maxReceivingPerUID:
 		refusal = fmt.Sprintf("uid %d is already sending %d requests, the limit: retry when one is received", c.UID, u.receiving)
 	}
@@ -141,10 +154,14 @@ func (l *callLimits) tap(ctx context.Context, info *tap.Info) (context.Context, 
 		}
 		return ctx, status.Error(codes.ResourceExhausted, refusal)
 	}
+	setRules := info.FullMethodName == setRulesMethod
 	if streaming {
 		u.streams++
 	} else {
 		u.calls++
+	}
+	if setRules {
+		u.setRules++
 	}
 	u.receiving++
 	l.mu.Unlock()
@@ -167,6 +184,9 @@ func (l *callLimits) tap(ctx context.Context, info *tap.Info) (context.Context, 
 			u.streams--
 		} else {
 			u.calls--
+		}
+		if setRules {
+			u.setRules--
 		}
 		if u.streams+u.calls+u.receiving == 0 && l.byUID[c.UID] == u {
 			delete(l.byUID, c.UID)
