@@ -201,6 +201,9 @@ type Engine struct {
 	// beyond maxCountedUIDs.
 	byUID     map[uint32]*uidCounters
 	otherUIDs uidCounters
+	// lastUID's counters are lastCounters (nil: none yet).
+	lastUID      uint32
+	lastCounters *uidCounters
 }
 
 type recentVerdict struct {

@@ -35,14 +35,20 @@ type UIDStats struct {
 // uidCountersLocked returns uid's counters, or the shared bucket once
 // maxCountedUIDs UIDs have counters.
 func (e *Engine) uidCountersLocked(uid uint32) *uidCounters {
-	if c := e.byUID[uid]; c != nil {
-		return c
+	// A packet is counted twice (arrival, verdict), and runs of packets
+	// come from one UID: the last UID's counters skip the map.
+	if e.lastCounters != nil && e.lastUID == uid {
+		return e.lastCounters
 	}
-	if len(e.byUID) >= maxCountedUIDs {
-		return &e.otherUIDs
+	c := e.byUID[uid]
+	if c == nil {
+		if len(e.byUID) >= maxCountedUIDs {
+			return &e.otherUIDs
+		}
+		c = &uidCounters{}
+		e.byUID[uid] = c
 	}
-	c := &uidCounters{}
-	e.byUID[uid] = c
+	e.lastUID, e.lastCounters = uid, c
 	return c
 }
 
