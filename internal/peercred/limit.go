@@ -1,13 +1,19 @@
 package peercred
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // ConnLimits bound the connections a listener keeps open for non-root
@@ -20,12 +26,12 @@ type ConnLimits struct {
 // LimitListener wraps a Unix socket listener so that it reads each new
 // connection's peer credentials at accept and closes, at once, a
 // connection beyond lim. The peer sees its connection closed; the refusal
-// is logged at most every 10 seconds.
+// is logged at most every 10 seconds, and a gRPC client is told why.
 //
 // SECURITY: bounds what any local user can make the server hold with
 // connections alone, before any protocol work.
 func LimitListener(l net.Listener, lim ConnLimits, log *slog.Logger) *Listener {
-	return &Listener{Listener: l, lim: lim, log: log, byUID: make(map[uint32]int)}
+	return &Listener{Listener: l, lim: lim, log: log, byUID: make(map[uint32]int), refusing: make(chan struct{}, maxRefusing)}
 }
 
 // Listener is a listener made by LimitListener.
@@ -33,6 +39,8 @@ type Listener struct {
 	net.Listener
 	lim ConnLimits
 	log *slog.Logger
+	// refusing holds a token per refused connection being told why.
+	refusing chan struct{}
 
 	mu      sync.Mutex
 	byUID   map[uint32]int
@@ -62,7 +70,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			return c, nil
 		}
 		if reason := l.admit(cred); reason != "" {
-			c.Close()
+			l.refuse(c, reason)
 			l.logRefusal(cred, reason)
 			continue
 		}
@@ -116,6 +124,67 @@ func (l *Listener) logRefusal(c Cred, reason string) {
 	l.mu.Unlock()
 	l.log.Warn("refusing connections over a limit (logged at most every 10s)", "uid", c.UID, "pid", c.PID,
 		"refused", n, "reason", reason)
+}
+
+// maxRefusing bounds the refused connections being told why at once;
+// beyond it they are closed without a word.
+const maxRefusing = 8
+
+// refuse closes c, first telling its client why if fewer than maxRefusing
+// are being told: each takes a goroutine for at most refuseTime.
+func (l *Listener) refuse(c net.Conn, reason string) {
+	select {
+	case l.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-l.refusing }()
+		refuse(c, reason)
+	}()
+}
+
+// refuseTime bounds how long a refused connection is kept.
+const refuseTime = time.Second
+
+// refuse answers the first call of an HTTP/2 (gRPC) client with status
+// RESOURCE_EXHAUSTED and the reason, says GOAWAY and closes the
+// connection, all within refuseTime.
+func refuse(c net.Conn, reason string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(refuseTime))
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
+		return
+	}
+	fr := http2.NewFramer(c, c)
+	if fr.WriteSettings() != nil {
+		return
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		h, ok := f.(*http2.HeadersFrame)
+		if !ok {
+			continue
+		}
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		for _, hf := range []hpack.HeaderField{
+			{Name: ":status", Value: "200"},
+			{Name: "content-type", Value: "application/grpc"},
+			{Name: "grpc-status", Value: "8"}, // RESOURCE_EXHAUSTED
+			{Name: "grpc-message", Value: url.PathEscape("connection refused: " + reason)},
+		} {
+			enc.WriteField(hf)
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+		fr.WriteGoAway(h.StreamID, http2.ErrCodeEnhanceYourCalm, []byte(reason))
+		return
+	}
 }
 
 // countedConn gives its place back when closed (once).

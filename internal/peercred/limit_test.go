@@ -1,12 +1,21 @@
 package peercred
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 func TestConnLimitsCountPerUID(t *testing.T) {
@@ -56,5 +65,35 @@ func TestLimitListenerServesAndReleases(t *testing.T) {
 		if n := l.Open(cred.UID); n != 0 {
 			t.Fatalf("%d connections counted after close", n)
 		}
+	}
+}
+
+// A refused gRPC client is told why.
+func TestRefusedClientIsToldWhy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ul, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ul.Close()
+	go func() {
+		for {
+			c, err := ul.Accept()
+			if err != nil {
+				return
+			}
+			refuse(c, "uid 1001 has 16 connections open, the limit")
+		}
+	}()
+	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = cc.Invoke(ctx, "/x.Y/Z", &emptypb.Empty{}, &emptypb.Empty{})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "16 connections open, the limit") {
+		t.Fatalf("refused call: %v; want ResourceExhausted with the reason", err)
 	}
 }
