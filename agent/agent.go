@@ -18,6 +18,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/fw"
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/nfq"
+	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/procid"
 	"github.com/bastion-fw/bastion/internal/unixsock"
 )
@@ -91,11 +92,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	l, err := listen(cfg.Socket)
+	ul, err := listen(cfg.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.Socket)
+	l := peercred.LimitListener(ul, apiConnLimits, base.With("component", "api"))
 
 	closeAction := flow.ActionDeny
 	if cfg.FailOpen {
@@ -181,6 +183,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	g.Go(func() error { return returnMemory(gctx, 10*time.Second, log) })
 	if guard != nil {
 		g.Go(func() error {
 			// A failing guard costs the protection, not the agent.

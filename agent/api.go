@@ -49,15 +49,18 @@ type apiServer struct {
 }
 
 // newGRPCServer returns a server with the agent service, health and
-// reflection, authenticating callers with SO_PEERCRED. guard and names may
+// reflection, authenticating callers with SO_PEERCRED and bounding what
+// each non-root UID may have in flight (apilimits.go). guard and names may
 // be nil.
 func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook) *grpc.Server {
-	s := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
+	lim := newCallLimits(e.log.With("component", "api"))
+	s := grpc.NewServer(append(lim.serverOptions(), grpc.Creds(peercred.TransportCredentials()))...)
 	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names})
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
+	lim.setServices(s.GetServiceInfo())
 	return s
 }
 
@@ -80,6 +83,8 @@ func toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, errInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, errFellBehind):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }
@@ -89,9 +94,9 @@ func (s *apiServer) WatchPending(_ *agentv1.WatchPendingRequest, stream grpc.Ser
 	if err != nil {
 		return err
 	}
-	events, gone, cancel := s.engine.WatchPending(c)
-	defer cancel()
-	return pump(stream, events, gone, pendingEventToProto)
+	feed := s.engine.WatchPending(c)
+	defer feed.Cancel()
+	return pump(stream, feed, pendingEventToProto)
 }
 
 func (s *apiServer) ListPending(ctx context.Context, _ *agentv1.ListPendingRequest) (*agentv1.ListPendingResponse, error) {
@@ -127,14 +132,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 	if err != nil {
 		return nil, err
 	}
-	pendingN, cacheN := s.engine.Stats()
-	dnsAnswers, dnsMalformed, dnsNames := s.names.counts()
-	k := &s.engine.Counters
-	var released, races uint64
-	if s.guard != nil {
-		released, races = s.guard.Released.Load(), s.guard.Races.Load()
-	}
-	return &agentv1.GetStatusResponse{
+	resp := &agentv1.GetStatusResponse{
 		Version:            Version,
 		Mechanism:          s.status.Mechanism,
 		Features:           s.status.Features,
@@ -142,22 +140,42 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		QueueNum:           uint32(s.status.QueueNum),
 		FailOpen:           s.status.FailOpen,
 		Netns:              s.status.NetNS,
-		Pending:            uint32(pendingN),
-		CacheEntries:       uint32(cacheN),
 		Started:            timestamppb.New(s.status.Started),
 		CallerUid:          c.UID,
 		WatchedUids:        s.engine.WatchedUIDs(c),
 		UdpReuseProtection: s.reuse.get(),
 		DnsQueueNum:        uint32(s.status.DNSQueueNum),
-		DnsNames:           uint32(dnsNames),
-		Counters: &agentv1.Counters{
-			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
-			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
-			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
-			Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
-			DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
-		},
-	}, nil
+	}
+	// SECURITY: a non-root caller sees the counts of its own UID only;
+	// what belongs to no UID (DNS answers, malformed packets, UDP flows)
+	// is root's to see.
+	if !c.IsRoot() {
+		st := s.engine.StatsFor(c)
+		k := &st.Counters
+		resp.Pending, resp.CacheEntries = uint32(st.Pending), uint32(st.Cache)
+		resp.Counters = &agentv1.Counters{
+			Packets: k.Packets, Allowed: k.Allowed, Denied: k.Denied, Rejected: k.Rejected,
+			CacheHits: k.CacheHits, PolicyDecisions: k.PolicyDecisions, ApiDecisions: k.APIDecisions,
+			DeadlineDecisions: k.DeadlineDecisions, Identified: k.Identified, Unidentified: k.Unidentified,
+		}
+		return resp, nil
+	}
+	pendingN, cacheN := s.engine.Stats()
+	dnsAnswers, dnsMalformed, dnsNames := s.names.counts()
+	k := &s.engine.Counters
+	var released, races uint64
+	if s.guard != nil {
+		released, races = s.guard.Released.Load(), s.guard.Races.Load()
+	}
+	resp.Pending, resp.CacheEntries, resp.DnsNames = uint32(pendingN), uint32(cacheN), uint32(dnsNames)
+	resp.Counters = &agentv1.Counters{
+		Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
+		CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
+		DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
+		Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
+		DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
+	}
+	return resp, nil
 }
 
 func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc.ServerStreamingServer[agentv1.DecisionEvent]) error {
@@ -165,24 +183,33 @@ func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc
 	if err != nil {
 		return err
 	}
-	events, gone, cancel := s.engine.WatchDecisions(c)
-	defer cancel()
-	return pump(stream, events, gone, decisionToProto)
+	feed := s.engine.WatchDecisions(c)
+	defer feed.Cancel()
+	return pump(stream, feed, decisionToProto)
 }
 
 // pump sends the engine's events to a stream until the client leaves, or
 // the engine drops the subscriber (it fell behind, or the agent stops).
-func pump[T any, M any](stream grpc.ServerStreamingServer[M], events <-chan T, gone <-chan struct{}, conv func(T) *M) error {
+func pump[T any, M any](stream grpc.ServerStreamingServer[M], feed *Feed[T], conv func(T) *M) error {
+	// A few events at a time: a client that stops reading blocks Send,
+	// and what pump holds then is outside the queue's bounds.
+	const batch = 64
+	buf := make([]T, 0, batch)
 	for {
 		select {
 		case <-stream.Context().Done():
 			return nil
-		case <-gone:
-			return status.Error(codes.ResourceExhausted, "watcher fell behind or the agent is stopping; reconnect")
-		case ev := <-events:
-			if err := stream.Send(conv(ev)); err != nil {
-				return err
+		case <-feed.Gone():
+			return status.Error(codes.ResourceExhausted, "this stream's client fell too far behind (or the agent is stopping); "+
+				"its queued events were dropped: reconnect to resume")
+		case <-feed.Ready():
+			buf = feed.Take(buf[:0], batch)
+			for _, ev := range buf {
+				if err := stream.Send(conv(ev)); err != nil {
+					return err
+				}
 			}
+			clear(buf)
 		}
 	}
 }

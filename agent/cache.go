@@ -68,20 +68,45 @@ type cacheEntry struct {
 	action  flow.Action
 	expires time.Time // zero: until the agent restarts or the entry is forgotten
 	hits    uint64
+	// older and newer link the entries of one UID, oldest first.
+	older, newer *cacheEntry
 }
 
 func (e *cacheEntry) live(now time.Time) bool { return e.expires.IsZero() || now.Before(e.expires) }
+
+// maxCachePerUID bounds the cached decisions of one UID. At the bound, a
+// new decision replaces that UID's oldest entry: a user who answers
+// without end can only push out their own older answers (whose
+// connections are then asked about again), never another user's.
+const maxCachePerUID = 4096
+
+// uidEntries are one UID's cache entries, oldest first.
+type uidEntries struct {
+	oldest, newest *cacheEntry
+	n              int
+}
 
 // decisionCache holds decisions that cover later connections. It is not
 // safe for concurrent use; the engine's lock guards it.
 type decisionCache struct {
 	byKey  map[cacheKey]*cacheEntry
 	byID   map[string]*cacheEntry
+	byUID  map[uint32]*uidEntries
 	nextID uint64
+	// evicted counts entries pushed out by maxCachePerUID.
+	evicted uint64
 }
 
 func newDecisionCache() *decisionCache {
-	return &decisionCache{byKey: make(map[cacheKey]*cacheEntry), byID: make(map[string]*cacheEntry)}
+	return &decisionCache{byKey: make(map[cacheKey]*cacheEntry), byID: make(map[string]*cacheEntry), byUID: make(map[uint32]*uidEntries)}
+}
+
+// countFor returns the number of entries of uid.
+func (c *decisionCache) countFor(uid uint32) int {
+	if u := c.byUID[uid]; u != nil {
+		return u.n
+	}
+	return 0
 }
 
 // lookupOrder is the precedence among cached decisions: the most specific
@@ -100,22 +125,55 @@ func (c *decisionCache) lookup(uid uint32, exe string, t flow.Tuple, now time.Ti
 	return nil
 }
 
-// put adds or replaces the decision for key and returns its entry.
+// put adds or replaces the decision for key and returns its entry. At
+// maxCachePerUID it first removes the UID's oldest entry.
 func (c *decisionCache) put(key cacheKey, a flow.Action, expires time.Time) *cacheEntry {
 	if old := c.byKey[key]; old != nil {
-		delete(c.byID, old.id)
+		c.remove(old)
+	}
+	u := c.byUID[key.uid]
+	if u == nil {
+		u = &uidEntries{}
+		c.byUID[key.uid] = u
+	}
+	if u.n >= maxCachePerUID {
+		c.remove(u.oldest)
+		c.evicted++
 	}
 	c.nextID++
 	id := "d" + strconv.FormatUint(c.nextID, 10)
 	e := &cacheEntry{id: id, by: "cache:" + id, key: key, action: a, expires: expires}
 	c.byKey[key] = e
 	c.byID[e.id] = e
+	e.older = u.newest
+	if u.newest != nil {
+		u.newest.newer = e
+	} else {
+		u.oldest = e
+	}
+	u.newest = e
+	u.n++
 	return e
 }
 
 func (c *decisionCache) remove(e *cacheEntry) {
 	delete(c.byKey, e.key)
 	delete(c.byID, e.id)
+	u := c.byUID[e.key.uid]
+	if e.older != nil {
+		e.older.newer = e.newer
+	} else {
+		u.oldest = e.newer
+	}
+	if e.newer != nil {
+		e.newer.older = e.older
+	} else {
+		u.newest = e.older
+	}
+	e.older, e.newer = nil, nil
+	if u.n--; u.n == 0 {
+		delete(c.byUID, e.key.uid)
+	}
 }
 
 // expire drops entries whose lifetime has ended.

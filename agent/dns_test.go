@@ -77,9 +77,10 @@ func TestNameBookLearnsAndCounts(t *testing.T) {
 
 func TestHostRulesMatchNamedConnections(t *testing.T) {
 	e, r, _ := newRuleEngine(t)
-	_, _, cancel := e.WatchPending(alice)
+	cancel := e.WatchPending(alice).Cancel
 	defer cancel()
-	decisions, _, cancelD := e.WatchDecisions(alice)
+	decisions := e.WatchDecisions(alice)
+	cancelD := decisions.Cancel
 	defer cancelD()
 	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{
 		{ID: "example", Enabled: true, Action: flow.ActionAllow, Exe: "/usr/bin/curl", Host: "*.example.test",
@@ -91,7 +92,7 @@ func TestHostRulesMatchNamedConnections(t *testing.T) {
 	if got := r.verdict(1); got != flow.ActionAllow {
 		t.Fatalf("named connection: verdict %v, want allow by the host rule", got)
 	}
-	if d := <-decisions; d.Host != "www.example.test" || decisionToProto(d).GetHost() != "www.example.test" || d.RuleID != "example" {
+	if d := next(t, decisions); d.Host != "www.example.test" || decisionToProto(d).GetHost() != "www.example.test" || d.RuleID != "example" {
 		t.Errorf("decision host %q rule %q, want www.example.test and example", d.Host, d.RuleID)
 	}
 	// The same address without a name, and another name, are asked about.

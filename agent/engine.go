@@ -40,14 +40,6 @@ var (
 // retransmissions: longer than Linux's default SYN retry span (~127 s).
 const retransmitWindow = 3 * time.Minute
 
-// historySize bounds the decisions kept for WatchDecisions.
-const historySize = 1024
-
-// watcherBuffer bounds the events queued for one slow API client; a client
-// that falls this far behind is disconnected rather than allowed to stall
-// the packet path.
-const watcherBuffer = 4096
-
 // pendingKey groups held packets into one question: the same program (UID
 // and executable) going to the same destination. Parallel connections and
 // datagrams resent while the first is held land in the same entry. (The
@@ -170,13 +162,6 @@ type Counters struct {
 	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
 }
 
-type subscriber[T any] struct {
-	cred peercred.Cred
-	ch   chan T
-	// gone is closed when the engine drops a subscriber that fell behind.
-	gone chan struct{}
-}
-
 // Engine decides held connections. It never blocks the packet path on an
 // API client: events go to bounded buffers, and a client that cannot keep
 // up is dropped.
@@ -209,6 +194,16 @@ type Engine struct {
 	closed     bool
 	// closeAction is what packets get once the engine is closed.
 	closeAction flow.Action
+
+	// budgets bound the watchers' queues of each non-root UID.
+	budgets map[uint32]*queueBudget
+	// byUID holds each UID's share of Counters; otherUIDs those of UIDs
+	// beyond maxCountedUIDs.
+	byUID     map[uint32]*uidCounters
+	otherUIDs uidCounters
+	// lastUID's counters are lastCounters (nil: none yet).
+	lastUID      uint32
+	lastCounters *uidCounters
 }
 
 type recentVerdict struct {
@@ -276,6 +271,8 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		cache:      newDecisionCache(),
 		watchers:   make(map[*subscriber[PendingEvent]]struct{}),
 		watchedUID: make(map[uint32]int),
+		budgets:    make(map[uint32]*queueBudget),
+		byUID:      make(map[uint32]*uidCounters),
 		decSubs:    make(map[*subscriber[Decision]]struct{}),
 	}
 }
@@ -300,6 +297,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 	now := e.now()
 
 	e.mu.Lock()
+	e.countPacketLocked(proc)
 	if e.closed {
 		a := e.closeAction
 		e.mu.Unlock()
@@ -472,6 +470,7 @@ func (e *Engine) expire(id string) {
 	}
 	a := p.DeadlineAction
 	held := e.resolveLocked(p, a, "deadline")
+	e.uidCountersLocked(p.Process.UID).DeadlineDecisions++
 	e.mu.Unlock()
 	e.Counters.DeadlineDecisions.Add(1)
 	e.log.Info("prompt deadline passed", "id", id, "uid", p.Process.UID, "exe", p.Process.Exe,
@@ -499,10 +498,12 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		e.mu.Unlock()
 		return 0, "", errNotFound
 	}
-	// SECURITY: a user decides only the connections of their own processes.
-	if !caller.IsRoot() && caller.UID != p.Process.UID {
+	// SECURITY: a user decides only the connections of their own
+	// processes, and another user's connection is "not found" to them, as
+	// one that does not exist: the answer must not tell the two apart.
+	if !visible(caller, p.Process.UID) {
 		e.mu.Unlock()
-		return 0, "", errPermissionDenied
+		return 0, "", errNotFound
 	}
 	by := "api:uid=" + strconv.FormatUint(uint64(caller.UID), 10)
 	held := e.resolveLocked(p, req.Action, by)
@@ -516,6 +517,7 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		cacheID = ce.id
 		e.settleCoveredLocked(ce, by)
 	}
+	e.uidCountersLocked(p.Process.UID).APIDecisions++
 	e.mu.Unlock()
 	e.Counters.APIDecisions.Add(1)
 	e.releaseHeld(p, held, req.Action, by)
@@ -538,137 +540,13 @@ func (e *Engine) settleCoveredLocked(ce *cacheEntry, by string) {
 	}
 }
 
-// ListPending returns the pending connections caller may see.
-func (e *Engine) ListPending(caller peercred.Cred) []Pending {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []Pending
-	for _, p := range e.byID {
-		if visible(caller, p.Process.UID) {
-			out = append(out, p.Pending)
-		}
-	}
-	return out
-}
-
-// SECURITY: the one place that decides what a caller may see.
-func visible(caller peercred.Cred, uid uint32) bool {
-	return caller.IsRoot() || caller.UID == uid
-}
-
-// WatchPending subscribes caller to pending events. While subscribed, the
-// caller's UID counts as having a prompt client, so its connections are
-// asked about instead of being decided by the system policy. The returned
-// function unsubscribes; gone is closed if the engine drops the subscriber.
-func (e *Engine) WatchPending(caller peercred.Cred) (events <-chan PendingEvent, gone <-chan struct{}, cancel func()) {
-	s := &subscriber[PendingEvent]{cred: caller, ch: make(chan PendingEvent, watcherBuffer), gone: make(chan struct{})}
-	e.mu.Lock()
-	for _, p := range e.byID {
-		if visible(caller, p.Process.UID) && len(s.ch) < cap(s.ch) {
-			s.ch <- PendingEvent{Kind: PendingAdded, Pending: p.Pending}
-		}
-	}
-	e.watchers[s] = struct{}{}
-	e.watchedUID[caller.UID]++
-	e.mu.Unlock()
-	var once sync.Once
-	return s.ch, s.gone, func() {
-		once.Do(func() {
-			e.mu.Lock()
-			e.dropWatcherLocked(s)
-			e.mu.Unlock()
-		})
-	}
-}
-
-func (e *Engine) dropWatcherLocked(s *subscriber[PendingEvent]) {
-	if _, ok := e.watchers[s]; !ok {
-		return
-	}
-	delete(e.watchers, s)
-	if e.watchedUID[s.cred.UID]--; e.watchedUID[s.cred.UID] <= 0 {
-		delete(e.watchedUID, s.cred.UID)
-	}
-	close(s.gone)
-}
-
-func (e *Engine) broadcastPendingLocked(ev PendingEvent) {
-	for s := range e.watchers {
-		if !visible(s.cred, ev.Pending.Process.UID) {
-			continue
-		}
-		select {
-		case s.ch <- ev:
-		default:
-			e.log.Warn("dropping a pending-connection watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
-			e.dropWatcherLocked(s)
-		}
-	}
-}
-
-// WatchedUIDs returns the UIDs with a connected watcher that caller may see.
-func (e *Engine) WatchedUIDs(caller peercred.Cred) []uint32 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []uint32
-	for uid := range e.watchedUID {
-		if visible(caller, uid) {
-			out = append(out, uid)
-		}
-	}
-	return out
-}
-
+// record counts d for its UID and publishes it to the history and the
+// decision watchers.
 func (e *Engine) record(d Decision) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if len(e.history) < historySize {
-		e.history = append(e.history, d)
-	} else {
-		e.history[e.histNext] = d
-	}
-	e.histNext = (e.histNext + 1) % historySize
-	for s := range e.decSubs {
-		if !visible(s.cred, d.Process.UID) {
-			continue
-		}
-		select {
-		case s.ch <- d:
-		default:
-			delete(e.decSubs, s)
-			close(s.gone)
-		}
-	}
-}
-
-// WatchDecisions returns the recent decisions caller may see, oldest first,
-// and subscribes to new ones.
-func (e *Engine) WatchDecisions(caller peercred.Cred) (events <-chan Decision, gone <-chan struct{}, cancel func()) {
-	s := &subscriber[Decision]{cred: caller, ch: make(chan Decision, watcherBuffer+historySize), gone: make(chan struct{})}
-	e.mu.Lock()
-	start := 0
-	if len(e.history) == historySize {
-		start = e.histNext // the oldest entry once the ring has wrapped
-	}
-	for i := range e.history {
-		d := e.history[(start+i)%len(e.history)]
-		if visible(caller, d.Process.UID) {
-			s.ch <- d
-		}
-	}
-	e.decSubs[s] = struct{}{}
-	e.mu.Unlock()
-	var once sync.Once
-	return s.ch, s.gone, func() {
-		once.Do(func() {
-			e.mu.Lock()
-			if _, ok := e.decSubs[s]; ok {
-				delete(e.decSubs, s)
-				close(s.gone)
-			}
-			e.mu.Unlock()
-		})
-	}
+	e.countDecisionLocked(d)
+	e.publishDecisionLocked(d)
 }
 
 // ListCache returns the cached decisions caller may see.
@@ -696,11 +574,9 @@ func (e *Engine) ForgetCache(caller peercred.Cred, id string) (int, error) {
 	defer e.mu.Unlock()
 	if id != "" {
 		ce := e.cache.byID[id]
-		if ce == nil {
+		// SECURITY: another user's entry is "not found", as a missing one.
+		if ce == nil || !visible(caller, ce.key.uid) {
 			return 0, errNotFound
-		}
-		if !visible(caller, ce.key.uid) {
-			return 0, errPermissionDenied
 		}
 		e.cache.remove(ce)
 		return 1, nil
@@ -764,6 +640,9 @@ func (e *Engine) Close(a flow.Action) {
 	}
 	for s := range e.watchers {
 		e.dropWatcherLocked(s)
+	}
+	for s := range e.decSubs {
+		e.dropDecisionWatcherLocked(s)
 	}
 	e.mu.Unlock()
 	for i, p := range all {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -138,7 +139,8 @@ func TestDeadlineAppliesTimeoutAction(t *testing.T) {
 
 func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	events, _, cancel := e.WatchPending(alice)
+	events := e.WatchPending(alice)
+	cancel := events.Cancel
 	defer cancel()
 	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
 	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40000, 443), curl1000) // retransmitted SYN
@@ -146,14 +148,12 @@ func TestRetransmitsAndParallelConnectionsShareOneEntry(t *testing.T) {
 	if n, _ := e.Stats(); n != 1 {
 		t.Fatalf("%d pending entries, want 1", n)
 	}
-	ev := <-events
+	ev := next(t, events)
 	if ev.Kind != PendingAdded {
 		t.Fatalf("first event %v, want added", ev.Kind)
 	}
-	select {
-	case ev2 := <-events:
-		t.Fatalf("second event %+v; retransmits must not prompt again", ev2)
-	default:
+	if events.Len() != 0 {
+		t.Fatalf("%d more events; retransmits must not prompt again", events.Len())
 	}
 	n, _, err := e.Decide(alice, DecideRequest{ID: ev.Pending.ID, Action: flow.ActionReject})
 	if err != nil || n != 3 {
@@ -195,8 +195,8 @@ func TestUsersSeeAndDecideOnlyTheirOwn(t *testing.T) {
 		t.Fatalf("root sees %d, want 2", got)
 	}
 	bobList := e.ListPending(bob)
-	if _, _, err := e.Decide(bob, DecideRequest{ID: aliceList[0].ID, Action: flow.ActionAllow}); err != errPermissionDenied {
-		t.Fatalf("bob deciding alice's connection: %v, want permission denied", err)
+	if _, _, err := e.Decide(bob, DecideRequest{ID: aliceList[0].ID, Action: flow.ActionAllow}); err != errNotFound {
+		t.Fatalf("bob deciding alice's connection: %v, want not found (as for a missing one)", err)
 	}
 	if r.verdict(1) != flow.ActionNone {
 		t.Fatal("bob's attempt released alice's packet")
@@ -287,7 +287,7 @@ func TestWideDecisionSettlesOtherPendingEntries(t *testing.T) {
 
 func TestWatcherTurnsPolicyIntoPrompt(t *testing.T) {
 	e, r, _ := newTestEngine(t)
-	_, _, cancel := e.WatchPending(admin)
+	cancel := e.WatchPending(admin).Cancel
 	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), root)
 	if r.verdict(1) != flow.ActionNone {
 		t.Fatal("root's connection decided by policy while root's prompt client is connected")
@@ -322,12 +322,13 @@ func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
 		}
 		e.Handle(PacketRef{ID: uint32(i + 1)}, tcp("192.0.2.1", uint16(i), 443), p)
 	}
-	events, _, cancel := e.WatchDecisions(alice)
+	events := e.WatchDecisions(alice)
+	cancel := events.Cancel
 	defer cancel()
 	var last uint16
 	n := 0
-	for len(events) > 0 {
-		d := <-events
+	for events.Len() > 0 {
+		d := next(t, events)
 		if d.Process.UID != 1000 {
 			t.Fatalf("alice saw uid %d", d.Process.UID)
 		}
@@ -392,24 +393,25 @@ func TestReusedTupleFromANewSocketIsAskedAgain(t *testing.T) {
 
 func TestGrowingEntryIsAnnouncedSparingly(t *testing.T) {
 	e, _, clk := newTestEngine(t)
-	events, _, cancel := e.WatchPending(alice)
+	events := e.WatchPending(alice)
+	cancel := events.Cancel
 	defer cancel()
 	for i := range 500 {
 		e.Handle(PacketRef{ID: uint32(i + 1)}, tcp("192.0.2.1", uint16(40000+i), 443), curl1000)
 	}
-	if ev := <-events; ev.Kind != PendingAdded {
+	if ev := next(t, events); ev.Kind != PendingAdded {
 		t.Fatalf("first event %v, want added", ev.Kind)
 	}
-	if len(events) != 0 {
-		t.Fatalf("%d more events before the update interval; want them batched", len(events))
+	if events.Len() != 0 {
+		t.Fatalf("%d more events before the update interval; want them batched", events.Len())
 	}
 	clk.Advance(updateInterval)
-	ev := <-events
+	ev := next(t, events)
 	if ev.Kind != PendingUpdated || ev.Pending.Packets != 500 {
 		t.Fatalf("got %v with %d packets, want one update with 500", ev.Kind, ev.Pending.Packets)
 	}
-	if len(events) != 0 {
-		t.Fatalf("%d extra events", len(events))
+	if events.Len() != 0 {
+		t.Fatalf("%d extra events", events.Len())
 	}
 }
 
@@ -453,4 +455,16 @@ func TestForgetRecent(t *testing.T) {
 	if got := r.verdict(6); got != flow.ActionNone {
 		t.Errorf("after socket 77 was destroyed its verdict still answered: %v", got)
 	}
+}
+
+// next returns the next event of f, failing t if none comes within 5s.
+func next[T any](t *testing.T, f *Feed[T]) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	v, err := f.Next(ctx)
+	if err != nil {
+		t.Fatalf("next event: %v", err)
+	}
+	return v
 }

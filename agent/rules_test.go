@@ -72,9 +72,10 @@ func TestSetRulesPermissions(t *testing.T) {
 
 func TestRuleDecidesInsteadOfPrompting(t *testing.T) {
 	e, r, _ := newRuleEngine(t)
-	_, _, cancel := e.WatchPending(alice) // alice's prompt client is up
+	cancel := e.WatchPending(alice).Cancel // alice's prompt client is up
 	defer cancel()
-	decisions, _, cancelD := e.WatchDecisions(alice)
+	decisions := e.WatchDecisions(alice)
+	cancelD := decisions.Cancel
 	defer cancelD()
 	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{
 		allowRule("allow-https", "/usr/bin/curl", "192.0.2.1/32", 443),
@@ -99,7 +100,7 @@ func TestRuleDecidesInsteadOfPrompting(t *testing.T) {
 		if tc.want == flow.ActionNone {
 			continue
 		}
-		d := <-decisions
+		d := next(t, decisions)
 		if d.DecidedBy != tc.wantBy || "rule:"+d.RuleID != tc.wantBy {
 			t.Errorf("packet %d decided by %q, rule %q; want %q", tc.id, d.DecidedBy, d.RuleID, tc.wantBy)
 		}
@@ -185,14 +186,15 @@ func TestEmptyRulesRemoveTheUIDsRules(t *testing.T) {
 
 func TestSetRulesSettlesCoveredPendingEntries(t *testing.T) {
 	e, r, _ := newRuleEngine(t)
-	events, _, cancel := e.WatchPending(alice)
+	events := e.WatchPending(alice)
+	cancel := events.Cancel
 	defer cancel()
 	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
 	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), curl1000) // parallel connection, same entry
 	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.2", 40002, 443), curl1000) // not covered
 	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.1", 40003, 443), wget1001) // another user's
 	for range 2 {
-		if ev := <-events; ev.Kind != PendingAdded {
+		if ev := next(t, events); ev.Kind != PendingAdded {
 			t.Fatalf("event %+v, want added", ev)
 		}
 	}
@@ -208,7 +210,7 @@ func TestSetRulesSettlesCoveredPendingEntries(t *testing.T) {
 	if r.verdict(3) != flow.ActionNone || r.verdict(4) != flow.ActionNone {
 		t.Fatalf("uncovered packets decided: %v %v", r.verdict(3), r.verdict(4))
 	}
-	ev := <-events
+	ev := next(t, events)
 	if ev.Kind != PendingResolved || ev.DecidedBy != "rule:forever" || ev.Action != flow.ActionAllow || ev.Pending.Tuple.Dst != netip.MustParseAddr("192.0.2.1") {
 		t.Fatalf("event %+v, want the 192.0.2.1 entry resolved by rule:forever", ev)
 	}

@@ -15,6 +15,11 @@ import (
 	"github.com/bastion-fw/bastion/agent"
 )
 
+// memoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT): the
+// heap, stacks and runtime structures, not the program's text nor the BPF
+// maps.
+const memoryLimit = 40 << 20
+
 func main() {
 	cfg, err := agent.ParseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
@@ -32,7 +37,7 @@ func main() {
 }
 
 // tuneRuntime sets the Go runtime for the agent's load, unless the
-// GOMAXPROCS or GOGC environment variables choose otherwise.
+// GOMAXPROCS, GOGC or GOMEMLIMIT environment variables choose otherwise.
 //
 // Every queued packet is handled on one goroutine, and the API is light, so
 // one P does all the work. With a P per core, the runtime wakes and spins
@@ -42,6 +47,13 @@ func main() {
 // so at the default GOGC the collector runs several times a second at the
 // rates the benchmark reaches; GOGC=400 makes that a fraction, for a few
 // MiB more RSS.
+//
+// GOGC=400 lets the heap grow to five times what is live before a
+// collection; when a burst makes much live at once (an API client's
+// queues and requests, within their bounds), that would be five times the
+// burst. The soft memory limit makes the collector work harder instead,
+// so that the agent stays within its budget whatever an API client does
+// (docs/security.md, Resource limits).
 func tuneRuntime(log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
@@ -51,5 +63,10 @@ func tuneRuntime(log *slog.Logger) {
 		debug.SetGCPercent(400)
 		gogc = "400"
 	}
-	log.Debug("go runtime", "gomaxprocs", runtime.GOMAXPROCS(0), "gogc", gogc)
+	memLimit := os.Getenv("GOMEMLIMIT")
+	if memLimit == "" {
+		debug.SetMemoryLimit(memoryLimit)
+		memLimit = "40MiB"
+	}
+	log.Debug("go runtime", "gomaxprocs", runtime.GOMAXPROCS(0), "gogc", gogc, "gomemlimit", memLimit)
 }

@@ -26,12 +26,18 @@ import (
 
 // Exit codes.
 const (
-	ExitOK         = 0
-	ExitError      = 1
-	ExitUsage      = 2
-	ExitNotFound   = 3 // the pending connection, rule or entry does not exist (any more)
-	ExitDenied     = 4 // the service refused: not yours
-	ExitNoAgent    = 5 // the agent or the rules service is not reachable
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+	// ExitNotFound: the pending connection, rule or entry does not exist
+	// (any more), or is another user's: the agent answers both alike, so
+	// that IDs cannot be probed.
+	ExitNotFound = 3
+	ExitDenied   = 4 // the service refused: not yours (another user's rules or rules service)
+	ExitNoAgent  = 5 // the agent or the rules service is not reachable
+	// ExitLimit: the agent refused over one of its limits (too many
+	// streams or calls at once), or ended a stream that fell behind; retry.
+	ExitLimit      = 6
 	defaultAgentSk = "/run/bastion/agent.sock"
 )
 
@@ -234,6 +240,8 @@ func codeOf(err error) int {
 		return ExitDenied
 	case codes.Unavailable:
 		return ExitNoAgent
+	case codes.ResourceExhausted:
+		return ExitLimit
 	case codes.Canceled:
 		return ExitOK
 	}

@@ -64,6 +64,10 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 	}
 	fmt.Fprintf(c.out, "udp tuple-reuse protection: %s; flows released %d, reuse races %d\n",
 		reuse, k.GetUdpFlowsReleased(), k.GetUdpReuseRaces())
+	// The agent counts a non-root caller's own UID only.
+	if uid := st.GetCallerUid(); uid != 0 {
+		fmt.Fprintf(c.out, "counts below are UID %d's own (root sees every user's)\n", uid)
+	}
 	fmt.Fprintf(c.out, "pending: %d, cached decisions: %d, prompt clients for UIDs %v (you are UID %d)\n",
 		st.GetPending(), st.GetCacheEntries(), st.GetWatchedUids(), st.GetCallerUid())
 	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",

@@ -83,17 +83,19 @@ func TestNonRootSeesAndDecidesOnlyOwnConnections(t *testing.T) {
 		t.Errorf("bastionctl pending as uid 1000: exit %d, output %q; want %s", code, out, id)
 	}
 
+	// Another user's connection is "not found", as a missing one: the
+	// answer does not tell that the ID exists.
 	out, code = bastionctl(1001, "decide", id, "allow")
-	if code != ctl.ExitDenied {
-		t.Errorf("bastionctl decide as uid 1001: exit %d (%q), want %d (permission denied)", code, out, ctl.ExitDenied)
+	if code != ctl.ExitNotFound {
+		t.Errorf("bastionctl decide as uid 1001: exit %d (%q), want %d (not found)", code, out, ctl.ExitNotFound)
 	}
 	stillPending("uid 1001's bastionctl decide")
 
 	req, _ := json.Marshal(map[string]string{"id": id, "action": "ACTION_ALLOW"})
 	out, code = run(t, ns.Command(ctx, 1001, 1001, "grpcurl", "-plaintext", "-unix", "-d", string(req), a.Socket,
 		"bastion.agent.v1.AgentService/Decide"))
-	if code == 0 || !strings.Contains(out, "PermissionDenied") {
-		t.Errorf("grpcurl Decide as uid 1001: exit %d, output %q; want PermissionDenied", code, out)
+	if code == 0 || !strings.Contains(out, "NotFound") {
+		t.Errorf("grpcurl Decide as uid 1001: exit %d, output %q; want NotFound", code, out)
 	}
 	stillPending("uid 1001's grpcurl Decide")
 

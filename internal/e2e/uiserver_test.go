@@ -119,8 +119,8 @@ func TestUIServerTwoUsers(t *testing.T) {
 
 		// Through the agent's socket.
 		out, code = bastionctlB("decide", entry.GetId(), "allow")
-		if code != ctl.ExitDenied {
-			t.Errorf("B: bastionctl decide of A's connection: exit %d (%q), want %d (permission denied)", code, out, ctl.ExitDenied)
+		if code != ctl.ExitNotFound {
+			t.Errorf("B: bastionctl decide of A's connection: exit %d (%q), want %d (not found, as a missing one)", code, out, ctl.ExitNotFound)
 		}
 		t.Logf("B: bastionctl decide %s allow: exit %d: %s", entry.GetId(), code, strings.TrimSpace(out))
 		req, _ := json.Marshal(map[string]any{"uid": uidA, "rules": []any{}})

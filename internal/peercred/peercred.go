@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -21,11 +22,20 @@ type Cred struct {
 // IsRoot reports whether the caller runs as UID 0.
 func (c Cred) IsRoot() bool { return c.UID == 0 }
 
-// Read returns the peer credentials of a Unix socket connection.
+// errNotUnix is Read's error for a connection that is not a Unix socket.
+var errNotUnix = errors.New("not a Unix socket")
+
+// Read returns the peer credentials of a Unix socket connection (or of a
+// wrapper of one, such as LimitListener's).
 func Read(conn net.Conn) (Cred, error) {
-	uc, ok := conn.(*net.UnixConn)
-	if !ok {
-		return Cred{}, fmt.Errorf("read peer credentials: %T is not a Unix socket", conn)
+	var uc syscall.Conn
+	switch c := conn.(type) {
+	case *net.UnixConn:
+		uc = c
+	case *countedConn:
+		uc = c
+	default:
+		return Cred{}, fmt.Errorf("read peer credentials: %T: %w", conn, errNotUnix)
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {

@@ -1,0 +1,313 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/bastion-fw/bastion/internal/peercred"
+)
+
+// The event queues of API watchers (WatchPending, WatchDecisions).
+//
+// SECURITY: a watcher that does not read must not grow the agent's memory
+// nor stall the packet path. Each queue starts empty and grows only with
+// the events its client has not taken yet, up to a bound; a watcher that
+// falls further behind is dropped (its stream ends with ResourceExhausted,
+// and the client may reconnect). The queues of one non-root UID also share
+// a budget, so that many streams of one user cost no more than a few.
+
+// historySize bounds the decisions kept for WatchDecisions.
+const historySize = 1024
+
+// watcherBuffer bounds the events queued for one slow API client beyond
+// its backlog; a client that falls this far behind is disconnected rather
+// than allowed to stall the packet path.
+const watcherBuffer = 4096
+
+// maxQueuedPerUID bounds the events queued for all of one non-root UID's
+// watchers together (about 250 bytes each).
+const maxQueuedPerUID = 8192
+
+// errFellBehind ends a feed the engine dropped: its client fell behind or
+// the agent is stopping.
+var errFellBehind = errors.New("watcher fell behind or the agent is stopping")
+
+// queueBudget counts the events queued for one UID's watchers. The engine's
+// lock guards refs; n changes as events are queued and taken.
+type queueBudget struct {
+	refs int
+	n    atomic.Int64
+}
+
+type subscriber[T any] struct {
+	cred  peercred.Cred
+	limit int
+	// budget is shared by the UID's watchers; nil for root.
+	budget *queueBudget
+
+	mu    sync.Mutex // guards queue; taken under the engine's lock
+	queue []T
+	// ready holds a token while queue is not empty.
+	ready chan struct{}
+	// gone is closed when the engine drops the subscriber.
+	gone chan struct{}
+}
+
+// push queues v; it reports false when the subscriber is over its bounds
+// and must be dropped.
+func (s *subscriber[T]) push(v T) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) >= s.limit || (s.budget != nil && s.budget.n.Load() >= maxQueuedPerUID) {
+		return false
+	}
+	s.queue = append(s.queue, v)
+	if s.budget != nil {
+		s.budget.n.Add(1)
+	}
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take removes up to max queued events (all with max < 0) and appends
+// them to buf, oldest first. Once the queue is empty it starts afresh, so
+// that the memory of a burst goes with it. Events left queued keep
+// ready's token.
+func (s *subscriber[T]) take(buf []T, max int) []T {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.queue)
+	if max >= 0 && n > max {
+		n = max
+	}
+	buf = append(buf, s.queue[:n]...)
+	clear(s.queue[:n])
+	if s.queue = s.queue[n:]; len(s.queue) == 0 {
+		s.queue = nil
+	} else {
+		select {
+		case s.ready <- struct{}{}:
+		default:
+		}
+	}
+	if s.budget != nil {
+		s.budget.n.Add(-int64(n))
+	}
+	return buf
+}
+
+// forget gives the budget back for whatever is still queued.
+func (s *subscriber[T]) forget() { s.take(nil, -1) }
+
+// Feed is one watcher's stream of events.
+type Feed[T any] struct {
+	s      *subscriber[T]
+	cancel func()
+}
+
+// Ready has a token while events are queued.
+func (f *Feed[T]) Ready() <-chan struct{} { return f.s.ready }
+
+// Gone is closed when the engine drops the watcher.
+func (f *Feed[T]) Gone() <-chan struct{} { return f.s.gone }
+
+// Take appends up to max queued events (all with max < 0) to buf, oldest
+// first, without waiting.
+func (f *Feed[T]) Take(buf []T, max int) []T { return f.s.take(buf, max) }
+
+// Len returns the number of queued events.
+func (f *Feed[T]) Len() int {
+	f.s.mu.Lock()
+	defer f.s.mu.Unlock()
+	return len(f.s.queue)
+}
+
+// Next waits for the next event; it returns errFellBehind once the engine
+// dropped the watcher.
+func (f *Feed[T]) Next(ctx context.Context) (T, error) {
+	var zero T
+	for {
+		if v := f.s.take(nil, 1); len(v) == 1 {
+			return v[0], nil
+		}
+		select {
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		case <-f.s.gone:
+			return zero, errFellBehind
+		case <-f.s.ready:
+		}
+	}
+}
+
+// Cancel unsubscribes.
+func (f *Feed[T]) Cancel() { f.cancel() }
+
+// newSubscriberLocked makes a subscriber for caller, charged to its UID's
+// budget unless caller is root.
+func newSubscriberLocked[T any](e *Engine, caller peercred.Cred, limit int) *subscriber[T] {
+	s := &subscriber[T]{cred: caller, limit: limit, ready: make(chan struct{}, 1), gone: make(chan struct{})}
+	if !caller.IsRoot() {
+		b := e.budgets[caller.UID]
+		if b == nil {
+			b = &queueBudget{}
+			e.budgets[caller.UID] = b
+		}
+		b.refs++
+		s.budget = b
+	}
+	return s
+}
+
+// releaseSubscriberLocked closes gone and returns s's budget.
+func releaseSubscriberLocked[T any](e *Engine, s *subscriber[T]) {
+	close(s.gone)
+	s.forget()
+	if s.budget != nil {
+		if s.budget.refs--; s.budget.refs == 0 {
+			delete(e.budgets, s.cred.UID)
+		}
+	}
+}
+
+// ListPending returns the pending connections caller may see.
+func (e *Engine) ListPending(caller peercred.Cred) []Pending {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Pending
+	for _, p := range e.byID {
+		if visible(caller, p.Process.UID) {
+			out = append(out, p.Pending)
+		}
+	}
+	return out
+}
+
+// SECURITY: the one place that decides what a caller may see.
+func visible(caller peercred.Cred, uid uint32) bool {
+	return caller.IsRoot() || caller.UID == uid
+}
+
+// WatchPending subscribes caller to pending events, starting with the
+// connections pending now. While subscribed, the caller's UID counts as
+// having a prompt client, so its connections are asked about instead of
+// being decided by the system policy. The feed's Gone is closed if the
+// engine drops the subscriber.
+func (e *Engine) WatchPending(caller peercred.Cred) *Feed[PendingEvent] {
+	e.mu.Lock()
+	s := newSubscriberLocked[PendingEvent](e, caller, watcherBuffer)
+	e.watchers[s] = struct{}{}
+	e.watchedUID[caller.UID]++
+	for _, p := range e.byID {
+		if visible(caller, p.Process.UID) && !s.push(PendingEvent{Kind: PendingAdded, Pending: p.Pending}) {
+			e.dropWatcherLocked(s) // its UID's budget is spent
+			break
+		}
+	}
+	e.mu.Unlock()
+	var once sync.Once
+	return &Feed[PendingEvent]{s: s, cancel: func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.dropWatcherLocked(s)
+			e.mu.Unlock()
+		})
+	}}
+}
+
+func (e *Engine) dropWatcherLocked(s *subscriber[PendingEvent]) {
+	if _, ok := e.watchers[s]; !ok {
+		return
+	}
+	delete(e.watchers, s)
+	if e.watchedUID[s.cred.UID]--; e.watchedUID[s.cred.UID] <= 0 {
+		delete(e.watchedUID, s.cred.UID)
+	}
+	releaseSubscriberLocked(e, s)
+}
+
+func (e *Engine) broadcastPendingLocked(ev PendingEvent) {
+	for s := range e.watchers {
+		if !visible(s.cred, ev.Pending.Process.UID) {
+			continue
+		}
+		if !s.push(ev) {
+			e.log.Warn("dropping a pending-connection watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
+			e.dropWatcherLocked(s)
+		}
+	}
+}
+
+// WatchedUIDs returns the UIDs with a connected watcher that caller may see.
+func (e *Engine) WatchedUIDs(caller peercred.Cred) []uint32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []uint32
+	for uid := range e.watchedUID {
+		if visible(caller, uid) {
+			out = append(out, uid)
+		}
+	}
+	return out
+}
+
+// publishDecisionLocked keeps d in the history and sends it to the
+// decision watchers that may see it.
+func (e *Engine) publishDecisionLocked(d Decision) {
+	if len(e.history) < historySize {
+		e.history = append(e.history, d)
+	} else {
+		e.history[e.histNext] = d
+	}
+	e.histNext = (e.histNext + 1) % historySize
+	for s := range e.decSubs {
+		if !visible(s.cred, d.Process.UID) {
+			continue
+		}
+		if !s.push(d) {
+			e.log.Warn("dropping a decision watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
+			e.dropDecisionWatcherLocked(s)
+		}
+	}
+}
+
+func (e *Engine) dropDecisionWatcherLocked(s *subscriber[Decision]) {
+	if _, ok := e.decSubs[s]; !ok {
+		return
+	}
+	delete(e.decSubs, s)
+	releaseSubscriberLocked(e, s)
+}
+
+// WatchDecisions subscribes caller to decisions, starting with the recent
+// ones it may see, oldest first.
+func (e *Engine) WatchDecisions(caller peercred.Cred) *Feed[Decision] {
+	e.mu.Lock()
+	s := newSubscriberLocked[Decision](e, caller, watcherBuffer+historySize)
+	start := 0
+	if len(e.history) == historySize {
+		start = e.histNext // the oldest entry once the ring has wrapped
+	}
+	e.decSubs[s] = struct{}{}
+	for i := range e.history {
+		d := e.history[(start+i)%len(e.history)]
+		if visible(caller, d.Process.UID) && !s.push(d) {
+			e.dropDecisionWatcherLocked(s) // its UID's budget is spent
+			break
+		}
+	}
+	e.mu.Unlock()
+	var once sync.Once
+	return &Feed[Decision]{s: s, cancel: func() {
+		once.Do(func() {
+			e.mu.Lock()
+			e.dropDecisionWatcherLocked(s)
+			e.mu.Unlock()
+		})
+	}}
+}
