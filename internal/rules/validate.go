@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -63,8 +62,10 @@ func (r Rule) Validate() error {
 		return fmt.Errorf("cmdline: longer than %d bytes", maxCmdlineLen)
 	}
 	if r.Cmdline != "" {
-		if _, err := compileCmdline(r.Cmdline); err != nil {
-			return fmt.Errorf("cmdline: %w", err)
+		// SECURITY: the expression's size and matching work are bounded
+		// (cost.go): the agent that matches it is shared by every user.
+		if _, _, err := cmdlineProg(r.Cmdline); err != nil {
+			return err
 		}
 	}
 	if r.ExeSHA256 != "" && !isSHA256(r.ExeSHA256) {
@@ -123,16 +124,6 @@ func validateExe(exe string) error {
 		return err
 	}
 	return nil
-}
-
-// compileCmdline compiles a Cmdline expression so that it must match the
-// whole command line.
-func compileCmdline(expr string) (*regexp.Regexp, error) {
-	re, err := regexp.Compile(`^(?:` + expr + `)$`)
-	if err != nil {
-		return nil, fmt.Errorf("bad regular expression: %w", err)
-	}
-	return re, nil
 }
 
 func isSHA256(s string) bool {
