@@ -67,19 +67,27 @@ func (c *Cost) add(d Cost) {
 // CostOf returns what r costs once compiled, or an error naming the bound
 // it exceeds. It does not validate the rest of r.
 func CostOf(r Rule) (Cost, error) {
+	if r.Cmdline == "" {
+		return costOf(r, nil, 0), nil
+	}
+	prog, width, err := cmdlineProg(r.Cmdline)
+	if err != nil {
+		return Cost{}, err
+	}
+	return costOf(r, prog, width), nil
+}
+
+// costOf is CostOf with the Cmdline program (nil if none) already built.
+func costOf(r Rule, prog *syntax.Prog, width int) Cost {
 	c := Cost{Rules: 1, Bytes: ruleBytes + len(r.ID) + len(r.Exe) + len(r.Cmdline) + len(r.ExeSHA256) + len(r.Host) + len(r.Note)}
 	if isGlob(r.Exe) {
 		c.Bytes += len(r.Exe) + 16*strings.Count(r.Exe, "/")
 	}
-	if r.Cmdline != "" {
-		prog, width, err := cmdlineProg(r.Cmdline)
-		if err != nil {
-			return Cost{}, err
-		}
+	if prog != nil {
 		c.Insts, c.Width = len(prog.Inst), width
 		c.Bytes += bytesPerInst * len(prog.Inst)
 	}
-	return c, nil
+	return c
 }
 
 // SetCost returns what the enabled rules of rs cost together, or an error
@@ -87,26 +95,45 @@ func CostOf(r Rule) (Cost, error) {
 // stops at that rule, so a hostile set is refused before all of it is
 // compiled.
 func SetCost(rs []Rule) (Cost, error) {
-	var total Cost
+	var b Budget
 	for i := range rs {
 		if !rs[i].Enabled {
 			continue
 		}
 		c, err := CostOf(rs[i])
-		if err != nil {
-			return total, fmt.Errorf("rule %d (id %q): %w", i, rs[i].ID, err)
+		if err == nil {
+			err = b.add(c)
 		}
-		total.add(c)
-		switch {
-		case total.Bytes > MaxSetBytes:
-			return total, fmt.Errorf("rule %d (id %q): the rules up to it need about %d bytes of the agent's memory, at most %d per user",
-				i, rs[i].ID, total.Bytes, MaxSetBytes)
-		case total.Width > MaxSetWidth:
-			return total, fmt.Errorf("rule %d (id %q): the command-line expressions up to it have a total width of %d, at most %d per user",
-				i, rs[i].ID, total.Width, MaxSetWidth)
+		if err != nil {
+			return b.Cost, fmt.Errorf("rule %d (id %q): %w", i, rs[i].ID, err)
 		}
 	}
-	return total, nil
+	return b.Cost, nil
+}
+
+// Budget adds up the cost of one user's rules as they are read, so that a
+// set over the per-user bounds is refused at the rule that takes it over,
+// before the rest is even validated.
+type Budget struct{ Cost Cost }
+
+// Add validates r and, if it is enabled, adds its cost.
+func (b *Budget) Add(r Rule) error {
+	c, err := r.validate()
+	if err != nil || !r.Enabled {
+		return err
+	}
+	return b.add(c)
+}
+
+func (b *Budget) add(c Cost) error {
+	b.Cost.add(c)
+	switch {
+	case b.Cost.Bytes > MaxSetBytes:
+		return fmt.Errorf("the rules up to it need about %d bytes of the agent's memory, at most %d per user", b.Cost.Bytes, MaxSetBytes)
+	case b.Cost.Width > MaxSetWidth:
+		return fmt.Errorf("the command-line expressions up to it have a total width of %d, at most %d per user", b.Cost.Width, MaxSetWidth)
+	}
+	return nil
 }
 
 // cmdlineProg checks and compiles a Cmdline expression, anchored as
