@@ -29,6 +29,9 @@ import (
 // margin for the shared machine.
 const decisionBound = 5 * time.Millisecond
 
+// maxNoise caps the margin latencyVerdict allows for the machine's load.
+const maxNoise = 25 * time.Millisecond
+
 // agentRSSKiB reads the agent's resident set size.
 func agentRSSKiB(t *testing.T, a *Agent) int {
 	t.Helper()
@@ -107,8 +110,9 @@ func quantile(lat []time.Duration, p float64) time.Duration {
 // latencyVerdict summarises A's latencies and counts the connections slower
 // than decisionBound plus a generous margin for the machine's own noise
 // (noise: the p99 of A's latency measured just before, without the attack;
-// 6-18 ms on the shared development machine at a load average of ~18),
-// beyond the 1% that a p99 target leaves.
+// 6-40 ms on the shared development machine at a load average of ~18,
+// counted up to maxNoise), beyond the 1% that a p99 target leaves. Before
+// the fix, A's connections waited seconds.
 func latencyVerdict(t *testing.T, what string, lat []time.Duration, noise time.Duration) (tries, through int) {
 	t.Helper()
 	if len(lat) == 0 {
@@ -117,7 +121,7 @@ func latencyVerdict(t *testing.T, what string, lat []time.Duration, noise time.D
 	s := slices.Clone(lat)
 	slices.Sort(s)
 	over := 0
-	bound := decisionBound + 2*noise
+	bound := decisionBound + 2*min(noise, maxNoise)
 	for _, d := range s {
 		if d > bound {
 			over++
