@@ -303,10 +303,13 @@ func setRulesFromProto(req *agentv1.SetRulesRequest) (SetRulesRequest, error) {
 		return SetRulesRequest{}, fmt.Errorf("%d rules, at most %d", n, maxRulesPerUID)
 	}
 	out := SetRulesRequest{UID: req.Uid, Rules: make([]rules.Rule, 0, len(req.GetRules()))}
+	// SECURITY: the set's cost is added up as it is read, so that a set
+	// over the per-user bounds is refused at the rule that takes it over.
+	var budget rules.Budget
 	for i, p := range req.GetRules() {
 		r, err := rules.FromProto(p)
 		if err == nil {
-			err = r.Validate()
+			err = budget.Add(r)
 		}
 		if err != nil {
 			return SetRulesRequest{}, fmt.Errorf("rule %d (id %q): %w", i, p.GetId(), err)

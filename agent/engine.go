@@ -191,6 +191,7 @@ type Engine struct {
 	history    []Decision // ring buffer
 	histNext   int
 	decSubs    map[*subscriber[Decision]]struct{}
+	workers    ruleWorkers
 	closed     bool
 	// closeAction is what packets get once the engine is closed.
 	closeAction flow.Action
@@ -257,7 +258,7 @@ func (e *Engine) ForgetRecent(t flow.Tuple, socket uint64) {
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
-	return &Engine{
+	e := &Engine{
 		log:        log,
 		pol:        pol,
 		release:    r,
@@ -275,6 +276,8 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		byUID:      make(map[uint32]*uidCounters),
 		decSubs:    make(map[*subscriber[Decision]]struct{}),
 	}
+	e.workers.init(&e.mu)
+	return e
 }
 
 // Handle decides or holds one queued packet whose destination has no known
@@ -294,8 +297,13 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 	} else {
 		e.Counters.Unidentified.Add(1)
 	}
-	now := e.now()
+	e.decide(id, t, proc, host, e.now(), nil)
+}
 
+// decide is HandleNamed past the counters, for a packet that arrived at
+// now. w is the UID's rule worker when decide runs on it, nil on the packet
+// goroutine.
+func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host string, now time.Time, w *ruleWorker) {
 	e.mu.Lock()
 	e.countPacketLocked(proc)
 	if e.closed {
@@ -310,13 +318,38 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 		e.releaseOne(id, a, proc, t, host, "retransmit", now)
 		return
 	}
+	// SECURITY: a UID's rules are matched on that UID's worker
+	// (ruleworker.go), so that one user's rules never delay another's
+	// connections; a full queue costs only that UID's connections.
+	if w == nil && e.rules[proc.UID] != nil {
+		queued := e.enqueueRulesLocked(ruleJob{ref: id, t: t, proc: proc, host: host, now: now})
+		e.mu.Unlock()
+		if !queued {
+			e.releaseOne(id, e.pol.TimeoutAction, proc, t, host, "rules-busy", now)
+		}
+		return
+	}
 	// The UID's own rules come first. They are matched without the lock,
-	// as a sha256 rule may read the executable; if SetRules replaced them
-	// meanwhile, the new ones are matched too, so that no connection
-	// slips into the pending table past rules that already cover it.
+	// as a sha256 rule may wait for the executable's hash; if SetRules
+	// replaced them meanwhile, the new ones are matched too, so that no
+	// connection slips into the pending table past rules that already
+	// cover it.
 	for m := e.rules[proc.UID]; m != nil; {
 		e.mu.Unlock()
-		r, ok := m.match(e.hashes, proc, t, host, ruleTime(now))
+		r, ok, late := m.match(e.hashes, proc, t, host, ruleTime(now), w)
+		if late {
+			// A hash the rules need was not ready by the prompt
+			// deadline: the deadline's action, at the deadline.
+			e.mu.Lock()
+			a, by := e.pol.TimeoutAction, "deadline"
+			if e.closed {
+				a, by = e.closeAction, "shutdown"
+			}
+			e.mu.Unlock()
+			e.Counters.DeadlineDecisions.Add(1)
+			e.releaseOne(id, a, proc, t, host, by, now)
+			return
+		}
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
 			e.releaseOne(id, r.Action, proc, t, host, "rule:"+r.ID, now)
@@ -648,4 +681,5 @@ func (e *Engine) Close(a flow.Action) {
 	for i, p := range all {
 		e.releaseHeld(p, helds[i], a, "shutdown")
 	}
+	e.stopWorkers()
 }

@@ -17,6 +17,8 @@ import (
 type fakeRelease struct {
 	mu  sync.Mutex
 	got map[uint32]flow.Action
+	// settle waits for the rule workers, whose verdicts come later.
+	settle func()
 }
 
 func (f *fakeRelease) Release(p PacketRef, a flow.Action) error {
@@ -31,6 +33,16 @@ func (f *fakeRelease) Release(p PacketRef, a flow.Action) error {
 }
 
 func (f *fakeRelease) verdict(id uint32) flow.Action {
+	if f.settle != nil {
+		f.settle()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.got[id]
+}
+
+// rawVerdict is verdict without waiting for the rule workers.
+func (f *fakeRelease) rawVerdict(id uint32) flow.Action {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.got[id]
@@ -91,6 +103,8 @@ func newTestEngine(t *testing.T) (*Engine, *fakeRelease, *fakeClock) {
 	clk := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	e := newEngine(slog.New(slog.NewTextHandler(io.Discard, nil)), policy.Default(), r)
 	e.now, e.after = clk.Now, clk.AfterFunc
+	r.settle = e.waitRulesIdle
+	t.Cleanup(func() { e.Close(flow.ActionDeny) })
 	return e, r, clk
 }
 

@@ -28,13 +28,29 @@ func (u *uidRules) len() int {
 	return u.m.Len()
 }
 
-// match returns the rule that decides the connection, if any.
-func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) (*rules.Rule, bool) {
+// match returns the rule that decides the connection, if any. On w, the
+// UID's worker, it paces between expressions and waits for a hash until
+// the connection's deadline; late says that a hash the rules needed was not
+// ready in time. Without a worker (settling pending entries) only a cached
+// hash is used.
+func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time, w *ruleWorker) (r *rules.Rule, ok, late bool) {
 	c := rules.Conn{UID: proc.UID, Exe: proc.Exe, Args: proc.Args, Tuple: t, Host: host}
+	var ch *connHash
 	if u.hashes && proc.Exe != "" {
-		c.SHA256 = (&connHash{h: h, proc: proc}).sha256
+		ch = &connHash{h: h, proc: proc}
+		if w != nil {
+			ch.wait, ch.quit = w.e.hashWait(now), w.e.workers.quit
+		}
+		c.SHA256 = ch.sha256
 	}
-	return u.m.Match(c, now)
+	if w != nil {
+		c.Pace = w.pace
+	}
+	r, ok = u.m.Match(c, now)
+	if ch != nil && ch.late {
+		return nil, false, true
+	}
+	return r, ok, false
 }
 
 // SetRulesRequest replaces the rules of one UID.
@@ -83,6 +99,11 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 		live = append(live, r)
 		hashes = hashes || r.ExeSHA256 != ""
 	}
+	// SECURITY: what the rules cost is bounded before they are compiled
+	// (internal/rules/cost.go), so a hostile set is refused cheaply.
+	if _, err := rules.SetCost(live); err != nil {
+		return 0, fmt.Errorf("%w: %w", err, errInvalid)
+	}
 	var m *uidRules
 	if len(live) > 0 {
 		cm, err := rules.NewMatcher(live)
@@ -127,7 +148,7 @@ func (e *Engine) settleByRules(uid uint32, m *uidRules, waiting []*pending, now 
 	}
 	var matched []verdict
 	for _, p := range waiting {
-		if r, ok := m.match(e.hashes, p.Process, p.Tuple, p.Host, now); ok {
+		if r, ok, _ := m.match(e.hashes, p.Process, p.Tuple, p.Host, now, nil); ok {
 			matched = append(matched, verdict{p: p, a: r.Action, by: "rule:" + r.ID})
 		}
 	}

@@ -4,9 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -229,6 +231,25 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// fakeProc makes procDir/<tgid> look like a live process that runs exe and
+// started at start (ns), as the hasher reads it.
+func fakeProc(t *testing.T, procDir string, tgid uint32, exe string, start uint64) flow.Process {
+	t.Helper()
+	dir := filepath.Join(procDir, strconv.FormatUint(uint64(tgid), 10))
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(exe, filepath.Join(dir, "exe")); err != nil {
+		t.Fatal(err)
+	}
+	stat := fmt.Sprintf("%d (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 %d 1 1\n", tgid, start/nsPerTick)
+	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return flow.Process{PID: tgid, TGID: tgid, StartTime: start, UID: 1000, Exe: exe}
+}
+
 func TestSHA256RuleMatchesTheRightBinary(t *testing.T) {
 	dir := t.TempDir()
 	good, other := filepath.Join(dir, "good"), filepath.Join(dir, "other")
@@ -239,25 +260,23 @@ func TestSHA256RuleMatchesTheRightBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	e, r, _ := newRuleEngine(t)
+	procDir := t.TempDir()
+	e.hashes = newExeHasher(procDir)
 	rule := rules.Rule{ID: "pinned", Enabled: true, Action: flow.ActionAllow, ExeSHA256: sha256Hex([]byte("#!good binary\n")), Lifetime: rules.Forever}
 	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{rule}}); err != nil {
 		t.Fatal(err)
 	}
-	// TGID and start time name no live process in the hasher's empty
-	// /proc, so the path is read.
-	proc := func(exe string) flow.Process {
-		return flow.Process{PID: 4242, TGID: 4242, StartTime: 1e9, UID: 1000, Exe: exe}
-	}
-	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), proc(good))
-	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), proc(other))
-	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40002, 443), proc(filepath.Join(dir, "missing")))
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), fakeProc(t, procDir, 4242, good, 1e9))
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), fakeProc(t, procDir, 4243, other, 1e9))
+	// A process that is gone has no hash (its path is never read).
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40002, 443), flow.Process{PID: 99, TGID: 99, StartTime: 1e9, UID: 1000, Exe: good})
 	if r.verdict(1) != flow.ActionAllow {
 		t.Fatalf("pinned binary: %v, want allow", r.verdict(1))
 	}
 	if r.verdict(2) != flow.ActionNone || r.verdict(3) != flow.ActionNone {
-		t.Fatalf("other/missing binary decided by the hash rule: %v %v", r.verdict(2), r.verdict(3))
+		t.Fatalf("other/gone binary decided by the hash rule: %v %v", r.verdict(2), r.verdict(3))
 	}
-	// The same path with new content is another binary.
+	// The same file with new content is another binary.
 	if err := os.WriteFile(good, []byte("#!evil binary\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +284,7 @@ func TestSHA256RuleMatchesTheRightBinary(t *testing.T) {
 	if err := os.Chtimes(good, future, future); err != nil {
 		t.Fatal(err)
 	}
-	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.2", 40003, 443), proc(good))
+	e.Handle(PacketRef{ID: 4}, tcp("192.0.2.2", 40003, 443), fakeProc(t, procDir, 4244, good, 1e9))
 	if r.verdict(4) != flow.ActionNone {
 		t.Fatalf("replaced binary: %v; the hash cache served the old file's digest", r.verdict(4))
 	}
@@ -282,6 +301,8 @@ func selfStartTime(t *testing.T) uint64 {
 	return ticks * nsPerTick
 }
 
+// TestSHA256OfTheRunningImage: the hash is of the image the process runs,
+// through /proc/<pid>/exe, never of whatever its path holds now.
 func TestSHA256OfTheRunningImage(t *testing.T) {
 	self, err := os.ReadFile("/proc/self/exe")
 	if err != nil {
@@ -293,29 +314,46 @@ func TestSHA256OfTheRunningImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newExeHasher("/proc")
+	defer h.Close()
 	start := selfStartTime(t)
 	running := flow.Process{TGID: uint32(os.Getpid()), StartTime: start, Exe: decoy}
-	for _, tc := range []struct {
-		name string
-		proc flow.Process
-		want string
-	}{
-		{"live process: the mapped image", running, sha256Hex(self)},
-		{"pid reused: the path", flow.Process{TGID: running.TGID, StartTime: start + 5*nsPerTick, Exe: decoy}, sha256Hex([]byte("not the running binary"))},
-		{"start time unknown: the path", flow.Process{TGID: running.TGID, Exe: decoy}, sha256Hex([]byte("not the running binary"))},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := h.Sum(tc.proc)
-			if err != nil || got != tc.want {
-				t.Fatalf("Sum = %q, %v; want %q", got, err, tc.want)
-			}
-		})
+	if got, err := h.Sum(running); err != nil || got != sha256Hex(self) {
+		t.Fatalf("live process: Sum = %q, %v; want the mapped image's %q", got, err, sha256Hex(self))
 	}
+	for name, p := range map[string]flow.Process{
+		"pid reused":         {TGID: running.TGID, StartTime: start + 5*nsPerTick, Exe: decoy},
+		"start time unknown": {TGID: running.TGID, Exe: decoy},
+	} {
+		if got, err := h.Sum(p); err == nil {
+			t.Errorf("%s: Sum = %q, want no hash", name, got)
+		}
+	}
+}
+
+// hashFile hashes path through the hasher's queue for uid.
+func hashFile(t *testing.T, h *exeHasher, uid uint32, path string) (string, *hashJob) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, j, err := h.lookup(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j == nil {
+		return sum, nil
+	}
+	if j, err = h.submit(uid, j); err != nil {
+		t.Fatal(err)
+	}
+	return "", j
 }
 
 func TestHashCacheIsBounded(t *testing.T) {
 	dir := t.TempDir()
 	h := newExeHasher(dir)
+	defer h.Close()
 	for i := range maxHashCache + 10 {
 		p := filepath.Join(dir, "f")
 		if err := os.WriteFile(p, []byte{byte(i), byte(i >> 8)}, 0o755); err != nil {
@@ -324,13 +362,58 @@ func TestHashCacheIsBounded(t *testing.T) {
 		if err := os.Chtimes(p, time.Unix(int64(i), 0), time.Unix(int64(i), 0)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := h.Sum(flow.Process{Exe: p}); err != nil {
-			t.Fatal(err)
+		if _, j := hashFile(t, h, 1000, p); j != nil {
+			<-j.done
+			if j.err != nil {
+				t.Fatal(j.err)
+			}
 		}
 	}
 	if n := len(h.cache); n > maxHashCache {
 		t.Fatalf("hash cache holds %d entries, bound %d", n, maxHashCache)
 	}
+	// A cached file is answered without a job.
+	if sum, j := hashFile(t, h, 1000, filepath.Join(dir, "f")); j != nil || sum == "" {
+		t.Errorf("second hash of an unchanged file: not from the cache")
+	}
+}
+
+// TestHashBudgetIsGlobalAndFair: a huge file of one UID does not hold up a
+// small one of another (turns alternate chunk by chunk), and the hasher
+// never reads faster than its budget.
+func TestHashBudgetIsGlobalAndFair(t *testing.T) {
+	dir := t.TempDir()
+	big, small := filepath.Join(dir, "big"), filepath.Join(dir, "small")
+	if err := os.WriteFile(small, make([]byte, 2*hashChunk), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 * hashChunk); err != nil { // sparse
+		t.Fatal(err)
+	}
+	f.Close()
+	h := newExeHasher(dir)
+	defer h.Close()
+	h.rate = 32 * hashChunk // two seconds for the big file
+	start := time.Now()
+	_, jb := hashFile(t, h, 1001, big)
+	_, js := hashFile(t, h, 1000, small)
+	<-js.done
+	h.mu.Lock()
+	read := jb.read
+	h.mu.Unlock()
+	if js.err != nil || read > 8*hashChunk {
+		t.Errorf("small file of uid 1000 done (err %v) after %d bytes of uid 1001's big file; want turns", js.err, read)
+	}
+	<-jb.done
+	elapsed := time.Since(start)
+	if min := time.Duration(float64(66*hashChunk) / float64(h.rate) * 0.8 * float64(time.Second)); elapsed < min {
+		t.Errorf("hashed %d bytes in %v, faster than the budget allows (%v)", 66*hashChunk, elapsed, min)
+	}
+	t.Logf("66 chunks in %v at a budget of %d B/s", elapsed, h.rate)
 }
 
 func TestParseStartTicks(t *testing.T) {

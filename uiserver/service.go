@@ -336,6 +336,10 @@ func (s *Service) AddRule(ctx context.Context, r rules.Rule) (rules.Rule, error)
 		return rules.Rule{}, err
 	}
 	s.rulesMu.Lock()
+	if err := s.checkAgentBounds(r); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
 	r, err = s.addLocked(ctx, r)
 	if err != nil {
 		s.rulesMu.Unlock()
@@ -395,6 +399,10 @@ func (s *Service) UpdateRule(ctx context.Context, r rules.Rule) (rules.Rule, err
 		return rules.Rule{}, err
 	}
 	r.Created, r.Hits, r.LastHit = old.Created, old.Hits, old.LastHit
+	if err := s.checkAgentBounds(r); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
 	if err := s.replaceLocked(ctx, r, wasSession); err != nil {
 		s.rulesMu.Unlock()
 		return rules.Rule{}, err
@@ -506,6 +514,10 @@ func (s *Service) Import(ctx context.Context, f importFormat, data []byte) ([]ru
 		ready = append(ready, r)
 	}
 	s.rulesMu.Lock()
+	if err := s.checkAgentBounds(ready...); err != nil {
+		s.rulesMu.Unlock()
+		return nil, problems, err
+	}
 	var added []rules.Rule
 	for _, r := range ready {
 		r, err := s.addLocked(ctx, r)
@@ -1013,7 +1025,11 @@ func (s *Service) AnswerPrompt(ctx context.Context, id string, r rules.Rule) (ru
 	var saveErr error
 	if r.Lifetime != rules.Once {
 		s.rulesMu.Lock()
-		saved, err := s.addLocked(ctx, r)
+		err := s.checkAgentBounds(r)
+		var saved rules.Rule
+		if err == nil {
+			saved, err = s.addLocked(ctx, r)
+		}
 		if err == nil {
 			r = saved
 			saveErr = s.rulesChanged(ctx)

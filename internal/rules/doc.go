@@ -10,9 +10,10 @@
 // a rule, which its user controls (a glob, a regular expression). Parsers
 // never panic, bound their input, and return errors that name the field or
 // position. Operands are compiled once, in NewMatcher; globs match in time
-// linear in pattern × path, and regular expressions are RE2 (linear time),
-// so one user's rules cannot make matching another user's connections
-// slow beyond their number.
+// linear in pattern × path, and regular expressions are RE2 (linear time).
+// What a rule costs once compiled is bounded (cost.go: program size, the
+// work per byte of command line, memory per user's set), so that the agent,
+// which holds every user's rules, cannot be exhausted through them.
 //
 // # Matching
 //

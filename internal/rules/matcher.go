@@ -353,10 +353,14 @@ func (st *matchState) matches(cr *crule) bool {
 			return false
 		}
 		if !st.cmdlineSet {
-			st.cmdline = strings.Join(st.c.Args, " ")
+			st.cmdline = cmdlineOf(st.c.Args)
 			st.cmdlineSet = true
 		}
-		if !cr.cmd.MatchString(st.cmdline) {
+		ok := cr.cmd.MatchString(st.cmdline)
+		if st.c.Pace != nil {
+			st.c.Pace()
+		}
+		if !ok {
 			return false
 		}
 	}

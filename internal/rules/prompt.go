@@ -88,7 +88,7 @@ func ForPrompt(p flow.Process, t flow.Tuple, host string, c Choice, now time.Tim
 		if p.Args == nil {
 			return Rule{}, errors.New("rule for prompt: the command line is unknown")
 		}
-		r.Cmdline = regexp.QuoteMeta(strings.Join(p.Args, " "))
+		r.Cmdline = regexp.QuoteMeta(cmdlineOf(p.Args))
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	dst := t.Dst.WithZone("").Unmap()

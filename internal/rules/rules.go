@@ -36,7 +36,8 @@ type Rule struct {
 	// the package documentation).
 	Exe string
 	// Cmdline is an RE2 expression that must match the whole command line
-	// (arguments joined by single spaces).
+	// (arguments joined by single spaces, cut at MaxMatchedCmdline bytes).
+	// Its size and matching work are bounded (CostOf).
 	Cmdline string
 	// ExeSHA256 is the lower-case hex SHA-256 of the executable.
 	ExeSHA256 string
@@ -71,4 +72,8 @@ type Conn struct {
 	// SHA256 returns the executable's hex SHA-256; it is only called when
 	// a rule needs it, as hashing costs a file read. nil means unknown.
 	SHA256 func() (string, error)
+	// Pace, when set, is called after each command-line expression is
+	// matched, so that the caller can let others run between them: a
+	// match against many rules is a series of bounded steps.
+	Pace func()
 }

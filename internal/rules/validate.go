@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"regexp"
+	"regexp/syntax"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -26,6 +26,23 @@ const (
 // Validate reports the first thing wrong with r, naming the field. A rule
 // that validates compiles into a Matcher.
 func (r Rule) Validate() error {
+	_, err := r.validate()
+	return err
+}
+
+// validate is Validate, returning also what r costs once compiled.
+func (r Rule) validate() (Cost, error) {
+	var prog *syntax.Prog
+	var width int
+	if err := r.validateFields(&prog, &width); err != nil {
+		return Cost{}, err
+	}
+	return costOf(r, prog, width), nil
+}
+
+// validateFields checks every field; it leaves the compiled Cmdline program
+// and its width in prog and width.
+func (r Rule) validateFields(prog **syntax.Prog, width *int) error {
 	for _, f := range []struct{ name, v string }{
 		{"id", r.ID}, {"exe", r.Exe}, {"cmdline", r.Cmdline}, {"host", r.Host}, {"note", r.Note},
 	} {
@@ -63,9 +80,13 @@ func (r Rule) Validate() error {
 		return fmt.Errorf("cmdline: longer than %d bytes", maxCmdlineLen)
 	}
 	if r.Cmdline != "" {
-		if _, err := compileCmdline(r.Cmdline); err != nil {
-			return fmt.Errorf("cmdline: %w", err)
+		// SECURITY: the expression's size and matching work are bounded
+		// (cost.go): the agent that matches it is shared by every user.
+		p, w, err := cmdlineProg(r.Cmdline)
+		if err != nil {
+			return err
 		}
+		*prog, *width = p, w
 	}
 	if r.ExeSHA256 != "" && !isSHA256(r.ExeSHA256) {
 		return fmt.Errorf("exe_sha256 %q: not 64 lower-case hex digits", r.ExeSHA256)
@@ -123,16 +144,6 @@ func validateExe(exe string) error {
 		return err
 	}
 	return nil
-}
-
-// compileCmdline compiles a Cmdline expression so that it must match the
-// whole command line.
-func compileCmdline(expr string) (*regexp.Regexp, error) {
-	re, err := regexp.Compile(`^(?:` + expr + `)$`)
-	if err != nil {
-		return nil, fmt.Errorf("bad regular expression: %w", err)
-	}
-	return re, nil
 }
 
 func isSHA256(s string) bool {
