@@ -63,6 +63,9 @@ type Cache struct {
 	mu    sync.Mutex
 	byKey map[cacheKey]*list.Element
 	users map[uint32]*list.List // per UID, of *cacheEntry, most recently used first
+	// addrs counts the entries of each address, for whichever owner: a
+	// connection to an address nobody was answered costs one probe.
+	addrs map[netip.Addr]int32
 	n     int
 }
 
@@ -98,7 +101,7 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Cache{cfg: cfg, byKey: make(map[cacheKey]*list.Element), users: make(map[uint32]*list.List)}
+	return &Cache{cfg: cfg, byKey: make(map[cacheKey]*list.Element), users: make(map[uint32]*list.List), addrs: make(map[netip.Addr]int32)}
 }
 
 // Add records every address of a for o. It returns how many addresses it
@@ -151,6 +154,7 @@ func (c *Cache) putLocked(k cacheKey, name string, expires time.Time) {
 		c.users[k.uid] = l
 	}
 	c.byKey[k] = l.PushFront(&cacheEntry{key: k, name: name, expires: expires})
+	c.addrs[k.addr]++
 	c.n++
 }
 
@@ -158,6 +162,9 @@ func (c *Cache) removeLocked(l *list.List, el *list.Element) {
 	k := el.Value.(*cacheEntry).key
 	delete(c.byKey, k)
 	l.Remove(el)
+	if c.addrs[k.addr]--; c.addrs[k.addr] <= 0 {
+		delete(c.addrs, k.addr)
+	}
 	c.n--
 	if l.Len() == 0 {
 		delete(c.users, k.uid)
@@ -173,37 +180,43 @@ func (c *Cache) Lookup(o Owner, addr netip.Addr) (string, bool) {
 	addr = addr.WithZone("").Unmap()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var now time.Time
-	try := func(k cacheKey) (string, bool) {
-		el, ok := c.byKey[k]
-		if !ok {
-			return "", false
-		}
-		if now.IsZero() {
-			now = c.cfg.Now()
-		}
-		e := el.Value.(*cacheEntry)
-		l := c.users[k.uid]
-		if !now.Before(e.expires) {
-			c.removeLocked(l, el)
-			return "", false
-		}
-		l.MoveToFront(el)
-		return e.name, true
+	if c.addrs[addr] == 0 {
+		return "", false
 	}
+	var now time.Time
 	// SECURITY: only o's own entries and Everyone's are consulted.
 	if o.TGID != 0 && o.UID != EveryoneUID {
-		if n, ok := try(cacheKey{o.UID, o.TGID, addr}); ok {
+		if n, ok := c.getLocked(cacheKey{o.UID, o.TGID, addr}, &now); ok {
 			return n, true
 		}
 	}
-	if n, ok := try(cacheKey{o.UID, 0, addr}); ok {
+	if n, ok := c.getLocked(cacheKey{o.UID, 0, addr}, &now); ok {
 		return n, true
 	}
 	if o.UID != EveryoneUID {
-		return try(cacheKey{EveryoneUID, 0, addr})
+		return c.getLocked(cacheKey{EveryoneUID, 0, addr}, &now)
 	}
 	return "", false
+}
+
+// getLocked returns k's name if it is live, reading the clock into *now
+// the first time it needs it.
+func (c *Cache) getLocked(k cacheKey, now *time.Time) (string, bool) {
+	el, ok := c.byKey[k]
+	if !ok {
+		return "", false
+	}
+	if now.IsZero() {
+		*now = c.cfg.Now()
+	}
+	e := el.Value.(*cacheEntry)
+	l := c.users[k.uid]
+	if !now.Before(e.expires) {
+		c.removeLocked(l, el)
+		return "", false
+	}
+	l.MoveToFront(el)
+	return e.name, true
 }
 
 // Sweep forgets expired entries and returns how many are left.
