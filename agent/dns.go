@@ -110,13 +110,13 @@ func (b *nameBook) learn(t flow.Tuple, payload []byte) {
 	b.log.Debug("DNS answer", "host", ans.Name, "cnames", ans.CNAMEs, "addresses", n, "uid", owner.UID, "pid", owner.TGID)
 }
 
-// counts returns the answers read, the malformed packets and the names
-// held; zeros for a nil book.
+// counts returns the answers read, the malformed packets and the
+// addresses with a name (for some user); zeros for a nil book.
 func (b *nameBook) counts() (answers, malformed uint64, names int) {
 	if b == nil {
 		return 0, 0, 0
 	}
-	return b.answers.Load(), b.malformed.Load(), b.cache.Len()
+	return b.answers.Load(), b.malformed.Load(), b.cache.Addresses()
 }
 
 // sweep forgets expired names and idle query flows.

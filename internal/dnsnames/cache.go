@@ -236,6 +236,14 @@ func (c *Cache) Sweep() int {
 	return c.n
 }
 
+// Addresses returns the number of addresses that have a name for some
+// owner (expired ones included until a Lookup or Sweep finds them).
+func (c *Cache) Addresses() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.addrs)
+}
+
 // Len returns the number of entries held (expired ones included until a
 // Lookup or Sweep finds them). An answer whose process is known makes two
 // entries per address.
