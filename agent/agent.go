@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return fmt.Errorf("open DNS queue: %w", err)
 		}
 		defer dnsQ.Close()
-		names = newNameBook(base.With("component", "dns"), dnsnames.CacheConfig{})
+		names = newNameBook(base.With("component", "dns"), dnsnames.CacheConfig{}, cfg.DNSTrustedResolverUIDs)
 	}
 
 	fwCfg := fw.Config{
@@ -108,7 +108,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Without the guard, a new UDP socket that reuses the 5-tuple of a flow
 	// conntrack still tracks passes on that flow's verdict, unasked.
 	reuse := &udpReuseState{}
-	guard, err := openUDPReuseGuard(ns, engine.ForgetRecent, base.With("component", "udpreuse"))
+	// A destroyed socket's query flows go with it, so that a new socket
+	// reusing the tuple is not taken for the old one's user.
+	forget := func(t flow.Tuple, socket uint64) {
+		engine.ForgetRecent(t, socket)
+		names.forgetQuery(t, socket)
+	}
+	guard, err := openUDPReuseGuard(ns, forget, base.With("component", "udpreuse"))
 	if err != nil {
 		reuse.set(udpReuseUnavailable(err))
 		log.Warn("udp tuple-reuse protection unavailable: a new udp socket that reuses the 5-tuple of a "+
@@ -152,7 +158,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// before the rules go in, so that the first answers are read.
 	dnsDone := make(chan error, 1)
 	if dnsQ != nil {
-		v := dnsVerdicts{q: dnsQ, marks: fw.DefaultMarks()}
+		v := dnsVerdicts{q: dnsQ, marks: fw.DefaultMarks(), guard: guard}
+		if res.Mechanism() != procid.MechProcFS {
+			v.res = res // an eBPF map lookup; /proc scans are too slow for DNS
+		}
 		go func() { dnsDone <- dnsQ.Run(qctx, func(p nfq.Packet) { v.handle(names, p) }) }()
 		select {
 		case <-dnsQ.Bound():
@@ -229,7 +238,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 				case <-gctx.Done():
 					return nil
 				case <-t.C:
-					names.cache.Sweep()
+					names.sweep()
 				}
 			}
 		})
@@ -286,7 +295,13 @@ func (h packetHandler) handle(p nfq.Packet) {
 	// Recorded before the verdict: the socket cannot be destroyed while
 	// the kernel holds its packet, so its destroy notification comes after.
 	h.guard.Sent(p.Tuple, proc.Socket)
-	h.engine.HandleNamed(ref, p.Tuple, proc, h.names.lookup(p.Tuple.Dst))
+	if p.HasUID {
+		// A DNS query: its answers will name addresses for this UID.
+		h.names.querySent(p.Tuple, p.Info.TransportOffset, p.Payload, proc)
+	}
+	// SECURITY: the name is looked up for this connection's own UID
+	// (and process): another user's answers never name it.
+	h.engine.HandleNamed(ref, p.Tuple, proc, h.names.lookup(proc, p.Tuple.Dst))
 }
 
 // queueReleaser turns verdicts into NFQUEUE verdicts. Every verdict

@@ -161,7 +161,7 @@ func BenchmarkPacketPath(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			e := newBenchEngine(b, 0, nil)
 			tc.setup(e)
-			h := packetHandler{engine: e, res: fixedResolver{tc.proc}, names: newNameBook(e.log, dnsnames.CacheConfig{})}
+			h := packetHandler{engine: e, res: fixedResolver{tc.proc}, names: newNameBook(e.log, dnsnames.CacheConfig{}, nil)}
 			p := nfq.Packet{Tuple: tcp(dst.String(), 0, 443), UID: tc.proc.UID, GID: tc.proc.GID, HasUID: true}
 			b.ReportAllocs()
 			i := 0

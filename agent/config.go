@@ -52,6 +52,11 @@ type Config struct {
 	DNSNames bool
 	// DNSQueueNum is the NFQUEUE of DNS answers; 0 means QueueNum+1.
 	DNSQueueNum uint16
+	// DNSTrustedResolverUIDs are the UIDs of system resolvers (nscd, a
+	// caching stub) whose answers name addresses for every user, after
+	// each user's own. Empty by default: a name then holds only for the
+	// UID whose query it answered. See docs/security.md, "Host names".
+	DNSTrustedResolverUIDs []uint32
 	// Backend is the iptables flavour; "" detects it.
 	Backend fw.Backend
 	// Policy is the system policy.
@@ -92,6 +97,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("DNS queue number %d is the connection queue's", q)
 		}
 	}
+	for _, uid := range c.DNSTrustedResolverUIDs {
+		if uid == ^uint32(0) {
+			return errors.New("dns_trusted_resolver_uids: 4294967295 is not a UID")
+		}
+	}
 	if err := (fw.Config{Backend: c.Backend}).Validate(); err != nil {
 		return err
 	}
@@ -114,17 +124,18 @@ func (c Config) dnsQueue() uint16 {
 
 // fileConfig is the TOML layout of agent.toml; see deploy/agent.toml.
 type fileConfig struct {
-	Socket            *string `toml:"socket"`
-	NetNS             *string `toml:"netns"`
-	Mechanism         *string `toml:"mechanism"`
-	Cgroup            *string `toml:"cgroup"`
-	QueueNum          *uint16 `toml:"queue_num"`
-	FailOpen          *bool   `toml:"fail_open"`
-	InterceptLoopback *bool   `toml:"intercept_loopback"`
-	DNSNames          *bool   `toml:"dns_names"`
-	DNSQueueNum       *uint16 `toml:"dns_queue_num"`
-	FirewallBackend   *string `toml:"firewall_backend"`
-	LogLevel          *string `toml:"log_level"`
+	Socket            *string  `toml:"socket"`
+	NetNS             *string  `toml:"netns"`
+	Mechanism         *string  `toml:"mechanism"`
+	Cgroup            *string  `toml:"cgroup"`
+	QueueNum          *uint16  `toml:"queue_num"`
+	FailOpen          *bool    `toml:"fail_open"`
+	InterceptLoopback *bool    `toml:"intercept_loopback"`
+	DNSNames          *bool    `toml:"dns_names"`
+	DNSQueueNum       *uint16  `toml:"dns_queue_num"`
+	DNSTrustedUIDs    []uint32 `toml:"dns_trusted_resolver_uids"`
+	FirewallBackend   *string  `toml:"firewall_backend"`
+	LogLevel          *string  `toml:"log_level"`
 	Policy            *struct {
 		PromptTimeout *string `toml:"prompt_timeout"`
 		TimeoutAction *string `toml:"timeout_action"`
@@ -178,6 +189,9 @@ func (c *Config) applyFile(data []byte) error {
 	}
 	if f.DNSQueueNum != nil {
 		c.DNSQueueNum = *f.DNSQueueNum
+	}
+	if f.DNSTrustedUIDs != nil {
+		c.DNSTrustedResolverUIDs = f.DNSTrustedUIDs
 	}
 	if f.FirewallBackend != nil && *f.FirewallBackend != "auto" {
 		c.Backend = fw.Backend(*f.FirewallBackend)

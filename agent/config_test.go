@@ -107,3 +107,22 @@ func TestDNSQueueConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestDNSTrustedResolverUIDs(t *testing.T) {
+	cfg := DefaultConfig()
+	if len(cfg.DNSTrustedResolverUIDs) != 0 {
+		t.Fatalf("trusted resolver UIDs by default: %v, want none", cfg.DNSTrustedResolverUIDs)
+	}
+	if err := cfg.applyFile([]byte("dns_trusted_resolver_uids = [990, 104]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.DNSTrustedResolverUIDs, []uint32{990, 104}) || cfg.Validate() != nil {
+		t.Errorf("dns_trusted_resolver_uids: %v, %v", cfg.DNSTrustedResolverUIDs, cfg.Validate())
+	}
+	for _, bad := range []string{"dns_trusted_resolver_uids = [4294967295]\n", "dns_trusted_resolver_uids = [-1]\n", "dns_trusted_resolver_uids = \"990\"\n"} {
+		cfg := DefaultConfig()
+		if err := cfg.applyFile([]byte(bad)); err == nil && cfg.Validate() == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -47,31 +47,91 @@ func dnsAnswer4(t *testing.T, qname string, addrs ...string) []byte {
 	return b
 }
 
+// The query flow dnsAnswer4's packets answer, and its reply tuple.
+var (
+	dnsQueryFlow = flow.Tuple{Proto: flow.UDP, Src: netip.MustParseAddr("127.0.0.1"), SrcPort: 41000, Dst: netip.MustParseAddr("127.0.0.53"), DstPort: 53}
+	dnsReplyFlow = flow.Tuple{Proto: flow.UDP, Src: netip.MustParseAddr("127.0.0.53"), SrcPort: 53, Dst: netip.MustParseAddr("127.0.0.1"), DstPort: 41000}
+)
+
+// dnsQuery4 is an IPv4/UDP DNS query with message ID id on dnsQueryFlow.
+func dnsQuery4(t *testing.T, id uint16) []byte {
+	t.Helper()
+	m := dnsmessage.Message{Header: dnsmessage.Header{ID: id},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName("www.example.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}}}
+	msg, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 28+len(msg))
+	b[0], b[8], b[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	copy(b[12:], []byte{127, 0, 0, 1, 127, 0, 0, 53})
+	binary.BigEndian.PutUint16(b[20:], 41000)
+	binary.BigEndian.PutUint16(b[22:], 53)
+	binary.BigEndian.PutUint16(b[24:], uint16(8+len(msg)))
+	copy(b[28:], msg)
+	return b
+}
+
 func TestNameBookLearnsAndCounts(t *testing.T) {
-	b := newNameBook(slog.New(slog.NewTextHandler(io.Discard, nil)), dnsnames.CacheConfig{})
+	b := newNameBook(slog.New(slog.NewTextHandler(io.Discard, nil)), dnsnames.CacheConfig{}, nil)
 	pkt := dnsAnswer4(t, "WWW.Example.Test.", "192.0.2.80", "192.0.2.81")
-	b.learn(pkt)
+	// Nobody was seen asking: the answer is read and names nothing.
+	b.learn(dnsReplyFlow, pkt)
+	if got := b.lookup(curl1000, netip.MustParseAddr("192.0.2.80")); got != "" {
+		t.Fatalf("an answer to no query seen named %q", got)
+	}
+	b.querySent(dnsQueryFlow, 20, dnsQuery4(t, 9), curl1000)
+	b.learn(dnsReplyFlow, pkt)
 	// The payload is only valid during the handler: overwriting it must
 	// not change what was learnt.
 	for i := range pkt {
 		pkt[i] = 0xff
 	}
-	b.learn(pkt)          // now garbage
-	b.learn([]byte{0x45}) // truncated
+	b.learn(dnsReplyFlow, pkt)          // now garbage
+	b.learn(dnsReplyFlow, []byte{0x45}) // truncated
 	for _, a := range []string{"192.0.2.80", "192.0.2.81", "::ffff:192.0.2.80"} {
-		if got := b.lookup(netip.MustParseAddr(a)); got != "www.example.test" {
+		if got := b.lookup(curl1000, netip.MustParseAddr(a)); got != "www.example.test" {
 			t.Errorf("lookup(%s) = %q, want the question name www.example.test", a, got)
 		}
 	}
-	if got := b.lookup(netip.MustParseAddr("192.0.2.82")); got != "" {
+	if got := b.lookup(curl1000, netip.MustParseAddr("192.0.2.82")); got != "" {
 		t.Errorf("unanswered address named %q", got)
 	}
-	if answers, malformed, names := b.counts(); answers != 1 || malformed != 2 || names != 2 {
-		t.Errorf("counts = %d answers, %d malformed, %d names; want 1, 2, 2", answers, malformed, names)
+	other := curl1000
+	other.UID, other.TGID = 1001, 4242
+	if got := b.lookup(other, netip.MustParseAddr("192.0.2.80")); got != "" {
+		t.Errorf("UID 1000's answer names UID 1001's connection: %q", got)
+	}
+	if answers, malformed, names := b.counts(); answers != 2 || malformed != 2 || names != 2 || b.unbound.Load() != 1 {
+		t.Errorf("counts = %d answers, %d malformed, %d named addresses, %d unbound; want 2, 2, 2, 1", answers, malformed, names, b.unbound.Load())
 	}
 	var none *nameBook
-	if none.lookup(netip.MustParseAddr("192.0.2.80")) != "" {
+	if none.lookup(curl1000, netip.MustParseAddr("192.0.2.80")) != "" {
 		t.Error("a nil book named an address")
+	}
+	none.querySent(dnsQueryFlow, 20, dnsQuery4(t, 9), curl1000)
+	none.forgetQuery(dnsQueryFlow, 0)
+}
+
+// TestNameBookTrustedResolver: the answers to a trusted resolver UID's
+// queries name addresses for every user; an untrusted one's only for it.
+func TestNameBookTrustedResolver(t *testing.T) {
+	resolver := flow.Process{UID: 990, TGID: 500}
+	b := newNameBook(slog.New(slog.NewTextHandler(io.Discard, nil)), dnsnames.CacheConfig{}, []uint32{990})
+	b.querySent(dnsQueryFlow, 20, dnsQuery4(t, 9), resolver)
+	b.learn(dnsReplyFlow, dnsAnswer4(t, "www.example.test.", "192.0.2.80"))
+	if got := b.lookup(curl1000, netip.MustParseAddr("192.0.2.80")); got != "www.example.test" {
+		t.Errorf("a trusted resolver's answer for UID 1000: %q", got)
+	}
+	b = newNameBook(slog.New(slog.NewTextHandler(io.Discard, nil)), dnsnames.CacheConfig{}, nil)
+	b.querySent(dnsQueryFlow, 20, dnsQuery4(t, 9), resolver)
+	b.learn(dnsReplyFlow, dnsAnswer4(t, "www.example.test.", "192.0.2.80"))
+	if got := b.lookup(curl1000, netip.MustParseAddr("192.0.2.80")); got != "" {
+		t.Errorf("an untrusted resolver's answer named UID 1000's connection: %q", got)
+	}
+	if got := b.lookup(resolver, netip.MustParseAddr("192.0.2.80")); got != "www.example.test" {
+		t.Errorf("the resolver's own answer: %q", got)
 	}
 }
 

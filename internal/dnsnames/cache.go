@@ -10,36 +10,72 @@ import (
 // Cache defaults.
 const (
 	DefaultMaxEntries = 65536
-	DefaultMinTTL     = time.Minute
-	DefaultMaxTTL     = time.Hour
+	// DefaultMaxPerUID bounds one UID's entries, so that a user who makes
+	// many queries forgets their own names first, not other users'.
+	DefaultMaxPerUID = 16384
+	DefaultMinTTL    = time.Minute
+	DefaultMaxTTL    = time.Hour
 	// DefaultGrace keeps a name past its TTL: applications connect a
 	// moment after the answer, and reuse an address they resolved a while
 	// ago (connection pools, their own DNS caches).
 	DefaultGrace = 5 * time.Minute
 )
 
+// EveryoneUID is the Owner UID of names that hold for every user: answers
+// to the queries of a trusted resolver. It is (uid_t)-1, which no socket
+// ever has.
+const EveryoneUID = ^uint32(0)
+
+// Owner is who a DNS answer names addresses for: the UID whose query it
+// answered and, when known, that query's process (TGID; 0 when unknown).
+type Owner struct {
+	UID, TGID uint32
+}
+
+// Everyone is the Owner of names that hold for every user.
+var Everyone = Owner{UID: EveryoneUID}
+
 // CacheConfig bounds a Cache; zero fields take the defaults.
 type CacheConfig struct {
 	MaxEntries     int
+	MaxPerUID      int
 	MinTTL, MaxTTL time.Duration
 	Grace          time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 }
 
-// Cache maps addresses to the name most recently answered for them. It is
-// bounded: past MaxEntries the least recently used address is forgotten.
-// It is safe for concurrent use.
+// Cache maps (owner, address) to the name most recently answered to that
+// owner for the address. SECURITY: a name is only ever looked up for the
+// owner it was learnt for (see Lookup), so one user's answers never name
+// another user's connections.
+//
+// Each answer is recorded twice when its process is known: for the UID and
+// process, and for the UID alone. A connection then gets the name its own
+// process asked for, else the one its UID last asked for.
+//
+// It is bounded: a UID holds at most MaxPerUID entries (its least recently
+// used go first), and past MaxEntries in all the UID holding the most loses
+// its least recently used. It is safe for concurrent use.
 type Cache struct {
 	cfg CacheConfig
 
 	mu    sync.Mutex
-	byIP  map[netip.Addr]*list.Element
-	order *list.List // of *cacheEntry, most recently used first
+	byKey map[cacheKey]*list.Element
+	users map[uint32]*list.List // per UID, of *cacheEntry, most recently used first
+	// addrs counts the entries of each address, for whichever owner: a
+	// connection to an address nobody was answered costs one probe.
+	addrs map[netip.Addr]int32
+	n     int
+}
+
+type cacheKey struct {
+	uid, tgid uint32
+	addr      netip.Addr
 }
 
 type cacheEntry struct {
-	addr    netip.Addr
+	key     cacheKey
 	name    string
 	expires time.Time
 }
@@ -49,6 +85,10 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = DefaultMaxEntries
 	}
+	if cfg.MaxPerUID <= 0 {
+		cfg.MaxPerUID = DefaultMaxPerUID
+	}
+	cfg.MaxPerUID = min(cfg.MaxPerUID, cfg.MaxEntries)
 	if cfg.MinTTL <= 0 {
 		cfg.MinTTL = DefaultMinTTL
 	}
@@ -61,11 +101,12 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Cache{cfg: cfg, byIP: make(map[netip.Addr]*list.Element), order: list.New()}
+	return &Cache{cfg: cfg, byKey: make(map[cacheKey]*list.Element), users: make(map[uint32]*list.List), addrs: make(map[netip.Addr]int32)}
 }
 
-// Add records every address of a. It returns how many it recorded.
-func (c *Cache) Add(a Answer) int {
+// Add records every address of a for o. It returns how many addresses it
+// recorded.
+func (c *Cache) Add(o Owner, a Answer) int {
 	if a.Name == "" || len(a.Records) == 0 {
 		return 0
 	}
@@ -74,47 +115,107 @@ func (c *Cache) Add(a Answer) int {
 	defer c.mu.Unlock()
 	for _, r := range a.Records {
 		ttl := min(max(r.TTL, c.cfg.MinTTL), c.cfg.MaxTTL)
-		c.putLocked(r.Addr.Unmap(), a.Name, now.Add(ttl+c.cfg.Grace))
+		expires := now.Add(ttl + c.cfg.Grace)
+		addr := r.Addr.Unmap()
+		c.putLocked(cacheKey{o.UID, 0, addr}, a.Name, expires)
+		if o.TGID != 0 {
+			c.putLocked(cacheKey{o.UID, o.TGID, addr}, a.Name, expires)
+		}
 	}
 	return len(a.Records)
 }
 
-func (c *Cache) putLocked(addr netip.Addr, name string, expires time.Time) {
-	if el, ok := c.byIP[addr]; ok {
+func (c *Cache) putLocked(k cacheKey, name string, expires time.Time) {
+	if el, ok := c.byKey[k]; ok {
 		e := el.Value.(*cacheEntry)
 		e.name, e.expires = name, expires
-		c.order.MoveToFront(el)
+		c.users[k.uid].MoveToFront(el)
 		return
 	}
-	for c.order.Len() >= c.cfg.MaxEntries {
-		c.removeLocked(c.order.Back())
+	l := c.users[k.uid]
+	if l == nil {
+		l = list.New()
+		c.users[k.uid] = l
 	}
-	c.byIP[addr] = c.order.PushFront(&cacheEntry{addr: addr, name: name, expires: expires})
+	for l.Len() >= c.cfg.MaxPerUID {
+		c.removeLocked(l, l.Back())
+	}
+	for c.n >= c.cfg.MaxEntries {
+		// The UID holding the most pays; the map holds few UIDs.
+		var big *list.List
+		for _, ul := range c.users {
+			if big == nil || ul.Len() > big.Len() {
+				big = ul
+			}
+		}
+		c.removeLocked(big, big.Back())
+	}
+	if c.users[k.uid] == nil { // emptied by the loops above
+		c.users[k.uid] = l
+	}
+	c.byKey[k] = l.PushFront(&cacheEntry{key: k, name: name, expires: expires})
+	c.addrs[k.addr]++
+	c.n++
 }
 
-func (c *Cache) removeLocked(el *list.Element) {
-	delete(c.byIP, el.Value.(*cacheEntry).addr)
-	c.order.Remove(el)
+func (c *Cache) removeLocked(l *list.List, el *list.Element) {
+	k := el.Value.(*cacheEntry).key
+	delete(c.byKey, k)
+	l.Remove(el)
+	if c.addrs[k.addr]--; c.addrs[k.addr] <= 0 {
+		delete(c.addrs, k.addr)
+	}
+	c.n--
+	if l.Len() == 0 {
+		delete(c.users, k.uid)
+	}
 }
 
-// Lookup returns the name last answered for addr, if it has not expired.
-// It reads the clock only for an address it has a name for: it is asked
-// about every queued connection, and a clock read costs as much as the
-// rest of a miss.
-func (c *Cache) Lookup(addr netip.Addr) (string, bool) {
+// Lookup returns the name answered for addr to o: the one o's process
+// asked for, else the one o's UID last asked for, else one a trusted
+// resolver was answered (Everyone). It reads the clock only for an entry
+// it found: it is asked about every queued connection, and a clock read
+// costs as much as the rest of a miss.
+func (c *Cache) Lookup(o Owner, addr netip.Addr) (string, bool) {
 	addr = addr.WithZone("").Unmap()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.byIP[addr]
+	if c.addrs[addr] == 0 {
+		return "", false
+	}
+	var now time.Time
+	// SECURITY: only o's own entries and Everyone's are consulted.
+	if o.TGID != 0 && o.UID != EveryoneUID {
+		if n, ok := c.getLocked(cacheKey{o.UID, o.TGID, addr}, &now); ok {
+			return n, true
+		}
+	}
+	if n, ok := c.getLocked(cacheKey{o.UID, 0, addr}, &now); ok {
+		return n, true
+	}
+	if o.UID != EveryoneUID {
+		return c.getLocked(cacheKey{EveryoneUID, 0, addr}, &now)
+	}
+	return "", false
+}
+
+// getLocked returns k's name if it is live, reading the clock into *now
+// the first time it needs it.
+func (c *Cache) getLocked(k cacheKey, now *time.Time) (string, bool) {
+	el, ok := c.byKey[k]
 	if !ok {
 		return "", false
 	}
+	if now.IsZero() {
+		*now = c.cfg.Now()
+	}
 	e := el.Value.(*cacheEntry)
-	if !c.cfg.Now().Before(e.expires) {
-		c.removeLocked(el)
+	l := c.users[k.uid]
+	if !now.Before(e.expires) {
+		c.removeLocked(l, el)
 		return "", false
 	}
-	c.order.MoveToFront(el)
+	l.MoveToFront(el)
 	return e.name, true
 }
 
@@ -123,20 +224,31 @@ func (c *Cache) Sweep() int {
 	now := c.cfg.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for el := c.order.Back(); el != nil; {
-		prev := el.Prev()
-		if !now.Before(el.Value.(*cacheEntry).expires) {
-			c.removeLocked(el)
+	for _, l := range c.users {
+		for el := l.Back(); el != nil; {
+			prev := el.Prev()
+			if !now.Before(el.Value.(*cacheEntry).expires) {
+				c.removeLocked(l, el)
+			}
+			el = prev
 		}
-		el = prev
 	}
-	return c.order.Len()
+	return c.n
 }
 
-// Len returns the number of addresses held (expired ones included until a
-// Lookup or Sweep finds them).
+// Addresses returns the number of addresses that have a name for some
+// owner (expired ones included until a Lookup or Sweep finds them).
+func (c *Cache) Addresses() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.addrs)
+}
+
+// Len returns the number of entries held (expired ones included until a
+// Lookup or Sweep finds them). An answer whose process is known makes two
+// entries per address.
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.order.Len()
+	return c.n
 }

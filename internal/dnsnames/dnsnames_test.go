@@ -85,18 +85,18 @@ func TestParse(t *testing.T) {
 		err  error
 	}{
 		{"A over IPv4", udp4(53, response(t, "WWW.Example.test.", dnsmessage.TypeA, a("www.example.test.", 300, "192.0.2.10"), a("www.example.test.", 300, "192.0.2.11"))),
-			Answer{Name: "www.example.test", Records: []Record{rec("192.0.2.10", 300), rec("192.0.2.11", 300)}}, nil},
+			Answer{ID: 7, Name: "www.example.test", Records: []Record{rec("192.0.2.10", 300), rec("192.0.2.11", 300)}}, nil},
 		{"AAAA over IPv6", udp6(53, response(t, "v6.example.test.", dnsmessage.TypeAAAA, aaaa("v6.example.test.", 30, "2001:db8::1"))),
-			Answer{Name: "v6.example.test", Records: []Record{rec("2001:db8::1", 30)}}, nil},
+			Answer{ID: 7, Name: "v6.example.test", Records: []Record{rec("2001:db8::1", 30)}}, nil},
 		{"CNAME chain gives the question name", udp4(53, response(t, "www.example.test.", dnsmessage.TypeA,
 			cname("www.example.test.", 60, "edge.cdn.test."), cname("edge.cdn.test.", 60, "node7.cdn.test."), a("node7.cdn.test.", 20, "198.51.100.7"))),
-			Answer{Name: "www.example.test", CNAMEs: []string{"edge.cdn.test", "node7.cdn.test"}, Records: []Record{rec("198.51.100.7", 20)}}, nil},
+			Answer{ID: 7, Name: "www.example.test", CNAMEs: []string{"edge.cdn.test", "node7.cdn.test"}, Records: []Record{rec("198.51.100.7", 20)}}, nil},
 		{"records off the chain are ignored", udp4(53, response(t, "www.example.test.", dnsmessage.TypeA,
 			a("bank.example.", 60, "203.0.113.1"), a("www.example.test.", 60, "192.0.2.1"))),
-			Answer{Name: "www.example.test", Records: []Record{rec("192.0.2.1", 60)}}, nil},
+			Answer{ID: 7, Name: "www.example.test", Records: []Record{rec("192.0.2.1", 60)}}, nil},
 		{"CNAME loop ends", udp4(53, response(t, "a.test.", dnsmessage.TypeA, cname("a.test.", 60, "b.test."), cname("b.test.", 60, "a.test."))),
-			Answer{Name: "a.test", CNAMEs: []string{"b.test"}}, nil},
-		{"no records", udp4(53, response(t, "none.test.", dnsmessage.TypeA)), Answer{Name: "none.test"}, nil},
+			Answer{ID: 7, Name: "a.test", CNAMEs: []string{"b.test"}}, nil},
+		{"no records", udp4(53, response(t, "none.test.", dnsmessage.TypeA)), Answer{ID: 7, Name: "none.test"}, nil},
 		{"MX question is skipped", udp4(53, response(t, "mail.test.", dnsmessage.TypeMX)), Answer{}, nil},
 		{"not from port 53", udp4(5353, response(t, "x.test.", dnsmessage.TypeA, a("x.test.", 60, "192.0.2.1"))), Answer{}, ErrNotDNS},
 		{"garbage", []byte{0x45, 1, 2, 3}, Answer{}, ErrMalformed},
@@ -146,6 +146,8 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
+var alice = Owner{UID: 1000}
+
 type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) Now() time.Time { return c.t }
@@ -153,11 +155,11 @@ func (c *fakeClock) Now() time.Time { return c.t }
 func TestCacheTTL(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1_000_000, 0)}
 	c := NewCache(CacheConfig{MinTTL: time.Minute, MaxTTL: time.Hour, Grace: 10 * time.Second, Now: clk.Now})
-	c.Add(Answer{Name: "short.test", Records: []Record{rec("192.0.2.1", 1)}})
-	c.Add(Answer{Name: "long.test", Records: []Record{rec("192.0.2.2", 86400)}})
-	c.Add(Answer{Name: "v6.test", Records: []Record{rec("2001:db8::1", 600)}})
+	c.Add(alice, Answer{Name: "short.test", Records: []Record{rec("192.0.2.1", 1)}})
+	c.Add(alice, Answer{Name: "long.test", Records: []Record{rec("192.0.2.2", 86400)}})
+	c.Add(alice, Answer{Name: "v6.test", Records: []Record{rec("2001:db8::1", 600)}})
 	look := func(ip string) string {
-		n, _ := c.Lookup(netip.MustParseAddr(ip))
+		n, _ := c.Lookup(alice, netip.MustParseAddr(ip))
 		return n
 	}
 	if look("192.0.2.1") != "short.test" || look("::ffff:192.0.2.1") != "short.test" || look("2001:db8::1") != "v6.test" {
@@ -181,8 +183,8 @@ func TestCacheTTL(t *testing.T) {
 		t.Errorf("Sweep left %d entries, want 0", n)
 	}
 	// A newer answer for the same address replaces the name.
-	c.Add(Answer{Name: "a.test", Records: []Record{rec("192.0.2.9", 60)}})
-	c.Add(Answer{Name: "b.test", Records: []Record{rec("192.0.2.9", 60)}})
+	c.Add(alice, Answer{Name: "a.test", Records: []Record{rec("192.0.2.9", 60)}})
+	c.Add(alice, Answer{Name: "b.test", Records: []Record{rec("192.0.2.9", 60)}})
 	if look("192.0.2.9") != "b.test" || c.Len() != 1 {
 		t.Errorf("newer answer: %q, %d entries", look("192.0.2.9"), c.Len())
 	}
@@ -191,21 +193,21 @@ func TestCacheTTL(t *testing.T) {
 func TestCacheEviction(t *testing.T) {
 	c := NewCache(CacheConfig{MaxEntries: 3})
 	for i := range 3 {
-		c.Add(Answer{Name: "n.test", Records: []Record{{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), TTL: time.Minute}}})
+		c.Add(alice, Answer{Name: "n.test", Records: []Record{{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), TTL: time.Minute}}})
 	}
 	// Using 10.0.0.0 makes 10.0.0.1 the least recently used.
-	if _, ok := c.Lookup(netip.AddrFrom4([4]byte{10, 0, 0, 0})); !ok {
+	if _, ok := c.Lookup(alice, netip.AddrFrom4([4]byte{10, 0, 0, 0})); !ok {
 		t.Fatal("10.0.0.0 missing")
 	}
-	c.Add(Answer{Name: "new.test", Records: []Record{{Addr: netip.AddrFrom4([4]byte{10, 0, 0, 9}), TTL: time.Minute}}})
+	c.Add(alice, Answer{Name: "new.test", Records: []Record{{Addr: netip.AddrFrom4([4]byte{10, 0, 0, 9}), TTL: time.Minute}}})
 	if c.Len() != 3 {
 		t.Errorf("Len = %d, want 3", c.Len())
 	}
-	if _, ok := c.Lookup(netip.AddrFrom4([4]byte{10, 0, 0, 1})); ok {
+	if _, ok := c.Lookup(alice, netip.AddrFrom4([4]byte{10, 0, 0, 1})); ok {
 		t.Error("the least recently used entry survived")
 	}
 	for _, last := range []byte{0, 2, 9} {
-		if _, ok := c.Lookup(netip.AddrFrom4([4]byte{10, 0, 0, last})); !ok {
+		if _, ok := c.Lookup(alice, netip.AddrFrom4([4]byte{10, 0, 0, last})); !ok {
 			t.Errorf("10.0.0.%d evicted", last)
 		}
 	}
@@ -245,6 +247,6 @@ func BenchmarkParse(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c.Add(ans)
+		c.Add(alice, ans)
 	}
 }

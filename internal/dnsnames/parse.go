@@ -39,6 +39,8 @@ type Record struct {
 // for (lower case, no trailing dot), the CNAME chain that led from it to
 // the addresses (in order, without the question name), and the addresses.
 type Answer struct {
+	// ID is the DNS message ID, which a resolver matches to its query.
+	ID      uint16
 	Name    string
 	CNAMEs  []string
 	Records []Record
@@ -148,7 +150,7 @@ func ParseMessage(msg []byte) (Answer, error) {
 	// Follow the chain from the question name; only records owned by a
 	// name on it answer the question (others are unrelated or forged
 	// "additional" data and are ignored).
-	a := Answer{Name: qname}
+	a := Answer{ID: h.ID, Name: qname}
 	onChain := map[string]bool{qname: true}
 	for cur := qname; len(a.CNAMEs) < maxChain; {
 		next, ok := cnames[cur]
@@ -165,6 +167,19 @@ func ParseMessage(msg []byte) (Answer, error) {
 		}
 	}
 	return a, nil
+}
+
+// QueryID returns the message ID of the DNS query in the UDP datagram pkt
+// (an IPv4 or IPv6 packet to port 53 whose transport header starts at
+// transportOffset), or false if its payload is not a DNS query header (too
+// short, or a response). It reads three bytes: it runs on the packet path
+// for every DNS query the agent sees.
+func QueryID(pkt []byte, transportOffset int) (uint16, bool) {
+	off := transportOffset + 8
+	if transportOffset <= 0 || len(pkt) < off+12 || pkt[off+2]&0x80 != 0 {
+		return 0, false
+	}
+	return uint16(pkt[off])<<8 | uint16(pkt[off+1]), true
 }
 
 // maxNameLen is the longest DNS name in text form, without the final dot.

@@ -9,7 +9,11 @@
 //     return at once, except TCP SYNs: a connection got past its first
 //     packet only if it was allowed, so most packets cost one rule;
 //  1. packets marked Own return (the agent's own sockets, SO_MARK);
-//  2. unless InterceptLoopback, loopback traffic returns;
+//  2. unless InterceptLoopback, loopback traffic returns; with DNSQueueNum
+//     set, DNS queries on loopback (UDP to port 53, ctstate NEW, no verdict
+//     mark) first go to NFQUEUE DNSQueueNum, always with --queue-bypass, so
+//     that the agent sees which user asked a local stub resolver; it
+//     re-injects each at once with the Allow mark;
 //  3. a packet that carries a verdict mark in Marks.Mask — set by the agent
 //     when it re-injects a queued packet with NF_REPEAT — has the mark saved
 //     on its connection (CONNMARK --save-mark);

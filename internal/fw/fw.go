@@ -442,6 +442,16 @@ func chainRules(cfg Config, v6 bool) []string {
 		"-m mark --mark " + mark(m.Own) + " -j RETURN",
 	}
 	if !cfg.InterceptLoopback {
+		if cfg.DNSQueueNum != 0 {
+			// A program's query to a local stub resolver (127.0.0.53) is
+			// not asked about, but the agent must see who sent it to
+			// bind the stub's answer to that user. Every query on a
+			// loopback flow before its first answer is read and
+			// re-injected at once with the Allow mark, which skips this
+			// rule; always --queue-bypass.
+			rules = append(rules, fmt.Sprintf("-o lo -p udp --dport 53 -m conntrack --ctstate NEW -m mark --mark %s -j NFQUEUE --queue-num %d --queue-bypass",
+				mark(0), cfg.DNSQueueNum))
+		}
 		rules = append(rules, "-o lo -j RETURN")
 	}
 	return append(rules,

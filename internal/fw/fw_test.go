@@ -2,6 +2,7 @@ package fw
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,6 +59,24 @@ func TestChainRules(t *testing.T) {
 	}
 	if !strings.Contains(v6, "-p ipv6-icmp --icmpv6-type echo-request") || !strings.Contains(v6, "icmp6-port-unreachable") {
 		t.Errorf("IPv6 rules lack ICMPv6 forms:\n%s", v6)
+	}
+}
+
+// TestLoopbackDNSQueryRule: without loopback interception, DNS queries on
+// loopback go to the DNS queue before loopback returns, always bypassing,
+// and a re-injected query (verdict mark set) does not loop.
+func TestLoopbackDNSQueryRule(t *testing.T) {
+	cfg := Config{QueueNum: 7, DNSQueueNum: 8, FailOpen: false}.withDefaults()
+	rules := chainRules(cfg, false)
+	want := "-o lo -p udp --dport 53 -m conntrack --ctstate NEW -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 8 --queue-bypass"
+	i, lo := slices.Index(rules, want), slices.Index(rules, "-o lo -j RETURN")
+	if i < 0 || lo != i+1 {
+		t.Errorf("want %q right before the loopback return:\n%s", want, strings.Join(rules, "\n"))
+	}
+	for _, c := range []Config{{QueueNum: 7, DNSQueueNum: 8, InterceptLoopback: true}, {QueueNum: 7}} {
+		if got := strings.Join(chainRules(c.withDefaults(), false), "\n"); strings.Contains(got, "--dport 53") {
+			t.Errorf("%+v: a loopback DNS query rule without need:\n%s", c, got)
+		}
 	}
 }
 

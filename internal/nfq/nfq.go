@@ -77,6 +77,9 @@ type Packet struct {
 	HasUID   bool
 	// Mark is the packet's mark when it was queued.
 	Mark uint32
+	// Hook is the netfilter hook the packet was queued from (HookLocalIn,
+	// HookLocalOut...).
+	Hook uint8
 	// Payload is the captured packet (up to Config.CopyLen bytes). It is only
 	// valid during the handler call; copy it to keep it.
 	Payload []byte
@@ -84,6 +87,12 @@ type Packet struct {
 	// then hold whatever was parsed.
 	ParseErr error
 }
+
+// Netfilter hooks (enum nf_inet_hooks) a packet can be queued from.
+const (
+	HookLocalIn  = 1 // NF_INET_LOCAL_IN: a packet for this host (INPUT)
+	HookLocalOut = 3 // NF_INET_LOCAL_OUT: a packet this host sends (OUTPUT)
+)
 
 // Queue is an NFQUEUE binding.
 type Queue struct {
@@ -232,6 +241,9 @@ func toPacket(a nfqueue.Attribute) Packet {
 	}
 	if a.Mark != nil {
 		p.Mark = *a.Mark
+	}
+	if a.Hook != nil {
+		p.Hook = *a.Hook
 	}
 	if a.UID != nil && a.GID != nil {
 		p.UID, p.GID, p.HasUID = *a.UID, *a.GID, true

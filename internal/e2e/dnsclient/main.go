@@ -4,12 +4,21 @@
 // -resolve-only it stops after the lookup.
 //
 // Usage: dnsclient -server 127.0.0.1:53 -name www.example.test -port 8080 [-net ip4|ip6] [-timeout 20s] [-resolve-only]
+//
+// With -stub-fd it is instead a stub resolver, as systemd-resolved or
+// dnsmasq at 127.0.0.53: it serves the UDP socket inherited as that file
+// descriptor (bound by its privileged parent to port 53) and forwards each
+// query from a new socket of its own to -upstream, relaying the answer,
+// until it is killed.
+//
+// Usage: dnsclient -stub-fd 3 -upstream 127.0.0.1:53
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -29,7 +38,16 @@ func main() {
 	timeout := flag.Duration("timeout", 20*time.Second, "for the lookup and the connection together")
 	resolveOnly := flag.Bool("resolve-only", false, "only resolve")
 	network := flag.String("net", "ip4", "addresses to ask for: ip4 (A) or ip6 (AAAA)")
+	stubFD := flag.Int("stub-fd", 0, "serve as a stub resolver on this inherited UDP socket")
+	upstream := flag.String("upstream", "127.0.0.1:53", "the stub's upstream server")
 	flag.Parse()
+	if *stubFD > 0 {
+		if err := stub(*stubFD, *upstream); err != nil {
+			fmt.Fprintln(os.Stderr, "stub:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -67,4 +85,38 @@ func main() {
 	}
 	c.Close()
 	out.OK = true
+}
+
+// stub serves DNS queries on the inherited socket fd, forwarding each from
+// a fresh connected socket to upstream, as systemd-resolved does.
+func stub(fd int, upstream string) error {
+	pc, err := net.FilePacketConn(os.NewFile(uintptr(fd), "stub"))
+	if err != nil {
+		return fmt.Errorf("inherited socket: %w", err)
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		q := append([]byte(nil), buf[:n]...)
+		go func() {
+			c, err := net.Dial("udp", upstream)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(q); err != nil {
+				return
+			}
+			ans := make([]byte, 4096)
+			m, err := c.Read(ans)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(ans[:m], from)
+		}()
+	}
 }
