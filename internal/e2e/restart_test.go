@@ -20,7 +20,6 @@ func TestCrashRestartKeepsNetfilterLink(t *testing.T) {
 	ns := testenv.NewNetNS(t)
 	s := startServers(t, ns)
 	socket := filepath.Join(testenv.TempDir(t), "agent.sock")
-	ctx := testCtx(t, 3*time.Minute)
 	began := time.Now()
 	lost := 0
 	for i := range cycles {
@@ -30,6 +29,7 @@ func TestCrashRestartKeepsNetfilterLink(t *testing.T) {
 			t.Errorf("cycle %d: GetStatus mechanism %q after a crash restart, want netfilter-link", i, got)
 			a.dumpLog(t)
 		} else {
+			ctx := testCtx(t, time.Minute)
 			args := []string{"-net", "tcp4", "-addr", hostPort(false, s.tcp4), "-reply", "-timeout", "20s"}
 			p := start(t, dialer(ctx, ns, 1000, args...))
 			conn := a.WaitPending(t, 10*time.Second, flowTo(tcp, 4, s.tcp4))
