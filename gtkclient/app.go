@@ -15,6 +15,7 @@ import (
 	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -346,9 +347,9 @@ func deniedNotification(es []*uiv1.DecideLaterEntry) notification {
 	n := notification{Urgency: 1, Actions: []string{"default", "Review", "review", "Review"}}
 	if len(es) == 1 {
 		e := es[0]
-		n.Summary = fmt.Sprintf("Bastion blocked %s", exeName(e.GetProcess()))
-		n.Body = markupEscaper.Replace(fmt.Sprintf("%s tried to connect to %s while no prompt was open; the default (%s) applied.",
-			printable(exeName(e.GetProcess())), printable(target(e.GetFlow(), e.GetHost())), actionName(e.GetApplied())))
+		n.Summary = "Bastion blocked " + inert.String(exeName(e.GetProcess()))
+		n.Body = inert.Markup(fmt.Sprintf("%s tried to connect to %s while no prompt was open; the default (%s) applied.",
+			exeName(e.GetProcess()), target(e.GetFlow(), e.GetHost()), actionName(e.GetApplied())))
 		return n
 	}
 	n.Summary = fmt.Sprintf("Bastion blocked %d connections", len(es))
@@ -358,16 +359,13 @@ func deniedNotification(es []*uiv1.DecideLaterEntry) notification {
 			lines = append(lines, fmt.Sprintf("and %d more", len(es)-4))
 			break
 		}
-		lines = append(lines, printable(exeName(e.GetProcess()))+" → "+printable(target(e.GetFlow(), e.GetHost())))
+		lines = append(lines, inert.Markup(exeName(e.GetProcess())+" → "+target(e.GetFlow(), e.GetHost())))
 	}
+	// The body may be read as markup (a host name like "<b>" must show as
+	// such) and the summary as plain text: inert.Markup and inert.String.
 	n.Body = "While no prompt was open, the default denied:\n" + strings.Join(lines, "\n")
-	n.Body = markupEscaper.Replace(n.Body)
 	return n
 }
-
-// markupEscaper escapes notification bodies, which servers may read as
-// markup: a host name like "<b>" must show as such.
-var markupEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
 // notificationAction is called from the D-Bus goroutine when the user
 // clicks a notification of ours.

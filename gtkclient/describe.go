@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -153,7 +154,7 @@ func ruleApp(r *rulesv1.Rule) string {
 		app = "any program"
 	}
 	if r.GetExeSha256() != "" {
-		app += " (sha256 " + elide(r.GetExeSha256(), 12) + ")"
+		app += " (sha256 " + inert.Elide(r.GetExeSha256(), 12) + ")"
 	}
 	return app
 }
@@ -164,7 +165,7 @@ func ruleSentence(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
 	var b strings.Builder
 	b.WriteString(ruleApp(r))
 	if r.GetCmdline() != "" {
-		b.WriteString(" with command line matching " + strconv.Quote(elide(r.GetCmdline(), 80)))
+		b.WriteString(" with command line matching \"" + inert.Elide(r.GetCmdline(), 80) + "\"")
 	}
 	b.WriteString(" → " + ruleDestination(r))
 	switch r.GetLifetime() {
@@ -205,24 +206,4 @@ func ago(t, now time.Time, loc *time.Location) string {
 		return fmt.Sprintf("%dh ago", int(d/time.Hour))
 	}
 	return t.In(loc).Format("2006-01-02")
-}
-
-// elide shortens s to at most n runes, marking the cut with "…".
-func elide(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n-1]) + "…"
-}
-
-// printable replaces control characters, which a program can put in its
-// command line to mess up a label, with "�".
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x202e || r == 0x202d {
-			return '\ufffd'
-		}
-		return r
-	}, s)
 }

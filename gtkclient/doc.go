@@ -12,8 +12,12 @@
 //
 // Trust boundary: what the rules service sends (process names, command
 // lines, host names) comes from programs the user runs and may be crafted
-// by them; it is shown as plain text (never as Pango markup) and elided,
-// and it is never interpreted. The rule a prompt answer sends is built by
+// by them; it is shown as plain text (never as Pango markup), through
+// internal/inert (controls, bidi controls and invalid bytes as visible
+// escapes, long values elided), and it is never interpreted; notification
+// bodies, which servers may read as markup, go through inert.Markup. The
+// rule dialog's entries hold a rule's exact values for editing and are
+// not escaped. The rule a prompt answer sends is built by
 // rules.ForPrompt from the prompt itself, so the rule the user saw is the
 // rule that is stored. .desktop files and the icon theme are read for
 // display only.

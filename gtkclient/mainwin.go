@@ -14,6 +14,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -362,9 +363,9 @@ func (m *mainWindow) fillRules() {
 	sel, _ := m.rulesView.GetSelection()
 	for _, r := range m.shownRules {
 		it := m.rulesStore.Append()
-		app := printable(ruleApp(r))
+		app := inert.String(ruleApp(r))
 		if r.GetCmdline() != "" {
-			app += "  [" + printable(elide(r.GetCmdline(), 40)) + "]"
+			app += "  [" + inert.Elide(r.GetCmdline(), 40) + "]"
 		}
 		last := ago(r.GetLastHit().AsTime(), now, m.a.loc)
 		if r.GetLastHit() == nil {
@@ -375,7 +376,7 @@ func (m *mainWindow) fillRules() {
 			color = "#888888"
 		}
 		m.rulesStore.Set(it, []int{colEnabled, colAction, colApp, colDest, colLifetime, colHits, colLastHit, colActionColor},
-			[]interface{}{r.GetEnabled(), capitalize(actionName(r.GetAction())), app, printable(ruleDestination(r)),
+			[]interface{}{r.GetEnabled(), capitalize(actionName(r.GetAction())), app, inert.String(ruleDestination(r)),
 				ruleLifetime(r, now), fmt.Sprint(r.GetHits()), last, color})
 		if r.GetId() == keepID {
 			sel.SelectIter(it)
@@ -450,7 +451,7 @@ func (m *mainWindow) addRule(r *rulesv1.Rule) {
 			m.fail("Could not add the rule", err)
 			return
 		}
-		m.showNotice(gtk.MESSAGE_INFO, "Rule added: "+printable(capitalize(actionName(resp.GetRule().GetAction()))+" "+
+		m.showNotice(gtk.MESSAGE_INFO, "Rule added: "+inert.String(capitalize(actionName(resp.GetRule().GetAction()))+" "+
 			ruleSentence(resp.GetRule(), m.a.now(), m.a.loc)), nil)
 		m.refreshRules()
 	})
@@ -470,7 +471,7 @@ func (m *mainWindow) deleteSelected() {
 			m.fail("Could not delete the rule", err)
 			return
 		}
-		m.showNotice(gtk.MESSAGE_INFO, "Deleted the rule for "+printable(ruleApp(r))+" → "+printable(ruleDestination(r))+".",
+		m.showNotice(gtk.MESSAGE_INFO, "Deleted the rule for "+inert.String(ruleApp(r))+" → "+inert.String(ruleDestination(r))+".",
 			func() {
 				back := rules.ToProto(mustRule(r))
 				back.Id, back.Created = "", nil
@@ -564,7 +565,7 @@ func (m *mainWindow) importFile(path string, format uiv1.Format) {
 		kind := gtk.MESSAGE_INFO
 		if p := resp.GetProblems(); len(p) > 0 {
 			kind = gtk.MESSAGE_WARNING
-			text += fmt.Sprintf(" %d could not be imported:\n• %s", len(p), printable(strings.Join(p, "\n• ")))
+			text += fmt.Sprintf(" %d could not be imported:\n• %s", len(p), strings.Join(inertAll(p), "\n• "))
 		}
 		m.showNotice(kind, text, nil)
 		m.refreshRules()
@@ -672,7 +673,7 @@ func (m *mainWindow) addHistoryRow(i int, e *uiv1.HistoryEntry) {
 	it := m.histStore.Prepend() // newest first
 	m.histStore.Set(it, []int{hColTime, hColAction, hColApp, hColDest, hColBy, hColIndex, hColActionColor},
 		[]interface{}{e.GetTime().AsTime().In(m.a.loc).Format("15:04:05"), capitalize(actionName(e.GetAction())),
-			printable(e.GetProcess().GetExe()), printable(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
+			inert.String(e.GetProcess().GetExe()), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
 			decidedBy(e), i, actionColor(e.GetAction())})
 }
 
@@ -778,7 +779,7 @@ func (m *mainWindow) refreshLater() {
 			it := m.laterStore.Append()
 			m.laterStore.Set(it, []int{hColTime, hColAction, hColApp, hColDest, hColIndex, hColActionColor},
 				[]interface{}{ago(e.GetTime().AsTime(), now, m.a.loc), capitalize(actionName(e.GetApplied())),
-					printable(e.GetProcess().GetExe()), printable(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
+					inert.String(e.GetProcess().GetExe()), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
 					i, actionColor(e.GetApplied())})
 		}
 	})

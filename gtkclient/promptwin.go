@@ -16,6 +16,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -324,26 +325,26 @@ func (p *promptWindow) fillDetails(g *promptGroup) {
 		name, iconName = info.Name, info.Icon
 	}
 	p.setIcon(iconName, proc.GetExe())
-	p.title.SetText(printable(elide(name, 60)) + " wants to connect to " + printable(elide(target(fl, pr.GetHost()), 80)))
+	p.title.SetText(inert.Elide(name, 60) + " wants to connect to " + inert.Elide(target(fl, pr.GetHost()), 80))
 	if name != exeName(proc) {
-		p.subtitle.SetText(printable(exeName(proc)))
+		p.subtitle.SetText(inert.String(exeName(proc)))
 		p.subtitle.Show()
 	} else {
 		p.subtitle.Hide()
 	}
-	p.exe.SetText(printable(orDash(proc.GetExe())))
+	p.exe.SetText(inert.String(orDash(proc.GetExe())))
 	user := fmt.Sprintf("uid %d", proc.GetUid())
 	if n, err := p.a.userName(proc.GetUid()); err == nil && n != "" {
 		user = fmt.Sprintf("%s (uid %d)", n, proc.GetUid())
 	}
 	p.process.SetText(fmt.Sprintf("PID %d, user %s", proc.GetTgid(), user))
-	p.parent.SetText(printable(procinfo.Parent(p.a.procFS, proc.GetPpid())))
-	cmd := printable(strings.Join(proc.GetArgs(), " "))
+	p.parent.SetText(inert.String(procinfo.Parent(p.a.procFS, proc.GetPpid())))
+	cmd := inert.String(strings.Join(proc.GetArgs(), " "))
 	p.cmdShort.SetText(orDash(cmd))
 	p.cmdFull.SetText(cmd)
 	p.cmdPlain.SetText(orDash(cmd))
 	p.cmdExpander.SetExpanded(false)
-	p.dest.SetText(printable(destinationText(fl, pr.GetHost())))
+	p.dest.SetText(inert.String(destinationText(fl, pr.GetHost())))
 	p.port.SetText(portText(fl, p.a.services))
 	p.conns.SetText(fmt.Sprint(g.connections()))
 	p.refreshConns(g)
@@ -400,7 +401,7 @@ func (p *promptWindow) fillChoices(g *promptGroup) {
 		}
 		label := s.label
 		if s.scope != rules.ScopeAny {
-			label += " (" + printable(elide(ruleDestination(rules.ToProto(r)), 48)) + ")"
+			label += " (" + inert.Elide(ruleDestination(rules.ToProto(r)), 48) + ")"
 		}
 		p.scope.AppendText(label)
 		p.scopes = append(p.scopes, s.scope)
@@ -440,11 +441,11 @@ func (p *promptWindow) refreshPreview() {
 	}
 	r, err := p.build(p.choice(flow.ActionAllow))
 	if err != nil {
-		p.preview.SetText("This choice makes no valid rule: " + err.Error())
+		p.preview.SetText("This choice makes no valid rule: " + inert.String(err.Error()))
 		return
 	}
 	pr := rules.ToProto(r)
-	p.preview.SetText("Rule: " + printable(ruleSentence(pr, p.a.now(), p.a.loc)))
+	p.preview.SetText("Rule: " + inert.String(ruleSentence(pr, p.a.now(), p.a.loc)))
 }
 
 // tick updates the countdown, arms the buttons after the delay and drops
@@ -490,7 +491,7 @@ func (p *promptWindow) answer(a flow.Action) {
 	c := p.choice(a)
 	r, err := p.build(c)
 	if err != nil {
-		p.errLabel.SetText("Cannot make that rule: " + err.Error())
+		p.errLabel.SetText("Cannot make that rule: " + inert.String(err.Error()))
 		return
 	}
 	g := p.shown
@@ -542,11 +543,22 @@ func (p *promptWindow) putOff() {
 	p.update()
 }
 
+// statusMessage is an error's text for a label, made inert: a service's
+// message can quote an exe or a command line.
 func statusMessage(err error) string {
 	if s, ok := status.FromError(err); ok {
-		return s.Message()
+		return inert.String(s.Message())
 	}
-	return err.Error()
+	return inert.String(err.Error())
+}
+
+// inertAll is inert.String of each of ss.
+func inertAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = inert.String(s)
+	}
+	return out
 }
 
 // cmdElideAt is the command line length above which it is elided.

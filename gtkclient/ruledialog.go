@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 )
@@ -227,7 +228,7 @@ func (d *ruleDialog) rule() (*rulesv1.Rule, error) {
 func (d *ruleDialog) submit() {
 	r, err := d.rule()
 	if err != nil {
-		d.errLabel.SetText("Not a valid rule: " + err.Error())
+		d.errLabel.SetText("Not a valid rule: " + inert.String(err.Error()))
 		return
 	}
 	d.save(r)

@@ -151,12 +151,6 @@ func TestRuleLifetimeAndAgo(t *testing.T) {
 	}
 }
 
-func TestPrintable(t *testing.T) {
-	if got := printable("a\x1b[31mb\nc\u202ed"); got != "a\ufffd[31mb\ufffdc\ufffdd" {
-		t.Errorf("printable = %q", got)
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	ok := DefaultConfig()
 	ok.UISocket = "/run/user/1000/bastion/ui.sock"

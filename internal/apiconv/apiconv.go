@@ -2,6 +2,9 @@ package apiconv
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/bastion-fw/bastion/internal/dnsnames"
 	"github.com/bastion-fw/bastion/internal/flow"
@@ -123,12 +126,32 @@ func Process(p *agentv1.Process) flow.Process {
 	}
 }
 
-// ProcessProto is the inverse of Process.
+// ProcessProto is the inverse of Process, except that invalid UTF-8 in
+// Comm, Exe and Args becomes U+FFFD: a protobuf string must be UTF-8, and
+// one process with a byte like 0xff in its argv would otherwise make every
+// message that names it fail to marshal (a pending list, a stream).
 func ProcessProto(p flow.Process) *agentv1.Process {
 	return &agentv1.Process{
 		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
-		Comm: p.Comm, Exe: p.Exe, Args: p.Args, IdentifiedBy: p.Source,
+		Comm: validUTF8(p.Comm), Exe: validUTF8(p.Exe), Args: validArgs(p.Args), IdentifiedBy: p.Source,
 	}
+}
+
+func validUTF8(s string) string { return strings.ToValidUTF8(s, "\ufffd") }
+
+// validArgs returns args itself when every argument is valid UTF-8 (the
+// usual case: the slice is shared, never modified), else a fixed copy.
+func validArgs(args []string) []string {
+	for i, a := range args {
+		if !utf8.ValidString(a) {
+			out := slices.Clone(args)
+			for j := i; j < len(out); j++ {
+				out[j] = validUTF8(out[j])
+			}
+			return out
+		}
+	}
+	return args
 }
 
 // Host returns an API host name in the form rules compare (lower case, no

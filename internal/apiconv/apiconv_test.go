@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/bastion-fw/bastion/internal/flow"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -56,5 +58,23 @@ func TestHost(t *testing.T) {
 		if got := Host(in); got != want {
 			t.Errorf("Host(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestProcessProtoIsValidUTF8(t *testing.T) {
+	args := []string{"ok", "bad\xffbyte", "\xc0"}
+	p := ProcessProto(flow.Process{Comm: "c\xfe", Exe: "/tmp/\xff/x", Args: args})
+	if _, err := proto.Marshal(p); err != nil {
+		t.Fatalf("marshal a process with invalid UTF-8: %v", err)
+	}
+	if p.GetExe() != "/tmp/\ufffd/x" || p.GetComm() != "c\ufffd" || p.GetArgs()[1] != "bad\ufffdbyte" || p.GetArgs()[2] != "\ufffd" {
+		t.Errorf("got exe %q comm %q args %q", p.GetExe(), p.GetComm(), p.GetArgs())
+	}
+	if args[1] != "bad\xffbyte" {
+		t.Error("ProcessProto modified the caller's args")
+	}
+	valid := []string{"curl", "-s"}
+	if got := ProcessProto(flow.Process{Args: valid}).GetArgs(); &got[0] != &valid[0] {
+		t.Error("valid args were copied")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/inert"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
@@ -53,7 +54,7 @@ func (c *cli) pending(ctx context.Context, args []string) error {
 		case agentv1.PendingEvent_KIND_ADDED:
 			fmt.Fprintln(c.out, "+", describePending(ev.GetConnection()))
 		case agentv1.PendingEvent_KIND_RESOLVED:
-			fmt.Fprintf(c.out, "- %s %s by %s\n", ev.GetConnection().GetId(), actionName(ev.GetAction()), ev.GetDecidedBy())
+			fmt.Fprintf(c.out, "- %s %s by %s\n", inert.String(ev.GetConnection().GetId()), actionName(ev.GetAction()), inert.String(ev.GetDecidedBy()))
 		}
 	}
 }
@@ -98,7 +99,7 @@ func (c *cli) decide(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(c.out, "%s: %s, %d packet(s) released", id, actionArg, resp.GetPackets())
 	if resp.GetCacheId() != "" {
-		fmt.Fprintf(c.out, ", cached as %s", resp.GetCacheId())
+		fmt.Fprintf(c.out, ", cached as %s", inert.String(resp.GetCacheId()))
 	}
 	fmt.Fprintln(c.out)
 	return nil
@@ -142,7 +143,7 @@ func (c *cli) decisions(ctx context.Context, args []string) error {
 				c.emitJSON(ev)
 			} else {
 				fmt.Fprintf(c.out, "%s %-6s %s %s (by %s)\n", ev.GetTime().AsTime().In(c.loc).Format(time.TimeOnly),
-					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow(), ev.GetHost()), ev.GetDecidedBy())
+					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow(), ev.GetHost()), inert.String(ev.GetDecidedBy()))
 			}
 		case err := <-errc:
 			return err
@@ -171,9 +172,9 @@ func (c *cli) cache(ctx context.Context, args []string) error {
 			if e.GetExpires() != nil {
 				until = "until " + e.GetExpires().AsTime().In(c.loc).Format(time.DateTime)
 			}
-			fmt.Fprintf(c.out, "%s uid=%d %s %s %s dst=%s port=%d %s, %d hits\n", e.GetId(), e.GetUid(), e.GetExe(),
+			fmt.Fprintf(c.out, "%s uid=%d %s %s %s dst=%s port=%d %s, %d hits\n", inert.String(e.GetId()), e.GetUid(), inert.String(e.GetExe()),
 				actionName(e.GetAction()), strings.TrimPrefix(strings.ToLower(e.GetScope().String()), "scope_"),
-				e.GetDstIp(), e.GetDstPort(), until, e.GetHits())
+				inert.String(e.GetDstIp()), e.GetDstPort(), until, e.GetHits())
 		}
 		return nil
 	case "forget":
@@ -200,9 +201,9 @@ func actionName(a agentv1.Action) string {
 }
 
 func describeProcess(p *agentv1.Process) string {
-	name := p.GetExe()
+	name := inert.String(p.GetExe())
 	if name == "" {
-		name = "[" + p.GetComm() + "]"
+		name = "[" + inert.String(p.GetComm()) + "]"
 	}
 	return fmt.Sprintf("%s pid=%d uid=%d", name, p.GetTgid(), p.GetUid())
 }
@@ -211,24 +212,21 @@ func describeProcess(p *agentv1.Process) string {
 // agent knows the destination's name.
 func describeFlow(f *agentv1.Flow, host string) string {
 	proto := strings.TrimPrefix(strings.ToLower(f.GetProtocol().String()), "protocol_")
-	dst := f.GetDstIp()
+	dst := inert.String(f.GetDstIp())
 	if f.GetIpVersion() == 6 {
 		dst = "[" + dst + "]"
 	}
 	out := fmt.Sprintf("%s %s:%d", proto, dst, f.GetDstPort())
-	if h := apiconv.Host(host); h != "" {
+	if h := inert.String(apiconv.Host(host)); h != "" {
 		out += " (" + h + ")"
 	}
 	return out
 }
 
 func describePending(p *agentv1.PendingConnection) string {
-	args := strings.Join(p.GetProcess().GetArgs(), " ")
-	if len(args) > 80 {
-		args = args[:77] + "..."
-	}
+	args := inert.Elide(strings.Join(p.GetProcess().GetArgs(), " "), 80)
 	left := time.Until(p.GetDeadline().AsTime()).Round(time.Second)
 	return fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
-		p.GetId(), describeProcess(p.GetProcess()), describeFlow(p.GetFlow(), p.GetHost()), args, p.GetPackets(),
+		inert.String(p.GetId()), describeProcess(p.GetProcess()), describeFlow(p.GetFlow(), p.GetHost()), args, p.GetPackets(),
 		actionName(p.GetDeadlineAction()), left)
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -216,11 +217,12 @@ func exitCode(err error, stderr io.Writer) int {
 		return ExitOK
 	}
 	if errors.Is(err, errUsage) {
-		fmt.Fprintln(stderr, "bastionctl:", err)
+		fmt.Fprintln(stderr, "bastionctl:", inert.String(err.Error()))
 		return ExitUsage
 	}
+	// SECURITY: a service's message can quote an exe or a command line.
 	st, _ := status.FromError(err)
-	fmt.Fprintln(stderr, "bastionctl:", st.Message())
+	fmt.Fprintln(stderr, "bastionctl:", inert.String(st.Message()))
 	return codeOf(err)
 }
 
@@ -268,9 +270,16 @@ type cli struct {
 	promptSys *promptSystem
 }
 
+// emitJSON prints m as one line of JSON. The values are exact; inert.JSON
+// writes the characters protojson leaves raw (C1 and bidi controls) as \u
+// escapes, so the line is as safe on a terminal as the text output.
 func (c *cli) emitJSON(m proto.Message) {
-	b, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
-	fmt.Fprintln(c.out, string(b))
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		fmt.Fprintf(c.errOut, "bastionctl: %s\n", inert.String(fmt.Sprintf("json: %v", err)))
+		return
+	}
+	fmt.Fprintln(c.out, string(inert.JSON(b)))
 }
 
 // uiErr explains an unreachable rules service; other errors pass through.

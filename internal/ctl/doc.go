@@ -8,7 +8,9 @@
 // Trust boundary: bastionctl runs with its user's rights; the agent and
 // the rules service decide what that user may see and do from the socket's
 // peer credentials. What the services send (process names, command lines,
-// host names) is shown to the user as text and never interpreted; files
+// host names) is shown to the user as text through internal/inert (so no
+// control, bidi or invalid byte reaches the terminal; --json keeps exact
+// values with those written as \u escapes) and never interpreted; files
 // given to `rules import` are parsed by the rules service, not here.
 // /proc and /etc/services are read best effort, for display only.
 package ctl

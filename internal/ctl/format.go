@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -89,16 +90,9 @@ func orDash(s string) string {
 	return s
 }
 
-// elide shortens s to at most n runes, marking the cut with "…".
-func elide(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n-1]) + "…"
-}
-
-// printRuleTable prints rules as an aligned table.
+// printRuleTable prints rules as an aligned table. Every cell goes
+// through inert: a rule's exe, command line and host come from prompts,
+// that is from the programs that connected, and from imported files.
 func printRuleTable(w io.Writer, rs []*rulesv1.Rule, now time.Time, loc *time.Location) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tON\tACTION\tAPP\tDESTINATION\tCMDLINE\tLIFETIME\tHITS\tLAST HIT")
@@ -107,19 +101,19 @@ func printRuleTable(w io.Writer, rs []*rulesv1.Rule, now time.Time, loc *time.Lo
 		if !r.GetEnabled() {
 			on = "no"
 		}
-		app := r.GetExe()
+		app := inert.String(r.GetExe())
 		if app == "" {
 			app = "*"
 		}
 		if r.GetExeSha256() != "" {
-			app += " sha256:" + elide(r.GetExeSha256(), 9)
+			app += " sha256:" + inert.Elide(r.GetExeSha256(), 9)
 		}
 		last := "never"
 		if r.GetLastHit() != nil {
 			last = r.GetLastHit().AsTime().In(loc).Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", orDash(r.GetId()), on, ruleActionName(r.GetAction()), app,
-			ruleDestination(r), orDash(elide(r.GetCmdline(), 40)), ruleLifetime(r, now, loc), r.GetHits(), last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", orDash(inert.String(r.GetId())), on, ruleActionName(r.GetAction()), app,
+			inert.String(ruleDestination(r)), orDash(inert.Elide(r.GetCmdline(), 40)), ruleLifetime(r, now, loc), r.GetHits(), last)
 	}
 	tw.Flush()
 }
@@ -131,11 +125,11 @@ func printRule(w io.Writer, r *rulesv1.Rule, now time.Time, loc *time.Location) 
 		state = "disabled"
 	}
 	if r.GetId() != "" {
-		fmt.Fprintf(w, "rule %s (%s)\n", r.GetId(), state)
+		fmt.Fprintf(w, "rule %s (%s)\n", inert.String(r.GetId()), state)
 	} else {
 		fmt.Fprintf(w, "rule (%s)\n", state)
 	}
-	field := func(k, v string) { fmt.Fprintf(w, "  %-12s %s\n", k+":", v) }
+	field := func(k, v string) { fmt.Fprintf(w, "  %-12s %s\n", k+":", inert.String(v)) }
 	field("action", ruleActionName(r.GetAction()))
 	app := r.GetExe()
 	if app == "" {
@@ -165,20 +159,23 @@ func printRule(w io.Writer, r *rulesv1.Rule, now time.Time, loc *time.Location) 
 	}
 }
 
-// appName is the base name of a process's executable, or its kernel name.
+// appName is the base name of a process's executable, or its kernel
+// name, made inert.
 func appName(p *agentv1.Process) string {
 	if p.GetExe() != "" {
-		return path.Base(p.GetExe())
+		return inert.String(path.Base(p.GetExe()))
 	}
 	if p.GetComm() != "" {
-		return "[" + p.GetComm() + "]"
+		return "[" + inert.String(p.GetComm()) + "]"
 	}
 	return "unknown program"
 }
 
-// flowDestination is "host (ip) port" / "ip port" with brackets for IPv6.
+// flowDestination is "host (ip) port" / "ip port" with brackets for IPv6,
+// made inert.
 func flowDestination(f *agentv1.Flow, host string) string {
-	dst := f.GetDstIp()
+	host = inert.String(host)
+	dst := inert.String(f.GetDstIp())
 	if f.GetIpVersion() == 6 {
 		dst = "[" + dst + "]"
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
@@ -104,6 +105,6 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 	}
 	fmt.Fprintf(c.out, "%s %-6s %s pid=%d -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
-		orDash(e.GetProcess().GetExe()), e.GetProcess().GetTgid(),
-		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(by))
+		orDash(inert.String(e.GetProcess().GetExe())), e.GetProcess().GetTgid(),
+		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.String(by)))
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -65,9 +66,9 @@ func (c *cli) laterList(ctx context.Context) error {
 	tw := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tAPPLIED\tAPP\tDESTINATION\tCMDLINE")
 	for _, e := range resp.GetEntries() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t%s\n", e.GetId(), e.GetTime().AsTime().In(c.loc).Format(time.DateTime),
-			ruleActionName(e.GetApplied()), orDash(e.GetProcess().GetExe()), flowProtoName(e.GetFlow().GetProtocol()),
-			flowDestination(e.GetFlow(), e.GetHost()), orDash(elide(strings.Join(e.GetProcess().GetArgs(), " "), 40)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t%s\n", inert.String(e.GetId()), e.GetTime().AsTime().In(c.loc).Format(time.DateTime),
+			ruleActionName(e.GetApplied()), orDash(inert.String(e.GetProcess().GetExe())), flowProtoName(e.GetFlow().GetProtocol()),
+			flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.Elide(strings.Join(e.GetProcess().GetArgs(), " "), 40)))
 	}
 	return tw.Flush()
 }

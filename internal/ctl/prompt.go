@@ -21,6 +21,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -258,7 +259,9 @@ func (s *promptSession) title() string {
 	return appName(s.cur.GetProcess()) + " -> " + flowDestination(s.cur.GetFlow(), s.cur.GetHost())
 }
 
-// show prints everything known about the current prompt.
+// show prints everything known about the current prompt. Every value a
+// program or the network chose goes through inert (field does it), so
+// that a command line cannot drive the terminal or pose as another one.
 func (s *promptSession) show() {
 	p := s.cur
 	proc, fl := p.GetProcess(), p.GetFlow()
@@ -266,9 +269,9 @@ func (s *promptSession) show() {
 	if len(s.queue) > 0 {
 		more = fmt.Sprintf(" (%d more waiting)", len(s.queue))
 	}
-	to := fl.GetDstIp()
+	to := inert.String(fl.GetDstIp())
 	if p.GetHost() != "" {
-		to = p.GetHost()
+		to = inert.String(p.GetHost())
 	}
 	if fl.GetDstPort() != 0 {
 		if fl.GetIpVersion() == 6 && p.GetHost() == "" {
@@ -277,14 +280,14 @@ func (s *promptSession) show() {
 		to += ":" + strconv.FormatUint(uint64(fl.GetDstPort()), 10)
 	}
 	fmt.Fprintf(s.out, "\n== %s wants to connect to %s%s ==\n", appName(proc), to, more)
-	field := func(k, v string) { fmt.Fprintf(s.out, "  %-14s %s\n", k+":", v) }
+	field := func(k, v string) { fmt.Fprintf(s.out, "  %-14s %s\n", k+":", inert.String(v)) }
 	field("app", appName(proc))
 	field("executable", orDash(proc.GetExe()))
 	field("process", fmt.Sprintf("PID %d, user %s", proc.GetTgid(), s.userName(proc.GetUid())))
 	field("parent", s.parent(proc.GetPpid()))
-	cmd := strings.Join(proc.GetArgs(), " ")
+	cmd := inert.String(strings.Join(proc.GetArgs(), " "))
 	if len([]rune(cmd)) > 120 {
-		cmd = elide(cmd, 120) + "  (m: show all)"
+		cmd = inert.Elide(cmd, 120) + "  (m: show all)"
 	}
 	field("command line", orDash(cmd))
 	field("destination", s.destination(p))
@@ -314,9 +317,9 @@ func (s *promptSession) parent(ppid uint32) string {
 // destination is "example.com (93.184.216.34), port 443 (https)".
 func (s *promptSession) destination(p *uiv1.Prompt) string {
 	fl := p.GetFlow()
-	d := fl.GetDstIp()
+	d := inert.String(fl.GetDstIp())
 	if p.GetHost() != "" {
-		d = p.GetHost() + " (" + d + ")"
+		d = inert.String(p.GetHost()) + " (" + d + ")"
 	}
 	proto := flowProtoName(fl.GetProtocol())
 	if (proto == "tcp" || proto == "udp") && fl.GetDstPort() != 0 {
@@ -386,11 +389,11 @@ func (s *promptSession) ask() {
 				fmt.Fprintf(s.out, "  [%s] %s\n", sc.key, sc.label)
 				continue
 			}
-			fmt.Fprintf(s.out, "  [%s] %s: %s\n", sc.key, sc.label, ruleDestination(rules.ToProto(r)))
+			fmt.Fprintf(s.out, "  [%s] %s: %s\n", sc.key, sc.label, inert.String(ruleDestination(rules.ToProto(r))))
 		}
 		fmt.Fprint(s.out, "> ")
 	case stepCmdline:
-		fmt.Fprintf(s.out, "Only with this command line (%s)? [y]es [n]o > ", elide(strings.Join(s.cur.GetProcess().GetArgs(), " "), 60))
+		fmt.Fprintf(s.out, "Only with this command line (%s)? [y]es [n]o > ", inert.Elide(strings.Join(s.cur.GetProcess().GetArgs(), " "), 60))
 	case stepConfirm:
 		fmt.Fprint(s.out, "Confirm? [y]es, [n]o: start over > ")
 	}
@@ -418,7 +421,7 @@ func (s *promptSession) answer(ctx context.Context, line string) error {
 		fmt.Fprintf(s.out, "quit; %d prompt(s) left to their default\n", len(s.queue)+1)
 		return errQuit
 	case "m":
-		fmt.Fprintf(s.out, "command line: %s\n", orDash(strings.Join(s.cur.GetProcess().GetArgs(), " ")))
+		fmt.Fprintf(s.out, "command line: %s\n", orDash(inert.String(strings.Join(s.cur.GetProcess().GetArgs(), " "))))
 		s.ask()
 		return nil
 	case "?":
@@ -492,7 +495,7 @@ func (s *promptSession) answer(ctx context.Context, line string) error {
 func (s *promptSession) showRule() error {
 	r, err := s.build(s.choice)
 	if err != nil {
-		fmt.Fprintf(s.out, "cannot make that rule: %v\n", err)
+		fmt.Fprintf(s.out, "cannot make that rule: %s\n", inert.String(err.Error()))
 		s.step, s.choice = stepAction, rules.Choice{}
 		s.ask()
 		return nil
@@ -523,7 +526,7 @@ func (s *promptSession) send(ctx context.Context) error {
 		fmt.Fprintf(s.out, "%s: answered elsewhere\n", title)
 		return nil
 	case codes.InvalidArgument, codes.FailedPrecondition:
-		fmt.Fprintf(s.out, "%s: the rules service refused the answer: %s\n", title, statusMessage(err))
+		fmt.Fprintf(s.out, "%s: the rules service refused the answer: %s\n", title, inert.String(statusMessage(err)))
 		return nil
 	default:
 		return fmt.Errorf("answer prompt: %w", err)
@@ -534,6 +537,6 @@ func (s *promptSession) send(ctx context.Context) error {
 		fmt.Fprintf(s.out, "%s: %s once\n", title, what)
 		return nil
 	}
-	fmt.Fprintf(s.out, "%s: %s, rule %s, %s\n", title, what, got.GetId(), ruleLifetime(got, s.now(), s.loc))
+	fmt.Fprintf(s.out, "%s: %s, rule %s, %s\n", title, what, inert.String(got.GetId()), ruleLifetime(got, s.now(), s.loc))
 	return nil
 }

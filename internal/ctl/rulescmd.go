@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -267,7 +268,7 @@ func (c *cli) rulesRemove(ctx context.Context, ids []string) error {
 			continue
 		}
 		if !c.json {
-			fmt.Fprintln(c.out, "removed", id)
+			fmt.Fprintln(c.out, "removed", inert.String(id))
 		}
 	}
 	return first
@@ -376,12 +377,12 @@ func (c *cli) rulesImport(ctx context.Context, args []string) error {
 			if codeOf(err) == ExitNoAgent {
 				return err // nothing else will work either
 			}
-			fmt.Fprintf(c.errOut, "bastionctl: %s: not imported: %s\n", name, statusMessage(err))
+			fmt.Fprintf(c.errOut, "bastionctl: %s: not imported: %s\n", name, inert.String(statusMessage(err)))
 			failed++
 			continue
 		}
 		for _, p := range resp.GetProblems() {
-			fmt.Fprintf(c.errOut, "bastionctl: %s: %s\n", name, p)
+			fmt.Fprintf(c.errOut, "bastionctl: %s: %s\n", name, inert.String(p))
 		}
 		n := len(resp.GetImported())
 		if n == 0 && len(resp.GetProblems()) > 0 {

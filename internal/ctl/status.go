@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/bastion-fw/bastion/internal/inert"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -23,7 +24,7 @@ func (c *cli) status(ctx context.Context) int {
 			c.printAgentStatus(ast)
 		}
 	} else {
-		fmt.Fprintf(c.errOut, "bastionctl: agent not reachable at %s: %s\n", c.agentSk, status.Convert(aerr).Message())
+		fmt.Fprintf(c.errOut, "bastionctl: agent not reachable at %s: %s\n", c.agentSk, inert.String(status.Convert(aerr).Message()))
 	}
 	ust, uerr := c.ui.GetStatus(ctx, &uiv1.GetStatusRequest{})
 	if uerr == nil {
@@ -36,7 +37,7 @@ func (c *cli) status(ctx context.Context) int {
 			c.printUIStatus(ust)
 		}
 	} else {
-		fmt.Fprintf(c.errOut, "bastionctl: rules service not running (no answer at %s): %s\n", c.uiSocket, status.Convert(uerr).Message())
+		fmt.Fprintf(c.errOut, "bastionctl: rules service not running (no answer at %s): %s\n", c.uiSocket, inert.String(status.Convert(uerr).Message()))
 	}
 	switch {
 	case aerr == nil || uerr == nil:
@@ -49,16 +50,16 @@ func (c *cli) status(ctx context.Context) int {
 
 func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 	k := st.GetCounters()
-	fmt.Fprintf(c.out, "agent %s, up since %s\n", st.GetVersion(), st.GetStarted().AsTime().In(c.loc).Format(time.DateTime))
-	fmt.Fprintf(c.out, "identification: %s\n", st.GetMechanism())
-	fmt.Fprintf(c.out, "kernel features: %s\n", strings.Join(st.GetFeatures(), " "))
-	ns := st.GetNetns()
+	fmt.Fprintf(c.out, "agent %s, up since %s\n", inert.String(st.GetVersion()), st.GetStarted().AsTime().In(c.loc).Format(time.DateTime))
+	fmt.Fprintf(c.out, "identification: %s\n", inert.String(st.GetMechanism()))
+	fmt.Fprintf(c.out, "kernel features: %s\n", inert.String(strings.Join(st.GetFeatures(), " ")))
+	ns := inert.String(st.GetNetns())
 	if ns == "" {
 		ns = "host"
 	}
 	fmt.Fprintf(c.out, "firewall: iptables-%s, queue %d, fail-open %v, network namespace %s\n",
-		st.GetFirewallBackend(), st.GetQueueNum(), st.GetFailOpen(), ns)
-	reuse := st.GetUdpReuseProtection()
+		inert.String(st.GetFirewallBackend()), st.GetQueueNum(), st.GetFailOpen(), ns)
+	reuse := inert.String(st.GetUdpReuseProtection())
 	if reuse == "" {
 		reuse = "unknown (the agent does not report it)"
 	}
@@ -83,7 +84,7 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 }
 
 func (c *cli) printUIStatus(st *uiv1.GetStatusResponse) {
-	fmt.Fprintf(c.out, "rules service %s for UID %d, store %s\n", st.GetVersion(), st.GetUid(), st.GetStorePath())
+	fmt.Fprintf(c.out, "rules service %s for UID %d, store %s\n", inert.String(st.GetVersion()), st.GetUid(), inert.String(st.GetStorePath()))
 	agent := "not connected"
 	if st.GetAgentConnected() {
 		agent = "connected"

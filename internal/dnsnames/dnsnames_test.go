@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/bastion-fw/bastion/internal/inert"
 )
 
 func name(s string) dnsmessage.Name { return dnsmessage.MustNewName(s) }
@@ -232,6 +234,13 @@ func FuzzParse(f *testing.F) {
 		if len(ans.Records) > 0 {
 			if n, ok := Normalize(ans.Name); !ok || n != ans.Name {
 				t.Fatalf("name %q is not normalized", ans.Name)
+			}
+		}
+		// Names are shown through inert.String; a learnt name must be
+		// one it leaves as it is.
+		for _, n := range append([]string{ans.Name}, ans.CNAMEs...) {
+			if !inert.Safe(n) {
+				t.Fatalf("learnt name %q is not inert", n)
 			}
 		}
 	})

@@ -20,5 +20,7 @@
 // any name for any address, so that user's host rules can be made to match
 // a connection to an address that never belonged to that name. The names
 // never widen what an address-based rule allows; they only let host rules
-// match and let prompts show a name.
+// match and let prompts show a name. Every client still shows a name
+// through internal/inert, like any untrusted string; FuzzParse checks that
+// a learnt name is one inert leaves unchanged.
 package dnsnames

@@ -92,6 +92,9 @@ type Agent struct {
 	waited error
 }
 
+// agentStartTimeout bounds how long startAgent waits for the API.
+const agentStartTimeout = 3 * time.Minute
+
 // startAgent starts bastion-agent on ns with loopback interception, debug
 // logging, an empty config file (so the host's /etc/bastion is never read)
 // and a fresh socket; extraArgs come last and so override these. It waits
@@ -147,7 +150,10 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		t.Fatalf("agent client: %v", err)
 	}
 	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	ready := testenv.Poll(30*time.Second, func() bool {
+	// Start-up includes verifying the eBPF programs, which took 16-87 s
+	// on a loaded 2-core machine while exec tracking's on_exec ran into the
+	// verifier's instruction limit.
+	ready := testenv.Poll(agentStartTimeout, func() bool {
 		if a.hasExited() {
 			return true
 		}
@@ -160,7 +166,7 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		t.Fatalf("agent %v exited at start-up: %v", args, a.waited)
 	}
 	if !ready {
-		t.Fatalf("agent API on %s not answering within 30s", socket)
+		t.Fatalf("agent API on %s not answering within %v", socket, agentStartTimeout)
 	}
 	return a
 }

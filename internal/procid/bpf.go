@@ -32,10 +32,6 @@ const (
 	execFlagExeFilename = 0x8
 )
 
-// nfPriority runs the netfilter program before iptables' filter table (0)
-// and mangle (-150), so the flow is recorded before any NFQUEUE sees it.
-const nfPriority = -200
-
 // nsPerTick converts start_boottime to /proc's 10 ms stat ticks.
 const nsPerTick = 10_000_000
 
@@ -247,21 +243,15 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	return r, nil
 }
 
-// attachNetfilter attaches prog at LOCAL_OUT for IPv4 and IPv6 inside ns.
 // attachNetfilter attaches prog at LOCAL_OUT in ns; a nil ns is the
 // caller's own namespace, attached in place (entering a namespace, even
 // one's own, needs CAP_SYS_ADMIN, which the agent's unit does not grant).
 func (r *bpfResolver) attachNetfilter(ns *os.File, prog *ebpf.Program) error {
 	return netns.Do(ns, func() error {
 		for _, pf := range []link.NetfilterProtocolFamily{link.NetfilterProtoIPv4, link.NetfilterProtoIPv6} {
-			l, err := link.AttachNetfilter(link.NetfilterOptions{
-				Program:        prog,
-				ProtocolFamily: pf,
-				Hook:           link.NetfilterInetLocalOut,
-				Priority:       nfPriority,
-			})
+			l, err := attachNetfilterFamily(r.log, prog, pf)
 			if err != nil {
-				return fmt.Errorf("attach netfilter link (family %d): %w", pf, err)
+				return err
 			}
 			r.closers = append(r.closers, l)
 		}

@@ -4,9 +4,10 @@
 // one the kernel offers and logs why others were skipped):
 //
 //   - netfilter-link (kernel >= 6.4): an eBPF program on NF_INET_LOCAL_OUT at
-//     priority -200 in the attributed network namespace records, for the
-//     first packet of every TCP, UDP and ICMP/ICMPv6-echo flow, the task that
-//     sent it. It runs before iptables, so the entry exists by the time the
+//     priority -199 (the first free one up to -151: just after conntrack's
+//     -200, which a BPF hook may not share) in the attributed network
+//     namespace records, for the first packet of every TCP, UDP and
+//     ICMP/ICMPv6-echo flow, the task that sent it. It runs before iptables, so the entry exists by the time the
 //     packet reaches the NFQUEUE. It walks up to 8 IPv6 extension headers
 //     (Hop-by-Hop, Routing, Destination Options, AH, a first Fragment) and
 //     reads the same tuple from the same bytes as internal/packet, which the
