@@ -622,3 +622,90 @@ func TestSYNOnStaleConntrackEntryIsQueued(t *testing.T) {
 		d.c.Close() // it may fail: the server still holds the old connection
 	}
 }
+
+// TestFullQueue fills a queue of 4 whose reader holds every packet: with
+// FailOpen off, the kernel drops the connections that find it full (none
+// connects, even though the iptables rule has --queue-bypass, which only
+// applies while nobody is bound); with FailOpen on, it lets them through
+// unasked, which is why the agent never sets it on its connection queue.
+func TestFullQueue(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failopen=%v", failOpen), func(t *testing.T) {
+			name, f := newNetNS(t)
+			q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, MaxLen: 4, FailOpen: failOpen})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var (
+				mu   sync.Mutex
+				held []uint32
+			)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- q.Run(ctx, func(p nfq.Packet) {
+					mu.Lock()
+					held = append(held, p.ID)
+					mu.Unlock()
+				})
+			}()
+			t.Cleanup(func() {
+				mu.Lock()
+				for _, id := range held {
+					q.Drop(id)
+				}
+				mu.Unlock()
+				cancel()
+				<-done
+				q.Close()
+			})
+			<-q.Bound()
+			cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: true, InterceptLoopback: true}
+			if err := fw.Install(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { fw.Remove(context.Background(), cfg) })
+			e := &env{ns: f}
+			ln := e.listen(t, "tcp4", "127.0.0.1:0")
+			const n = 8
+			var dials []<-chan error
+			for range n {
+				dials = append(dials, e.dial(t, "tcp4", ln.String(), 1500*time.Millisecond))
+			}
+			connected := 0
+			for _, d := range dials {
+				if wait(t, d) == nil {
+					connected++
+				}
+			}
+			mu.Lock()
+			nheld := len(held)
+			mu.Unlock()
+			if nheld != 4 {
+				t.Errorf("the reader got %d packets, want the queue's 4", nheld)
+			}
+			if want := map[bool]int{false: 0, true: n - 4}[failOpen]; connected != want {
+				t.Errorf("%d of %d connections got through a full queue, want %d", connected, n, want)
+			}
+		})
+	}
+}
+
+// TestReadBuffer checks that the socket's receive buffer is set past
+// net.core.rmem_max (the kernel reports twice the value set).
+func TestReadBuffer(t *testing.T) {
+	_, f := newNetNS(t)
+	const size = 16 << 20
+	q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, ReadBuffer: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	got, err := q.ReadBuffer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 2*size {
+		t.Errorf("SO_RCVBUF = %d, want %d", got, 2*size)
+	}
+}
