@@ -128,6 +128,11 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		return nil, err
 	}
 	pendingN, cacheN := s.engine.Stats()
+	uses, limits := s.engine.Shares(c)
+	shareUses := make([]*agentv1.ShareUse, 0, len(uses))
+	for _, u := range uses {
+		shareUses = append(shareUses, &agentv1.ShareUse{Uid: u.UID, HeldPackets: uint32(u.Held), Pending: uint32(u.Pending), Shed: u.Shed})
+	}
 	dnsAnswers, dnsMalformed, dnsNames := s.names.counts()
 	k := &s.engine.Counters
 	var released, races uint64
@@ -150,12 +155,14 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		UdpReuseProtection: s.reuse.get(),
 		DnsQueueNum:        uint32(s.status.DNSQueueNum),
 		DnsNames:           uint32(dnsNames),
+		ShareLimits:        shareLimitsToProto(limits),
+		Shares:             shareUses,
 		Counters: &agentv1.Counters{
 			Packets: k.Packets.Load(), Allowed: k.Allowed.Load(), Denied: k.Denied.Load(), Rejected: k.Rejected.Load(),
 			CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
 			DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
 			Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
-			DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
+			DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed, Shed: k.Shed.Load(),
 		},
 	}, nil
 }
