@@ -623,71 +623,93 @@ func TestSYNOnStaleConntrackEntryIsQueued(t *testing.T) {
 	}
 }
 
-// TestFullQueue fills a queue of 4 whose reader holds every packet: with
-// FailOpen off, the kernel drops the connections that find it full (none
-// connects, even though the iptables rule has --queue-bypass, which only
-// applies while nobody is bound); with FailOpen on, it lets them through
-// unasked, which is why the agent never sets it on its connection queue.
+// TestFullQueue overflows a queue whose reader gives no verdicts, in two
+// ways: the queue's length (4 packets), and the socket's receive buffer
+// (the smallest the kernel allows, while the reader is stuck in its first
+// packet). With FailOpen off the kernel drops what does not fit: nothing
+// connects, even though the iptables rule has --queue-bypass (which
+// applies only while nobody is bound), and nothing waits for a verdict
+// that cannot come. With FailOpen on, the excess goes through unasked,
+// which is why the agent never sets it on its connection queue.
 func TestFullQueue(t *testing.T) {
-	for _, failOpen := range []bool{false, true} {
-		t.Run(fmt.Sprintf("failopen=%v", failOpen), func(t *testing.T) {
-			name, f := newNetNS(t)
-			q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, MaxLen: 4, FailOpen: failOpen})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var (
-				mu   sync.Mutex
-				held []uint32
-			)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() {
-				done <- q.Run(ctx, func(p nfq.Packet) {
+	for _, tc := range []struct {
+		name       string
+		maxLen     uint32
+		readBuffer int
+		stuck      bool // the reader blocks in its first packet
+	}{
+		{"queue", 4, 0, false},
+		{"socket", 1000, 1, true},
+	} {
+		for _, failOpen := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/failopen=%v", tc.name, failOpen), func(t *testing.T) {
+				name, f := newNetNS(t)
+				q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, MaxLen: tc.maxLen, ReadBuffer: tc.readBuffer, FailOpen: failOpen})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var (
+					mu   sync.Mutex
+					held []uint32
+				)
+				unstuck := make(chan struct{})
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() {
+					done <- q.Run(ctx, func(p nfq.Packet) {
+						mu.Lock()
+						held = append(held, p.ID)
+						mu.Unlock()
+						if tc.stuck {
+							<-unstuck
+						}
+					})
+				}()
+				t.Cleanup(func() {
+					close(unstuck)
+					cancel()
+					<-done
 					mu.Lock()
-					held = append(held, p.ID)
+					for _, id := range held {
+						q.Drop(id)
+					}
 					mu.Unlock()
+					q.Close()
 				})
-			}()
-			t.Cleanup(func() {
+				<-q.Bound()
+				cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: true, InterceptLoopback: true}
+				if err := fw.Install(context.Background(), cfg); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { fw.Remove(context.Background(), cfg) })
+				e := &env{ns: f}
+				ln := e.listen(t, "tcp4", "127.0.0.1:0")
+				const n = 16
+				var dials []<-chan error
+				for range n {
+					dials = append(dials, e.dial(t, "tcp4", ln.String(), 1500*time.Millisecond))
+				}
+				connected := 0
+				for _, d := range dials {
+					if wait(t, d) == nil {
+						connected++
+					}
+				}
 				mu.Lock()
-				for _, id := range held {
-					q.Drop(id)
-				}
+				nheld := len(held)
 				mu.Unlock()
-				cancel()
-				<-done
-				q.Close()
-			})
-			<-q.Bound()
-			cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: true, InterceptLoopback: true}
-			if err := fw.Install(context.Background(), cfg); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { fw.Remove(context.Background(), cfg) })
-			e := &env{ns: f}
-			ln := e.listen(t, "tcp4", "127.0.0.1:0")
-			const n = 8
-			var dials []<-chan error
-			for range n {
-				dials = append(dials, e.dial(t, "tcp4", ln.String(), 1500*time.Millisecond))
-			}
-			connected := 0
-			for _, d := range dials {
-				if wait(t, d) == nil {
-					connected++
+				if !tc.stuck && nheld != int(tc.maxLen) {
+					t.Errorf("the reader got %d packets, want the queue's %d", nheld, tc.maxLen)
 				}
-			}
-			mu.Lock()
-			nheld := len(held)
-			mu.Unlock()
-			if nheld != 4 {
-				t.Errorf("the reader got %d packets, want the queue's 4", nheld)
-			}
-			if want := map[bool]int{false: 0, true: n - 4}[failOpen]; connected != want {
-				t.Errorf("%d of %d connections got through a full queue, want %d", connected, n, want)
-			}
-		})
+				switch {
+				case !failOpen && connected != 0:
+					t.Errorf("%d of %d connections got through a full %s, want 0", connected, n, tc.name)
+				case failOpen && connected == 0:
+					t.Errorf("no connection got through a full %s with FailOpen; the test does not fill it", tc.name)
+				}
+				t.Logf("%d of %d connected", connected, n)
+			})
+		}
 	}
 }
 
