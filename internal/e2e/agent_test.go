@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -92,6 +93,9 @@ type Agent struct {
 	waited error
 }
 
+// agentStartTimeout bounds how long startAgent waits for the API.
+const agentStartTimeout = 3 * time.Minute
+
 // startAgent starts bastion-agent on ns with loopback interception, debug
 // logging, an empty config file (so the host's /etc/bastion is never read)
 // and a fresh socket; extraArgs come last and so override these. It waits
@@ -147,7 +151,9 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		t.Fatalf("agent client: %v", err)
 	}
 	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	ready := testenv.Poll(30*time.Second, func() bool {
+	// Generous: on a loaded 2-core machine the verifier alone has taken
+	// a minute over the exec-tracking program.
+	ready := testenv.Poll(agentStartTimeout, func() bool {
 		if a.hasExited() {
 			return true
 		}
@@ -160,7 +166,7 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		t.Fatalf("agent %v exited at start-up: %v", args, a.waited)
 	}
 	if !ready {
-		t.Fatalf("agent API on %s not answering within 30s", socket)
+		t.Fatalf("agent API on %s not answering within %v", socket, agentStartTimeout)
 	}
 	return a
 }
@@ -287,8 +293,27 @@ type Watcher struct {
 // until the agent counts it (UID 0 in the status's watched UIDs).
 func (a *Agent) Watch(t *testing.T) *Watcher {
 	t.Helper()
+	return a.watchWith(t, a.Client, 0)
+}
+
+// WatchAs is Watch as uid: the stream shows only uid's connections, and
+// while it is connected uid's connections are asked about. It returns the
+// client it connected with, for uid's own Decide.
+func (a *Agent) WatchAs(t *testing.T, uid uint32) (*Watcher, agentv1.AgentServiceClient) {
+	t.Helper()
+	conn, err := bench.ClientAs(a.Socket, uid, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := agentv1.NewAgentServiceClient(conn)
+	return a.watchWith(t, client, uid), client
+}
+
+func (a *Agent) watchWith(t *testing.T, client agentv1.AgentServiceClient, uid uint32) *Watcher {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := a.Client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
+	stream, err := client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
 	if err != nil {
 		cancel()
 		t.Fatalf("WatchPending: %v", err)
@@ -314,7 +339,7 @@ func (a *Agent) Watch(t *testing.T) *Watcher {
 		<-done
 	})
 	testenv.WaitFor(t, 10*time.Second, func() bool {
-		return slices.Contains(a.Status(t).GetWatchedUids(), 0)
+		return slices.Contains(a.Status(t).GetWatchedUids(), uid)
 	})
 	return w
 }
