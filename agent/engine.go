@@ -356,7 +356,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 	}
 	if p := e.pending[key]; p != nil {
 		if !e.shares.admit(proc.UID, false) {
-			e.shedLocked(id, proc, t, now)
+			e.shedLocked(id, proc, now)
 			return
 		}
 		p.held = append(p.held, heldPacket{id, t, proc.TGID, proc.Socket})
@@ -380,7 +380,7 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 		return
 	}
 	if !e.shares.admit(proc.UID, true) {
-		e.shedLocked(id, proc, t, now)
+		e.shedLocked(id, proc, now)
 		return
 	}
 	e.nextID++

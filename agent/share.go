@@ -176,8 +176,9 @@ type dropper interface {
 
 // shedLocked drops a packet of proc's UID that is beyond the UID's share;
 // it is not a decision, so it is neither recorded nor remembered for
-// retransmissions. It unlocks e.mu.
-func (e *Engine) shedLocked(id PacketRef, proc flow.Process, t flow.Tuple, now time.Time) {
+// retransmissions. It unlocks e.mu. Nothing is logged per packet, not
+// even at debug: a flood would be written out packet by packet.
+func (e *Engine) shedLocked(id PacketRef, proc flow.Process, now time.Time) {
 	toLog := e.shares.shed(proc.UID, now)
 	u := e.shares.byUID[proc.UID]
 	held, pending := u.held, u.pending
@@ -199,7 +200,6 @@ func (e *Engine) shedLocked(id PacketRef, proc flow.Process, t flow.Tuple, now t
 			"uid", proc.UID, "held_packets", held, "pending", pending, "dropped", toLog,
 			"held_per_uid", l.HeldPerUID, "pending_per_uid", l.PendingPerUID)
 	}
-	e.log.Debug("dropped packet beyond its uid's share", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe, "dst", t)
 }
 
 func shareLimitsToProto(l shareLimits) *agentv1.ShareLimits {

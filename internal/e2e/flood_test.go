@@ -190,7 +190,9 @@ func TestAttackFloodFailOpen(t *testing.T) {
 	uiBins(t)
 	ns := testenv.NewNetNS(t)
 	srv := startCountingServer(t, ns)
-	a := startAgent(t, ns) // fail_open defaults to true
+	// fail_open defaults to true; info, as deployed: at debug, the log
+	// line of each packet would be part of what is measured.
+	a := startAgent(t, ns, "--log-level", "info")
 	ctx := testCtx(t, 3*time.Minute)
 	base := a.Status(t).GetCounters().GetPackets()
 
@@ -223,7 +225,7 @@ func TestAttackFloodStarvesOtherUser(t *testing.T) {
 	ns := testenv.NewNetNS(t)
 	srvB := startCountingServer(t, ns)
 	srvA := startCountingServer(t, ns)
-	a := startAgent(t, ns, "--fail-open=false")
+	a := startAgent(t, ns, "--fail-open=false", "--log-level", "info")
 	ctx := testCtx(t, 3*time.Minute)
 	wA, clientA := a.WatchAs(t, uidA)
 	base := a.Status(t).GetCounters().GetPackets()
@@ -308,7 +310,7 @@ func TestAttackFloodPastRejectRule(t *testing.T) {
 	for range 5 {
 		srvs = append(srvs, startCountingServer(t, ns))
 	}
-	a := startAgent(t, ns)
+	a := startAgent(t, ns, "--log-level", "info")
 	ctx := testCtx(t, 5*time.Minute)
 
 	conn, err := bench.ClientAs(a.Socket, uidB, uidB)
