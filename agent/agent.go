@@ -60,7 +60,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 
-	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, NetNS: ns, FailOpen: cfg.FailOpen, Log: base})
+	// SECURITY: the connection queue never sets the kernel's fail-open
+	// flag, whatever fail_open says: a packet that finds the queue or its
+	// socket full is dropped, never let through unasked. fail_open means
+	// --queue-bypass only (the agent is not running).
+	q, err := nfq.Open(nfq.Config{Num: cfg.QueueNum, NetNS: ns, MaxLen: connQueueLen, ReadBuffer: connQueueReadBuffer, Log: base})
 	if err != nil {
 		return fmt.Errorf("open queue: %w", err)
 	}
@@ -313,6 +317,10 @@ type queueReleaser struct {
 	q     *nfq.Queue
 	marks fw.Marks
 }
+
+// Drop discards a packet without a verdict mark: it never reaches the
+// chain's rules again.
+func (r queueReleaser) Drop(p PacketRef) error { return r.q.Drop(p.ID) }
 
 func (r queueReleaser) Release(p PacketRef, a flow.Action) error {
 	m := r.marks.Deny

@@ -132,6 +132,15 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 	if err != nil {
 		return nil, err
 	}
+	uses, limits := s.engine.Shares(c)
+	shareUses := make([]*agentv1.ShareUse, 0, len(uses))
+	var ownShed uint64
+	for _, u := range uses {
+		shareUses = append(shareUses, &agentv1.ShareUse{Uid: u.UID, HeldPackets: uint32(u.Held), Pending: uint32(u.Pending), Shed: u.Shed})
+		if u.UID == c.UID {
+			ownShed = u.Shed
+		}
+	}
 	resp := &agentv1.GetStatusResponse{
 		Version:            Version,
 		Mechanism:          s.status.Mechanism,
@@ -145,6 +154,8 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		WatchedUids:        s.engine.WatchedUIDs(c),
 		UdpReuseProtection: s.reuse.get(),
 		DnsQueueNum:        uint32(s.status.DNSQueueNum),
+		ShareLimits:        shareLimitsToProto(limits),
+		Shares:             shareUses,
 	}
 	// SECURITY: a non-root caller sees the counts of its own UID only;
 	// what belongs to no UID (DNS answers, malformed packets, UDP flows)
@@ -157,6 +168,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 			Packets: k.Packets, Allowed: k.Allowed, Denied: k.Denied, Rejected: k.Rejected,
 			CacheHits: k.CacheHits, PolicyDecisions: k.PolicyDecisions, ApiDecisions: k.APIDecisions,
 			DeadlineDecisions: k.DeadlineDecisions, Identified: k.Identified, Unidentified: k.Unidentified,
+			Shed: ownShed,
 		}
 		return resp, nil
 	}
@@ -173,7 +185,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		CacheHits: k.CacheHits.Load(), PolicyDecisions: k.PolicyDecisions.Load(), ApiDecisions: k.APIDecisions.Load(),
 		DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
 		Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
-		DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed,
+		DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed, Shed: k.Shed.Load(),
 	}
 	return resp, nil
 }

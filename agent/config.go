@@ -43,6 +43,8 @@ type Config struct {
 	// FailOpen lets traffic pass while the agent is not running
 	// (--queue-bypass) and releases held packets with allow at shutdown.
 	// Off, traffic that would be queued is dropped while the agent is away.
+	// It never lets a packet pass while the agent runs: the connection
+	// queue drops what does not fit (see share.go).
 	FailOpen bool
 	// InterceptLoopback asks about connections to loopback addresses too.
 	InterceptLoopback bool

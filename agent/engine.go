@@ -160,6 +160,8 @@ type Counters struct {
 	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions      atomic.Uint64
 	RuleDecisions                                                    atomic.Uint64
 	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
+	// Shed counts packets dropped beyond their UID's share (share.go).
+	Shed atomic.Uint64
 }
 
 // Engine decides held connections. It never blocks the packet path on an
@@ -182,6 +184,8 @@ type Engine struct {
 	// almost always one.
 	recent map[flow.Tuple][]recentVerdict
 	cache  *decisionCache
+	// shares bounds the held packets per UID (share.go).
+	shares *shares
 	// rules holds each UID's compiled rules. They are immutable once
 	// built, so they are matched without the lock; SetRules replaces them.
 	rules      map[uint32]*uidRules
@@ -270,6 +274,7 @@ func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
 		byID:       make(map[string]*pending),
 		recent:     make(map[flow.Tuple][]recentVerdict),
 		cache:      newDecisionCache(),
+		shares:     newShares(defaultShareLimits()),
 		watchers:   make(map[*subscriber[PendingEvent]]struct{}),
 		watchedUID: make(map[uint32]int),
 		budgets:    make(map[uint32]*queueBudget),
@@ -381,6 +386,10 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		key.comm = proc.Comm
 	}
 	if p := e.pending[key]; p != nil {
+		if !e.shares.admit(proc.UID, false) {
+			e.shedLocked(id, proc, now)
+			return
+		}
 		p.held = append(p.held, heldPacket{id, t, proc.TGID, proc.Socket})
 		p.Packets = len(p.held)
 		if !p.updateDue {
@@ -399,6 +408,10 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 				"dst", t, "verdict", rule.Mode.Action())
 		}
 		e.releaseOne(id, rule.Mode.Action(), proc, t, host, "policy", now)
+		return
+	}
+	if !e.shares.admit(proc.UID, true) {
+		e.shedLocked(id, proc, now)
 		return
 	}
 	e.nextID++
@@ -479,6 +492,7 @@ func (e *Engine) count(a flow.Action) {
 func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacket {
 	delete(e.pending, p.key)
 	delete(e.byID, p.ID)
+	e.shares.release(p.Process.UID, len(p.held))
 	p.timer.Stop()
 	until := e.now().Add(retransmitWindow)
 	for _, h := range p.held {

@@ -71,6 +71,15 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 	}
 	fmt.Fprintf(c.out, "pending: %d, cached decisions: %d, prompt clients for UIDs %v (you are UID %d)\n",
 		st.GetPending(), st.GetCacheEntries(), st.GetWatchedUids(), st.GetCallerUid())
+	if l := st.GetShareLimits(); l != nil {
+		fmt.Fprintf(c.out, "held per UID: at most %d packets in %d connections (all UIDs: %d in %d, each UID's first %d in %d always); queue length %d; dropped beyond a share: %d\n",
+			l.GetHeldPacketsPerUid(), l.GetPendingPerUid(), l.GetHeldPacketsTotal(), l.GetPendingTotal(),
+			l.GetReservedHeldPacketsPerUid(), l.GetReservedPendingPerUid(), l.GetQueueMaxLen(), k.GetShed())
+		for _, u := range st.GetShares() {
+			fmt.Fprintf(c.out, "  UID %d: holds %d packets in %d connections, dropped beyond its share %d\n",
+				u.GetUid(), u.GetHeldPackets(), u.GetPending(), u.GetShed())
+		}
+	}
 	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",
 		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
 	fmt.Fprintf(c.out, "decided by: cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -150,9 +151,8 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		t.Fatalf("agent client: %v", err)
 	}
 	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	// Start-up includes verifying the eBPF programs, which took 16-87 s
-	// on a loaded 2-core machine while exec tracking's on_exec ran into the
-	// verifier's instruction limit.
+	// Generous: on a loaded 2-core machine the verifier alone has taken
+	// a minute over the exec-tracking program.
 	ready := testenv.Poll(agentStartTimeout, func() bool {
 		if a.hasExited() {
 			return true
@@ -293,8 +293,27 @@ type Watcher struct {
 // until the agent counts it (UID 0 in the status's watched UIDs).
 func (a *Agent) Watch(t *testing.T) *Watcher {
 	t.Helper()
+	return a.watchWith(t, a.Client, 0)
+}
+
+// WatchAs is Watch as uid: the stream shows only uid's connections, and
+// while it is connected uid's connections are asked about. It returns the
+// client it connected with, for uid's own Decide.
+func (a *Agent) WatchAs(t *testing.T, uid uint32) (*Watcher, agentv1.AgentServiceClient) {
+	t.Helper()
+	conn, err := bench.ClientAs(a.Socket, uid, uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := agentv1.NewAgentServiceClient(conn)
+	return a.watchWith(t, client, uid), client
+}
+
+func (a *Agent) watchWith(t *testing.T, client agentv1.AgentServiceClient, uid uint32) *Watcher {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := a.Client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
+	stream, err := client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
 	if err != nil {
 		cancel()
 		t.Fatalf("WatchPending: %v", err)
@@ -320,7 +339,7 @@ func (a *Agent) Watch(t *testing.T) *Watcher {
 		<-done
 	})
 	testenv.WaitFor(t, 10*time.Second, func() bool {
-		return slices.Contains(a.Status(t).GetWatchedUids(), 0)
+		return slices.Contains(a.Status(t).GetWatchedUids(), uid)
 	})
 	return w
 }

@@ -24,12 +24,24 @@
 //     first; only headers are read, so segmenting would be wasted work. Such a
 //     packet's IP length field may be zero or exceed the capture, which
 //     internal/packet tolerates.
-//   - NfQaCfgFlagFailOpen is NOT set by default: when the queue is full
-//     (Config.MaxLen packets awaiting a verdict) the kernel drops new packets
-//     rather than letting them bypass the firewall. A flood must not be a way
-//     around the policy; a dropped SYN is simply retransmitted. Config.FailOpen
-//     turns it on for those who prefer availability.
-//   - NETLINK_NO_ENOBUFS is set: if the socket buffer overflows the kernel
-//     drops the message (and, queue-side, the packet stays held until the
-//     queue is full or the socket closes) instead of failing every receive.
+//   - NfQaCfgFlagFailOpen is NOT set by default. Without it the kernel drops
+//     a packet that finds the queue full (Config.MaxLen packets awaiting a
+//     verdict, read or not), and a packet whose message cannot be delivered
+//     because the socket's receive buffer is full: such a packet is never
+//     enqueued, so it never waits for a verdict that cannot come. With it,
+//     both are accepted, unasked. SECURITY: a flood must not be a way around
+//     the policy, so a queue that decides connections never sets FailOpen (a
+//     dropped SYN is simply retransmitted). It suits only a queue whose
+//     packets may pass unread, such as the agent's DNS answers. FailOpen has
+//     nothing to do with iptables' --queue-bypass, which lets packets pass
+//     only while no program is bound to the queue.
+//   - The socket's receive buffer is set with SO_RCVBUFFORCE to
+//     Config.ReadBuffer, so that a burst of packets waits in the queue
+//     rather than being dropped for want of buffer before it is read.
+//   - NETLINK_NO_ENOBUFS is set: if the socket buffer overflows anyway, the
+//     kernel drops the packets whose messages did not fit (see above) and
+//     does not also fail the next receive with ENOBUFS. go-nfqueue would
+//     report that error to Run's error callback, which logs it and reads
+//     on; nothing is lost either way, as a lost message's packet was never
+//     enqueued.
 package nfq

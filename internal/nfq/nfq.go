@@ -34,6 +34,12 @@ const CopyLen = packet.MaxHeaderLen
 // queue before it drops (or, with FailOpen, accepts) new ones.
 const DefaultMaxLen = 4096
 
+// DefaultReadBuffer is the default receive buffer of the queue's socket, in
+// bytes as SO_RCVBUF counts them (the kernel reserves twice the value set,
+// for its bookkeeping): enough for DefaultMaxLen messages of a first packet's
+// headers, which take about 1 KiB each.
+const DefaultReadBuffer = 4 << 20
+
 // Config configures a Queue.
 type Config struct {
 	// Num is the queue number the iptables NFQUEUE rule targets.
@@ -48,8 +54,16 @@ type Config struct {
 	// caller's. The file must stay open until Open returns (the socket
 	// keeps its namespace afterwards).
 	NetNS *os.File
+	// ReadBuffer is the socket's receive buffer in bytes; 0 means
+	// DefaultReadBuffer. Packets whose message finds it full are dropped
+	// (or, with FailOpen, accepted) by the kernel, so it should hold a
+	// queue's worth of messages: a burst must wait in the queue, not be
+	// lost before the reader gets to it.
+	ReadBuffer int
 	// FailOpen makes the kernel accept, instead of drop, packets that find
-	// the queue full. Off by default; see the package documentation.
+	// the queue full or whose message finds the socket's buffer full. Off
+	// by default; see the package documentation. Only for a queue whose
+	// packets may pass unread.
 	FailOpen bool
 	// Log receives errors from the socket; nil discards them.
 	Log *slog.Logger
@@ -59,6 +73,9 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.MaxLen > 1<<20 {
 		return fmt.Errorf("nfq: queue length %d is unreasonably large", c.MaxLen)
+	}
+	if c.ReadBuffer < 0 || c.ReadBuffer > 1<<30 {
+		return fmt.Errorf("nfq: read buffer of %d bytes is out of range", c.ReadBuffer)
 	}
 	if c.CopyLen > 0xffff {
 		return fmt.Errorf("nfq: copy length %d is larger than an IP packet", c.CopyLen)
@@ -125,6 +142,9 @@ func Open(cfg Config) (*Queue, error) {
 	if cfg.CopyLen == 0 {
 		cfg.CopyLen = CopyLen
 	}
+	if cfg.ReadBuffer == 0 {
+		cfg.ReadBuffer = DefaultReadBuffer
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -160,6 +180,10 @@ func Open(cfg Config) (*Queue, error) {
 	if err != nil {
 		_ = nf.Close()
 		return nil, fmt.Errorf("nfq: queue socket: %w", err)
+	}
+	if err := setReadBuffer(raw, cfg.ReadBuffer); err != nil {
+		_ = nf.Close()
+		return nil, err
 	}
 	return &Queue{cfg: cfg, log: log, nf: nf, raw: raw, bound: make(chan struct{})}, nil
 }
@@ -222,6 +246,46 @@ func (q *Queue) Run(ctx context.Context, handle func(Packet)) error {
 	default:
 		return nil
 	}
+}
+
+// setReadBuffer sets the socket's receive buffer to n bytes: with
+// SO_RCVBUFFORCE, which CAP_NET_ADMIN (needed for the queue anyway) allows
+// past net.core.rmem_max, else with SO_RCVBUF, which the kernel caps at
+// rmem_max.
+func setReadBuffer(raw syscall.RawConn, n int) error {
+	var serr error
+	err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		if errors.Is(serr, unix.EPERM) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("nfq: set receive buffer to %d bytes: %w", n, err)
+	}
+	return nil
+}
+
+// ReadBuffer returns the socket's receive buffer as the kernel accounts
+// it (SO_RCVBUF: twice the size set).
+func (q *Queue) ReadBuffer() (int, error) {
+	var (
+		n    int
+		gerr error
+	)
+	err := q.raw.Control(func(fd uintptr) {
+		n, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	})
+	if err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("nfq: read receive buffer size: %w", err)
+	}
+	return n, nil
 }
 
 // Bound is closed once Run has bound the queue: from then on the kernel

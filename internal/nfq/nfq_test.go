@@ -622,3 +622,112 @@ func TestSYNOnStaleConntrackEntryIsQueued(t *testing.T) {
 		d.c.Close() // it may fail: the server still holds the old connection
 	}
 }
+
+// TestFullQueue overflows a queue whose reader gives no verdicts, in two
+// ways: the queue's length (4 packets), and the socket's receive buffer
+// (the smallest the kernel allows, while the reader is stuck in its first
+// packet). With FailOpen off the kernel drops what does not fit: nothing
+// connects, even though the iptables rule has --queue-bypass (which
+// applies only while nobody is bound), and nothing waits for a verdict
+// that cannot come. With FailOpen on, the excess goes through unasked,
+// which is why the agent never sets it on its connection queue.
+func TestFullQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		maxLen     uint32
+		readBuffer int
+		stuck      bool // the reader blocks in its first packet
+	}{
+		{"queue", 4, 0, false},
+		{"socket", 1000, 1, true},
+	} {
+		for _, failOpen := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/failopen=%v", tc.name, failOpen), func(t *testing.T) {
+				name, f := newNetNS(t)
+				q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, MaxLen: tc.maxLen, ReadBuffer: tc.readBuffer, FailOpen: failOpen})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var (
+					mu   sync.Mutex
+					held []uint32
+				)
+				unstuck := make(chan struct{})
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() {
+					done <- q.Run(ctx, func(p nfq.Packet) {
+						mu.Lock()
+						held = append(held, p.ID)
+						mu.Unlock()
+						if tc.stuck {
+							<-unstuck
+						}
+					})
+				}()
+				t.Cleanup(func() {
+					close(unstuck)
+					cancel()
+					<-done
+					mu.Lock()
+					for _, id := range held {
+						q.Drop(id)
+					}
+					mu.Unlock()
+					q.Close()
+				})
+				<-q.Bound()
+				cfg := fw.Config{Backend: fw.BackendNFT, NetNS: name, QueueNum: queueNum, FailOpen: true, InterceptLoopback: true}
+				if err := fw.Install(context.Background(), cfg); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { fw.Remove(context.Background(), cfg) })
+				e := &env{ns: f}
+				ln := e.listen(t, "tcp4", "127.0.0.1:0")
+				const n = 16
+				var dials []<-chan error
+				for range n {
+					dials = append(dials, e.dial(t, "tcp4", ln.String(), 1500*time.Millisecond))
+				}
+				connected := 0
+				for _, d := range dials {
+					if wait(t, d) == nil {
+						connected++
+					}
+				}
+				mu.Lock()
+				nheld := len(held)
+				mu.Unlock()
+				if !tc.stuck && nheld != int(tc.maxLen) {
+					t.Errorf("the reader got %d packets, want the queue's %d", nheld, tc.maxLen)
+				}
+				switch {
+				case !failOpen && connected != 0:
+					t.Errorf("%d of %d connections got through a full %s, want 0", connected, n, tc.name)
+				case failOpen && connected == 0:
+					t.Errorf("no connection got through a full %s with FailOpen; the test does not fill it", tc.name)
+				}
+				t.Logf("%d of %d connected", connected, n)
+			})
+		}
+	}
+}
+
+// TestReadBuffer checks that the socket's receive buffer is set past
+// net.core.rmem_max (the kernel reports twice the value set).
+func TestReadBuffer(t *testing.T) {
+	_, f := newNetNS(t)
+	const size = 16 << 20
+	q, err := nfq.Open(nfq.Config{Num: queueNum, NetNS: f, ReadBuffer: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	got, err := q.ReadBuffer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 2*size {
+		t.Errorf("SO_RCVBUF = %d, want %d", got, 2*size)
+	}
+}

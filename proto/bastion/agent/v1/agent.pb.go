@@ -932,8 +932,11 @@ type Counters struct {
 	// removed: its datagrams sent meanwhile passed on the old verdict.
 	UdpReuseRaces uint64 `protobuf:"varint,13,opt,name=udp_reuse_races,json=udpReuseRaces,proto3" json:"udp_reuse_races,omitempty"`
 	// DNS answers read from the DNS queue, and those that did not parse.
-	DnsAnswers    uint64 `protobuf:"varint,14,opt,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
-	DnsMalformed  uint64 `protobuf:"varint,15,opt,name=dns_malformed,json=dnsMalformed,proto3" json:"dns_malformed,omitempty"`
+	DnsAnswers   uint64 `protobuf:"varint,14,opt,name=dns_answers,json=dnsAnswers,proto3" json:"dns_answers,omitempty"`
+	DnsMalformed uint64 `protobuf:"varint,15,opt,name=dns_malformed,json=dnsMalformed,proto3" json:"dns_malformed,omitempty"`
+	// Packets dropped because their UID held its full share of packets or
+	// pending connections (see ShareUse); TCP resends them.
+	Shed          uint64 `protobuf:"varint,16,opt,name=shed,proto3" json:"shed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1073,6 +1076,179 @@ func (x *Counters) GetDnsMalformed() uint64 {
 	return 0
 }
 
+func (x *Counters) GetShed() uint64 {
+	if x != nil {
+		return x.Shed
+	}
+	return 0
+}
+
+// The bounds on held packets: per UID, and for all UIDs together. A UID
+// holding fewer than the reserved numbers is admitted even when the totals
+// are reached.
+type ShareLimits struct {
+	state                     protoimpl.MessageState `protogen:"open.v1"`
+	HeldPacketsPerUid         uint32                 `protobuf:"varint,1,opt,name=held_packets_per_uid,json=heldPacketsPerUid,proto3" json:"held_packets_per_uid,omitempty"`
+	PendingPerUid             uint32                 `protobuf:"varint,2,opt,name=pending_per_uid,json=pendingPerUid,proto3" json:"pending_per_uid,omitempty"`
+	HeldPacketsTotal          uint32                 `protobuf:"varint,3,opt,name=held_packets_total,json=heldPacketsTotal,proto3" json:"held_packets_total,omitempty"`
+	PendingTotal              uint32                 `protobuf:"varint,4,opt,name=pending_total,json=pendingTotal,proto3" json:"pending_total,omitempty"`
+	ReservedHeldPacketsPerUid uint32                 `protobuf:"varint,5,opt,name=reserved_held_packets_per_uid,json=reservedHeldPacketsPerUid,proto3" json:"reserved_held_packets_per_uid,omitempty"`
+	ReservedPendingPerUid     uint32                 `protobuf:"varint,6,opt,name=reserved_pending_per_uid,json=reservedPendingPerUid,proto3" json:"reserved_pending_per_uid,omitempty"`
+	// The kernel queue's length: held packets plus those not yet read.
+	QueueMaxLen   uint32 `protobuf:"varint,7,opt,name=queue_max_len,json=queueMaxLen,proto3" json:"queue_max_len,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShareLimits) Reset() {
+	*x = ShareLimits{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareLimits) ProtoMessage() {}
+
+func (x *ShareLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareLimits.ProtoReflect.Descriptor instead.
+func (*ShareLimits) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ShareLimits) GetHeldPacketsPerUid() uint32 {
+	if x != nil {
+		return x.HeldPacketsPerUid
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetPendingPerUid() uint32 {
+	if x != nil {
+		return x.PendingPerUid
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetHeldPacketsTotal() uint32 {
+	if x != nil {
+		return x.HeldPacketsTotal
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetPendingTotal() uint32 {
+	if x != nil {
+		return x.PendingTotal
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetReservedHeldPacketsPerUid() uint32 {
+	if x != nil {
+		return x.ReservedHeldPacketsPerUid
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetReservedPendingPerUid() uint32 {
+	if x != nil {
+		return x.ReservedPendingPerUid
+	}
+	return 0
+}
+
+func (x *ShareLimits) GetQueueMaxLen() uint32 {
+	if x != nil {
+		return x.QueueMaxLen
+	}
+	return 0
+}
+
+// One UID's use of its share of held packets.
+type ShareUse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Uid         uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	HeldPackets uint32                 `protobuf:"varint,2,opt,name=held_packets,json=heldPackets,proto3" json:"held_packets,omitempty"`
+	Pending     uint32                 `protobuf:"varint,3,opt,name=pending,proto3" json:"pending,omitempty"`
+	// Packets of this UID dropped beyond its share since the agent started.
+	Shed          uint64 `protobuf:"varint,4,opt,name=shed,proto3" json:"shed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShareUse) Reset() {
+	*x = ShareUse{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShareUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShareUse) ProtoMessage() {}
+
+func (x *ShareUse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShareUse.ProtoReflect.Descriptor instead.
+func (*ShareUse) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ShareUse) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ShareUse) GetHeldPackets() uint32 {
+	if x != nil {
+		return x.HeldPackets
+	}
+	return 0
+}
+
+func (x *ShareUse) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *ShareUse) GetShed() uint64 {
+	if x != nil {
+		return x.Shed
+	}
+	return 0
+}
+
 type GetStatusResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1100,14 +1276,18 @@ type GetStatusResponse struct {
 	// The NFQUEUE DNS answers are read from; 0 when names are not learnt.
 	DnsQueueNum uint32 `protobuf:"varint,15,opt,name=dns_queue_num,json=dnsQueueNum,proto3" json:"dns_queue_num,omitempty"`
 	// Addresses with a known name.
-	DnsNames      uint32 `protobuf:"varint,16,opt,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	DnsNames    uint32       `protobuf:"varint,16,opt,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	ShareLimits *ShareLimits `protobuf:"bytes,17,opt,name=share_limits,json=shareLimits,proto3" json:"share_limits,omitempty"`
+	// The UIDs holding packets or with packets shed (only the caller's own
+	// unless root), by UID.
+	Shares        []*ShareUse `protobuf:"bytes,18,rep,name=shares,proto3" json:"shares,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1299,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1312,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetStatusResponse) GetVersion() string {
@@ -1247,6 +1427,20 @@ func (x *GetStatusResponse) GetDnsNames() uint32 {
 	return 0
 }
 
+func (x *GetStatusResponse) GetShareLimits() *ShareLimits {
+	if x != nil {
+		return x.ShareLimits
+	}
+	return nil
+}
+
+func (x *GetStatusResponse) GetShares() []*ShareUse {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
 type WatchDecisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1255,7 +1449,7 @@ type WatchDecisionsRequest struct {
 
 func (x *WatchDecisionsRequest) Reset() {
 	*x = WatchDecisionsRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1461,7 @@ func (x *WatchDecisionsRequest) String() string {
 func (*WatchDecisionsRequest) ProtoMessage() {}
 
 func (x *WatchDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1474,7 @@ func (x *WatchDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 type DecisionEvent struct {
@@ -1302,7 +1496,7 @@ type DecisionEvent struct {
 
 func (x *DecisionEvent) Reset() {
 	*x = DecisionEvent{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1508,7 @@ func (x *DecisionEvent) String() string {
 func (*DecisionEvent) ProtoMessage() {}
 
 func (x *DecisionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1521,7 @@ func (x *DecisionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionEvent.ProtoReflect.Descriptor instead.
 func (*DecisionEvent) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DecisionEvent) GetTime() *timestamppb.Timestamp {
@@ -1398,7 +1592,7 @@ type CacheEntry struct {
 
 func (x *CacheEntry) Reset() {
 	*x = CacheEntry{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1604,7 @@ func (x *CacheEntry) String() string {
 func (*CacheEntry) ProtoMessage() {}
 
 func (x *CacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1617,7 @@ func (x *CacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEntry.ProtoReflect.Descriptor instead.
 func (*CacheEntry) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CacheEntry) GetId() string {
@@ -1504,7 +1698,7 @@ type ListCacheRequest struct {
 
 func (x *ListCacheRequest) Reset() {
 	*x = ListCacheRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1710,7 @@ func (x *ListCacheRequest) String() string {
 func (*ListCacheRequest) ProtoMessage() {}
 
 func (x *ListCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1723,7 @@ func (x *ListCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCacheRequest.ProtoReflect.Descriptor instead.
 func (*ListCacheRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 type ListCacheResponse struct {
@@ -1541,7 +1735,7 @@ type ListCacheResponse struct {
 
 func (x *ListCacheResponse) Reset() {
 	*x = ListCacheResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1747,7 @@ func (x *ListCacheResponse) String() string {
 func (*ListCacheResponse) ProtoMessage() {}
 
 func (x *ListCacheResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1760,7 @@ func (x *ListCacheResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCacheResponse.ProtoReflect.Descriptor instead.
 func (*ListCacheResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListCacheResponse) GetEntries() []*CacheEntry {
@@ -1586,7 +1780,7 @@ type ForgetCacheRequest struct {
 
 func (x *ForgetCacheRequest) Reset() {
 	*x = ForgetCacheRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1792,7 @@ func (x *ForgetCacheRequest) String() string {
 func (*ForgetCacheRequest) ProtoMessage() {}
 
 func (x *ForgetCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1805,7 @@ func (x *ForgetCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetCacheRequest.ProtoReflect.Descriptor instead.
 func (*ForgetCacheRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ForgetCacheRequest) GetId() string {
@@ -1630,7 +1824,7 @@ type ForgetCacheResponse struct {
 
 func (x *ForgetCacheResponse) Reset() {
 	*x = ForgetCacheResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1836,7 @@ func (x *ForgetCacheResponse) String() string {
 func (*ForgetCacheResponse) ProtoMessage() {}
 
 func (x *ForgetCacheResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1849,7 @@ func (x *ForgetCacheResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetCacheResponse.ProtoReflect.Descriptor instead.
 func (*ForgetCacheResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ForgetCacheResponse) GetRemoved() uint32 {
@@ -1676,7 +1870,7 @@ type SetRulesRequest struct {
 
 func (x *SetRulesRequest) Reset() {
 	*x = SetRulesRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1882,7 @@ func (x *SetRulesRequest) String() string {
 func (*SetRulesRequest) ProtoMessage() {}
 
 func (x *SetRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1895,7 @@ func (x *SetRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRulesRequest.ProtoReflect.Descriptor instead.
 func (*SetRulesRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetRulesRequest) GetUid() uint32 {
@@ -1728,7 +1922,7 @@ type SetRulesResponse struct {
 
 func (x *SetRulesResponse) Reset() {
 	*x = SetRulesResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1934,7 @@ func (x *SetRulesResponse) String() string {
 func (*SetRulesResponse) ProtoMessage() {}
 
 func (x *SetRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1947,7 @@ func (x *SetRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRulesResponse.ProtoReflect.Descriptor instead.
 func (*SetRulesResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetRulesResponse) GetActive() uint32 {
@@ -1822,7 +2016,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eDecideResponse\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\rR\apackets\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x12\n" +
-	"\x10GetStatusRequest\"\x8e\x04\n" +
+	"\x10GetStatusRequest\"\xa2\x04\n" +
 	"\bCounters\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
@@ -1843,7 +2037,21 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fudp_reuse_races\x18\r \x01(\x04R\rudpReuseRaces\x12\x1f\n" +
 	"\vdns_answers\x18\x0e \x01(\x04R\n" +
 	"dnsAnswers\x12#\n" +
-	"\rdns_malformed\x18\x0f \x01(\x04R\fdnsMalformed\"\xc4\x04\n" +
+	"\rdns_malformed\x18\x0f \x01(\x04R\fdnsMalformed\x12\x12\n" +
+	"\x04shed\x18\x10 \x01(\x04R\x04shed\"\xd8\x02\n" +
+	"\vShareLimits\x12/\n" +
+	"\x14held_packets_per_uid\x18\x01 \x01(\rR\x11heldPacketsPerUid\x12&\n" +
+	"\x0fpending_per_uid\x18\x02 \x01(\rR\rpendingPerUid\x12,\n" +
+	"\x12held_packets_total\x18\x03 \x01(\rR\x10heldPacketsTotal\x12#\n" +
+	"\rpending_total\x18\x04 \x01(\rR\fpendingTotal\x12@\n" +
+	"\x1dreserved_held_packets_per_uid\x18\x05 \x01(\rR\x19reservedHeldPacketsPerUid\x127\n" +
+	"\x18reserved_pending_per_uid\x18\x06 \x01(\rR\x15reservedPendingPerUid\x12\"\n" +
+	"\rqueue_max_len\x18\a \x01(\rR\vqueueMaxLen\"m\n" +
+	"\bShareUse\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12!\n" +
+	"\fheld_packets\x18\x02 \x01(\rR\vheldPackets\x12\x18\n" +
+	"\apending\x18\x03 \x01(\rR\apending\x12\x12\n" +
+	"\x04shed\x18\x04 \x01(\x04R\x04shed\"\xba\x05\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tmechanism\x18\x02 \x01(\tR\tmechanism\x12\x1a\n" +
@@ -1862,7 +2070,9 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\fwatched_uids\x18\r \x03(\rR\vwatchedUids\x120\n" +
 	"\x14udp_reuse_protection\x18\x0e \x01(\tR\x12udpReuseProtection\x12\"\n" +
 	"\rdns_queue_num\x18\x0f \x01(\rR\vdnsQueueNum\x12\x1b\n" +
-	"\tdns_names\x18\x10 \x01(\rR\bdnsNames\"\x17\n" +
+	"\tdns_names\x18\x10 \x01(\rR\bdnsNames\x12@\n" +
+	"\fshare_limits\x18\x11 \x01(\v2\x1d.bastion.agent.v1.ShareLimitsR\vshareLimits\x122\n" +
+	"\x06shares\x18\x12 \x03(\v2\x1a.bastion.agent.v1.ShareUseR\x06shares\"\x17\n" +
 	"\x15WatchDecisionsRequest\"\x9e\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
@@ -1941,7 +2151,7 @@ func file_bastion_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: bastion.agent.v1.Protocol
 	(Action)(0),                   // 1: bastion.agent.v1.Action
@@ -1958,26 +2168,28 @@ var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(*DecideResponse)(nil),        // 12: bastion.agent.v1.DecideResponse
 	(*GetStatusRequest)(nil),      // 13: bastion.agent.v1.GetStatusRequest
 	(*Counters)(nil),              // 14: bastion.agent.v1.Counters
-	(*GetStatusResponse)(nil),     // 15: bastion.agent.v1.GetStatusResponse
-	(*WatchDecisionsRequest)(nil), // 16: bastion.agent.v1.WatchDecisionsRequest
-	(*DecisionEvent)(nil),         // 17: bastion.agent.v1.DecisionEvent
-	(*CacheEntry)(nil),            // 18: bastion.agent.v1.CacheEntry
-	(*ListCacheRequest)(nil),      // 19: bastion.agent.v1.ListCacheRequest
-	(*ListCacheResponse)(nil),     // 20: bastion.agent.v1.ListCacheResponse
-	(*ForgetCacheRequest)(nil),    // 21: bastion.agent.v1.ForgetCacheRequest
-	(*ForgetCacheResponse)(nil),   // 22: bastion.agent.v1.ForgetCacheResponse
-	(*SetRulesRequest)(nil),       // 23: bastion.agent.v1.SetRulesRequest
-	(*SetRulesResponse)(nil),      // 24: bastion.agent.v1.SetRulesResponse
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*v1.Rule)(nil),               // 27: bastion.rules.v1.Rule
+	(*ShareLimits)(nil),           // 15: bastion.agent.v1.ShareLimits
+	(*ShareUse)(nil),              // 16: bastion.agent.v1.ShareUse
+	(*GetStatusResponse)(nil),     // 17: bastion.agent.v1.GetStatusResponse
+	(*WatchDecisionsRequest)(nil), // 18: bastion.agent.v1.WatchDecisionsRequest
+	(*DecisionEvent)(nil),         // 19: bastion.agent.v1.DecisionEvent
+	(*CacheEntry)(nil),            // 20: bastion.agent.v1.CacheEntry
+	(*ListCacheRequest)(nil),      // 21: bastion.agent.v1.ListCacheRequest
+	(*ListCacheResponse)(nil),     // 22: bastion.agent.v1.ListCacheResponse
+	(*ForgetCacheRequest)(nil),    // 23: bastion.agent.v1.ForgetCacheRequest
+	(*ForgetCacheResponse)(nil),   // 24: bastion.agent.v1.ForgetCacheResponse
+	(*SetRulesRequest)(nil),       // 25: bastion.agent.v1.SetRulesRequest
+	(*SetRulesResponse)(nil),      // 26: bastion.agent.v1.SetRulesResponse
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*v1.Rule)(nil),               // 29: bastion.rules.v1.Rule
 }
 var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
 	4,  // 1: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
 	5,  // 2: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
-	25, // 3: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
-	25, // 4: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
+	27, // 3: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
+	27, // 4: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
 	1,  // 5: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
 	3,  // 6: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
 	6,  // 7: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
@@ -1985,40 +2197,42 @@ var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	6,  // 9: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
 	1,  // 10: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
 	2,  // 11: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
-	26, // 12: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
+	28, // 12: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
 	14, // 13: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
-	25, // 14: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
-	25, // 15: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
-	4,  // 16: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
-	5,  // 17: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
-	1,  // 18: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
-	2,  // 19: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
-	0,  // 20: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
-	1,  // 21: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
-	25, // 22: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
-	18, // 23: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
-	27, // 24: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
-	8,  // 25: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
-	9,  // 26: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
-	11, // 27: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
-	13, // 28: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
-	16, // 29: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
-	19, // 30: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
-	21, // 31: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
-	23, // 32: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
-	7,  // 33: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
-	10, // 34: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
-	12, // 35: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
-	15, // 36: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
-	17, // 37: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
-	20, // 38: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
-	22, // 39: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
-	24, // 40: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	27, // 14: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
+	15, // 15: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
+	16, // 16: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
+	27, // 17: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
+	4,  // 18: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
+	5,  // 19: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
+	1,  // 20: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
+	2,  // 21: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
+	0,  // 22: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
+	1,  // 23: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
+	27, // 24: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
+	20, // 25: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
+	29, // 26: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
+	8,  // 27: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
+	9,  // 28: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
+	11, // 29: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
+	13, // 30: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
+	18, // 31: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
+	21, // 32: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
+	23, // 33: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
+	25, // 34: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
+	7,  // 35: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
+	10, // 36: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
+	12, // 37: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
+	17, // 38: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
+	19, // 39: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
+	22, // 40: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
+	24, // 41: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
+	26, // 42: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
+	35, // [35:43] is the sub-list for method output_type
+	27, // [27:35] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_bastion_agent_v1_agent_proto_init() }
@@ -2026,14 +2240,14 @@ func file_bastion_agent_v1_agent_proto_init() {
 	if File_bastion_agent_v1_agent_proto != nil {
 		return
 	}
-	file_bastion_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{}
+	file_bastion_agent_v1_agent_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_agent_v1_agent_proto_rawDesc), len(file_bastion_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
