@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/bastion-fw/bastion/internal/exefile"
 	"github.com/bastion-fw/bastion/internal/flow"
 )
 
@@ -50,12 +51,16 @@ type exeHasher struct {
 	// procDir is the proc file system of the agent's PID namespace.
 	procDir string
 
+	// files checks host files against processes' executables, for rules
+	// that name a host file for every mount namespace.
+	files *exefile.Checker
+
 	mu    sync.Mutex
 	cache map[exeIdentity]string
 }
 
 func newExeHasher(procDir string) *exeHasher {
-	return &exeHasher{procDir: procDir, cache: make(map[exeIdentity]string)}
+	return &exeHasher{procDir: procDir, cache: make(map[exeIdentity]string), files: exefile.New()}
 }
 
 // Sum returns the hex SHA-256 of the image proc runs. While the process is
@@ -69,6 +74,11 @@ func (h *exeHasher) Sum(proc flow.Process) (string, error) {
 	if f := h.openRunning(proc); f != nil {
 		defer f.Close()
 		return h.sumFile(f, proc.Exe)
+	}
+	// SECURITY: the host's file at the path is the process's only if its
+	// identity was verified; a masquerader's path names someone else's.
+	if !proc.ExeVerified() {
+		return "", fmt.Errorf("hash executable %s: the process is gone and its path is not the host's file", proc.Exe)
 	}
 	f, err := os.Open(proc.Exe)
 	if err != nil {

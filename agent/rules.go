@@ -19,6 +19,9 @@ type uidRules struct {
 	// hashes says whether any rule tests the executable's SHA-256; only
 	// then does a connection get a SHA256 function (and its allocation).
 	hashes bool
+	// files says whether any rule names a host file for every mount
+	// namespace (rules.Rule.AnyMountNS).
+	files bool
 }
 
 func (u *uidRules) len() int {
@@ -30,9 +33,18 @@ func (u *uidRules) len() int {
 
 // match returns the rule that decides the connection, if any.
 func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) (*rules.Rule, bool) {
-	c := rules.Conn{UID: proc.UID, Exe: proc.Exe, Args: proc.Args, Tuple: t, Host: host}
+	c := rules.Conn{UID: proc.UID, Args: proc.Args, Tuple: t, Host: host}
+	// SECURITY: path and glob rules see the path only when it is the
+	// host's file and the process runs in the host's mount namespace: in
+	// a namespace of its own, a process can show any program at any path.
+	if proc.ExeVerified() {
+		c.Exe = proc.Exe
+	}
 	if u.hashes && proc.Exe != "" {
 		c.SHA256 = (&connHash{h: h, proc: proc}).sha256
+	}
+	if u.files && proc.ExeIno != 0 {
+		c.SameFile = func(path string) bool { return h.files.Is(path, proc.ExeDev, proc.ExeIno) }
 	}
 	return u.m.Match(c, now)
 }
@@ -73,7 +85,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 	}
 	now := ruleTime(e.now())
 	live := make([]rules.Rule, 0, len(req.Rules))
-	hashes := false
+	hashes, files := false, false
 	for _, r := range req.Rules {
 		// An expired rule never matches again; keeping it would only
 		// cost a comparison per connection.
@@ -82,6 +94,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 		}
 		live = append(live, r)
 		hashes = hashes || r.ExeSHA256 != ""
+		files = files || r.AnyMountNS
 	}
 	var m *uidRules
 	if len(live) > 0 {
@@ -90,7 +103,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 			return 0, fmt.Errorf("compile rules: %w: %w", err, errInvalid)
 		}
 		if cm.Len() > 0 {
-			m = &uidRules{m: cm, hashes: hashes}
+			m = &uidRules{m: cm, hashes: hashes, files: files}
 		}
 	}
 

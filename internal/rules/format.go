@@ -46,6 +46,9 @@ const maxImportSize = 64 << 20
 //	enabled    true or false (default true)
 //	action     "allow", "deny" or "reject"
 //	exe        executable: absolute path or glob
+//	any_mount_ns true: exe (an exact host path) also matches processes in
+//	           other mount namespaces (containers, Flatpak, Snap) that run
+//	           that very file (same device and inode)
 //	exe_sha256 lower-case hex SHA-256 of the executable
 //	cmdline    RE2 expression matching the whole command line
 //	dst        address "192.0.2.1" or prefix "192.0.2.0/24"
@@ -63,6 +66,7 @@ type fileRule struct {
 	Enabled   *bool   `json:"enabled,omitempty" toml:"enabled,omitempty"`
 	Action    string  `json:"action" toml:"action"`
 	Exe       string  `json:"exe,omitempty" toml:"exe,omitempty"`
+	AnyMountNS bool   `json:"any_mount_ns,omitempty" toml:"any_mount_ns,omitempty"`
 	ExeSHA256 string  `json:"exe_sha256,omitempty" toml:"exe_sha256,omitempty"`
 	Cmdline   string  `json:"cmdline,omitempty" toml:"cmdline,omitempty"`
 	Dst       string  `json:"dst,omitempty" toml:"dst,omitempty"`
@@ -126,6 +130,7 @@ func toFile(r Rule) fileRule {
 		Action:    r.Action.String(),
 		Exe:       r.Exe,
 		ExeSHA256: r.ExeSHA256,
+		AnyMountNS: r.AnyMountNS,
 		Cmdline:   r.Cmdline,
 		Dst:       formatDst(r.Dst),
 		Ports:     formatPorts(r.PortMin, r.PortMax),
@@ -229,6 +234,7 @@ func fromFile(fr fileRule) (Rule, error) {
 		Enabled:   fr.Enabled == nil || *fr.Enabled,
 		Exe:       fr.Exe,
 		ExeSHA256: fr.ExeSHA256,
+		AnyMountNS: fr.AnyMountNS,
 		Cmdline:   fr.Cmdline,
 		Host:      fr.Host,
 		Lifetime:  Forever,

@@ -38,6 +38,13 @@ type Rule struct {
 	// Cmdline is an RE2 expression that must match the whole command line
 	// (arguments joined by single spaces).
 	Cmdline string
+	// AnyMountNS widens an exact Exe to processes in every mount namespace
+	// (containers, Flatpak, Snap): it then matches any process whose
+	// executable is the very file the host has at Exe (same device and
+	// inode), whatever path the process knows it by. Without it, Exe
+	// matches only processes in the host's mount namespace whose
+	// executable is the host's file at that path (flow.ExeVerified).
+	AnyMountNS bool
 	// ExeSHA256 is the lower-case hex SHA-256 of the executable.
 	ExeSHA256 string
 	// Dst is the destination address (a /32 or /128) or prefix; the zero
@@ -62,7 +69,10 @@ type Rule struct {
 
 // Conn is what a rule is matched against.
 type Conn struct {
-	UID   uint32
+	UID uint32
+	// Exe is the executable's path, only when it is known to be the
+	// host's file (flow.Process.ExeVerified); "" otherwise, so that no
+	// path or glob rule matches a process that may be masquerading.
 	Exe   string
 	Args  []string
 	Tuple flow.Tuple
@@ -71,4 +81,8 @@ type Conn struct {
 	// SHA256 returns the executable's hex SHA-256; it is only called when
 	// a rule needs it, as hashing costs a file read. nil means unknown.
 	SHA256 func() (string, error)
+	// SameFile reports whether the host's file at path is the file the
+	// process runs (device and inode); nil means unknown. Only AnyMountNS
+	// rules ask it.
+	SameFile func(path string) bool
 }
