@@ -63,15 +63,15 @@ func keyFor(scope Scope, uid uint32, exe string, t flow.Tuple) cacheKey {
 
 // cacheEntry is one cached decision.
 type cacheEntry struct {
-	id      string
-	by      string // "cache:" + id, as decisions name it (built once, not per hit)
+	id  string
+	by  string // "cache:" + id, as decisions name it (built once, not per hit)
 	key cacheKey
 	// exeShown is the executable as the API shows it (key.exe may be an
 	// identity key, see exeKey).
 	exeShown string
 	action   flow.Action
-	expires time.Time // zero: until the agent restarts or the entry is forgotten
-	hits    uint64
+	expires  time.Time // zero: until the agent restarts or the entry is forgotten
+	hits     uint64
 }
 
 func (e *cacheEntry) live(now time.Time) bool { return e.expires.IsZero() || now.Before(e.expires) }

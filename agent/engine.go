@@ -113,8 +113,8 @@ type Pending struct {
 
 type pending struct {
 	Pending
-	key   pendingKey
-	held  []heldPacket
+	key  pendingKey
+	held []heldPacket
 	// senders holds one Process per sending thread, for held packets.
 	senders map[senderKey]*flow.Process
 	timer   *time.Timer

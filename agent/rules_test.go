@@ -131,7 +131,7 @@ func TestRulesOfOneUIDNeverDecideAnother(t *testing.T) {
 	if got := e.ListPending(bob); len(got) != 1 {
 		t.Fatalf("bob has %d pending, want 1", len(got))
 	}
-	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), flow.Process{PID: 61, TGID: 61, UID: 1000, Exe: "/usr/bin/wget"})
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), flow.Process{PID: 61, TGID: 61, UID: 1000, Exe: "/usr/bin/wget", ExeIdentity: flow.ExeHost})
 	if got := r.verdict(2); got != flow.ActionAllow {
 		t.Fatalf("uid 1000's own wget: %v, want allow", got)
 	}
@@ -244,7 +244,7 @@ func TestSHA256RuleMatchesTheRightBinary(t *testing.T) {
 	// TGID and start time name no live process in the hasher's empty
 	// /proc, so the path is read.
 	proc := func(exe string) flow.Process {
-		return flow.Process{PID: 4242, TGID: 4242, StartTime: 1e9, UID: 1000, Exe: exe}
+		return flow.Process{PID: 4242, TGID: 4242, StartTime: 1e9, UID: 1000, Exe: exe, ExeIdentity: flow.ExeHost}
 	}
 	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), proc(good))
 	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), proc(other))
@@ -292,15 +292,15 @@ func TestSHA256OfTheRunningImage(t *testing.T) {
 	}
 	h := newExeHasher("/proc")
 	start := selfStartTime(t)
-	running := flow.Process{TGID: uint32(os.Getpid()), StartTime: start, Exe: decoy}
+	running := flow.Process{TGID: uint32(os.Getpid()), StartTime: start, Exe: decoy, ExeIdentity: flow.ExeHost}
 	for _, tc := range []struct {
 		name string
 		proc flow.Process
 		want string
 	}{
 		{"live process: the mapped image", running, sha256Hex(self)},
-		{"pid reused: the path", flow.Process{TGID: running.TGID, StartTime: start + 5*nsPerTick, Exe: decoy}, sha256Hex([]byte("not the running binary"))},
-		{"start time unknown: the path", flow.Process{TGID: running.TGID, Exe: decoy}, sha256Hex([]byte("not the running binary"))},
+		{"pid reused: the path", flow.Process{TGID: running.TGID, StartTime: start + 5*nsPerTick, Exe: decoy, ExeIdentity: flow.ExeHost}, sha256Hex([]byte("not the running binary"))},
+		{"start time unknown: the path", flow.Process{TGID: running.TGID, Exe: decoy, ExeIdentity: flow.ExeHost}, sha256Hex([]byte("not the running binary"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := h.Sum(tc.proc)
@@ -322,7 +322,7 @@ func TestHashCacheIsBounded(t *testing.T) {
 		if err := os.Chtimes(p, time.Unix(int64(i), 0), time.Unix(int64(i), 0)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := h.Sum(flow.Process{Exe: p}); err != nil {
+		if _, err := h.Sum(flow.Process{Exe: p, ExeIdentity: flow.ExeHost}); err != nil {
 			t.Fatal(err)
 		}
 	}

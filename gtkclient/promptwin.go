@@ -331,7 +331,7 @@ func (p *promptWindow) fillDetails(g *promptGroup) {
 	} else {
 		p.subtitle.Hide()
 	}
-	p.exe.SetText(printable(orDash(proc.GetExe())))
+	p.exe.SetText(printable(orDash(apiconv.ExeText(proc))))
 	user := fmt.Sprintf("uid %d", proc.GetUid())
 	if n, err := p.a.userName(proc.GetUid()); err == nil && n != "" {
 		user = fmt.Sprintf("%s (uid %d)", n, proc.GetUid())

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
@@ -102,8 +103,8 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 	if e.GetRuleId() != "" && by != "rule:"+e.GetRuleId() {
 		by += " rule " + e.GetRuleId()
 	}
-	fmt.Fprintf(c.out, "%s %-6s %s pid=%d -> %s %s (by %s)\n",
+	fmt.Fprintf(c.out, "%s %-6s pid=%d %s -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
-		orDash(e.GetProcess().GetExe()), e.GetProcess().GetTgid(),
+		e.GetProcess().GetTgid(), orDash(apiconv.ExeText(e.GetProcess())),
 		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(by))
 }

@@ -61,4 +61,3 @@ func (c *exeChecker) check(p *flow.Process) {
 		p.ExeIdentity = flow.ExeOtherNS
 	}
 }
-

@@ -56,15 +56,15 @@ func FromProto(p *rulesv1.Rule) (Rule, error) {
 
 func fromProto(p *rulesv1.Rule) (Rule, error) {
 	r := Rule{
-		ID:        p.GetId(),
-		Enabled:   p.GetEnabled(),
-		Exe:       p.GetExe(),
-		Cmdline:   p.GetCmdline(),
-		ExeSHA256: p.GetExeSha256(),
+		ID:         p.GetId(),
+		Enabled:    p.GetEnabled(),
+		Exe:        p.GetExe(),
+		Cmdline:    p.GetCmdline(),
+		ExeSHA256:  p.GetExeSha256(),
 		AnyMountNS: p.GetAnyMountNs(),
-		Host:      p.GetHost(),
-		Hits:      p.GetHits(),
-		Note:      p.GetNote(),
+		Host:       p.GetHost(),
+		Hits:       p.GetHits(),
+		Note:       p.GetNote(),
 	}
 	var err error
 	if r.Action, err = actionFromProto(p.GetAction()); err != nil {
