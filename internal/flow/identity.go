@@ -56,8 +56,9 @@ func (i ExeIdentity) String() string {
 func (p Process) ExeVerified() bool { return p.ExeIdentity == ExeHost && p.Exe != "" }
 
 // ExeDisplay is Exe as people should read it: for a process whose path is
-// not the host's file, it says so, and in which mount namespace the process
-// runs ("" when Exe is unknown).
+// known not to be the host's file, it says so, and in which mount namespace
+// the process runs ("" when Exe is unknown). An unchecked path is shown as
+// it is; no path rule matches it either way.
 func (p Process) ExeDisplay() string {
 	if p.Exe == "" {
 		return ""
@@ -70,8 +71,6 @@ func (p Process) ExeDisplay() string {
 		return p.Exe + " (in mount namespace " + ns + ", the host's file)"
 	case ExeOtherNS:
 		return p.Exe + " (in mount namespace " + ns + ", not the host's file)"
-	case ExeUnchecked:
-		return p.Exe + " (unverified)"
 	}
 	return p.Exe
 }
