@@ -943,9 +943,21 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 					"verdict", a.String(), "err", err)
 			}
 		}
-		s.record(store.HistoryEntry{
-			Time: now, Process: e.proc, Tuple: e.tuple, Host: e.host, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
-		})
+		// One line per process that joined the agent's entry, each under
+		// its own PID and command line (the agent's own records of these
+		// decisions are skipped as echoes, see onDecision).
+		procs := []flow.Process{e.proc}
+		if len(e.procs) > 0 {
+			procs = procs[:0]
+			for _, q := range e.procs {
+				procs = append(procs, apiconv.Process(q))
+			}
+		}
+		for _, proc := range procs {
+			s.record(store.HistoryEntry{
+				Time: now, Process: proc, Tuple: e.tuple, Host: e.host, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
+			})
+		}
 	}
 }
 
