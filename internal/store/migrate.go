@@ -87,6 +87,9 @@ func migrations() []string {
 		host       TEXT    NOT NULL DEFAULT '',
 		applied    INTEGER NOT NULL DEFAULT 0
 	) STRICT;`,
+
+		// 3: rules for a host file in every mount namespace.
+		`ALTER TABLE rules ADD COLUMN any_mount_ns INTEGER NOT NULL DEFAULT 0 CHECK (any_mount_ns IN (0, 1));`,
 	}
 }
 
