@@ -1,9 +1,8 @@
 package store
 
 import (
-	"time"
-
 	"testing"
+	"time"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
