@@ -13,7 +13,10 @@
 //     sock_addr) are the fallback for kernels without the netfilter link
 //     (< 6.4). They write the same `flows` map and always allow.
 //   - on_exec / on_fork / on_exit (tp_btf) keep `execs`: the executable path
-//     and argv of every process, keyed by TGID.
+//     and argv of every process, keyed by TGID, with the executable's
+//     device and inode and the process's mount namespace, which userspace
+//     checks the path against (a mount namespace can show any file at any
+//     path).
 //   - nf_parse_test runs nf_local_out's packet parser under
 //     BPF_PROG_TEST_RUN for tests; the agent never loads it.
 //
