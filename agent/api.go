@@ -337,7 +337,7 @@ func setRulesFromProto(req *agentv1.SetRulesRequest) (SetRulesRequest, error) {
 }
 
 func pendingToProto(p Pending) *agentv1.PendingConnection {
-	return &agentv1.PendingConnection{
+	out := &agentv1.PendingConnection{
 		Id:             p.ID,
 		Process:        apiconv.ProcessProto(p.Process),
 		Flow:           apiconv.FlowProto(p.Tuple),
@@ -346,7 +346,12 @@ func pendingToProto(p Pending) *agentv1.PendingConnection {
 		DeadlineAction: apiconv.ActionProto(p.DeadlineAction),
 		Packets:        uint32(p.Packets),
 		Host:           p.Host,
+		MoreProcesses:  uint32(p.MoreProcesses),
 	}
+	for _, q := range p.Processes {
+		out.Processes = append(out.Processes, apiconv.ProcessProto(q))
+	}
+	return out
 }
 
 func pendingEventToProto(ev PendingEvent) *agentv1.PendingEvent {

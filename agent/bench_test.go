@@ -112,7 +112,7 @@ func BenchmarkExeHashCached(b *testing.B) {
 		b.Skipf("no /proc: %v", err)
 	}
 	h := newExeHasher("/proc")
-	p := flow.Process{TGID: uint32(os.Getpid()), StartTime: ticks * nsPerTick, Exe: "/proc/self/exe"}
+	p := flow.Process{TGID: uint32(os.Getpid()), StartTime: ticks * nsPerTick, Exe: "/proc/self/exe", ExeIdentity: flow.ExeHost}
 	if _, err := h.Sum(p); err != nil {
 		b.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func (fixedResolver) Close() error                               { return nil }
 // name book is present and empty, as when no DNS answer named the
 // destination.
 func BenchmarkPacketPath(b *testing.B) {
-	curl := flow.Process{PID: 50, TGID: 50, UID: 1000, GID: 1000, Comm: "curl", Exe: "/usr/bin/curl", Source: "test", Socket: 1}
+	curl := flow.Process{PID: 50, TGID: 50, UID: 1000, GID: 1000, Comm: "curl", Exe: "/usr/bin/curl", ExeIdentity: flow.ExeHost, Source: "test", Socket: 1}
 	dst := netip.MustParseAddr("10.3.231.7")
 	for _, tc := range []struct {
 		name  string

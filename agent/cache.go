@@ -34,7 +34,8 @@ func (s Scope) String() string {
 }
 
 // cacheKey is the decision cache's key. It is a fixed set of plain fields —
-// UID, executable, protocol, destination and port, with the fields a scope
+// UID, executable (exeKey: the path only when verified), protocol,
+// destination and port, with the fields a scope
 // leaves open zeroed — so that the same table can later be mirrored into a
 // BPF hash map and consulted in the kernel (the executable then becomes its
 // inode identity rather than its path).
@@ -62,12 +63,15 @@ func keyFor(scope Scope, uid uint32, exe string, t flow.Tuple) cacheKey {
 
 // cacheEntry is one cached decision.
 type cacheEntry struct {
-	id      string
-	by      string // "cache:" + id, as decisions name it (built once, not per hit)
-	key     cacheKey
-	action  flow.Action
-	expires time.Time // zero: until the agent restarts or the entry is forgotten
-	hits    uint64
+	id  string
+	by  string // "cache:" + id, as decisions name it (built once, not per hit)
+	key cacheKey
+	// exeShown is the executable as the API shows it (key.exe may be an
+	// identity key, see exeKey).
+	exeShown string
+	action   flow.Action
+	expires  time.Time // zero: until the agent restarts or the entry is forgotten
+	hits     uint64
 	// older and newer link the entries of one UID, oldest first.
 	older, newer *cacheEntry
 }
@@ -142,7 +146,7 @@ func (c *decisionCache) put(key cacheKey, a flow.Action, expires time.Time) *cac
 	}
 	c.nextID++
 	id := "d" + strconv.FormatUint(c.nextID, 10)
-	e := &cacheEntry{id: id, by: "cache:" + id, key: key, action: a, expires: expires}
+	e := &cacheEntry{id: id, by: "cache:" + id, key: key, exeShown: key.exe, action: a, expires: expires}
 	c.byKey[key] = e
 	c.byID[e.id] = e
 	e.older = u.newest

@@ -41,7 +41,7 @@ var (
 const retransmitWindow = 3 * time.Minute
 
 // pendingKey groups held packets into one question: the same program (UID
-// and executable) going to the same destination. Parallel connections and
+// and executable, by exeKey) going to the same destination. Parallel connections and
 // datagrams resent while the first is held land in the same entry. (The
 // kernel does not retransmit a SYN while its first copy sits in the queue;
 // retransmissions after a verdict are answered from recent.)
@@ -55,10 +55,21 @@ type pendingKey struct {
 }
 
 type heldPacket struct {
-	ref    PacketRef
-	tuple  flow.Tuple
-	tgid   uint32
+	ref   PacketRef
+	tuple flow.Tuple
+	// proc is the process (thread) that sent the packet, shared by the
+	// packets of one sender; its decision is logged under it.
+	proc   *flow.Process
 	socket uint64
+}
+
+// maxListedProcesses bounds Pending.Processes; more are only counted.
+const maxListedProcesses = 16
+
+// senderKey names one sending thread of one process image.
+type senderKey struct {
+	pid, tgid uint32
+	start     uint64
 }
 
 // recentSender names the sender of one connection: a retransmission of it
@@ -85,15 +96,47 @@ type Pending struct {
 	// DeadlineAction applies at Deadline.
 	DeadlineAction flow.Action
 	Packets        int
+	// Processes lists every distinct process (by TGID and start time)
+	// whose packets joined the entry, Process first, at most
+	// maxListedProcesses; MoreProcesses counts the others.
+	Processes     []flow.Process
+	MoreProcesses int
 }
 
 type pending struct {
 	Pending
-	key   pendingKey
-	held  []heldPacket
-	timer *time.Timer
+	key  pendingKey
+	held []heldPacket
+	// senders holds one Process per sending thread, for held packets.
+	senders map[senderKey]*flow.Process
+	timer   *time.Timer
 	// updateDue is set while a PendingUpdated announcement is scheduled.
 	updateDue bool
+}
+
+// sender returns the Process of the thread that sent a packet joining p,
+// recording it the first time, and adds a new process to p.Processes.
+// Called with the engine's lock held.
+func (p *pending) sender(proc flow.Process) *flow.Process {
+	k := senderKey{pid: proc.PID, tgid: proc.TGID, start: proc.StartTime}
+	if sp := p.senders[k]; sp != nil {
+		return sp
+	}
+	// The process itself is recorded under its key with pid 0, which no
+	// sending thread has.
+	pk := senderKey{tgid: proc.TGID, start: proc.StartTime}
+	_, seen := p.senders[pk]
+	sp := &proc
+	p.senders[k] = sp
+	if !seen {
+		p.senders[pk] = sp
+		if len(p.Processes) < maxListedProcesses {
+			p.Processes = append(p.Processes, proc)
+		} else {
+			p.MoreProcesses++
+		}
+	}
+	return sp
 }
 
 // announceUpdate tells the watchers how many packets p holds now, unless it
@@ -373,7 +416,8 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		}
 		m = next
 	}
-	if ce := e.cache.lookup(proc.UID, proc.Exe, t, now); ce != nil {
+	exe := exeKey(proc)
+	if ce := e.cache.lookup(proc.UID, exe, t, now); ce != nil {
 		ce.hits++
 		a, by := ce.action, ce.by
 		e.mu.Unlock()
@@ -381,7 +425,7 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		e.releaseOne(id, a, proc, t, host, by, now)
 		return
 	}
-	key := pendingKey{uid: proc.UID, exe: proc.Exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
+	key := pendingKey{uid: proc.UID, exe: exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
 	if proc.Exe == "" {
 		key.comm = proc.Comm
 	}
@@ -390,7 +434,7 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 			e.shedLocked(id, proc, now)
 			return
 		}
-		p.held = append(p.held, heldPacket{id, t, proc.TGID, proc.Socket})
+		p.held = append(p.held, heldPacket{id, t, p.sender(proc), proc.Socket})
 		p.Packets = len(p.held)
 		if !p.updateDue {
 			p.updateDue = true
@@ -426,9 +470,10 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 			DeadlineAction: e.pol.TimeoutAction,
 			Packets:        1,
 		},
-		key:  key,
-		held: []heldPacket{{id, t, proc.TGID, proc.Socket}},
+		key:     key,
+		senders: make(map[senderKey]*flow.Process, 1),
 	}
+	p.held = []heldPacket{{id, t, p.sender(proc), proc.Socket}}
 	p.timer = e.after(e.pol.PromptTimeout, func() { e.expire(p.ID) })
 	e.pending[key] = p
 	e.byID[p.ID] = p
@@ -496,7 +541,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 	p.timer.Stop()
 	until := e.now().Add(retransmitWindow)
 	for _, h := range p.held {
-		e.rememberLocked(h.tuple, recentSender{p.Process.UID, h.tgid, p.Process.Exe, h.socket}, a, until)
+		e.rememberLocked(h.tuple, recentSender{h.proc.UID, h.proc.TGID, h.proc.Exe, h.socket}, a, until)
 	}
 	e.broadcastPendingLocked(PendingEvent{Kind: PendingResolved, Pending: p.Pending, Action: a, DecidedBy: by})
 	return p.held
@@ -504,7 +549,7 @@ func (e *Engine) resolveLocked(p *pending, a flow.Action, by string) []heldPacke
 
 func (e *Engine) releaseHeld(p *pending, held []heldPacket, a flow.Action, by string) {
 	for _, h := range held {
-		e.releaseOne(h.ref, a, p.Process, h.tuple, p.Host, by, e.now())
+		e.releaseOne(h.ref, a, *h.proc, h.tuple, p.Host, by, e.now())
 	}
 }
 
@@ -560,7 +605,8 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		if req.Lifetime > 0 {
 			expires = e.now().Add(req.Lifetime)
 		}
-		ce := e.cache.put(keyFor(req.Scope, p.Process.UID, p.Process.Exe, p.Tuple), req.Action, expires)
+		ce := e.cache.put(keyFor(req.Scope, p.Process.UID, exeKey(p.Process), p.Tuple), req.Action, expires)
+		ce.exeShown = p.Process.ExeDisplay()
 		cacheID = ce.id
 		e.settleCoveredLocked(ce, by)
 	}
@@ -576,10 +622,10 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 // answers. Their packets are released by the goroutine it starts.
 func (e *Engine) settleCoveredLocked(ce *cacheEntry, by string) {
 	for _, other := range e.pending {
-		if other.Process.UID != ce.key.uid || other.Process.Exe != ce.key.exe {
+		if other.Process.UID != ce.key.uid || exeKey(other.Process) != ce.key.exe {
 			continue
 		}
-		if keyFor(ce.key.scope, other.Process.UID, other.Process.Exe, other.Tuple) != ce.key {
+		if keyFor(ce.key.scope, other.Process.UID, ce.key.exe, other.Tuple) != ce.key {
 			continue
 		}
 		held := e.resolveLocked(other, ce.action, by)
@@ -607,7 +653,7 @@ func (e *Engine) ListCache(caller peercred.Cred) []CacheEntry {
 			continue
 		}
 		out = append(out, CacheEntry{
-			ID: ce.id, UID: ce.key.uid, Exe: ce.key.exe, Scope: ce.key.scope, Proto: ce.key.proto,
+			ID: ce.id, UID: ce.key.uid, Exe: ce.exeShown, Scope: ce.key.scope, Proto: ce.key.proto,
 			Dst: ce.key.dst, Port: ce.key.port, Action: ce.action, Expires: ce.expires, Hits: ce.hits,
 		})
 	}

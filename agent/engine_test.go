@@ -113,9 +113,9 @@ func tcp(dst string, sport, dport uint16) flow.Tuple {
 }
 
 var (
-	curl1000 = flow.Process{PID: 50, TGID: 50, UID: 1000, GID: 1000, Comm: "curl", Exe: "/usr/bin/curl", Source: "test"}
-	wget1001 = flow.Process{PID: 60, TGID: 60, UID: 1001, GID: 1001, Comm: "wget", Exe: "/usr/bin/wget", Source: "test"}
-	root     = flow.Process{PID: 70, TGID: 70, UID: 0, Comm: "apt", Exe: "/usr/bin/apt", Source: "test"}
+	curl1000 = flow.Process{PID: 50, TGID: 50, UID: 1000, GID: 1000, Comm: "curl", Exe: "/usr/bin/curl", ExeIdentity: flow.ExeHost, Source: "test"}
+	wget1001 = flow.Process{PID: 60, TGID: 60, UID: 1001, GID: 1001, Comm: "wget", Exe: "/usr/bin/wget", ExeIdentity: flow.ExeHost, Source: "test"}
+	root     = flow.Process{PID: 70, TGID: 70, UID: 0, Comm: "apt", Exe: "/usr/bin/apt", ExeIdentity: flow.ExeHost, Source: "test"}
 	alice    = peercred.Cred{UID: 1000, PID: 1}
 	bob      = peercred.Cred{UID: 1001, PID: 2}
 	admin    = peercred.Cred{UID: 0, PID: 3}
@@ -331,7 +331,7 @@ func TestDecisionHistoryIsFilteredAndOrdered(t *testing.T) {
 	for i := range historySize + 10 {
 		p := root
 		if i%2 == 1 {
-			p = flow.Process{UID: 1000, TGID: 9, Exe: "/x"}
+			p = flow.Process{UID: 1000, TGID: 9, Exe: "/x", ExeIdentity: flow.ExeHost}
 			e.pol.Rules[1].Mode = policy.ModeAllow
 		}
 		e.Handle(PacketRef{ID: uint32(i + 1)}, tcp("192.0.2.1", uint16(i), 443), p)
@@ -372,7 +372,7 @@ func TestReusedTupleFromAnotherProcessIsAskedAgain(t *testing.T) {
 	if got := r.verdict(2); got != flow.ActionNone {
 		t.Fatalf("another process reusing the tuple got %v from the first one's answer", got)
 	}
-	mallory := flow.Process{PID: 52, TGID: 52, UID: 1001, Exe: "/usr/bin/curl"}
+	mallory := flow.Process{PID: 52, TGID: 52, UID: 1001, Exe: "/usr/bin/curl", ExeIdentity: flow.ExeHost}
 	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40000, 443), mallory)
 	if got := r.verdict(3); got != flow.ActionNone {
 		t.Fatalf("another user reusing the tuple got %v", got)

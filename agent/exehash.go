@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/exefile"
 	"github.com/bastion-fw/bastion/internal/flow"
 )
 
@@ -81,6 +82,10 @@ type exeHasher struct {
 	// rate is the budget in bytes per second.
 	rate int64
 
+	// files checks host files against processes' executables, for rules
+	// that name a host file for every mount namespace.
+	files *exefile.Checker
+
 	mu    sync.Mutex
 	cache map[exeIdentity]string
 	// queues holds each UID's jobs, oldest first; order is the round
@@ -96,7 +101,7 @@ type exeHasher struct {
 func newExeHasher(procDir string) *exeHasher {
 	return &exeHasher{
 		procDir: procDir, rate: hashBytesPerSec,
-		cache: make(map[exeIdentity]string), queues: make(map[uint32][]*hashJob), quit: make(chan struct{}),
+		cache: make(map[exeIdentity]string), queues: make(map[uint32][]*hashJob), quit: make(chan struct{}), files: exefile.New(),
 	}
 }
 

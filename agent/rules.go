@@ -19,6 +19,9 @@ type uidRules struct {
 	// hashes says whether any rule tests the executable's SHA-256; only
 	// then does a connection get a SHA256 function (and its allocation).
 	hashes bool
+	// files says whether any rule names a host file for every mount
+	// namespace (rules.Rule.AnyMountNS).
+	files bool
 }
 
 func (u *uidRules) len() int {
@@ -34,7 +37,13 @@ func (u *uidRules) len() int {
 // ready in time. Without a worker (settling pending entries) only a cached
 // hash is used.
 func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time, w *ruleWorker) (r *rules.Rule, ok, late bool) {
-	c := rules.Conn{UID: proc.UID, Exe: proc.Exe, Args: proc.Args, Tuple: t, Host: host}
+	c := rules.Conn{UID: proc.UID, Args: proc.Args, Tuple: t, Host: host}
+	// SECURITY: path and glob rules see the path only when it is the
+	// host's file and the process runs in the host's mount namespace: in
+	// a namespace of its own, a process can show any program at any path.
+	if proc.ExeVerified() {
+		c.Exe = proc.Exe
+	}
 	var ch *connHash
 	if u.hashes && proc.Exe != "" {
 		ch = &connHash{h: h, proc: proc}
@@ -45,6 +54,9 @@ func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host str
 	}
 	if w != nil {
 		c.Pace = w.pace
+	}
+	if u.files && proc.ExeIno != 0 {
+		c.SameFile = func(path string) bool { return h.files.Is(path, proc.ExeDev, proc.ExeIno) }
 	}
 	r, ok = u.m.Match(c, now)
 	if ch != nil && ch.late {
@@ -89,7 +101,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 	}
 	now := ruleTime(e.now())
 	live := make([]rules.Rule, 0, len(req.Rules))
-	hashes := false
+	hashes, files := false, false
 	for _, r := range req.Rules {
 		// An expired rule never matches again; keeping it would only
 		// cost a comparison per connection.
@@ -98,6 +110,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 		}
 		live = append(live, r)
 		hashes = hashes || r.ExeSHA256 != ""
+		files = files || r.AnyMountNS
 	}
 	// SECURITY: what the rules cost is bounded before they are compiled
 	// (internal/rules/cost.go), so a hostile set is refused cheaply.
@@ -111,7 +124,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 			return 0, fmt.Errorf("compile rules: %w: %w", err, errInvalid)
 		}
 		if cm.Len() > 0 {
-			m = &uidRules{m: cm, hashes: hashes}
+			m = &uidRules{m: cm, hashes: hashes, files: files}
 		}
 	}
 

@@ -134,7 +134,7 @@ func TestRulesOfOneUIDNeverDecideAnother(t *testing.T) {
 	if got := e.ListPending(bob); len(got) != 1 {
 		t.Fatalf("bob has %d pending, want 1", len(got))
 	}
-	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), flow.Process{PID: 61, TGID: 61, UID: 1000, Exe: "/usr/bin/wget"})
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.1", 40001, 443), flow.Process{PID: 61, TGID: 61, UID: 1000, Exe: "/usr/bin/wget", ExeIdentity: flow.ExeHost})
 	if got := r.verdict(2); got != flow.ActionAllow {
 		t.Fatalf("uid 1000's own wget: %v, want allow", got)
 	}

@@ -13,7 +13,10 @@
 //     sock_addr) are the fallback for kernels without the netfilter link
 //     (< 6.4). They write the same `flows` map and always allow.
 //   - on_exec / on_fork / on_exit (tp_btf) keep `execs`: the executable path
-//     and argv of every process, keyed by TGID.
+//     and argv of every process, keyed by TGID, with the executable's
+//     device and inode and the process's mount namespace, which userspace
+//     checks the path against (a mount namespace can show any file at any
+//     path).
 //   - nf_parse_test runs nf_local_out's packet parser under
 //     BPF_PROG_TEST_RUN for tests; the agent never loads it.
 //
@@ -124,6 +127,13 @@ struct exec_value {
 	__u16 args_len;       // bytes of args used
 	char exe[EXE_LEN];    // absolute path, NUL-terminated
 	char args[ARGS_LEN];  // argv, each argument NUL-terminated
+	// The executable's identity, which no mount can fake: the inode of
+	// mm->exe_file and its file system's kernel dev_t (MAJOR<<20|MINOR),
+	// and the task's mount namespace (mnt_ns->ns.inum). Userspace checks
+	// them against the file at exe in its own namespace.
+	__u64 exe_ino;
+	__u32 exe_dev;
+	__u32 mnt_ns;
 };
 
 // path_scratch is per-CPU working memory for building exe paths.
@@ -131,6 +141,10 @@ struct path_scratch {
 	__u64 names[MAX_PATH_DEPTH]; // d_name.name of each component, leaf first
 	__u32 lens[MAX_PATH_DEPTH];  // d_name.len of each component
 	char buf[EXE_LEN * 2];       // output; twice EXE_LEN: offset and size are each < EXE_LEN
+	// Components found so far. Kept here, not in walk_ctx, so that the
+	// verifier sees an unknown count: a known one made it explore every
+	// bpf_loop iteration separately, past its 1M-instruction limit.
+	__u32 n;
 };
 
 
@@ -737,15 +751,16 @@ static long walk_step(__u64 i, struct walk_ctx *c)
 		c->state = -1; // disconnected dentry: no absolute path
 		return 1;
 	}
-	if (c->n >= MAX_PATH_DEPTH) {
+	__u32 n = s->n;
+	if (n >= MAX_PATH_DEPTH) {
 		c->flags |= EXEC_F_EXE_TRUNC;
 		c->state = 1;
 		return 1;
 	}
-	__u32 k = c->n & (MAX_PATH_DEPTH - 1);
+	__u32 k = n & (MAX_PATH_DEPTH - 1);
 	s->names[k] = (__u64)BPF_CORE_READ(d, d_name.name);
 	s->lens[k] = BPF_CORE_READ(d, d_name.len);
-	c->n++;
+	s->n = n + 1;
 	c->d = (__u64)parent;
 	return 0;
 }
@@ -789,9 +804,11 @@ static __always_inline int build_exe_path(struct path_scratch *s, struct file *f
 	c.m = (__u64)vm - bpf_core_field_offset(struct mount, mnt);
 	if (!c.d || !c.vm)
 		return -1;
+	s->n = 0;
 	bpf_loop(MAX_WALK_STEPS, walk_step, &c, 0);
 	if (c.state != 1)
 		return -1; // failed, or ran out of steps
+	c.n = s->n;
 	bpf_loop(MAX_PATH_DEPTH, emit_step, &c, 0);
 	if (c.n == 0) {
 		s->buf[0] = '/';
@@ -830,6 +847,10 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		v->exe_len = r > 0 ? r - 1 : 0;
 	}
 	v->exe[EXE_LEN - 1] = 0;
+	struct inode *ei = BPF_CORE_READ(p, mm, exe_file, f_inode);
+	v->exe_ino = BPF_CORE_READ(ei, i_ino);
+	v->exe_dev = BPF_CORE_READ(ei, i_sb, s_dev);
+	v->mnt_ns = BPF_CORE_READ(p, nsproxy, mnt_ns, ns.inum);
 
 	unsigned long start = BPF_CORE_READ(p, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(p, mm, arg_end);

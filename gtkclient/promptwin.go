@@ -332,7 +332,7 @@ func (p *promptWindow) fillDetails(g *promptGroup) {
 	} else {
 		p.subtitle.Hide()
 	}
-	p.exe.SetText(inert.String(orDash(proc.GetExe())))
+	p.exe.SetText(inert.String(orDash(apiconv.ExeText(proc))))
 	user := fmt.Sprintf("uid %d", proc.GetUid())
 	if n, err := p.a.userName(proc.GetUid()); err == nil && n != "" {
 		user = fmt.Sprintf("%s (uid %d)", n, proc.GetUid())
@@ -346,7 +346,7 @@ func (p *promptWindow) fillDetails(g *promptGroup) {
 	p.cmdExpander.SetExpanded(false)
 	p.dest.SetText(inert.String(destinationText(fl, pr.GetHost())))
 	p.port.SetText(portText(fl, p.a.services))
-	p.conns.SetText(fmt.Sprint(g.connections()))
+	p.conns.SetText(connectionsText(g))
 	p.refreshConns(g)
 }
 
@@ -576,4 +576,30 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// connectionsText is the number of held connections of g and, when several
+// processes share them, their process IDs: "3 (PIDs 18993, 19021)".
+func connectionsText(g *promptGroup) string {
+	n := fmt.Sprint(g.connections())
+	var pids []string
+	var more uint32
+	seen := make(map[uint32]bool)
+	for _, pr := range g.prompts {
+		for _, q := range pr.GetProcesses() {
+			if !seen[q.GetTgid()] {
+				seen[q.GetTgid()] = true
+				pids = append(pids, fmt.Sprint(q.GetTgid()))
+			}
+		}
+		more += pr.GetMoreProcesses()
+	}
+	if len(pids) < 2 && more == 0 {
+		return n
+	}
+	n += " (PIDs " + strings.Join(pids, ", ")
+	if more > 0 {
+		n += fmt.Sprintf(" and %d more", more)
+	}
+	return n + ")"
 }

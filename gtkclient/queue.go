@@ -56,7 +56,11 @@ func (g *promptGroup) ids() []string {
 func groupKey(p *uiv1.Prompt) string {
 	pr, f := p.GetProcess(), p.GetFlow()
 	return strings.Join([]string{
-		strings.Join([]string{itoa(pr.GetUid()), pr.GetExe(), pr.GetComm()}, "\x00"),
+		// SECURITY: the executable's identity is part of the key, so a
+		// process that only shows a path never joins its real program's
+		// group (and answer).
+		strings.Join([]string{itoa(pr.GetUid()), pr.GetExe(), pr.GetComm(), pr.GetExeIdentity().String(),
+			itoa(pr.GetMntNs()), itoa(pr.GetExeDev()), strconv.FormatUint(pr.GetExeIno(), 10)}, "\x00"),
 		strings.Join(pr.GetArgs(), "\x00"),
 		strings.Join([]string{p.GetHost(), f.GetDstIp(), itoa(f.GetDstPort()), f.GetProtocol().String()}, "\x00"),
 	}, "\x01")

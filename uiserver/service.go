@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/exefile"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
@@ -84,12 +85,28 @@ type promptKey struct {
 	proto flow.Proto
 	dst   netip.Addr
 	port  uint16
+	// SECURITY: for a process whose path is not verified to be the
+	// host's file, the file it runs and its mount namespace are part of
+	// the key, so that it never shares a prompt (and an answer) with the
+	// program whose path it shows.
+	ident   flow.ExeIdentity
+	mntNS   uint32
+	dev     uint32
+	ino     uint64
+	tgid    uint32 // unverified and unknown file: the process itself
+	startNS uint64
 }
 
 func keyOf(p flow.Process, t flow.Tuple) promptKey {
 	k := promptKey{exe: p.Exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
 	if p.Exe == "" {
 		k.comm = p.Comm
+	}
+	if p.Exe != "" && !p.ExeVerified() {
+		k.ident, k.mntNS, k.dev, k.ino = p.ExeIdentity, p.MntNS, p.ExeDev, p.ExeIno
+		if p.ExeIno == 0 {
+			k.tgid, k.startNS = p.TGID, p.StartTime
+		}
 	}
 	return k
 }
@@ -103,6 +120,10 @@ type entry struct {
 	host     string
 	packets  uint32
 	deadline time.Time // the agent's; zero when it sent none
+	// procs are the processes the agent's entry lists, more how many it
+	// did not list.
+	procs []*agentv1.Process
+	more  uint32
 }
 
 type prompt struct {
@@ -125,8 +146,21 @@ func (p *prompt) connections() uint32 {
 	return n
 }
 
+// connOf is what a rule answering a prompt must cover. As in the agent,
+// path rules see the path only when the agent verified it to be the host's
+// file, and rules for a host file in every mount namespace are checked
+// against the file the process runs.
 func connOf(p flow.Process, t flow.Tuple, host string) rules.Conn {
-	return rules.Conn{UID: p.UID, Exe: p.Exe, Args: p.Args, Tuple: t, Host: host}
+	c := rules.Conn{UID: p.UID, Args: p.Args, Tuple: t, Host: host}
+	// (An unchecked process keeps its path here: this only checks that an
+	// answer fits its prompt; the agent matches no path rule against it.)
+	if p.ExeIdentity == flow.ExeHost || p.ExeIdentity == flow.ExeUnchecked {
+		c.Exe = p.Exe
+	}
+	if p.ExeIno != 0 {
+		c.SameFile = func(path string) bool { return exefile.New().Is(path, p.ExeDev, p.ExeIno) }
+	}
+	return c
 }
 
 // options are what tests replace.
@@ -640,6 +674,8 @@ func (s *Service) onPending(c agentv1.AgentServiceClient, ev *agentv1.PendingEve
 		tuple:   apiconv.Tuple(pc.GetFlow()),
 		host:    apiconv.Host(pc.GetHost()),
 		packets: max(pc.GetPackets(), 1),
+		procs:   pc.GetProcesses(),
+		more:    pc.GetMoreProcesses(),
 	}
 	if e.id == "" || e.proc.UID != s.uid {
 		return // a root uiserver sees everyone's; it answers only its own
@@ -805,7 +841,7 @@ func withdrawn(p *prompt, reason string) *uiv1.PromptEvent {
 }
 
 func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
-	return &uiv1.Prompt{
+	out := &uiv1.Prompt{
 		Id:             p.id,
 		Process:        apiconv.ProcessProto(p.first.proc),
 		Flow:           apiconv.FlowProto(p.first.tuple),
@@ -815,6 +851,31 @@ func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 		DeadlineAction: rules.ActionProto(s.cfg.TimeoutAction),
 		Connections:    p.connections(),
 	}
+	seen := make(map[uint32]bool)
+	add := func(e *entry) {
+		procs := e.procs
+		if len(procs) == 0 {
+			procs = []*agentv1.Process{apiconv.ProcessProto(e.proc)}
+		}
+		for _, q := range procs {
+			switch {
+			case seen[q.GetTgid()]:
+			case len(out.Processes) < 16:
+				seen[q.GetTgid()] = true
+				out.Processes = append(out.Processes, q)
+			default:
+				out.MoreProcesses++
+			}
+		}
+		out.MoreProcesses += e.more
+	}
+	add(p.first)
+	for _, e := range p.entries {
+		if e != p.first {
+			add(e)
+		}
+	}
+	return out
 }
 
 // settlePrompts decides the open prompts that the current rules cover.
@@ -894,9 +955,21 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 					"verdict", a.String(), "err", err)
 			}
 		}
-		s.record(store.HistoryEntry{
-			Time: now, Process: e.proc, Tuple: e.tuple, Host: e.host, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
-		})
+		// One line per process that joined the agent's entry, each under
+		// its own PID and command line (the agent's own records of these
+		// decisions are skipped as echoes, see onDecision).
+		procs := []flow.Process{e.proc}
+		if len(e.procs) > 0 {
+			procs = procs[:0]
+			for _, q := range e.procs {
+				procs = append(procs, apiconv.Process(q))
+			}
+		}
+		for _, proc := range procs {
+			s.record(store.HistoryEntry{
+				Time: now, Process: proc, Tuple: e.tuple, Host: e.host, Action: a, DecidedBy: decidedBy, RuleID: ruleID,
+			})
+		}
 	}
 }
 

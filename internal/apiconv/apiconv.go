@@ -123,6 +123,8 @@ func Process(p *agentv1.Process) flow.Process {
 	return flow.Process{
 		PID: p.GetPid(), TGID: p.GetTgid(), PPID: p.GetPpid(), UID: p.GetUid(), GID: p.GetGid(),
 		Comm: p.GetComm(), Exe: p.GetExe(), Args: p.GetArgs(), Source: p.GetIdentifiedBy(),
+		MntNS: p.GetMntNs(), ExeDev: p.GetExeDev(), ExeIno: p.GetExeIno(),
+		ExeIdentity: ExeIdentity(p.GetExeIdentity()),
 	}
 }
 
@@ -134,6 +136,8 @@ func ProcessProto(p flow.Process) *agentv1.Process {
 	return &agentv1.Process{
 		Pid: p.PID, Tgid: p.TGID, Ppid: p.PPID, Uid: p.UID, Gid: p.GID,
 		Comm: validUTF8(p.Comm), Exe: validUTF8(p.Exe), Args: validArgs(p.Args), IdentifiedBy: p.Source,
+		MntNs: p.MntNS, ExeDev: p.ExeDev, ExeIno: p.ExeIno,
+		ExeIdentity: ExeIdentityProto(p.ExeIdentity),
 	}
 }
 
@@ -152,6 +156,44 @@ func validArgs(args []string) []string {
 		}
 	}
 	return args
+}
+
+// ExeIdentity converts an API executable identity; unknown values become
+// flow.ExeUnchecked.
+func ExeIdentity(i agentv1.ExeIdentity) flow.ExeIdentity {
+	switch i {
+	case agentv1.ExeIdentity_EXE_IDENTITY_HOST:
+		return flow.ExeHost
+	case agentv1.ExeIdentity_EXE_IDENTITY_DELETED:
+		return flow.ExeDeleted
+	case agentv1.ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE:
+		return flow.ExeOtherNSHostFile
+	case agentv1.ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS:
+		return flow.ExeOtherNS
+	}
+	return flow.ExeUnchecked
+}
+
+// ExeIdentityProto is the inverse of ExeIdentity.
+func ExeIdentityProto(i flow.ExeIdentity) agentv1.ExeIdentity {
+	switch i {
+	case flow.ExeHost:
+		return agentv1.ExeIdentity_EXE_IDENTITY_HOST
+	case flow.ExeDeleted:
+		return agentv1.ExeIdentity_EXE_IDENTITY_DELETED
+	case flow.ExeOtherNSHostFile:
+		return agentv1.ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE
+	case flow.ExeOtherNS:
+		return agentv1.ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS
+	}
+	return agentv1.ExeIdentity_EXE_IDENTITY_UNCHECKED
+}
+
+// ExeText is the executable of p as people should read it: the path, and
+// for a process whose path is not the host's file, what it is (deleted, in
+// another mount namespace, unverified). "" when unknown.
+func ExeText(p *agentv1.Process) string {
+	return Process(p).ExeDisplay()
 }
 
 // Host returns an API host name in the form rules compare (lower case, no

@@ -200,12 +200,15 @@ func actionName(a agentv1.Action) string {
 	return strings.TrimPrefix(strings.ToLower(a.String()), "action_")
 }
 
+// describeProcess is "pid=PID EXE uid=UID": the process ID (tgid; the API's
+// pid is the thread ID) first, then the executable as apiconv.ExeText shows
+// it (with what it is when it is not the host's file).
 func describeProcess(p *agentv1.Process) string {
-	name := inert.String(p.GetExe())
+	name := inert.String(apiconv.ExeText(p))
 	if name == "" {
 		name = "[" + inert.String(p.GetComm()) + "]"
 	}
-	return fmt.Sprintf("%s pid=%d uid=%d", name, p.GetTgid(), p.GetUid())
+	return fmt.Sprintf("pid=%d %s uid=%d", p.GetTgid(), name, p.GetUid())
 }
 
 // describeFlow is "tcp 192.0.2.1:443", with " (example.com)" when the
@@ -226,7 +229,26 @@ func describeFlow(f *agentv1.Flow, host string) string {
 func describePending(p *agentv1.PendingConnection) string {
 	args := inert.Elide(strings.Join(p.GetProcess().GetArgs(), " "), 80)
 	left := time.Until(p.GetDeadline().AsTime()).Round(time.Second)
-	return fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
+	out := fmt.Sprintf("%s %s -> %s [%s] %d packet(s), %s in %v",
 		inert.String(p.GetId()), describeProcess(p.GetProcess()), describeFlow(p.GetFlow(), p.GetHost()), args, p.GetPackets(),
 		actionName(p.GetDeadlineAction()), left)
+	return out + alsoProcesses(p.GetProcesses(), p.GetMoreProcesses())
+}
+
+// alsoProcesses lists the processes of a merged entry after the first, as
+// "; also pid=2 [argv], pid=3 [argv] and 4 more", "" when there are none.
+func alsoProcesses(procs []*agentv1.Process, more uint32) string {
+	if len(procs) <= 1 && more == 0 {
+		return ""
+	}
+	var parts []string
+	for _, q := range procs[min(1, len(procs)):] {
+		args := inert.Elide(strings.Join(q.GetArgs(), " "), 60)
+		parts = append(parts, fmt.Sprintf("pid=%d [%s]", q.GetTgid(), args))
+	}
+	out := "; also " + strings.Join(parts, ", ")
+	if more > 0 {
+		out += fmt.Sprintf(" and %d more", more)
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/inert"
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
@@ -103,8 +104,8 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 	if e.GetRuleId() != "" && by != "rule:"+e.GetRuleId() {
 		by += " rule " + e.GetRuleId()
 	}
-	fmt.Fprintf(c.out, "%s %-6s %s pid=%d -> %s %s (by %s)\n",
+	fmt.Fprintf(c.out, "%s %-6s pid=%d %s -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
-		orDash(inert.String(e.GetProcess().GetExe())), e.GetProcess().GetTgid(),
+		e.GetProcess().GetTgid(), orDash(inert.String(apiconv.ExeText(e.GetProcess()))),
 		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.String(by)))
 }

@@ -281,9 +281,9 @@ func (s *promptSession) show() {
 	}
 	fmt.Fprintf(s.out, "\n== %s wants to connect to %s%s ==\n", appName(proc), to, more)
 	field := func(k, v string) { fmt.Fprintf(s.out, "  %-14s %s\n", k+":", inert.String(v)) }
-	field("app", appName(proc))
-	field("executable", orDash(proc.GetExe()))
 	field("process", fmt.Sprintf("PID %d, user %s", proc.GetTgid(), s.userName(proc.GetUid())))
+	field("app", appName(proc))
+	field("executable", orDash(apiconv.ExeText(proc)))
 	field("parent", s.parent(proc.GetPpid()))
 	cmd := inert.String(strings.Join(proc.GetArgs(), " "))
 	if len([]rune(cmd)) > 120 {
@@ -295,6 +295,9 @@ func (s *promptSession) show() {
 	field("protocol", fmt.Sprintf("%s, IPv%d", proto, fl.GetIpVersion()))
 	if p.GetConnections() > 1 {
 		field("connections", strconv.Itoa(int(p.GetConnections())))
+	}
+	if also := alsoProcesses(p.GetProcesses(), p.GetMoreProcesses()); also != "" {
+		field("processes", strings.TrimPrefix(also, "; "))
 	}
 	field("default", s.countdown())
 }

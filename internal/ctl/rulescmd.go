@@ -79,10 +79,12 @@ func (c *cli) rulesList(ctx context.Context, args []string) error {
 // operandFlags are the flags that set a rule's operands.
 type operandFlags struct {
 	exe, cmdline, sha256, dst, port, host, proto string
+	anyMountNS                                   bool
 }
 
 func (o *operandFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.exe, "exe", "", "executable path or glob")
+	fs.BoolVar(&o.anyMountNS, "any-mount-ns", false, "--exe (an exact host path) also matches processes in other mount namespaces (containers, Flatpak, Snap) that run that very file")
 	fs.StringVar(&o.cmdline, "cmdline", "", "RE2 expression matching the whole command line")
 	fs.StringVar(&o.sha256, "sha256", "", "hex SHA-256 of the executable")
 	fs.StringVar(&o.dst, "dst", "", "destination address or CIDR prefix")
@@ -95,6 +97,9 @@ func (o *operandFlags) register(fs *flag.FlagSet) {
 func (o *operandFlags) apply(r *rules.Rule, set map[string]bool) error {
 	if set["exe"] {
 		r.Exe = o.exe
+	}
+	if set["any-mount-ns"] {
+		r.AnyMountNS = o.anyMountNS
 	}
 	if set["cmdline"] {
 		r.Cmdline = o.cmdline
@@ -210,7 +215,7 @@ func setFlags(fs *flag.FlagSet) map[string]bool {
 	return set
 }
 
-const addUse = "rules add --action allow|deny|reject [--exe PATH|GLOB] [--cmdline RE] [--sha256 HEX] [--dst IP|CIDR] " +
+const addUse = "rules add --action allow|deny|reject [--exe PATH|GLOB [--any-mount-ns]] [--cmdline RE] [--sha256 HEX] [--dst IP|CIDR] " +
 	"[--port N|N-M] [--host NAME|*.domain] [--proto P] [--for DURATION|--session|--forever] [--note TEXT] [--disabled]"
 
 func (c *cli) rulesAdd(ctx context.Context, args []string) error {

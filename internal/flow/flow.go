@@ -69,6 +69,9 @@ func (t Tuple) String() string {
 }
 
 // Process is what Bastion knows about the program behind a connection.
+//
+// Mind the names: PID is the kernel's pid, which is the sending *thread's*
+// ID; TGID is what ps, top and kill call the process ID. Show TGID as "PID".
 type Process struct {
 	PID  uint32 // thread ID of the sending thread (the kernel's pid)
 	TGID uint32 // process ID as userspace knows it
@@ -88,6 +91,16 @@ type Process struct {
 	// 0 when unknown. It tells a retransmission (same socket) from a new
 	// connection that happens to reuse the same 5-tuple.
 	Socket uint64
+	// MntNS is the inode number of the mount namespace the process runs
+	// in (its /proc/PID/ns/mnt), 0 when unknown.
+	MntNS uint32
+	// ExeDev and ExeIno identify the file the process runs, as the kernel
+	// sees it: the inode and its file system's dev_t (kernel encoding,
+	// MAJOR<<20|MINOR). 0 when unknown.
+	ExeDev uint32
+	ExeIno uint64
+	// ExeIdentity says whether Exe is the host's file (see ExeVerified).
+	ExeIdentity ExeIdentity
 }
 
 // Known reports whether the process was identified at all.

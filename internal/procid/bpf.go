@@ -79,6 +79,10 @@ type bpfResolver struct {
 	// (the flow) instead of two plus string building.
 	imagesMu sync.Mutex
 	images   map[imageKey]image
+
+	// exes checks executables against the host's files; nil when the
+	// agent's own mount namespace could not be read (nothing verifies).
+	exes *exeChecker
 }
 
 // imageKey names one process image: execve bumps the leader's
@@ -93,6 +97,12 @@ type image struct {
 	exe  string
 	args []string // shared by every Process built from it; never modified
 	ppid uint32
+	// The executable's identity, checked once when the image was first
+	// seen (a file deleted later does not change it).
+	mntNS    uint32
+	exeDev   uint32
+	exeIno   uint64
+	identity flow.ExeIdentity
 }
 
 // maxImages bounds the image cache; it is simply cleared when full.
@@ -126,6 +136,11 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 		return nil, fmt.Errorf("load eBPF spec: %w", err)
 	}
 	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino), images: make(map[imageKey]image)}
+	if exes, xerr := newExeChecker(cfg.ProcFS); xerr != nil {
+		log.Warn("executables cannot be checked against the host's files; path rules will match nothing", "err", xerr)
+	} else {
+		r.exes = exes
+	}
 	r.bufs.New = func() any { return new(lookupBuf) }
 	defer func() {
 		if err != nil {
@@ -391,15 +406,18 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	r.imagesMu.Unlock()
 	if ok {
 		p.Exe, p.Args, p.PPID = img.exe, img.args, img.ppid
+		p.MntNS, p.ExeDev, p.ExeIno, p.ExeIdentity = img.mntNS, img.exeDev, img.exeIno, img.identity
 		return p, nil
 	}
 	r.fillExec(&p, &b.exec)
+	r.exes.check(&p)
 	if p.Exe != "" {
 		r.imagesMu.Lock()
 		if len(r.images) >= maxImages {
 			clear(r.images)
 		}
-		r.images[ik] = image{exe: p.Exe, args: p.Args, ppid: p.PPID}
+		r.images[ik] = image{exe: p.Exe, args: p.Args, ppid: p.PPID,
+			mntNS: p.MntNS, exeDev: p.ExeDev, exeIno: p.ExeIno, identity: p.ExeIdentity}
 		r.imagesMu.Unlock()
 	}
 	return p, nil
@@ -450,6 +468,7 @@ func (r *bpfResolver) fillExec(p *flow.Process, e *procidExecValue) {
 				p.Exe = cString(e.Exe[:])
 			}
 			p.Args = splitArgs(e.Args[:min(int(e.ArgsLen), len(e.Args))])
+			p.MntNS, p.ExeDev, p.ExeIno = e.MntNs, e.ExeDev, e.ExeIno
 			if p.Exe != "" {
 				return
 			}
@@ -462,6 +481,7 @@ func (r *bpfResolver) fillExec(p *flow.Process, e *procidExecValue) {
 		return
 	}
 	p.Exe = pp.Exe
+	p.MntNS, p.ExeDev, p.ExeIno = pp.MntNS, pp.ExeDev, pp.ExeIno
 	if p.Args == nil {
 		p.Args = pp.Args
 	}
@@ -479,7 +499,8 @@ func (r *bpfResolver) remember(p *flow.Process, e *procidExecValue) {
 	if r.execs == nil || p.Exe == "" {
 		return
 	}
-	*e = procidExecValue{Tgid: p.TGID, Ppid: p.PPID, StartBoottime: p.StartTime}
+	*e = procidExecValue{Tgid: p.TGID, Ppid: p.PPID, StartBoottime: p.StartTime,
+		ExeIno: p.ExeIno, ExeDev: p.ExeDev, MntNs: p.MntNS}
 	e.ExeLen = uint16(copy(bytesOf(e.Exe[:len(e.Exe)-1]), p.Exe))
 	args := bytesOf(e.Args[:])
 	n := 0

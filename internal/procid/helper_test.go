@@ -36,6 +36,8 @@ const (
 	// extHdrEnv asks for IPv6 extension headers on every packet, set as
 	// sticky socket options before connect: "hop", "dst" or "hop,dst".
 	extHdrEnv = "BASTION_PROCID_EXTHDR"
+	// unlinkSelfEnv makes the helper delete its own executable first.
+	unlinkSelfEnv = "BASTION_PROCID_UNLINK_SELF"
 )
 
 func TestMain(m *testing.M) {
@@ -50,6 +52,15 @@ func TestMain(m *testing.M) {
 }
 
 func helperMain(mode string) error {
+	if os.Getenv(unlinkSelfEnv) != "" {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(self); err != nil {
+			return err
+		}
+	}
 	dst := os.Getenv(addrEnv)
 	var local string
 	switch mode {
@@ -339,6 +350,8 @@ type helperOpts struct {
 	argv0  string    // how the binary is named to execve (relative paths welcome)
 	dir    string
 	args   []string
+	// unlinkSelf: the helper deletes its executable before it connects.
+	unlinkSelf bool
 }
 
 type helperProc struct {
@@ -362,6 +375,9 @@ func startHelper(t testing.TB, ns *os.File, o helperOpts) *helperProc {
 	}
 	if o.extHdr != "" {
 		cmd.Env = append(cmd.Env, extHdrEnv+"="+o.extHdr)
+	}
+	if o.unlinkSelf {
+		cmd.Env = append(cmd.Env, unlinkSelfEnv+"=1")
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}, AmbientCaps: o.caps}
 	if o.cgroup != nil {

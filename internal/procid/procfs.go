@@ -12,7 +12,8 @@ import (
 
 // procfsResolver adapts procfs.Resolver to Resolver.
 type procfsResolver struct {
-	r *procfs.Resolver
+	r    *procfs.Resolver
+	exes *exeChecker // nil: nothing is verified
 }
 
 func openProcFS(cfg Config) (*procfsResolver, error) {
@@ -20,7 +21,12 @@ func openProcFS(cfg Config) (*procfsResolver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &procfsResolver{r: r}, nil
+	exes, err := newExeChecker(cfg.ProcFS)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return &procfsResolver{r: r, exes: exes}, nil
 }
 
 func (p *procfsResolver) Resolve(t flow.Tuple) (flow.Process, error) {
@@ -33,6 +39,7 @@ func (p *procfsResolver) Resolve(t flow.Tuple) (flow.Process, error) {
 		return proc, err
 	}
 	proc.Source = string(MechProcFS)
+	p.exes.check(&proc)
 	return proc, nil
 }
 

@@ -23,6 +23,9 @@ type procidExecValue struct {
 	ArgsLen       uint16
 	Exe           [256]int8
 	Args          [512]int8
+	ExeIno        uint64
+	ExeDev        uint32
+	MntNs         uint32
 }
 
 type procidFlowKey struct {
@@ -65,6 +68,8 @@ type procidPathScratch struct {
 	Names [32]uint64
 	Lens  [32]uint32
 	Buf   [512]int8
+	N     uint32
+	_     [4]byte
 }
 
 type procidRecentFlow struct {

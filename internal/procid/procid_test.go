@@ -89,6 +89,9 @@ func checkFlows(t *testing.T, r Resolver, ns *os.File, cg *os.File) {
 			if p.Exe != bin {
 				t.Errorf("exe = %q, want %q", p.Exe, bin)
 			}
+			if p.ExeIdentity != flow.ExeHost || p.ExeIno == 0 || p.MntNS == 0 {
+				t.Errorf("exe identity %s (dev %d ino %d mnt_ns %d), want the host's file", p.ExeIdentity, p.ExeDev, p.ExeIno, p.MntNS)
+			}
 			if want := []string{argv0, marker, "second arg"}; !slices.Equal(p.Args, want) {
 				t.Errorf("args = %q, want %q", p.Args, want)
 			}

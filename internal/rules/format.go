@@ -46,6 +46,9 @@ const maxImportSize = 64 << 20
 //	enabled    true or false (default true)
 //	action     "allow", "deny" or "reject"
 //	exe        executable: absolute path or glob
+//	any_mount_ns true: exe (an exact host path) also matches processes in
+//	           other mount namespaces (containers, Flatpak, Snap) that run
+//	           that very file (same device and inode)
 //	exe_sha256 lower-case hex SHA-256 of the executable
 //	cmdline    RE2 expression matching the whole command line
 //	dst        address "192.0.2.1" or prefix "192.0.2.0/24"
@@ -59,22 +62,23 @@ const maxImportSize = 64 << 20
 //	last_hit   RFC 3339 time
 //	note       free text
 type fileRule struct {
-	ID        string  `json:"id,omitempty" toml:"id,omitempty"`
-	Enabled   *bool   `json:"enabled,omitempty" toml:"enabled,omitempty"`
-	Action    string  `json:"action" toml:"action"`
-	Exe       string  `json:"exe,omitempty" toml:"exe,omitempty"`
-	ExeSHA256 string  `json:"exe_sha256,omitempty" toml:"exe_sha256,omitempty"`
-	Cmdline   string  `json:"cmdline,omitempty" toml:"cmdline,omitempty"`
-	Dst       string  `json:"dst,omitempty" toml:"dst,omitempty"`
-	Ports     string  `json:"ports,omitempty" toml:"ports,omitempty"`
-	Protocol  string  `json:"protocol,omitempty" toml:"protocol,omitempty"`
-	Host      string  `json:"host,omitempty" toml:"host,omitempty"`
-	Lifetime  string  `json:"lifetime,omitempty" toml:"lifetime,omitempty"`
-	Expires   string  `json:"expires,omitempty" toml:"expires,omitempty"`
-	Created   string  `json:"created,omitempty" toml:"created,omitempty"`
-	Hits      *uint64 `json:"hits,omitempty" toml:"hits,omitempty"`
-	LastHit   string  `json:"last_hit,omitempty" toml:"last_hit,omitempty"`
-	Note      string  `json:"note,omitempty" toml:"note,omitempty"`
+	ID         string  `json:"id,omitempty" toml:"id,omitempty"`
+	Enabled    *bool   `json:"enabled,omitempty" toml:"enabled,omitempty"`
+	Action     string  `json:"action" toml:"action"`
+	Exe        string  `json:"exe,omitempty" toml:"exe,omitempty"`
+	AnyMountNS bool    `json:"any_mount_ns,omitempty" toml:"any_mount_ns,omitempty"`
+	ExeSHA256  string  `json:"exe_sha256,omitempty" toml:"exe_sha256,omitempty"`
+	Cmdline    string  `json:"cmdline,omitempty" toml:"cmdline,omitempty"`
+	Dst        string  `json:"dst,omitempty" toml:"dst,omitempty"`
+	Ports      string  `json:"ports,omitempty" toml:"ports,omitempty"`
+	Protocol   string  `json:"protocol,omitempty" toml:"protocol,omitempty"`
+	Host       string  `json:"host,omitempty" toml:"host,omitempty"`
+	Lifetime   string  `json:"lifetime,omitempty" toml:"lifetime,omitempty"`
+	Expires    string  `json:"expires,omitempty" toml:"expires,omitempty"`
+	Created    string  `json:"created,omitempty" toml:"created,omitempty"`
+	Hits       *uint64 `json:"hits,omitempty" toml:"hits,omitempty"`
+	LastHit    string  `json:"last_hit,omitempty" toml:"last_hit,omitempty"`
+	Note       string  `json:"note,omitempty" toml:"note,omitempty"`
 }
 
 type jsonFile struct {
@@ -121,20 +125,21 @@ func Export(rs []Rule, f Format) ([]byte, error) {
 func toFile(r Rule) fileRule {
 	enabled := r.Enabled
 	fr := fileRule{
-		ID:        r.ID,
-		Enabled:   &enabled,
-		Action:    r.Action.String(),
-		Exe:       r.Exe,
-		ExeSHA256: r.ExeSHA256,
-		Cmdline:   r.Cmdline,
-		Dst:       formatDst(r.Dst),
-		Ports:     formatPorts(r.PortMin, r.PortMax),
-		Host:      r.Host,
-		Lifetime:  r.Lifetime.String(),
-		Expires:   formatTime(r.Expires),
-		Created:   formatTime(r.Created),
-		LastHit:   formatTime(r.LastHit),
-		Note:      r.Note,
+		ID:         r.ID,
+		Enabled:    &enabled,
+		Action:     r.Action.String(),
+		Exe:        r.Exe,
+		ExeSHA256:  r.ExeSHA256,
+		AnyMountNS: r.AnyMountNS,
+		Cmdline:    r.Cmdline,
+		Dst:        formatDst(r.Dst),
+		Ports:      formatPorts(r.PortMin, r.PortMax),
+		Host:       r.Host,
+		Lifetime:   r.Lifetime.String(),
+		Expires:    formatTime(r.Expires),
+		Created:    formatTime(r.Created),
+		LastHit:    formatTime(r.LastHit),
+		Note:       r.Note,
 	}
 	if r.Proto != 0 {
 		fr.Protocol = r.Proto.String()
@@ -225,14 +230,15 @@ func Import(data []byte, f Format) ([]Rule, error) {
 
 func fromFile(fr fileRule) (Rule, error) {
 	r := Rule{
-		ID:        fr.ID,
-		Enabled:   fr.Enabled == nil || *fr.Enabled,
-		Exe:       fr.Exe,
-		ExeSHA256: fr.ExeSHA256,
-		Cmdline:   fr.Cmdline,
-		Host:      fr.Host,
-		Lifetime:  Forever,
-		Note:      fr.Note,
+		ID:         fr.ID,
+		Enabled:    fr.Enabled == nil || *fr.Enabled,
+		Exe:        fr.Exe,
+		ExeSHA256:  fr.ExeSHA256,
+		AnyMountNS: fr.AnyMountNS,
+		Cmdline:    fr.Cmdline,
+		Host:       fr.Host,
+		Lifetime:   Forever,
+		Note:       fr.Note,
 	}
 	var err error
 	if fr.Action == "" {

@@ -23,6 +23,9 @@ type Matcher struct {
 	// wildcard; a lookup visits the lists of the executable's ancestors.
 	globs map[string][]*crule
 	any   *group // rules without Exe
+	// files holds the AnyMountNS rules (also in exact), matched by file
+	// identity for processes whose path is not the host's file.
+	files []*crule
 }
 
 // crule is a compiled rule.
@@ -77,6 +80,9 @@ func NewMatcher(rs []Rule) (*Matcher, error) {
 				m.exact[cr.exe] = g
 			}
 			g.add(cr)
+			if cr.r.AnyMountNS {
+				m.files = append(m.files, cr)
+			}
 		default:
 			d := cr.glob.dir()
 			m.globs[d] = append(m.globs[d], cr)
@@ -89,6 +95,7 @@ func NewMatcher(rs []Rule) (*Matcher, error) {
 		sortRules(l)
 	}
 	m.any.sort()
+	sortRules(m.files)
 	return m, nil
 }
 
@@ -144,6 +151,14 @@ func (m *Matcher) match(c *Conn, now time.Time) (*crule, int) {
 	// without Exe, so the first class that has a match decides.
 	if g := m.exact[c.Exe]; g != nil && c.Exe != "" {
 		if best := g.match(&st); best != nil {
+			return best, st.examined
+		}
+	}
+	// Rules for a host file in every mount namespace rank with the exact
+	// paths: a process outside the host's namespace, or one that runs
+	// the file under another name, is matched by the file itself.
+	if len(m.files) > 0 && c.SameFile != nil {
+		if best := st.first(m.files); best != nil {
 			return best, st.examined
 		}
 	}
@@ -270,6 +285,7 @@ type matchState struct {
 	sha        string
 	shaDone    bool
 	examined   int
+	sameFile   map[string]bool // SameFile's answers, by path
 }
 
 func newMatchState(c Conn, now time.Time, checkTime bool) matchState {
@@ -382,6 +398,17 @@ func (st *matchState) matches(cr *crule) bool {
 
 func (st *matchState) exeMatches(cr *crule) bool {
 	exe := st.c.Exe
+	if cr.r.AnyMountNS && exe != cr.exe && st.c.SameFile != nil {
+		same, ok := st.sameFile[cr.exe]
+		if !ok {
+			same = st.c.SameFile(cr.exe)
+			if st.sameFile == nil {
+				st.sameFile = make(map[string]bool)
+			}
+			st.sameFile[cr.exe] = same
+		}
+		return same
+	}
 	if exe == "" {
 		return false
 	}

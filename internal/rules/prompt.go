@@ -76,6 +76,24 @@ func ForPrompt(p flow.Process, t flow.Tuple, host string, c Choice, now time.Tim
 		Lifetime: c.Lifetime,
 		Created:  now,
 	}
+	// SECURITY: a path rule matches only a process whose path is the
+	// host's file (see flow.ExeIdentity). A process in another mount
+	// namespace that runs the host's file gets a rule for that file in
+	// every namespace; one whose file the host does not have at its path
+	// can be answered once (the rule then decides only this prompt's
+	// connections), or by a sha256 rule made by hand.
+	// (ExeUnchecked: the agent matches no path rule against such a
+	// process, so the rule is merely useless for it, never too broad.)
+	switch p.ExeIdentity {
+	case flow.ExeHost, flow.ExeUnchecked:
+	case flow.ExeOtherNSHostFile:
+		r.AnyMountNS = true
+	default:
+		if c.Lifetime != Once {
+			return Rule{}, fmt.Errorf("rule for prompt: %s is not the host's file, so no path rule can name it; answer once, or add a rule by its SHA-256", p.ExeDisplay())
+		}
+		r.Exe = ""
+	}
 	switch {
 	case c.Lifetime == Duration && c.For <= 0:
 		return Rule{}, fmt.Errorf("rule for prompt: lifetime duration needs a positive length, not %s", c.For)

@@ -24,6 +24,7 @@ func ToProto(r Rule) *rulesv1.Rule {
 		Exe:        r.Exe,
 		Cmdline:    r.Cmdline,
 		ExeSha256:  r.ExeSHA256,
+		AnyMountNs: r.AnyMountNS,
 		Dst:        formatDst(r.Dst),
 		DstPortMin: uint32(r.PortMin),
 		DstPortMax: uint32(r.PortMax),
@@ -55,14 +56,15 @@ func FromProto(p *rulesv1.Rule) (Rule, error) {
 
 func fromProto(p *rulesv1.Rule) (Rule, error) {
 	r := Rule{
-		ID:        p.GetId(),
-		Enabled:   p.GetEnabled(),
-		Exe:       p.GetExe(),
-		Cmdline:   p.GetCmdline(),
-		ExeSHA256: p.GetExeSha256(),
-		Host:      p.GetHost(),
-		Hits:      p.GetHits(),
-		Note:      p.GetNote(),
+		ID:         p.GetId(),
+		Enabled:    p.GetEnabled(),
+		Exe:        p.GetExe(),
+		Cmdline:    p.GetCmdline(),
+		ExeSHA256:  p.GetExeSha256(),
+		AnyMountNS: p.GetAnyMountNs(),
+		Host:       p.GetHost(),
+		Hits:       p.GetHits(),
+		Note:       p.GetNote(),
 	}
 	var err error
 	if r.Action, err = actionFromProto(p.GetAction()); err != nil {

@@ -39,6 +39,13 @@ type Rule struct {
 	// (arguments joined by single spaces, cut at MaxMatchedCmdline bytes).
 	// Its size and matching work are bounded (CostOf).
 	Cmdline string
+	// AnyMountNS widens an exact Exe to processes in every mount namespace
+	// (containers, Flatpak, Snap): it then matches any process whose
+	// executable is the very file the host has at Exe (same device and
+	// inode), whatever path the process knows it by. Without it, Exe
+	// matches only processes in the host's mount namespace whose
+	// executable is the host's file at that path (flow.ExeVerified).
+	AnyMountNS bool
 	// ExeSHA256 is the lower-case hex SHA-256 of the executable.
 	ExeSHA256 string
 	// Dst is the destination address (a /32 or /128) or prefix; the zero
@@ -63,7 +70,10 @@ type Rule struct {
 
 // Conn is what a rule is matched against.
 type Conn struct {
-	UID   uint32
+	UID uint32
+	// Exe is the executable's path, only when it is known to be the
+	// host's file (flow.Process.ExeVerified); "" otherwise, so that no
+	// path or glob rule matches a process that may be masquerading.
 	Exe   string
 	Args  []string
 	Tuple flow.Tuple
@@ -76,4 +86,8 @@ type Conn struct {
 	// matched, so that the caller can let others run between them: a
 	// match against many rules is a series of bounded steps.
 	Pace func()
+	// SameFile reports whether the host's file at path is the file the
+	// process runs (device and inode); nil means unknown. Only AnyMountNS
+	// rules ask it.
+	SameFile func(path string) bool
 }

@@ -76,6 +76,11 @@ func (r Rule) validateFields(prog **syntax.Prog, width *int) error {
 	if err := validateExe(r.Exe); err != nil {
 		return fmt.Errorf("exe: %w", err)
 	}
+	if r.AnyMountNS {
+		if _, literal := globLiteral(r.Exe); r.Exe == "" || !literal {
+			return errors.New("any_mount_ns: needs an exact exe path (a file on the host), not a glob")
+		}
+	}
 	if len(r.Cmdline) > maxCmdlineLen {
 		return fmt.Errorf("cmdline: longer than %d bytes", maxCmdlineLen)
 	}

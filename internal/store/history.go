@@ -38,7 +38,7 @@ type DecideLaterEntry struct {
 // connColumns are the process and tuple columns history and decide_later
 // share, in connValues order.
 const connColumns = `pid, tgid, ppid, uid, gid, comm, exe, args, start_time, source,
-	proto, src, dst, src_port, dst_port, host`
+	proto, src, dst, src_port, dst_port, host, exe_identity, mnt_ns`
 
 // AppendHistory adds e to the history, dropping the oldest entries beyond
 // the bound (Options.MaxHistory) in the same transaction.
@@ -54,7 +54,7 @@ func (s *Store) AppendHistory(ctx context.Context, e HistoryEntry) (err error) {
 	args := append([]any{t}, cv...)
 	args = append(args, int64(e.Action), e.DecidedBy, e.RuleID)
 	return s.appendBounded(ctx, "append history",
-		"INSERT INTO history (time, "+connColumns+", action, decided_by, rule_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+		"INSERT INTO history (time, "+connColumns+", action, decided_by, rule_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 		args, "history", s.maxHistory)
 }
 
@@ -124,7 +124,7 @@ func (s *Store) AddDecideLater(ctx context.Context, e DecideLaterEntry) (DecideL
 	args := append([]any{e.ID, t}, cv...)
 	args = append(args, int64(e.Applied))
 	if err := s.appendBounded(ctx, "add decide-later entry "+e.ID,
-		"INSERT INTO decide_later (id, time, "+connColumns+", applied) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+		"INSERT INTO decide_later (id, time, "+connColumns+", applied) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 		args, "decide_later", s.maxDecideLater); err != nil {
 		return DecideLaterEntry{}, err
 	}
@@ -220,6 +220,7 @@ func connValues(p flow.Process, t flow.Tuple, host string) ([]any, error) {
 		int64(p.PID), int64(p.TGID), int64(p.PPID), int64(p.UID), int64(p.GID),
 		p.Comm, p.Exe, args, int64(p.StartTime), p.Source,
 		int64(t.Proto), addrString(t.Src), addrString(t.Dst), int64(t.SrcPort), int64(t.DstPort), host,
+		int64(p.ExeIdentity), int64(p.MntNS),
 	}, nil
 }
 
@@ -241,11 +242,12 @@ type connRow struct {
 	src, dst                  string
 	srcPort, dstPort          int64
 	host                      string
+	exeIdentity, mntNS        int64
 }
 
 func (c *connRow) dest() []any {
 	return []any{&c.pid, &c.tgid, &c.ppid, &c.uid, &c.gid, &c.comm, &c.exe, &c.args, &c.startTime, &c.source,
-		&c.proto, &c.src, &c.dst, &c.srcPort, &c.dstPort, &c.host}
+		&c.proto, &c.src, &c.dst, &c.srcPort, &c.dstPort, &c.host, &c.exeIdentity, &c.mntNS}
 }
 
 func (c *connRow) decode() (flow.Process, flow.Tuple, string, error) {
@@ -260,7 +262,7 @@ func (c *connRow) decode() (flow.Process, flow.Tuple, string, error) {
 	}{
 		{"pid", c.pid, math.MaxUint32}, {"tgid", c.tgid, math.MaxUint32}, {"ppid", c.ppid, math.MaxUint32},
 		{"uid", c.uid, math.MaxUint32}, {"gid", c.gid, math.MaxUint32}, {"start time", c.startTime, math.MaxInt64},
-		{"protocol", c.proto, math.MaxUint8}, {"source port", c.srcPort, math.MaxUint16}, {"destination port", c.dstPort, math.MaxUint16},
+		{"protocol", c.proto, math.MaxUint8}, {"exe identity", c.exeIdentity, math.MaxUint8}, {"mount namespace", c.mntNS, math.MaxUint32}, {"source port", c.srcPort, math.MaxUint16}, {"destination port", c.dstPort, math.MaxUint16},
 	} {
 		if v.v < 0 || v.v > v.max {
 			return p, t, "", fmt.Errorf("invalid %s %d in the database", v.name, v.v)
@@ -269,6 +271,7 @@ func (c *connRow) decode() (flow.Process, flow.Tuple, string, error) {
 	p = flow.Process{
 		PID: uint32(c.pid), TGID: uint32(c.tgid), PPID: uint32(c.ppid), UID: uint32(c.uid), GID: uint32(c.gid),
 		Comm: c.comm, Exe: c.exe, StartTime: uint64(c.startTime), Source: c.source,
+		ExeIdentity: flow.ExeIdentity(c.exeIdentity), MntNS: uint32(c.mntNS),
 	}
 	if c.args.Valid {
 		if err := json.Unmarshal([]byte(c.args.String), &p.Args); err != nil {

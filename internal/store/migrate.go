@@ -87,6 +87,15 @@ func migrations() []string {
 		host       TEXT    NOT NULL DEFAULT '',
 		applied    INTEGER NOT NULL DEFAULT 0
 	) STRICT;`,
+
+		// 3: rules for a host file in every mount namespace; whether a
+		// recorded process's executable was the host's file, and its mount
+		// namespace (flow.ExeIdentity, flow.Process.MntNS).
+		`ALTER TABLE rules ADD COLUMN any_mount_ns INTEGER NOT NULL DEFAULT 0 CHECK (any_mount_ns IN (0, 1));
+	ALTER TABLE history ADD COLUMN exe_identity INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE history ADD COLUMN mnt_ns INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE decide_later ADD COLUMN exe_identity INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE decide_later ADD COLUMN mnt_ns INTEGER NOT NULL DEFAULT 0;`,
 	}
 }
 

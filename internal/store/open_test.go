@@ -95,7 +95,7 @@ func TestOpenRefuses(t *testing.T) {
 		{"sqlite header then garbage", write(append([]byte(sqliteHeader), bytes.Repeat([]byte{0xa5}, 8192)...)), "is not a Bastion rules database"},
 		{"another program's database", sqliteWith("CREATE TABLE bookmarks (url TEXT)"), "is not a Bastion rules database: a SQLite database without Bastion's application id"},
 		{"another application id", sqliteWith("PRAGMA application_id = 7"), "is not a Bastion rules database: SQLite application id 0x7"},
-		{"newer schema", bastionWith("PRAGMA user_version = 99"), "has schema version 99, newer than this Bastion knows (2)"},
+		{"newer schema", bastionWith("PRAGMA user_version = 99"), "has schema version 99, newer than this Bastion knows (" + fmt.Sprint(len(migrations())) + ")"},
 		{"damaged page", func(t *testing.T, path string) {
 			path2, _ := populated(t, 300)
 			b, err := os.ReadFile(path2)
@@ -317,12 +317,12 @@ func schemaOf(t *testing.T, db *sql.DB) string {
 	return b.String()
 }
 
-// TestFailedMigrationRollsBack adds a failing third step: Open must fail
-// and leave the database at version 2 with its data.
+// TestFailedMigrationRollsBack adds a failing last step: Open must fail
+// and leave the database at the version before it, with its data.
 func TestFailedMigrationRollsBack(t *testing.T) {
 	path, want := populated(t, 3)
 	steps := append(migrations(), "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1);")
-	if _, err := open(t.Context(), path, Options{}, steps); err == nil || !strings.Contains(err.Error(), "from version 2 to 3") {
+	if _, err := open(t.Context(), path, Options{}, steps); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("from version %d to %d", len(migrations()), len(migrations())+1)) {
 		t.Fatalf("open with a failing migration: %v", err)
 	}
 	s, err := Open(path)

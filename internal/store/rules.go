@@ -20,7 +20,7 @@ type Hit struct {
 }
 
 const ruleColumns = `id, enabled, action, exe, cmdline, exe_sha256, dst, port_min, port_max,
-	host, proto, lifetime, expires, created, hits, last_hit, note`
+	host, proto, lifetime, expires, created, hits, last_hit, note, any_mount_ns`
 
 // Rules returns every stored rule, in the order they were added.
 func (s *Store) Rules(ctx context.Context) ([]rules.Rule, error) {
@@ -67,7 +67,7 @@ func (s *Store) AddRule(ctx context.Context, r rules.Rule) (rules.Rule, error) {
 	// INSERT ... ON CONFLICT DO NOTHING tells a duplicate ID apart from
 	// other failures without parsing SQLite's error text.
 	res, err := s.db.ExecContext(ctx, "INSERT INTO rules ("+ruleColumns+
-		") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING", v...)
+		") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING", v...)
 	if err != nil {
 		return rules.Rule{}, fmt.Errorf("add rule %s: %w", r.ID, err)
 	}
@@ -95,7 +95,7 @@ func (s *Store) UpdateRule(ctx context.Context, r rules.Rule) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE rules SET
 		enabled = ?2, action = ?3, exe = ?4, cmdline = ?5, exe_sha256 = ?6, dst = ?7,
 		port_min = ?8, port_max = ?9, host = ?10, proto = ?11, lifetime = ?12, expires = ?13,
-		created = CASE WHEN ?14 = 0 THEN created ELSE ?14 END, note = ?17
+		created = CASE WHEN ?14 = 0 THEN created ELSE ?14 END, note = ?17, any_mount_ns = ?18
 		WHERE id = ?1`, v...)
 	if err != nil {
 		return fmt.Errorf("update rule %s: %w", r.ID, err)
@@ -226,7 +226,7 @@ func ruleValues(r rules.Rule) ([]any, error) {
 	return []any{
 		r.ID, r.Enabled, int64(r.Action), r.Exe, r.Cmdline, r.ExeSHA256, dst,
 		int64(r.PortMin), int64(r.PortMax), r.Host, int64(r.Proto), int64(r.Lifetime),
-		expires, created, int64(min(r.Hits, math.MaxInt64)), lastHit, r.Note,
+		expires, created, int64(min(r.Hits, math.MaxInt64)), lastHit, r.Note, r.AnyMountNS,
 	}, nil
 }
 
@@ -252,7 +252,7 @@ func scanRule(row scanner) (rules.Rule, error) {
 		dst                                       string
 	)
 	if err := row.Scan(&r.ID, &r.Enabled, &action, &r.Exe, &r.Cmdline, &r.ExeSHA256, &dst,
-		&portMin, &portMax, &r.Host, &proto, &lifetime, &expires, &created, &hits, &lastHit, &r.Note); err != nil {
+		&portMin, &portMax, &r.Host, &proto, &lifetime, &expires, &created, &hits, &lastHit, &r.Note, &r.AnyMountNS); err != nil {
 		return rules.Rule{}, fmt.Errorf("read rule: %w", err)
 	}
 	bad := func(what string, v any) (rules.Rule, error) {

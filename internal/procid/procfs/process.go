@@ -9,6 +9,9 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 )
@@ -95,6 +98,7 @@ func ReadProcess(fsys fs.FS, tgid uint32) (flow.Process, error) {
 	}
 	if exe, err := fs.ReadLink(fsys, dir+"/exe"); err == nil {
 		p.Exe = strings.TrimSuffix(exe, " (deleted)")
+		readIdentity(fsys, dir, &p)
 	}
 	// SECURITY: if the PID was reused while we read, the files above may
 	// describe two different processes. The start time tells them apart.
@@ -246,4 +250,29 @@ func splitCmdline(b []byte) []string {
 		b = rest
 	}
 	return args
+}
+
+// readIdentity sets p's executable device and inode from a stat of the exe
+// link (which the kernel resolves to the very file the process runs, never
+// to what its path names now) and its mount namespace from ns/mnt. Both
+// need a file system whose FileInfo.Sys is a *syscall.Stat_t (os.DirFS);
+// otherwise they stay unknown, and so does the executable's identity.
+func readIdentity(fsys fs.FS, dir string, p *flow.Process) {
+	exe, err := fs.Stat(fsys, dir+"/exe")
+	if err != nil {
+		return
+	}
+	ns, err := fs.Stat(fsys, dir+"/ns/mnt")
+	if err != nil {
+		return
+	}
+	est, ok1 := exe.Sys().(*syscall.Stat_t)
+	nst, ok2 := ns.Sys().(*syscall.Stat_t)
+	if !ok1 || !ok2 {
+		return
+	}
+	// The kernel's dev_t encoding (MAJOR<<20|MINOR), as the eBPF side reads it.
+	p.ExeDev = unix.Major(est.Dev)<<20 | unix.Minor(est.Dev)&0xfffff
+	p.ExeIno = est.Ino
+	p.MntNS = uint32(nst.Ino)
 }

@@ -206,6 +206,73 @@ func (Scope) EnumDescriptor() ([]byte, []int) {
 	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
+// ExeIdentity says how far Process.exe names the program. A process in a
+// mount namespace of its own (which any user can make) can show any program
+// at any path, e.g. bind-mount python3 over /usr/bin/curl; the agent checks
+// the executable's device and inode against the host's file at exe.
+type ExeIdentity int32
+
+const (
+	// Not checked (unknown process, or no kernel identity).
+	ExeIdentity_EXE_IDENTITY_UNCHECKED ExeIdentity = 0
+	// Host mount namespace, and the host's file at exe is the file it runs.
+	ExeIdentity_EXE_IDENTITY_HOST ExeIdentity = 1
+	// Host mount namespace, but its file was deleted or replaced at exe
+	// since it started (e.g. by a package upgrade).
+	ExeIdentity_EXE_IDENTITY_DELETED ExeIdentity = 2
+	// Another mount namespace (container, Flatpak, Snap); the host's file at
+	// exe is the file it runs.
+	ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE ExeIdentity = 3
+	// Another mount namespace; exe is only the path inside it, and the host
+	// has another file there, or none.
+	ExeIdentity_EXE_IDENTITY_OTHER_MOUNT_NS ExeIdentity = 4
+)
+
+// Enum value maps for ExeIdentity.
+var (
+	ExeIdentity_name = map[int32]string{
+		0: "EXE_IDENTITY_UNCHECKED",
+		1: "EXE_IDENTITY_HOST",
+		2: "EXE_IDENTITY_DELETED",
+		3: "EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE",
+		4: "EXE_IDENTITY_OTHER_MOUNT_NS",
+	}
+	ExeIdentity_value = map[string]int32{
+		"EXE_IDENTITY_UNCHECKED":                0,
+		"EXE_IDENTITY_HOST":                     1,
+		"EXE_IDENTITY_DELETED":                  2,
+		"EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE": 3,
+		"EXE_IDENTITY_OTHER_MOUNT_NS":           4,
+	}
+)
+
+func (x ExeIdentity) Enum() *ExeIdentity {
+	p := new(ExeIdentity)
+	*p = x
+	return p
+}
+
+func (x ExeIdentity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExeIdentity) Descriptor() protoreflect.EnumDescriptor {
+	return file_bastion_agent_v1_agent_proto_enumTypes[3].Descriptor()
+}
+
+func (ExeIdentity) Type() protoreflect.EnumType {
+	return &file_bastion_agent_v1_agent_proto_enumTypes[3]
+}
+
+func (x ExeIdentity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExeIdentity.Descriptor instead.
+func (ExeIdentity) EnumDescriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
 type PendingEvent_Kind int32
 
 const (
@@ -245,11 +312,11 @@ func (x PendingEvent_Kind) String() string {
 }
 
 func (PendingEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_bastion_agent_v1_agent_proto_enumTypes[3].Descriptor()
+	return file_bastion_agent_v1_agent_proto_enumTypes[4].Descriptor()
 }
 
 func (PendingEvent_Kind) Type() protoreflect.EnumType {
-	return &file_bastion_agent_v1_agent_proto_enumTypes[3]
+	return &file_bastion_agent_v1_agent_proto_enumTypes[4]
 }
 
 func (x PendingEvent_Kind) Number() protoreflect.EnumNumber {
@@ -261,20 +328,37 @@ func (PendingEvent_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{3, 0}
 }
 
+// Process names the program behind a connection.
+//
+// Mind pid and tgid: they are the kernel's names. pid is the ID of the
+// *thread* that sent the packet; tgid is the process ID, what ps, top, kill
+// and /proc/<PID> call the PID. They are equal for a single-threaded program
+// (and for its main thread). Every Bastion display shows tgid as "PID".
 type Process struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Pid   uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Tgid  uint32                 `protobuf:"varint,2,opt,name=tgid,proto3" json:"tgid,omitempty"`
-	Ppid  uint32                 `protobuf:"varint,3,opt,name=ppid,proto3" json:"ppid,omitempty"`
-	Uid   uint32                 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid   uint32                 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
-	Comm  string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
+	// Thread ID of the sending thread (the kernel's pid). Not the process ID.
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Process ID (the kernel's tgid): what ps and kill call the PID.
+	Tgid uint32 `protobuf:"varint,2,opt,name=tgid,proto3" json:"tgid,omitempty"`
+	Ppid uint32 `protobuf:"varint,3,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Uid  uint32 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid  uint32 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	Comm string `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"`
 	// Absolute path of the executable, empty when unknown.
 	Exe  string   `protobuf:"bytes,7,opt,name=exe,proto3" json:"exe,omitempty"`
 	Args []string `protobuf:"bytes,8,rep,name=args,proto3" json:"args,omitempty"`
 	// The mechanism that identified the process ("netfilter-link",
 	// "sockops", "procfs"), or empty when it was not identified.
-	IdentifiedBy  string `protobuf:"bytes,9,opt,name=identified_by,json=identifiedBy,proto3" json:"identified_by,omitempty"`
+	IdentifiedBy string `protobuf:"bytes,9,opt,name=identified_by,json=identifiedBy,proto3" json:"identified_by,omitempty"`
+	// Inode number of the mount namespace the process runs in (as in
+	// /proc/PID/ns/mnt), 0 when unknown.
+	MntNs uint32 `protobuf:"varint,10,opt,name=mnt_ns,json=mntNs,proto3" json:"mnt_ns,omitempty"`
+	// Whether exe is the host's file; path rules match only EXE_IDENTITY_HOST.
+	ExeIdentity ExeIdentity `protobuf:"varint,11,opt,name=exe_identity,json=exeIdentity,proto3,enum=bastion.agent.v1.ExeIdentity" json:"exe_identity,omitempty"`
+	// The file the process runs, as the kernel identifies it: its file
+	// system's dev_t in kernel encoding (MAJOR<<20|MINOR) and its inode.
+	ExeDev        uint32 `protobuf:"varint,12,opt,name=exe_dev,json=exeDev,proto3" json:"exe_dev,omitempty"`
+	ExeIno        uint64 `protobuf:"varint,13,opt,name=exe_ino,json=exeIno,proto3" json:"exe_ino,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -370,6 +454,34 @@ func (x *Process) GetIdentifiedBy() string {
 		return x.IdentifiedBy
 	}
 	return ""
+}
+
+func (x *Process) GetMntNs() uint32 {
+	if x != nil {
+		return x.MntNs
+	}
+	return 0
+}
+
+func (x *Process) GetExeIdentity() ExeIdentity {
+	if x != nil {
+		return x.ExeIdentity
+	}
+	return ExeIdentity_EXE_IDENTITY_UNCHECKED
+}
+
+func (x *Process) GetExeDev() uint32 {
+	if x != nil {
+		return x.ExeDev
+	}
+	return 0
+}
+
+func (x *Process) GetExeIno() uint64 {
+	if x != nil {
+		return x.ExeIno
+	}
+	return 0
 }
 
 type Flow struct {
@@ -474,7 +586,13 @@ type PendingConnection struct {
 	// The name the program looked up for dst_ip (the question of a DNS
 	// answer the agent saw, lower case, no trailing dot), empty when unknown.
 	// A hint: whoever answered the DNS query chose it.
-	Host          string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
+	Host string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
+	// Every distinct process (by process ID and start) whose connections
+	// joined this entry, in the order they came; the first is process. At
+	// most 16 are listed.
+	Processes []*Process `protobuf:"bytes,9,rep,name=processes,proto3" json:"processes,omitempty"`
+	// Distinct processes that joined beyond those listed.
+	MoreProcesses uint32 `protobuf:"varint,10,opt,name=more_processes,json=moreProcesses,proto3" json:"more_processes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +681,20 @@ func (x *PendingConnection) GetHost() string {
 		return x.Host
 	}
 	return ""
+}
+
+func (x *PendingConnection) GetProcesses() []*Process {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+func (x *PendingConnection) GetMoreProcesses() uint32 {
+	if x != nil {
+		return x.MoreProcesses
+	}
+	return 0
 }
 
 type PendingEvent struct {
@@ -1961,7 +2093,7 @@ var File_bastion_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbastion/agent/v1/agent.proto\x12\x10bastion.agent.v1\x1a\x1cbastion/rules/v1/rules.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n" +
+	"\x1cbastion/agent/v1/agent.proto\x12\x10bastion.agent.v1\x1a\x1cbastion/rules/v1/rules.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x02\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04tgid\x18\x02 \x01(\rR\x04tgid\x12\x12\n" +
@@ -1971,7 +2103,12 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x04comm\x18\x06 \x01(\tR\x04comm\x12\x10\n" +
 	"\x03exe\x18\a \x01(\tR\x03exe\x12\x12\n" +
 	"\x04args\x18\b \x03(\tR\x04args\x12#\n" +
-	"\ridentified_by\x18\t \x01(\tR\fidentifiedBy\"\xc1\x01\n" +
+	"\ridentified_by\x18\t \x01(\tR\fidentifiedBy\x12\x15\n" +
+	"\x06mnt_ns\x18\n" +
+	" \x01(\rR\x05mntNs\x12@\n" +
+	"\fexe_identity\x18\v \x01(\x0e2\x1d.bastion.agent.v1.ExeIdentityR\vexeIdentity\x12\x17\n" +
+	"\aexe_dev\x18\f \x01(\rR\x06exeDev\x12\x17\n" +
+	"\aexe_ino\x18\r \x01(\x04R\x06exeIno\"\xc1\x01\n" +
 	"\x04Flow\x126\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2\x1a.bastion.agent.v1.ProtocolR\bprotocol\x12\x1d\n" +
 	"\n" +
@@ -1979,7 +2116,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x06src_ip\x18\x03 \x01(\tR\x05srcIp\x12\x19\n" +
 	"\bsrc_port\x18\x04 \x01(\rR\asrcPort\x12\x15\n" +
 	"\x06dst_ip\x18\x05 \x01(\tR\x05dstIp\x12\x19\n" +
-	"\bdst_port\x18\x06 \x01(\rR\adstPort\"\xe8\x02\n" +
+	"\bdst_port\x18\x06 \x01(\rR\adstPort\"\xc8\x03\n" +
 	"\x11PendingConnection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -1989,7 +2126,10 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\bdeadline\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12A\n" +
 	"\x0fdeadline_action\x18\x06 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x0edeadlineAction\x12\x18\n" +
 	"\apackets\x18\a \x01(\rR\apackets\x12\x12\n" +
-	"\x04host\x18\b \x01(\tR\x04host\"\xb0\x02\n" +
+	"\x04host\x18\b \x01(\tR\x04host\x127\n" +
+	"\tprocesses\x18\t \x03(\v2\x19.bastion.agent.v1.ProcessR\tprocesses\x12%\n" +
+	"\x0emore_processes\x18\n" +
+	" \x01(\rR\rmoreProcesses\"\xb0\x02\n" +
 	"\fPendingEvent\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.bastion.agent.v1.PendingEvent.KindR\x04kind\x12C\n" +
 	"\n" +
@@ -2127,7 +2267,13 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x11SCOPE_DESTINATION\x10\x03\x12\x0e\n" +
 	"\n" +
 	"SCOPE_PORT\x10\x04\x12\r\n" +
-	"\tSCOPE_ANY\x10\x052\xc9\x05\n" +
+	"\tSCOPE_ANY\x10\x05*\xa6\x01\n" +
+	"\vExeIdentity\x12\x1a\n" +
+	"\x16EXE_IDENTITY_UNCHECKED\x10\x00\x12\x15\n" +
+	"\x11EXE_IDENTITY_HOST\x10\x01\x12\x18\n" +
+	"\x14EXE_IDENTITY_DELETED\x10\x02\x12)\n" +
+	"%EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE\x10\x03\x12\x1f\n" +
+	"\x1bEXE_IDENTITY_OTHER_MOUNT_NS\x10\x042\xc9\x05\n" +
 	"\fAgentService\x12W\n" +
 	"\fWatchPending\x12%.bastion.agent.v1.WatchPendingRequest\x1a\x1e.bastion.agent.v1.PendingEvent0\x01\x12Z\n" +
 	"\vListPending\x12$.bastion.agent.v1.ListPendingRequest\x1a%.bastion.agent.v1.ListPendingResponse\x12K\n" +
@@ -2150,89 +2296,92 @@ func file_bastion_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_bastion_agent_v1_agent_proto_rawDescData
 }
 
-var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: bastion.agent.v1.Protocol
 	(Action)(0),                   // 1: bastion.agent.v1.Action
 	(Scope)(0),                    // 2: bastion.agent.v1.Scope
-	(PendingEvent_Kind)(0),        // 3: bastion.agent.v1.PendingEvent.Kind
-	(*Process)(nil),               // 4: bastion.agent.v1.Process
-	(*Flow)(nil),                  // 5: bastion.agent.v1.Flow
-	(*PendingConnection)(nil),     // 6: bastion.agent.v1.PendingConnection
-	(*PendingEvent)(nil),          // 7: bastion.agent.v1.PendingEvent
-	(*WatchPendingRequest)(nil),   // 8: bastion.agent.v1.WatchPendingRequest
-	(*ListPendingRequest)(nil),    // 9: bastion.agent.v1.ListPendingRequest
-	(*ListPendingResponse)(nil),   // 10: bastion.agent.v1.ListPendingResponse
-	(*DecideRequest)(nil),         // 11: bastion.agent.v1.DecideRequest
-	(*DecideResponse)(nil),        // 12: bastion.agent.v1.DecideResponse
-	(*GetStatusRequest)(nil),      // 13: bastion.agent.v1.GetStatusRequest
-	(*Counters)(nil),              // 14: bastion.agent.v1.Counters
-	(*ShareLimits)(nil),           // 15: bastion.agent.v1.ShareLimits
-	(*ShareUse)(nil),              // 16: bastion.agent.v1.ShareUse
-	(*GetStatusResponse)(nil),     // 17: bastion.agent.v1.GetStatusResponse
-	(*WatchDecisionsRequest)(nil), // 18: bastion.agent.v1.WatchDecisionsRequest
-	(*DecisionEvent)(nil),         // 19: bastion.agent.v1.DecisionEvent
-	(*CacheEntry)(nil),            // 20: bastion.agent.v1.CacheEntry
-	(*ListCacheRequest)(nil),      // 21: bastion.agent.v1.ListCacheRequest
-	(*ListCacheResponse)(nil),     // 22: bastion.agent.v1.ListCacheResponse
-	(*ForgetCacheRequest)(nil),    // 23: bastion.agent.v1.ForgetCacheRequest
-	(*ForgetCacheResponse)(nil),   // 24: bastion.agent.v1.ForgetCacheResponse
-	(*SetRulesRequest)(nil),       // 25: bastion.agent.v1.SetRulesRequest
-	(*SetRulesResponse)(nil),      // 26: bastion.agent.v1.SetRulesResponse
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
-	(*v1.Rule)(nil),               // 29: bastion.rules.v1.Rule
+	(ExeIdentity)(0),              // 3: bastion.agent.v1.ExeIdentity
+	(PendingEvent_Kind)(0),        // 4: bastion.agent.v1.PendingEvent.Kind
+	(*Process)(nil),               // 5: bastion.agent.v1.Process
+	(*Flow)(nil),                  // 6: bastion.agent.v1.Flow
+	(*PendingConnection)(nil),     // 7: bastion.agent.v1.PendingConnection
+	(*PendingEvent)(nil),          // 8: bastion.agent.v1.PendingEvent
+	(*WatchPendingRequest)(nil),   // 9: bastion.agent.v1.WatchPendingRequest
+	(*ListPendingRequest)(nil),    // 10: bastion.agent.v1.ListPendingRequest
+	(*ListPendingResponse)(nil),   // 11: bastion.agent.v1.ListPendingResponse
+	(*DecideRequest)(nil),         // 12: bastion.agent.v1.DecideRequest
+	(*DecideResponse)(nil),        // 13: bastion.agent.v1.DecideResponse
+	(*GetStatusRequest)(nil),      // 14: bastion.agent.v1.GetStatusRequest
+	(*Counters)(nil),              // 15: bastion.agent.v1.Counters
+	(*ShareLimits)(nil),           // 16: bastion.agent.v1.ShareLimits
+	(*ShareUse)(nil),              // 17: bastion.agent.v1.ShareUse
+	(*GetStatusResponse)(nil),     // 18: bastion.agent.v1.GetStatusResponse
+	(*WatchDecisionsRequest)(nil), // 19: bastion.agent.v1.WatchDecisionsRequest
+	(*DecisionEvent)(nil),         // 20: bastion.agent.v1.DecisionEvent
+	(*CacheEntry)(nil),            // 21: bastion.agent.v1.CacheEntry
+	(*ListCacheRequest)(nil),      // 22: bastion.agent.v1.ListCacheRequest
+	(*ListCacheResponse)(nil),     // 23: bastion.agent.v1.ListCacheResponse
+	(*ForgetCacheRequest)(nil),    // 24: bastion.agent.v1.ForgetCacheRequest
+	(*ForgetCacheResponse)(nil),   // 25: bastion.agent.v1.ForgetCacheResponse
+	(*SetRulesRequest)(nil),       // 26: bastion.agent.v1.SetRulesRequest
+	(*SetRulesResponse)(nil),      // 27: bastion.agent.v1.SetRulesResponse
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
+	(*v1.Rule)(nil),               // 30: bastion.rules.v1.Rule
 }
 var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
-	0,  // 0: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
-	4,  // 1: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
-	5,  // 2: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
-	27, // 3: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
-	27, // 4: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
-	1,  // 5: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
-	3,  // 6: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
-	6,  // 7: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
-	1,  // 8: bastion.agent.v1.PendingEvent.action:type_name -> bastion.agent.v1.Action
-	6,  // 9: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
-	1,  // 10: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
-	2,  // 11: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
-	28, // 12: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
-	14, // 13: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
-	27, // 14: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
-	15, // 15: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
-	16, // 16: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
-	27, // 17: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
-	4,  // 18: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
-	5,  // 19: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
-	1,  // 20: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
-	2,  // 21: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
-	0,  // 22: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
-	1,  // 23: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
-	27, // 24: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
-	20, // 25: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
-	29, // 26: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
-	8,  // 27: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
-	9,  // 28: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
-	11, // 29: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
-	13, // 30: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
-	18, // 31: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
-	21, // 32: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
-	23, // 33: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
-	25, // 34: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
-	7,  // 35: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
-	10, // 36: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
-	12, // 37: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
-	17, // 38: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
-	19, // 39: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
-	22, // 40: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
-	24, // 41: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
-	26, // 42: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
-	35, // [35:43] is the sub-list for method output_type
-	27, // [27:35] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	3,  // 0: bastion.agent.v1.Process.exe_identity:type_name -> bastion.agent.v1.ExeIdentity
+	0,  // 1: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
+	5,  // 2: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
+	6,  // 3: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
+	28, // 4: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
+	28, // 5: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
+	1,  // 6: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
+	5,  // 7: bastion.agent.v1.PendingConnection.processes:type_name -> bastion.agent.v1.Process
+	4,  // 8: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
+	7,  // 9: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
+	1,  // 10: bastion.agent.v1.PendingEvent.action:type_name -> bastion.agent.v1.Action
+	7,  // 11: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
+	1,  // 12: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
+	2,  // 13: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
+	29, // 14: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
+	15, // 15: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
+	28, // 16: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
+	16, // 17: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
+	17, // 18: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
+	28, // 19: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 20: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
+	6,  // 21: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
+	1,  // 22: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
+	2,  // 23: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
+	0,  // 24: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
+	1,  // 25: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
+	28, // 26: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
+	21, // 27: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
+	30, // 28: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
+	9,  // 29: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
+	10, // 30: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
+	12, // 31: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
+	14, // 32: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
+	19, // 33: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
+	22, // 34: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
+	24, // 35: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
+	26, // 36: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
+	8,  // 37: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
+	11, // 38: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
+	13, // 39: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
+	18, // 40: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
+	20, // 41: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
+	23, // 42: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
+	25, // 43: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
+	27, // 44: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_bastion_agent_v1_agent_proto_init() }
@@ -2246,7 +2395,7 @@ func file_bastion_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_agent_v1_agent_proto_rawDesc), len(file_bastion_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,

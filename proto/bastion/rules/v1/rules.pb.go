@@ -203,7 +203,8 @@ type Rule struct {
 	// RE2 regular expression matched against the command line (arguments
 	// joined by single spaces); it must match the whole command line.
 	Cmdline string `protobuf:"bytes,5,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
-	// Lower-case hex SHA-256 of the executable file.
+	// Lower-case hex SHA-256 of the executable file (the file the process
+	// runs, read through /proc/PID/exe, never the host's file at its path).
 	ExeSha256 string `protobuf:"bytes,6,opt,name=exe_sha256,json=exeSha256,proto3" json:"exe_sha256,omitempty"`
 	// Destination address or CIDR prefix.
 	Dst string `protobuf:"bytes,7,opt,name=dst,proto3" json:"dst,omitempty"`
@@ -218,10 +219,17 @@ type Rule struct {
 	// For LIFETIME_DURATION: when the rule stops applying.
 	Expires *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires,proto3" json:"expires,omitempty"`
 	// Bookkeeping, kept by the rules service.
-	Created       *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created,proto3" json:"created,omitempty"`
-	Hits          uint64                 `protobuf:"varint,15,opt,name=hits,proto3" json:"hits,omitempty"`
-	LastHit       *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=last_hit,json=lastHit,proto3" json:"last_hit,omitempty"`
-	Note          string                 `protobuf:"bytes,17,opt,name=note,proto3" json:"note,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created,proto3" json:"created,omitempty"`
+	Hits    uint64                 `protobuf:"varint,15,opt,name=hits,proto3" json:"hits,omitempty"`
+	LastHit *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=last_hit,json=lastHit,proto3" json:"last_hit,omitempty"`
+	Note    string                 `protobuf:"bytes,17,opt,name=note,proto3" json:"note,omitempty"`
+	// Without it, exe matches only processes in the host's mount namespace
+	// whose executable is the host's file at that path (a process in a mount
+	// namespace of its own can show any program at any path). With it, exe
+	// must be an exact path, and it matches any process, in any mount
+	// namespace (containers, Flatpak, Snap), whose executable is the very
+	// file the host has at exe: same device and inode.
+	AnyMountNs    bool `protobuf:"varint,18,opt,name=any_mount_ns,json=anyMountNs,proto3" json:"any_mount_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -375,11 +383,18 @@ func (x *Rule) GetNote() string {
 	return ""
 }
 
+func (x *Rule) GetAnyMountNs() bool {
+	if x != nil {
+		return x.AnyMountNs
+	}
+	return false
+}
+
 var File_bastion_rules_v1_rules_proto protoreflect.FileDescriptor
 
 const file_bastion_rules_v1_rules_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbastion/rules/v1/rules.proto\x12\x10bastion.rules.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x04\n" +
+	"\x1cbastion/rules/v1/rules.proto\x12\x10bastion.rules.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x04\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aenabled\x18\x02 \x01(\bR\aenabled\x120\n" +
@@ -401,7 +416,9 @@ const file_bastion_rules_v1_rules_proto_rawDesc = "" +
 	"\acreated\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12\x12\n" +
 	"\x04hits\x18\x0f \x01(\x04R\x04hits\x125\n" +
 	"\blast_hit\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\alastHit\x12\x12\n" +
-	"\x04note\x18\x11 \x01(\tR\x04note*V\n" +
+	"\x04note\x18\x11 \x01(\tR\x04note\x12 \n" +
+	"\fany_mount_ns\x18\x12 \x01(\bR\n" +
+	"anyMountNs*V\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +

@@ -942,7 +942,12 @@ type Prompt struct {
 	Deadline       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deadline,proto3" json:"deadline,omitempty"`
 	DeadlineAction v11.Action             `protobuf:"varint,7,opt,name=deadline_action,json=deadlineAction,proto3,enum=bastion.rules.v1.Action" json:"deadline_action,omitempty"`
 	// Held connections this prompt covers (retries, parallel connections).
-	Connections   uint32 `protobuf:"varint,8,opt,name=connections,proto3" json:"connections,omitempty"`
+	Connections uint32 `protobuf:"varint,8,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Every distinct process whose connections this prompt covers, first
+	// one first (at most 16), and how many more joined. In
+	// bastion.agent.v1.Process, tgid is the process ID and pid the thread ID.
+	Processes     []*v1.Process `protobuf:"bytes,9,rep,name=processes,proto3" json:"processes,omitempty"`
+	MoreProcesses uint32        `protobuf:"varint,10,opt,name=more_processes,json=moreProcesses,proto3" json:"more_processes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1029,6 +1034,20 @@ func (x *Prompt) GetDeadlineAction() v11.Action {
 func (x *Prompt) GetConnections() uint32 {
 	if x != nil {
 		return x.Connections
+	}
+	return 0
+}
+
+func (x *Prompt) GetProcesses() []*v1.Process {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
+func (x *Prompt) GetMoreProcesses() uint32 {
+	if x != nil {
+		return x.MoreProcesses
 	}
 	return 0
 }
@@ -1669,7 +1688,7 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"e\n" +
 	"\x13ImportRulesResponse\x122\n" +
 	"\bimported\x18\x01 \x03(\v2\x16.bastion.rules.v1.RuleR\bimported\x12\x1a\n" +
-	"\bproblems\x18\x02 \x03(\tR\bproblems\"\xe5\x02\n" +
+	"\bproblems\x18\x02 \x03(\tR\bproblems\"\xc5\x03\n" +
 	"\x06Prompt\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -1679,7 +1698,10 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"first_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x126\n" +
 	"\bdeadline\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12A\n" +
 	"\x0fdeadline_action\x18\a \x01(\x0e2\x18.bastion.rules.v1.ActionR\x0edeadlineAction\x12 \n" +
-	"\vconnections\x18\b \x01(\rR\vconnections\"\x15\n" +
+	"\vconnections\x18\b \x01(\rR\vconnections\x127\n" +
+	"\tprocesses\x18\t \x03(\v2\x19.bastion.agent.v1.ProcessR\tprocesses\x12%\n" +
+	"\x0emore_processes\x18\n" +
+	" \x01(\rR\rmoreProcesses\"\x15\n" +
 	"\x13WatchPromptsRequest\"\xdd\x01\n" +
 	"\vPromptEvent\x123\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1f.bastion.ui.v1.PromptEvent.KindR\x04kind\x12-\n" +
@@ -1815,52 +1837,53 @@ var file_bastion_ui_v1_ui_proto_depIdxs = []int32{
 	36, // 15: bastion.ui.v1.Prompt.first_seen:type_name -> google.protobuf.Timestamp
 	36, // 16: bastion.ui.v1.Prompt.deadline:type_name -> google.protobuf.Timestamp
 	31, // 17: bastion.ui.v1.Prompt.deadline_action:type_name -> bastion.rules.v1.Action
-	1,  // 18: bastion.ui.v1.PromptEvent.kind:type_name -> bastion.ui.v1.PromptEvent.Kind
-	18, // 19: bastion.ui.v1.PromptEvent.prompt:type_name -> bastion.ui.v1.Prompt
-	33, // 20: bastion.ui.v1.AnswerPromptRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 21: bastion.ui.v1.AnswerPromptResponse.rule:type_name -> bastion.rules.v1.Rule
-	36, // 22: bastion.ui.v1.DecideLaterEntry.time:type_name -> google.protobuf.Timestamp
-	34, // 23: bastion.ui.v1.DecideLaterEntry.process:type_name -> bastion.agent.v1.Process
-	35, // 24: bastion.ui.v1.DecideLaterEntry.flow:type_name -> bastion.agent.v1.Flow
-	31, // 25: bastion.ui.v1.DecideLaterEntry.applied:type_name -> bastion.rules.v1.Action
-	23, // 26: bastion.ui.v1.ListDecideLaterResponse.entries:type_name -> bastion.ui.v1.DecideLaterEntry
-	33, // 27: bastion.ui.v1.ResolveDecideLaterRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 28: bastion.ui.v1.ResolveDecideLaterResponse.rule:type_name -> bastion.rules.v1.Rule
-	36, // 29: bastion.ui.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
-	34, // 30: bastion.ui.v1.HistoryEntry.process:type_name -> bastion.agent.v1.Process
-	35, // 31: bastion.ui.v1.HistoryEntry.flow:type_name -> bastion.agent.v1.Flow
-	31, // 32: bastion.ui.v1.HistoryEntry.action:type_name -> bastion.rules.v1.Action
-	2,  // 33: bastion.ui.v1.UIService.GetStatus:input_type -> bastion.ui.v1.GetStatusRequest
-	4,  // 34: bastion.ui.v1.UIService.ListRules:input_type -> bastion.ui.v1.ListRulesRequest
-	6,  // 35: bastion.ui.v1.UIService.AddRule:input_type -> bastion.ui.v1.AddRuleRequest
-	8,  // 36: bastion.ui.v1.UIService.UpdateRule:input_type -> bastion.ui.v1.UpdateRuleRequest
-	10, // 37: bastion.ui.v1.UIService.DeleteRule:input_type -> bastion.ui.v1.DeleteRuleRequest
-	12, // 38: bastion.ui.v1.UIService.SetRuleEnabled:input_type -> bastion.ui.v1.SetRuleEnabledRequest
-	14, // 39: bastion.ui.v1.UIService.ExportRules:input_type -> bastion.ui.v1.ExportRulesRequest
-	16, // 40: bastion.ui.v1.UIService.ImportRules:input_type -> bastion.ui.v1.ImportRulesRequest
-	19, // 41: bastion.ui.v1.UIService.WatchPrompts:input_type -> bastion.ui.v1.WatchPromptsRequest
-	21, // 42: bastion.ui.v1.UIService.AnswerPrompt:input_type -> bastion.ui.v1.AnswerPromptRequest
-	24, // 43: bastion.ui.v1.UIService.ListDecideLater:input_type -> bastion.ui.v1.ListDecideLaterRequest
-	26, // 44: bastion.ui.v1.UIService.ResolveDecideLater:input_type -> bastion.ui.v1.ResolveDecideLaterRequest
-	28, // 45: bastion.ui.v1.UIService.WatchHistory:input_type -> bastion.ui.v1.WatchHistoryRequest
-	3,  // 46: bastion.ui.v1.UIService.GetStatus:output_type -> bastion.ui.v1.GetStatusResponse
-	5,  // 47: bastion.ui.v1.UIService.ListRules:output_type -> bastion.ui.v1.ListRulesResponse
-	7,  // 48: bastion.ui.v1.UIService.AddRule:output_type -> bastion.ui.v1.AddRuleResponse
-	9,  // 49: bastion.ui.v1.UIService.UpdateRule:output_type -> bastion.ui.v1.UpdateRuleResponse
-	11, // 50: bastion.ui.v1.UIService.DeleteRule:output_type -> bastion.ui.v1.DeleteRuleResponse
-	13, // 51: bastion.ui.v1.UIService.SetRuleEnabled:output_type -> bastion.ui.v1.SetRuleEnabledResponse
-	15, // 52: bastion.ui.v1.UIService.ExportRules:output_type -> bastion.ui.v1.ExportRulesResponse
-	17, // 53: bastion.ui.v1.UIService.ImportRules:output_type -> bastion.ui.v1.ImportRulesResponse
-	20, // 54: bastion.ui.v1.UIService.WatchPrompts:output_type -> bastion.ui.v1.PromptEvent
-	22, // 55: bastion.ui.v1.UIService.AnswerPrompt:output_type -> bastion.ui.v1.AnswerPromptResponse
-	25, // 56: bastion.ui.v1.UIService.ListDecideLater:output_type -> bastion.ui.v1.ListDecideLaterResponse
-	27, // 57: bastion.ui.v1.UIService.ResolveDecideLater:output_type -> bastion.ui.v1.ResolveDecideLaterResponse
-	29, // 58: bastion.ui.v1.UIService.WatchHistory:output_type -> bastion.ui.v1.HistoryEntry
-	46, // [46:59] is the sub-list for method output_type
-	33, // [33:46] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	34, // 18: bastion.ui.v1.Prompt.processes:type_name -> bastion.agent.v1.Process
+	1,  // 19: bastion.ui.v1.PromptEvent.kind:type_name -> bastion.ui.v1.PromptEvent.Kind
+	18, // 20: bastion.ui.v1.PromptEvent.prompt:type_name -> bastion.ui.v1.Prompt
+	33, // 21: bastion.ui.v1.AnswerPromptRequest.rule:type_name -> bastion.rules.v1.Rule
+	33, // 22: bastion.ui.v1.AnswerPromptResponse.rule:type_name -> bastion.rules.v1.Rule
+	36, // 23: bastion.ui.v1.DecideLaterEntry.time:type_name -> google.protobuf.Timestamp
+	34, // 24: bastion.ui.v1.DecideLaterEntry.process:type_name -> bastion.agent.v1.Process
+	35, // 25: bastion.ui.v1.DecideLaterEntry.flow:type_name -> bastion.agent.v1.Flow
+	31, // 26: bastion.ui.v1.DecideLaterEntry.applied:type_name -> bastion.rules.v1.Action
+	23, // 27: bastion.ui.v1.ListDecideLaterResponse.entries:type_name -> bastion.ui.v1.DecideLaterEntry
+	33, // 28: bastion.ui.v1.ResolveDecideLaterRequest.rule:type_name -> bastion.rules.v1.Rule
+	33, // 29: bastion.ui.v1.ResolveDecideLaterResponse.rule:type_name -> bastion.rules.v1.Rule
+	36, // 30: bastion.ui.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	34, // 31: bastion.ui.v1.HistoryEntry.process:type_name -> bastion.agent.v1.Process
+	35, // 32: bastion.ui.v1.HistoryEntry.flow:type_name -> bastion.agent.v1.Flow
+	31, // 33: bastion.ui.v1.HistoryEntry.action:type_name -> bastion.rules.v1.Action
+	2,  // 34: bastion.ui.v1.UIService.GetStatus:input_type -> bastion.ui.v1.GetStatusRequest
+	4,  // 35: bastion.ui.v1.UIService.ListRules:input_type -> bastion.ui.v1.ListRulesRequest
+	6,  // 36: bastion.ui.v1.UIService.AddRule:input_type -> bastion.ui.v1.AddRuleRequest
+	8,  // 37: bastion.ui.v1.UIService.UpdateRule:input_type -> bastion.ui.v1.UpdateRuleRequest
+	10, // 38: bastion.ui.v1.UIService.DeleteRule:input_type -> bastion.ui.v1.DeleteRuleRequest
+	12, // 39: bastion.ui.v1.UIService.SetRuleEnabled:input_type -> bastion.ui.v1.SetRuleEnabledRequest
+	14, // 40: bastion.ui.v1.UIService.ExportRules:input_type -> bastion.ui.v1.ExportRulesRequest
+	16, // 41: bastion.ui.v1.UIService.ImportRules:input_type -> bastion.ui.v1.ImportRulesRequest
+	19, // 42: bastion.ui.v1.UIService.WatchPrompts:input_type -> bastion.ui.v1.WatchPromptsRequest
+	21, // 43: bastion.ui.v1.UIService.AnswerPrompt:input_type -> bastion.ui.v1.AnswerPromptRequest
+	24, // 44: bastion.ui.v1.UIService.ListDecideLater:input_type -> bastion.ui.v1.ListDecideLaterRequest
+	26, // 45: bastion.ui.v1.UIService.ResolveDecideLater:input_type -> bastion.ui.v1.ResolveDecideLaterRequest
+	28, // 46: bastion.ui.v1.UIService.WatchHistory:input_type -> bastion.ui.v1.WatchHistoryRequest
+	3,  // 47: bastion.ui.v1.UIService.GetStatus:output_type -> bastion.ui.v1.GetStatusResponse
+	5,  // 48: bastion.ui.v1.UIService.ListRules:output_type -> bastion.ui.v1.ListRulesResponse
+	7,  // 49: bastion.ui.v1.UIService.AddRule:output_type -> bastion.ui.v1.AddRuleResponse
+	9,  // 50: bastion.ui.v1.UIService.UpdateRule:output_type -> bastion.ui.v1.UpdateRuleResponse
+	11, // 51: bastion.ui.v1.UIService.DeleteRule:output_type -> bastion.ui.v1.DeleteRuleResponse
+	13, // 52: bastion.ui.v1.UIService.SetRuleEnabled:output_type -> bastion.ui.v1.SetRuleEnabledResponse
+	15, // 53: bastion.ui.v1.UIService.ExportRules:output_type -> bastion.ui.v1.ExportRulesResponse
+	17, // 54: bastion.ui.v1.UIService.ImportRules:output_type -> bastion.ui.v1.ImportRulesResponse
+	20, // 55: bastion.ui.v1.UIService.WatchPrompts:output_type -> bastion.ui.v1.PromptEvent
+	22, // 56: bastion.ui.v1.UIService.AnswerPrompt:output_type -> bastion.ui.v1.AnswerPromptResponse
+	25, // 57: bastion.ui.v1.UIService.ListDecideLater:output_type -> bastion.ui.v1.ListDecideLaterResponse
+	27, // 58: bastion.ui.v1.UIService.ResolveDecideLater:output_type -> bastion.ui.v1.ResolveDecideLaterResponse
+	29, // 59: bastion.ui.v1.UIService.WatchHistory:output_type -> bastion.ui.v1.HistoryEntry
+	47, // [47:60] is the sub-list for method output_type
+	34, // [34:47] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_bastion_ui_v1_ui_proto_init() }
