@@ -9,8 +9,8 @@ import (
 	"io"
 	"time"
 
-	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/inert"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
