@@ -105,5 +105,5 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 	fmt.Fprintf(c.out, "%s %-6s %s pid=%d -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
 		orDash(e.GetProcess().GetExe()), e.GetProcess().GetTgid(),
-		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(by))
+		flowProtoName(e.GetFlow()), flowDestination(e.GetFlow(), e.GetHost()), orDash(by))
 }
