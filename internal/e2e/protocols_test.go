@@ -41,7 +41,7 @@ type protoCase struct {
 
 var otherProtoCases = []protoCase{
 	{name: "udplite", num: unix.IPPROTO_UDPLITE, api: agentv1.Protocol_PROTOCOL_UDPLITE, ports: true,
-		v4args: []string{"-net", "udplite4", "-reply"}, v6args: []string{"-net", "udplite6", "-reply"}},
+		v4args: []string{"-net", "udplite4"}, v6args: []string{"-net", "udplite6"}},
 	{name: "raw253", num: 253, api: agentv1.Protocol_PROTOCOL_OTHER, raw: true,
 		v4args: []string{"-net", "ip4:253"}, v6args: []string{"-net", "ip6:253"}},
 	{name: "gre", num: unix.IPPROTO_GRE, api: agentv1.Protocol_PROTOCOL_GRE, raw: true,
@@ -74,8 +74,8 @@ type protoSink struct {
 }
 
 // newProtoSink opens, as root inside ns, a UDP-Lite socket on
-// protoSinkPort that echoes what it receives, or a raw socket of protocol
-// num that takes every such packet to the namespace's addresses.
+// protoSinkPort, or a raw socket of protocol num, that takes every such
+// packet to the namespace's addresses.
 func newProtoSink(t *testing.T, ns *testenv.NS, v6 bool, num uint32) *protoSink {
 	t.Helper()
 	family, typ, proto := unix.AF_INET, unix.SOCK_RAW, int(num)
@@ -119,7 +119,7 @@ func newProtoSink(t *testing.T, ns *testenv.NS, v6 bool, num uint32) *protoSink 
 				return
 			default:
 			}
-			n, from, err := unix.Recvfrom(s.fd, buf, 0)
+			n, _, err := unix.Recvfrom(s.fd, buf, 0)
 			if err != nil {
 				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 					continue
@@ -129,9 +129,6 @@ func newProtoSink(t *testing.T, ns *testenv.NS, v6 bool, num uint32) *protoSink 
 			s.mu.Lock()
 			s.got = append(s.got, bytes.Clone(buf[:n]))
 			s.mu.Unlock()
-			if typ == unix.SOCK_DGRAM {
-				unix.Sendto(s.fd, buf[:n], 0, from)
-			}
 		}
 	}()
 	t.Cleanup(func() {
@@ -204,7 +201,9 @@ type protoSend struct {
 // send starts a dialer as uid that sends one packet of c to a fresh
 // address, with CAP_NET_RAW (ambient, kept across the UID change) when c
 // needs a raw socket.
-func (env *protoEnv) send(t *testing.T, ctx context.Context, c protoCase, v6 bool, uid uint32, timeout string) protoSend {
+// linger keeps the client alive that long after it sent (a process that
+// exited at once is named only with exec tracking, see TestAttributionOfExitedProcess).
+func (env *protoEnv) send(t *testing.T, ctx context.Context, c protoCase, v6 bool, uid uint32, linger string) protoSend {
 	t.Helper()
 	n := env.next.Add(1)
 	dst := netip.AddrFrom4([4]byte{127, 0, byte(n >> 8), byte(n)})
@@ -221,7 +220,7 @@ func (env *protoEnv) send(t *testing.T, ctx context.Context, c protoCase, v6 boo
 	case c.num == unix.IPPROTO_SCTP:
 		addr += "|" + strconv.Itoa(protoSinkPort)
 	}
-	args := append(append([]string(nil), c.argsFor(v6)...), "-addr", addr, "-payload", marker, "-timeout", timeout)
+	args := append(append([]string(nil), c.argsFor(v6)...), "-addr", addr, "-payload", marker, "-linger", linger)
 	if c.raw {
 		args = append(args, "-local", src)
 	}
@@ -270,7 +269,7 @@ func forEachProto(t *testing.T, fn func(t *testing.T, c protoCase, v6 bool)) {
 
 // TestOtherProtocolsAreAsked: every kind of flow is held and asked about,
 // naming the process that sent it, for users A and B, IPv4 and IPv6; it
-// completes when allowed and never arrives when denied.
+// reaches its peer when allowed and never when denied.
 func TestOtherProtocolsAreAsked(t *testing.T) {
 	env := newProtoEnv(t)
 	a := startAgent(t, env.ns)
@@ -280,7 +279,7 @@ func TestOtherProtocolsAreAsked(t *testing.T) {
 		for _, uid := range []uint32{1000, 1001} {
 			for _, action := range []agentv1.Action{allow, deny} {
 				mark := w.Mark()
-				s := env.send(t, ctx, c, v6, uid, "10s")
+				s := env.send(t, ctx, c, v6, uid, "5s")
 				conn := w.WaitAdded(t, mark, 15*time.Second, s.to(c))
 				checkProc(t, conn, s.want)
 				if f := conn.GetFlow(); f.GetProtocol() != c.api || (c.ports && f.GetDstPort() != protoSinkPort) {
@@ -294,10 +293,7 @@ func TestOtherProtocolsAreAsked(t *testing.T) {
 				if got != (action == allow) {
 					t.Errorf("uid %d, %v: packet arrived: %v", uid, action, got)
 				}
-				err := s.p.Wait(t, 30*time.Second)
-				if c.num == unix.IPPROTO_UDPLITE && (err == nil) != (action == allow) {
-					t.Errorf("uid %d, %v: UDP-Lite client: %v; stdout %s", uid, action, err, s.p.Stdout())
-				}
+				s.p.Kill()
 			}
 		}
 	})
@@ -323,7 +319,7 @@ func attackUnasked(t *testing.T, what string, cases ...string) {
 			}
 			tries++
 			mark := w.Mark()
-			s := env.send(t, ctx, c, v6, 1001, "3s")
+			s := env.send(t, ctx, c, v6, 1001, "0s")
 			if env.arrived(c, v6, s, 3*time.Second) {
 				through++
 				t.Logf("%s v6=%v: arrived unasked", c.name, v6)
@@ -371,7 +367,7 @@ func TestAttackOtherProtocolsWhileAgentDown(t *testing.T) {
 	forEachProto(t, func(t *testing.T, c protoCase, v6 bool) {
 		for _, uid := range []uint32{1000, 1001} {
 			tries++
-			s := env.send(t, ctx, c, v6, uid, "2s")
+			s := env.send(t, ctx, c, v6, uid, "0s")
 			if env.arrived(c, v6, s, 2*time.Second) {
 				through++
 				t.Logf("uid %d: arrived while the agent was down", uid)

@@ -4,7 +4,7 @@
 // firewall looks the process up, it may already be gone.
 //
 // Usage: dialer -net tcp4|tcp6|udp4|udp6|ping4|ping6|udplite4|udplite6|ip4:N|ip6:N -addr HOST[:PORT]
-// [-reply] [-timeout 2s] [-local HOST:PORT] [-sendto] [-payload TEXT] [-icmp-type T]
+// [-reply] [-timeout 2s] [-local HOST:PORT] [-sendto] [-payload TEXT] [-icmp-type T] [-linger D]
 //
 // udplite4/6 send -payload on a UDP-Lite socket. ip4:N and ip6:N send one
 // packet of IP protocol N from a raw socket (CAP_NET_RAW) bound to -local
@@ -55,6 +55,7 @@ func main() {
 	sendto := flag.Bool("sendto", false, "udp: send from an unconnected socket to each of the comma-separated -addr")
 	payload := flag.String("payload", "bastion-dialer\n", "udplite, ip4:N, ip6:N: what to send")
 	icmpType := flag.Int("icmp-type", 13, "ip4:1, ip6:58: the ICMP type to send")
+	linger := flag.Duration("linger", 0, "stay this long after the outcome is printed (to be found in /proc)")
 	flag.Parse()
 
 	r := result{PID: os.Getpid(), UID: os.Getuid(), Network: *network, Addr: *addr}
@@ -80,6 +81,7 @@ func main() {
 	}
 	line, _ := json.Marshal(r)
 	fmt.Println(string(line))
+	time.Sleep(*linger)
 	if !r.OK {
 		os.Exit(1)
 	}
