@@ -377,3 +377,38 @@ func TestAttackOtherProtocolsWhileAgentDown(t *testing.T) {
 	})
 	reportAttack(t, "any protocol but TCP/UDP/ICMP echo passes while the agent is down (fail_open=false)", tries, through, 0)
 }
+
+// TestKernelNeighbourDiscoveryPassesWhileAgentDown: the kernel's own IPv6
+// neighbour advertisements pass the chain even while a fail-closed agent
+// is down: a host on the link can still ping this one (the echo reply is
+// a reply, the advertisement before it a kernel packet), though every flow
+// this host starts would be dropped.
+func TestKernelNeighbourDiscoveryPassesWhileAgentDown(t *testing.T) {
+	bins(t)
+	ns, peer := testenv.NewNetNS(t), testenv.NewNetNS(t)
+	for _, args := range [][]string{
+		{"link", "add", "bst0", "netns", ns.Name, "type", "veth", "peer", "name", "bst1", "netns", peer.Name},
+		{"-n", ns.Name, "addr", "add", "fd01::1/64", "dev", "bst0", "nodad"},
+		{"-n", peer.Name, "addr", "add", "fd01::2/64", "dev", "bst1", "nodad"},
+		{"-n", ns.Name, "link", "set", "bst0", "up"},
+		{"-n", peer.Name, "link", "set", "bst1", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	a := startAgent(t, ns, "--fail-open=false")
+	a.Kill(t)
+	ctx := testCtx(t, time.Minute)
+	// The host itself cannot start anything: its own echo request is dropped.
+	if r, err := ns.RunDialer(ctx, builtBins.dialer, 0, 0, "-net", "ping6", "-addr", "fd01::2", "-timeout", "2s"); err != nil || r.OK {
+		t.Fatalf("precondition: ping from the fail-closed host: %+v, %v; want it dropped", r, err)
+	}
+	ok := testenv.Poll(20*time.Second, func() bool {
+		r, err := peer.RunDialer(ctx, builtBins.dialer, 0, 0, "-net", "ping6", "-addr", "fd01::1", "-timeout", "2s")
+		return err == nil && r.OK
+	})
+	if !ok {
+		t.Fatal("a peer cannot ping the fail-closed host: its neighbour advertisements were dropped")
+	}
+}
