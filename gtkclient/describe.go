@@ -90,8 +90,8 @@ func destinationText(f *agentv1.Flow, host string) string {
 func portText(f *agentv1.Flow, svc *procinfo.Services) string {
 	proto := protoName(f)
 	var parts []string
-	if (proto == "TCP" || proto == "UDP") && f.GetDstPort() != 0 {
-		parts = append(parts, "port "+svc.DescribePort(strings.ToLower(proto), uint16(f.GetDstPort())))
+	if p := apiconv.Proto(f.GetProtocol(), f.GetProtocolNumber()); p.HasPorts() && f.GetDstPort() != 0 {
+		parts = append(parts, "port "+svc.DescribePort(p.String(), uint16(f.GetDstPort())))
 	}
 	parts = append(parts, proto, fmt.Sprintf("IPv%d", f.GetIpVersion()))
 	return strings.Join(parts, " · ")
