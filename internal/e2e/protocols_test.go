@@ -412,3 +412,38 @@ func TestKernelNeighbourDiscoveryPassesWhileAgentDown(t *testing.T) {
 		t.Fatal("a peer cannot ping the fail-closed host: its neighbour advertisements were dropped")
 	}
 }
+
+// TestOtherProtocolsWithFallbackMechanisms: what the fallbacks name. The
+// sockops mechanism's hooks run for UDP-Lite (it sends through udp_sendmsg)
+// but for no raw socket: a raw flow is an unknown process there, with the
+// UID the kernel reports for the socket. The procfs mechanism finds a
+// UDP-Lite socket through sock_diag and a raw one in /proc/net/raw{,6}.
+func TestOtherProtocolsWithFallbackMechanisms(t *testing.T) {
+	for _, mech := range []string{"sockops", "procfs"} {
+		t.Run(mech, func(t *testing.T) {
+			env := newProtoEnv(t)
+			a := startAgent(t, env.ns, "--mechanism", mech)
+			w := a.Watch(t)
+			ctx := testCtx(t, 2*time.Minute)
+			for _, c := range otherProtoCases {
+				if c.name != "udplite" && c.name != "raw253" {
+					continue
+				}
+				for _, v6 := range []bool{false, true} {
+					mark := w.Mark()
+					s := env.send(t, ctx, c, v6, 1001, "5s")
+					conn := w.WaitAdded(t, mark, 15*time.Second, s.to(c))
+					if c.raw && mech == "sockops" {
+						if pr := conn.GetProcess(); pr.GetTgid() != 0 || pr.GetUid() != 1001 {
+							t.Errorf("%s v6=%v: %s, want an unknown process of uid 1001", c.name, v6, describe(conn))
+						}
+					} else {
+						checkProc(t, conn, s.want)
+					}
+					a.Decide(t, conn.GetId(), deny, scopeConn)
+					s.p.Kill()
+				}
+			}
+		})
+	}
+}

@@ -14,12 +14,13 @@ import (
 // format is that of the ping table, with the socket's protocol number in
 // the local port field (this kernel has no raw sock_diag handler,
 // CONFIG_INET_RAW_DIAG). A raw socket of t's protocol or of IPPROTO_RAW
-// (which sends any protocol with its own header) may have sent it, if its
-// bound and connected addresses allow t's.
+// (which sends any protocol with its own header), connected to t's
+// destination and bound to its source or to none, may have sent it.
 //
-// SECURITY: a raw socket names no flow, so more than one candidate is
-// ambiguous: the packet is then left unattributed (the system policy for
-// its UID, which the queue reports) rather than named after a guess.
+// The socket that fits best (rawScore) is taken. SECURITY: a raw socket
+// names no flow, so two that fit equally well are ambiguous: the packet is
+// then left unattributed (the system policy for its UID, which the queue
+// reports) rather than named after a guess.
 func (r *Resolver) findRaw(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 	families := []uint8{unix.AF_INET6}
 	if v4 {
@@ -28,6 +29,7 @@ func (r *Resolver) findRaw(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 		families = []uint8{unix.AF_INET, unix.AF_INET6}
 	}
 	var found []sockdiag.Socket
+	best := -1
 	for _, fam := range families {
 		name := "thread-self/net/raw"
 		if fam == unix.AF_INET6 {
@@ -47,7 +49,10 @@ func (r *Resolver) findRaw(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 			return sockdiag.Socket{}, fmt.Errorf("read raw sockets: %w", err)
 		}
 		for _, s := range socks {
-			if rawMatches(s, t) {
+			switch sc := rawScore(s, t); {
+			case sc > best:
+				best, found = sc, append(found[:0], s)
+			case sc == best && sc >= 0:
 				found = append(found, s)
 			}
 		}
@@ -61,16 +66,32 @@ func (r *Resolver) findRaw(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 	return sockdiag.Socket{}, fmt.Errorf("%d raw sockets of protocol %v could have sent it: %w", len(found), t.Proto, ErrNotFound)
 }
 
-// rawMatches reports whether the raw socket s can have sent t.
-func rawMatches(s sockdiag.Socket, t flow.Tuple) bool {
-	if num := s.Local.Port(); num != uint16(t.Proto) && num != unix.IPPROTO_RAW {
-		return false
+// rawScore is -1 when the raw socket s cannot have sent t or is not
+// connected to t's destination, else how closely it fits: bound to t's
+// source counts 1, of t's own protocol (not IPPROTO_RAW) 1.
+func rawScore(s sockdiag.Socket, t flow.Tuple) int {
+	score := 0
+	switch num := s.Local.Port(); {
+	case num == uint16(t.Proto):
+		score++
+	case num != unix.IPPROTO_RAW:
+		return -1
 	}
-	if la := s.Local.Addr(); !la.IsUnspecified() && la != t.Src.Unmap() {
-		return false
+	switch la := s.Local.Addr(); {
+	case la == t.Src.Unmap():
+		score++
+	case !la.IsUnspecified():
+		return -1
 	}
-	if ra := s.Remote.Addr(); !ra.IsUnspecified() && ra != t.Dst.Unmap() {
-		return false
+	// SECURITY: only a socket connected to the destination is taken. An
+	// unconnected one (a listener, say) may send anywhere, and when the
+	// sender has already closed its socket it would be the only one left
+	// and be named in its place.
+	if s.Remote.Addr() != t.Dst.Unmap() {
+		return -1
 	}
-	return s.Inode != 0
+	if s.Inode == 0 {
+		return -1
+	}
+	return score
 }

@@ -2,6 +2,7 @@ package procfs
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -9,9 +10,11 @@ import (
 	"github.com/bastion-fw/bastion/internal/flow"
 )
 
-func TestRawMatches(t *testing.T) {
+func TestRawScore(t *testing.T) {
 	// /proc/net/raw: one socket of protocol 253 bound to 127.0.0.1 and
-	// connected to 127.0.0.2, one IPPROTO_RAW socket, one of protocol 47.
+	// connected to 127.0.0.2, one IPPROTO_RAW socket, one of protocol 47,
+	// both unconnected: never taken (a listener, or what is left when
+	// the sender has closed its socket).
 	table := []byte(`  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
   1: 0100007F:00FD 0200007F:0000 01 00000000:00000000 00:00000000 00000000  1000        0 4242 2 0000000000000000 0
   2: 00000000:00FF 00000000:0000 07 00000000:00000000 00:00000000 00000000  1001        0 4343 2 0000000000000000 0
@@ -24,21 +27,19 @@ func TestRawMatches(t *testing.T) {
 	lo1, lo2, lo3 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 	for _, tc := range []struct {
 		tup  flow.Tuple
-		want []uint32 // inodes that match
+		want []int // rawScore of each socket
 	}{
-		{flow.Tuple{Proto: 253, Src: lo1, Dst: lo2}, []uint32{4242, 4343}},
-		{flow.Tuple{Proto: 253, Src: lo1, Dst: lo3}, []uint32{4343}},
-		{flow.Tuple{Proto: flow.GRE, Src: lo1, Dst: lo2}, []uint32{4343, 4444}},
-		{flow.Tuple{Proto: flow.UDPLite, Src: lo3, Dst: lo2}, []uint32{4343}},
+		{flow.Tuple{Proto: 253, Src: lo1, Dst: lo2}, []int{2, -1, -1}},
+		{flow.Tuple{Proto: 253, Src: lo1, Dst: lo3}, []int{-1, -1, -1}},
+		{flow.Tuple{Proto: flow.GRE, Src: lo1, Dst: lo2}, []int{-1, -1, -1}},
+		{flow.Tuple{Proto: flow.UDPLite, Src: lo3, Dst: lo2}, []int{-1, -1, -1}},
 	} {
-		var got []uint32
+		var got []int
 		for _, s := range socks {
-			if rawMatches(s, tc.tup) {
-				got = append(got, s.Inode)
-			}
+			got = append(got, rawScore(s, tc.tup))
 		}
-		if len(got) != len(tc.want) || (len(got) > 0 && got[0] != tc.want[0]) || (len(got) > 1 && got[1] != tc.want[1]) {
-			t.Errorf("%v: raw sockets %v match, want %v", tc.tup, got, tc.want)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%v: raw socket scores %v, want %v", tc.tup, got, tc.want)
 		}
 	}
 }

@@ -24,7 +24,8 @@ func udpLite(v6 bool, addr, localAddr string, payload []byte, reply bool, timeou
 	if err != nil {
 		return "", fmt.Errorf("udplite socket: %w", err)
 	}
-	defer unix.Close(fd)
+	// Left open until the process exits (after -linger): a fallback that
+	// looks for the socket finds it.
 	if localAddr != "" {
 		la, err := netip.ParseAddrPort(localAddr)
 		if err != nil {
@@ -72,7 +73,8 @@ func rawIP(network, addr, localAddr string, payload []byte, icmpType int, timeou
 	if err != nil {
 		return "", fmt.Errorf("raw socket: %w", err)
 	}
-	defer unix.Close(fd)
+	// Left open until the process exits (after -linger): a fallback that
+	// looks for the socket finds it.
 	if localAddr != "" {
 		la, err := netip.ParseAddr(localAddr)
 		if err != nil {
