@@ -414,10 +414,9 @@ func TestKernelNeighbourDiscoveryPassesWhileAgentDown(t *testing.T) {
 }
 
 // TestOtherProtocolsWithFallbackMechanisms: what the fallbacks name. The
-// sockops mechanism's hooks run for UDP-Lite (it sends through udp_sendmsg)
-// but for no raw socket: a raw flow is an unknown process there, with the
-// UID the kernel reports for the socket. The procfs mechanism finds a
-// UDP-Lite socket through sock_diag and a raw one in /proc/net/raw{,6}.
+// procfs mechanism finds a UDP-Lite socket through sock_diag and a raw one,
+// connected to the destination, in /proc/net/raw{,6}; behind the sockops
+// mechanism the same /proc lookup names them.
 func TestOtherProtocolsWithFallbackMechanisms(t *testing.T) {
 	for _, mech := range []string{"sockops", "procfs"} {
 		t.Run(mech, func(t *testing.T) {
@@ -433,13 +432,13 @@ func TestOtherProtocolsWithFallbackMechanisms(t *testing.T) {
 					mark := w.Mark()
 					s := env.send(t, ctx, c, v6, 1001, "5s")
 					conn := w.WaitAdded(t, mark, 15*time.Second, s.to(c))
-					if c.raw && mech == "sockops" {
-						if pr := conn.GetProcess(); pr.GetTgid() != 0 || pr.GetUid() != 1001 {
-							t.Errorf("%s v6=%v: %s, want an unknown process of uid 1001", c.name, v6, describe(conn))
-						}
-					} else {
-						checkProc(t, conn, s.want)
-					}
+					// Behind sockops the agent's /proc fallback names
+					// both: no cgroup hook runs for a raw socket, nor
+					// for connect() on UDP-Lite (it has no pre_connect;
+					// only sendto() runs the sendmsg hook).
+					want := s.want
+					want.by = "procfs"
+					checkProc(t, conn, want)
 					a.Decide(t, conn.GetId(), deny, scopeConn)
 					s.p.Kill()
 				}

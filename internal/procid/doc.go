@@ -19,8 +19,8 @@
 //     another flow or is being written. ~0.3 us instead of ~2 us per
 //     lookup here, and the lookup is on every queued packet's path.
 //   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
-//     connect4/6 and sendmsg4/6 (UDP, UDP-Lite and ping sockets; no hook
-//     runs for raw sockets, whose flows go unattributed; keyed without the
+//     connect4/6 and sendmsg4/6 (UDP and ping sockets, UDP-Lite at sendmsg
+//     only; no hook runs for raw sockets; keyed without the
 //     source address, which is not chosen yet: by source port and
 //     destination when the socket has a port, which it always has at sendmsg,
 //     else by destination alone). Unbound UDP sockets connected to one
