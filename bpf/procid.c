@@ -81,9 +81,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // (::ffff:a.b.c.d), and family is AF_INET for them even when the socket is
 // AF_INET6 (dual-stack sockets send IPv4 packets). Ports are host byte
 // order, 0 for protocols without ports. For ICMP/ICMPv6 echo sport is the
-// echo identifier and dport is 0. The sock_addr programs do not know the source address yet and
-// write saddr = ::; with sport = 0 too when the socket has no port yet
-// ("destination keys"), else with the socket's port ("port keys").
+// echo identifier and dport is 0. The sock_addr programs do not know the
+// source address yet and write saddr = ::; with sport = 0 too when the
+// socket has no port yet ("destination keys"), else with the socket's port
+// ("port keys").
 //
 // netns is the network namespace's inode number (net->ns.inum), so the same
 // 5-tuple in two namespaces never collides.
