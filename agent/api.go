@@ -234,9 +234,10 @@ func (s *apiServer) ListCache(ctx context.Context, _ *agentv1.ListCacheRequest) 
 	resp := &agentv1.ListCacheResponse{}
 	for _, ce := range s.engine.ListCache(c) {
 		pe := &agentv1.CacheEntry{
-			Id: ce.ID, Uid: ce.UID, Exe: ce.Exe, Scope: agentv1.Scope(ce.Scope + 1), Protocol: apiconv.ProtoProto(ce.Proto),
+			Id: ce.ID, Uid: ce.UID, Exe: ce.Exe, Scope: agentv1.Scope(ce.Scope + 1),
 			DstPort: uint32(ce.Port), Action: apiconv.ActionProto(ce.Action), Hits: ce.Hits,
 		}
+		pe.Protocol, pe.ProtocolNumber = apiconv.ProtoProto(ce.Proto)
 		if ce.Dst.IsValid() {
 			pe.DstIp = ce.Dst.String()
 		}

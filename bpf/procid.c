@@ -7,7 +7,7 @@
 //
 //   - nf_local_out (SEC "netfilter", NF_INET_LOCAL_OUT, priority -200, one
 //     link per network namespace and family) records who sent the first
-//     packet of each TCP/UDP/ICMP-echo flow into `flows`, and a copy into
+//     packet of each flow, of any IP protocol, into `flows`, and a copy into
 //     `recent_flows`, which the agent reads from memory.
 //   - sockops_connect (cgroup sockops) and connect4/6 + sendmsg4/6 (cgroup
 //     sock_addr) are the fallback for kernels without the netfilter link
@@ -41,7 +41,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
 #define ICMP_ECHO 8
+#define ICMP_ECHOREPLY 0
 #define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
 #define IP_OFFSET_MASK 0x1fff
 #define IP_MF 0x2000
 #define IPPROTO_ICMPV6 58 // not an enum member in vmlinux.h
@@ -81,10 +83,11 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // Addresses are 16 bytes; IPv4 addresses are stored IPv4-mapped
 // (::ffff:a.b.c.d), and family is AF_INET for them even when the socket is
 // AF_INET6 (dual-stack sockets send IPv4 packets). Ports are host byte
-// order. For ICMP/ICMPv6 echo requests sport is the echo identifier and
-// dport is 0. The sock_addr programs do not know the source address yet and
-// write saddr = ::; with sport = 0 too when the socket has no port yet
-// ("destination keys"), else with the socket's port ("port keys").
+// order, 0 for protocols without ports. For ICMP/ICMPv6 echo sport is the
+// echo identifier and dport is 0. The sock_addr programs do not know the
+// source address yet and write saddr = ::; with sport = 0 too when the
+// socket has no port yet ("destination keys"), else with the socket's port
+// ("port keys").
 //
 // netns is the network namespace's inode number (net->ns.inum), so the same
 // 5-tuple in two namespaces never collides.
@@ -317,10 +320,10 @@ static __always_inline int is_v6_ext(__u8 nexthdr)
 // parse_packet reads the flow key (all but netns) and the TCP flags of the
 // IP packet in skb whose IP header starts at address nh, exactly as
 // internal/packet.Parse reads the tuple of the same bytes in the agent. It
-// returns 0 for TCP, UDP and ICMP/ICMPv6 echo requests whose transport header
-// it read, -1 for everything else: other protocols, non-first fragments,
-// malformed or truncated headers, IPv6 extension-header chains longer than
-// MAX_V6_EXT.
+// returns 0 for every protocol whose header it read (ports for TCP, UDP,
+// UDP-Lite, SCTP and DCCP, the identifier of ICMP/ICMPv6 echo, none for the
+// rest), -1 for non-first fragments, malformed or truncated headers and IPv6
+// extension-header chains longer than MAX_V6_EXT.
 //
 // Every read stays inside the linear data (head + tail; the headers of a
 // locally generated packet are always there) and inside the length the IP
@@ -427,16 +430,21 @@ static __always_inline int parse_packet(struct sk_buff *skb, __u64 nh, struct fl
 		key->sport = bpf_ntohs(th.source);
 		key->dport = bpf_ntohs(th.dest);
 		*tcp_flags = th.flags;
-	} else if (proto == IPPROTO_UDP) {
-		struct udphdr uh;
-		if (l4 + sizeof(uh) > end || bpf_probe_read_kernel(&uh, sizeof(uh), (void *)l4))
+	} else if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP ||
+		   proto == IPPROTO_DCCP) {
+		// Ports first in each; the minimum header is 8 bytes for UDP
+		// and UDP-Lite, 12 for SCTP and DCCP (as in the agent's parser).
+		__u16 ports[2];
+		__u64 hlen = proto == IPPROTO_SCTP || proto == IPPROTO_DCCP ? 12 : 8;
+		if (l4 + hlen > end || bpf_probe_read_kernel(ports, sizeof(ports), (void *)l4))
 			return -1;
-		key->sport = bpf_ntohs(uh.source);
-		key->dport = bpf_ntohs(uh.dest);
+		key->sport = bpf_ntohs(ports[0]);
+		key->dport = bpf_ntohs(ports[1]);
 	} else if ((proto == IPPROTO_ICMP && (vihl >> 4) == 4) ||
 		   (proto == IPPROTO_ICMPV6 && (vihl >> 4) == 6)) {
-		// ICMP in IPv6 or ICMPv6 in IPv4 is no echo: the agent's
-		// parser sees an opaque protocol there.
+		// ICMP in IPv6 or ICMPv6 in IPv4 is opaque, as below. Echo
+		// requests and replies are keyed by identifier, other types
+		// have no ports.
 		struct {
 			__u8 type;
 			__u8 code;
@@ -444,15 +452,17 @@ static __always_inline int parse_packet(struct sk_buff *skb, __u64 nh, struct fl
 			__u16 id;
 			__u16 seq;
 		} ih;
-		if (l4 + sizeof(ih) > end || bpf_probe_read_kernel(&ih, sizeof(ih), (void *)l4))
+		if (l4 + 4 > end || bpf_probe_read_kernel(&ih, 4, (void *)l4))
 			return -1;
-		if (ih.type != (proto == IPPROTO_ICMP ? ICMP_ECHO : ICMPV6_ECHO_REQUEST))
-			return -1;
-		key->sport = bpf_ntohs(ih.id);
-		key->dport = 0;
-	} else {
-		return -1;
+		int v4 = proto == IPPROTO_ICMP;
+		if (ih.type == (v4 ? ICMP_ECHO : ICMPV6_ECHO_REQUEST) ||
+		    ih.type == (v4 ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY)) {
+			if (l4 + sizeof(ih) > end || bpf_probe_read_kernel(&ih, sizeof(ih), (void *)l4))
+				return -1;
+			key->sport = bpf_ntohs(ih.id);
+		}
 	}
+	// Any other protocol: addresses and protocol only, no ports.
 	return 0;
 }
 
@@ -477,7 +487,9 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 	__u8 sk_state = sk->__sk_common.skc_state;
 	if (sk_state == TCP_NEW_SYN_RECV || sk_state == TCP_TIME_WAIT)
 		return NF_ACCEPT;
-	if (sk->sk_protocol == IPPROTO_TCP && sk_state != TCP_SYN_SENT)
+	// (A raw socket may name IPPROTO_TCP too; it has no TCP state.)
+	int tcp_sock = sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
+	if (tcp_sock && sk_state != TCP_SYN_SENT)
 		return NF_ACCEPT;
 
 	__u64 nh = (__u64)skb->head + skb->network_header;
@@ -494,7 +506,7 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 		// the retransmit timer, in the context of whatever task happens to
 		// run; the first transmission's entry answers for them.
 		struct inet_connection_sock *icsk = (void *)sk;
-		if (BPF_CORE_READ(icsk, icsk_retransmits) != 0)
+		if (tcp_sock && BPF_CORE_READ(icsk, icsk_retransmits) != 0)
 			return NF_ACCEPT;
 	}
 
@@ -504,6 +516,11 @@ int nf_local_out(struct bpf_nf_ctx *ctx)
 		ino = sock->file->f_inode->i_ino;
 
 	if (proto != IPPROTO_TCP) {
+		// A kernel socket (no file: ICMP errors, neighbour discovery,
+		// tunnels) sends for no process; the task running now is
+		// whichever one the softirq interrupted.
+		if (!ino)
+			return NF_ACCEPT;
 		// Datagrams: every packet comes here. Keep the first sender of
 		// this tuple unless the tuple now belongs to another socket.
 		struct flow_value *old = bpf_map_lookup_elem(&flows, &key);
@@ -622,7 +639,7 @@ static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, c
 	__u32 proto = ctx->protocol;
 	struct bpf_sock *sk = ctx->sk;
 
-	if (proto == IPPROTO_UDP) {
+	if (proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE) { // UDP-Lite sends through udp_sendmsg
 		key.dport = bpf_ntohs(ctx->user_port);
 	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		key.dport = 0;

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -40,18 +42,25 @@ func actionName(a rulesv1.Action) string {
 	return "-"
 }
 
-func protoName(p agentv1.Protocol) string {
+// protoName is how people write a flow's protocol: "TCP", "UDP-Lite",
+// "protocol 253".
+func protoName(f *agentv1.Flow) string {
+	return displayProto(apiconv.Proto(f.GetProtocol(), f.GetProtocolNumber()))
+}
+
+func displayProto(p flow.Proto) string {
 	switch p {
-	case agentv1.Protocol_PROTOCOL_TCP:
-		return "TCP"
-	case agentv1.Protocol_PROTOCOL_UDP:
-		return "UDP"
-	case agentv1.Protocol_PROTOCOL_ICMP:
-		return "ICMP"
-	case agentv1.Protocol_PROTOCOL_ICMPV6:
+	case 0:
+		return "unknown protocol"
+	case flow.ICMPv6:
 		return "ICMPv6"
+	case flow.UDPLite:
+		return "UDP-Lite"
 	}
-	return "unknown protocol"
+	if n := p.String(); !strings.HasPrefix(n, "proto-") {
+		return strings.ToUpper(n)
+	}
+	return "protocol " + strconv.Itoa(int(p))
 }
 
 // target is what a prompt's title names: "example.com:443",
@@ -80,10 +89,10 @@ func destinationText(f *agentv1.Flow, host string) string {
 
 // portText is "443 (https) · TCP · IPv4".
 func portText(f *agentv1.Flow, svc *procinfo.Services) string {
-	proto := protoName(f.GetProtocol())
+	proto := protoName(f)
 	var parts []string
-	if (proto == "TCP" || proto == "UDP") && f.GetDstPort() != 0 {
-		parts = append(parts, "port "+svc.DescribePort(strings.ToLower(proto), uint16(f.GetDstPort())))
+	if p := apiconv.Proto(f.GetProtocol(), f.GetProtocolNumber()); p.HasPorts() && f.GetDstPort() != 0 {
+		parts = append(parts, "port "+svc.DescribePort(p.String(), uint16(f.GetDstPort())))
 	}
 	parts = append(parts, proto, fmt.Sprintf("IPv%d", f.GetIpVersion()))
 	return strings.Join(parts, " · ")
@@ -106,22 +115,16 @@ func ruleDestination(r *rulesv1.Rule) string {
 	default:
 		s = where
 	}
-	if p := ruleProtoName(r.GetProtocol()); p != "" {
+	if p := ruleProtoName(r); p != "" {
 		return p + " " + s
 	}
 	return s
 }
 
-func ruleProtoName(p rulesv1.Protocol) string {
-	switch p {
-	case rulesv1.Protocol_PROTOCOL_TCP:
-		return "TCP"
-	case rulesv1.Protocol_PROTOCOL_UDP:
-		return "UDP"
-	case rulesv1.Protocol_PROTOCOL_ICMP:
-		return "ICMP"
-	case rulesv1.Protocol_PROTOCOL_ICMPV6:
-		return "ICMPv6"
+// ruleProtoName is a rule's protocol as protoName writes it, "" for any.
+func ruleProtoName(r *rulesv1.Rule) string {
+	if p := rules.ProtocolOf(r); p != 0 {
+		return displayProto(p)
 	}
 	return ""
 }

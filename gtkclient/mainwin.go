@@ -673,7 +673,7 @@ func (m *mainWindow) addHistoryRow(i int, e *uiv1.HistoryEntry) {
 	it := m.histStore.Prepend() // newest first
 	m.histStore.Set(it, []int{hColTime, hColAction, hColApp, hColDest, hColBy, hColIndex, hColActionColor},
 		[]interface{}{e.GetTime().AsTime().In(m.a.loc).Format("15:04:05"), capitalize(actionName(e.GetAction())),
-			inert.String(apiconv.ExeText(e.GetProcess())), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
+			inert.String(apiconv.ExeText(e.GetProcess())), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow()),
 			decidedBy(e), i, actionColor(e.GetAction())})
 }
 
@@ -779,7 +779,7 @@ func (m *mainWindow) refreshLater() {
 			it := m.laterStore.Append()
 			m.laterStore.Set(it, []int{hColTime, hColAction, hColApp, hColDest, hColIndex, hColActionColor},
 				[]interface{}{ago(e.GetTime().AsTime(), now, m.a.loc), capitalize(actionName(e.GetApplied())),
-					inert.String(apiconv.ExeText(e.GetProcess())), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow().GetProtocol()),
+					inert.String(apiconv.ExeText(e.GetProcess())), inert.String(target(e.GetFlow(), e.GetHost())) + " " + protoName(e.GetFlow()),
 					i, actionColor(e.GetApplied())})
 		}
 	})

@@ -2,6 +2,7 @@ package gtkclient
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -27,19 +29,22 @@ type ruleDialog struct {
 	dst      *gtk.Entry
 	ports    *gtk.Entry
 	protocol *gtk.ComboBoxText
-	lifetime *gtk.ComboBoxText
-	minutes  *gtk.SpinButton
-	note     *gtk.Entry
-	errLabel *gtk.Label
-	orig     *rulesv1.Rule
-	now      func() time.Time
-	save     func(r *rulesv1.Rule)
+	// protocols are the protocol combo's entries, in order.
+	protocols []flow.Proto
+	lifetime  *gtk.ComboBoxText
+	minutes   *gtk.SpinButton
+	note      *gtk.Entry
+	errLabel  *gtk.Label
+	orig      *rulesv1.Rule
+	now       func() time.Time
+	save      func(r *rulesv1.Rule)
 }
 
 var (
-	dialogActions   = []rulesv1.Action{rulesv1.Action_ACTION_ALLOW, rulesv1.Action_ACTION_DENY, rulesv1.Action_ACTION_REJECT}
-	dialogProtocols = []rulesv1.Protocol{rulesv1.Protocol_PROTOCOL_UNSPECIFIED, rulesv1.Protocol_PROTOCOL_TCP,
-		rulesv1.Protocol_PROTOCOL_UDP, rulesv1.Protocol_PROTOCOL_ICMP, rulesv1.Protocol_PROTOCOL_ICMPV6}
+	dialogActions = []rulesv1.Action{rulesv1.Action_ACTION_ALLOW, rulesv1.Action_ACTION_DENY, rulesv1.Action_ACTION_REJECT}
+	// dialogProtocols are the protocols the dialog offers (0: any); a
+	// rule's own, if it is another, is offered too.
+	dialogProtocols = []flow.Proto{0, flow.TCP, flow.UDP, flow.ICMP, flow.ICMPv6, flow.UDPLite, flow.SCTP, flow.DCCP, flow.GRE}
 	dialogLifetimes = []rulesv1.Lifetime{rulesv1.Lifetime_LIFETIME_FOREVER, rulesv1.Lifetime_LIFETIME_SESSION,
 		rulesv1.Lifetime_LIFETIME_DURATION}
 )
@@ -114,13 +119,18 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 	add("Port", d.ports, "any; 443 or 8000-8999")
 	d.protocol = mustCombo()
 	d.protocol.SetActive(0)
-	for i, p := range dialogProtocols {
-		name := ruleProtoName(p)
-		if name == "" {
-			name = "Any"
+	d.protocols = dialogProtocols
+	ruleProto := rules.ProtocolOf(r)
+	if !slices.Contains(d.protocols, ruleProto) {
+		d.protocols = append(slices.Clone(d.protocols), ruleProto)
+	}
+	for i, p := range d.protocols {
+		name := "Any"
+		if p != 0 {
+			name = displayProto(p)
 		}
 		d.protocol.AppendText(name)
-		if p == r.GetProtocol() {
+		if p == ruleProto {
 			d.protocol.SetActive(i)
 		}
 	}
@@ -200,8 +210,8 @@ func (d *ruleDialog) rule() (*rulesv1.Rule, error) {
 		}
 		r.DstPortMin, r.DstPortMax = uint32(l), uint32(h)
 	}
-	if i := d.protocol.GetActive(); i >= 0 {
-		r.Protocol = dialogProtocols[i]
+	if i := d.protocol.GetActive(); i >= 0 && i < len(d.protocols) {
+		r.Protocol, r.ProtocolNumber = rules.ProtocolProto(d.protocols[i])
 	}
 	oldLife := r.GetLifetime()
 	if i := d.lifetime.GetActive(); i >= 0 {

@@ -127,6 +127,9 @@ func TestRuleDestination(t *testing.T) {
 		{&rulesv1.Rule{DstPortMin: 53, DstPortMax: 53, Protocol: rulesv1.Protocol_PROTOCOL_UDP}, "UDP port 53"},
 		{&rulesv1.Rule{DstPortMin: 8000, DstPortMax: 8999}, "port 8000-8999"},
 		{&rulesv1.Rule{Protocol: rulesv1.Protocol_PROTOCOL_ICMP}, "ICMP anywhere"},
+		{&rulesv1.Rule{DstPortMin: 5000, DstPortMax: 5000, Protocol: rulesv1.Protocol_PROTOCOL_UDPLITE}, "UDP-Lite port 5000"},
+		{&rulesv1.Rule{Dst: "10.0.0.1", Protocol: rulesv1.Protocol_PROTOCOL_OTHER, ProtocolNumber: 253}, "protocol 253 10.0.0.1"},
+		{&rulesv1.Rule{Protocol: rulesv1.Protocol_PROTOCOL_GRE}, "GRE anywhere"},
 	}
 	for _, tc := range tests {
 		if got := ruleDestination(tc.r); got != tc.want {

@@ -37,34 +37,47 @@ func ActionProto(a flow.Action) agentv1.Action {
 	return agentv1.Action_ACTION_UNSPECIFIED
 }
 
-// Proto converts an API protocol; unknown values become 0.
-func Proto(p agentv1.Protocol) flow.Proto {
-	switch p {
-	case agentv1.Protocol_PROTOCOL_TCP:
-		return flow.TCP
-	case agentv1.Protocol_PROTOCOL_UDP:
-		return flow.UDP
-	case agentv1.Protocol_PROTOCOL_ICMP:
-		return flow.ICMP
-	case agentv1.Protocol_PROTOCOL_ICMPV6:
-		return flow.ICMPv6
+// protoNames maps the protocols the API has a name for.
+var protoNames = map[flow.Proto]agentv1.Protocol{
+	flow.TCP: agentv1.Protocol_PROTOCOL_TCP, flow.UDP: agentv1.Protocol_PROTOCOL_UDP,
+	flow.ICMP: agentv1.Protocol_PROTOCOL_ICMP, flow.ICMPv6: agentv1.Protocol_PROTOCOL_ICMPV6,
+	flow.UDPLite: agentv1.Protocol_PROTOCOL_UDPLITE, flow.SCTP: agentv1.Protocol_PROTOCOL_SCTP,
+	flow.DCCP: agentv1.Protocol_PROTOCOL_DCCP, flow.GRE: agentv1.Protocol_PROTOCOL_GRE,
+}
+
+// Proto converts an API protocol: number, when set (1-255), says which,
+// else the name; unknown values become 0.
+func Proto(p agentv1.Protocol, number uint32) flow.Proto {
+	if number != 0 {
+		if number > 255 {
+			return 0
+		}
+		return flow.Proto(number)
+	}
+	for fp, ap := range protoNames {
+		if ap == p {
+			return fp
+		}
 	}
 	return 0
 }
 
-// ProtoProto is the inverse of Proto.
-func ProtoProto(p flow.Proto) agentv1.Protocol {
-	switch p {
-	case flow.TCP:
-		return agentv1.Protocol_PROTOCOL_TCP
-	case flow.UDP:
-		return agentv1.Protocol_PROTOCOL_UDP
-	case flow.ICMP:
-		return agentv1.Protocol_PROTOCOL_ICMP
-	case flow.ICMPv6:
-		return agentv1.Protocol_PROTOCOL_ICMPV6
+// ProtoProto is the inverse of Proto: the API's name for p
+// (PROTOCOL_OTHER when it has none) and p's number.
+func ProtoProto(p flow.Proto) (agentv1.Protocol, uint32) {
+	if p == 0 {
+		return agentv1.Protocol_PROTOCOL_UNSPECIFIED, 0
 	}
-	return agentv1.Protocol_PROTOCOL_UNSPECIFIED
+	if ap, ok := protoNames[p]; ok {
+		return ap, uint32(p)
+	}
+	return agentv1.Protocol_PROTOCOL_OTHER, uint32(p)
+}
+
+// FlowProtoName is the name of a flow's protocol for people: "udplite",
+// "proto-253" (as flow.Proto.String).
+func FlowProtoName(f *agentv1.Flow) string {
+	return Proto(f.GetProtocol(), f.GetProtocolNumber()).String()
 }
 
 // AddrString formats a for the API: IPv4-mapped addresses as IPv4, the
@@ -94,7 +107,7 @@ func port(p uint32) uint16 {
 // Tuple converts an API flow.
 func Tuple(f *agentv1.Flow) flow.Tuple {
 	return flow.Tuple{
-		Proto:   Proto(f.GetProtocol()),
+		Proto:   Proto(f.GetProtocol(), f.GetProtocolNumber()),
 		Src:     parseAddr(f.GetSrcIp()),
 		Dst:     parseAddr(f.GetDstIp()),
 		SrcPort: port(f.GetSrcPort()),
@@ -105,10 +118,10 @@ func Tuple(f *agentv1.Flow) flow.Tuple {
 // FlowProto is the inverse of Tuple.
 func FlowProto(t flow.Tuple) *agentv1.Flow {
 	f := &agentv1.Flow{
-		Protocol: ProtoProto(t.Proto),
-		SrcIp:    AddrString(t.Src), SrcPort: uint32(t.SrcPort),
+		SrcIp: AddrString(t.Src), SrcPort: uint32(t.SrcPort),
 		DstIp: AddrString(t.Dst), DstPort: uint32(t.DstPort),
 	}
+	f.Protocol, f.ProtocolNumber = ProtoProto(t.Proto)
 	if t.Dst.IsValid() {
 		f.IpVersion = 4
 		if t.IPv6() {

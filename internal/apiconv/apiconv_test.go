@@ -17,15 +17,37 @@ func TestRoundTrips(t *testing.T) {
 			t.Errorf("action %v round-trips to %v", a, got)
 		}
 	}
-	for _, p := range []flow.Proto{0, flow.TCP, flow.UDP, flow.ICMP, flow.ICMPv6} {
+	for p := range 256 {
+		p := flow.Proto(p)
 		if got := Proto(ProtoProto(p)); got != p {
 			t.Errorf("proto %v round-trips to %v", p, got)
 		}
+	}
+	// A grpcurl user sees a name where the API has one, and always the
+	// number.
+	for _, tc := range []struct {
+		p    flow.Proto
+		name agentv1.Protocol
+	}{
+		{flow.UDPLite, agentv1.Protocol_PROTOCOL_UDPLITE}, {flow.SCTP, agentv1.Protocol_PROTOCOL_SCTP},
+		{flow.DCCP, agentv1.Protocol_PROTOCOL_DCCP}, {flow.GRE, agentv1.Protocol_PROTOCOL_GRE},
+		{253, agentv1.Protocol_PROTOCOL_OTHER}, {flow.TCP, agentv1.Protocol_PROTOCOL_TCP},
+	} {
+		f := FlowProto(flow.Tuple{Proto: tc.p})
+		if f.GetProtocol() != tc.name || f.GetProtocolNumber() != uint32(tc.p) || FlowProtoName(f) != tc.p.String() {
+			t.Errorf("%v: flow says %v, number %d, name %q", tc.p, f.GetProtocol(), f.GetProtocolNumber(), FlowProtoName(f))
+		}
+	}
+	// Without a number (an older client), the name decides.
+	if got := Proto(agentv1.Protocol_PROTOCOL_UDPLITE, 0); got != flow.UDPLite {
+		t.Errorf("PROTOCOL_UDPLITE without a number reads as %v", got)
 	}
 	for _, tu := range []flow.Tuple{
 		{Proto: flow.TCP, Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.1"), SrcPort: 40000, DstPort: 443},
 		{Proto: flow.UDP, Src: netip.MustParseAddr("fe80::1"), Dst: netip.MustParseAddr("2001:db8::1"), SrcPort: 5353, DstPort: 53},
 		{Proto: flow.ICMP, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.2"), SrcPort: 7},
+		{Proto: flow.UDPLite, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.2"), SrcPort: 7, DstPort: 9},
+		{Proto: 253, Src: netip.MustParseAddr("::1"), Dst: netip.MustParseAddr("::2")},
 	} {
 		if got := Tuple(FlowProto(tu)); got != tu {
 			t.Errorf("tuple %v round-trips to %v", tu, got)
@@ -38,7 +60,7 @@ func TestRoundTrips(t *testing.T) {
 }
 
 func TestHostileValuesBecomeZero(t *testing.T) {
-	got := Tuple(&agentv1.Flow{Protocol: 99, SrcIp: "nope", DstIp: "::ffff:192.0.2.1", SrcPort: 1 << 20, DstPort: 80})
+	got := Tuple(&agentv1.Flow{Protocol: 99, ProtocolNumber: 256, SrcIp: "nope", DstIp: "::ffff:192.0.2.1", SrcPort: 1 << 20, DstPort: 80})
 	want := flow.Tuple{Dst: netip.MustParseAddr("192.0.2.1"), DstPort: 80}
 	if got != want {
 		t.Fatalf("got %+v, want %+v", got, want)

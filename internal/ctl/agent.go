@@ -214,7 +214,7 @@ func describeProcess(p *agentv1.Process) string {
 // describeFlow is "tcp 192.0.2.1:443", with " (example.com)" when the
 // agent knows the destination's name.
 func describeFlow(f *agentv1.Flow, host string) string {
-	proto := strings.TrimPrefix(strings.ToLower(f.GetProtocol().String()), "protocol_")
+	proto := apiconv.FlowProtoName(f)
 	dst := inert.String(f.GetDstIp())
 	if f.GetIpVersion() == 6 {
 		dst = "[" + dst + "]"

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -24,16 +25,12 @@ func ruleActionName(a rulesv1.Action) string {
 	return strings.TrimPrefix(strings.ToLower(a.String()), "action_")
 }
 
-func ruleProtoName(p rulesv1.Protocol) string {
-	if p == rulesv1.Protocol_PROTOCOL_UNSPECIFIED {
-		return ""
-	}
-	return strings.TrimPrefix(strings.ToLower(p.String()), "protocol_")
-}
+// ruleProtoName is a rule's protocol ("tcp", "udplite", "proto-253"), ""
+// for any.
+func ruleProtoName(r *rulesv1.Rule) string { return rules.ProtocolName(r) }
 
-func flowProtoName(p agentv1.Protocol) string {
-	return strings.TrimPrefix(strings.ToLower(p.String()), "protocol_")
-}
+// flowProtoName is a flow's protocol, as ruleProtoName writes it.
+func flowProtoName(f *agentv1.Flow) string { return apiconv.FlowProtoName(f) }
 
 // ruleDestination describes a rule's destination operands, e.g.
 // "tcp example.com:443", "udp *:53", "10.0.0.0/8" or "anywhere".
@@ -50,7 +47,7 @@ func ruleDestination(r *rulesv1.Rule) string {
 	default:
 		s = where
 	}
-	if p := ruleProtoName(r.GetProtocol()); p != "" {
+	if p := ruleProtoName(r); p != "" {
 		if s == "" {
 			return p + " anywhere"
 		}

@@ -107,5 +107,5 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 	fmt.Fprintf(c.out, "%s %-6s pid=%d %s -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
 		e.GetProcess().GetTgid(), orDash(inert.String(apiconv.ExeText(e.GetProcess()))),
-		flowProtoName(e.GetFlow().GetProtocol()), flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.String(by)))
+		flowProtoName(e.GetFlow()), flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.String(by)))
 }

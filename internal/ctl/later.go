@@ -67,7 +67,7 @@ func (c *cli) laterList(ctx context.Context) error {
 	fmt.Fprintln(tw, "ID\tTIME\tAPPLIED\tAPP\tDESTINATION\tCMDLINE")
 	for _, e := range resp.GetEntries() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t%s\n", inert.String(e.GetId()), e.GetTime().AsTime().In(c.loc).Format(time.DateTime),
-			ruleActionName(e.GetApplied()), orDash(inert.String(e.GetProcess().GetExe())), flowProtoName(e.GetFlow().GetProtocol()),
+			ruleActionName(e.GetApplied()), orDash(inert.String(apiconv.ExeText(e.GetProcess()))), flowProtoName(e.GetFlow()),
 			flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.Elide(strings.Join(e.GetProcess().GetArgs(), " "), 40)))
 	}
 	return tw.Flush()

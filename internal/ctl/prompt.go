@@ -291,7 +291,7 @@ func (s *promptSession) show() {
 	}
 	field("command line", orDash(cmd))
 	field("destination", s.destination(p))
-	proto := flowProtoName(fl.GetProtocol())
+	proto := flowProtoName(fl)
 	field("protocol", fmt.Sprintf("%s, IPv%d", proto, fl.GetIpVersion()))
 	if p.GetConnections() > 1 {
 		field("connections", strconv.Itoa(int(p.GetConnections())))
@@ -324,7 +324,7 @@ func (s *promptSession) destination(p *uiv1.Prompt) string {
 	if p.GetHost() != "" {
 		d = inert.String(p.GetHost()) + " (" + d + ")"
 	}
-	proto := flowProtoName(fl.GetProtocol())
+	proto := flowProtoName(fl)
 	if (proto == "tcp" || proto == "udp") && fl.GetDstPort() != 0 {
 		d += ", port " + s.sys.services.DescribePort(proto, uint16(fl.GetDstPort()))
 	}

@@ -196,7 +196,7 @@ func TestExitCodes(t *testing.T) {
 		{"add bad port", h, []string{"rules", "add", "--action", "allow", "--port", "70000"}, ExitUsage, "--port"},
 		{"add reversed range", h, []string{"rules", "add", "--action", "allow", "--port", "20-10"}, ExitUsage, "--port"},
 		{"add bad dst", h, []string{"rules", "add", "--action", "allow", "--dst", "10.0.0.300"}, ExitUsage, "--dst"},
-		{"add bad proto", h, []string{"rules", "add", "--action", "allow", "--proto", "sctp"}, ExitUsage, "protocol"},
+		{"add bad proto", h, []string{"rules", "add", "--action", "allow", "--proto", "sctp6"}, ExitUsage, "protocol"},
 		{"add two lifetimes", h, []string{"rules", "add", "--action", "allow", "--for", "1h", "--session"}, ExitUsage, "one of"},
 		{"export opensnitch", h, []string{"rules", "export", "--format", "opensnitch"}, ExitUsage, "import format only"},
 		{"rm unknown", h, []string{"rules", "rm", "0123456789abcdef"}, ExitNotFound, "no rule 0123456789abcdef"},

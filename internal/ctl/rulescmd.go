@@ -90,7 +90,7 @@ func (o *operandFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.dst, "dst", "", "destination address or CIDR prefix")
 	fs.StringVar(&o.port, "port", "", "destination port N or range N-M")
 	fs.StringVar(&o.host, "host", "", "destination host name or *.domain")
-	fs.StringVar(&o.proto, "proto", "", "tcp, udp, icmp or icmpv6")
+	fs.StringVar(&o.proto, "proto", "", "tcp, udp, icmp, icmpv6, udplite, sctp, dccp, gre, or a protocol number 1-255")
 }
 
 // apply sets the operands whose flags were given (set) on r.

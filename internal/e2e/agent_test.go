@@ -462,9 +462,16 @@ type Proc struct {
 // start starts cmd (made with ns.Command) and kills it by PID at cleanup.
 func start(t *testing.T, cmd *exec.Cmd) *Proc {
 	t.Helper()
+	return startWith(t, cmd, cmd.Start)
+}
+
+// startWith is start with another way to start cmd, such as ns.Start (for
+// a command that must keep capabilities nsenter's setuid would drop).
+func startWith(t *testing.T, cmd *exec.Cmd, startCmd func() error) *Proc {
+	t.Helper()
 	p := &Proc{Cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &p.stdout, &p.stderr
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(); err != nil {
 		t.Fatalf("start %v: %v", cmd.Args, err)
 	}
 	go func() {

@@ -4,53 +4,83 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
-// Proto is an IP protocol number as it appears in the IP header.
+// Proto is an IP protocol number as it appears in the IP header (for IPv6,
+// the last next-header value, after the extension headers).
 type Proto uint8
 
-// The protocols Bastion intercepts.
+// Protocols Bastion names. Every protocol is intercepted; these are the ones
+// with a name in rules and displays (others read "proto-N").
 const (
-	TCP    Proto = 6
-	UDP    Proto = 17
-	ICMP   Proto = 1
-	ICMPv6 Proto = 58
+	ICMP    Proto = 1
+	IGMP    Proto = 2
+	TCP     Proto = 6
+	UDP     Proto = 17
+	DCCP    Proto = 33
+	GRE     Proto = 47
+	ESP     Proto = 50
+	AH      Proto = 51
+	ICMPv6  Proto = 58
+	SCTP    Proto = 132
+	UDPLite Proto = 136
 )
 
+var protoNames = map[Proto]string{
+	ICMP: "icmp", IGMP: "igmp", TCP: "tcp", UDP: "udp", DCCP: "dccp", GRE: "gre",
+	ESP: "esp", AH: "ah", ICMPv6: "icmpv6", SCTP: "sctp", UDPLite: "udplite",
+}
+
+// String is the protocol's name, or "proto-N" for one without a name here.
 func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	case ICMP:
-		return "icmp"
-	case ICMPv6:
-		return "icmpv6"
+	if n, ok := protoNames[p]; ok {
+		return n
 	}
 	return "proto-" + strconv.Itoa(int(p))
 }
 
-// ParseProto is the inverse of Proto.String for the protocols Bastion knows.
+// HasPorts reports whether the protocol's header starts with a source and
+// a destination port, which Tuple then carries: TCP, UDP, UDP-Lite, SCTP
+// and DCCP.
+func (p Proto) HasPorts() bool {
+	switch p {
+	case TCP, UDP, UDPLite, SCTP, DCCP:
+		return true
+	}
+	return false
+}
+
+// ParseProto is the inverse of Proto.String: a name ("udplite"; also
+// "ipv6-icmp" and "udp-lite", as iptables and /etc/protocols spell them),
+// "proto-N" or a plain number N, for N from 1 to 255. 0 is refused: in a
+// rule it would read as "any protocol".
 func ParseProto(s string) (Proto, error) {
 	switch s {
-	case "tcp":
-		return TCP, nil
-	case "udp":
-		return UDP, nil
-	case "icmp":
-		return ICMP, nil
-	case "icmpv6", "ipv6-icmp":
+	case "ipv6-icmp":
 		return ICMPv6, nil
+	case "udp-lite":
+		return UDPLite, nil
 	}
-	return 0, fmt.Errorf("unknown protocol %q", s)
+	for p, n := range protoNames {
+		if n == s {
+			return p, nil
+		}
+	}
+	num := strings.TrimPrefix(s, "proto-")
+	if n, err := strconv.ParseUint(num, 10, 8); err == nil && n != 0 {
+		return Proto(n), nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q (want a name such as tcp, udp, udplite, sctp, icmp, or a number 1-255)", s)
 }
 
 // Tuple identifies one flow as the sending host sees it.
 //
-// For TCP and UDP the ports are the transport ports. For ICMP and ICMPv6 echo
-// requests SrcPort holds the echo identifier and DstPort is zero, which is how
-// the kernel's ping sockets and conntrack key them too.
+// For protocols with ports (Proto.HasPorts) the ports are the transport
+// ports. For ICMP and ICMPv6 echo requests SrcPort holds the echo identifier
+// and DstPort is zero, which is how the kernel's ping sockets and conntrack
+// key them too. Every other protocol, and every other ICMP type, has zero
+// ports.
 type Tuple struct {
 	Proto   Proto
 	Src     netip.Addr

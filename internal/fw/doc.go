@@ -25,7 +25,16 @@
 //     apply), Deny drops, Reject answers with a TCP reset or ICMP port
 //     unreachable (the answer itself, ctstate RELATED, is let through);
 //  6. new UDP flows and new ICMP echo requests go to NFQUEUE
-//     Config.QueueNum.
+//     Config.QueueNum;
+//  7. what is left has no connection that carries a verdict: a verdict
+//     re-injected on such a packet acts on its packet mark (Allow returns,
+//     Reject rejects, any other mark drops);
+//  8. TCP returns (asked at its SYN, step 4), and so do the kernel's own
+//     packets: no socket, or a kernel socket without a file (xt_owner);
+//  9. everything else goes to NFQUEUE Config.QueueNum: the first packet of
+//     every other protocol (UDP-Lite, SCTP, GRE, any number), ICMP types
+//     other than echo, and each packet conntrack calls INVALID or
+//     UNTRACKED.
 //
 // Every NFQUEUE rule has --queue-bypass when FailOpen.
 //

@@ -473,8 +473,36 @@ func chainRules(cfg Config, v6 bool) []string {
 		"-m conntrack ! --ctstate RELATED -m connmark --mark "+mark(m.Reject)+" -j REJECT --reject-with "+unreach,
 		"-p udp -m conntrack --ctstate NEW "+queue,
 		icmpEcho+" -m conntrack --ctstate NEW "+queue,
+		// Below: every other protocol (UDP-Lite, SCTP, GRE, any number a
+		// raw socket names), every ICMP type but echo, and packets that
+		// conntrack calls INVALID or UNTRACKED (an unsolicited ICMP error
+		// from a raw socket, say), which have no connection to carry a
+		// verdict: each of them is queued, and comes back with its verdict
+		// on the packet mark alone.
+		"-m mark --mark "+mark(m.Allow)+" -j RETURN",
+		"-p tcp -m mark --mark "+mark(m.Reject)+" -j REJECT --reject-with tcp-reset",
+		"-m mark --mark "+mark(m.Reject)+" -j REJECT --reject-with "+unreach,
+		"-m mark ! --mark "+mark(0)+" -j DROP",
+		// TCP is asked at its SYN, above. What gets here is the TCP
+		// stack's own late or out-of-window segments of decided
+		// connections (INVALID) and connections conntrack picked up
+		// mid-stream; raw sockets (CAP_NET_RAW) can send such segments
+		// too: see docs/security.md.
+		"-p tcp -j RETURN",
+		// SECURITY: the kernel's own packets pass: those with no socket
+		// (IGMP reports) or a kernel socket, which has no file (IPv6
+		// neighbour discovery and MLD, ICMP errors about packets that
+		// conntrack does not track, tunnel encapsulation). xt_owner's
+		// --uid-owner matches only packets whose socket has a file, and
+		// every socket a process can send from has one, so no packet a
+		// process sends itself passes here.
+		"-m owner ! --uid-owner "+anyUID+" -j RETURN",
+		queue,
 	)
 }
+
+// anyUID is an xt_owner UID range that every socket with a file matches.
+const anyUID = "0-4294967294"
 
 // inputRules returns the rules of Bastion's INPUT chain, without "-A CHAIN".
 func inputRules(cfg Config) []string {

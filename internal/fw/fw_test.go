@@ -45,6 +45,11 @@ func TestChainRules(t *testing.T) {
 		"-o lo -j RETURN",
 		"-p tcp --syn -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 7 --queue-bypass",
 		"-p icmp --icmp-type echo-request -m conntrack --ctstate NEW -j NFQUEUE --queue-num 7 --queue-bypass",
+		// Verdicts on packets without a conntrack entry.
+		"-m mark --mark 0x1000000/0xf000000 -j RETURN",
+		"-p tcp -m mark --mark 0x3000000/0xf000000 -j REJECT --reject-with tcp-reset",
+		"-m mark --mark 0x3000000/0xf000000 -j REJECT --reject-with icmp-port-unreachable",
+		"-m mark ! --mark 0x0/0xf000000 -j DROP",
 	} {
 		if !strings.Contains(v4, want) {
 			t.Errorf("IPv4 rules lack %q:\n%s", want, v4)
@@ -59,6 +64,23 @@ func TestChainRules(t *testing.T) {
 	}
 	if !strings.Contains(v6, "-p ipv6-icmp --icmpv6-type echo-request") || !strings.Contains(v6, "icmp6-port-unreachable") {
 		t.Errorf("IPv6 rules lack ICMPv6 forms:\n%s", v6)
+	}
+
+	// Every protocol is asked about: the chain ends by queueing whatever
+	// the rules above let through, but for TCP (asked at its SYN) and the
+	// kernel's own packets; nothing follows that would let a packet pass.
+	for _, v6 := range []bool{false, true} {
+		rules := chainRules(cfg, v6)
+		want := []string{"-p tcp -j RETURN", "-m owner ! --uid-owner 0-4294967294 -j RETURN", "-j NFQUEUE --queue-num 7"}
+		if got := rules[len(rules)-3:]; !slices.Equal(got, want) {
+			t.Errorf("v6=%v: chain ends %q, want %q", v6, got, want)
+		}
+		// The TCP SYN path stays as short as it was: nothing new before
+		// its queue rule.
+		syn := slices.Index(rules, "-p tcp --syn -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 7")
+		if syn != 4 {
+			t.Errorf("v6=%v: the SYN queue rule is rule %d, want 4 (every TCP SYN walks the rules before it):\n%s", v6, syn, strings.Join(rules, "\n"))
+		}
 	}
 }
 
@@ -243,8 +265,17 @@ func checkInstalled(t *testing.T, snap string) {
 		if i, j := strings.Index(fam, "-A OUTPUT -j "+DefaultChain), strings.Index(fam, "-A OUTPUT -p tcp"); i < 0 || j < i {
 			t.Errorf("jump rule is not first in OUTPUT:\n%s", fam)
 		}
-		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 11 {
-			t.Errorf("%d rules in %s, want 11:\n%s", n, DefaultChain, fam)
+		if n := strings.Count(fam, "-A "+DefaultChain+" "); n != 18 {
+			t.Errorf("%d rules in %s, want 18:\n%s", n, DefaultChain, fam)
+		}
+		// Everything not asked about above is asked at the end, except
+		// the kernel's own packets; the kernel read the rules back as
+		// written.
+		tail := "-A " + DefaultChain + " -p tcp -j RETURN\n" +
+			"-A " + DefaultChain + " -m owner ! --uid-owner 0-4294967294 -j RETURN\n" +
+			"-A " + DefaultChain + " -j NFQUEUE --queue-num 3\n"
+		if !strings.HasSuffix(strings.Split(fam, "COMMIT")[0], tail) {
+			t.Errorf("%s does not end by queueing every other packet:\n%s", DefaultChain, fam)
 		}
 		// The fast path for decided connections must come first, and
 		// must not let a TCP SYN through.
@@ -257,8 +288,8 @@ func checkInstalled(t *testing.T, snap string) {
 			t.Errorf("stray rule survived Install:\n%s", fam)
 		}
 	}
-	if strings.Count(snap, "NFQUEUE --queue-num 3") != 6 {
-		t.Errorf("want 3 NFQUEUE rules per family:\n%s", snap)
+	if strings.Count(snap, "NFQUEUE --queue-num 3") != 8 {
+		t.Errorf("want 4 NFQUEUE rules per family:\n%s", snap)
 	}
 	// The DNS chain: first in mangle INPUT, exactly two rules, always
 	// bypassing the queue.

@@ -102,10 +102,11 @@ const (
 // Parse parses a raw IP packet, as NFQUEUE delivers it (no link-layer header).
 // b may be cut short after the transport header; it is not retained.
 //
-// For TCP and UDP the tuple carries the ports. For ICMP and ICMPv6 echo
-// request and reply, SrcPort is the echo identifier and DstPort 0; other ICMP
-// types have zero ports. Other protocols give a tuple without ports and no
-// error. On error the returned tuple and Info hold whatever was parsed so far.
+// For TCP, UDP, UDP-Lite, SCTP and DCCP the tuple carries the ports. For
+// ICMP and ICMPv6 echo request and reply, SrcPort is the echo identifier and
+// DstPort 0; other ICMP types have zero ports. Every other protocol gives a
+// tuple without ports and no error: whatever the protocol number, the packet
+// is decided like any other flow. On error the returned tuple and Info hold whatever was parsed so far.
 func Parse(b []byte) (flow.Tuple, Info, error) {
 	if len(b) < 1 {
 		return flow.Tuple{}, Info{}, fmt.Errorf("packet: %w IP header: empty packet", ErrTruncated)
@@ -230,9 +231,16 @@ func parseTransport(t flow.Tuple, info Info, b []byte, v6 bool) (flow.Tuple, Inf
 		t.SrcPort = binary.BigEndian.Uint16(b[0:2])
 		t.DstPort = binary.BigEndian.Uint16(b[2:4])
 		info.TCPFlags = TCPFlags(b[13])
-	case flow.UDP:
-		if len(b) < 8 {
-			return t, info, fmt.Errorf("packet: %w UDP header: have %d of 8 bytes", ErrTruncated, len(b))
+	case flow.UDP, flow.UDPLite, flow.SCTP, flow.DCCP:
+		// Each starts with the source and destination ports; the
+		// minimum header is UDP's and UDP-Lite's 8 bytes, SCTP's common
+		// header and DCCP's generic header (short sequence numbers) 12.
+		hlen := 8
+		if t.Proto == flow.SCTP || t.Proto == flow.DCCP {
+			hlen = 12
+		}
+		if len(b) < hlen {
+			return t, info, fmt.Errorf("packet: %w %s header: have %d of %d bytes", ErrTruncated, t.Proto, len(b), hlen)
 		}
 		t.SrcPort = binary.BigEndian.Uint16(b[0:2])
 		t.DstPort = binary.BigEndian.Uint16(b[2:4])

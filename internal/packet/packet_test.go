@@ -51,6 +51,21 @@ func TestParse(t *testing.T) {
 		{name: "v4 truncated echo", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 1))[:26], want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{8, 0}, wantErr: ErrTruncated},
 		{name: "v4 truncated icmp", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 1))[:23], want: t4(flow.ICMP, 0, 0), wantErr: ErrTruncated},
 		{name: "version 5", pkt: []byte{0x50, 0, 0, 0}, wantErr: ErrUnsupported},
+		{name: "v4 udplite ports", pkt: pt.IPv4(136, 0, nil, pt.UDP(4000, 5000)), want: t4(flow.UDPLite, 4000, 5000)},
+		{name: "v4 sctp ports", pkt: pt.IPv4(132, 0, nil, append(pt.UDP(2905, 2906), pt.Zeros(4)...)), want: t4(flow.SCTP, 2905, 2906)},
+		{name: "v4 dccp ports", pkt: pt.IPv4(33, 0, nil, append(pt.UDP(5001, 5002), pt.Zeros(8)...)), want: t4(flow.DCCP, 5001, 5002)},
+		{name: "v4 sctp truncated common header", pkt: pt.IPv4(132, 0, nil, pt.UDP(1, 2)), want: t4(flow.SCTP, 0, 0), wantErr: ErrTruncated},
+		{name: "v4 dccp truncated generic header", pkt: pt.IPv4(33, 0, nil, pt.Zeros(11)), want: t4(flow.DCCP, 0, 0), wantErr: ErrTruncated},
+		{name: "v4 udplite truncated", pkt: pt.IPv4(136, 0, nil, pt.Zeros(7)), want: t4(flow.UDPLite, 0, 0), wantErr: ErrTruncated},
+		{name: "v4 unassigned 253 no ports", pkt: pt.IPv4(253, 0, nil, pt.Zeros(2)), want: t4(253, 0, 0)},
+		{name: "v4 protocol 0 no ports", pkt: pt.IPv4(0, 0, nil, nil), want: t4(0, 0, 0)},
+		{name: "v4 icmp timestamp no ports", pkt: pt.IPv4(1, 0, nil, pt.ICMP(13, 0, 7)), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{13, 0}},
+		{name: "v4 icmp error no ports", pkt: pt.IPv4(1, 0, nil, pt.ICMP(3, 3, 0)), want: t4(flow.ICMP, 0, 0), icmp: [2]uint8{3, 3}},
+		{name: "v6 udplite ports", pkt: pt.IPv6(136, nil, pt.UDP(4000, 5000)), want: t6(flow.UDPLite, 4000, 5000)},
+		{name: "v6 sctp after dest opts", pkt: pt.IPv6(132, []pt.Ext{{Type: 60, Body: pt.Zeros(6)}}, append(pt.UDP(9, 10), pt.Zeros(4)...)), want: t6(flow.SCTP, 9, 10), off: 48},
+		{name: "v6 unassigned 253 no ports", pkt: pt.IPv6(253, nil, pt.Zeros(8)), want: t6(253, 0, 0)},
+		{name: "v6 no next header", pkt: pt.IPv6(59, nil, nil), want: t6(59, 0, 0)},
+		{name: "v6 neighbour solicitation no ports", pkt: pt.IPv6(58, nil, pt.ICMP(135, 0, 0)), want: t6(flow.ICMPv6, 0, 0), icmp: [2]uint8{135, 0}},
 
 		{name: "v6 tcp syn", pkt: pt.IPv6(6, nil, pt.TCP(50000, 80, SYN)), want: t6(flow.TCP, 50000, 80), flags: SYN},
 		{name: "v6 udp", pkt: pt.IPv6(17, nil, pt.UDP(1000, 53)), want: t6(flow.UDP, 1000, 53)},
@@ -159,6 +174,12 @@ func FuzzParse(f *testing.F) {
 		pt.IPv4(17, 0, nil, pt.UDP(5353, 53)),
 		pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 0x1234)),
 		pt.IPv4(17, 0x2001, nil, pt.Zeros(8)),
+		pt.IPv4(136, 0, nil, pt.UDP(4000, 5000)),
+		pt.IPv4(132, 0, nil, append(pt.UDP(2905, 2906), pt.Zeros(4)...)),
+		pt.IPv4(33, 0, nil, append(pt.UDP(5001, 5002), pt.Zeros(8)...)),
+		pt.IPv4(253, 0, nil, pt.Zeros(4)),
+		pt.IPv6(136, nil, pt.UDP(1, 2)),
+		pt.IPv6(58, nil, pt.ICMP(135, 0, 0)),
 		pt.IPv6(6, nil, pt.TCP(50000, 80, SYN)),
 		pt.IPv6(17, []pt.Ext{{Type: 0, Body: pt.Zeros(6)}, {Type: 43, Body: pt.Zeros(14)}, {Type: 60, Body: pt.Zeros(6)}, {Type: 44, Body: pt.Zeros(6)}}, pt.UDP(7, 8)),
 		pt.IPv6(58, []pt.Ext{{Type: 51, Body: pt.Zeros(14)}}, pt.ICMP(128, 0, 9)),
@@ -192,7 +213,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("address family does not match version: %v", tup)
 		}
 		switch tup.Proto {
-		case flow.TCP, flow.UDP:
+		case flow.TCP, flow.UDP, flow.UDPLite, flow.SCTP, flow.DCCP:
 			if info.TransportOffset == 0 || info.TransportOffset+8 > len(b) {
 				t.Fatalf("transport offset %d out of range for %d bytes", info.TransportOffset, len(b))
 			}

@@ -6,8 +6,10 @@
 //   - netfilter-link (kernel >= 6.4): an eBPF program on NF_INET_LOCAL_OUT at
 //     priority -199 (the first free one up to -151: just after conntrack's
 //     -200, which a BPF hook may not share) in the attributed network
-//     namespace records, for the first packet of every TCP, UDP and
-//     ICMP/ICMPv6-echo flow, the task that sent it. It runs before iptables, so the entry exists by the time the
+//     namespace records, for the first packet of every flow of any IP
+//     protocol sent from a process's socket (raw sockets included; kernel
+//     sockets, which have no file, send for no process and are skipped),
+//     the task that sent it. It runs before iptables, so the entry exists by the time the
 //     packet reaches the NFQUEUE. It walks up to 8 IPv6 extension headers
 //     (Hop-by-Hop, Routing, Destination Options, AH, a first Fragment) and
 //     reads the same tuple from the same bytes as internal/packet, which the
@@ -19,7 +21,8 @@
 //     another flow or is being written. ~0.3 us instead of ~2 us per
 //     lookup here, and the lookup is on every queued packet's path.
 //   - sockops: cgroup sockops (TCP, full tuple at connect) plus cgroup
-//     connect4/6 and sendmsg4/6 (UDP and ping sockets, keyed without the
+//     connect4/6 and sendmsg4/6 (UDP and ping sockets, UDP-Lite at sendmsg
+//     only; no hook runs for raw sockets; keyed without the
 //     source address, which is not chosen yet: by source port and
 //     destination when the socket has a port, which it always has at sendmsg,
 //     else by destination alone). Unbound UDP sockets connected to one
@@ -27,8 +30,9 @@
 //     gives its cookie and connect's entry for that cookie names the
 //     process, and once it is closed the later connect wins. Covers only
 //     processes in the configured cgroup and its descendants.
-//   - procfs: no eBPF; sock_diag finds the socket and a /proc/*/fd scan its
-//     holder (package procfs). Slow, and blind to processes that exit before
+//   - procfs: no eBPF; sock_diag finds the socket (TCP, UDP, UDP-Lite),
+//     /proc/net/icmp{,6} a ping socket and /proc/net/raw{,6} a raw one (if
+//     only one fits), and a /proc/*/fd scan its holder (package procfs). Slow, and blind to processes that exit before
 //     the scan.
 //
 // With both eBPF mechanisms, tp_btf programs on sched_process_exec/fork/exit

@@ -65,18 +65,7 @@ func (p *parseProg) run(tb testing.TB, pkt []byte) (r procidParseResult, ok bool
 // recordable reports whether nf_local_out records a flow for a packet that
 // packet.Parse read as tup and info (before its first-packet filters).
 func recordable(tup flow.Tuple, info packet.Info, err error) bool {
-	if err != nil {
-		return false
-	}
-	switch tup.Proto {
-	case flow.TCP, flow.UDP:
-		return true
-	case flow.ICMP:
-		return tup.Src.Is4() && info.ICMPType == packet.ICMPv4EchoRequest
-	case flow.ICMPv6:
-		return !tup.Src.Is4() && info.ICMPType == packet.ICMPv6EchoRequest
-	}
-	return false
+	return err == nil
 }
 
 // checkAgree fails tb unless the kernel parser and packet.Parse agree on
@@ -162,10 +151,10 @@ func parseCases() []parseCase {
 		{name: "v6 extension header cut", pkt: pt.IPv6(17, []pt.Ext{dst24}, nil)[:56]},
 		{name: "v6 payload length cuts udp", pkt: func() []byte { b := pt.IPv6(17, []pt.Ext{hbh8}, pt.UDP(1, 2)); b[5] = 12; return b }()},
 		{name: "v6 udp cut", pkt: pt.IPv6(17, []pt.Ext{hbh8}, pt.UDP(1, 2))[:52]},
-		{name: "v6 esp", pkt: pt.IPv6(50, []pt.Ext{hbh8}, pt.Zeros(16))},
-		{name: "v6 no next header", pkt: pt.IPv6(59, []pt.Ext{dst8}, nil)},
-		{name: "v6 echo reply", pkt: pt.IPv6(58, []pt.Ext{dst8}, pt.ICMP(129, 0, 9))},
-		{name: "v6 icmpv4 echo is opaque", pkt: pt.IPv6(1, nil, pt.ICMP(8, 0, 9))},
+		{name: "v6 esp", pkt: pt.IPv6(50, []pt.Ext{hbh8}, pt.Zeros(16)), want: t6(flow.ESP, 0, 0)},
+		{name: "v6 no next header", pkt: pt.IPv6(59, []pt.Ext{dst8}, nil), want: t6(59, 0, 0)},
+		{name: "v6 echo reply", pkt: pt.IPv6(58, []pt.Ext{dst8}, pt.ICMP(129, 0, 9)), want: t6(flow.ICMPv6, 9, 0)},
+		{name: "v6 icmpv4 echo is opaque", pkt: pt.IPv6(1, nil, pt.ICMP(8, 0, 9)), want: t6(flow.ICMP, 0, 0)},
 		{name: "v6 tcp data offset 16", pkt: pt.IPv6(6, []pt.Ext{dst8}, badDoff)},
 
 		{name: "v4 udp", pkt: pt.IPv4(17, 0, nil, pt.UDP(5353, 53)), want: t4(flow.UDP, 5353, 53)},
@@ -175,8 +164,24 @@ func parseCases() []parseCase {
 		{name: "v4 non-first fragment", pkt: pt.IPv4(17, 0x0003, nil, pt.Zeros(16))},
 		{name: "v4 header length 16", pkt: func() []byte { b := pt.IPv4(6, 0, nil, syn); b[0] = 0x44; return b }()},
 		{name: "v4 total length cuts tcp", pkt: func() []byte { b := pt.IPv4(6, 0, nil, syn); b[3] = 30; return b }()},
-		{name: "v4 icmpv6 echo is opaque", pkt: pt.IPv4(58, 0, nil, pt.ICMP(128, 0, 9))},
-		{name: "v4 echo reply", pkt: pt.IPv4(1, 0, nil, pt.ICMP(0, 0, 7))},
+		{name: "v4 icmpv6 echo is opaque", pkt: pt.IPv4(58, 0, nil, pt.ICMP(128, 0, 9)), want: t4(flow.ICMPv6, 0, 0)},
+		{name: "v4 echo reply", pkt: pt.IPv4(1, 0, nil, pt.ICMP(0, 0, 7)), want: t4(flow.ICMP, 7, 0)},
+		{name: "v4 udplite", pkt: pt.IPv4(136, 0, nil, pt.UDP(4000, 5000)), want: t4(flow.UDPLite, 4000, 5000)},
+		{name: "v4 sctp", pkt: pt.IPv4(132, 0, nil, append(pt.UDP(2905, 2906), pt.Zeros(4)...)), want: t4(flow.SCTP, 2905, 2906)},
+		{name: "v4 dccp", pkt: pt.IPv4(33, 0, nil, append(pt.UDP(5001, 5002), pt.Zeros(8)...)), want: t4(flow.DCCP, 5001, 5002)},
+		{name: "v4 gre", pkt: pt.IPv4(47, 0, nil, pt.Zeros(4)), want: t4(flow.GRE, 0, 0)},
+		{name: "v4 unassigned 253", pkt: pt.IPv4(253, 0, nil, nil), want: t4(253, 0, 0)},
+		{name: "v4 icmp timestamp", pkt: pt.IPv4(1, 0, nil, pt.ICMP(13, 0, 7)), want: t4(flow.ICMP, 0, 0)},
+		{name: "v4 icmp port unreachable", pkt: pt.IPv4(1, 0, nil, pt.ICMP(3, 3, 0)[:4]), want: t4(flow.ICMP, 0, 0)},
+		{name: "v4 icmp cut", pkt: pt.IPv4(1, 0, nil, pt.ICMP(3, 3, 0)[:3])},
+		{name: "v4 echo cut", pkt: pt.IPv4(1, 0, nil, pt.ICMP(8, 0, 0)[:6])},
+		{name: "v4 sctp cut", pkt: pt.IPv4(132, 0, nil, pt.UDP(2905, 2906))},
+		{name: "v4 dccp cut", pkt: pt.IPv4(33, 0, nil, pt.Zeros(11))},
+		{name: "v4 udplite cut", pkt: pt.IPv4(136, 0, nil, pt.Zeros(7))},
+		{name: "v6 udplite after hop-by-hop", pkt: pt.IPv6(136, []pt.Ext{hbh8}, pt.UDP(7, 8)), want: t6(flow.UDPLite, 7, 8)},
+		{name: "v6 sctp", pkt: pt.IPv6(132, nil, append(pt.UDP(9, 10), pt.Zeros(4)...)), want: t6(flow.SCTP, 9, 10)},
+		{name: "v6 unassigned 253", pkt: pt.IPv6(253, []pt.Ext{dst8}, pt.Zeros(4)), want: t6(253, 0, 0)},
+		{name: "v6 neighbour solicitation", pkt: pt.IPv6(58, nil, pt.ICMP(135, 0, 0)), want: t6(flow.ICMPv6, 0, 0)},
 		{name: "version 5", pkt: func() []byte { b := pt.IPv4(17, 0, nil, pt.UDP(1, 2)); b[0] = 0x55; return b }()},
 	}
 }

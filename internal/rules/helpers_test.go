@@ -60,5 +60,7 @@ func sampleRules() []Rule {
 		{ID: "a4", Enabled: true, Action: flow.ActionAllow, Dst: pfx("2001:db8::1"), Proto: flow.ICMPv6, Lifetime: Once},
 		{Enabled: true, Action: flow.ActionDeny, Exe: `/tmp/we\*ird [x]`, Host: "api.example.org", Dst: pfx("10.0.0.0/8"), Lifetime: Forever},
 		{ID: "a6", Enabled: true, Action: flow.ActionAllow, Dst: pfx("198.51.100.7"), Proto: flow.ICMP, Lifetime: Forever, Hits: 1 << 40},
+		{ID: "a7", Enabled: true, Action: flow.ActionAllow, PortMin: 5000, PortMax: 5001, Proto: flow.UDPLite, Lifetime: Forever},
+		{ID: "a8", Enabled: true, Action: flow.ActionDeny, Exe: "/usr/bin/tunnel", Proto: 253, Lifetime: Forever},
 	}
 }

@@ -17,25 +17,27 @@ import (
 // valid r whose times are in UTC without a monotonic reading (as every
 // rule read back from the wire, a file or the store is).
 func ToProto(r Rule) *rulesv1.Rule {
+	proto, num := ProtocolProto(r.Proto)
 	return &rulesv1.Rule{
-		Id:         r.ID,
-		Enabled:    r.Enabled,
-		Action:     ActionProto(r.Action),
-		Exe:        r.Exe,
-		Cmdline:    r.Cmdline,
-		ExeSha256:  r.ExeSHA256,
-		AnyMountNs: r.AnyMountNS,
-		Dst:        formatDst(r.Dst),
-		DstPortMin: uint32(r.PortMin),
-		DstPortMax: uint32(r.PortMax),
-		Host:       r.Host,
-		Protocol:   protoToProto(r.Proto),
-		Lifetime:   rulesv1.Lifetime(r.Lifetime),
-		Expires:    timeToProto(r.Expires),
-		Created:    timeToProto(r.Created),
-		Hits:       r.Hits,
-		LastHit:    timeToProto(r.LastHit),
-		Note:       r.Note,
+		Id:             r.ID,
+		Enabled:        r.Enabled,
+		Action:         ActionProto(r.Action),
+		Exe:            r.Exe,
+		Cmdline:        r.Cmdline,
+		ExeSha256:      r.ExeSHA256,
+		AnyMountNs:     r.AnyMountNS,
+		Dst:            formatDst(r.Dst),
+		DstPortMin:     uint32(r.PortMin),
+		DstPortMax:     uint32(r.PortMax),
+		Host:           r.Host,
+		Protocol:       proto,
+		ProtocolNumber: num,
+		Lifetime:       rulesv1.Lifetime(r.Lifetime),
+		Expires:        timeToProto(r.Expires),
+		Created:        timeToProto(r.Created),
+		Hits:           r.Hits,
+		LastHit:        timeToProto(r.LastHit),
+		Note:           r.Note,
 	}
 }
 
@@ -77,7 +79,7 @@ func fromProto(p *rulesv1.Rule) (Rule, error) {
 	default:
 		return Rule{}, fmt.Errorf("lifetime: unknown value %d", int32(l))
 	}
-	if r.Proto, err = protoFromProto(p.GetProtocol()); err != nil {
+	if r.Proto, err = protoFromProto(p.GetProtocol(), p.GetProtocolNumber()); err != nil {
 		return Rule{}, err
 	}
 	if r.Dst, err = parseDst(p.GetDst()); err != nil {
@@ -125,32 +127,68 @@ func actionFromProto(a rulesv1.Action) (flow.Action, error) {
 	return 0, fmt.Errorf("action: unknown value %d", int32(a))
 }
 
-func protoToProto(p flow.Proto) rulesv1.Protocol {
-	switch p {
-	case flow.TCP:
-		return rulesv1.Protocol_PROTOCOL_TCP
-	case flow.UDP:
-		return rulesv1.Protocol_PROTOCOL_UDP
-	case flow.ICMP:
-		return rulesv1.Protocol_PROTOCOL_ICMP
-	case flow.ICMPv6:
-		return rulesv1.Protocol_PROTOCOL_ICMPV6
-	}
-	return rulesv1.Protocol_PROTOCOL_UNSPECIFIED
+// protoNames maps the protocols the rules API has a name for.
+var protoNames = map[flow.Proto]rulesv1.Protocol{
+	flow.TCP: rulesv1.Protocol_PROTOCOL_TCP, flow.UDP: rulesv1.Protocol_PROTOCOL_UDP,
+	flow.ICMP: rulesv1.Protocol_PROTOCOL_ICMP, flow.ICMPv6: rulesv1.Protocol_PROTOCOL_ICMPV6,
+	flow.UDPLite: rulesv1.Protocol_PROTOCOL_UDPLITE, flow.SCTP: rulesv1.Protocol_PROTOCOL_SCTP,
+	flow.DCCP: rulesv1.Protocol_PROTOCOL_DCCP, flow.GRE: rulesv1.Protocol_PROTOCOL_GRE,
 }
 
-func protoFromProto(p rulesv1.Protocol) (flow.Proto, error) {
+// ProtocolProto converts a rule's protocol (0: any) for the rules API: its
+// name there, or PROTOCOL_OTHER and its number.
+func ProtocolProto(p flow.Proto) (rulesv1.Protocol, uint32) {
+	if p == 0 {
+		return rulesv1.Protocol_PROTOCOL_UNSPECIFIED, 0
+	}
+	if rp, ok := protoNames[p]; ok {
+		return rp, 0
+	}
+	return rulesv1.Protocol_PROTOCOL_OTHER, uint32(p)
+}
+
+// ProtocolOf is a wire rule's protocol, 0 for any or a value that names
+// none.
+func ProtocolOf(r *rulesv1.Rule) flow.Proto {
+	p, err := protoFromProto(r.GetProtocol(), r.GetProtocolNumber())
+	if err != nil {
+		return 0
+	}
+	return p
+}
+
+// ProtocolName is the name of a wire rule's protocol ("udplite",
+// "proto-253"), "" for any or a value that names none.
+func ProtocolName(r *rulesv1.Rule) string {
+	if p := ProtocolOf(r); p != 0 {
+		return p.String()
+	}
+	return ""
+}
+
+func protoFromProto(p rulesv1.Protocol, num uint32) (flow.Proto, error) {
+	if num > 255 {
+		return 0, fmt.Errorf("protocol: number %d out of range 1-255", num)
+	}
 	switch p {
 	case rulesv1.Protocol_PROTOCOL_UNSPECIFIED:
+		if num != 0 {
+			return 0, fmt.Errorf("protocol: number %d without PROTOCOL_OTHER or a protocol name", num)
+		}
 		return 0, nil
-	case rulesv1.Protocol_PROTOCOL_TCP:
-		return flow.TCP, nil
-	case rulesv1.Protocol_PROTOCOL_UDP:
-		return flow.UDP, nil
-	case rulesv1.Protocol_PROTOCOL_ICMP:
-		return flow.ICMP, nil
-	case rulesv1.Protocol_PROTOCOL_ICMPV6:
-		return flow.ICMPv6, nil
+	case rulesv1.Protocol_PROTOCOL_OTHER:
+		if num == 0 {
+			return 0, fmt.Errorf("protocol: PROTOCOL_OTHER needs a protocol_number (1-255)")
+		}
+		return flow.Proto(num), nil
+	}
+	for fp, rp := range protoNames {
+		if rp == p {
+			if num != 0 && num != uint32(fp) {
+				return 0, fmt.Errorf("protocol: %v is number %d, not %d", fp, fp, num)
+			}
+			return fp, nil
+		}
 	}
 	return 0, fmt.Errorf("protocol: unknown value %d", int32(p))
 }

@@ -105,14 +105,8 @@ func (r Rule) validateFields(prog **syntax.Prog, width *int) error {
 	if r.PortMin == 0 && r.PortMax != 0 {
 		return fmt.Errorf("ports: range 0-%d starts at 0 (ports run 1-65535; 0-0 means any)", r.PortMax)
 	}
-	switch r.Proto {
-	case 0, flow.TCP, flow.UDP:
-	case flow.ICMP, flow.ICMPv6:
-		if r.PortMax != 0 {
-			return fmt.Errorf("ports: set, but %s has no ports", r.Proto)
-		}
-	default:
-		return fmt.Errorf("protocol: unsupported protocol %d (want tcp, udp, icmp or icmpv6)", uint8(r.Proto))
+	if r.Proto != 0 && !r.Proto.HasPorts() && r.PortMax != 0 {
+		return fmt.Errorf("ports: set, but %s has no ports (only tcp, udp, udplite, sctp and dccp have)", r.Proto)
 	}
 	if r.Host != "" {
 		if err := validateHostPattern(r.Host); err != nil {

@@ -134,17 +134,20 @@ func (r *Resolver) Resolve(t flow.Tuple) (flow.Process, error) {
 // socket bound to another address family, for one).
 func (r *Resolver) findSocket(t flow.Tuple) (sockdiag.Socket, error) {
 	v4 := t.Dst.Unmap().Is4()
-	proto := uint8(t.Proto)
 	switch t.Proto {
-	case flow.TCP, flow.UDP:
+	case flow.TCP, flow.UDP, flow.UDPLite:
 	case flow.ICMP, flow.ICMPv6:
-		// Ping sockets are IPPROTO_ICMP in both families.
-		proto = unix.IPPROTO_ICMP
-		if !v4 {
-			proto = unix.IPPROTO_ICMPV6
+		if s, err := r.findPing(t, v4); err == nil || !errors.Is(err, ErrNotFound) {
+			return s, err
 		}
+		// Not a ping socket's: other ICMP types, and echo from raw
+		// sockets.
+		return r.findRaw(t, v4)
 	default:
-		return sockdiag.Socket{}, fmt.Errorf("protocol %v has no sockets to diagnose", t.Proto)
+		// SCTP and DCCP sockets have diag modules of their own (this
+		// kernel has neither protocol); every other protocol is sent
+		// from raw sockets.
+		return r.findRaw(t, v4)
 	}
 	src := netip.AddrPortFrom(t.Src.Unmap(), t.SrcPort)
 	dst := netip.AddrPortFrom(t.Dst.Unmap(), t.DstPort)
@@ -153,36 +156,30 @@ func (r *Resolver) findSocket(t flow.Tuple) (sockdiag.Socket, error) {
 		family = unix.AF_INET
 	}
 
-	if t.Proto == flow.TCP || t.Proto == flow.UDP {
+	if t.Proto != flow.TCP && t.Proto != flow.UDP && t.Proto != flow.UDPLite {
+		return sockdiag.Socket{}, fmt.Errorf("no %v socket diagnosis", t.Proto)
+	}
+	{
 		a, b := src, dst
-		if t.Proto == flow.UDP {
+		if t.Proto != flow.TCP {
 			// udp_dump_one takes source and destination the other
 			// way round ("swapped for historical reasons").
 			a, b = dst, src
 		}
-		if s, ok := r.exact(family, proto, a, b); ok && matchScore(s, t) >= 0 && s.Inode != 0 {
+		if s, ok := r.exact(family, uint8(t.Proto), a, b); ok && matchScore(s, t) >= 0 && s.Inode != 0 {
 			return s, nil
 		}
 	}
 
 	families := []uint8{family}
-	if v4 && (t.Proto == flow.TCP || t.Proto == flow.UDP) {
+	if v4 {
 		families = append(families, unix.AF_INET6) // dual-stack sockets
 	}
 	best, bestScore := sockdiag.Socket{}, -1
 	for _, fam := range families {
-		socks, err := r.dump(fam, proto)
+		socks, err := r.dump(fam, uint8(t.Proto))
 		if err != nil {
-			if (t.Proto == flow.ICMP || t.Proto == flow.ICMPv6) && errors.Is(err, unix.ENOENT) {
-				// No inet_diag handler for ping sockets (the
-				// case up to at least Linux 6.18).
-				socks, err = r.pingTable(fam)
-				if err != nil {
-					return sockdiag.Socket{}, fmt.Errorf("sock_diag does not report ping sockets, and %w: %w", err, errors.ErrUnsupported)
-				}
-			} else {
-				return sockdiag.Socket{}, err
-			}
+			return sockdiag.Socket{}, err
 		}
 		for _, s := range socks {
 			if sc := matchScore(s, t); sc > bestScore {
@@ -257,6 +254,30 @@ func (r *Resolver) dump(family, proto uint8) ([]sockdiag.Socket, error) {
 		socks = append(socks, s)
 	}
 	return socks, nil
+}
+
+// findPing finds the ping socket sending t in /proc/net/icmp{,6}: there is
+// no inet_diag handler for ping sockets (the case up to at least Linux
+// 6.18).
+func (r *Resolver) findPing(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
+	family := uint8(unix.AF_INET6)
+	if v4 {
+		family = unix.AF_INET
+	}
+	socks, err := r.pingTable(family)
+	if err != nil {
+		return sockdiag.Socket{}, fmt.Errorf("sock_diag does not report ping sockets, and %w: %w", err, errors.ErrUnsupported)
+	}
+	best, bestScore := sockdiag.Socket{}, -1
+	for _, s := range socks {
+		if sc := matchScore(s, t); sc > bestScore {
+			best, bestScore = s, sc
+		}
+	}
+	if bestScore < 0 {
+		return sockdiag.Socket{}, fmt.Errorf("no such ping socket: %w", ErrNotFound)
+	}
+	return best, nil
 }
 
 // pingTable reads the ping sockets of r's network namespace from

@@ -3,8 +3,14 @@
 // it as "a process that exits right after connect()": by the time the
 // firewall looks the process up, it may already be gone.
 //
-// Usage: dialer -net tcp4|tcp6|udp4|udp6|ping4|ping6 -addr HOST[:PORT] [-reply] [-timeout 2s]
-// [-local HOST:PORT] [-sendto]
+// Usage: dialer -net tcp4|tcp6|udp4|udp6|ping4|ping6|udplite4|udplite6|ip4:N|ip6:N -addr HOST[:PORT]
+// [-reply] [-timeout 2s] [-local HOST:PORT] [-sendto] [-payload TEXT] [-icmp-type T] [-linger D]
+//
+// udplite4/6 send -payload on a UDP-Lite socket. ip4:N and ip6:N send one
+// packet of IP protocol N from a raw socket (CAP_NET_RAW) bound to -local
+// (an address): an ICMP message of type -icmp-type for 1 and 58, an SCTP
+// INIT to the port after "|" in -addr ("HOST|PORT") for 132, else -payload
+// as it is.
 //
 // -local binds the socket to that source before connecting. -sendto (udp4,
 // udp6 only) sends from one unconnected socket with sendto(2) instead of
@@ -47,15 +53,23 @@ func main() {
 	timeout := flag.Duration("timeout", 2*time.Second, "give up after this long")
 	localAddr := flag.String("local", "", "bind to this source HOST:PORT first")
 	sendto := flag.Bool("sendto", false, "udp: send from an unconnected socket to each of the comma-separated -addr")
+	payload := flag.String("payload", "bastion-dialer\n", "udplite, ip4:N, ip6:N: what to send")
+	icmpType := flag.Int("icmp-type", 13, "ip4:1, ip6:58: the ICMP type to send")
+	linger := flag.Duration("linger", 0, "stay this long after the outcome is printed (to be found in /proc)")
 	flag.Parse()
 
 	r := result{PID: os.Getpid(), UID: os.Getuid(), Network: *network, Addr: *addr}
 	start := time.Now()
 	var local string
 	var err error
-	if *sendto {
+	switch {
+	case *sendto:
 		local, err = sendTo(*network, *localAddr, strings.Split(*addr, ","), *reply, *timeout)
-	} else {
+	case *network == "udplite4" || *network == "udplite6":
+		local, err = udpLite(*network == "udplite6", *addr, *localAddr, []byte(*payload), *reply, *timeout)
+	case strings.HasPrefix(*network, "ip4:") || strings.HasPrefix(*network, "ip6:"):
+		local, err = rawIP(*network, *addr, *localAddr, []byte(*payload), *icmpType, *timeout)
+	default:
 		local, err = dial(*network, *addr, *localAddr, *reply, *timeout)
 	}
 	r.ElapsedUS = time.Since(start).Microseconds()
@@ -67,6 +81,7 @@ func main() {
 	}
 	line, _ := json.Marshal(r)
 	fmt.Println(string(line))
+	time.Sleep(*linger)
 	if !r.OK {
 		os.Exit(1)
 	}
@@ -209,7 +224,7 @@ func ping(v6 bool, host string, timeout time.Duration) (string, error) {
 		n, err := unix.Read(fd, buf)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) {
-				return local, fmt.Errorf("ping: %w", os.ErrDeadlineExceeded)
+				return local, fmt.Errorf("ping: %w", errDeadline)
 			}
 			return local, fmt.Errorf("ping receive: %w", err)
 		}
@@ -219,6 +234,9 @@ func ping(v6 bool, host string, timeout time.Duration) (string, error) {
 	}
 	return local, fmt.Errorf("ping: %w", os.ErrDeadlineExceeded)
 }
+
+// errDeadline is a receive that timed out.
+var errDeadline = os.ErrDeadlineExceeded
 
 func classify(err error) string {
 	var ne net.Error

@@ -39,6 +39,12 @@ const (
 	Protocol_PROTOCOL_UDP         Protocol = 2
 	Protocol_PROTOCOL_ICMP        Protocol = 3
 	Protocol_PROTOCOL_ICMPV6      Protocol = 4
+	Protocol_PROTOCOL_UDPLITE     Protocol = 5
+	Protocol_PROTOCOL_SCTP        Protocol = 6
+	Protocol_PROTOCOL_DCCP        Protocol = 7
+	Protocol_PROTOCOL_GRE         Protocol = 8
+	// Any other IP protocol: protocol_number says which.
+	Protocol_PROTOCOL_OTHER Protocol = 9
 )
 
 // Enum value maps for Protocol.
@@ -49,6 +55,11 @@ var (
 		2: "PROTOCOL_UDP",
 		3: "PROTOCOL_ICMP",
 		4: "PROTOCOL_ICMPV6",
+		5: "PROTOCOL_UDPLITE",
+		6: "PROTOCOL_SCTP",
+		7: "PROTOCOL_DCCP",
+		8: "PROTOCOL_GRE",
+		9: "PROTOCOL_OTHER",
 	}
 	Protocol_value = map[string]int32{
 		"PROTOCOL_UNSPECIFIED": 0,
@@ -56,6 +67,11 @@ var (
 		"PROTOCOL_UDP":         2,
 		"PROTOCOL_ICMP":        3,
 		"PROTOCOL_ICMPV6":      4,
+		"PROTOCOL_UDPLITE":     5,
+		"PROTOCOL_SCTP":        6,
+		"PROTOCOL_DCCP":        7,
+		"PROTOCOL_GRE":         8,
+		"PROTOCOL_OTHER":       9,
 	}
 )
 
@@ -493,10 +509,15 @@ type Flow struct {
 	SrcPort   uint32 `protobuf:"varint,4,opt,name=src_port,json=srcPort,proto3" json:"src_port,omitempty"`
 	DstIp     string `protobuf:"bytes,5,opt,name=dst_ip,json=dstIp,proto3" json:"dst_ip,omitempty"`
 	// For ICMP echo requests the destination port is 0 and the source port
-	// holds the echo identifier.
-	DstPort       uint32 `protobuf:"varint,6,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// holds the echo identifier. Ports are set for TCP, UDP, UDP-Lite, SCTP
+	// and DCCP; other protocols and ICMP types have none (0).
+	DstPort uint32 `protobuf:"varint,6,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
+	// The IP protocol number (IPv6: the next header after the extension
+	// headers), whatever `protocol` names: 6 for TCP, 253 for an
+	// experimental protocol that PROTOCOL_OTHER stands for.
+	ProtocolNumber uint32 `protobuf:"varint,7,opt,name=protocol_number,json=protocolNumber,proto3" json:"protocol_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
@@ -567,6 +588,13 @@ func (x *Flow) GetDstIp() string {
 func (x *Flow) GetDstPort() uint32 {
 	if x != nil {
 		return x.DstPort
+	}
+	return 0
+}
+
+func (x *Flow) GetProtocolNumber() uint32 {
+	if x != nil {
+		return x.ProtocolNumber
 	}
 	return 0
 }
@@ -1716,10 +1744,13 @@ type CacheEntry struct {
 	DstPort  uint32                 `protobuf:"varint,7,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
 	Action   Action                 `protobuf:"varint,8,opt,name=action,proto3,enum=bastion.agent.v1.Action" json:"action,omitempty"`
 	// Unset when the entry lives until the agent restarts.
-	Expires       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires,proto3" json:"expires,omitempty"`
-	Hits          uint64                 `protobuf:"varint,10,opt,name=hits,proto3" json:"hits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Expires *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expires,proto3" json:"expires,omitempty"`
+	Hits    uint64                 `protobuf:"varint,10,opt,name=hits,proto3" json:"hits,omitempty"`
+	// The IP protocol number, as in Flow.protocol_number; 0 with
+	// PROTOCOL_UNSPECIFIED.
+	ProtocolNumber uint32 `protobuf:"varint,11,opt,name=protocol_number,json=protocolNumber,proto3" json:"protocol_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CacheEntry) Reset() {
@@ -1818,6 +1849,13 @@ func (x *CacheEntry) GetExpires() *timestamppb.Timestamp {
 func (x *CacheEntry) GetHits() uint64 {
 	if x != nil {
 		return x.Hits
+	}
+	return 0
+}
+
+func (x *CacheEntry) GetProtocolNumber() uint32 {
+	if x != nil {
+		return x.ProtocolNumber
 	}
 	return 0
 }
@@ -2108,7 +2146,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	" \x01(\rR\x05mntNs\x12@\n" +
 	"\fexe_identity\x18\v \x01(\x0e2\x1d.bastion.agent.v1.ExeIdentityR\vexeIdentity\x12\x17\n" +
 	"\aexe_dev\x18\f \x01(\rR\x06exeDev\x12\x17\n" +
-	"\aexe_ino\x18\r \x01(\x04R\x06exeIno\"\xc1\x01\n" +
+	"\aexe_ino\x18\r \x01(\x04R\x06exeIno\"\xea\x01\n" +
 	"\x04Flow\x126\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2\x1a.bastion.agent.v1.ProtocolR\bprotocol\x12\x1d\n" +
 	"\n" +
@@ -2116,7 +2154,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x06src_ip\x18\x03 \x01(\tR\x05srcIp\x12\x19\n" +
 	"\bsrc_port\x18\x04 \x01(\rR\asrcPort\x12\x15\n" +
 	"\x06dst_ip\x18\x05 \x01(\tR\x05dstIp\x12\x19\n" +
-	"\bdst_port\x18\x06 \x01(\rR\adstPort\"\xc8\x03\n" +
+	"\bdst_port\x18\x06 \x01(\rR\adstPort\x12'\n" +
+	"\x0fprotocol_number\x18\a \x01(\rR\x0eprotocolNumber\"\xc8\x03\n" +
 	"\x11PendingConnection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -2222,7 +2261,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"decided_by\x18\x05 \x01(\tR\tdecidedBy\x12\x17\n" +
 	"\arule_id\x18\x06 \x01(\tR\x06ruleId\x12\x12\n" +
-	"\x04host\x18\a \x01(\tR\x04host\"\xd5\x02\n" +
+	"\x04host\x18\a \x01(\tR\x04host\"\xfe\x02\n" +
 	"\n" +
 	"CacheEntry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
@@ -2235,7 +2274,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x06action\x18\b \x01(\x0e2\x18.bastion.agent.v1.ActionR\x06action\x124\n" +
 	"\aexpires\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12\x12\n" +
 	"\x04hits\x18\n" +
-	" \x01(\x04R\x04hits\"\x12\n" +
+	" \x01(\x04R\x04hits\x12'\n" +
+	"\x0fprotocol_number\x18\v \x01(\rR\x0eprotocolNumber\"\x12\n" +
 	"\x10ListCacheRequest\"K\n" +
 	"\x11ListCacheResponse\x126\n" +
 	"\aentries\x18\x01 \x03(\v2\x1c.bastion.agent.v1.CacheEntryR\aentries\"$\n" +
@@ -2248,13 +2288,18 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x05rules\x18\x02 \x03(\v2\x16.bastion.rules.v1.RuleR\x05rulesB\x06\n" +
 	"\x04_uid\"*\n" +
 	"\x10SetRulesResponse\x12\x16\n" +
-	"\x06active\x18\x01 \x01(\rR\x06active*p\n" +
+	"\x06active\x18\x01 \x01(\rR\x06active*\xd2\x01\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
 	"\fPROTOCOL_UDP\x10\x02\x12\x11\n" +
 	"\rPROTOCOL_ICMP\x10\x03\x12\x13\n" +
-	"\x0fPROTOCOL_ICMPV6\x10\x04*V\n" +
+	"\x0fPROTOCOL_ICMPV6\x10\x04\x12\x14\n" +
+	"\x10PROTOCOL_UDPLITE\x10\x05\x12\x11\n" +
+	"\rPROTOCOL_SCTP\x10\x06\x12\x11\n" +
+	"\rPROTOCOL_DCCP\x10\a\x12\x10\n" +
+	"\fPROTOCOL_GRE\x10\b\x12\x12\n" +
+	"\x0ePROTOCOL_OTHER\x10\t*V\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +

@@ -144,6 +144,12 @@ const (
 	Protocol_PROTOCOL_UDP         Protocol = 2
 	Protocol_PROTOCOL_ICMP        Protocol = 3
 	Protocol_PROTOCOL_ICMPV6      Protocol = 4
+	Protocol_PROTOCOL_UDPLITE     Protocol = 5
+	Protocol_PROTOCOL_SCTP        Protocol = 6
+	Protocol_PROTOCOL_DCCP        Protocol = 7
+	Protocol_PROTOCOL_GRE         Protocol = 8
+	// Any other IP protocol: protocol_number says which.
+	Protocol_PROTOCOL_OTHER Protocol = 9
 )
 
 // Enum value maps for Protocol.
@@ -154,6 +160,11 @@ var (
 		2: "PROTOCOL_UDP",
 		3: "PROTOCOL_ICMP",
 		4: "PROTOCOL_ICMPV6",
+		5: "PROTOCOL_UDPLITE",
+		6: "PROTOCOL_SCTP",
+		7: "PROTOCOL_DCCP",
+		8: "PROTOCOL_GRE",
+		9: "PROTOCOL_OTHER",
 	}
 	Protocol_value = map[string]int32{
 		"PROTOCOL_UNSPECIFIED": 0,
@@ -161,6 +172,11 @@ var (
 		"PROTOCOL_UDP":         2,
 		"PROTOCOL_ICMP":        3,
 		"PROTOCOL_ICMPV6":      4,
+		"PROTOCOL_UDPLITE":     5,
+		"PROTOCOL_SCTP":        6,
+		"PROTOCOL_DCCP":        7,
+		"PROTOCOL_GRE":         8,
+		"PROTOCOL_OTHER":       9,
 	}
 )
 
@@ -229,9 +245,13 @@ type Rule struct {
 	// must be an exact path, and it matches any process, in any mount
 	// namespace (containers, Flatpak, Snap), whose executable is the very
 	// file the host has at exe: same device and inode.
-	AnyMountNs    bool `protobuf:"varint,18,opt,name=any_mount_ns,json=anyMountNs,proto3" json:"any_mount_ns,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AnyMountNs bool `protobuf:"varint,18,opt,name=any_mount_ns,json=anyMountNs,proto3" json:"any_mount_ns,omitempty"`
+	// The IP protocol number (1-255) the rule matches. Required with
+	// PROTOCOL_OTHER; with a named protocol it may be left 0 (as the rules
+	// service does) or must agree; 0 with PROTOCOL_UNSPECIFIED.
+	ProtocolNumber uint32 `protobuf:"varint,19,opt,name=protocol_number,json=protocolNumber,proto3" json:"protocol_number,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Rule) Reset() {
@@ -390,11 +410,18 @@ func (x *Rule) GetAnyMountNs() bool {
 	return false
 }
 
+func (x *Rule) GetProtocolNumber() uint32 {
+	if x != nil {
+		return x.ProtocolNumber
+	}
+	return 0
+}
+
 var File_bastion_rules_v1_rules_proto protoreflect.FileDescriptor
 
 const file_bastion_rules_v1_rules_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbastion/rules/v1/rules.proto\x12\x10bastion.rules.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x04\n" +
+	"\x1cbastion/rules/v1/rules.proto\x12\x10bastion.rules.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x05\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aenabled\x18\x02 \x01(\bR\aenabled\x120\n" +
@@ -418,7 +445,8 @@ const file_bastion_rules_v1_rules_proto_rawDesc = "" +
 	"\blast_hit\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\alastHit\x12\x12\n" +
 	"\x04note\x18\x11 \x01(\tR\x04note\x12 \n" +
 	"\fany_mount_ns\x18\x12 \x01(\bR\n" +
-	"anyMountNs*V\n" +
+	"anyMountNs\x12'\n" +
+	"\x0fprotocol_number\x18\x13 \x01(\rR\x0eprotocolNumber*V\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_ALLOW\x10\x01\x12\x0f\n" +
@@ -429,13 +457,18 @@ const file_bastion_rules_v1_rules_proto_rawDesc = "" +
 	"\rLIFETIME_ONCE\x10\x01\x12\x15\n" +
 	"\x11LIFETIME_DURATION\x10\x02\x12\x14\n" +
 	"\x10LIFETIME_SESSION\x10\x03\x12\x14\n" +
-	"\x10LIFETIME_FOREVER\x10\x04*p\n" +
+	"\x10LIFETIME_FOREVER\x10\x04*\xd2\x01\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
 	"\fPROTOCOL_UDP\x10\x02\x12\x11\n" +
 	"\rPROTOCOL_ICMP\x10\x03\x12\x13\n" +
-	"\x0fPROTOCOL_ICMPV6\x10\x04B>Z<github.com/bastion-fw/bastion/proto/bastion/rules/v1;rulesv1b\x06proto3"
+	"\x0fPROTOCOL_ICMPV6\x10\x04\x12\x14\n" +
+	"\x10PROTOCOL_UDPLITE\x10\x05\x12\x11\n" +
+	"\rPROTOCOL_SCTP\x10\x06\x12\x11\n" +
+	"\rPROTOCOL_DCCP\x10\a\x12\x10\n" +
+	"\fPROTOCOL_GRE\x10\b\x12\x12\n" +
+	"\x0ePROTOCOL_OTHER\x10\tB>Z<github.com/bastion-fw/bastion/proto/bastion/rules/v1;rulesv1b\x06proto3"
 
 var (
 	file_bastion_rules_v1_rules_proto_rawDescOnce sync.Once
