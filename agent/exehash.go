@@ -39,11 +39,14 @@ const (
 	// evicted.
 	maxHashCache = 1024
 	// hashBytesPerSec is the global budget of bytes hashed per second,
-	// shared fairly between the UIDs that wait for a hash: about a tenth
-	// of one core, a 100 MiB binary in ~1 s (once: digests are cached).
-	hashBytesPerSec = 96 << 20
-	// hashChunk is what the hasher reads between turns (~0.1 ms of work).
-	hashChunk = 96 << 10
+	// shared fairly between the UIDs that wait for a hash: a 100 MiB binary
+	// in ~2 s (once: digests are cached). At 96 MiB/s in 96 KiB chunks,
+	// hashing another user's 1,000 MB executable delayed 1-3 of 100 of A's
+	// connections by 10-22 ms on an idle 2-core VM (TestAttackHashSize);
+	// at this rate in 32 KiB chunks A's p99 stayed at 2.6-4.4 ms.
+	hashBytesPerSec = 48 << 20
+	// hashChunk is what the hasher reads between turns (~20 us of work).
+	hashChunk = 32 << 10
 	// maxHashJobsPerUID bounds the hashes one UID can have queued.
 	maxHashJobsPerUID = 4
 )
