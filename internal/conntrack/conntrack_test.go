@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -154,6 +156,15 @@ func TestDeleteInNamespace(t *testing.T) {
 		defer c.Close()
 		if _, err := c.Write([]byte("x")); err != nil {
 			return err
+		}
+		// The server echoes. Wait for the echo: arriving after the
+		// Delete below, it would start a new entry (server to client),
+		// which a lookup by this tuple also finds.
+		if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := c.Read(make([]byte, 16)); err != nil {
+			return fmt.Errorf("read the echo: %w", err)
 		}
 		l, r := c.LocalAddr().(*net.UDPAddr).AddrPort(), c.RemoteAddr().(*net.UDPAddr).AddrPort()
 		tup = flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: r.Addr(), SrcPort: l.Port(), DstPort: r.Port()}
