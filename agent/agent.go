@@ -196,7 +196,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
-	g.Go(func() error { return returnMemory(gctx, 10*time.Second, log) })
+	g.Go(func() error { return returnMemory(gctx, 10*time.Second, engine.Counters.Packets.Load, log) })
 	if guard != nil {
 		g.Go(func() error {
 			// A failing guard costs the protection, not the agent.
