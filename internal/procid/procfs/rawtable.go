@@ -6,7 +6,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
-	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/sockdiag"
 )
 
@@ -31,20 +30,7 @@ func (r *Resolver) findRaw(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 	var found []sockdiag.Socket
 	best := -1
 	for _, fam := range families {
-		name := "thread-self/net/raw"
-		if fam == unix.AF_INET6 {
-			name += "6"
-		}
-		var b []byte
-		err := netns.Do(r.ns, func() error {
-			var err error
-			b, err = readBounded(r.fsys, name, maxPingTableBytes)
-			return err
-		})
-		if err != nil {
-			return sockdiag.Socket{}, fmt.Errorf("read raw sockets: %w", err)
-		}
-		socks, err := parsePingTable(b, fam)
+		socks, err := r.sockTable("raw", fam)
 		if err != nil {
 			return sockdiag.Socket{}, fmt.Errorf("read raw sockets: %w", err)
 		}

@@ -281,9 +281,19 @@ func (r *Resolver) findPing(t flow.Tuple, v4 bool) (sockdiag.Socket, error) {
 }
 
 // pingTable reads the ping sockets of r's network namespace from
-// /proc/thread-self/net/icmp{,6}, on a thread inside that namespace.
+// /proc/thread-self/net/icmp{,6}.
 func (r *Resolver) pingTable(family uint8) ([]sockdiag.Socket, error) {
-	name := "thread-self/net/icmp"
+	socks, err := r.sockTable("icmp", family)
+	if err != nil {
+		return nil, fmt.Errorf("read ping sockets: %w", err)
+	}
+	return socks, nil
+}
+
+// sockTable reads /proc/thread-self/net/<base>{,6} (the ping and raw
+// socket tables share a format), on a thread inside r's network namespace.
+func (r *Resolver) sockTable(base string, family uint8) ([]sockdiag.Socket, error) {
+	name := "thread-self/net/" + base
 	if family == unix.AF_INET6 {
 		name += "6"
 	}
@@ -294,11 +304,7 @@ func (r *Resolver) pingTable(family uint8) ([]sockdiag.Socket, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read ping sockets: %w", err)
+		return nil, err
 	}
-	socks, err := parsePingTable(b, family)
-	if err != nil {
-		return nil, fmt.Errorf("read ping sockets: %w", err)
-	}
-	return socks, nil
+	return parsePingTable(b, family)
 }
