@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -47,6 +48,12 @@ func TestUDPReuseGuardResync(t *testing.T) {
 		}
 		if _, err := c.Write([]byte("x")); err != nil {
 			t.Fatal(err)
+		}
+		// Wait for the server's echo: arriving after resync removed the
+		// entry, it would make a new one whose reply is this flow.
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("echo: %v", err)
 		}
 		l := c.LocalAddr().(*net.UDPAddr).AddrPort()
 		tup := flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: l.Addr(), SrcPort: l.Port(), DstPort: uint16(srv.Port)}
