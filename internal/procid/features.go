@@ -2,6 +2,7 @@ package procid
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/bastion-fw/bastion/internal/kernelfeature"
@@ -47,6 +48,22 @@ func (m Mechanism) KernelFeatures() []kernelfeature.Feature {
 		return []kernelfeature.Feature{kernelfeature.BTF, kernelfeature.SockOps, kernelfeature.SockAddr}
 	}
 	return nil
+}
+
+// Best is the mechanism MechAuto picks on a kernel that offers what f
+// reports: netfilter-link (kernel 6.4+), else sockops (Debian 12's 6.1),
+// else procfs.
+func (f Features) Best() Mechanism {
+	offered := map[kernelfeature.Feature]bool{
+		kernelfeature.BTF: f.BTF, kernelfeature.NetfilterLink: f.NetfilterLink,
+		kernelfeature.SockOps: f.SockOps, kernelfeature.SockAddr: f.SockAddr, kernelfeature.TpBtf: f.TpBtf,
+	}
+	for _, m := range []Mechanism{MechNetfilterLink, MechSockOps} {
+		if !slices.ContainsFunc(m.KernelFeatures(), func(k kernelfeature.Feature) bool { return !offered[k] }) {
+			return m
+		}
+	}
+	return MechProcFS
 }
 
 func (f Features) String() string {

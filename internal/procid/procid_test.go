@@ -16,7 +16,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/bastion-fw/bastion/internal/flow"
-	"github.com/bastion-fw/bastion/internal/kernelfeature"
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
@@ -289,22 +288,6 @@ func TestProcFS(t *testing.T) {
 	}
 }
 
-// bestMechanism is the mechanism auto must pick where the kernel offers
-// what f reports: netfilter-link (6.4+), else sockops (Debian 12's 6.1),
-// else procfs.
-func bestMechanism(f Features, netfilterUsable bool) Mechanism {
-	offered := map[kernelfeature.Feature]bool{
-		kernelfeature.BTF: f.BTF, kernelfeature.NetfilterLink: f.NetfilterLink && netfilterUsable,
-		kernelfeature.SockOps: f.SockOps, kernelfeature.SockAddr: f.SockAddr, kernelfeature.TpBtf: f.TpBtf,
-	}
-	for _, m := range []Mechanism{MechNetfilterLink, MechSockOps} {
-		if !slices.ContainsFunc(m.KernelFeatures(), func(k kernelfeature.Feature) bool { return !offered[k] }) {
-			return m
-		}
-	}
-	return MechProcFS
-}
-
 // TestAuto: auto picks the best mechanism the running kernel offers, by
 // what Detect reports, whatever the kernel; and where the netfilter link
 // cannot attach (here: every priority it may take is held, as where the
@@ -333,7 +316,9 @@ func TestAuto(t *testing.T) {
 				t.Fatalf("open: %v", err)
 			}
 			defer r.Close()
-			if want := bestMechanism(f, tc.netfilterUsable); r.Mechanism() != want {
+			usable := f
+			usable.NetfilterLink = f.NetfilterLink && tc.netfilterUsable
+			if want := usable.Best(); r.Mechanism() != want {
 				t.Errorf("auto picked %s, want %s (detected: %s)", r.Mechanism(), want, f)
 			}
 		})
