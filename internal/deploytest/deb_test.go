@@ -59,6 +59,7 @@ func run(t testing.TB, name string, args ...string) string {
 // (with a recording systemctl, in a private mount namespace so that /etc and
 // /run are scratch), then lintian when it is installed.
 func TestDeb(t *testing.T) {
+	testenv.RequireE2E(t)
 	deb := buildDeb(t)
 
 	contents := run(t, "dpkg-deb", "-c", deb)

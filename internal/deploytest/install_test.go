@@ -45,6 +45,7 @@ func files(t testing.TB, dir string) []string {
 // them, the units run the binaries from PREFIX, and uninstall removes every
 // file install put there but keeps an edited configuration.
 func TestInstallUninstall(t *testing.T) {
+	testenv.RequireE2E(t)
 	bin := buildBinaries(t)
 	for _, edit := range []bool{false, true} {
 		dest := t.TempDir()
@@ -92,6 +93,7 @@ func TestInstallUninstall(t *testing.T) {
 // user unit with --user, pointing at the built binary), failing on any
 // warning, not only on errors.
 func TestUnitsVerify(t *testing.T) {
+	testenv.RequireE2E(t)
 	sa := lookPath(t, "systemd-analyze", "systemd")
 	bin := buildBinaries(t)
 	dest := testenv.TempDir(t)

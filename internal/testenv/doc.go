@@ -12,10 +12,12 @@
 //
 // A test that needs root, a tool or a kernel feature says so through
 // RequireRoot, RequireTools or RequireKernelFeature, never with a check of
-// its own; they decide here whether it runs, skips or fails:
+// its own, and one that builds and runs Bastion's programs without root
+// through RequireE2E; they decide here whether it runs, skips or fails:
 //
-//   - -short (make unit-test): RequireRoot skips, so every root end-to-end,
-//     eBPF and namespace test is left out, whatever BASTION_E2E says.
+//   - -short (make unit-test): RequireE2E and RequireRoot skip, so every
+//     end-to-end, eBPF and namespace test is left out, whatever BASTION_E2E
+//     says.
 //   - Not root: RequireRoot skips and says how to run the test. With
 //     BASTION_E2E=1 it fails instead.
 //   - A missing tool: RequireTools fails as root or with BASTION_E2E=1 (a

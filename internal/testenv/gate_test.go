@@ -21,6 +21,13 @@ func TestGateChildRoot(t *testing.T) {
 	RequireRoot(t)
 }
 
+func TestGateChildE2E(t *testing.T) {
+	if os.Getenv(gateChildEnv) != "1" {
+		t.Skip("run by TestGates as another user")
+	}
+	RequireE2E(t)
+}
+
 func TestGateChildTool(t *testing.T) {
 	if os.Getenv(gateChildEnv) != "1" {
 		t.Skip("run by TestGates as another user")
@@ -52,6 +59,8 @@ func TestGates(t *testing.T) {
 		{"root: run", 0, "TestGateChildRoot", false, false, "ok"},
 		{"root, -short: skip", 0, "TestGateChildRoot", false, true, "SKIP"},
 		{"root, -short, BASTION_E2E=1: skip", 0, "TestGateChildRoot", true, true, "SKIP"},
+		{"end-to-end, not root: run", 1000, "TestGateChildE2E", false, false, "ok"},
+		{"end-to-end, -short: skip", 1000, "TestGateChildE2E", true, true, "SKIP"},
 		{"missing tool, not root: skip", 1000, "TestGateChildTool", false, false, "SKIP"},
 		{"missing tool, not root, BASTION_E2E=1: fail", 1000, "TestGateChildTool", true, false, "FAIL"},
 		{"missing tool, root: fail", 0, "TestGateChildTool", false, false, "FAIL"},

@@ -31,14 +31,21 @@ func skipOrFail(t testing.TB, msg string) {
 	t.Skipf("%s (%s=1 makes this a failure)", msg, E2EEnv)
 }
 
-// RequireRoot skips t under -short and unless it runs as root. With
-// BASTION_E2E=1 the test must run, so not being root is a failure rather
-// than a skip.
-func RequireRoot(t testing.TB) {
+// RequireE2E marks t as an end-to-end test, one that builds or runs
+// Bastion's real programs: -short (make unit-test) skips it.
+func RequireE2E(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("root end-to-end test: skipped under -short; run it as root without -short (sudo make test)")
+		t.Skip("end-to-end test: skipped under -short; run it without -short (sudo make test)")
 	}
+}
+
+// RequireRoot skips t under -short (RequireE2E) and unless it runs as root.
+// With BASTION_E2E=1 the test must run, so not being root is a failure
+// rather than a skip.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	RequireE2E(t)
 	if os.Geteuid() == 0 {
 		return
 	}
