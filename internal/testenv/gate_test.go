@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,8 +43,14 @@ func TestGates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A copy every UID may run: the test binary's own directory is 0700.
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
 	bin := filepath.Join(TempDir(t), "testenv.test")
-	copyFile(t, self, bin)
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name  string
 		uid   uint32
@@ -94,25 +99,5 @@ func TestGates(t *testing.T) {
 				t.Errorf("%s as uid %d: %s, want %s\n%s", tc.test, tc.uid, got, tc.want, out)
 			}
 		})
-	}
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }
