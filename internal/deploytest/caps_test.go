@@ -57,8 +57,8 @@ type capsResult struct {
 func TestAgentCapabilities(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "ip", "nsenter", "iptables")
-	lookPath(t, "setpriv", "util-linux")
-	lookPath(t, "iptables-legacy", "iptables")
+	lookPath(t, "setpriv")
+	lookPath(t, "iptables-legacy")
 	root := repoRoot(t)
 	caps := unitCaps(t, filepath.Join(root, "deploy", "systemd", "bastion-agent.service"))
 	bin := buildBinaries(t)

@@ -18,7 +18,7 @@ import (
 // buildDeb runs deploy/deb.sh (what `make deb` runs) and returns the .deb.
 func buildDeb(t testing.TB) string {
 	t.Helper()
-	lookPath(t, "dpkg-deb", "dpkg")
+	lookPath(t, "dpkg-deb")
 	root := repoRoot(t)
 	bin := buildBinaries(t)
 	out := testenv.TempDir(t)
@@ -123,7 +123,7 @@ func TestDeb(t *testing.T) {
 // records its arguments.
 func testMaintainerScripts(t *testing.T, ctrl string) {
 	testenv.RequireRoot(t)
-	lookPath(t, "unshare", "util-linux")
+	lookPath(t, "unshare")
 	fake := t.TempDir()
 	log := filepath.Join(t.TempDir(), "calls")
 	os.WriteFile(filepath.Join(fake, "systemctl"), []byte("#!/bin/sh\necho \"$*\" >>\"$CALLS\"\n"), 0o755)
@@ -218,13 +218,12 @@ func TestDebAgentRuns(t *testing.T) {
 	deb := buildDeb(t)
 	root := testenv.TempDir(t)
 	run(t, "dpkg", "-x", deb, root)
-	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
-		stageUnitTools(t, root)
-		out, err := exec.Command(sa, "verify", "--man=no", "--generators=no", "--root="+root,
-			filepath.Join(root, "lib/systemd/system/bastion-agent.service")).CombinedOutput()
-		if err != nil || len(out) > 0 {
-			t.Errorf("systemd-analyze verify (extracted package): %v: %s", err, out)
-		}
+	sa := lookPath(t, "systemd-analyze")
+	stageUnitTools(t, root)
+	verify, err := exec.Command(sa, "verify", "--man=no", "--generators=no", "--root="+root,
+		filepath.Join(root, "lib/systemd/system/bastion-agent.service")).CombinedOutput()
+	if err != nil || len(verify) > 0 {
+		t.Errorf("systemd-analyze verify (extracted package): %v: %s", err, verify)
 	}
 	ns := testenv.NewNetNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -94,7 +94,7 @@ func TestInstallUninstall(t *testing.T) {
 // warning, not only on errors.
 func TestUnitsVerify(t *testing.T) {
 	testenv.RequireE2E(t)
-	sa := lookPath(t, "systemd-analyze", "systemd")
+	sa := lookPath(t, "systemd-analyze")
 	bin := buildBinaries(t)
 	dest := testenv.TempDir(t)
 	stage(t, "install", dest, "BIN="+bin, "PREFIX=/usr", "SYSTEMDUNITDIR=/lib/systemd/system", "USERUNITDIR=/usr/lib/systemd/user")

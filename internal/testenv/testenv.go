@@ -65,6 +65,13 @@ var toolPackages = map[string]string{
 	"go":       "golang (or put the Go toolchain in PATH)",
 	"python3":  "python3",
 	"lintian":  "lintian",
+	"unshare":  "util-linux",
+	"setpriv":  "util-linux",
+	"setsid":   "util-linux",
+	"dpkg-deb": "dpkg",
+
+	"iptables-legacy": "iptables",
+	"systemd-analyze": "systemd",
 
 	"dbus-daemon":           "dbus-daemon",
 	"desktop-file-validate": "desktop-file-utils",
