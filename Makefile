@@ -51,11 +51,14 @@ fmt-check:
 
 # Unit tests, fuzz seed corpora, eBPF tests and, as root, the end-to-end
 # tests in their own network namespaces. Not root: the root-only tests skip
-# and say so; BASTION_E2E=1 makes them fail instead.
+# and say so. BASTION_E2E=1 means one thing everywhere: a test that would
+# skip for lack of root or of a tool fails instead. A kernel feature the
+# running kernel lacks still skips (internal/testenv/doc.go, "Gates").
 test: deps-test fmt-check
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
+# -short: no end-to-end, eBPF or namespace test (testenv.RequireE2E skips them).
 unit-test:
 	$(GO) test -short ./...
 

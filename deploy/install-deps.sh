@@ -27,6 +27,8 @@ declare -A pkgs=(
 )
 if [ "$what" = test ]; then
 	pkgs+=([wget]=wget [nc]=netcat-openbsd [ping]=iputils-ping [gcc]=gcc)
+	# procid's forking client, and the web server in the README's examples.
+	pkgs+=([python3]=python3)
 	# bastion-gtk: building (GTK headers, pkg-config) and its headless tests.
 	pkgs+=([pkg-config]=pkg-config [Xvfb]=xvfb [xauth]=xauth [import]=imagemagick [dbus-daemon]=dbus-daemon
 		[desktop-file-validate]=desktop-file-utils)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/procinfo"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // gtkUnavailable says why the GTK tests skip; set once by TestMain.
@@ -46,7 +47,7 @@ func testMain(m *testing.M) int {
 	}
 	x, err := demo.StartXvfb("1280x1024x24")
 	if err != nil {
-		if os.Geteuid() == 0 || os.Getenv("BASTION_E2E") == "1" {
+		if testenv.MustRun() {
 			fmt.Fprintf(os.Stderr, "gtkclient tests: %v\n(as root or with BASTION_E2E=1 the GTK tests must run: deploy/install-deps.sh test installs Xvfb)\n", err)
 			return 1
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/testenv"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -21,12 +22,10 @@ import (
 // its address.
 func startSessionBus(t *testing.T) string {
 	t.Helper()
+	testenv.RequireTools(t, "dbus-daemon")
 	bin, err := exec.LookPath("dbus-daemon")
 	if err != nil {
-		if os.Geteuid() == 0 {
-			t.Fatalf("dbus-daemon: %v (deploy/install-deps.sh test installs it)", err)
-		}
-		t.Skipf("dbus-daemon: %v; install dbus-daemon to run this test", err)
+		t.Fatal(err)
 	}
 	dir, err := os.MkdirTemp("", "bgtk-bus")
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/testenv"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -193,12 +194,10 @@ func TestDesktopFiles(t *testing.T) {
 			t.Errorf("%s runs %q with icon %q", f, progs, info.Icon)
 		}
 	}
+	testenv.RequireTools(t, "desktop-file-validate")
 	bin, err := exec.LookPath("desktop-file-validate")
 	if err != nil {
-		if os.Geteuid() == 0 {
-			t.Fatalf("desktop-file-validate: %v (install desktop-file-utils)", err)
-		}
-		t.Skipf("desktop-file-validate: %v; install desktop-file-utils", err)
+		t.Fatal(err)
 	}
 	out, err := exec.Command(bin, files...).CombinedOutput()
 	if err != nil || len(out) != 0 {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bastion-fw/bastion/internal/peercred"
+	"github.com/bastion-fw/bastion/internal/testenv"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
@@ -91,9 +92,7 @@ func dialAs(path string, uid int) (net.Conn, error) {
 // Another user's process reaching the socket (here: a socket made
 // reachable on purpose) is refused on every method, streams included.
 func TestOtherUserIsRefused(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to connect as another user; run the tests as root (sudo make test)")
-	}
+	testenv.RequireRoot(t) // to connect as another user
 	h := newHarness(t, func(c *Config) { c.Socket = filepath.Join(t.TempDir(), "open", "ui.sock") })
 	// Open the way to the socket: every directory the test made.
 	for p := filepath.Dir(h.cfg.Socket); p != os.TempDir() && p != "/"; p = filepath.Dir(p) {

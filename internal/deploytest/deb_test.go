@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/fw"
+	"github.com/bastion-fw/bastion/internal/procid"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -17,7 +18,7 @@ import (
 // buildDeb runs deploy/deb.sh (what `make deb` runs) and returns the .deb.
 func buildDeb(t testing.TB) string {
 	t.Helper()
-	lookPath(t, "dpkg-deb", "dpkg")
+	lookPath(t, "dpkg-deb")
 	root := repoRoot(t)
 	bin := buildBinaries(t)
 	out := testenv.TempDir(t)
@@ -58,6 +59,7 @@ func run(t testing.TB, name string, args ...string) string {
 // (with a recording systemctl, in a private mount namespace so that /etc and
 // /run are scratch), then lintian when it is installed.
 func TestDeb(t *testing.T) {
+	testenv.RequireE2E(t)
 	deb := buildDeb(t)
 
 	contents := run(t, "dpkg-deb", "-c", deb)
@@ -121,7 +123,7 @@ func TestDeb(t *testing.T) {
 // records its arguments.
 func testMaintainerScripts(t *testing.T, ctrl string) {
 	testenv.RequireRoot(t)
-	lookPath(t, "unshare", "util-linux")
+	lookPath(t, "unshare")
 	fake := t.TempDir()
 	log := filepath.Join(t.TempDir(), "calls")
 	os.WriteFile(filepath.Join(fake, "systemctl"), []byte("#!/bin/sh\necho \"$*\" >>\"$CALLS\"\n"), 0o755)
@@ -185,12 +187,13 @@ var lintianAccepted = map[string]string{
 	"maintainer-script-calls-systemctl": "nfpm, no debhelper",
 }
 
-// testLintian runs lintian when installed and fails on errors and
-// warnings it reports that are not accepted above.
+// testLintian runs lintian and fails on errors and warnings it reports
+// that are not accepted above.
 func testLintian(t *testing.T, deb string) {
+	testenv.RequireTools(t, "lintian")
 	lintian, err := exec.LookPath("lintian")
 	if err != nil {
-		t.Skip("lintian not installed (apt-get install lintian)")
+		t.Fatal(err)
 	}
 	out, _ := exec.Command(lintian, "--tag-display-limit", "0", deb).CombinedOutput()
 	t.Logf("lintian:\n%s", out)
@@ -215,13 +218,12 @@ func TestDebAgentRuns(t *testing.T) {
 	deb := buildDeb(t)
 	root := testenv.TempDir(t)
 	run(t, "dpkg", "-x", deb, root)
-	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
-		stageUnitTools(t, root)
-		out, err := exec.Command(sa, "verify", "--man=no", "--generators=no", "--root="+root,
-			filepath.Join(root, "lib/systemd/system/bastion-agent.service")).CombinedOutput()
-		if err != nil || len(out) > 0 {
-			t.Errorf("systemd-analyze verify (extracted package): %v: %s", err, out)
-		}
+	sa := lookPath(t, "systemd-analyze")
+	stageUnitTools(t, root)
+	verify, err := exec.Command(sa, "verify", "--man=no", "--generators=no", "--root="+root,
+		filepath.Join(root, "lib/systemd/system/bastion-agent.service")).CombinedOutput()
+	if err != nil || len(verify) > 0 {
+		t.Errorf("systemd-analyze verify (extracted package): %v: %s", err, verify)
 	}
 	ns := testenv.NewNetNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -240,11 +242,12 @@ func TestDebAgentRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.GetMechanism() != "netfilter-link" {
-		t.Errorf("packaged agent identifies with %q, want netfilter-link on this kernel", st.GetMechanism())
+	mech := procid.Detect().Best()
+	if st.GetMechanism() != string(mech) {
+		t.Errorf("packaged agent identifies with %q, want %s on this kernel", st.GetMechanism(), mech)
 	}
 	out := run(t, filepath.Join(root, "usr/bin/bastionctl"), "--agent-socket", sock, "--ui-socket", filepath.Join(root, "none.sock"), "status")
-	if !strings.Contains(out, "identification: netfilter-link") || !strings.Contains(out, "network namespace "+ns.Name) {
+	if !strings.Contains(out, "identification: "+string(mech)) || !strings.Contains(out, "network namespace "+ns.Name) {
 		t.Errorf("packaged bastionctl status:\n%s", out)
 	}
 	if err := a.stop(t); err != nil {

@@ -140,7 +140,7 @@ func TestDocs(t *testing.T) {
 	}
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "ip", "nsenter", "iptables", "curl")
-	lookPath(t, "unshare", "util-linux")
+	lookPath(t, "unshare")
 	bin := buildBinaries(t)
 	uid, gid := testUser(t)
 	for _, b := range blocks {

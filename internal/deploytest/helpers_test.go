@@ -192,12 +192,13 @@ func pendingWhere(t testing.TB, c agentv1.AgentServiceClient, timeout time.Durat
 	return found, nil
 }
 
-// lookPath fails t, naming the package, when a tool is missing.
-func lookPath(t testing.TB, name, pkg string) string {
+// lookPath returns where a tool is, after testenv.RequireTools.
+func lookPath(t testing.TB, name string) string {
 	t.Helper()
+	testenv.RequireTools(t, name)
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("%s not found (apt-get install %s)", name, pkg)
+		t.Fatal(err)
 	}
 	return p
 }

@@ -28,8 +28,8 @@ import (
 func TestRunScript(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "ip", "nsenter", "iptables", "curl")
-	lookPath(t, "setpriv", "util-linux")
-	lookPath(t, "setsid", "util-linux")
+	lookPath(t, "setpriv")
+	lookPath(t, "setsid")
 	root := repoRoot(t)
 	bin := buildBinaries(t)
 	uid, gid := testUser(t)

@@ -3,31 +3,19 @@ package fw
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
-
-// requireE2E skips unless root; with BASTION_E2E=1 not being root fails.
-func requireE2E(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("BASTION_E2E") == "1" {
-		t.Fatalf("BASTION_E2E=1 but not root (euid %d)", os.Geteuid())
-	}
-	t.Skip("run as root or with BASTION_E2E=1")
-}
 
 // newNetNS creates a network namespace bastion-t-<random> with loopback up,
 // deleted when the test ends, and returns its name.
 func newNetNS(t *testing.T) string {
 	t.Helper()
-	requireE2E(t)
+	testenv.RequireRoot(t)
 	var r [6]byte
 	_, _ = rand.Read(r[:])
 	name := "bastion-t-" + hex.EncodeToString(r[:])

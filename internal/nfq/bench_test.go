@@ -1,11 +1,11 @@
 package nfq_test
 
 import (
-	"os"
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/fw"
 	"github.com/bastion-fw/bastion/internal/nfq"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // BenchmarkRepeat measures the verdict the agent gives every decided
@@ -13,9 +13,7 @@ import (
 // the kernel refuses each verdict (asynchronously, ENODEV); what is
 // measured is building and sending it.
 func BenchmarkRepeat(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("run as root: opening a queue socket needs CAP_NET_ADMIN")
-	}
+	testenv.RequireRoot(b) // opening a queue socket needs CAP_NET_ADMIN
 	q, err := nfq.Open(nfq.Config{Num: 65000})
 	if err != nil {
 		b.Fatal(err)

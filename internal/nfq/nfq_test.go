@@ -24,6 +24,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/nfq"
 	"github.com/bastion-fw/bastion/internal/packet"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 const queueNum = 7
@@ -31,22 +32,11 @@ const queueNum = 7
 // Test UID/GID for the dialing socket (set as the thread's fsuid/fsgid).
 const testUID, testGID = 4242, 4343
 
-func requireE2E(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("BASTION_E2E") == "1" {
-		t.Fatalf("BASTION_E2E=1 but not root (euid %d)", os.Geteuid())
-	}
-	t.Skip("run as root or with BASTION_E2E=1")
-}
-
 // newNetNS creates a namespace bastion-t-<random> with loopback up, deleted
 // when the test ends.
 func newNetNS(t *testing.T) (string, *os.File) {
 	t.Helper()
-	requireE2E(t)
+	testenv.RequireRoot(t)
 	var r [6]byte
 	_, _ = rand.Read(r[:])
 	name := "bastion-t-" + hex.EncodeToString(r[:])

@@ -14,16 +14,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // TestForkWithoutExec checks that a child that forks and connects without
 // exec is named as itself, with its parent's executable.
 func TestForkWithoutExec(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechNetfilterLink)
+	testenv.RequireTools(t, "python3")
 	// The system interpreter, not a pyenv-style shim script.
 	const py = "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
-		t.Skip("python3 not installed")
+		t.Fatalf("python3 is installed, but not as %s: %v", py, err)
 	}
 	wantExe, err := filepath.EvalSymlinks(py)
 	if err != nil {
@@ -68,7 +70,7 @@ os.waitpid(pid, 0)
 // TestExeAcrossMount runs the helper from a tmpfs mounted inside the test's
 // temporary directory, so the dentry walk must cross a mount point.
 func TestExeAcrossMount(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechNetfilterLink)
 	ns, _ := newNetns(t)
 	r := openNetfilter(t, ns)
 	dir, bin := helperBinary(t)
@@ -111,7 +113,7 @@ func TestExeAcrossMount(t *testing.T) {
 // the flow from recent_flows, against a bare flows map lookup (the bpf()
 // syscall Resolve made before) as the baseline.
 func BenchmarkResolve(b *testing.B) {
-	requireRoot(b)
+	requireMechanism(b, MechNetfilterLink)
 	ns, _ := newNetns(b)
 	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns})
 	if err != nil {

@@ -1,7 +1,6 @@
 package procid
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/bastion-fw/bastion/internal/cgroup2"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/procid/procfs"
@@ -228,7 +228,10 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	case MechSockOps:
 		path := cfg.CgroupPath
 		if path == "" {
-			if path, err = cgroup2Mount(); err != nil {
+			if path, err = cgroup2.Mount(); err != nil {
+				if errors.Is(err, cgroup2.ErrNotMounted) {
+					err = fmt.Errorf("%w; mount one or run with --mechanism=procfs", err)
+				}
 				return nil, err
 			}
 		}
@@ -553,34 +556,4 @@ func splitArgs(b []int8) []string {
 	}
 	raw := bytes.TrimSuffix(bytesOf(b), []byte{0})
 	return strings.Split(string(raw), "\x00")
-}
-
-// cgroup2Mount returns DefaultCgroupPath if it is a cgroup2 mount, else the
-// first cgroup2 mount in /proc/self/mountinfo.
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	var first string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "36 35 0:30 / /sys/fs/cgroup/unified rw,... - cgroup2 cgroup2 rw"
-		fields := strings.Fields(sc.Text())
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				if fields[4] == DefaultCgroupPath {
-					return DefaultCgroupPath, nil
-				}
-				if first == "" {
-					first = fields[4]
-				}
-			}
-		}
-	}
-	if first == "" {
-		return "", errors.New("find cgroup2 mount: no cgroup2 file system is mounted; mount one or run with --mechanism=procfs")
-	}
-	return first, nil
 }

@@ -24,7 +24,7 @@ import (
 // program, to the sending process. Without the extension-header walk in
 // nf_local_out nothing is recorded for these packets and Resolve fails.
 func TestNetfilterLinkIPv6ExtHeaders(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechNetfilterLink)
 	ns, _ := newNetns(t)
 	r := openNetfilter(t, ns)
 	dir, bin := helperBinary(t)

@@ -2,12 +2,10 @@ package procid
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/link"
+	"github.com/bastion-fw/bastion/internal/kernelfeature"
 )
 
 // Features reports what the running kernel offers for process
@@ -21,46 +19,51 @@ type Features struct {
 	Reasons       map[string]string
 }
 
-// Detect probes the running kernel. It loads tiny probe programs and needs
-// the same privileges as Open.
+// Detect probes the running kernel (package kernelfeature). It loads tiny
+// probe programs and needs the same privileges as Open.
 func Detect() Features {
 	f := Features{Reasons: map[string]string{}}
-	probe := func(name string, err error) bool {
-		if err != nil {
-			f.Reasons[name] = err.Error()
+	probe := func(feature kernelfeature.Feature) bool {
+		if err := kernelfeature.Probe(feature); err != nil {
+			f.Reasons[string(feature)] = err.Error()
 			return false
 		}
 		return true
 	}
-	_, err := btf.LoadKernelSpec()
-	f.BTF = probe("btf", err)
-	f.NetfilterLink = probe("netfilter_link", features.HaveProgramType(ebpf.Netfilter))
-	f.SockOps = probe("sockops", features.HaveProgramType(ebpf.SockOps))
-	f.SockAddr = probe("sock_addr", features.HaveProgramType(ebpf.CGroupSockAddr))
-	// features.HaveProgramType(ebpf.Tracing) probes with fentry, which
-	// needs trampolines that some kernels lack while tp_btf works: try the
-	// real exec program instead.
-	f.TpBtf = probe("tp_btf", probeTpBtf())
+	f.BTF = probe(kernelfeature.BTF)
+	f.NetfilterLink = probe(kernelfeature.NetfilterLink)
+	f.SockOps = probe(kernelfeature.SockOps)
+	f.SockAddr = probe(kernelfeature.SockAddr)
+	f.TpBtf = probe(kernelfeature.TpBtf)
 	return f
 }
 
-func probeTpBtf() error {
-	spec, err := loadProcid()
-	if err != nil {
-		return err
+// KernelFeatures lists what m needs from the kernel; exec tracking (tp_btf)
+// is an improvement that neither eBPF mechanism requires.
+func (m Mechanism) KernelFeatures() []kernelfeature.Feature {
+	switch m {
+	case MechNetfilterLink:
+		return []kernelfeature.Feature{kernelfeature.BTF, kernelfeature.NetfilterLink}
+	case MechSockOps:
+		return []kernelfeature.Feature{kernelfeature.BTF, kernelfeature.SockOps, kernelfeature.SockAddr}
 	}
-	var p struct {
-		OnExit *ebpf.Program `ebpf:"on_exit"`
+	return nil
+}
+
+// Best is the mechanism MechAuto picks on a kernel that offers what f
+// reports: netfilter-link (kernel 6.4+), else sockops (Debian 12's 6.1),
+// else procfs.
+func (f Features) Best() Mechanism {
+	offered := map[kernelfeature.Feature]bool{
+		kernelfeature.BTF: f.BTF, kernelfeature.NetfilterLink: f.NetfilterLink,
+		kernelfeature.SockOps: f.SockOps, kernelfeature.SockAddr: f.SockAddr, kernelfeature.TpBtf: f.TpBtf,
 	}
-	if err := spec.LoadAndAssign(&p, nil); err != nil {
-		return err
+	for _, m := range []Mechanism{MechNetfilterLink, MechSockOps} {
+		if !slices.ContainsFunc(m.KernelFeatures(), func(k kernelfeature.Feature) bool { return !offered[k] }) {
+			return m
+		}
 	}
-	defer p.OnExit.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: p.OnExit})
-	if err != nil {
-		return err
-	}
-	return l.Close()
+	return MechProcFS
 }
 
 func (f Features) String() string {

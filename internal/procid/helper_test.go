@@ -22,7 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kernelfeature"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // The test binary doubles as the client process: with helperEnv set it
@@ -236,13 +238,17 @@ func setExtHeadersFD(fd int, spec string) error {
 	return nil
 }
 
-// requireRoot skips unprivileged runs; as root, or with BASTION_E2E=1, the
-// test runs and a missing capability fails it.
-func requireRoot(t testing.TB) {
+// requireMechanism gates a test of mech (testenv.RequireKernelFeature):
+// what mech needs from the kernel, and tp_btf for the eBPF mechanisms,
+// whose tests check the executable and argv of processes that have exited,
+// which only exec tracking knows.
+func requireMechanism(t testing.TB, mech Mechanism) {
 	t.Helper()
-	if os.Geteuid() != 0 && os.Getenv("BASTION_E2E") != "1" {
-		t.Skip("needs root: run as root or with BASTION_E2E=1 (e.g. sudo go test ./internal/procid/)")
+	if mech == MechProcFS {
+		testenv.RequireRoot(t)
+		return
 	}
+	testenv.RequireKernelFeature(t, append(mech.KernelFeatures(), kernelfeature.TpBtf)...)
 }
 
 func randName(prefix string) string {
@@ -286,32 +292,6 @@ func newNetns(t testing.TB) (*os.File, uint32) {
 	return ns, uint32(ino)
 }
 
-// newCgroup creates a child cgroup v2 directory, removed at the end.
-func newCgroup(t testing.TB) (string, *os.File) {
-	t.Helper()
-	root, err := cgroup2Mount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(root, randName("bastion-t-"))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("create cgroup: %v", err)
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		f.Close()
-		// rmdir fails while a process is still inside; every helper has
-		// been waited for by now.
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove cgroup: %v", err)
-		}
-	})
-	return dir, f
-}
-
 // helperBinary copies the test binary to a directory every UID can enter, so
 // that helpers can run as unprivileged users. It returns the directory and
 // the binary's absolute path.
@@ -344,7 +324,7 @@ type helperOpts struct {
 	lport  int
 	uid    uint32
 	hold   bool
-	cgroup *os.File
+	cgroup *testenv.Cgroup
 	extHdr string    // extHdrEnv value: IPv6 extension headers to send
 	caps   []uintptr // ambient capabilities, e.g. CAP_NET_RAW for extHdr as non-root
 	argv0  string    // how the binary is named to execve (relative paths welcome)
@@ -382,7 +362,7 @@ func startHelper(t testing.TB, ns *os.File, o helperOpts) *helperProc {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}, AmbientCaps: o.caps}
 	if o.cgroup != nil {
 		cmd.SysProcAttr.UseCgroupFD = true
-		cmd.SysProcAttr.CgroupFD = int(o.cgroup.Fd())
+		cmd.SysProcAttr.CgroupFD = o.cgroup.FD()
 	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

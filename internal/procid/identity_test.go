@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // TestExeIdentity: a process whose executable was deleted before it
@@ -15,13 +16,14 @@ import (
 // ExeOtherNS, with its namespace; under the eBPF exec records and under the
 // /proc fallback alike.
 func TestExeIdentity(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	hostNS, err := nsInode("/proc/self/ns/mnt")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mech := range []Mechanism{MechNetfilterLink, MechProcFS} {
 		t.Run(string(mech), func(t *testing.T) {
+			requireMechanism(t, mech)
 			ns, _ := newNetns(t)
 			r, err := Open(Config{Mechanism: mech, NetNS: ns, Log: testLogger(t)})
 			if err != nil {

@@ -10,7 +10,9 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/bastion-fw/bastion/internal/kernelfeature"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // acceptAll is a netfilter program that accepts every packet.
@@ -40,7 +42,7 @@ func linkPriority(t *testing.T, l link.Link) int32 {
 // the next free priority before mangle (-150), and says why it cannot when
 // every one is taken.
 func TestAttachNetfilterMovesPastBusyPriorities(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireKernelFeature(t, kernelfeature.NetfilterLink)
 	ns, _ := newNetns(t)
 	prog := acceptAll(t)
 	err := netns.Do(ns, func() error {
@@ -94,7 +96,7 @@ func TestAttachNetfilterMovesPastBusyPriorities(t *testing.T) {
 // crash) registers conntrack's LOCAL_OUT hook at -200, where the kernel
 // then refuses a BPF hook; the agent's priorities are free of it.
 func TestAttachNetfilterBesideConntrack(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireKernelFeature(t, kernelfeature.NetfilterLink)
 	ns, _ := newNetns(t)
 	prog := acceptAll(t)
 	err := netns.Do(ns, func() error {

@@ -7,8 +7,10 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kernelfeature"
 	"github.com/bastion-fw/bastion/internal/packet"
 	pt "github.com/bastion-fw/bastion/internal/packet/packettest"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // The kernel-side packet parser (parse_packet in bpf/procid.c) and the
@@ -27,7 +29,7 @@ type parseProg struct {
 
 func loadParseProg(tb testing.TB) *parseProg {
 	tb.Helper()
-	requireRoot(tb)
+	testenv.RequireKernelFeature(tb, kernelfeature.BTF, kernelfeature.NetfilterLink)
 	spec, err := loadProcid()
 	if err != nil {
 		tb.Fatal(err)
@@ -37,7 +39,7 @@ func loadParseProg(tb testing.TB) *parseProg {
 		Results *ebpf.Map     `ebpf:"parse_results"`
 	}
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		tb.Fatalf("load nf_parse_test: %v", err) // kernel 6.18: must load
+		tb.Fatalf("load nf_parse_test: %v", err) // the kernel offers netfilter programs: must load
 	}
 	tb.Cleanup(func() { objs.Prog.Close(); objs.Results.Close() })
 	return &parseProg{prog: objs.Prog, results: objs.Results}

@@ -50,10 +50,6 @@ type Resolver interface {
 	Close() error
 }
 
-// DefaultCgroupPath is where cgroup v2 is mounted on Bastion's machines. When
-// it is not a cgroup2 mount, Open looks for one in /proc/self/mountinfo.
-const DefaultCgroupPath = "/sys/fs/cgroup/unified"
-
 // Config configures Open.
 type Config struct {
 	Mechanism Mechanism // MechAuto (or "") picks the best available
@@ -61,8 +57,9 @@ type Config struct {
 	// means the caller's. Keep it open while the Resolver is used.
 	NetNS *os.File
 	// CgroupPath is the cgroup v2 directory the sockops and sock_addr
-	// programs attach to; "" means the cgroup2 mount's root. Only
-	// processes inside it are attributed by MechSockOps.
+	// programs attach to; "" means the cgroup2 mount's root (package
+	// cgroup2 finds it). Only processes inside it are attributed by
+	// MechSockOps.
 	CgroupPath string
 	// ProcFS is the /proc used to complete processes that started before
 	// the agent, and by MechProcFS; "" means /proc.

@@ -13,7 +13,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/link"
+
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -46,7 +50,7 @@ var flowCases = []flowCase{
 // checkFlows runs every flowCase as a short-lived helper process and checks
 // that r names it. With relative, the helper is executed by a relative
 // path, which must still give an absolute Exe.
-func checkFlows(t *testing.T, r Resolver, ns *os.File, cg *os.File) {
+func checkFlows(t *testing.T, r Resolver, ns *os.File, cg *testenv.Cgroup) {
 	dir, bin := helperBinary(t)
 	l4 := listen(t, ns, "tcp4", "127.0.0.1:0")
 	l6 := listen(t, ns, "tcp6", "[::1]:0")
@@ -145,17 +149,17 @@ func checkRecent(t *testing.T, r *bpfResolver, tup flow.Tuple) {
 }
 
 func TestNetfilterLink(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechNetfilterLink)
 	ns, _ := newNetns(t)
 	r := openNetfilter(t, ns)
 	checkFlows(t, r, ns, nil)
 }
 
 func TestSockOps(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechSockOps)
 	ns, _ := newNetns(t)
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
+	cg := testenv.NewCgroup(t)
+	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cg.Path, Log: testLogger(t)})
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -164,7 +168,7 @@ func TestSockOps(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireKernelFeature(t, MechNetfilterLink.KernelFeatures()...)
 	ns, _ := newNetns(t)
 	r := openNetfilter(t, ns)
 	tup := flow.Tuple{Proto: flow.TCP, Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("127.0.0.1"), SrcPort: 1, DstPort: 2}
@@ -176,15 +180,17 @@ func TestNotFound(t *testing.T) {
 // TestSameTupleTwoNamespaces sends the same 5-tuple from two namespaces and
 // checks each is attributed to its own process.
 func TestSameTupleTwoNamespaces(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	for _, mech := range []Mechanism{MechNetfilterLink, MechSockOps} {
 		t.Run(string(mech), func(t *testing.T) {
+			requireMechanism(t, mech)
 			nsA, inoA := newNetns(t)
 			nsB, inoB := newNetns(t)
 			cfg := Config{Mechanism: mech, NetNS: nsA, Log: testLogger(t)}
-			var cg *os.File
+			var cg *testenv.Cgroup
 			if mech == MechSockOps {
-				cfg.CgroupPath, cg = newCgroup(t)
+				cg = testenv.NewCgroup(t)
+				cfg.CgroupPath = cg.Path
 			}
 			r, err := Open(cfg)
 			if err != nil {
@@ -226,10 +232,11 @@ func TestSameTupleTwoNamespaces(t *testing.T) {
 // TestSystemBinary checks a real program started through a shell that
 // exits right after connecting: nc -z.
 func TestSystemBinary(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechNetfilterLink)
+	testenv.RequireTools(t, "nc")
 	nc, err := exec.LookPath("nc")
 	if err != nil {
-		t.Skip("nc not installed")
+		t.Fatal(err)
 	}
 	wantExe, err := filepath.EvalSymlinks(nc)
 	if err != nil {
@@ -262,7 +269,7 @@ func TestSystemBinary(t *testing.T) {
 }
 
 func TestProcFS(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechProcFS)
 	ns, _ := newNetns(t)
 	r, err := Open(Config{Mechanism: MechProcFS, NetNS: ns, Log: testLogger(t)})
 	if err != nil {
@@ -281,24 +288,102 @@ func TestProcFS(t *testing.T) {
 	}
 }
 
+// TestAuto: auto picks the best mechanism the running kernel offers, by
+// what Detect reports, whatever the kernel; and where the netfilter link
+// cannot attach (here: every priority it may take is held, as where the
+// kernel lacks it) it falls back to the next.
 func TestAuto(t *testing.T) {
-	requireRoot(t)
-	ns, _ := newNetns(t)
-	r, err := Open(Config{NetNS: ns, Log: testLogger(t)})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	defer r.Close()
-	if r.Mechanism() != MechNetfilterLink {
-		t.Errorf("auto picked %s, want %s on this kernel (%s)", r.Mechanism(), MechNetfilterLink, Detect())
+	testenv.RequireRoot(t)
+	f := Detect()
+	t.Logf("detected: %s", f)
+	for _, tc := range []struct {
+		name            string
+		netfilterUsable bool
+	}{{"as detected", true}, {"netfilter link unavailable", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.netfilterUsable && !f.NetfilterLink {
+				t.Skipf("the kernel lacks the netfilter link, so %q is the case above", tc.name)
+			}
+			ns, _ := newNetns(t)
+			if !tc.netfilterUsable {
+				holdNetfilterPriorities(t, ns)
+			}
+			// Should auto fall back to sockops, it attaches to this
+			// cgroup, not to the host's root.
+			cg := testenv.NewCgroup(t)
+			r, err := Open(Config{NetNS: ns, CgroupPath: cg.Path, Log: testLogger(t)})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer r.Close()
+			usable := f
+			usable.NetfilterLink = f.NetfilterLink && tc.netfilterUsable
+			if want := usable.Best(); r.Mechanism() != want {
+				t.Errorf("auto picked %s, want %s (detected: %s)", r.Mechanism(), want, f)
+			}
+		})
 	}
 }
 
+// holdNetfilterPriorities attaches an accept-all program at every IPv4
+// LOCAL_OUT priority nf_local_out may take in ns, until the test ends.
+func holdNetfilterPriorities(t *testing.T, ns *os.File) {
+	t.Helper()
+	prog := acceptAll(t)
+	err := netns.Do(ns, func() error {
+		for p := int32(nfPriorityFirst); p <= nfPriorityLast; p++ {
+			l, err := link.AttachNetfilter(link.NetfilterOptions{Program: prog, ProtocolFamily: link.NetfilterProtoIPv4,
+				Hook: link.NetfilterInetLocalOut, Priority: p})
+			if err != nil {
+				return fmt.Errorf("hold priority %d: %w", p, err)
+			}
+			t.Cleanup(func() { l.Close() })
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDetect holds what Detect reports against independent evidence: the
+// real programs, opened and attached as the agent does. On any kernel the
+// two must agree; no kernel version decides anything.
 func TestDetect(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	f := Detect()
-	t.Log(f)
-	if !f.BTF || !f.NetfilterLink || !f.SockOps || !f.SockAddr || !f.TpBtf {
-		t.Errorf("kernel 6.18 must offer everything: %s", f)
+	t.Logf("detected: %s", f)
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err == nil && !f.BTF {
+		t.Errorf("/sys/kernel/btf/vmlinux exists, but Detect says btf=no (%s)", f.Reasons["btf"])
+	}
+	ns, _ := newNetns(t)
+	cg := testenv.NewCgroup(t)
+	var opened []*bpfResolver
+	for _, c := range []struct {
+		cfg  Config
+		want bool
+	}{
+		{Config{Mechanism: MechNetfilterLink, NetNS: ns}, f.BTF && f.NetfilterLink},
+		{Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cg.Path}, f.BTF && f.SockOps && f.SockAddr},
+	} {
+		c.cfg.Log = testLogger(t)
+		r, err := Open(c.cfg)
+		if err == nil {
+			defer r.Close()
+			opened = append(opened, r.(*bpfResolver))
+		}
+		if got := err == nil; got != c.want {
+			t.Errorf("%s: opened %v (err %v), but Detect says it is offered: %v (%s)", c.cfg.Mechanism, got, err, c.want, f)
+		}
+	}
+	// Exec tracking (tp_btf) loads with either mechanism, and keeps its
+	// map only when its programs attached.
+	for _, r := range opened {
+		if got := r.execs != nil; got != f.TpBtf {
+			t.Errorf("%s: exec tracking attached %v, but Detect says tp_btf=%v (%s)", r.mech, got, f.TpBtf, f.Reasons["tp_btf"])
+		}
+	}
+	if len(opened) == 0 {
+		t.Logf("no eBPF mechanism opened: tp_btf=%v is not checked", f.TpBtf)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // TestSockAddrTwoSenders has two processes send UDP to one destination, one
@@ -18,7 +19,7 @@ import (
 // connect when the application bound first. Keyed by destination alone,
 // the second sender would take over the first's flow.
 func TestSockAddrTwoSenders(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechSockOps)
 	ns, _ := newNetns(t)
 	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
@@ -60,7 +61,7 @@ func TestSockAddrTwoSenders(t *testing.T) {
 // from another unbound socket (destination key: the port is picked after the
 // hook) use the same tuple.
 func TestSockAddrPortReuse(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechSockOps)
 	ns, _ := newNetns(t)
 	const port = 40300
 	err := netns.Do(ns, func() error {
@@ -98,7 +99,7 @@ func TestSockAddrPortReuse(t *testing.T) {
 // destination and another send to it from an unconnected socket afterwards:
 // the second must not take over the first's flow.
 func TestSockAddrConnectThenSendto(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechSockOps)
 	ns, _ := newNetns(t)
 	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
@@ -121,7 +122,7 @@ func TestSockAddrConnectThenSendto(t *testing.T) {
 // socket by its cookie, and the entry the connect program wrote for that
 // cookie.
 func TestSockAddrTwoConnectedSenders(t *testing.T) {
-	requireRoot(t)
+	requireMechanism(t, MechSockOps)
 	ns, _ := newNetns(t)
 	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
@@ -152,8 +153,8 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 	}
 }
 
-// openNetfilter opens the netfilter-link resolver on ns; on this kernel
-// (6.18) it must work.
+// openNetfilter opens the netfilter-link resolver on ns; the test's gate
+// (requireMechanism) said the kernel offers it, so it must work.
 func openNetfilter(t *testing.T, ns *os.File) Resolver {
 	t.Helper()
 	r, err := Open(Config{Mechanism: MechNetfilterLink, NetNS: ns, Log: testLogger(t)})
@@ -166,10 +167,10 @@ func openNetfilter(t *testing.T, ns *os.File) Resolver {
 
 // openSockOps opens the sockops resolver on ns, attached to a cgroup of its
 // own, and returns the cgroup the helpers must run in.
-func openSockOps(t *testing.T, ns *os.File) (Resolver, *os.File) {
+func openSockOps(t *testing.T, ns *os.File) (Resolver, *testenv.Cgroup) {
 	t.Helper()
-	cgPath, cg := newCgroup(t)
-	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cgPath, Log: testLogger(t)})
+	cg := testenv.NewCgroup(t)
+	r, err := Open(Config{Mechanism: MechSockOps, NetNS: ns, CgroupPath: cg.Path, Log: testLogger(t)})
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}

@@ -1,10 +1,7 @@
 package testenv
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bastion-fw/bastion/internal/cgroup2"
 )
 
 // Cgroup is a cgroup v2 child made for one test, directly under the cgroup2
@@ -19,56 +18,6 @@ import (
 type Cgroup struct {
 	Path string // e.g. /sys/fs/cgroup/unified/bastion-test-1a2b3c4d
 	dir  *os.File
-}
-
-// Cgroup2Mount returns where the cgroup v2 hierarchy is mounted, read from
-// /proc/self/mountinfo (here /sys/fs/cgroup/unified, elsewhere often
-// /sys/fs/cgroup).
-func Cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	return parseCgroup2Mount(f)
-}
-
-func parseCgroup2Mount(f io.Reader) (string, error) {
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "36 25 0:30 / /sys/fs/cgroup rw,... shared:9 - cgroup2 cgroup2 rw"
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		fields, postFields := strings.Fields(pre), strings.Fields(post)
-		if len(fields) >= 5 && len(postFields) >= 1 && postFields[0] == "cgroup2" {
-			return unescapeMountPath(fields[4]), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	return "", errors.New("find cgroup2 mount: no cgroup2 file system is mounted")
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // NewCgroup creates a child cgroup that is removed when t ends, after the
@@ -90,7 +39,7 @@ func NewCgroup(t testing.TB) *Cgroup {
 
 // CreateCgroup is NewCgroup for programs; the caller must Delete it.
 func CreateCgroup() (*Cgroup, error) {
-	root, err := Cgroup2Mount()
+	root, err := cgroup2.Mount()
 	if err != nil {
 		return nil, err
 	}

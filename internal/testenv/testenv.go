@@ -14,20 +14,42 @@ import (
 )
 
 // E2EEnv is the environment variable that makes end-to-end tests mandatory:
-// with BASTION_E2E=1 a test that cannot run fails instead of skipping.
+// with BASTION_E2E=1 a test that would skip for lack of root or of a tool
+// fails instead (see the package documentation, "Gates").
 const E2EEnv = "BASTION_E2E"
 
-// RequireRoot skips t unless it runs as root. With BASTION_E2E=1 the test
-// must run, so not being root is a failure rather than a skip.
+// MustRun reports whether a test must run rather than skip when the machine
+// lacks a tool it needs: as root, or with BASTION_E2E=1.
+func MustRun() bool { return os.Geteuid() == 0 || os.Getenv(E2EEnv) == "1" }
+
+// skipOrFail skips t with msg, or fails it when BASTION_E2E=1.
+func skipOrFail(t testing.TB, msg string) {
+	t.Helper()
+	if os.Getenv(E2EEnv) == "1" {
+		t.Fatalf("%s (%s=1: the test must run)", msg, E2EEnv)
+	}
+	t.Skipf("%s (%s=1 makes this a failure)", msg, E2EEnv)
+}
+
+// RequireE2E marks t as an end-to-end test, one that builds or runs
+// Bastion's real programs: -short (make unit-test) skips it.
+func RequireE2E(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped under -short; run it without -short (sudo make test)")
+	}
+}
+
+// RequireRoot skips t under -short (RequireE2E) and unless it runs as root.
+// With BASTION_E2E=1 the test must run, so not being root is a failure
+// rather than a skip.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	RequireE2E(t)
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv(E2EEnv) == "1" {
-		t.Fatalf("end-to-end test: %s=1 but not running as root (euid %d)", E2EEnv, os.Geteuid())
-	}
-	t.Skip("end-to-end test: run as root (sudo make test) or set BASTION_E2E=1")
+	skipOrFail(t, fmt.Sprintf("root end-to-end test: not running as root (euid %d); run it as root (sudo make test)", os.Geteuid()))
 }
 
 // toolPackages names the Debian package that provides each tool the
@@ -41,11 +63,24 @@ var toolPackages = map[string]string{
 	"nsenter":  "util-linux",
 	"iptables": "iptables",
 	"go":       "golang (or put the Go toolchain in PATH)",
+	"python3":  "python3",
+	"lintian":  "lintian",
+	"unshare":  "util-linux",
+	"setpriv":  "util-linux",
+	"setsid":   "util-linux",
+	"dpkg-deb": "dpkg",
+
+	"iptables-legacy": "iptables",
+	"systemd-analyze": "systemd",
+
+	"dbus-daemon":           "dbus-daemon",
+	"desktop-file-validate": "desktop-file-utils",
 }
 
-// RequireTools fails t, saying which package to install, when one of the
-// named programs is not in PATH. It never skips: a machine that runs the
-// end-to-end tests must have them.
+// RequireTools stops t, saying which package to install, when one of the
+// named programs is not in PATH: it fails as root or with BASTION_E2E=1 (a
+// machine that runs the tests must have them; deploy/install-deps.sh test
+// installs them), and skips otherwise.
 func RequireTools(t testing.TB, tools ...string) {
 	t.Helper()
 	var missing []string
@@ -58,9 +93,14 @@ func RequireTools(t testing.TB, tools ...string) {
 			missing = append(missing, fmt.Sprintf("%s (apt-get install %s)", tool, pkg))
 		}
 	}
-	if len(missing) > 0 {
-		t.Fatalf("end-to-end test needs missing tools: %s", strings.Join(missing, ", "))
+	if len(missing) == 0 {
+		return
 	}
+	msg := "test needs missing tools: " + strings.Join(missing, ", ")
+	if MustRun() {
+		t.Fatalf("%s; as root or with %s=1 the test must run (deploy/install-deps.sh test)", msg, E2EEnv)
+	}
+	t.Skip(msg)
 }
 
 // WaitFor polls cond until it returns true and fails t when timeout passes

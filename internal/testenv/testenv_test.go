@@ -16,34 +16,6 @@ import (
 	"github.com/bastion-fw/bastion/internal/netns"
 )
 
-func TestParseCgroup2Mount(t *testing.T) {
-	for _, tc := range []struct {
-		name, mountinfo, want string
-		wantErr               bool
-	}{
-		{
-			name: "unified",
-			mountinfo: "25 1 0:22 / / rw - ext4 /dev/vda rw\n" +
-				"40 31 0:37 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n" +
-				"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n",
-			want: "/sys/fs/cgroup/unified",
-		},
-		{
-			name:      "optional fields and escapes",
-			mountinfo: "36 25 0:30 / /sys/fs/my\\040cg rw,nosuid shared:9 master:2 - cgroup2 cgroup2 rw,nsdelegate\n",
-			want:      "/sys/fs/my cg",
-		},
-		{name: "none", mountinfo: "25 1 0:22 / / rw - ext4 /dev/vda rw\n", wantErr: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseCgroup2Mount(strings.NewReader(tc.mountinfo))
-			if (err != nil) != tc.wantErr || got != tc.want {
-				t.Fatalf("parseCgroup2Mount = %q, %v; want %q, error %v", got, err, tc.want, tc.wantErr)
-			}
-		})
-	}
-}
-
 func TestNetNSLoopbackV4V6(t *testing.T) {
 	ns := NewNetNS(t)
 	host, err := ProcNetNSInode(os.Getpid())

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // dialerEnv turns the test binary into a dialer child (see runDialer).
@@ -96,15 +97,6 @@ func runDialer(args []string) error {
 	fmt.Printf("ready %s\n", local)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
-}
-
-// requireRoot skips unless the test may change the machine; when it may,
-// missing capabilities must make the test fail, not skip.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 && os.Getenv("BASTION_E2E") != "1" {
-		t.Skip("run as root or BASTION_E2E=1")
-	}
 }
 
 // testNetns creates a network namespace with lo up and 192.0.2.0/24 a
@@ -214,7 +206,7 @@ func startDialer(t *testing.T, ns *os.File, exe, mode, addr string) dialer {
 }
 
 func TestResolveE2E(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ns := testNetns(t)
 	exe := helperBinary(t)
 
@@ -297,7 +289,7 @@ func TestResolveE2E(t *testing.T) {
 // TestResolveV4Mapped checks an AF_INET6 dual-stack socket talking IPv4:
 // the kernel reports v4-mapped addresses, the firewall sees IPv4.
 func TestResolveV4Mapped(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ns := testNetns(t)
 	var ln net.Listener
 	var c net.Conn
@@ -346,7 +338,7 @@ func TestResolveV4Mapped(t *testing.T) {
 
 // TestResolveICMP finds a ping socket, v4 and v6, connected or not.
 func TestResolveICMP(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	ns := testNetns(t)
 	fd, fd6 := -1, -1
 	err := netns.Do(ns, func() error {
@@ -395,7 +387,7 @@ func TestResolveICMP(t *testing.T) {
 }
 
 func BenchmarkResolve(b *testing.B) {
-	requireRoot(b)
+	testenv.RequireRoot(b)
 	ns := testNetns(b)
 	var ln net.Listener
 	var c net.Conn
