@@ -5,7 +5,9 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/peercred"
 )
 
@@ -310,4 +312,48 @@ func (e *Engine) WatchDecisions(caller peercred.Cred) *Feed[Decision] {
 			e.mu.Unlock()
 		})
 	}}
+}
+
+// announceUpdate tells the watchers how many packets p holds now, unless it
+// was decided meanwhile.
+func (e *Engine) announceUpdate(p *pending) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p.updateDue = false
+	if e.byID[p.ID] == p {
+		e.broadcastPendingLocked(PendingEvent{Kind: PendingUpdated, Pending: p.Pending})
+	}
+}
+
+// Decision is one verdict the engine gave.
+type Decision struct {
+	Time      time.Time
+	Process   flow.Process
+	Tuple     flow.Tuple
+	Host      string // the destination's name, when known
+	Action    flow.Action
+	DecidedBy string
+	// RuleID is the ID of the rule that decided, if one did.
+	RuleID string
+}
+
+// PendingEventKind says whether a pending connection appeared or was decided.
+type PendingEventKind uint8
+
+const (
+	PendingAdded PendingEventKind = iota + 1
+	PendingResolved
+	PendingUpdated // more packets joined the entry
+)
+
+// updateInterval bounds how often a growing entry is re-announced, so that
+// a burst of 500 parallel connections makes a handful of events, not 500.
+const updateInterval = 100 * time.Millisecond
+
+// PendingEvent is what WatchPending streams.
+type PendingEvent struct {
+	Kind      PendingEventKind
+	Pending   Pending
+	Action    flow.Action // for PendingResolved
+	DecidedBy string      // for PendingResolved
 }
