@@ -16,18 +16,31 @@ import (
 	"github.com/bastion-fw/bastion/internal/procid/procfs"
 )
 
-// attribution holds the programs and maps that record flows.
-type attribution struct {
-	NfLocalOut     *ebpf.Program `ebpf:"nf_local_out"`
+// The objects each part loads, as cilium/ebpf's examples name theirs
+// (bpfObjects), for spec.LoadAndAssign, which loads only what a struct
+// names: not the generated procidObjects, as a kernel may lack a program
+// type that another part needs.
+
+// netfilterObjects record flows for MechNetfilterLink.
+type netfilterObjects struct {
+	NfLocalOut  *ebpf.Program `ebpf:"nf_local_out"`
+	Flows       *ebpf.Map     `ebpf:"flows"`
+	RecentFlows *ebpf.Map     `ebpf:"recent_flows"`
+}
+
+// sockopsObjects record flows for MechSockOps.
+type sockopsObjects struct {
 	SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
 	Connect4       *ebpf.Program `ebpf:"connect4"`
 	Connect6       *ebpf.Program `ebpf:"connect6"`
 	Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
 	Flows          *ebpf.Map     `ebpf:"flows"`
+	SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
 }
 
-type execTracking struct {
+// execObjects track exec, fork and exit, for either mechanism.
+type execObjects struct {
 	OnExec *ebpf.Program `ebpf:"on_exec"`
 	OnFork *ebpf.Program `ebpf:"on_fork"`
 	OnExit *ebpf.Program `ebpf:"on_exit"`
@@ -70,63 +83,38 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 
 	// Load only what mech needs: the netfilter program type does not
 	// exist before 6.4, and loading it would fail the sockops fallback.
-	var objs attribution
-	var recentMap *ebpf.Map // MechNetfilterLink only
-	var want any
+	var (
+		nf        netfilterObjects // MechNetfilterLink
+		so        sockopsObjects   // MechSockOps
+		flows     *ebpf.Map
+		recentMap *ebpf.Map // MechNetfilterLink only
+	)
 	switch mech {
 	case MechNetfilterLink:
-		want = &struct {
-			NfLocalOut  *ebpf.Program `ebpf:"nf_local_out"`
-			Flows       *ebpf.Map     `ebpf:"flows"`
-			RecentFlows *ebpf.Map     `ebpf:"recent_flows"`
-		}{}
+		if err := spec.LoadAndAssign(&nf, nil); err != nil {
+			return nil, fmt.Errorf("load eBPF programs: %w", err)
+		}
+		flows, recentMap = nf.Flows, nf.RecentFlows
+		r.closers = append(r.closers, nf.NfLocalOut, nf.RecentFlows)
 	case MechSockOps:
-		want = &struct {
-			SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
-			Connect4       *ebpf.Program `ebpf:"connect4"`
-			Connect6       *ebpf.Program `ebpf:"connect6"`
-			Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
-			Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
-			Flows          *ebpf.Map     `ebpf:"flows"`
-			SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
-		}{}
-	default:
-		return nil, fmt.Errorf("mechanism %q is not an eBPF mechanism", mech)
-	}
-	if err := spec.LoadAndAssign(want, nil); err != nil {
-		return nil, fmt.Errorf("load eBPF programs: %w", err)
-	}
-	switch w := want.(type) {
-	case *struct {
-		NfLocalOut  *ebpf.Program `ebpf:"nf_local_out"`
-		Flows       *ebpf.Map     `ebpf:"flows"`
-		RecentFlows *ebpf.Map     `ebpf:"recent_flows"`
-	}:
-		objs.NfLocalOut, objs.Flows, recentMap = w.NfLocalOut, w.Flows, w.RecentFlows
-		r.closers = append(r.closers, w.NfLocalOut, w.RecentFlows)
-	case *struct {
-		SockopsConnect *ebpf.Program `ebpf:"sockops_connect"`
-		Connect4       *ebpf.Program `ebpf:"connect4"`
-		Connect6       *ebpf.Program `ebpf:"connect6"`
-		Sendmsg4       *ebpf.Program `ebpf:"sendmsg4"`
-		Sendmsg6       *ebpf.Program `ebpf:"sendmsg6"`
-		Flows          *ebpf.Map     `ebpf:"flows"`
-		SockFlows      *ebpf.Map     `ebpf:"sock_flows"`
-	}:
-		objs = attribution{SockopsConnect: w.SockopsConnect, Connect4: w.Connect4, Connect6: w.Connect6,
-			Sendmsg4: w.Sendmsg4, Sendmsg6: w.Sendmsg6, Flows: w.Flows}
-		r.closers = append(r.closers, w.SockopsConnect, w.Connect4, w.Connect6, w.Sendmsg4, w.Sendmsg6, w.SockFlows)
+		if err := spec.LoadAndAssign(&so, nil); err != nil {
+			return nil, fmt.Errorf("load eBPF programs: %w", err)
+		}
+		flows = so.Flows
+		r.closers = append(r.closers, so.SockopsConnect, so.Connect4, so.Connect6, so.Sendmsg4, so.Sendmsg6, so.SockFlows)
 		// Without sock_diag, connected UDP flows to one destination
 		// are told apart by nothing: the later connect wins.
 		if d, derr := procfs.New(cfg.NetNS, r.proc); derr != nil {
 			log.Warn("sock_diag unavailable; UDP sockets connected to the same destination will be confused", "err", derr)
 		} else {
-			r.diag, r.sockFlows = d, w.SockFlows
+			r.diag, r.sockFlows = d, so.SockFlows
 			r.closers = append(r.closers, d)
 		}
+	default:
+		return nil, fmt.Errorf("mechanism %q is not an eBPF mechanism", mech)
 	}
-	r.flows = objs.Flows
-	r.closers = append(r.closers, objs.Flows)
+	r.flows = flows
+	r.closers = append(r.closers, flows)
 	// Lookups pass the Go structs' memory to the kernel as it is (see
 	// resolveIn): they must have the programs' layout exactly.
 	if ks, vs := r.flows.KeySize(), r.flows.ValueSize(); ks != uint32(unsafe.Sizeof(procidFlowKey{})) || vs != uint32(unsafe.Sizeof(procidFlowValue{})) {
@@ -142,7 +130,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 
 	switch mech {
 	case MechNetfilterLink:
-		if err := r.attachNetfilter(cfg.NetNS, objs.NfLocalOut); err != nil {
+		if err := r.attachNetfilter(cfg.NetNS, nf.NfLocalOut); err != nil {
 			return nil, err
 		}
 	case MechSockOps:
@@ -156,11 +144,11 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 			prog *ebpf.Program
 			typ  ebpf.AttachType
 		}{
-			{objs.SockopsConnect, ebpf.AttachCGroupSockOps},
-			{objs.Connect4, ebpf.AttachCGroupInet4Connect},
-			{objs.Connect6, ebpf.AttachCGroupInet6Connect},
-			{objs.Sendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
-			{objs.Sendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+			{so.SockopsConnect, ebpf.AttachCGroupSockOps},
+			{so.Connect4, ebpf.AttachCGroupInet4Connect},
+			{so.Connect6, ebpf.AttachCGroupInet6Connect},
+			{so.Sendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+			{so.Sendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 		} {
 			l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
 			if err != nil {
@@ -195,7 +183,7 @@ func (r *bpfResolver) attachNetfilter(ns *os.File, prog *ebpf.Program) error {
 }
 
 func (r *bpfResolver) loadExecTracking(spec *ebpf.CollectionSpec) error {
-	var ex execTracking
+	var ex execObjects
 	opts := &ebpf.CollectionOptions{}
 	if err := spec.LoadAndAssign(&ex, opts); err != nil {
 		return fmt.Errorf("load exec tracking: %w", err)
