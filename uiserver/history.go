@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/feed"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -21,19 +22,17 @@ func (s *Service) record(e store.HistoryEntry) {
 	}
 	pe := historyProto(e)
 	for sub := range s.histSubs {
-		select {
-		case sub.ch <- pe:
-		default:
+		if !sub.Push(pe) {
 			s.log.Warn("dropping a history client that fell behind")
 			delete(s.histSubs, sub)
-			close(sub.gone)
+			sub.Close()
 		}
 	}
 }
 
 // subscribeHistory returns the stored history and subscribes to new
 // entries, with nothing lost or repeated in between.
-func (s *Service) subscribeHistory(ctx context.Context) ([]store.HistoryEntry, *subscriber[*uiv1.HistoryEntry], error) {
+func (s *Service) subscribeHistory(ctx context.Context) ([]store.HistoryEntry, *feed.Subscriber[*uiv1.HistoryEntry], error) {
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
 	past, err := s.store.History(ctx, s.cfg.HistorySize)
@@ -45,12 +44,12 @@ func (s *Service) subscribeHistory(ctx context.Context) ([]store.HistoryEntry, *
 	return past, sub, nil
 }
 
-func (s *Service) unsubscribeHistory(sub *subscriber[*uiv1.HistoryEntry]) {
+func (s *Service) unsubscribeHistory(sub *feed.Subscriber[*uiv1.HistoryEntry]) {
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
 	if _, ok := s.histSubs[sub]; ok {
 		delete(s.histSubs, sub)
-		close(sub.gone)
+		sub.Close()
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/exefile"
+	"github.com/bastion-fw/bastion/internal/feed"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -88,9 +89,9 @@ func connOf(p flow.Process, t flow.Tuple, host string) rules.Conn {
 	return c
 }
 
-// subscribePrompts makes a prompt client: its channel starts with the open
+// subscribePrompts makes a prompt client: its queue starts with the open
 // prompts.
-func (s *Service) subscribePrompts() *subscriber[*uiv1.PromptEvent] {
+func (s *Service) subscribePrompts() *feed.Subscriber[*uiv1.PromptEvent] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sub := newSubscriber[*uiv1.PromptEvent](len(s.prompts))
@@ -100,7 +101,7 @@ func (s *Service) subscribePrompts() *subscriber[*uiv1.PromptEvent] {
 	}
 	sort.Slice(open, func(i, j int) bool { return open[i].firstSeen.Before(open[j].firstSeen) })
 	for _, p := range open {
-		sub.ch <- &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: s.promptProto(p)}
+		sub.Push(&uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: s.promptProto(p)}) // room was made for them
 	}
 	s.subs[sub] = struct{}{}
 	return sub
@@ -108,11 +109,11 @@ func (s *Service) subscribePrompts() *subscriber[*uiv1.PromptEvent] {
 
 // unsubscribePrompts removes a prompt client. When the last one leaves,
 // nobody can answer the open prompts: the silent action decides them.
-func (s *Service) unsubscribePrompts(sub *subscriber[*uiv1.PromptEvent]) {
+func (s *Service) unsubscribePrompts(sub *feed.Subscriber[*uiv1.PromptEvent]) {
 	s.mu.Lock()
 	if _, ok := s.subs[sub]; ok {
 		delete(s.subs, sub)
-		close(sub.gone)
+		sub.Close()
 	}
 	var orphans []*prompt
 	if len(s.subs) == 0 {
@@ -131,12 +132,10 @@ func (s *Service) unsubscribePrompts(sub *subscriber[*uiv1.PromptEvent]) {
 
 func (s *Service) broadcastLocked(ev *uiv1.PromptEvent) {
 	for sub := range s.subs {
-		select {
-		case sub.ch <- ev:
-		default:
+		if !sub.Push(ev) {
 			s.log.Warn("dropping a prompt client that fell behind")
 			delete(s.subs, sub)
-			close(sub.gone)
+			sub.Close()
 		}
 	}
 }

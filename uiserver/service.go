@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/feed"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -53,14 +54,11 @@ func (realClock) AfterFunc(d time.Duration, f func()) func() bool {
 	return time.AfterFunc(d, f).Stop
 }
 
-type subscriber[T any] struct {
-	ch chan T
-	// gone is closed when the service drops a subscriber that fell behind.
-	gone chan struct{}
-}
-
-func newSubscriber[T any](extra int) *subscriber[T] {
-	return &subscriber[T]{ch: make(chan T, subscriberBuffer+extra), gone: make(chan struct{})}
+// newSubscriber makes a client's queue: room for subscriberBuffer events
+// beyond the extra it starts with. The service closes it when the client
+// falls behind or leaves.
+func newSubscriber[T any](extra int) *feed.Subscriber[T] {
+	return feed.NewSubscriber[T](subscriberBuffer+extra, nil)
 }
 
 // options are what tests replace.
@@ -98,7 +96,7 @@ type Service struct {
 	prompts   map[string]*prompt
 	byKey     map[promptKey]*prompt
 	byEntry   map[string]*prompt
-	subs      map[*subscriber[*uiv1.PromptEvent]]struct{}
+	subs      map[*feed.Subscriber[*uiv1.PromptEvent]]struct{}
 	echoes    map[promptKey]time.Time
 	hits      map[string]store.Hit
 	// decisionMark is the time of the newest agent decision recorded:
@@ -109,7 +107,7 @@ type Service struct {
 	// histMu orders history: appending and subscribing are atomic with
 	// respect to each other, so a watcher sees every entry exactly once.
 	histMu   sync.Mutex
-	histSubs map[*subscriber[*uiv1.HistoryEntry]]struct{}
+	histSubs map[*feed.Subscriber[*uiv1.HistoryEntry]]struct{}
 }
 
 func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Store, uid uint32, o options) (*Service, error) {
@@ -126,11 +124,11 @@ func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Sto
 		prompts:    make(map[string]*prompt),
 		byKey:      make(map[promptKey]*prompt),
 		byEntry:    make(map[string]*prompt),
-		subs:       make(map[*subscriber[*uiv1.PromptEvent]]struct{}),
+		subs:       make(map[*feed.Subscriber[*uiv1.PromptEvent]]struct{}),
 		echoes:     make(map[promptKey]time.Time),
 		hits:       make(map[string]store.Hit),
 		laterKeys:  make(map[promptKey]string),
-		histSubs:   make(map[*subscriber[*uiv1.HistoryEntry]]struct{}),
+		histSubs:   make(map[*feed.Subscriber[*uiv1.HistoryEntry]]struct{}),
 	}
 	s.rulesMu.Lock()
 	err := s.reloadLocked(ctx)
