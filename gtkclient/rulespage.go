@@ -254,7 +254,7 @@ func (m *mainWindow) deleteSelected() {
 		}
 		m.showNotice(gtk.MESSAGE_INFO, "Deleted the rule for "+inert.String(ruleApp(r))+" → "+inert.String(ruleDestination(r))+".",
 			func() {
-				back := rules.ToProto(mustRule(r))
+				back := rules.ToProto(ruleFromListed(r))
 				back.Id, back.Created = "", nil
 				m.addRule(back)
 			})
@@ -262,8 +262,8 @@ func (m *mainWindow) deleteSelected() {
 	})
 }
 
-// mustRule converts a listed rule for re-adding; listed rules are valid.
-func mustRule(p *rulesv1.Rule) rules.Rule {
+// ruleFromListed converts a listed rule for re-adding; listed rules are valid.
+func ruleFromListed(p *rulesv1.Rule) rules.Rule {
 	r, _ := rules.FromProto(p)
 	return r
 }
