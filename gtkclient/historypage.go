@@ -12,15 +12,8 @@ import (
 )
 
 func (m *mainWindow) historyPage() gtk.IWidget {
-	page := mustBox(gtk.ORIENTATION_VERTICAL, 8)
-	page.SetMarginTop(10)
-	page.SetMarginBottom(10)
-	page.SetMarginStart(12)
-	page.SetMarginEnd(12)
-	bar := mustBox(gtk.ORIENTATION_HORIZONTAL, 6)
-	hint := mustLabel("Recent decisions, newest first: what was allowed or denied, and by which rule or answer.")
-	addClass(hint, "bastion-key")
-	bar.PackStart(hint, false, false, 0)
+	page, bar := newPage()
+	addHint(bar, "Recent decisions, newest first: what was allowed or denied, and by which rule or answer.")
 	mk := mustButton("_Make a rule from this…")
 	mk.Connect("clicked", m.ruleFromHistory)
 	bar.PackEnd(mk, false, false, 0)

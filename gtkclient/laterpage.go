@@ -13,15 +13,8 @@ import (
 )
 
 func (m *mainWindow) laterPage() gtk.IWidget {
-	page := mustBox(gtk.ORIENTATION_VERTICAL, 8)
-	page.SetMarginTop(10)
-	page.SetMarginBottom(10)
-	page.SetMarginStart(12)
-	page.SetMarginEnd(12)
-	bar := mustBox(gtk.ORIENTATION_HORIZONTAL, 6)
-	hint := mustLabel("Connections the default decided while nobody answered. Make a rule for them, or dismiss them.")
-	addClass(hint, "bastion-key")
-	bar.PackStart(hint, false, false, 0)
+	page, bar := newPage()
+	addHint(bar, "Connections the default decided while nobody answered. Make a rule for them, or dismiss them.")
 	allow := mustButton("_Allow…")
 	deny := mustButton("_Deny…")
 	dismiss := mustButton("D_ismiss")

@@ -161,6 +161,25 @@ func (m *mainWindow) fail(what string, err error) {
 	m.showNotice(gtk.MESSAGE_ERROR, what+": "+statusMessage(err), nil)
 }
 
+// newPage returns a list page's frame: the page, and the bar at its top
+// for its search, hint and buttons.
+func newPage() (page, bar *gtk.Box) {
+	page = mustBox(gtk.ORIENTATION_VERTICAL, 8)
+	page.SetMarginTop(10)
+	page.SetMarginBottom(10)
+	page.SetMarginStart(12)
+	page.SetMarginEnd(12)
+	bar = mustBox(gtk.ORIENTATION_HORIZONTAL, 6)
+	return page, bar
+}
+
+// addHint puts a page's explanation at the start of its bar.
+func addHint(bar *gtk.Box, text string) {
+	hint := mustLabel(text)
+	addClass(hint, "bastion-key")
+	bar.PackStart(hint, false, false, 0)
+}
+
 func newListView(store *gtk.ListStore) *gtk.TreeView {
 	v, err := gtk.TreeViewNewWithModel(store)
 	if err != nil {

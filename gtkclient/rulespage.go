@@ -44,12 +44,7 @@ var ruleFilters = []struct {
 }
 
 func (m *mainWindow) rulesPage() gtk.IWidget {
-	page := mustBox(gtk.ORIENTATION_VERTICAL, 8)
-	page.SetMarginTop(10)
-	page.SetMarginBottom(10)
-	page.SetMarginStart(12)
-	page.SetMarginEnd(12)
-	bar := mustBox(gtk.ORIENTATION_HORIZONTAL, 6)
+	page, bar := newPage()
 	m.search, _ = gtk.SearchEntryNew()
 	m.search.SetPlaceholderText("Search program, destination, note…")
 	m.search.SetWidthChars(34)
