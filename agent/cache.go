@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/peercred"
 )
 
 // Scope says which later connections of a program a decision covers.
@@ -187,4 +188,60 @@ func (c *decisionCache) expire(now time.Time) {
 			c.remove(e)
 		}
 	}
+}
+
+// CacheEntry is a cached decision as the API shows it.
+type CacheEntry struct {
+	ID      string
+	UID     uint32
+	Exe     string
+	Scope   Scope
+	Proto   flow.Proto
+	Dst     netip.Addr
+	Port    uint16
+	Action  flow.Action
+	Expires time.Time
+	Hits    uint64
+}
+
+// ListCache returns the cached decisions caller may see.
+func (e *Engine) ListCache(caller peercred.Cred) []CacheEntry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.now()
+	var out []CacheEntry
+	for _, ce := range e.cache.byID {
+		if !ce.live(now) || !visible(caller, ce.key.uid) {
+			continue
+		}
+		out = append(out, CacheEntry{
+			ID: ce.id, UID: ce.key.uid, Exe: ce.exeShown, Scope: ce.key.scope, Proto: ce.key.proto,
+			Dst: ce.key.dst, Port: ce.key.port, Action: ce.action, Expires: ce.expires, Hits: ce.hits,
+		})
+	}
+	return out
+}
+
+// ForgetCache removes the cache entry id, or every entry caller may see when
+// id is empty.
+func (e *Engine) ForgetCache(caller peercred.Cred, id string) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id != "" {
+		ce := e.cache.byID[id]
+		// SECURITY: another user's entry is "not found", as a missing one.
+		if ce == nil || !visible(caller, ce.key.uid) {
+			return 0, errNotFound
+		}
+		e.cache.remove(ce)
+		return 1, nil
+	}
+	n := 0
+	for _, ce := range e.cache.byID {
+		if visible(caller, ce.key.uid) {
+			e.cache.remove(ce)
+			n++
+		}
+	}
+	return n, nil
 }

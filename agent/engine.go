@@ -36,10 +36,6 @@ var (
 	errInvalid          = errors.New("invalid request")
 )
 
-// retransmitWindow is how long the verdict for an exact tuple answers its
-// retransmissions: longer than Linux's default SYN retry span (~127 s).
-const retransmitWindow = 3 * time.Minute
-
 // pendingKey groups held packets into one question: the same program (UID
 // and executable, by exeKey) going to the same destination. Parallel connections and
 // datagrams resent while the first is held land in the same entry. (The
@@ -70,18 +66,6 @@ const maxListedProcesses = 16
 type senderKey struct {
 	pid, tgid uint32
 	start     uint64
-}
-
-// recentSender names the sender of one connection: a retransmission of it
-// (same tuple, same sender) gets the verdict its first packet got. The
-// process and, where the mechanism knows it, the socket are part of it, so
-// that a new connection that happens to reuse the same 5-tuple soon after —
-// from another program, another user or the same process — is asked afresh.
-type recentSender struct {
-	uid    uint32
-	tgid   uint32
-	exe    string
-	socket uint64
 }
 
 // Pending is a connection that waits for a verdict.
@@ -139,64 +123,6 @@ func (p *pending) sender(proc flow.Process) *flow.Process {
 	return sp
 }
 
-// announceUpdate tells the watchers how many packets p holds now, unless it
-// was decided meanwhile.
-func (e *Engine) announceUpdate(p *pending) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	p.updateDue = false
-	if e.byID[p.ID] == p {
-		e.broadcastPendingLocked(PendingEvent{Kind: PendingUpdated, Pending: p.Pending})
-	}
-}
-
-// Decision is one verdict the engine gave.
-type Decision struct {
-	Time      time.Time
-	Process   flow.Process
-	Tuple     flow.Tuple
-	Host      string // the destination's name, when known
-	Action    flow.Action
-	DecidedBy string
-	// RuleID is the ID of the rule that decided, if one did.
-	RuleID string
-}
-
-// PendingEventKind says whether a pending connection appeared or was decided.
-type PendingEventKind uint8
-
-const (
-	PendingAdded PendingEventKind = iota + 1
-	PendingResolved
-	PendingUpdated // more packets joined the entry
-)
-
-// updateInterval bounds how often a growing entry is re-announced, so that
-// a burst of 500 parallel connections makes a handful of events, not 500.
-const updateInterval = 100 * time.Millisecond
-
-// PendingEvent is what WatchPending streams.
-type PendingEvent struct {
-	Kind      PendingEventKind
-	Pending   Pending
-	Action    flow.Action // for PendingResolved
-	DecidedBy string      // for PendingResolved
-}
-
-// CacheEntry is a cached decision as the API shows it.
-type CacheEntry struct {
-	ID      string
-	UID     uint32
-	Exe     string
-	Scope   Scope
-	Proto   flow.Proto
-	Dst     netip.Addr
-	Port    uint16
-	Action  flow.Action
-	Expires time.Time
-	Hits    uint64
-}
-
 // Counters are the engine's running totals.
 type Counters struct {
 	Packets, Allowed, Denied, Rejected                               atomic.Uint64
@@ -252,56 +178,6 @@ type Engine struct {
 	// lastUID's counters are lastCounters (nil: none yet).
 	lastUID      uint32
 	lastCounters *uidCounters
-}
-
-type recentVerdict struct {
-	sender recentSender
-	action flow.Action
-	until  time.Time
-}
-
-// recentLocked returns the verdict that answers a retransmission of t by
-// sender, if there is a live one.
-func (e *Engine) recentLocked(t flow.Tuple, sender recentSender, now time.Time) (flow.Action, bool) {
-	for _, rv := range e.recent[t] {
-		if rv.sender == sender && now.Before(rv.until) {
-			return rv.action, true
-		}
-	}
-	return flow.ActionNone, false
-}
-
-// rememberLocked records the verdict for t by sender until until.
-func (e *Engine) rememberLocked(t flow.Tuple, sender recentSender, a flow.Action, until time.Time) {
-	rvs := e.recent[t]
-	for i := range rvs {
-		if rvs[i].sender == sender {
-			rvs[i].action, rvs[i].until = a, until
-			return
-		}
-	}
-	e.recent[t] = append(rvs, recentVerdict{sender: sender, action: a, until: until})
-}
-
-// ForgetRecent drops the retransmission verdicts of t given to socket, and
-// those given where the socket was unknown, once socket is gone (socket 0:
-// the socket that sent t is unknown): a new socket that reuses t must be
-// asked afresh even when its sender looks the same (the same process, with
-// a mechanism that does not know sockets). Other sockets' verdicts stay;
-// they cannot answer a new socket.
-func (e *Engine) ForgetRecent(t flow.Tuple, socket uint64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	rvs := e.recent[t]
-	if len(rvs) == 0 {
-		return
-	}
-	rvs = slices.DeleteFunc(rvs, func(rv recentVerdict) bool { return rv.sender.socket == 0 || rv.sender.socket == socket })
-	if len(rvs) == 0 {
-		delete(e.recent, t)
-		return
-	}
-	e.recent[t] = rvs
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
@@ -640,48 +516,6 @@ func (e *Engine) record(d Decision) {
 	defer e.mu.Unlock()
 	e.countDecisionLocked(d)
 	e.publishDecisionLocked(d)
-}
-
-// ListCache returns the cached decisions caller may see.
-func (e *Engine) ListCache(caller peercred.Cred) []CacheEntry {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	now := e.now()
-	var out []CacheEntry
-	for _, ce := range e.cache.byID {
-		if !ce.live(now) || !visible(caller, ce.key.uid) {
-			continue
-		}
-		out = append(out, CacheEntry{
-			ID: ce.id, UID: ce.key.uid, Exe: ce.exeShown, Scope: ce.key.scope, Proto: ce.key.proto,
-			Dst: ce.key.dst, Port: ce.key.port, Action: ce.action, Expires: ce.expires, Hits: ce.hits,
-		})
-	}
-	return out
-}
-
-// ForgetCache removes the cache entry id, or every entry caller may see when
-// id is empty.
-func (e *Engine) ForgetCache(caller peercred.Cred, id string) (int, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if id != "" {
-		ce := e.cache.byID[id]
-		// SECURITY: another user's entry is "not found", as a missing one.
-		if ce == nil || !visible(caller, ce.key.uid) {
-			return 0, errNotFound
-		}
-		e.cache.remove(ce)
-		return 1, nil
-	}
-	n := 0
-	for _, ce := range e.cache.byID {
-		if visible(caller, ce.key.uid) {
-			e.cache.remove(ce)
-			n++
-		}
-	}
-	return n, nil
 }
 
 // Stats returns the number of pending connections and cache entries.

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/bastion-fw/bastion/internal/feed"
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/peercred"
 )
 
@@ -41,68 +44,30 @@ type queueBudget struct {
 	n    atomic.Int64
 }
 
-type subscriber[T any] struct {
-	cred  peercred.Cred
-	limit int
-	// budget is shared by the UID's watchers; nil for root.
-	budget *queueBudget
-
-	mu    sync.Mutex // guards queue; taken under the engine's lock
-	queue []T
-	// ready holds a token while queue is not empty.
-	ready chan struct{}
-	// gone is closed when the engine drops the subscriber.
-	gone chan struct{}
-}
-
-// push queues v; it reports false when the subscriber is over its bounds
-// and must be dropped.
-func (s *subscriber[T]) push(v T) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.queue) >= s.limit || (s.budget != nil && s.budget.n.Load() >= maxQueuedPerUID) {
-		return false
-	}
-	s.queue = append(s.queue, v)
-	if s.budget != nil {
-		s.budget.n.Add(1)
-	}
-	select {
-	case s.ready <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-// take removes up to max queued events (all with max < 0) and appends
-// them to buf, oldest first. Once the queue is empty it starts afresh, so
-// that the memory of a burst goes with it. Events left queued keep
-// ready's token.
-func (s *subscriber[T]) take(buf []T, max int) []T {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := len(s.queue)
-	if max >= 0 && n > max {
-		n = max
-	}
-	buf = append(buf, s.queue[:n]...)
-	clear(s.queue[:n])
-	if s.queue = s.queue[n:]; len(s.queue) == 0 {
-		s.queue = nil
-	} else {
-		select {
-		case s.ready <- struct{}{}:
-		default:
+// Charge implements feed.Budget: room for one more event while the UID's
+// watchers hold fewer than maxQueuedPerUID.
+func (b *queueBudget) Charge() bool {
+	for {
+		n := b.n.Load()
+		if n >= maxQueuedPerUID {
+			return false
+		}
+		if b.n.CompareAndSwap(n, n+1) {
+			return true
 		}
 	}
-	if s.budget != nil {
-		s.budget.n.Add(-int64(n))
-	}
-	return buf
 }
 
-// forget gives the budget back for whatever is still queued.
-func (s *subscriber[T]) forget() { s.take(nil, -1) }
+// Refund implements feed.Budget.
+func (b *queueBudget) Refund(n int) { b.n.Add(-int64(n)) }
+
+// subscriber is one watcher: its queue, and whose it is.
+type subscriber[T any] struct {
+	*feed.Subscriber[T]
+	cred peercred.Cred
+	// budget is shared by the UID's watchers; nil for root.
+	budget *queueBudget
+}
 
 // Feed is one watcher's stream of events.
 type Feed[T any] struct {
@@ -111,38 +76,26 @@ type Feed[T any] struct {
 }
 
 // Ready has a token while events are queued.
-func (f *Feed[T]) Ready() <-chan struct{} { return f.s.ready }
+func (f *Feed[T]) Ready() <-chan struct{} { return f.s.Ready() }
 
 // Gone is closed when the engine drops the watcher.
-func (f *Feed[T]) Gone() <-chan struct{} { return f.s.gone }
+func (f *Feed[T]) Gone() <-chan struct{} { return f.s.Gone() }
 
 // Take appends up to max queued events (all with max < 0) to buf, oldest
 // first, without waiting.
-func (f *Feed[T]) Take(buf []T, max int) []T { return f.s.take(buf, max) }
+func (f *Feed[T]) Take(buf []T, max int) []T { return f.s.Take(buf, max) }
 
 // Len returns the number of queued events.
-func (f *Feed[T]) Len() int {
-	f.s.mu.Lock()
-	defer f.s.mu.Unlock()
-	return len(f.s.queue)
-}
+func (f *Feed[T]) Len() int { return f.s.Len() }
 
 // Next waits for the next event; it returns errFellBehind once the engine
 // dropped the watcher.
 func (f *Feed[T]) Next(ctx context.Context) (T, error) {
-	var zero T
-	for {
-		if v := f.s.take(nil, 1); len(v) == 1 {
-			return v[0], nil
-		}
-		select {
-		case <-ctx.Done():
-			return zero, ctx.Err()
-		case <-f.s.gone:
-			return zero, errFellBehind
-		case <-f.s.ready:
-		}
+	v, err := f.s.Next(ctx)
+	if errors.Is(err, feed.ErrClosed) {
+		return v, errFellBehind
 	}
+	return v, err
 }
 
 // Cancel unsubscribes.
@@ -151,7 +104,8 @@ func (f *Feed[T]) Cancel() { f.cancel() }
 // newSubscriberLocked makes a subscriber for caller, charged to its UID's
 // budget unless caller is root.
 func newSubscriberLocked[T any](e *Engine, caller peercred.Cred, limit int) *subscriber[T] {
-	s := &subscriber[T]{cred: caller, limit: limit, ready: make(chan struct{}, 1), gone: make(chan struct{})}
+	s := &subscriber[T]{cred: caller}
+	var budget feed.Budget // an untyped nil for root, not a nil *queueBudget
 	if !caller.IsRoot() {
 		b := e.budgets[caller.UID]
 		if b == nil {
@@ -160,14 +114,16 @@ func newSubscriberLocked[T any](e *Engine, caller peercred.Cred, limit int) *sub
 		}
 		b.refs++
 		s.budget = b
+		budget = b
 	}
+	s.Subscriber = feed.NewSubscriber[T](limit, budget)
 	return s
 }
 
-// releaseSubscriberLocked closes gone and returns s's budget.
+// releaseSubscriberLocked closes s, which returns its queue's budget, and
+// releases the budget when s was its UID's last watcher.
 func releaseSubscriberLocked[T any](e *Engine, s *subscriber[T]) {
-	close(s.gone)
-	s.forget()
+	s.Close()
 	if s.budget != nil {
 		if s.budget.refs--; s.budget.refs == 0 {
 			delete(e.budgets, s.cred.UID)
@@ -204,7 +160,7 @@ func (e *Engine) WatchPending(caller peercred.Cred) *Feed[PendingEvent] {
 	e.watchers[s] = struct{}{}
 	e.watchedUID[caller.UID]++
 	for _, p := range e.byID {
-		if visible(caller, p.Process.UID) && !s.push(PendingEvent{Kind: PendingAdded, Pending: p.Pending}) {
+		if visible(caller, p.Process.UID) && !s.Push(PendingEvent{Kind: PendingAdded, Pending: p.Pending}) {
 			e.dropWatcherLocked(s) // its UID's budget is spent
 			break
 		}
@@ -236,7 +192,7 @@ func (e *Engine) broadcastPendingLocked(ev PendingEvent) {
 		if !visible(s.cred, ev.Pending.Process.UID) {
 			continue
 		}
-		if !s.push(ev) {
+		if !s.Push(ev) {
 			e.log.Warn("dropping a pending-connection watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
 			e.dropWatcherLocked(s)
 		}
@@ -269,7 +225,7 @@ func (e *Engine) publishDecisionLocked(d Decision) {
 		if !visible(s.cred, d.Process.UID) {
 			continue
 		}
-		if !s.push(d) {
+		if !s.Push(d) {
 			e.log.Warn("dropping a decision watcher that fell behind", "uid", s.cred.UID, "pid", s.cred.PID)
 			e.dropDecisionWatcherLocked(s)
 		}
@@ -296,7 +252,7 @@ func (e *Engine) WatchDecisions(caller peercred.Cred) *Feed[Decision] {
 	e.decSubs[s] = struct{}{}
 	for i := range e.history {
 		d := e.history[(start+i)%len(e.history)]
-		if visible(caller, d.Process.UID) && !s.push(d) {
+		if visible(caller, d.Process.UID) && !s.Push(d) {
 			e.dropDecisionWatcherLocked(s) // its UID's budget is spent
 			break
 		}
@@ -310,4 +266,48 @@ func (e *Engine) WatchDecisions(caller peercred.Cred) *Feed[Decision] {
 			e.mu.Unlock()
 		})
 	}}
+}
+
+// announceUpdate tells the watchers how many packets p holds now, unless it
+// was decided meanwhile.
+func (e *Engine) announceUpdate(p *pending) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p.updateDue = false
+	if e.byID[p.ID] == p {
+		e.broadcastPendingLocked(PendingEvent{Kind: PendingUpdated, Pending: p.Pending})
+	}
+}
+
+// Decision is one verdict the engine gave.
+type Decision struct {
+	Time      time.Time
+	Process   flow.Process
+	Tuple     flow.Tuple
+	Host      string // the destination's name, when known
+	Action    flow.Action
+	DecidedBy string
+	// RuleID is the ID of the rule that decided, if one did.
+	RuleID string
+}
+
+// PendingEventKind says whether a pending connection appeared or was decided.
+type PendingEventKind uint8
+
+const (
+	PendingAdded PendingEventKind = iota + 1
+	PendingResolved
+	PendingUpdated // more packets joined the entry
+)
+
+// updateInterval bounds how often a growing entry is re-announced, so that
+// a burst of 500 parallel connections makes a handful of events, not 500.
+const updateInterval = 100 * time.Millisecond
+
+// PendingEvent is what WatchPending streams.
+type PendingEvent struct {
+	Kind      PendingEventKind
+	Pending   Pending
+	Action    flow.Action // for PendingResolved
+	DecidedBy string      // for PendingResolved
 }

@@ -15,8 +15,8 @@ func TestUnreadWatcherIsDroppedAtItsBound(t *testing.T) {
 	e.pol.Rules[1].Mode = policy.ModeAllow // alice's connections decided at once
 	f := e.WatchDecisions(alice)
 	defer f.Cancel()
-	if f.s.queue != nil {
-		t.Fatalf("a new watcher holds a queue of capacity %d before any event", cap(f.s.queue))
+	if f.s.Cap() != 0 {
+		t.Fatalf("a new watcher holds a queue of capacity %d before any event", f.s.Cap())
 	}
 	limit := watcherBuffer + historySize
 	for i := range limit + 1 {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/feed"
 	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
@@ -279,15 +280,15 @@ func (a *apiServer) WatchPrompts(_ *uiv1.WatchPromptsRequest, stream grpc.Server
 	sub := a.svc.subscribePrompts()
 	defer a.svc.unsubscribePrompts(sub)
 	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-sub.gone:
+		ev, err := sub.Next(stream.Context())
+		switch {
+		case errors.Is(err, feed.ErrClosed):
 			return status.Error(codes.ResourceExhausted, "prompt client fell behind; reconnect")
-		case ev := <-sub.ch:
-			if err := stream.Send(ev); err != nil {
-				return err
-			}
+		case err != nil:
+			return nil // the client left
+		}
+		if err := stream.Send(ev); err != nil {
+			return err
 		}
 	}
 }
@@ -360,15 +361,15 @@ func (a *apiServer) WatchHistory(_ *uiv1.WatchHistoryRequest, stream grpc.Server
 		}
 	}
 	for {
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-sub.gone:
+		e, err := sub.Next(stream.Context())
+		switch {
+		case errors.Is(err, feed.ErrClosed):
 			return status.Error(codes.ResourceExhausted, "history client fell behind; reconnect")
-		case e := <-sub.ch:
-			if err := stream.Send(e); err != nil {
-				return err
-			}
+		case err != nil:
+			return nil // the client left
+		}
+		if err := stream.Send(e); err != nil {
+			return err
 		}
 	}
 }

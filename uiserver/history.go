@@ -1,0 +1,66 @@
+package uiserver
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/feed"
+	"github.com/bastion-fw/bastion/internal/rules"
+	"github.com/bastion-fw/bastion/internal/store"
+	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
+)
+
+// record appends e to the history and sends it to the watchers.
+func (s *Service) record(e store.HistoryEntry) {
+	s.histMu.Lock()
+	defer s.histMu.Unlock()
+	if err := s.store.AppendHistory(s.ctx, e); err != nil {
+		s.log.Warn("append history", "err", err)
+	}
+	pe := historyProto(e)
+	for sub := range s.histSubs {
+		if !sub.Push(pe) {
+			s.log.Warn("dropping a history client that fell behind")
+			delete(s.histSubs, sub)
+			sub.Close()
+		}
+	}
+}
+
+// subscribeHistory returns the stored history and subscribes to new
+// entries, with nothing lost or repeated in between.
+func (s *Service) subscribeHistory(ctx context.Context) ([]store.HistoryEntry, *feed.Subscriber[*uiv1.HistoryEntry], error) {
+	s.histMu.Lock()
+	defer s.histMu.Unlock()
+	past, err := s.store.History(ctx, s.cfg.HistorySize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read history: %w", err)
+	}
+	sub := newSubscriber[*uiv1.HistoryEntry](0)
+	s.histSubs[sub] = struct{}{}
+	return past, sub, nil
+}
+
+func (s *Service) unsubscribeHistory(sub *feed.Subscriber[*uiv1.HistoryEntry]) {
+	s.histMu.Lock()
+	defer s.histMu.Unlock()
+	if _, ok := s.histSubs[sub]; ok {
+		delete(s.histSubs, sub)
+		sub.Close()
+	}
+}
+
+func historyProto(e store.HistoryEntry) *uiv1.HistoryEntry {
+	return &uiv1.HistoryEntry{
+		Time:      timestamppb.New(e.Time),
+		Process:   apiconv.ProcessProto(e.Process),
+		Flow:      apiconv.FlowProto(e.Tuple),
+		Host:      e.Host,
+		Action:    rules.ActionProto(e.Action),
+		DecidedBy: e.DecidedBy,
+		RuleId:    e.RuleID,
+	}
+}

@@ -1,0 +1,388 @@
+package uiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/bastion-fw/bastion/internal/rules"
+	"github.com/bastion-fw/bastion/internal/store"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
+)
+
+// reloadLocked rebuilds the matcher from the store and the session rules
+// and asks the agent link to push them. The caller holds rulesMu.
+func (s *Service) reloadLocked(ctx context.Context) error {
+	stored, err := s.store.Rules(ctx)
+	if err != nil {
+		return fmt.Errorf("read rules: %w", err)
+	}
+	ids := make(map[string]bool, len(stored))
+	for _, r := range stored {
+		ids[r.ID] = true
+	}
+	all := stored
+	for _, r := range s.session {
+		all = append(all, r)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Created.Before(all[j].Created) })
+	m, err := rules.NewMatcher(all)
+	if err != nil {
+		return fmt.Errorf("compile rules: %w", err)
+	}
+	s.mu.Lock()
+	s.active, s.storedIDs, s.matcher = all, ids, m
+	s.mu.Unlock()
+	select {
+	case s.rulesDirty <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// rulesChanged reloads the rules and decides the open prompts they now
+// cover. The caller holds rulesMu; it is released here.
+func (s *Service) rulesChanged(ctx context.Context) error {
+	err := s.reloadLocked(ctx)
+	s.rulesMu.Unlock()
+	s.settlePrompts()
+	return err
+}
+
+// agentRules returns the rules the agent should enforce now.
+func (s *Service) agentRules() []*rulesv1.Rule {
+	now := s.ruleNow()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*rulesv1.Rule, 0, len(s.active))
+	for _, r := range s.active {
+		if !r.Enabled || (r.Lifetime == rules.Duration && !now.Before(r.Expires)) {
+			continue
+		}
+		out = append(out, rules.ToProto(r))
+	}
+	return out
+}
+
+// Rules returns the stored and session rules.
+func (s *Service) Rules(ctx context.Context) ([]rules.Rule, error) {
+	s.rulesMu.Lock()
+	defer s.rulesMu.Unlock()
+	stored, err := s.store.Rules(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
+	}
+	s.mu.Lock()
+	pending := make(map[string]store.Hit, len(s.hits))
+	for id, h := range s.hits {
+		pending[id] = h
+	}
+	s.mu.Unlock()
+	out := stored
+	for _, r := range s.session {
+		out = append(out, r)
+	}
+	// Hits not flushed yet count too.
+	for i := range out {
+		if h, ok := pending[out[i].ID]; ok {
+			out[i].Hits += h.Count
+			if h.Last.After(out[i].LastHit) {
+				out[i].LastHit = h.Last
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+// prepareNew readies a rule from a client for adding: the service owns id,
+// created and the hit counters.
+func (s *Service) prepareNew(r rules.Rule) (rules.Rule, error) {
+	r.ID, r.Hits, r.LastHit = "", 0, time.Time{}
+	r.Created = s.ruleNow()
+	if r.Lifetime == rules.Once {
+		return r, invalidf("a LIFETIME_ONCE rule only answers a prompt and cannot be added")
+	}
+	if err := r.Validate(); err != nil {
+		return r, fmt.Errorf("%w: %w", errInvalid, err)
+	}
+	return r, nil
+}
+
+// AddRule validates and adds a rule: session rules stay in memory, others
+// are stored.
+func (s *Service) AddRule(ctx context.Context, r rules.Rule) (rules.Rule, error) {
+	r, err := s.prepareNew(r)
+	if err != nil {
+		return rules.Rule{}, err
+	}
+	s.rulesMu.Lock()
+	if err := s.checkAgentBounds(r); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	r, err = s.addLocked(ctx, r)
+	if err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	return r, s.rulesChanged(ctx)
+}
+
+func (s *Service) addLocked(ctx context.Context, r rules.Rule) (rules.Rule, error) {
+	if r.Lifetime == rules.Session {
+		if r.ID == "" {
+			r.ID = newID("")
+		}
+		s.session[r.ID] = r
+		return r, nil
+	}
+	r, err := s.store.AddRule(ctx, r)
+	if err != nil {
+		return rules.Rule{}, fmt.Errorf("store rule: %w", err)
+	}
+	return r, nil
+}
+
+// findLocked returns the rule with id and whether it is a session rule.
+func (s *Service) findLocked(ctx context.Context, id string) (rules.Rule, bool, error) {
+	if r, ok := s.session[id]; ok {
+		return r, true, nil
+	}
+	stored, err := s.store.Rules(ctx)
+	if err != nil {
+		return rules.Rule{}, false, fmt.Errorf("read rules: %w", err)
+	}
+	for _, r := range stored {
+		if r.ID == id {
+			return r, false, nil
+		}
+	}
+	return rules.Rule{}, false, fmt.Errorf("%w: no rule with id %q", errNotFound, id)
+}
+
+// UpdateRule replaces the rule with r.ID, keeping its bookkeeping. A rule
+// may move between session and stored lifetimes.
+func (s *Service) UpdateRule(ctx context.Context, r rules.Rule) (rules.Rule, error) {
+	if r.ID == "" {
+		return rules.Rule{}, invalidf("rule id is required")
+	}
+	if r.Lifetime == rules.Once {
+		return rules.Rule{}, invalidf("a rule cannot become LIFETIME_ONCE")
+	}
+	if err := r.Validate(); err != nil {
+		return rules.Rule{}, fmt.Errorf("%w: %w", errInvalid, err)
+	}
+	s.rulesMu.Lock()
+	old, wasSession, err := s.findLocked(ctx, r.ID)
+	if err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	r.Created, r.Hits, r.LastHit = old.Created, old.Hits, old.LastHit
+	if err := s.checkAgentBounds(r); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	if err := s.replaceLocked(ctx, r, wasSession); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	return r, s.rulesChanged(ctx)
+}
+
+func (s *Service) replaceLocked(ctx context.Context, r rules.Rule, wasSession bool) error {
+	nowSession := r.Lifetime == rules.Session
+	switch {
+	case wasSession && nowSession:
+		s.session[r.ID] = r
+	case wasSession:
+		if _, err := s.store.AddRule(ctx, r); err != nil {
+			return fmt.Errorf("store rule: %w", err)
+		}
+		delete(s.session, r.ID)
+	case nowSession:
+		if err := s.store.DeleteRule(ctx, r.ID); err != nil {
+			return fmt.Errorf("delete stored rule: %w", err)
+		}
+		s.session[r.ID] = r
+	default:
+		if err := s.store.UpdateRule(ctx, r); err != nil {
+			return fmt.Errorf("update rule: %w", err)
+		}
+	}
+	return nil
+}
+
+// DeleteRule removes a rule.
+func (s *Service) DeleteRule(ctx context.Context, id string) error {
+	s.rulesMu.Lock()
+	if _, ok := s.session[id]; ok {
+		delete(s.session, id)
+	} else if err := s.store.DeleteRule(ctx, id); err != nil {
+		s.rulesMu.Unlock()
+		return fmt.Errorf("delete rule %q: %w", id, err)
+	}
+	return s.rulesChanged(ctx)
+}
+
+// SetRuleEnabled switches a rule on or off.
+func (s *Service) SetRuleEnabled(ctx context.Context, id string, enabled bool) (rules.Rule, error) {
+	s.rulesMu.Lock()
+	r, wasSession, err := s.findLocked(ctx, id)
+	if err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	r.Enabled = enabled
+	if err := s.replaceLocked(ctx, r, wasSession); err != nil {
+		s.rulesMu.Unlock()
+		return rules.Rule{}, err
+	}
+	return r, s.rulesChanged(ctx)
+}
+
+// Export writes every rule in format f.
+func (s *Service) Export(ctx context.Context, f rules.Format) ([]byte, error) {
+	rs, err := s.Rules(ctx)
+	if err != nil {
+		return nil, err
+	}
+	data, err := rules.Export(rs, f)
+	if err != nil {
+		return nil, fmt.Errorf("export rules: %w", err)
+	}
+	return data, nil
+}
+
+// ImportedFormat is rules.Format plus OpenSnitch, which imports only.
+type importFormat int
+
+const (
+	importJSON importFormat = iota + 1
+	importTOML
+	importOpenSnitch
+)
+
+// Import adds the rules in data under new IDs and reports what it could
+// not take.
+func (s *Service) Import(ctx context.Context, f importFormat, data []byte) ([]rules.Rule, []string, error) {
+	var (
+		rs       []rules.Rule
+		problems []string
+		err      error
+	)
+	switch f {
+	case importJSON:
+		rs, err = rules.Import(data, rules.FormatJSON)
+	case importTOML:
+		rs, err = rules.Import(data, rules.FormatTOML)
+	case importOpenSnitch:
+		rs, problems, err = rules.ImportOpenSnitch(data)
+	default:
+		return nil, nil, invalidf("unknown import format")
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errInvalid, err)
+	}
+	var ready []rules.Rule
+	for i, r := range rs {
+		r, err := s.prepareNew(r)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("rule %d: %v", i+1, errors.Unwrap(err)))
+			continue
+		}
+		ready = append(ready, r)
+	}
+	s.rulesMu.Lock()
+	if err := s.checkAgentBounds(ready...); err != nil {
+		s.rulesMu.Unlock()
+		return nil, problems, err
+	}
+	var added []rules.Rule
+	for _, r := range ready {
+		r, err := s.addLocked(ctx, r)
+		if err != nil {
+			s.rulesChanged(ctx) //nolint:errcheck // the store error is the one to report
+			return added, problems, err
+		}
+		added = append(added, r)
+	}
+	return added, problems, s.rulesChanged(ctx)
+}
+
+// sweepExpired removes Duration rules whose time is up.
+func (s *Service) sweepExpired(ctx context.Context) error {
+	now := s.ruleNow()
+	s.rulesMu.Lock()
+	stored, err := s.store.Rules(ctx)
+	if err != nil {
+		s.rulesMu.Unlock()
+		return fmt.Errorf("read rules: %w", err)
+	}
+	removed := 0
+	for _, r := range stored {
+		if r.Lifetime == rules.Duration && !now.Before(r.Expires) {
+			if err := s.store.DeleteRule(ctx, r.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+				s.rulesMu.Unlock()
+				return fmt.Errorf("delete expired rule %s: %w", r.ID, err)
+			}
+			removed++
+		}
+	}
+	for id, r := range s.session {
+		if r.Lifetime == rules.Duration && !now.Before(r.Expires) {
+			delete(s.session, id)
+			removed++
+		}
+	}
+	if removed == 0 {
+		s.rulesMu.Unlock()
+		return nil
+	}
+	s.log.Info("removed expired rules", "count", removed)
+	return s.rulesChanged(ctx)
+}
+
+// countHit notes that rule id decided a connection; flushHits stores it.
+func (s *Service) countHitLocked(id string, at time.Time) {
+	h := s.hits[id]
+	h.Count++
+	if at.After(h.Last) {
+		h.Last = at
+	}
+	s.hits[id] = h
+}
+
+// flushHits writes the counted hits: stored rules' to the store, session
+// rules' to memory.
+func (s *Service) flushHits(ctx context.Context) error {
+	s.rulesMu.Lock()
+	defer s.rulesMu.Unlock()
+	s.mu.Lock()
+	hits := s.hits
+	s.hits = make(map[string]store.Hit)
+	stored := s.storedIDs
+	s.mu.Unlock()
+	toStore := make(map[string]store.Hit)
+	for id, h := range hits {
+		if r, ok := s.session[id]; ok {
+			r.Hits += h.Count
+			if h.Last.After(r.LastHit) {
+				r.LastHit = h.Last
+			}
+			s.session[id] = r
+		} else if stored[id] {
+			toStore[id] = h
+		}
+	}
+	if len(toStore) == 0 {
+		return nil
+	}
+	if err := s.store.RecordHits(ctx, toStore); err != nil {
+		return fmt.Errorf("record hits: %w", err)
+	}
+	return nil
+}
