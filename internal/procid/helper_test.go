@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +42,16 @@ const (
 	// unlinkSelfEnv makes the helper delete its own executable first.
 	unlinkSelfEnv = "BASTION_PROCID_UNLINK_SELF"
 )
+
+// init keeps a helper process's main goroutine on the main thread, where it
+// starts: its sockets must come from the thread whose ID is the process ID,
+// as the tests expect PID == TGID. Locked in TestMain, it could already have
+// moved.
+func init() {
+	if os.Getenv(helperEnv) != "" {
+		runtime.LockOSThread()
+	}
+}
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
