@@ -42,7 +42,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -407,7 +406,7 @@ type e2eUser struct {
 func newE2EUser(t *testing.T, uid uint32) *e2eUser {
 	t.Helper()
 	u := &e2eUser{Account: testenv.NewAccount(t, uid, e2eUserConfig)}
-	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
+	conn, err := testenv.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}

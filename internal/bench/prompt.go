@@ -199,7 +199,7 @@ func startUIServer(ctx context.Context, bin, dir, agentSocket string, uid uint32
 		s.cmd.Wait()
 		close(s.exited)
 	}()
-	conn, err := ClientAs(filepath.Join(home, "run", "bastion", "ui.sock"), uid, uid)
+	conn, err := testenv.ClientAs(filepath.Join(home, "run", "bastion", "ui.sock"), uid, uid)
 	if err != nil {
 		return nil, errors.Join(err, s.stop())
 	}

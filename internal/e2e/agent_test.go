@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -301,7 +300,7 @@ func (a *Agent) Watch(t *testing.T) *Watcher {
 // client it connected with, for uid's own Decide.
 func (a *Agent) WatchAs(t *testing.T, uid uint32) (*Watcher, agentv1.AgentServiceClient) {
 	t.Helper()
-	conn, err := bench.ClientAs(a.Socket, uid, uid)
+	conn, err := testenv.ClientAs(a.Socket, uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}

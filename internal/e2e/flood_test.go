@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -313,7 +312,7 @@ func TestAttackFloodPastRejectRule(t *testing.T) {
 	a := startAgent(t, ns, "--log-level", "info")
 	ctx := testCtx(t, 5*time.Minute)
 
-	conn, err := bench.ClientAs(a.Socket, uidB, uidB)
+	conn, err := testenv.ClientAs(a.Socket, uidB, uidB)
 	if err != nil {
 		t.Fatal(err)
 	}

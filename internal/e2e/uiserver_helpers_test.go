@@ -20,7 +20,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -102,7 +101,7 @@ type account struct {
 func newAccount(t *testing.T, uid uint32, config string) *account {
 	t.Helper()
 	u := &account{Account: testenv.NewAccount(t, uid, config)}
-	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
+	conn, err := testenv.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}

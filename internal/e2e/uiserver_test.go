@@ -11,7 +11,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/ctl"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -158,7 +157,7 @@ func TestUIServerTwoUsers(t *testing.T) {
 			t.Errorf("B: bastionctl prompt on A's socket: exit %d, output %q; want a permission error and no prompt", code, out)
 		}
 		// B's own gRPC client of A's socket, connecting as B.
-		bOnA, err := bench.ClientAs(userA.UISocket(), uidB, uidB)
+		bOnA, err := testenv.ClientAs(userA.UISocket(), uidB, uidB)
 		if err != nil {
 			t.Fatal(err)
 		}
