@@ -708,20 +708,13 @@ func gtkDo(f func()) error {
 
 // gtkWait waits until cond, run on the GTK thread, holds.
 func gtkWait(timeout time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	var err error
+	if testenv.Poll(timeout, func() bool {
 		var ok bool
-		if err := gtkDo(func() { ok = cond() }); err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
+		err = gtkDo(func() { ok = cond() })
+		return ok || err != nil
+	}) {
+		return err
 	}
+	return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
 }

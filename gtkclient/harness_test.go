@@ -21,6 +21,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/procinfo"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // gtkUnavailable says why the GTK tests skip; set once by TestMain.
@@ -94,40 +95,17 @@ func onGTK(t testing.TB, f func()) {
 	}
 }
 
+// waitTimeout bounds every wait of the GTK tests.
+const waitTimeout = 15 * time.Second
+
 // waitGTK waits until cond, evaluated on the GTK thread, holds.
 func waitGTK(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	testenv.WaitFor(t, waitTimeout, what, func() bool {
 		var ok bool
 		onGTK(t, func() { ok = cond() })
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// waitFor waits until cond holds, re-checking when svc changes.
-func waitFor(t testing.TB, svc *demo.Service, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		ch := svc.Changed()
-		if cond() {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+		return ok
+	})
 }
 
 // fakeClock is a settable clock.

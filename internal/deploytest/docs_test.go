@@ -208,7 +208,7 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 			}
 		})
 		uiSock := filepath.Join(rt, "bastion", "ui.sock")
-		testenv.WaitFor(t, 30*time.Second, func() bool {
+		testenv.WaitFor(t, 30*time.Second, "the rules service connected to the agent", func() bool {
 			c := exec.Command("setpriv", "--reuid", fmt.Sprint(uid), "--regid", fmt.Sprint(gid), "--clear-groups", "--",
 				filepath.Join(bin, "bastionctl"), "--agent-socket", sock, "--ui-socket", uiSock, "--json", "status")
 			out, err := c.Output()

@@ -228,7 +228,7 @@ func (a *Agent) watchWith(t *testing.T, client agentv1.AgentServiceClient, uid u
 		cancel()
 		<-done
 	})
-	testenv.WaitFor(t, 10*time.Second, func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the watcher counted by the agent", func() bool {
 		return slices.Contains(a.Status(t).GetWatchedUids(), uid)
 	})
 	return w

@@ -377,7 +377,7 @@ func TestUIServerOnePromptForParallelConnections(t *testing.T) {
 	}
 	// Answer only once every connect() has been issued and the agent
 	// holds all of their first packets under the one entry.
-	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
+	testenv.WaitFor(t, 10*time.Second, "the burst issued", func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
 	var held uint32
 	if !testenv.Poll(20*time.Second, func() bool {
 		held = 0
@@ -444,7 +444,7 @@ func TestUIServerSilentActionAndDecideLater(t *testing.T) {
 	}
 	waitHistory(t, ctx, ns, a, u, port, "default", 1)
 	var entry *uiv1.DecideLaterEntry
-	testenv.WaitFor(t, 10*time.Second, func() bool {
+	testenv.WaitFor(t, 10*time.Second, "curl in the decide-later list", func() bool {
 		for _, e := range ctlJSON[uiv1.DecideLaterEntry](t, ctx, ns, a, u, "later", "list") {
 			if e.GetFlow().GetDstPort() == uint32(port) && e.GetProcess().GetExe() == realExe(t, "curl") {
 				entry = e

@@ -18,6 +18,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/rules"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 func main() {
@@ -96,12 +97,8 @@ func start(bin, display string, args ...string) *exec.Cmd {
 }
 
 func waitFor(cond func() bool) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("bastion-gtk did not connect to the demo service within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testenv.Poll(20*time.Second, cond) {
+		return errors.New("bastion-gtk did not connect to the demo service within 20s")
 	}
 	return nil
 }
