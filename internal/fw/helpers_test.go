@@ -1,14 +1,13 @@
 package fw
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // requireE2E skips unless root; with BASTION_E2E=1 not being root fails.
@@ -23,26 +22,12 @@ func requireE2E(t *testing.T) {
 	t.Skip("run as root or with BASTION_E2E=1")
 }
 
-// newNetNS creates a network namespace bastion-t-<random> with loopback up,
-// deleted when the test ends, and returns its name.
+// newNetNS creates a network namespace with loopback up
+// (testenv.NewNetNS), deleted when the test ends, and returns its name.
 func newNetNS(t *testing.T) string {
 	t.Helper()
 	requireE2E(t)
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := "bastion-t-" + hex.EncodeToString(r[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("set lo up: %v: %s", err, out)
-	}
-	return name
+	return testenv.NewNetNS(t).Name
 }
 
 // nsRun runs a command inside the namespace and fails the test on error.
