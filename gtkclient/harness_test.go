@@ -22,6 +22,7 @@ import (
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 )
 
 // gtkUnavailable says why the GTK tests skip; set once by TestMain.
@@ -129,7 +130,7 @@ func (c *fakeClock) Add(d time.Duration) {
 // env is one bastion-gtk against one demo service on a Unix socket.
 type env struct {
 	t     testing.TB
-	svc   *demo.Service
+	svc   *fakeui.Service
 	sock  string
 	stop  func()
 	a     *app
@@ -139,8 +140,8 @@ type env struct {
 type envOpt struct {
 	cfg      func(*Config)
 	notifier notifier
-	realTime bool                // use the wall clock instead of a fake one
-	setup    func(*demo.Service) // before the client starts
+	realTime bool                  // use the wall clock instead of a fake one
+	setup    func(*fakeui.Service) // before the client starts
 }
 
 var testNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
@@ -154,7 +155,7 @@ func newEnv(t testing.TB, o envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, svc: demo.New(), sock: filepath.Join(dir, "ui.sock"), clock: &fakeClock{t: testNow}}
+	e := &env{t: t, svc: fakeui.New(), sock: filepath.Join(dir, "ui.sock"), clock: &fakeClock{t: testNow}}
 	if o.setup != nil {
 		o.setup(e.svc)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -42,7 +43,7 @@ func rowCount(s *gtk.ListStore) int {
 	return n
 }
 
-func lastCall[T proto.Message](t *testing.T, svc *demo.Service, method string) T {
+func lastCall[T proto.Message](t *testing.T, svc *fakeui.Service, method string) T {
 	t.Helper()
 	calls := svc.CallsTo(method)
 	if len(calls) == 0 {

@@ -15,11 +15,12 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
-func answers(svc *demo.Service) []*uiv1.AnswerPromptRequest {
+func answers(svc *fakeui.Service) []*uiv1.AnswerPromptRequest {
 	var out []*uiv1.AnswerPromptRequest
 	for _, m := range svc.CallsTo("AnswerPrompt") {
 		out = append(out, m.(*uiv1.AnswerPromptRequest))

@@ -19,6 +19,7 @@ import (
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 )
 
 func main() {
@@ -47,7 +48,7 @@ func run(out, bin string) error {
 	}
 	// Fixed times keep the pictures stable from run to run where they can be.
 	now := rules.Now().Truncate(time.Minute)
-	svc := demo.New()
+	svc := fakeui.New()
 	svc.SetClock(func() time.Time { return now })
 	svc.AddRules(demo.SampleRules(now)...)
 	svc.AddHistory(demo.SampleHistory(now)...)
