@@ -127,7 +127,7 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// env is one bastion-gtk against one demo service on a Unix socket.
+// env is one bastion-gtk against one fake rules service on a Unix socket.
 type env struct {
 	t     testing.TB
 	svc   *fakeui.Service
