@@ -70,7 +70,7 @@ func TestCallLimitsPerUID(t *testing.T) {
 	cancel()
 	// A stream that ends frees its place.
 	cancels[0]()
-	testenv.WaitFor(t, 5*time.Second, func() bool { s, _ := l.inFlight(1001); return s < maxStreamsPerUID })
+	testenv.WaitFor(t, 5*time.Second, "a stream slot of uid 1001 freed", func() bool { s, _ := l.inFlight(1001); return s < maxStreamsPerUID })
 	ctx, cancel, err = admit(1001, watch)
 	if err != nil {
 		t.Fatalf("stream after one ended: %v", err)

@@ -14,8 +14,8 @@ package gtkclient
 // with glib.IdleAdd, reporting what it saw and did as JSON lines on its
 // standard output.
 //
-// The agent and rules-service helpers are a minimal copy of those in
-// internal/e2e, which live in _test.go files there and cannot be imported.
+// The agent and the rules service start through internal/testenv, as in
+// internal/e2e.
 
 import (
 	"bufio"
@@ -40,12 +40,9 @@ import (
 
 	"github.com/gotk3/gotk3/glib"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/testenv"
-	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -370,30 +367,14 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) error {
 // e2eAgentPolicy, and waits until its API answers; it returns the socket.
 func startE2EAgent(t *testing.T, ns *testenv.NS, bin string) string {
 	t.Helper()
-	dir := testenv.TempDir(t) // 0755: UID 1000's rules service reaches the socket
-	config := filepath.Join(dir, "agent.toml")
+	config := filepath.Join(testenv.TempDir(t), "agent.toml")
 	if err := os.WriteFile(config, []byte(e2eAgentPolicy), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "agent.sock")
 	// The queue number is only this agent's (internal/e2e uses 4301 on).
-	a := startProc(t, "bastion-agent", exec.Command(bin, "--netns", ns.Name, "--socket", sock, "--intercept-loopback",
-		"--queue-num", "4290", "--config", config, "--log-level", "debug"), syscall.SIGTERM)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := agentv1.NewAgentServiceClient(conn)
-	if !testenv.Poll(30*time.Second, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := client.GetStatus(ctx, &agentv1.GetStatusRequest{})
-		return err == nil || a.exited()
-	}) || a.exited() {
-		t.Fatalf("bastion-agent not answering within 30s (exited: %v): %s", a.exited(), a.stderr.String())
-	}
-	return sock
+	a := testenv.StartAgent(t, testenv.Options{Bin: bin, NetNS: ns.Name, InterceptLoopback: true, QueueNum: 4290,
+		Config: config, LogLevel: "debug"})
+	return a.Socket
 }
 
 // e2eUser is a desktop user: a UID with its own home and XDG directories
@@ -407,7 +388,7 @@ type e2eUser struct {
 func newE2EUser(t *testing.T, uid uint32) *e2eUser {
 	t.Helper()
 	u := &e2eUser{Account: testenv.NewAccount(t, uid, e2eUserConfig)}
-	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
+	conn, err := testenv.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,13 +401,7 @@ func newE2EUser(t *testing.T, uid uint32) *e2eUser {
 // connected to the agent.
 func startE2EUIServer(t *testing.T, bin, agentSock string, u *e2eUser) {
 	t.Helper()
-	s := startProc(t, "bastion-uiserver", u.AsUser(exec.Command(bin, "--agent-socket", agentSock, "--log-level", "debug")), syscall.SIGTERM)
-	if !testenv.Poll(30*time.Second, func() bool {
-		st, err := userStatus(u)
-		return s.exited() || (err == nil && st.GetAgentConnected())
-	}) || s.exited() {
-		t.Fatalf("bastion-uiserver of uid %d not connected to the agent within 30s (exited: %v): %s", u.UID, s.exited(), s.stderr.String())
-	}
+	testenv.StartUIServer(t, testenv.Options{Bin: bin, Socket: agentSock, User: u.Account, LogLevel: "debug"})
 }
 
 func userStatus(u *e2eUser) (*uiv1.GetStatusResponse, error) {
@@ -733,20 +708,13 @@ func gtkDo(f func()) error {
 
 // gtkWait waits until cond, run on the GTK thread, holds.
 func gtkWait(timeout time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	var err error
+	if testenv.Poll(timeout, func() bool {
 		var ok bool
-		if err := gtkDo(func() { ok = cond() }); err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
+		err = gtkDo(func() { ok = cond() })
+		return ok || err != nil
+	}) {
+		return err
 	}
+	return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 )
 
 // gtkUnavailable says why the GTK tests skip; set once by TestMain.
@@ -95,40 +96,17 @@ func onGTK(t testing.TB, f func()) {
 	}
 }
 
+// waitTimeout bounds every wait of the GTK tests.
+const waitTimeout = 15 * time.Second
+
 // waitGTK waits until cond, evaluated on the GTK thread, holds.
 func waitGTK(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	testenv.WaitFor(t, waitTimeout, what, func() bool {
 		var ok bool
 		onGTK(t, func() { ok = cond() })
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// waitFor waits until cond holds, re-checking when svc changes.
-func waitFor(t testing.TB, svc *demo.Service, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		ch := svc.Changed()
-		if cond() {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
+		return ok
+	})
 }
 
 // fakeClock is a settable clock.
@@ -149,10 +127,10 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// env is one bastion-gtk against one demo service on a Unix socket.
+// env is one bastion-gtk against one fake rules service on a Unix socket.
 type env struct {
 	t     testing.TB
-	svc   *demo.Service
+	svc   *fakeui.Service
 	sock  string
 	stop  func()
 	a     *app
@@ -162,8 +140,8 @@ type env struct {
 type envOpt struct {
 	cfg      func(*Config)
 	notifier notifier
-	realTime bool                // use the wall clock instead of a fake one
-	setup    func(*demo.Service) // before the client starts
+	realTime bool                  // use the wall clock instead of a fake one
+	setup    func(*fakeui.Service) // before the client starts
 }
 
 var testNow = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
@@ -177,7 +155,7 @@ func newEnv(t testing.TB, o envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, svc: demo.New(), sock: filepath.Join(dir, "ui.sock"), clock: &fakeClock{t: testNow}}
+	e := &env{t: t, svc: fakeui.New(), sock: filepath.Join(dir, "ui.sock"), clock: &fakeClock{t: testNow}}
 	if o.setup != nil {
 		o.setup(e.svc)
 	}

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -41,7 +43,7 @@ func rowCount(s *gtk.ListStore) int {
 	return n
 }
 
-func lastCall[T proto.Message](t *testing.T, svc *demo.Service, method string) T {
+func lastCall[T proto.Message](t *testing.T, svc *fakeui.Service, method string) T {
 	t.Helper()
 	calls := svc.CallsTo(method)
 	if len(calls) == 0 {
@@ -109,7 +111,7 @@ func TestRulesEditDeleteEnable(t *testing.T) {
 		target = e.a.main.shownRules[1]
 		e.a.main.setEnabled(1, false)
 	})
-	waitFor(t, e.svc, "SetRuleEnabled", func() bool { return len(e.svc.CallsTo("SetRuleEnabled")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "SetRuleEnabled", func() bool { return len(e.svc.CallsTo("SetRuleEnabled")) == 1 })
 	if got := lastCall[*uiv1.SetRuleEnabledRequest](t, e.svc, "SetRuleEnabled"); got.GetId() != target.GetId() || got.GetEnabled() {
 		t.Errorf("SetRuleEnabled(%q, %v), want (%q, false)", got.GetId(), got.GetEnabled(), target.GetId())
 	}
@@ -125,7 +127,7 @@ func TestRulesEditDeleteEnable(t *testing.T) {
 		d.protocol.SetActive(1)
 		d.dlg.Response(gtk.RESPONSE_OK)
 	})
-	waitFor(t, e.svc, "UpdateRule", func() bool { return len(e.svc.CallsTo("UpdateRule")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "UpdateRule", func() bool { return len(e.svc.CallsTo("UpdateRule")) == 1 })
 	want := proto.Clone(target).(*rulesv1.Rule)
 	want.Enabled = false
 	want.Action = rulesv1.Action_ACTION_DENY
@@ -156,7 +158,7 @@ func TestRulesEditDeleteEnable(t *testing.T) {
 		selectRow(e.a.main.rulesView, 1)
 		e.a.main.del.Clicked()
 	})
-	waitFor(t, e.svc, "DeleteRule", func() bool { return len(e.svc.CallsTo("DeleteRule")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "DeleteRule", func() bool { return len(e.svc.CallsTo("DeleteRule")) == 1 })
 	if got := lastCall[*uiv1.DeleteRuleRequest](t, e.svc, "DeleteRule").GetId(); got != target.GetId() {
 		t.Errorf("deleted %q, want %q", got, target.GetId())
 	}
@@ -164,7 +166,7 @@ func TestRulesEditDeleteEnable(t *testing.T) {
 		return len(e.a.main.shownRules) == 7 && e.a.main.undoButton.GetVisible()
 	})
 	onGTK(t, func() { e.a.main.undoButton.Clicked() })
-	waitFor(t, e.svc, "AddRule", func() bool { return len(e.svc.CallsTo("AddRule")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "AddRule", func() bool { return len(e.svc.CallsTo("AddRule")) == 1 })
 	back := lastCall[*uiv1.AddRuleRequest](t, e.svc, "AddRule").GetRule()
 	want.Id, want.Created = "", nil
 	if diff := cmp.Diff(want, back, protocmp.Transform()); diff != "" {
@@ -243,7 +245,7 @@ func TestHistoryMakeRule(t *testing.T) {
 		m.ruleFromHistory()
 		m.lastDialog.dlg.Response(gtk.RESPONSE_OK)
 	})
-	waitFor(t, e.svc, "AddRule", func() bool { return len(e.svc.CallsTo("AddRule")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "AddRule", func() bool { return len(e.svc.CallsTo("AddRule")) == 1 })
 	want := &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_DENY, Exe: "/usr/bin/ssh", Dst: "2001:db8:4006:812::200e",
 		DstPortMin: 2222, DstPortMax: 2222, Protocol: rulesv1.Protocol_PROTOCOL_TCP, Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}
 	if diff := cmp.Diff(want, lastCall[*uiv1.AddRuleRequest](t, e.svc, "AddRule").GetRule(), protocmp.Transform()); diff != "" {
@@ -269,7 +271,7 @@ func TestDecideLater(t *testing.T) {
 		d.minutes.SetValue(90)
 		d.dlg.Response(gtk.RESPONSE_OK)
 	})
-	waitFor(t, e.svc, "ResolveDecideLater", func() bool { return len(e.svc.CallsTo("ResolveDecideLater")) == 1 })
+	testenv.WaitFor(t, waitTimeout, "ResolveDecideLater", func() bool { return len(e.svc.CallsTo("ResolveDecideLater")) == 1 })
 	got := lastCall[*uiv1.ResolveDecideLaterRequest](t, e.svc, "ResolveDecideLater")
 	want := &uiv1.ResolveDecideLaterRequest{Id: es[0].GetId(), Rule: &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_ALLOW,
 		Exe: "/usr/bin/syncthing", Dst: "192.168.1.255", DstPortMin: 21027, DstPortMax: 21027, Protocol: rulesv1.Protocol_PROTOCOL_UDP,
@@ -282,7 +284,7 @@ func TestDecideLater(t *testing.T) {
 		selectRow(e.a.main.laterView, 0)
 		e.a.main.resolveSelected(rulesv1.Action_ACTION_UNSPECIFIED) // Dismiss
 	})
-	waitFor(t, e.svc, "the dismissal", func() bool { return len(e.svc.CallsTo("ResolveDecideLater")) == 2 })
+	testenv.WaitFor(t, waitTimeout, "the dismissal", func() bool { return len(e.svc.CallsTo("ResolveDecideLater")) == 2 })
 	if got := lastCall[*uiv1.ResolveDecideLaterRequest](t, e.svc, "ResolveDecideLater"); got.GetId() != es[1].GetId() || got.GetRule() != nil {
 		t.Errorf("dismiss sent %v", got)
 	}
@@ -325,5 +327,5 @@ func TestStatusBanner(t *testing.T) {
 	waitGTK(t, "reconnected, no banner", func() bool { return e.a.up && !e.a.main.banner.GetVisible() })
 	e.promptShown(id)
 	onGTK(t, func() { e.a.prompt.allow.Clicked() })
-	waitFor(t, e.svc, "the answer after reconnecting", func() bool { return len(answers(e.svc)) == 1 })
+	testenv.WaitFor(t, waitTimeout, "the answer after reconnecting", func() bool { return len(answers(e.svc)) == 1 })
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -119,7 +120,7 @@ func TestNotifyDeniedWhileNoPromptClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The entries exist before the client starts, as after a login.
-	e = newEnv(t, envOpt{notifier: n, setup: func(s *demo.Service) { s.AddDecideLater(demo.SampleDecideLater(testNow)...) }})
+	e = newEnv(t, envOpt{notifier: n, setup: func(s *fakeui.Service) { s.AddDecideLater(demo.SampleDecideLater(testNow)...) }})
 	got := nextNotification(t, fake)
 	if got.summary != "Bastion blocked 2 connections" || got.app != "Bastion" {
 		t.Errorf("notification %q from %q", got.summary, got.app)

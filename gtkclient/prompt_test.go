@@ -14,11 +14,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
-func answers(svc *demo.Service) []*uiv1.AnswerPromptRequest {
+func answers(svc *fakeui.Service) []*uiv1.AnswerPromptRequest {
 	var out []*uiv1.AnswerPromptRequest
 	for _, m := range svc.CallsTo("AnswerPrompt") {
 		out = append(out, m.(*uiv1.AnswerPromptRequest))
@@ -83,7 +85,7 @@ func TestPromptAnswerMakesRule(t *testing.T) {
 				preview = labelText(p.preview)
 				tc.button(p).Clicked()
 			})
-			waitFor(t, e.svc, "the answer", func() bool { return len(answers(e.svc)) == 1 })
+			testenv.WaitFor(t, waitTimeout, "the answer", func() bool { return len(answers(e.svc)) == 1 })
 			got := answers(e.svc)[0]
 			if got.GetPromptId() != id {
 				t.Errorf("answered prompt %q, want %q", got.GetPromptId(), id)
@@ -182,7 +184,7 @@ func TestPromptQueue(t *testing.T) {
 		}
 		e.a.prompt.allow.Clicked() // once: answers both prompts of the group
 	})
-	waitFor(t, e.svc, "both answers", func() bool { return len(answers(e.svc)) == 2 })
+	testenv.WaitFor(t, waitTimeout, "both answers", func() bool { return len(answers(e.svc)) == 2 })
 	if a := answers(e.svc); a[0].GetPromptId() != first || a[1].GetPromptId() != second {
 		t.Errorf("answered %s and %s, want %s and %s", a[0].GetPromptId(), a[1].GetPromptId(), first, second)
 	}
@@ -273,7 +275,7 @@ func TestPromptArming(t *testing.T) {
 		t.Fatalf("%d answers sent by clicks before arming", n)
 	}
 	onGTK(t, func() { e.a.prompt.deny.Clicked() })
-	waitFor(t, e.svc, "the answer", func() bool { return len(answers(e.svc)) == 1 })
+	testenv.WaitFor(t, waitTimeout, "the answer", func() bool { return len(answers(e.svc)) == 1 })
 	if got := answers(e.svc)[0].GetRule().GetAction(); got != rulesv1.Action_ACTION_DENY {
 		t.Errorf("action %s, want deny", got)
 	}
@@ -322,7 +324,7 @@ func TestPromptKeyboard(t *testing.T) {
 				}
 				return
 			}
-			waitFor(t, e.svc, "the answer", func() bool { return len(answers(e.svc)) == 1 })
+			testenv.WaitFor(t, waitTimeout, "the answer", func() bool { return len(answers(e.svc)) == 1 })
 			if got := answers(e.svc)[0].GetRule().GetAction(); got != tc.want {
 				t.Errorf("action %s, want %s", got, tc.want)
 			}

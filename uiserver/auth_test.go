@@ -2,16 +2,13 @@ package uiserver
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -50,45 +47,6 @@ func TestAuthorize(t *testing.T) {
 	}
 }
 
-// dialAs connects to a Unix socket from a thread whose effective UID is uid,
-// so that the kernel records uid as the peer (SO_PEERCRED records the
-// connecting thread's credentials). The thread is never unlocked: it exits
-// with its goroutine, taking the changed credentials with it.
-func dialAs(path string, uid int) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Not unix.Setresuid, which changes every thread of the process.
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
-			done <- result{err: e}
-			return
-		}
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-			unix.Close(fd)
-			done <- result{err: err}
-			return
-		}
-		f := os.NewFile(uintptr(fd), "ui.sock")
-		c, err := net.FileConn(f)
-		f.Close()
-		done <- result{c, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		return nil, fmt.Errorf("connect as uid %d: %w", uid, r.err)
-	}
-	return r.c, nil
-}
-
 // Another user's process reaching the socket (here: a socket made
 // reachable on purpose) is refused on every method, streams included.
 func TestOtherUserIsRefused(t *testing.T) {
@@ -104,7 +62,9 @@ func TestOtherUserIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn, err := grpc.NewClient("passthrough:///ui", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return dialAs(h.cfg.Socket, 1000) }))
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return testenv.DialUnixAs(ctx, h.cfg.Socket, 1000, 1000)
+		}))
 	if err != nil {
 		t.Fatal(err)
 	}

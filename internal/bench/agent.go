@@ -6,18 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/bastion-fw/bastion/internal/testenv"
-	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
 // AgentPackage is the import path of the agent program.
@@ -27,7 +20,7 @@ const AgentPackage = "github.com/bastion-fw/bastion/cmd/bastion-agent"
 // namespace. BinaryAgent is the real one; the hook exists so that the
 // measurement code does not care how the agent is started.
 type AgentRunner interface {
-	Start(ctx context.Context, ns *testenv.NS) (*Agent, error)
+	Start(ctx context.Context, ns *testenv.NS) (*testenv.Agent, error)
 }
 
 // BinaryAgent runs an agent binary as a child process.
@@ -38,103 +31,20 @@ type BinaryAgent struct {
 	Args     []string // extra flags
 }
 
-// Agent is a running agent and a root client of its API.
-type Agent struct {
-	Cmd     *exec.Cmd
-	Client  agentv1.AgentServiceClient
-	Socket  string
-	LogPath string
-	conn    *grpc.ClientConn
-	exited  chan struct{}
-}
-
 // Start starts the agent on ns with loopback interception, fail-closed, and
-// waits until its API answers.
-func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*Agent, error) {
-	dir, err := os.MkdirTemp(b.Dir, "agent-")
-	if err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	// Users' programs (a rules service) reach the socket, as in /run/bastion.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	a := &Agent{Socket: filepath.Join(dir, "agent.sock"), LogPath: filepath.Join(dir, "agent.log"), exited: make(chan struct{})}
-	logf, err := os.Create(a.LogPath)
-	if err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	defer logf.Close()
-	args := append([]string{
-		"--netns", ns.Name,
-		"--socket", a.Socket,
-		"--intercept-loopback",
-		"--queue-num", strconv.Itoa(b.QueueNum),
-		"--fail-open=false",
-		"--mechanism", "auto",
-		"--prompt-timeout", "30s",
-		"--log-level", "info",
-	}, b.Args...)
-	a.Cmd = exec.Command(b.Bin, args...)
-	a.Cmd.Stdout, a.Cmd.Stderr = logf, logf
-	if err := a.Cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	go func() {
-		a.Cmd.Wait()
-		close(a.exited)
-	}()
-	a.conn, err = grpc.NewClient("unix://"+a.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("agent client: %w", err), a.Stop())
-	}
-	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	ready := testenv.Poll(60*time.Second, func() bool {
-		select {
-		case <-a.exited:
-			return true
-		default:
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := a.Client.GetStatus(cctx, &agentv1.GetStatusRequest{})
-		return err == nil
+// waits until its API answers. The benchmark is a program, not a test, so
+// it uses testenv's context-based LaunchAgent; the caller stops the agent.
+func (b BinaryAgent) Start(ctx context.Context, ns *testenv.NS) (*testenv.Agent, error) {
+	return testenv.LaunchAgent(ctx, testenv.Options{
+		Bin:               b.Bin,
+		Dir:               b.Dir,
+		NetNS:             ns.Name,
+		InterceptLoopback: true,
+		QueueNum:          b.QueueNum,
+		LogLevel:          "info",
+		Args:              append([]string{"--fail-open=false", "--mechanism", "auto", "--prompt-timeout", "30s"}, b.Args...),
+		StopTimeout:       10 * time.Second,
 	})
-	select {
-	case <-a.exited:
-		return nil, fmt.Errorf("agent exited at start-up: %s", a.LogTail(10))
-	default:
-	}
-	if !ready {
-		return nil, errors.Join(fmt.Errorf("agent API not answering within 60s: %s", a.LogTail(10)), a.Stop())
-	}
-	return a, nil
-}
-
-// LogTail returns the last n lines of the agent's log, for error messages.
-func (a *Agent) LogTail(n int) string { return fileTail(a.LogPath, n) }
-
-// fileTail returns the last n lines of the file at path, joined by " | ".
-func fileTail(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
-}
-
-// Stop ends the agent by PID (SIGTERM, then SIGKILL after 10s).
-func (a *Agent) Stop() error {
-	if a.conn != nil {
-		a.conn.Close()
-	}
-	a.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-		return nil
-	case <-time.After(10 * time.Second):
-		a.Cmd.Process.Kill()
-		<-a.exited
-		return errors.New("stop agent: no exit within 10s of SIGTERM, killed")
-	}
 }
 
 // Usage is a process's memory and CPU use.

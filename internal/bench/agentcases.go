@@ -16,7 +16,7 @@ import (
 
 // decider answers every pending connection of an agent with ALLOW in the
 // given scope, and forwards what it decided to seen (if not nil).
-func decider(ctx context.Context, a *Agent, scope agentv1.Scope, seen chan<- *agentv1.PendingConnection) (stop func(), err error) {
+func decider(ctx context.Context, a *testenv.Agent, scope agentv1.Scope, seen chan<- *agentv1.PendingConnection) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := a.Client.WatchPending(ctx, &agentv1.WatchPendingRequest{})
 	if err != nil {
@@ -73,7 +73,7 @@ func AgentAPI(ctx context.Context, s *Session, workers int, d time.Duration) (Re
 // case never answer another's connections.
 type Session struct {
 	NS    *testenv.NS
-	Agent *Agent
+	Agent *testenv.Agent
 }
 
 // StartSession creates a namespace and starts the agent on it.

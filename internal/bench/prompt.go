@@ -8,10 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -60,15 +58,20 @@ func MeasurePromptLatency(ctx context.Context, s *Session, uiserverBin, dialerBi
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	svc, err := startUIServer(ctx, uiserverBin, dir, s.Agent.Socket, promptUID)
+	u, err := testenv.MakeAccount(dir, promptUID, "")
 	if err != nil {
 		return res, err
 	}
-	defer svc.stop()
+	svc, err := testenv.LaunchUIServer(ctx, testenv.Options{Bin: uiserverBin, Socket: s.Agent.Socket, User: u, LogLevel: "info",
+		StopTimeout: 10 * time.Second})
+	if err != nil {
+		return res, err
+	}
+	defer svc.Stop()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := svc.ui.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{})
+	stream, err := svc.Client.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{})
 	if err != nil {
 		return res, fmt.Errorf("watch prompts: %w", err)
 	}
@@ -90,7 +93,7 @@ func MeasurePromptLatency(ctx context.Context, s *Session, uiserverBin, dialerBi
 		}
 	}()
 	if !testenv.Poll(10*time.Second, func() bool {
-		st, err := svc.ui.GetStatus(ctx, &uiv1.GetStatusRequest{})
+		st, err := svc.Client.GetStatus(ctx, &uiv1.GetStatusRequest{})
 		return err == nil && st.GetPromptClients() == 1
 	}) {
 		return res, errors.New("prompt client not registered within 10s")
@@ -127,7 +130,7 @@ func MeasurePromptLatency(ctx context.Context, s *Session, uiserverBin, dialerBi
 					break wait
 				}
 			case <-timeout:
-				return res, fmt.Errorf("no prompt for connection %d (source port %d) within 10s: uiserver: %s\nagent: %s", i, port, svc.logTail(12), s.Agent.LogTail(12))
+				return res, fmt.Errorf("no prompt for connection %d (source port %d) within 10s: uiserver: %s\nagent: %s", i, port, svc.LogTail(12), s.Agent.LogTail(12))
 			}
 		}
 		if i >= promptWarmup {
@@ -136,7 +139,7 @@ func MeasurePromptLatency(ctx context.Context, s *Session, uiserverBin, dialerBi
 		}
 		p := got.p
 		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = svc.ui.AnswerPrompt(actx, &uiv1.AnswerPromptRequest{PromptId: p.GetId(), Rule: &rulesv1.Rule{
+		_, err = svc.Client.AnswerPrompt(actx, &uiv1.AnswerPromptRequest{PromptId: p.GetId(), Rule: &rulesv1.Rule{
 			Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: p.GetProcess().GetExe(),
 			Dst: p.GetFlow().GetDstIp(), DstPortMin: p.GetFlow().GetDstPort(), DstPortMax: p.GetFlow().GetDstPort(),
 			Protocol: rulesv1.Protocol_PROTOCOL_TCP, Lifetime: rulesv1.Lifetime_LIFETIME_ONCE,
@@ -153,96 +156,6 @@ func MeasurePromptLatency(ctx context.Context, s *Session, uiserverBin, dialerBi
 	res.P50US, res.P99US, res.MaxUS = percentileUS(total, 0.50), percentileUS(total, 0.99), percentileUS(total, 1)
 	res.ToServiceP50US, res.ToServiceP99US = percentileUS(toService, 0.50), percentileUS(toService, 0.99)
 	return res, nil
-}
-
-// uiService is a bastion-uiserver run as a user for the benchmark.
-type uiService struct {
-	cmd     *exec.Cmd
-	logPath string
-	exited  chan struct{}
-	ui      uiv1.UIServiceClient
-	close   func() error
-}
-
-// startUIServer runs bastion-uiserver (bin) as uid with home, runtime,
-// data and config directories under dir (0700, owned by uid; no config
-// file, so the defaults apply) and waits until it is connected to the agent
-// at agentSocket.
-func startUIServer(ctx context.Context, bin, dir, agentSocket string, uid uint32) (*uiService, error) {
-	home := filepath.Join(dir, "home")
-	for _, d := range []string{home, home + "/run", home + "/data", home + "/config"} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			return nil, fmt.Errorf("start uiserver: %w", err)
-		}
-		if err := os.Chown(d, int(uid), int(uid)); err != nil {
-			return nil, fmt.Errorf("start uiserver: %w", err)
-		}
-	}
-	s := &uiService{logPath: filepath.Join(dir, "uiserver.log"), exited: make(chan struct{})}
-	logf, err := os.Create(s.logPath)
-	if err != nil {
-		return nil, fmt.Errorf("start uiserver: %w", err)
-	}
-	defer logf.Close()
-	s.cmd = exec.Command(bin, "--agent-socket", agentSocket, "--log-level", "info")
-	s.cmd.Env = []string{
-		"PATH=/usr/bin:/bin", "HOME=" + home, "XDG_RUNTIME_DIR=" + home + "/run",
-		"XDG_DATA_HOME=" + home + "/data", "XDG_CONFIG_HOME=" + home + "/config",
-	}
-	s.cmd.Dir = home
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start uiserver: %w", err)
-	}
-	go func() {
-		s.cmd.Wait()
-		close(s.exited)
-	}()
-	conn, err := ClientAs(filepath.Join(home, "run", "bastion", "ui.sock"), uid, uid)
-	if err != nil {
-		return nil, errors.Join(err, s.stop())
-	}
-	s.close = conn.Close
-	s.ui = uiv1.NewUIServiceClient(conn)
-	ready := testenv.Poll(30*time.Second, func() bool {
-		select {
-		case <-s.exited:
-			return true
-		default:
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		st, err := s.ui.GetStatus(cctx, &uiv1.GetStatusRequest{})
-		return err == nil && st.GetAgentConnected()
-	})
-	select {
-	case <-s.exited:
-		return nil, fmt.Errorf("uiserver exited at start-up: %s", s.logTail(10))
-	default:
-	}
-	if !ready {
-		return nil, errors.Join(fmt.Errorf("uiserver not connected to the agent within 30s: %s", s.logTail(10)), s.stop())
-	}
-	return s, nil
-}
-
-func (s *uiService) logTail(n int) string { return fileTail(s.logPath, n) }
-
-// stop ends the service by PID (SIGTERM, SIGKILL after 10s).
-func (s *uiService) stop() error {
-	if s.close != nil {
-		s.close()
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-		return nil
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-		return errors.New("stop uiserver: no exit within 10s of SIGTERM, killed")
-	}
 }
 
 // promptDialer drives a promptdialer process.

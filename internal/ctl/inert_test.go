@@ -77,12 +77,12 @@ func TestAgentCommandsShowHostileStringsInert(t *testing.T) {
 
 func TestUICommandsShowHostileStringsInert(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.history = []*uiv1.HistoryEntry{{Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
-		Host: "h\u202e.test", Action: rulesv1.Action_ACTION_DENY, DecidedBy: "rule:\x1b[1m", RuleId: "\x1b[1m"}}
-	h.ui.later = []*uiv1.DecideLaterEntry{{Id: "l1", Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
-		Applied: rulesv1.Action_ACTION_DENY}}
-	h.ui.setRules([]*rulesv1.Rule{{Id: "r1", Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: hostExe,
-		Cmdline: strings.Join(hostArgs, " "), Note: "note" + osc52, Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}})
+	h.ui.AddHistory(&uiv1.HistoryEntry{Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
+		Host: "h\u202e.test", Action: rulesv1.Action_ACTION_DENY, DecidedBy: "rule:\x1b[1m", RuleId: "\x1b[1m"})
+	h.ui.AddDecideLater(&uiv1.DecideLaterEntry{Id: "l1", Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
+		Applied: rulesv1.Action_ACTION_DENY})
+	h.ui.SetRules(&rulesv1.Rule{Id: "r1", Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: hostExe,
+		Cmdline: strings.Join(hostArgs, " "), Note: "note" + osc52, Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER})
 	for _, tc := range []struct {
 		args    []string
 		maxLine int
@@ -105,7 +105,7 @@ func TestUICommandsShowHostileStringsInert(t *testing.T) {
 // starts over; nothing raw reaches the terminal.
 func TestPromptShowsHostileStringsInert(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.promptEvents <- added(&uiv1.Prompt{Id: "p1", Process: hostileProcess(), Flow: hostileFlow(),
+	h.ui.AddPrompt(&uiv1.Prompt{Id: "p1", Process: hostileProcess(), Flow: hostileFlow(),
 		Deadline: timestamppb.New(testNow.Add(30 * time.Second)), DeadlineAction: rulesv1.Action_ACTION_DENY, Connections: 1})
 	r := h.run(t, "m\n?\nr\n4\n4\ny\nn\n", "prompt")
 	if r.code != ExitOK {
@@ -121,8 +121,8 @@ func TestPromptShowsHostileStringsInert(t *testing.T) {
 // decoder reads them back) and writes every control as a \u escape.
 func TestJSONOutputIsExactAndInert(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.later = []*uiv1.DecideLaterEntry{{Id: "l1", Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
-		Applied: rulesv1.Action_ACTION_DENY}}
+	h.ui.AddDecideLater(&uiv1.DecideLaterEntry{Id: "l1", Time: timestamppb.New(testNow), Process: hostileProcess(), Flow: hostileFlow(),
+		Applied: rulesv1.Action_ACTION_DENY})
 	r := h.run(t, "", "--json", "later", "list")
 	if r.code != ExitOK {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -51,14 +52,6 @@ func otherPrompt(id string) *uiv1.Prompt {
 	}
 }
 
-func added(p *uiv1.Prompt) *uiv1.PromptEvent {
-	return &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: p}
-}
-
-func withdrawn(id, reason string) *uiv1.PromptEvent {
-	return &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_WITHDRAWN, Prompt: &uiv1.Prompt{Id: id}, Reason: reason}
-}
-
 func uiClient(t *testing.T, h *harness) uiv1.UIServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+h.uiSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -74,17 +67,13 @@ func newSession(t *testing.T, h *harness, in io.Reader, out io.Writer) *promptSe
 	return &promptSession{ui: uiClient(t, h), in: in, out: out, now: clock, ruleNow: clock, loc: time.UTC, sys: *testPromptSystem(t)}
 }
 
-// drainAnswers returns the AnswerPrompt requests the fake received.
-func drainAnswers(f *fakeUI) []*uiv1.AnswerPromptRequest {
+// answers returns the AnswerPrompt requests the fake received.
+func answers(f *fakeui.Service) []*uiv1.AnswerPromptRequest {
 	var got []*uiv1.AnswerPromptRequest
-	for {
-		select {
-		case a := <-f.answers:
-			got = append(got, a)
-		default:
-			return got
-		}
+	for _, req := range f.CallsTo("AnswerPrompt") {
+		got = append(got, req.(*uiv1.AnswerPromptRequest))
 	}
+	return got
 }
 
 // TestPromptAnswers feeds scripted answers to a curl prompt.
@@ -129,7 +118,7 @@ func TestPromptAnswers(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, true, false)
-			h.ui.promptEvents <- added(testPrompt("p1"))
+			h.ui.AddPrompt(testPrompt("p1"))
 			out := newSyncBuffer()
 			s := newSession(t, h, strings.NewReader(tc.script), out)
 			ctx, cancel := context.WithCancel(t.Context())
@@ -143,7 +132,7 @@ func TestPromptAnswers(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatalf("run: %v\n%s", err, out.String())
 			}
-			got := drainAnswers(h.ui)
+			got := answers(h.ui)
 			if tc.want == nil {
 				if len(got) != 0 {
 					t.Fatalf("answered %v, want no answer", got)
@@ -168,13 +157,13 @@ func TestPromptAnswers(t *testing.T) {
 // offers no domain scope.
 func TestPromptDetails(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.promptEvents <- added(otherPrompt("p2"))
+	h.ui.AddPrompt(otherPrompt("p2"))
 	var out bytes.Buffer
 	s := newSession(t, h, strings.NewReader("m\nd\n5\nm\n3\n1\n"), &out)
 	if err := s.run(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(drainAnswers(h.ui)); n != 0 {
+	if n := len(answers(h.ui)); n != 0 {
 		t.Fatalf("%d answers, want none", n)
 	}
 	golden(t, "prompt_details.golden", out.String())
@@ -239,40 +228,38 @@ func TestPromptWithdrawn(t *testing.T) {
 		}
 	}
 
-	h.ui.promptEvents <- added(testPrompt("p1"))
+	h.ui.AddPrompt(testPrompt("p1"))
 	out.waitFor(t, "Action?", 1)
 	// More prompts queue behind the one shown.
-	h.ui.promptEvents <- added(otherPrompt("p2"))
-	h.ui.promptEvents <- added(testPrompt("p3"))
+	h.ui.AddPrompt(otherPrompt("p2"))
+	h.ui.AddPrompt(testPrompt("p3"))
 	out.waitFor(t, "(new prompt from curl; 2 more waiting)", 1)
 	write("a\n")
 	out.waitFor(t, "For how long?", 1)
 	// A waiting prompt that goes away is dropped from the queue.
-	h.ui.promptEvents <- withdrawn("p3", "deadline")
+	h.ui.Withdraw("p3", "deadline")
 	// The prompt being answered is answered on another client.
-	h.ui.promptEvents <- withdrawn("p1", "answered")
+	h.ui.Withdraw("p1", "answered")
 	out.waitFor(t, "curl -> www.example.com 93.184.216.34:443: answered elsewhere", 1)
 	out.waitFor(t, "== python3.11 wants to connect to [2001:db8::53]:53 ==", 1) // nothing more waiting
 	write("d\n2\n1\nn\ny\n")
 	out.waitFor(t, "python3.11 -> [2001:db8::53]:53: deny, rule", 1)
-	got := drainAnswers(h.ui)
+	got := answers(h.ui)
 	if len(got) != 1 || got[0].GetPromptId() != "p2" || got[0].GetRule().GetAction() != rulesv1.Action_ACTION_DENY {
 		t.Fatalf("answers %v, want a deny for p2", got)
 	}
 
 	// Answered elsewhere between the confirmation and the answer.
-	h.ui.mu.Lock()
-	h.ui.answered["p4"] = true
-	h.ui.mu.Unlock()
-	h.ui.promptEvents <- added(testPrompt("p4"))
+	h.ui.AddPrompt(testPrompt("p4"))
+	h.ui.DropPrompt("p4")
 	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 2)
 	write("a\n5\n5\nn\ny\n")
 	out.waitFor(t, "answered elsewhere", 2)
 
 	// Timed out while being answered.
-	h.ui.promptEvents <- added(testPrompt("p5"))
+	h.ui.AddPrompt(testPrompt("p5"))
 	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 3)
-	h.ui.promptEvents <- withdrawn("p5", "deadline")
+	h.ui.Withdraw("p5", "deadline")
 	out.waitFor(t, "timed out, the default (deny) applied", 1)
 	if strings.Contains(out.String(), "p3") || strings.Count(out.String(), "== curl wants to connect to") != 3 {
 		t.Errorf("the withdrawn waiting prompt was shown:\n%s", out.String())
@@ -286,14 +273,14 @@ func TestPromptWithdrawn(t *testing.T) {
 // TestPromptCommand runs `bastionctl prompt` end to end.
 func TestPromptCommand(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.promptEvents <- added(testPrompt("p1"))
-	h.ui.promptEvents <- added(otherPrompt("p2"))
+	h.ui.AddPrompt(testPrompt("p1"))
+	h.ui.AddPrompt(otherPrompt("p2"))
 	// The script ends at p2's first question, which ends the session.
 	r := h.run(t, "a\n5\n1\nn\ny\n", "prompt")
 	if r.code != ExitOK {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
-	if rs := h.ui.ruleList(); len(rs) != 1 || rs[0].GetHost() != "www.example.com" {
+	if rs := h.ui.Rules(); len(rs) != 1 || rs[0].GetHost() != "www.example.com" {
 		t.Errorf("stored rules %v, want one for www.example.com", rs)
 	}
 	if down := newHarness(t, false, false).run(t, "", "prompt"); down.code != ExitNoAgent {

@@ -40,14 +40,14 @@ func TestRulesAddListEnableDisable(t *testing.T) {
 		t.Fatalf("add: exit %d: %s", r.code, r.stderr)
 	}
 	golden(t, "rules_add.golden", r.stdout)
-	got := h.ui.ruleList()[0]
+	got := h.ui.Rules()[0]
 	want := &rulesv1.Rule{Id: got.GetId(), Created: got.GetCreated(), Enabled: true, Action: rulesv1.Action_ACTION_ALLOW,
 		Exe: "/usr/bin/curl", Host: "example.com", DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
 		Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER, Note: "curl to example"}
 	if d := protoDiff(want, got); d != "" {
 		t.Errorf("stored rule:\n%s", d)
 	}
-	h.ui.setRules(nil)
+	h.ui.SetRules()
 
 	addSample(t, h)
 	r = h.run(t, "", "rules", "list")
@@ -56,17 +56,17 @@ func TestRulesAddListEnableDisable(t *testing.T) {
 	}
 	golden(t, "rules_list.golden", r.stdout)
 
-	id := h.ui.ruleList()[0].GetId()
+	id := h.ui.Rules()[0].GetId()
 	if r = h.run(t, "", "rules", "disable", id); r.code != ExitOK || !strings.Contains(r.stdout, "(disabled)") {
 		t.Fatalf("disable: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
-	if h.ui.ruleList()[0].GetEnabled() {
+	if h.ui.Rules()[0].GetEnabled() {
 		t.Error("rule still enabled after disable")
 	}
 	if r = h.run(t, "", "rules", "enable", id); r.code != ExitOK || !strings.Contains(r.stdout, "(enabled)") {
 		t.Fatalf("enable: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
-	if !h.ui.ruleList()[0].GetEnabled() {
+	if !h.ui.Rules()[0].GetEnabled() {
 		t.Error("rule still disabled after enable")
 	}
 
@@ -81,7 +81,7 @@ func TestRulesAddListEnableDisable(t *testing.T) {
 		if err := protojson.Unmarshal([]byte(l), &got); err != nil {
 			t.Fatalf("line %d: %v", i, err)
 		}
-		if d := protoDiff(h.ui.ruleList()[i], &got); d != "" {
+		if d := protoDiff(h.ui.Rules()[i], &got); d != "" {
 			t.Errorf("line %d:\n%s", i, d)
 		}
 	}
@@ -112,15 +112,15 @@ func TestRulesExportRemoveImport(t *testing.T) {
 			}
 
 			var ids []string
-			for _, r := range h.ui.ruleList() {
+			for _, r := range h.ui.Rules() {
 				ids = append(ids, r.GetId())
 			}
 			r := h.run(t, "", append([]string{"rules", "rm"}, ids...)...)
 			if r.code != ExitOK || strings.Count(r.stdout, "removed") != len(ids) {
 				t.Fatalf("rm: exit %d, %q %q", r.code, r.stdout, r.stderr)
 			}
-			if len(h.ui.ruleList()) != 0 {
-				t.Fatalf("%d rules left after rm", len(h.ui.ruleList()))
+			if len(h.ui.Rules()) != 0 {
+				t.Fatalf("%d rules left after rm", len(h.ui.Rules()))
 			}
 
 			// The format follows the file name without --format.

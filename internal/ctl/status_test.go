@@ -62,12 +62,12 @@ func historyEntry(sec int, action rulesv1.Action, by, ruleID string) *uiv1.Histo
 
 func TestHistoryAndWatch(t *testing.T) {
 	h := newHarness(t, true, false)
-	h.ui.history = []*uiv1.HistoryEntry{
+	h.ui.AddHistory(
 		historyEntry(1, rulesv1.Action_ACTION_ALLOW, "rule:00000000000000aa", "00000000000000aa"),
 		historyEntry(2, rulesv1.Action_ACTION_DENY, "prompt", "00000000000000bb"),
 		historyEntry(3, rulesv1.Action_ACTION_DENY, "deadline", ""),
 		historyEntry(4, rulesv1.Action_ACTION_REJECT, "default", ""),
-	}
+	)
 	r := h.run(t, "", "history")
 	if r.code != ExitOK {
 		t.Fatalf("history: exit %d: %s", r.code, r.stderr)
@@ -114,7 +114,7 @@ func TestLater(t *testing.T) {
 		return &uiv1.DecideLaterEntry{Id: id, Time: timestamppb.New(testNow.Add(-time.Hour)), Process: p.GetProcess(),
 			Flow: p.GetFlow(), Host: p.GetHost(), Applied: rulesv1.Action_ACTION_DENY}
 	}
-	h.ui.later = []*uiv1.DecideLaterEntry{entry("l1", testPrompt("x")), entry("l2", otherPrompt("y")), entry("l3", testPrompt("z"))}
+	h.ui.AddDecideLater(entry("l1", testPrompt("x")), entry("l2", otherPrompt("y")), entry("l3", testPrompt("z")))
 	r := h.run(t, "", "later", "list")
 	if r.code != ExitOK {
 		t.Fatalf("later list: exit %d: %s", r.code, r.stderr)
@@ -148,15 +148,14 @@ func TestLater(t *testing.T) {
 			Dst:     "2001:db8::53", DstPortMin: 53, DstPortMax: 54, Protocol: rulesv1.Protocol_PROTOCOL_UDP,
 			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}},
 		{Id: "l3"},
+		{Id: "l3"}, // forgotten already: NotFound
 	}
-	h.ui.mu.Lock()
-	got := h.ui.resolved
-	h.ui.mu.Unlock()
+	got := h.ui.CallsTo("ResolveDecideLater")
 	if len(got) != len(want) {
 		t.Fatalf("%d ResolveDecideLater requests, want %d", len(got), len(want))
 	}
 	for i := range want {
-		if d := protoDiff(want[i], got[i]); d != "" {
+		if d := protoDiff(want[i], got[i].(*uiv1.ResolveDecideLaterRequest)); d != "" {
 			t.Errorf("ResolveDecideLater request %d:\n%s", i, d)
 		}
 	}

@@ -189,16 +189,19 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 	if err := os.WriteFile(conf, []byte("[[policy.users]]\nuids = \"1-4294967294\"\naction = \"ask\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	argv := append([]string{"nsenter", "--net=" + ns.Path, "setpriv", "--bounding-set=" + bound, "--inh-caps=-all", "--",
-		filepath.Join(bin, "bastion-agent"), "--socket", sock, "--config", conf, "--intercept-loopback", "--cgroup", cg.Path}, args...)
-	a, err := startAgent(t, sock, argv...)
+	a, err := testenv.LaunchAgent(ctx, testenv.Options{
+		Wrap: []string{"nsenter", "--net=" + ns.Path, "setpriv", "--bounding-set=" + bound, "--inh-caps=-all", "--"},
+		Bin:  filepath.Join(bin, "bastion-agent"), Socket: sock, Config: conf, InterceptLoopback: true,
+		Args: append([]string{"--cgroup", cg.Path}, args...), Dir: dir, StopTimeout: agentStopTimeout,
+	})
 	var r capsResult
 	if err != nil {
 		t.Logf("agent did not start: %v", err)
 		return r
 	}
+	t.Cleanup(func() { a.Stop() })
 	r.started = true
-	st, err := a.client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	st, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +218,7 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 		pid int
 		exe *string
 	}{{pre.Process.Pid, &r.preExe}, {curl.Process.Pid, &r.newExe}} {
-		p, err := pendingWhere(t, a.client, 15*time.Second, func(p *agentv1.PendingConnection) bool {
+		p, err := pendingWhere(t, a.Client, 15*time.Second, func(p *agentv1.PendingConnection) bool {
 			return p.GetFlow().GetDstPort() != 0 && fmt.Sprint(p.GetFlow().GetDstPort()) == port &&
 				(int(p.GetProcess().GetPid()) == c.pid || p.GetProcess().GetPid() == 0)
 		})
@@ -223,14 +226,14 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 			t.Fatalf("connection of pid %d not held: %v", c.pid, err)
 		}
 		*c.exe = p.GetProcess().GetExe()
-		if _, err := a.client.Decide(ctx, &agentv1.DecideRequest{Id: p.GetId(), Action: agentv1.Action_ACTION_ALLOW}); err != nil {
+		if _, err := a.Client.Decide(ctx, &agentv1.DecideRequest{Id: p.GetId(), Action: agentv1.Action_ACTION_ALLOW}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := a.stop(t); err != nil {
-		t.Errorf("agent exit: %v: %s", err, a.out.String())
+	if err := a.Stop(); err != nil {
+		t.Errorf("agent exit: %v: %s", err, a.Log())
 	}
-	r.log = a.out.String()
+	r.log = a.Log()
 	after, err := fw.Snapshot(ctx, fw.Config{NetNS: ns.Name})
 	if err != nil {
 		t.Fatal(err)

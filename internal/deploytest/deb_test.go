@@ -233,12 +233,9 @@ func TestDebAgentRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(testenv.TempDir(t), "agent.sock")
-	a, err := startAgent(t, sock, filepath.Join(root, "usr/bin/bastion-agent"), "--config", filepath.Join(root, "etc/bastion/agent.toml"),
-		"--netns", ns.Name, "--socket", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := a.client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	a := testenv.StartAgent(t, testenv.Options{Bin: filepath.Join(root, "usr/bin/bastion-agent"), Config: filepath.Join(root, "etc/bastion/agent.toml"),
+		NetNS: ns.Name, Socket: sock, StopTimeout: agentStopTimeout})
+	st, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,8 +247,8 @@ func TestDebAgentRuns(t *testing.T) {
 	if !strings.Contains(out, "identification: "+string(mech)) || !strings.Contains(out, "network namespace "+ns.Name) {
 		t.Errorf("packaged bastionctl status:\n%s", out)
 	}
-	if err := a.stop(t); err != nil {
-		t.Errorf("agent: %v: %s", err, a.out.String())
+	if err := a.Stop(); err != nil {
+		t.Errorf("agent: %v: %s", err, a.Log())
 	}
 	after, err := fw.Snapshot(ctx, fw.Config{NetNS: ns.Name})
 	if err != nil {

@@ -185,11 +185,8 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 	conf := filepath.Join(tmp, "agent.toml")
 	os.WriteFile(conf, []byte("[[policy.users]]\nuids = \"0-0\"\naction = \"allow\"\n\n[[policy.users]]\nuids = \"1-4294967294\"\naction = \"ask\"\n"), 0o644)
 	sock := filepath.Join(runDir, "agent.sock")
-	a, err := startAgent(t, sock, filepath.Join(bin, "bastion-agent"), "--config", conf, "--netns", ns.Name,
-		"--intercept-loopback", "--socket", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := testenv.StartAgent(t, testenv.Options{Bin: filepath.Join(bin, "bastion-agent"), Config: conf, NetNS: ns.Name,
+		InterceptLoopback: true, Socket: sock, StopTimeout: agentStopTimeout})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -211,7 +208,7 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 			}
 		})
 		uiSock := filepath.Join(rt, "bastion", "ui.sock")
-		testenv.WaitFor(t, 30*time.Second, func() bool {
+		testenv.WaitFor(t, 30*time.Second, "the rules service connected to the agent", func() bool {
 			c := exec.Command("setpriv", "--reuid", fmt.Sprint(uid), "--regid", fmt.Sprint(gid), "--clear-groups", "--",
 				filepath.Join(bin, "bastionctl"), "--agent-socket", sock, "--ui-socket", uiSock, "--json", "status")
 			out, err := c.Output()
@@ -224,7 +221,7 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { curl.Process.Kill(); curl.Wait() })
-		if _, err := pendingWhere(t, a.client, 15*time.Second, func(p *agentv1.PendingConnection) bool {
+		if _, err := pendingWhere(t, a.Client, 15*time.Second, func(p *agentv1.PendingConnection) bool {
 			return p.GetFlow().GetDstPort() == 8080
 		}); err != nil {
 			t.Fatal(err)
@@ -266,6 +263,6 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 	out, err := cmd.CombinedOutput()
 	t.Logf("%s:%d output:\n%s", b.file, b.line, out)
 	if err != nil {
-		t.Errorf("%s:%d failed: %v\nblock:\n%s\nagent:\n%s", b.file, b.line, err, text, a.out.String())
+		t.Errorf("%s:%d failed: %v\nblock:\n%s\nagent:\n%s", b.file, b.line, err, text, a.Log())
 	}
 }

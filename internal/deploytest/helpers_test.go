@@ -3,7 +3,6 @@ package deploytest
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -101,70 +100,9 @@ func agentClient(t testing.TB, sock string) agentv1.AgentServiceClient {
 	return agentv1.NewAgentServiceClient(conn)
 }
 
-// agentProc is an agent started by a test.
-type agentProc struct {
-	cmd    *exec.Cmd
-	out    *testenv.SyncBuffer
-	done   chan struct{}
-	err    error // Wait's result, once done is closed
-	client agentv1.AgentServiceClient
-}
-
-// startAgent starts argv (a bastion-agent command line, possibly behind
-// nsenter or setpriv) and waits until its API at sock answers GetStatus.
-// It returns an error when the agent exits first or is not up in time.
-func startAgent(t testing.TB, sock string, argv ...string) (*agentProc, error) {
-	t.Helper()
-	a := &agentProc{out: &testenv.SyncBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command(argv[0], argv[1:]...)
-	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
-	if err := a.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
-	}()
-	t.Cleanup(func() { a.stop(t) })
-	a.client = agentClient(t, sock)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := a.client.GetStatus(ctx, &agentv1.GetStatusRequest{})
-		cancel()
-		if err == nil {
-			return a, nil
-		}
-		select {
-		case <-a.done:
-			return a, fmt.Errorf("agent exited during start-up (%v): %s", a.err, a.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return a, fmt.Errorf("agent not answering within 30s: %s", a.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop ends the agent with SIGTERM and returns Wait's error; the agent
-// removes its rules on the way out.
-func (a *agentProc) stop(t testing.TB) error {
-	select {
-	case <-a.done:
-		return a.err
-	default:
-	}
-	a.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-a.done:
-	case <-time.After(45 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
-		t.Errorf("agent did not stop within 45s: %s", a.out.String())
-	}
-	return a.err
-}
+// agentStopTimeout is how long an agent may take to remove its rules and
+// exit after SIGTERM.
+const agentStopTimeout = 45 * time.Second
 
 // pendingWhere waits until a pending connection satisfies match and
 // returns it.

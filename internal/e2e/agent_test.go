@@ -3,25 +3,18 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -79,22 +72,12 @@ func bins(t *testing.T) binaries {
 // one test can never answer another's packets.
 var nextQueue atomic.Uint32
 
-func queueNum() string { return strconv.Itoa(int(4300 + nextQueue.Add(1))) }
+func queueNum() int { return int(4300 + nextQueue.Add(1)) }
 
 // Agent is a running bastion-agent and a root client of its API.
 type Agent struct {
-	Cmd     *exec.Cmd
-	Socket  string
-	LogPath string
-	Client  agentv1.AgentServiceClient
-
-	conn   *grpc.ClientConn
-	exited chan struct{}
-	waited error
+	*testenv.Agent
 }
-
-// agentStartTimeout bounds how long startAgent waits for the API.
-const agentStartTimeout = 3 * time.Minute
 
 // startAgent starts bastion-agent on ns with loopback interception, debug
 // logging, an empty config file (so the host's /etc/bastion is never read)
@@ -103,107 +86,27 @@ const agentStartTimeout = 3 * time.Minute
 // logging its output if t failed.
 func startAgent(t *testing.T, ns *testenv.NS, extraArgs ...string) *Agent {
 	t.Helper()
-	return startAgentOn(t, ns, filepath.Join(testenv.TempDir(t), "agent.sock"), extraArgs...)
+	return startAgentOn(t, ns, "", extraArgs...)
 }
 
-// startAgentOn is startAgent with a given socket path.
+// startAgentOn is startAgent with a given socket path ("": a fresh one).
 func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...string) *Agent {
 	t.Helper()
-	b := bins(t)
-	dir := testenv.TempDir(t)
-	emptyConfig := filepath.Join(dir, "empty.toml")
-	if err := os.WriteFile(emptyConfig, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	a := &Agent{Socket: socket, LogPath: filepath.Join(dir, "agent.log"), exited: make(chan struct{})}
-	logf, err := os.Create(a.LogPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	args := append([]string{
-		"--netns", ns.Name,
-		"--socket", socket,
-		"--intercept-loopback",
-		"--queue-num", queueNum(),
-		"--config", emptyConfig,
-		"--log-level", "debug",
-	}, extraArgs...)
-	a.Cmd = exec.Command(b.agent, args...)
-	a.Cmd.Stdout, a.Cmd.Stderr = logf, logf
-	if err := a.Cmd.Start(); err != nil {
-		t.Fatalf("start agent: %v", err)
-	}
-	go func() {
-		a.waited = a.Cmd.Wait()
-		close(a.exited)
-	}()
-	t.Cleanup(func() {
-		if err := a.stop(); err != nil {
-			t.Errorf("stop agent: %v", err)
-		}
-		if t.Failed() {
-			a.dumpLog(t)
-		}
-	})
-	a.conn, err = grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("agent client: %v", err)
-	}
-	a.Client = agentv1.NewAgentServiceClient(a.conn)
-	// Generous: on a loaded 2-core machine the verifier alone has taken
-	// a minute over the exec-tracking program.
-	ready := testenv.Poll(agentStartTimeout, func() bool {
-		if a.hasExited() {
-			return true
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
-		return err == nil
-	})
-	if a.hasExited() {
-		t.Fatalf("agent %v exited at start-up: %v", args, a.waited)
-	}
-	if !ready {
-		t.Fatalf("agent API on %s not answering within %v", socket, agentStartTimeout)
-	}
-	return a
-}
-
-func (a *Agent) hasExited() bool {
-	select {
-	case <-a.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop ends the agent with SIGTERM (SIGKILL after 20s) and returns how it
-// exited; stopping an agent that already exited returns nil.
-func (a *Agent) stop() error {
-	if a.hasExited() {
-		return nil
-	}
-	a.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-		if a.conn != nil {
-			a.conn.Close()
-		}
-		return a.waited
-	case <-time.After(20 * time.Second):
-		a.Cmd.Process.Kill()
-		<-a.exited
-		return errors.New("no exit within 20s of SIGTERM, killed")
-	}
+	return &Agent{testenv.StartAgent(t, testenv.Options{
+		Bin:               bins(t).agent,
+		NetNS:             ns.Name,
+		Socket:            socket,
+		InterceptLoopback: true,
+		QueueNum:          queueNum(),
+		LogLevel:          "debug",
+		Args:              extraArgs,
+	})}
 }
 
 // Stop stops the agent cleanly and fails t unless it exited with status 0.
 func (a *Agent) Stop(t *testing.T) {
 	t.Helper()
-	if err := a.stop(); err != nil {
+	if err := a.Agent.Stop(); err != nil {
 		t.Fatalf("agent did not stop cleanly: %v", err)
 	}
 }
@@ -211,22 +114,9 @@ func (a *Agent) Stop(t *testing.T) {
 // Kill ends the agent with SIGKILL, as a crash would, and waits for it.
 func (a *Agent) Kill(t *testing.T) {
 	t.Helper()
-	a.Cmd.Process.Kill()
-	select {
-	case <-a.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatal("agent still running 10s after SIGKILL")
+	if err := a.Agent.Kill(); err != nil {
+		t.Fatal(err)
 	}
-	a.conn.Close()
-}
-
-func (a *Agent) dumpLog(t *testing.T) {
-	data, err := os.ReadFile(a.LogPath)
-	if err != nil {
-		t.Logf("agent log %s: %v", a.LogPath, err)
-		return
-	}
-	t.Logf("agent log (%s):\n%s", strings.Join(a.Cmd.Args, " "), data)
 }
 
 // Status returns GetStatus.
@@ -301,7 +191,7 @@ func (a *Agent) Watch(t *testing.T) *Watcher {
 // client it connected with, for uid's own Decide.
 func (a *Agent) WatchAs(t *testing.T, uid uint32) (*Watcher, agentv1.AgentServiceClient) {
 	t.Helper()
-	conn, err := bench.ClientAs(a.Socket, uid, uid)
+	conn, err := testenv.ClientAs(a.Socket, uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +228,7 @@ func (a *Agent) watchWith(t *testing.T, client agentv1.AgentServiceClient, uid u
 		cancel()
 		<-done
 	})
-	testenv.WaitFor(t, 10*time.Second, func() bool {
+	testenv.WaitFor(t, 10*time.Second, "the watcher counted by the agent", func() bool {
 		return slices.Contains(a.Status(t).GetWatchedUids(), uid)
 	})
 	return w

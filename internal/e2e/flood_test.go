@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -260,7 +259,7 @@ func TestAttackFloodStarvesOtherUser(t *testing.T) {
 	stopWatch := watchQueues(t, ns)
 	began := time.Now()
 	p := startBurst(t, ctx, ns, uidB, srvB.port, floodN, 20*time.Second)
-	testenv.WaitFor(t, 30*time.Second, func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
+	testenv.WaitFor(t, 30*time.Second, "B's burst issued", func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
 	aConnects("as B's burst was issued")
 
 	heldB := func() (n uint32) {
@@ -271,7 +270,7 @@ func TestAttackFloodStarvesOtherUser(t *testing.T) {
 		}
 		return n
 	}
-	testenv.WaitFor(t, 30*time.Second, func() bool {
+	testenv.WaitFor(t, 30*time.Second, "B's flood absorbed", func() bool {
 		return a.Status(t).GetCounters().GetPackets() >= base+floodN || heldB() >= 4000
 	})
 	absorbed := time.Since(began)
@@ -313,7 +312,7 @@ func TestAttackFloodPastRejectRule(t *testing.T) {
 	a := startAgent(t, ns, "--log-level", "info")
 	ctx := testCtx(t, 5*time.Minute)
 
-	conn, err := bench.ClientAs(a.Socket, uidB, uidB)
+	conn, err := testenv.ClientAs(a.Socket, uidB, uidB)
 	if err != nil {
 		t.Fatal(err)
 	}

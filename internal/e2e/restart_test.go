@@ -27,7 +27,7 @@ func TestCrashRestartKeepsNetfilterLink(t *testing.T) {
 		if got := a.Status(t).GetMechanism(); got != "netfilter-link" {
 			lost++
 			t.Errorf("cycle %d: GetStatus mechanism %q after a crash restart, want netfilter-link", i, got)
-			a.dumpLog(t)
+			a.LogTo(t)
 		} else {
 			ctx := testCtx(t, time.Minute)
 			args := []string{"-net", "tcp4", "-addr", hostPort(false, s.tcp4), "-reply", "-timeout", "20s"}

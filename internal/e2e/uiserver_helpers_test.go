@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -102,7 +100,7 @@ type account struct {
 func newAccount(t *testing.T, uid uint32, config string) *account {
 	t.Helper()
 	u := &account{Account: testenv.NewAccount(t, uid, config)}
-	conn, err := bench.ClientAs(u.UISocket(), uid, uid)
+	conn, err := testenv.ClientAs(u.UISocket(), uid, uid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,11 +111,7 @@ func newAccount(t *testing.T, uid uint32, config string) *account {
 
 // UIServer is a running bastion-uiserver of one user.
 type UIServer struct {
-	User    *account
-	Cmd     *exec.Cmd
-	LogPath string
-	exited  chan struct{}
-	waited  error
+	*testenv.UIServer
 }
 
 // startUIServer starts bastion-uiserver as u, with u's environment (so
@@ -127,67 +121,13 @@ type UIServer struct {
 func startUIServer(t *testing.T, a *Agent, u *account) *UIServer {
 	t.Helper()
 	uiBins(t)
-	s := &UIServer{User: u, LogPath: filepath.Join(u.Dir, "uiserver.log"), exited: make(chan struct{})}
-	logf, err := os.OpenFile(s.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	fmt.Fprintf(logf, "---- start %s\n", time.Now().Format(time.RFC3339Nano))
-	s.Cmd = exec.Command(uiServerBin, "--agent-socket", a.Socket, "--log-level", "debug")
-	s.Cmd.Env, s.Cmd.Dir = u.Env(), u.Home
-	s.Cmd.Stdout, s.Cmd.Stderr = logf, logf
-	s.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.UID, Groups: []uint32{}}}
-	if err := s.Cmd.Start(); err != nil {
-		t.Fatalf("start uiserver as uid %d: %v", u.UID, err)
-	}
-	go func() {
-		s.waited = s.Cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		if err := s.stop(syscall.SIGTERM); err != nil {
-			t.Errorf("stop uiserver of uid %d: %v", u.UID, err)
-		}
-		if t.Failed() {
-			s.dumpLog(t)
-		}
-	})
-	s.WaitConnected(t)
-	return s
-}
-
-func (s *UIServer) hasExited() bool {
-	select {
-	case <-s.exited:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *UIServer) stop(sig syscall.Signal) error {
-	if s.hasExited() {
-		return nil
-	}
-	s.Cmd.Process.Signal(sig)
-	select {
-	case <-s.exited:
-		if sig == syscall.SIGKILL {
-			return nil
-		}
-		return s.waited
-	case <-time.After(20 * time.Second):
-		s.Cmd.Process.Kill()
-		<-s.exited
-		return fmt.Errorf("no exit within 20s of %v, killed", sig)
-	}
+	return &UIServer{testenv.StartUIServer(t, testenv.Options{Bin: uiServerBin, Socket: a.Socket, User: u.Account, LogLevel: "debug"})}
 }
 
 // Stop ends the service with SIGTERM and fails t unless it exited cleanly.
 func (s *UIServer) Stop(t *testing.T) {
 	t.Helper()
-	if err := s.stop(syscall.SIGTERM); err != nil {
+	if err := s.UIServer.Stop(); err != nil {
 		t.Fatalf("uiserver of uid %d did not stop cleanly: %v", s.User.UID, err)
 	}
 }
@@ -195,18 +135,9 @@ func (s *UIServer) Stop(t *testing.T) {
 // Kill ends the service with SIGKILL, as a crash would.
 func (s *UIServer) Kill(t *testing.T) {
 	t.Helper()
-	if err := s.stop(syscall.SIGKILL); err != nil {
+	if err := s.UIServer.Kill(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func (s *UIServer) dumpLog(t *testing.T) {
-	data, err := os.ReadFile(s.LogPath)
-	if err != nil {
-		t.Logf("uiserver log %s: %v", s.LogPath, err)
-		return
-	}
-	t.Logf("uiserver log of uid %d (%s):\n%s", s.User.UID, s.LogPath, data)
 }
 
 // Status returns the service's GetStatus, called as its user.
@@ -220,24 +151,8 @@ func (u *account) Status(ctx context.Context) (*uiv1.GetStatusResponse, error) {
 // (it has pushed its rules and watches the user's pending connections).
 func (s *UIServer) WaitConnected(t *testing.T) {
 	t.Helper()
-	var last error
-	ok := testenv.Poll(30*time.Second, func() bool {
-		if s.hasExited() {
-			return true
-		}
-		st, err := s.User.Status(context.Background())
-		if err != nil {
-			last = err
-			return false
-		}
-		last = fmt.Errorf("status %v", st)
-		return st.GetAgentConnected()
-	})
-	if s.hasExited() {
-		t.Fatalf("uiserver of uid %d exited: %v", s.User.UID, s.waited)
-	}
-	if !ok {
-		t.Fatalf("uiserver of uid %d not connected to the agent within 30s: %v", s.User.UID, last)
+	if err := s.UIServer.WaitConnected(context.Background(), testenv.UIServerStartTimeout); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bastion-fw/bastion/internal/bench"
 	"github.com/bastion-fw/bastion/internal/ctl"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -158,7 +157,7 @@ func TestUIServerTwoUsers(t *testing.T) {
 			t.Errorf("B: bastionctl prompt on A's socket: exit %d, output %q; want a permission error and no prompt", code, out)
 		}
 		// B's own gRPC client of A's socket, connecting as B.
-		bOnA, err := bench.ClientAs(userA.UISocket(), uidB, uidB)
+		bOnA, err := testenv.ClientAs(userA.UISocket(), uidB, uidB)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -378,7 +377,7 @@ func TestUIServerOnePromptForParallelConnections(t *testing.T) {
 	}
 	// Answer only once every connect() has been issued and the agent
 	// holds all of their first packets under the one entry.
-	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
+	testenv.WaitFor(t, 10*time.Second, "the burst issued", func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
 	var held uint32
 	if !testenv.Poll(20*time.Second, func() bool {
 		held = 0
@@ -445,7 +444,7 @@ func TestUIServerSilentActionAndDecideLater(t *testing.T) {
 	}
 	waitHistory(t, ctx, ns, a, u, port, "default", 1)
 	var entry *uiv1.DecideLaterEntry
-	testenv.WaitFor(t, 10*time.Second, func() bool {
+	testenv.WaitFor(t, 10*time.Second, "curl in the decide-later list", func() bool {
 		for _, e := range ctlJSON[uiv1.DecideLaterEntry](t, ctx, ns, a, u, "later", "list") {
 			if e.GetFlow().GetDstPort() == uint32(port) && e.GetProcess().GetExe() == realExe(t, "curl") {
 				entry = e

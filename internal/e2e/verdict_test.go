@@ -226,7 +226,7 @@ func TestRetransmissionsJoinTheirPrompt(t *testing.T) {
 		// Held past the retransmission times (1s, 3s): this test is about
 		// time, so it waits on the clock. The kernel counts every skipped
 		// retransmission (and retries those every 500ms).
-		testenv.WaitFor(t, 10*time.Second, func() bool {
+		testenv.WaitFor(t, 10*time.Second, "3.5s since the first SYN", func() bool {
 			return time.Since(first.GetFirstSeen().AsTime()) > 3500*time.Millisecond
 		})
 		if n := netstat(t, ns, "TCPSpuriousRtxHostQueues") - spurious; n < 2 {

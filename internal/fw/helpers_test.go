@@ -1,8 +1,6 @@
 package fw
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -11,26 +9,12 @@ import (
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
-// newNetNS creates a network namespace bastion-t-<random> with loopback up,
-// deleted when the test ends, and returns its name.
+// newNetNS creates a network namespace with loopback up
+// (testenv.NewNetNS), deleted when the test ends, and returns its name.
 func newNetNS(t *testing.T) string {
 	t.Helper()
 	testenv.RequireRoot(t)
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := "bastion-t-" + hex.EncodeToString(r[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("set lo up: %v: %s", err, out)
-	}
-	return name
+	return testenv.NewNetNS(t).Name
 }
 
 // nsRun runs a command inside the namespace and fails the test on error.

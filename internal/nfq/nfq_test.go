@@ -2,8 +2,6 @@ package nfq_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,31 +30,13 @@ const queueNum = 7
 // Test UID/GID for the dialing socket (set as the thread's fsuid/fsgid).
 const testUID, testGID = 4242, 4343
 
-// newNetNS creates a namespace bastion-t-<random> with loopback up, deleted
-// when the test ends.
+// newNetNS creates a namespace with loopback up (testenv.NewNetNS),
+// deleted when the test ends, and returns its name and open file.
 func newNetNS(t *testing.T) (string, *os.File) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := "bastion-t-" + hex.EncodeToString(r[:])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("set lo up: %v: %s", err, out)
-	}
-	f, err := netns.Open(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return name, f
+	ns := testenv.NewNetNS(t)
+	return ns.Name, ns.File
 }
 
 // env is a namespace with Bastion's rules and, optionally, a queue reader.

@@ -268,39 +268,13 @@ func randName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// newNetns creates a named network namespace with loopback up and ping
-// sockets allowed for everyone; it is deleted when the test ends.
+// newNetns creates a network namespace with loopback up and ping sockets
+// allowed for everyone (testenv.NewNetNS); it is deleted when the test
+// ends. It returns the open namespace and its inode.
 func newNetns(t testing.TB) (*os.File, uint32) {
 	t.Helper()
-	name := randName("bastion-t-")
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v: %s", err, out)
-	}
-	ns, err := netns.Open(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	// /proc/sys/net belongs to the namespace of the thread that opens it.
-	err = netns.Do(ns, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0)
-	})
-	if err != nil {
-		t.Fatalf("allow ping sockets: %v", err)
-	}
-	ino, err := netns.Inode(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ns, uint32(ino)
+	ns := testenv.NewNetNS(t)
+	return ns.File, uint32(ns.Inode)
 }
 
 // helperBinary copies the test binary to a directory every UID can enter, so

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,27 +23,37 @@ type Account struct {
 // $XDG_CONFIG_HOME/bastion/config.toml (the rules service's config).
 func NewAccount(t testing.TB, uid uint32, config string) *Account {
 	t.Helper()
-	a := &Account{UID: uid, Dir: TempDir(t)}
+	a, err := MakeAccount(TempDir(t), uid, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// MakeAccount is NewAccount for programs: dir is the account's Dir, an
+// existing root-owned directory that every UID may traverse.
+func MakeAccount(dir string, uid uint32, config string) (*Account, error) {
+	a := &Account{UID: uid, Dir: dir}
 	a.Home = filepath.Join(a.Dir, "home")
 	a.RuntimeDir = filepath.Join(a.Home, "run")
 	a.DataHome = filepath.Join(a.Home, "data")
 	a.ConfigHome = filepath.Join(a.Home, "config")
 	for _, d := range []string{a.Home, a.RuntimeDir, a.DataHome, a.ConfigHome, filepath.Join(a.ConfigHome, "bastion")} {
 		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
+			return nil, fmt.Errorf("make account of uid %d: %w", uid, err)
 		}
 		if err := os.Chown(d, int(uid), int(uid)); err != nil {
-			t.Fatal(err)
+			return nil, fmt.Errorf("make account of uid %d: %w", uid, err)
 		}
 	}
 	cfg := filepath.Join(a.ConfigHome, "bastion", "config.toml")
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("make account of uid %d: %w", uid, err)
 	}
 	if err := os.Chown(cfg, int(uid), int(uid)); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("make account of uid %d: %w", uid, err)
 	}
-	return a
+	return a, nil
 }
 
 // UISocket is where the account's rules service listens by default.

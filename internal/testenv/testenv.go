@@ -103,12 +103,13 @@ func RequireTools(t testing.TB, tools ...string) {
 	t.Skip(msg)
 }
 
-// WaitFor polls cond until it returns true and fails t when timeout passes
-// first. The poll interval starts at 1ms and backs off to 50ms.
-func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
+// WaitFor polls cond until it returns true and fails t, saying what it
+// waited for, when timeout passes first. The poll interval starts at 1ms
+// and backs off to 50ms.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	if !Poll(timeout, cond) {
-		t.Fatalf("condition not met within %v", timeout)
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
 

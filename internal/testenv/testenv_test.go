@@ -177,7 +177,7 @@ func startSleeper(t *testing.T, cmd *exec.Cmd, start func(*exec.Cmd) error) int 
 	pid := cmd.Process.Pid
 	// nsenter replaces itself with sleep: wait until the exec happened so
 	// that the credentials checked are the final ones.
-	WaitFor(t, 5*time.Second, func() bool {
+	WaitFor(t, 5*time.Second, "nsenter to exec sleep", func() bool {
 		comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 		return err == nil && strings.TrimSpace(string(comm)) == "sleep"
 	})

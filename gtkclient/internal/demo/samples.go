@@ -94,9 +94,9 @@ func SampleHistory(now time.Time) []*uiv1.HistoryEntry {
 	f := FirefoxPrompt(now, 0)
 	return []*uiv1.HistoryEntry{
 		{Time: timestamppb.New(now.Add(-9 * time.Minute)), Process: f.Process, Flow: f.Flow, Host: "incoming.telemetry.mozilla.org",
-			Action: rulesv1.Action_ACTION_DENY, DecidedBy: "rule:r0004", RuleId: "r0004"},
+			Action: rulesv1.Action_ACTION_DENY, DecidedBy: "rule:0000000000000004", RuleId: "0000000000000004"},
 		{Time: timestamppb.New(now.Add(-4 * time.Minute)), Process: p.Process, Flow: p.Flow, Host: "deb.debian.org",
-			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "rule:r0003", RuleId: "r0003"},
+			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "rule:0000000000000003", RuleId: "0000000000000003"},
 		{Time: timestamppb.New(now.Add(-1 * time.Minute)), Process: f.Process, Flow: f.Flow, Host: f.Host,
 			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "prompt"},
 	}

@@ -2,8 +2,6 @@ package procfs
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -103,31 +101,13 @@ func runDialer(args []string) error {
 // black hole, and deletes it when the test ends.
 func testNetns(t testing.TB) *os.File {
 	t.Helper()
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	name := "bastion-t-" + hex.EncodeToString(rnd[:])
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
-		}
-	})
-	run("-n", name, "link", "set", "lo", "up")
+	ns := testenv.NewNetNS(t)
 	// Packets to 192.0.2.0/24 loop back through lo and are dropped as not
 	// local (forwarding is off): a black hole without extra interfaces.
-	run("-n", name, "route", "add", "192.0.2.0/24", "dev", "lo")
-	ns, err := netns.Open(name)
-	if err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command("ip", "-n", ns.Name, "route", "add", "192.0.2.0/24", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("ip route add 192.0.2.0/24 dev lo in %s: %v\n%s", ns.Name, err, out)
 	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
+	return ns.File
 }
 
 // helperBinary copies the test binary where UID 1000 can run it.

@@ -18,6 +18,8 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/rules"
+	"github.com/bastion-fw/bastion/internal/testenv"
+	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 )
 
 func main() {
@@ -46,7 +48,7 @@ func run(out, bin string) error {
 	}
 	// Fixed times keep the pictures stable from run to run where they can be.
 	now := rules.Now().Truncate(time.Minute)
-	svc := demo.New()
+	svc := fakeui.New()
 	svc.SetClock(func() time.Time { return now })
 	svc.AddRules(demo.SampleRules(now)...)
 	svc.AddHistory(demo.SampleHistory(now)...)
@@ -96,12 +98,8 @@ func start(bin, display string, args ...string) *exec.Cmd {
 }
 
 func waitFor(cond func() bool) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("bastion-gtk did not connect to the demo service within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testenv.Poll(20*time.Second, cond) {
+		return errors.New("bastion-gtk did not connect to the demo service within 20s")
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package demo
+package fakeui
 
 import (
 	"context"
@@ -35,7 +35,6 @@ type Service struct {
 	uiv1.UnimplementedUIServiceServer
 
 	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced on every change
 	calls    []Call
 	rules    []*rulesv1.Rule
 	prompts  []*uiv1.Prompt
@@ -46,16 +45,20 @@ type Service struct {
 	nextID   int
 	agentUp  bool
 	now      func() time.Time
+	// editStatus edits every GetStatus answer (SetStatusEdit).
+	editStatus func(*uiv1.GetStatusResponse)
+	// ruleErrs are the errors of calls naming a rule (SetRuleError).
+	ruleErrs map[string]error
 }
 
 // New returns an empty service whose agent is connected.
 func New() *Service {
 	return &Service{
-		changed:  make(chan struct{}),
 		watchers: map[chan *uiv1.PromptEvent]bool{},
 		hwatch:   map[chan *uiv1.HistoryEntry]bool{},
 		agentUp:  true,
 		now:      rules.Now,
+		ruleErrs: map[string]error{},
 	}
 }
 
@@ -81,24 +84,10 @@ func (s *Service) Serve(ctx context.Context, path string) (stop func(), err erro
 	return func() { cancel(); <-done }, nil
 }
 
-// Changed returns a channel closed at the next change of the service's
-// state or calls.
-func (s *Service) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-func (s *Service) touchLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
-
 func (s *Service) record(method string, req proto.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, Call{method, proto.Clone(req)})
-	s.touchLocked()
 }
 
 // Calls returns the requests received so far, oldest first.
@@ -124,19 +113,37 @@ func (s *Service) SetAgentConnected(up bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.agentUp = up
-	s.touchLocked()
 }
 
-// SetClock replaces the clock rule expiries and entry times are read from.
+// SetStatusEdit makes edit change every GetStatus answer after the
+// service filled it in, for a test that wants fixed figures.
+func (s *Service) SetStatusEdit(edit func(*uiv1.GetStatusResponse)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.editStatus = edit
+}
+
+// SetRuleError makes every call naming rule id fail with err, as for a rule
+// the caller may not touch.
+func (s *Service) SetRuleError(id string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ruleErrs[id] = err
+}
+
+// SetClock replaces the clock rules' creation and entry times are read
+// from.
 func (s *Service) SetClock(now func() time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.now = now
 }
 
+// newIDLocked returns prefix and 16 hex digits, like the real service's
+// IDs, counting up from 1.
 func (s *Service) newIDLocked(prefix string) string {
 	s.nextID++
-	return fmt.Sprintf("%s%04d", prefix, s.nextID)
+	return fmt.Sprintf("%s%016x", prefix, s.nextID)
 }
 
 // GetStatus implements uiv1.UIServiceServer.
@@ -170,29 +177,42 @@ func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetS
 			DnsNames:           57,
 		}
 	}
+	if s.editStatus != nil {
+		s.editStatus(resp)
+	}
 	return resp, nil
 }
 
-// AddRules stores rules directly, assigning IDs and creation times.
+// AddRules stores rules as they are, assigning IDs and creation times to
+// those without.
 func (s *Service) AddRules(rs ...*rulesv1.Rule) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range rs {
 		s.addRuleLocked(r)
 	}
-	s.touchLocked()
 }
 
 func (s *Service) addRuleLocked(r *rulesv1.Rule) *rulesv1.Rule {
 	r = proto.Clone(r).(*rulesv1.Rule)
 	if r.GetId() == "" {
-		r.Id = s.newIDLocked("r")
+		r.Id = s.newIDLocked("")
 	}
 	if r.GetCreated() == nil {
 		r.Created = timestamppb.New(s.now())
 	}
 	s.rules = append(s.rules, r)
 	return r
+}
+
+// SetRules replaces the stored rules with rs, exactly as given.
+func (s *Service) SetRules(rs ...*rulesv1.Rule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rules = nil
+	for _, r := range rs {
+		s.rules = append(s.rules, proto.Clone(r).(*rulesv1.Rule))
+	}
 }
 
 // Rules returns the stored rules.
@@ -219,25 +239,41 @@ func validRule(p *rulesv1.Rule) error {
 	return nil
 }
 
+// addNewLocked stores a rule from a client like the real service: valid,
+// not LIFETIME_ONCE, in its wire form read back, with a new ID and the
+// clock's time as created.
+func (s *Service) addNewLocked(p *rulesv1.Rule) (*rulesv1.Rule, error) {
+	r, err := rules.FromProto(p)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if r.Lifetime == rules.Once {
+		return nil, status.Error(codes.InvalidArgument, "a once rule cannot be stored")
+	}
+	p = rules.ToProto(r)
+	p.Id, p.Created = "", nil
+	return proto.Clone(s.addRuleLocked(p)).(*rulesv1.Rule), nil
+}
+
 // AddRule implements uiv1.UIServiceServer.
 func (s *Service) AddRule(_ context.Context, req *uiv1.AddRuleRequest) (*uiv1.AddRuleResponse, error) {
 	s.record("AddRule", req)
-	if err := validRule(req.GetRule()); err != nil {
-		return nil, err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := proto.Clone(req.GetRule()).(*rulesv1.Rule)
-	r.Id, r.Created = "", nil
-	r = s.addRuleLocked(r)
-	s.touchLocked()
+	r, err := s.addNewLocked(req.GetRule())
+	if err != nil {
+		return nil, err
+	}
 	return &uiv1.AddRuleResponse{Rule: r}, nil
 }
 
 func (s *Service) ruleIndexLocked(id string) (int, error) {
+	if err := s.ruleErrs[id]; err != nil {
+		return 0, err
+	}
 	i := slices.IndexFunc(s.rules, func(r *rulesv1.Rule) bool { return r.GetId() == id })
 	if i < 0 {
-		return 0, status.Errorf(codes.NotFound, "rule %q not found", id)
+		return 0, status.Errorf(codes.NotFound, "no rule %s", id)
 	}
 	return i, nil
 }
@@ -258,7 +294,6 @@ func (s *Service) UpdateRule(_ context.Context, req *uiv1.UpdateRuleRequest) (*u
 	r := proto.Clone(req.GetRule()).(*rulesv1.Rule)
 	r.Created, r.Hits, r.LastHit = old.GetCreated(), old.GetHits(), old.GetLastHit()
 	s.rules[i] = r
-	s.touchLocked()
 	return &uiv1.UpdateRuleResponse{Rule: r}, nil
 }
 
@@ -272,7 +307,6 @@ func (s *Service) DeleteRule(_ context.Context, req *uiv1.DeleteRuleRequest) (*u
 		return nil, err
 	}
 	s.rules = slices.Delete(s.rules, i, i+1)
-	s.touchLocked()
 	return &uiv1.DeleteRuleResponse{}, nil
 }
 
@@ -286,7 +320,6 @@ func (s *Service) SetRuleEnabled(_ context.Context, req *uiv1.SetRuleEnabledRequ
 		return nil, err
 	}
 	s.rules[i].Enabled = req.GetEnabled()
-	s.touchLocked()
 	return &uiv1.SetRuleEnabledResponse{Rule: proto.Clone(s.rules[i]).(*rulesv1.Rule)}, nil
 }
 
@@ -346,10 +379,13 @@ func (s *Service) ImportRules(_ context.Context, req *uiv1.ImportRulesRequest) (
 	defer s.mu.Unlock()
 	resp := &uiv1.ImportRulesResponse{Problems: problems}
 	for _, r := range rs {
-		r.ID = ""
-		resp.Imported = append(resp.Imported, s.addRuleLocked(rules.ToProto(r)))
+		p, err := s.addNewLocked(rules.ToProto(r))
+		if err != nil {
+			resp.Problems = append(resp.Problems, status.Convert(err).Message())
+			continue
+		}
+		resp.Imported = append(resp.Imported, p)
 	}
-	s.touchLocked()
 	return resp, nil
 }
 
@@ -392,6 +428,20 @@ func (s *Service) withdrawLocked(id, reason string) bool {
 	return true
 }
 
+// DropPrompt removes a waiting prompt without telling the prompt clients,
+// as when another client answered it and the withdrawal is still on its
+// way: answering it fails with NotFound. It reports whether it was waiting.
+func (s *Service) DropPrompt(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.prompts, func(q *uiv1.Prompt) bool { return q.GetId() == id })
+	if i < 0 {
+		return false
+	}
+	s.prompts = slices.Delete(s.prompts, i, i+1)
+	return true
+}
+
 // Prompts returns the waiting prompts.
 func (s *Service) Prompts() []*uiv1.Prompt {
 	s.mu.Lock()
@@ -413,7 +463,6 @@ func (s *Service) broadcastLocked(ev *uiv1.PromptEvent) {
 		default: // a stuck client misses events rather than blocking the service
 		}
 	}
-	s.touchLocked()
 }
 
 // WatchPrompts implements uiv1.UIServiceServer.
@@ -425,12 +474,10 @@ func (s *Service) WatchPrompts(req *uiv1.WatchPromptsRequest, stream uiv1.UIServ
 		ch <- &uiv1.PromptEvent{Kind: uiv1.PromptEvent_KIND_ADDED, Prompt: p}
 	}
 	s.watchers[ch] = true
-	s.touchLocked()
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.watchers, ch)
-		s.touchLocked()
 		s.mu.Unlock()
 	}()
 	for {
@@ -468,9 +515,9 @@ func (s *Service) AnswerPrompt(_ context.Context, req *uiv1.AnswerPromptRequest)
 	}
 	out := proto.Clone(req.GetRule()).(*rulesv1.Rule)
 	if out.GetLifetime() != rulesv1.Lifetime_LIFETIME_ONCE {
-		out.Id = ""
-		out.Created = nil
-		out = s.addRuleLocked(out)
+		if out, err = s.addNewLocked(out); err != nil {
+			return nil, err
+		}
 	}
 	s.history = append(s.history, &uiv1.HistoryEntry{Time: timestamppb.New(s.now()), Process: p.GetProcess(),
 		Flow: p.GetFlow(), Host: p.GetHost(), Action: out.GetAction(), DecidedBy: "prompt", RuleId: out.GetId()})
@@ -489,7 +536,6 @@ func (s *Service) AddDecideLater(es ...*uiv1.DecideLaterEntry) {
 		}
 		s.later = append(s.later, e)
 	}
-	s.touchLocked()
 }
 
 // ListDecideLater implements uiv1.UIServiceServer.
@@ -503,23 +549,21 @@ func (s *Service) ListDecideLater(_ context.Context, req *uiv1.ListDecideLaterRe
 // ResolveDecideLater implements uiv1.UIServiceServer.
 func (s *Service) ResolveDecideLater(_ context.Context, req *uiv1.ResolveDecideLaterRequest) (*uiv1.ResolveDecideLaterResponse, error) {
 	s.record("ResolveDecideLater", req)
-	if req.GetRule() != nil {
-		if err := validRule(req.GetRule()); err != nil {
-			return nil, err
-		}
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i := slices.IndexFunc(s.later, func(e *uiv1.DecideLaterEntry) bool { return e.GetId() == req.GetId() })
 	if i < 0 {
-		return nil, status.Errorf(codes.NotFound, "entry %q not found", req.GetId())
+		return nil, status.Errorf(codes.NotFound, "no decide-later entry %s", req.GetId())
 	}
-	s.later = slices.Delete(s.later, i, i+1)
 	resp := &uiv1.ResolveDecideLaterResponse{}
 	if req.GetRule() != nil {
-		resp.Rule = s.addRuleLocked(req.GetRule())
+		r, err := s.addNewLocked(req.GetRule())
+		if err != nil {
+			return nil, err
+		}
+		resp.Rule = r
 	}
-	s.touchLocked()
+	s.later = slices.Delete(s.later, i, i+1)
 	return resp, nil
 }
 
@@ -536,7 +580,6 @@ func (s *Service) AddHistory(es ...*uiv1.HistoryEntry) {
 			}
 		}
 	}
-	s.touchLocked()
 }
 
 // WatchHistory implements uiv1.UIServiceServer.

@@ -1,4 +1,4 @@
-package bench
+package testenv_test
 
 import (
 	"context"
@@ -46,7 +46,7 @@ func TestDialUnixAs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for range 3 { // the thread is reused afterwards: it must be root again
-		c, err := DialUnixAs(ctx, open, 1000, 1001)
+		c, err := testenv.DialUnixAs(ctx, open, 1000, 1001)
 		if err != nil {
 			t.Fatalf("dial as 1000: %v", err)
 		}
@@ -69,7 +69,7 @@ func TestDialUnixAs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pl.Close()
-	if c, err := DialUnixAs(ctx, filepath.Join(private, "s.sock"), 1000, 1000); err == nil {
+	if c, err := testenv.DialUnixAs(ctx, filepath.Join(private, "s.sock"), 1000, 1000); err == nil {
 		c.Close()
 		t.Error("uid 1000 connected through a 0700 root directory")
 	}
