@@ -128,7 +128,7 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		"--queue-num", queueNum(),
 		"--config", emptyConfig,
 		"--log-level", "debug",
-	}, extraArgs...)
+	}, append(mechanismArgs(t), extraArgs...)...)
 	a.Cmd = exec.Command(b.agent, args...)
 	a.Cmd.Stdout, a.Cmd.Stderr = logf, logf
 	if err := a.Cmd.Start(); err != nil {

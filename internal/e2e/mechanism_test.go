@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/bastion-fw/bastion/internal/procid"
+)
+
+// mechanismEnv selects the identification mechanism of every agent the
+// suite starts without a --mechanism of its own: netfilter-link, sockops or
+// procfs. Empty (or auto) leaves the agent's default, auto, which picks the
+// best one the kernel offers. `make test` runs the suite once per value, so
+// the fallbacks that Debian 12 (sockops) and older kernels (procfs) use are
+// tested on this kernel too.
+const mechanismEnv = "BASTION_E2E_MECHANISM"
+
+// kernelFeatures is procid.Detect, run once per test binary and only when a
+// test needs to know which mechanisms the kernel offers.
+var kernelFeatures = sync.OnceValue(procid.Detect)
+
+// mechanismForced is the mechanism BASTION_E2E_MECHANISM forces, or "" for
+// the auto run.
+func mechanismForced() string {
+	if m := os.Getenv(mechanismEnv); m != string(procid.MechAuto) {
+		return m
+	}
+	return ""
+}
+
+// mechanism is the mechanism this run's agents use: the forced one, or
+// the one auto picks on this kernel (the order procid.Open tries them).
+func mechanism() string {
+	if m := mechanismForced(); m != "" {
+		return m
+	}
+	for _, m := range []string{string(procid.MechNetfilterLink), string(procid.MechSockOps)} {
+		if kernelOffers(m) == "" {
+			return m
+		}
+	}
+	return string(procid.MechProcFS)
+}
+
+// kernelOffers says why the running kernel cannot run mechanism m, or ""
+// if it can. procfs needs nothing but /proc.
+func kernelOffers(m string) string {
+	f := kernelFeatures()
+	var need []string
+	switch procid.Mechanism(m) {
+	case procid.MechNetfilterLink:
+		need = []string{"btf", "netfilter_link", "tp_btf"}
+	case procid.MechSockOps:
+		need = []string{"btf", "sockops", "sock_addr", "tp_btf"}
+	case procid.MechProcFS:
+		return ""
+	default:
+		return "unknown mechanism " + m + " (want netfilter-link, sockops or procfs)"
+	}
+	have := map[string]bool{"btf": f.BTF, "netfilter_link": f.NetfilterLink, "sockops": f.SockOps, "sock_addr": f.SockAddr, "tp_btf": f.TpBtf}
+	for _, n := range need {
+		if !have[n] {
+			return "the kernel lacks " + n + ": " + f.Reasons[n]
+		}
+	}
+	return ""
+}
+
+// mechanismArgs returns the agent arguments that force this run's
+// mechanism (none in the auto run). It skips t when the kernel cannot run
+// that mechanism: that run has nothing to test here, and says so. A test
+// that passes its own --mechanism after these overrides them.
+func mechanismArgs(t testing.TB) []string {
+	t.Helper()
+	m := mechanismForced()
+	if m == "" {
+		return nil
+	}
+	if why := kernelOffers(m); why != "" {
+		t.Skipf("%s=%s: %s", mechanismEnv, m, why)
+	}
+	return []string{"--mechanism", m}
+}
+
+// seeing is something a test needs the run's mechanism to attribute.
+type seeing string
+
+const (
+	// seesExited: a process that has exited by the time its packet is
+	// looked up (exec records in a BPF map name it; /proc no longer can).
+	seesExited seeing = "a process that exited before the lookup"
+	// seesRawByBPF: a raw socket's packet attributed by the eBPF program
+	// itself (no cgroup hook runs for raw sockets; the fallbacks find only
+	// a connected one in /proc/net/raw).
+	seesRawByBPF seeing = "a raw socket's sender, by eBPF"
+)
+
+// mechanismSees says, for each mechanism, what it attributes. What a
+// mechanism lacks here is documented in internal/procid's doc and in
+// docs/troubleshooting.md.
+var mechanismSees = map[string]map[seeing]bool{
+	"netfilter-link": {seesExited: true, seesRawByBPF: true},
+	"sockops":        {seesExited: true},
+	"procfs":         {},
+}
+
+// requireMechanismSees skips t, naming the mechanism and what it cannot
+// see, when this run's mechanism cannot attribute what.
+func requireMechanismSees(t testing.TB, what seeing) {
+	t.Helper()
+	if m := mechanism(); !mechanismSees[m][what] {
+		t.Skipf("mechanism %s cannot see %s", m, what)
+	}
+}
+
+// requireAutoRun skips t in the runs that force a mechanism, for a test
+// that selects its mechanisms itself or whose subject does not depend on
+// the mechanism: the auto run covers it, and running it again per
+// mechanism would only cost time.
+func requireAutoRun(t testing.TB, why string) {
+	t.Helper()
+	if m := mechanismForced(); m != "" {
+		t.Skipf("runs in the auto run only (%s=%s): %s", mechanismEnv, m, why)
+	}
+}
