@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/bastion-fw/bastion/internal/procid"
+	"github.com/bastion-fw/bastion/internal/testenv"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
 
 // mechanismEnv selects the identification mechanism of every agent the
@@ -105,6 +107,9 @@ var mechanismSees = map[string]map[seeing]bool{
 	"procfs":         {},
 }
 
+// mechanismCanSee reports whether this run's mechanism attributes what.
+func mechanismCanSee(what seeing) bool { return mechanismSees[mechanism()][what] }
+
 // requireMechanismSees skips t, naming the mechanism and what it cannot
 // see, when this run's mechanism cannot attribute what.
 func requireMechanismSees(t testing.TB, what seeing) {
@@ -112,6 +117,23 @@ func requireMechanismSees(t testing.TB, what seeing) {
 	if m := mechanism(); !mechanismSees[m][what] {
 		t.Skipf("mechanism %s cannot see %s", m, what)
 	}
+}
+
+// checkProcOrUnknown is checkProc for a mechanism that may not see the
+// process: the pending connection names want's process exactly, or no
+// process at all (TGID 0, no executable) with want's UID, which the kernel
+// reports for the socket whatever the mechanism. It never names another.
+func checkProcOrUnknown(t *testing.T, p *agentv1.PendingConnection, want wantProc) (named bool) {
+	t.Helper()
+	pr := p.GetProcess()
+	if pr.GetTgid() == 0 && pr.GetExe() == "" && len(pr.GetArgs()) == 0 {
+		if pr.GetUid() != want.uid {
+			t.Errorf("pending connection of no known process %s: uid %d, want %d", describe(p), pr.GetUid(), want.uid)
+		}
+		return false
+	}
+	checkProc(t, p, want)
+	return true
 }
 
 // requireAutoRun skips t in the runs that force a mechanism, for a test
@@ -122,5 +144,18 @@ func requireAutoRun(t testing.TB, why string) {
 	t.Helper()
 	if m := mechanismForced(); m != "" {
 		t.Skipf("runs in the auto run only (%s=%s): %s", mechanismEnv, m, why)
+	}
+}
+
+// TestMechanismOffered starts an agent as the suite does and checks that
+// it uses the run's mechanism: the forced one, or in the auto run the best
+// the kernel offers. In a run whose mechanism the kernel lacks it skips
+// with the reason, and `make e2e-mechanisms` skips that run.
+func TestMechanismOffered(t *testing.T) {
+	bins(t)
+	ns := testenv.NewNetNS(t)
+	a := startAgent(t, ns)
+	if got, want := a.Status(t).GetMechanism(), mechanism(); got != want {
+		t.Fatalf("GetStatus mechanism %q, want %q (%s=%q; kernel: %s)", got, want, mechanismEnv, os.Getenv(mechanismEnv), kernelFeatures())
 	}
 }

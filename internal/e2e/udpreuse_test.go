@@ -69,6 +69,7 @@ func TestUDPTupleReuseIsAskedAgain(t *testing.T) {
 // case with the fallback mechanisms: sockops, which does not know the
 // sending socket, and procfs, which finds it through sock_diag and /proc.
 func TestUDPTupleReuseWithEveryMechanism(t *testing.T) {
+	requireAutoRun(t, "it selects the fallback mechanisms itself")
 	bins(t)
 	for _, mech := range []string{"sockops", "procfs"} {
 		t.Run(mech, func(t *testing.T) {
