@@ -96,15 +96,19 @@ const (
 	// itself (no cgroup hook runs for raw sockets; the fallbacks find only
 	// a connected one in /proc/net/raw).
 	seesRawByBPF seeing = "a raw socket's sender, by eBPF"
+	// seesUDPSocket: which socket sent a UDP flow (its inode). Without it
+	// the UDP tuple-reuse guard cannot tell a live flow's socket from an
+	// earlier one on the same port (agent/udpreuse.go, settle).
+	seesUDPSocket seeing = "the socket that sent a UDP flow"
 )
 
 // mechanismSees says, for each mechanism, what it attributes. What a
 // mechanism lacks here is documented in internal/procid's doc and in
 // docs/troubleshooting.md.
 var mechanismSees = map[string]map[seeing]bool{
-	"netfilter-link": {seesExited: true, seesRawByBPF: true},
+	"netfilter-link": {seesExited: true, seesRawByBPF: true, seesUDPSocket: true},
 	"sockops":        {seesExited: true},
-	"procfs":         {},
+	"procfs":         {seesUDPSocket: true},
 }
 
 // mechanismCanSee reports whether this run's mechanism attributes what.
