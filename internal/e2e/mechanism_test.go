@@ -45,8 +45,9 @@ func mechanism() string {
 	return string(procid.MechProcFS)
 }
 
-// kernelOffers says why the running kernel cannot run mechanism m, or ""
-// if it can. procfs needs nothing but /proc.
+// kernelOffers says why the running kernel cannot run mechanism m (one
+// procid.ParseMechanism accepts, not auto), or "" if it can. procfs needs
+// nothing but /proc.
 func kernelOffers(m string) string {
 	f := kernelFeatures()
 	var need []string
@@ -55,10 +56,8 @@ func kernelOffers(m string) string {
 		need = []string{"btf", "netfilter_link", "tp_btf"}
 	case procid.MechSockOps:
 		need = []string{"btf", "sockops", "sock_addr", "tp_btf"}
-	case procid.MechProcFS:
+	default: // procfs
 		return ""
-	default:
-		return "unknown mechanism " + m + " (want netfilter-link, sockops or procfs)"
 	}
 	have := map[string]bool{"btf": f.BTF, "netfilter_link": f.NetfilterLink, "sockops": f.SockOps, "sock_addr": f.SockAddr, "tp_btf": f.TpBtf}
 	for _, n := range need {
@@ -78,6 +77,9 @@ func mechanismArgs(t testing.TB) []string {
 	m := mechanismForced()
 	if m == "" {
 		return nil
+	}
+	if _, err := procid.ParseMechanism(m); err != nil {
+		t.Fatalf("%s: %v", mechanismEnv, err)
 	}
 	if why := kernelOffers(m); why != "" {
 		t.Skipf("%s=%s: %s", mechanismEnv, m, why)
