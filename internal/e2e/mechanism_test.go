@@ -102,14 +102,18 @@ const (
 	// the UDP tuple-reuse guard cannot tell a live flow's socket from an
 	// earlier one on the same port (agent/udpreuse.go, settle).
 	seesUDPSocket seeing = "the socket that sent a UDP flow"
+	// seesAtFloodRate: each queued packet's process quickly enough that
+	// one user's flood does not delay another's prompt (procfs scans
+	// /proc for every queued packet, shed ones included).
+	seesAtFloodRate seeing = "each packet of a flood at the queue's rate"
 )
 
 // mechanismSees says, for each mechanism, what it attributes. What a
 // mechanism lacks here is documented in internal/procid's doc and in
 // docs/troubleshooting.md.
 var mechanismSees = map[string]map[seeing]bool{
-	"netfilter-link": {seesExited: true, seesRawByBPF: true, seesUDPSocket: true},
-	"sockops":        {seesExited: true},
+	"netfilter-link": {seesExited: true, seesRawByBPF: true, seesUDPSocket: true, seesAtFloodRate: true},
+	"sockops":        {seesExited: true, seesAtFloodRate: true},
 	"procfs":         {seesUDPSocket: true},
 }
 
