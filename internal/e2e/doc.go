@@ -22,8 +22,8 @@
 //
 //	sudo BASTION_E2E_MECHANISM=sockops go test -count=1 ./internal/e2e/
 //
-// Each test applies the assertions that hold for the run's mechanism and
-// skips, naming the mechanism, what it cannot see (requireMechanismSees).
+// Each test applies the assertions that hold for the run's mechanism
+// (mechanismCanSee) and logs, naming the mechanism, what it cannot see.
 // Tests that select their mechanisms themselves, or whose subject does not
 // depend on the mechanism, run in the auto run only (requireAutoRun). A
 // mechanism the kernel lacks skips the run's tests with the kernel's

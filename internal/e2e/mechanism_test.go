@@ -94,10 +94,6 @@ const (
 	// seesExited: a process that has exited by the time its packet is
 	// looked up (exec records in a BPF map name it; /proc no longer can).
 	seesExited seeing = "a process that exited before the lookup"
-	// seesRawByBPF: a raw socket's packet attributed by the eBPF program
-	// itself (no cgroup hook runs for raw sockets; the fallbacks find only
-	// a connected one in /proc/net/raw).
-	seesRawByBPF seeing = "a raw socket's sender, by eBPF"
 	// seesUDPSocket: which socket sent a UDP flow (its inode). Without it
 	// the UDP tuple-reuse guard cannot tell a live flow's socket from an
 	// earlier one on the same port (agent/udpreuse.go, settle).
@@ -112,22 +108,13 @@ const (
 // mechanism lacks here is documented in internal/procid's doc and in
 // docs/troubleshooting.md.
 var mechanismSees = map[string]map[seeing]bool{
-	"netfilter-link": {seesExited: true, seesRawByBPF: true, seesUDPSocket: true, seesAtFloodRate: true},
+	"netfilter-link": {seesExited: true, seesUDPSocket: true, seesAtFloodRate: true},
 	"sockops":        {seesExited: true, seesAtFloodRate: true},
 	"procfs":         {seesUDPSocket: true},
 }
 
 // mechanismCanSee reports whether this run's mechanism attributes what.
 func mechanismCanSee(what seeing) bool { return mechanismSees[mechanism()][what] }
-
-// requireMechanismSees skips t, naming the mechanism and what it cannot
-// see, when this run's mechanism cannot attribute what.
-func requireMechanismSees(t testing.TB, what seeing) {
-	t.Helper()
-	if m := mechanism(); !mechanismSees[m][what] {
-		t.Skipf("mechanism %s cannot see %s", m, what)
-	}
-}
 
 // checkProcOrUnknown is checkProc for a mechanism that may not see the
 // process: the pending connection names want's process exactly, or no
