@@ -53,13 +53,13 @@ func kernelOffers(m string) string {
 	var need []string
 	switch procid.Mechanism(m) {
 	case procid.MechNetfilterLink:
-		need = []string{"btf", "netfilter_link", "tp_btf"}
+		need = []string{"btf", "netfilter_link"}
 	case procid.MechSockOps:
-		need = []string{"btf", "sockops", "sock_addr", "tp_btf"}
+		need = []string{"btf", "sockops", "sock_addr"}
 	default: // procfs
 		return ""
 	}
-	have := map[string]bool{"btf": f.BTF, "netfilter_link": f.NetfilterLink, "sockops": f.SockOps, "sock_addr": f.SockAddr, "tp_btf": f.TpBtf}
+	have := map[string]bool{"btf": f.BTF, "netfilter_link": f.NetfilterLink, "sockops": f.SockOps, "sock_addr": f.SockAddr}
 	for _, n := range need {
 		if !have[n] {
 			return "the kernel lacks " + n + ": " + f.Reasons[n]
@@ -92,7 +92,8 @@ type seeing string
 
 const (
 	// seesExited: a process that has exited by the time its packet is
-	// looked up (exec records in a BPF map name it; /proc no longer can).
+	// looked up (exec records in a BPF map name it, where the kernel
+	// offers tp_btf; /proc no longer can).
 	seesExited seeing = "a process that exited before the lookup"
 	// seesUDPSocket: which socket sent a UDP flow (its inode). Without it
 	// the UDP tuple-reuse guard cannot tell a live flow's socket from an
@@ -114,7 +115,14 @@ var mechanismSees = map[string]map[seeing]bool{
 }
 
 // mechanismCanSee reports whether this run's mechanism attributes what.
-func mechanismCanSee(what seeing) bool { return mechanismSees[mechanism()][what] }
+// The eBPF mechanisms name exited processes only with exec tracking
+// (tp_btf), which they load if the kernel offers it.
+func mechanismCanSee(what seeing) bool {
+	if what == seesExited && !kernelFeatures().TpBtf {
+		return false
+	}
+	return mechanismSees[mechanism()][what]
+}
 
 // checkProcOrUnknown is checkProc for a mechanism that may not see the
 // process: the pending connection names want's process exactly, or no
