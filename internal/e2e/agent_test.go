@@ -99,7 +99,7 @@ func startAgentOn(t *testing.T, ns *testenv.NS, socket string, extraArgs ...stri
 		InterceptLoopback: true,
 		QueueNum:          queueNum(),
 		LogLevel:          "debug",
-		Args:              extraArgs,
+		Args:              append(mechanismArgs(t), extraArgs...),
 	})}
 }
 

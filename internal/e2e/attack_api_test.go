@@ -88,6 +88,7 @@ type apifloodResult struct {
 // decision cache. The agent must refuse what is over its per-UID bounds and
 // stay under 64 MiB resident; user A must still be served meanwhile.
 func TestAttackAPIResourceExhaustion(t *testing.T) {
+	requireAutoRun(t, "the API's per-UID bounds do not depend on the mechanism, and this test alone takes minutes")
 	bin := apiflood(t)
 	ns := testenv.NewNetNS(t)
 	a := startAgent(t, ns, "--log-level", "info")

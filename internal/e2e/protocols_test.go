@@ -418,6 +418,7 @@ func TestKernelNeighbourDiscoveryPassesWhileAgentDown(t *testing.T) {
 // connected to the destination, in /proc/net/raw{,6}; behind the sockops
 // mechanism the same /proc lookup names them.
 func TestOtherProtocolsWithFallbackMechanisms(t *testing.T) {
+	requireAutoRun(t, "it selects the fallback mechanisms itself")
 	for _, mech := range []string{"sockops", "procfs"} {
 		t.Run(mech, func(t *testing.T) {
 			env := newProtoEnv(t)

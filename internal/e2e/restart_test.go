@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/procid"
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
@@ -15,7 +16,11 @@ import (
 // procid.attachNetfilter) instead of falling back to sockops, and must
 // name the process of a held connection through that link.
 func TestCrashRestartKeepsNetfilterLink(t *testing.T) {
+	requireAutoRun(t, "it tests auto's choice of the netfilter link after a crash")
 	bins(t)
+	if why := kernelOffers(string(procid.MechNetfilterLink)); why != "" {
+		t.Skipf("auto cannot choose the netfilter link: %s", why)
+	}
 	const cycles = 20
 	ns := testenv.NewNetNS(t)
 	s := startServers(t, ns)

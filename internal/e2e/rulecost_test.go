@@ -184,6 +184,7 @@ func bDialerArgs(port int) []string {
 // expression `a{1000}…` compiles to ~584,000 instructions. Each such call
 // the agent accepts costs it hundreds of MB.
 func TestAttackRuleRegexSize(t *testing.T) {
+	requireAutoRun(t, "rule compilation does not depend on the mechanism")
 	bins(t)
 	ns := testenv.NewNetNS(t)
 	a := startAgent(t, ns)
@@ -253,6 +254,7 @@ func TestAttackRuleRegexSize(t *testing.T) {
 // TestAttackRuleRegexTime: B's rules that take long to match B's own
 // connections must not delay A's, which A's rule allows at once.
 func TestAttackRuleRegexTime(t *testing.T) {
+	requireAutoRun(t, "rule matching does not depend on the mechanism")
 	bins(t)
 	ns := testenv.NewNetNS(t)
 	a := startAgent(t, ns)
@@ -291,6 +293,7 @@ func TestAttackRuleRegexTime(t *testing.T) {
 // TestAttackHashSize: B's sha256 rule and a 1,000 MB executable of B's must
 // not delay A's connections while the agent hashes it.
 func TestAttackHashSize(t *testing.T) {
+	requireAutoRun(t, "hashing an executable for a rule does not depend on the mechanism")
 	bins(t)
 	ns := testenv.NewNetNS(t)
 	a := startAgent(t, ns)
