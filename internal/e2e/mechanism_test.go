@@ -32,40 +32,12 @@ func mechanismForced() string {
 }
 
 // mechanism is the mechanism this run's agents use: the forced one, or
-// the one auto picks on this kernel (the order procid.Open tries them).
+// the one auto picks on this kernel.
 func mechanism() string {
 	if m := mechanismForced(); m != "" {
 		return m
 	}
-	for _, m := range []string{string(procid.MechNetfilterLink), string(procid.MechSockOps)} {
-		if kernelOffers(m) == "" {
-			return m
-		}
-	}
-	return string(procid.MechProcFS)
-}
-
-// kernelOffers says why the running kernel cannot run mechanism m (one
-// procid.ParseMechanism accepts, not auto), or "" if it can. procfs needs
-// nothing but /proc.
-func kernelOffers(m string) string {
-	f := kernelFeatures()
-	var need []string
-	switch procid.Mechanism(m) {
-	case procid.MechNetfilterLink:
-		need = []string{"btf", "netfilter_link"}
-	case procid.MechSockOps:
-		need = []string{"btf", "sockops", "sock_addr"}
-	default: // procfs
-		return ""
-	}
-	have := map[string]bool{"btf": f.BTF, "netfilter_link": f.NetfilterLink, "sockops": f.SockOps, "sock_addr": f.SockAddr}
-	for _, n := range need {
-		if !have[n] {
-			return "the kernel lacks " + n + ": " + f.Reasons[n]
-		}
-	}
-	return ""
+	return string(kernelFeatures().Best())
 }
 
 // mechanismArgs returns the agent arguments that force this run's
@@ -81,9 +53,8 @@ func mechanismArgs(t testing.TB) []string {
 	if _, err := procid.ParseMechanism(m); err != nil {
 		t.Fatalf("%s: %v", mechanismEnv, err)
 	}
-	if why := kernelOffers(m); why != "" {
-		t.Skipf("%s=%s: %s", mechanismEnv, m, why)
-	}
+	// A kernel without the mechanism skips with the feature it lacks.
+	testenv.RequireKernelFeature(t, procid.Mechanism(m).KernelFeatures()...)
 	return []string{"--mechanism", m}
 }
 

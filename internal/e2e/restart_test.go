@@ -18,9 +18,7 @@ import (
 func TestCrashRestartKeepsNetfilterLink(t *testing.T) {
 	requireAutoRun(t, "it tests auto's choice of the netfilter link after a crash")
 	bins(t)
-	if why := kernelOffers(string(procid.MechNetfilterLink)); why != "" {
-		t.Skipf("auto cannot choose the netfilter link: %s", why)
-	}
+	testenv.RequireKernelFeature(t, procid.MechNetfilterLink.KernelFeatures()...)
 	const cycles = 20
 	ns := testenv.NewNetNS(t)
 	s := startServers(t, ns)
