@@ -25,20 +25,27 @@ build:
 		CGO_ENABLED=1 $(GO) build -trimpath -buildmode=pie -o $(BIN)/ ./cmd/bastion-gtk; \
 	else echo "build: skipping bastion-gtk: GTK 3 headers missing (apt-get install libgtk-3-dev)"; fi
 
+# Tools pinned by version and built with Go from the module proxy into
+# .tools/ on first use (`go install tool@version` builds each with the
+# dependencies its own go.mod names), so nothing else is downloaded.
+# protoc-gen-go, protoc-gen-go-grpc and bpf2go are pinned in go.mod (its
+# `tool` block) and run with `go tool`.
+BUF_VERSION         := v1.75.0
+BUF                 := $(TOOLBIN)/buf-$(BUF_VERSION)/buf
+
+$(BUF):
+	GOBIN=$(@D) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
 # Regenerates committed code: the eBPF objects (needs clang, llvm-strip,
-# libbpf-dev) and the protobuf/gRPC code (needs protoc).
+# libbpf-dev) and the protobuf/gRPC code (buf, which compiles the .proto
+# files itself: no protoc, and the generated headers name no protoc version).
 generate: generate-bpf generate-proto
 
 generate-bpf:
 	$(GO) generate ./internal/procid/
 
-generate-proto:
-	@mkdir -p $(TOOLBIN)
-	$(GO) build -o $(TOOLBIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
-	PATH=$(TOOLBIN):$$PATH protoc -I proto -I /usr/include \
-		--go_out=proto --go_opt=paths=source_relative \
-		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
-		$$(find proto -name '*.proto')
+generate-proto: $(BUF)
+	$(BUF) generate
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-deps.sh run; fi
