@@ -36,13 +36,39 @@ BUF                 := $(TOOLBIN)/buf-$(BUF_VERSION)/buf
 $(BUF):
 	GOBIN=$(@D) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
-# Regenerates committed code: the eBPF objects (needs clang, llvm-strip,
+# Regenerates committed code: the eBPF objects (needs clang-14, llvm-strip-14,
 # libbpf-dev) and the protobuf/gRPC code (buf, which compiles the .proto
 # files itself: no protoc, and the generated headers name no protoc version).
 generate: generate-bpf generate-proto
 
-generate-bpf:
+generate-bpf: bpf-toolchain
 	$(GO) generate ./internal/procid/
+
+# The eBPF compiler is pinned: the committed objects are byte for byte what
+# clang 14.0.6 (Debian 12's clang-14) and llvm-strip-14 compile from
+# bpf/procid.c; another clang may emit other bytes. internal/procid/gen.go
+# names the same binaries. Checked: the checkout's path and libbpf-dev's
+# headers (1.1.2 of Debian 12, 1.3 of Ubuntu 24.04, 1.5) change nothing.
+BPF_CLANG         := clang-14
+BPF_CLANG_VERSION := 14.0.6
+BPF_STRIP         := llvm-strip-14
+
+.PHONY: bpf-toolchain check-generate
+bpf-toolchain:
+	@v=$$($(BPF_CLANG) --version 2>/dev/null | head -n1); \
+	case "$$v" in *"clang version $(BPF_CLANG_VERSION)"*) ;; *) \
+		echo "bpf-toolchain: the eBPF objects are compiled with $(BPF_CLANG) $(BPF_CLANG_VERSION) (Debian 12's clang-14), found: $${v:-no $(BPF_CLANG)}" >&2; \
+		echo "bpf-toolchain: install it: apt-get install clang-14 llvm-14 libbpf-dev (or sudo ./deploy/install-deps.sh test)" >&2; \
+		exit 1;; esac
+	@command -v $(BPF_STRIP) >/dev/null || { echo "bpf-toolchain: $(BPF_STRIP) missing: apt-get install llvm-14" >&2; exit 1; }
+	@[ -e /usr/include/bpf/bpf_helpers.h ] || { echo "bpf-toolchain: libbpf headers missing: apt-get install libbpf-dev" >&2; exit 1; }
+
+# Fails, naming each file, where regenerating the protobuf code and the eBPF
+# objects from source gives anything but what the working tree holds (in a
+# clean clone, as in CI: what is committed). It regenerates in a temporary
+# copy, so uncommitted edits are never touched (deploy/check-generate.sh).
+check-generate: $(BUF)
+	TOOLBIN=$(TOOLBIN) ./deploy/check-generate.sh
 
 generate-proto: $(BUF)
 	$(BUF) generate
