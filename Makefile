@@ -67,7 +67,7 @@ bpf-toolchain:
 # objects from source gives anything but what the working tree holds (in a
 # clean clone, as in CI: what is committed). It regenerates in a temporary
 # copy, so uncommitted edits are never touched (deploy/check-generate.sh).
-check-generate: $(BUF)
+check-generate: bpf-toolchain $(BUF)
 	TOOLBIN=$(TOOLBIN) ./deploy/check-generate.sh
 
 generate-proto: $(BUF)
