@@ -99,8 +99,7 @@ fmt-check:
 # Unit tests, fuzz seed corpora, eBPF tests and, as root, the end-to-end
 # tests in their own network namespaces. Not root: the root-only tests skip
 # and say so; BASTION_E2E=1 makes them fail instead.
-test: deps-test fmt-check
-	$(GO) vet ./...
+test: deps-test fmt-check lint check-generate
 	$(GO) test $(TEST_FLAGS) ./...
 
 unit-test:
