@@ -50,6 +50,9 @@ generate: generate-bpf generate-proto
 generate-bpf: bpf-toolchain
 	$(GO) generate ./internal/procid/
 
+generate-proto: $(BUF)
+	$(BUF) generate
+
 # The eBPF compiler is pinned: the committed objects are byte for byte what
 # clang 14.0.6 (Debian 12's clang-14) and llvm-strip-14 compile from
 # bpf/procid.c; another clang may emit other bytes. internal/procid/gen.go
@@ -63,8 +66,8 @@ BPF_STRIP         := llvm-strip-14
 bpf-toolchain:
 	@v=$$($(BPF_CLANG) --version 2>/dev/null | head -n1); \
 	case "$$v" in *"clang version $(BPF_CLANG_VERSION)"*) ;; *) \
-		echo "bpf-toolchain: the eBPF objects are compiled with $(BPF_CLANG) $(BPF_CLANG_VERSION) (Debian 12's clang-14), found: $${v:-no $(BPF_CLANG)}" >&2; \
-		echo "bpf-toolchain: install it: apt-get install clang-14 llvm-14 libbpf-dev (or sudo ./deploy/install-deps.sh test)" >&2; \
+		echo "bpf-toolchain: the committed eBPF objects are what clang $(BPF_CLANG_VERSION) ($(BPF_CLANG), Debian 12's) compiles; found: $${v:-no $(BPF_CLANG)}" >&2; \
+		echo "bpf-toolchain: apt-get install clang-14 llvm-14 libbpf-dev (or: sudo ./deploy/install-deps.sh test)" >&2; \
 		exit 1;; esac
 	@command -v $(BPF_STRIP) >/dev/null || { echo "bpf-toolchain: $(BPF_STRIP) missing: apt-get install llvm-14" >&2; exit 1; }
 	@[ -e /usr/include/bpf/bpf_helpers.h ] || { echo "bpf-toolchain: libbpf headers missing: apt-get install libbpf-dev" >&2; exit 1; }
@@ -75,9 +78,6 @@ bpf-toolchain:
 # copy, so uncommitted edits are never touched (deploy/check-generate.sh).
 check-generate: bpf-toolchain $(BUF)
 	TOOLBIN=$(TOOLBIN) ./deploy/check-generate.sh
-
-generate-proto: $(BUF)
-	$(BUF) generate
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-deps.sh run; fi
