@@ -9,8 +9,10 @@ TOOLBIN    := $(CURDIR)/.tools
 NETNS      ?=
 AGENT_ARGS ?=
 # Root end-to-end tests share the kernel's netfilter and BPF state; one
-# package at a time keeps their timing honest on a 2-core machine.
-TEST_FLAGS ?= -p 1 -timeout 40m
+# package at a time keeps their timing honest on a 2-core machine. They
+# build and run the programs themselves, which go test's result cache does
+# not see: -count=1 never reports a cached pass.
+TEST_FLAGS ?= -count=1 -p 1 -timeout 40m
 
 .PHONY: all build generate generate-bpf generate-proto test e2e-mechanisms unit-test deps deps-test bench run fmt-check lint clean gtk-test screenshots install uninstall deb units-verify deb-check docs-test attack
 
@@ -25,26 +27,73 @@ build:
 		CGO_ENABLED=1 $(GO) build -trimpath -buildmode=pie -o $(BIN)/ ./cmd/bastion-gtk; \
 	else echo "build: skipping bastion-gtk: GTK 3 headers missing (apt-get install libgtk-3-dev)"; fi
 
-# Regenerates committed code: the eBPF objects (needs clang, llvm-strip,
-# libbpf-dev) and the protobuf/gRPC code (needs protoc).
+# Tools pinned by version and built with Go from the module proxy into
+# .tools/ on first use (`go install tool@version` builds each with the
+# dependencies its own go.mod names), so nothing else is downloaded.
+# protoc-gen-go, protoc-gen-go-grpc and bpf2go are pinned in go.mod (its
+# `tool` block) and run with `go tool`. staticcheck v0.8.2 is 2026.2.2, which
+# supports Go 1.26.
+BUF_VERSION         := v1.75.0
+STATICCHECK_VERSION := v0.8.2
+BUF                 := $(TOOLBIN)/buf-$(BUF_VERSION)/buf
+STATICCHECK         := $(TOOLBIN)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
+
+$(BUF):
+	GOBIN=$(@D) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+$(STATICCHECK):
+	GOBIN=$(@D) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+# Regenerates committed code: the eBPF objects (needs clang-14, llvm-strip-14,
+# libbpf-dev) and the protobuf/gRPC code (buf, which compiles the .proto
+# files itself: no protoc, and the generated headers name no protoc version).
 generate: generate-bpf generate-proto
 
-generate-bpf:
+generate-bpf: bpf-toolchain
 	$(GO) generate ./internal/procid/
 
-generate-proto:
-	@mkdir -p $(TOOLBIN)
-	$(GO) build -o $(TOOLBIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
-	PATH=$(TOOLBIN):$$PATH protoc -I proto -I /usr/include \
-		--go_out=proto --go_opt=paths=source_relative \
-		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
-		$$(find proto -name '*.proto')
+generate-proto: $(BUF)
+	$(BUF) generate
+
+# The eBPF compiler is pinned: the committed objects are byte for byte what
+# clang 14.0.6 (Debian 12's clang-14) and llvm-strip-14 compile from
+# bpf/procid.c; another clang may emit other bytes. internal/procid/gen.go
+# names the same binaries. Checked: the checkout's path and libbpf-dev's
+# headers (1.1.2 of Debian 12, 1.3 of Ubuntu 24.04, 1.5) change nothing.
+BPF_CLANG         := clang-14
+BPF_CLANG_VERSION := 14.0.6
+BPF_STRIP         := llvm-strip-14
+
+.PHONY: bpf-toolchain check-generate
+bpf-toolchain:
+	@v=$$($(BPF_CLANG) --version 2>/dev/null | head -n1); \
+	case "$$v" in *"clang version $(BPF_CLANG_VERSION)"*) ;; *) \
+		echo "bpf-toolchain: the committed eBPF objects are what clang $(BPF_CLANG_VERSION) ($(BPF_CLANG), Debian 12's) compiles; found: $${v:-no $(BPF_CLANG)}" >&2; \
+		echo "bpf-toolchain: apt-get install clang-14 llvm-14 libbpf-dev (or: sudo ./deploy/install-deps.sh test)" >&2; \
+		exit 1;; esac
+	@command -v $(BPF_STRIP) >/dev/null || { echo "bpf-toolchain: $(BPF_STRIP) missing: apt-get install llvm-14" >&2; exit 1; }
+	@[ -e /usr/include/bpf/bpf_helpers.h ] || { echo "bpf-toolchain: libbpf headers missing: apt-get install libbpf-dev" >&2; exit 1; }
+
+# Fails, naming each file, where regenerating the protobuf code and the eBPF
+# objects from source gives anything but what the working tree holds (in a
+# clean clone, as in CI: what is committed). It regenerates in a temporary
+# copy, so uncommitted edits are never touched (deploy/check-generate.sh).
+check-generate: bpf-toolchain $(BUF)
+	TOOLBIN=$(TOOLBIN) ./deploy/check-generate.sh
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-deps.sh run; fi
 
 deps-test:
 	@if [ "$$(id -u)" = 0 ]; then ./deploy/install-deps.sh test; fi
+
+# go vet and staticcheck over every package, tests and bastion-gtk's cgo
+# (GTK headers: libgtk-3-dev) included, and buf lint over the .proto files
+# (buf.yaml says which of its rules the existing API is exempt from).
+lint: $(STATICCHECK) $(BUF)
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+	$(BUF) lint
 
 fmt-check:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
@@ -56,8 +105,7 @@ fmt-check:
 # and say so. BASTION_E2E=1 means one thing everywhere: a test that would
 # skip for lack of root or of a tool fails instead. A kernel feature the
 # running kernel lacks still skips (internal/testenv/doc.go, "Gates").
-test: deps-test fmt-check
-	$(GO) vet ./...
+test: deps-test fmt-check lint check-generate
 	$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory e2e-mechanisms
 

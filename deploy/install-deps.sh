@@ -34,6 +34,11 @@ if [ "$what" = test ]; then
 		[desktop-file-validate]=desktop-file-utils)
 	# packaging checks: unit verification and the .deb's lint.
 	pkgs+=([systemd-analyze]=systemd [lintian]=lintian)
+	# make check-generate: the eBPF objects are compiled with a pinned clang,
+	# 14.0.6 (the Makefile's BPF_CLANG_VERSION): Debian 12's clang-14; Ubuntu
+	# 24.04's clang-14 (universe) is the same version. libbpf-dev, below,
+	# brings the headers bpf/procid.c includes.
+	pkgs+=([clang-14]=clang-14 [llvm-strip-14]=llvm-14)
 fi
 missing=()
 for cmd in "${!pkgs[@]}"; do
@@ -44,6 +49,7 @@ command -v iptables-legacy >/dev/null 2>&1 || missing+=(iptables)
 # bastion-gtk runs with GTK 3; building and testing it needs the headers.
 if [ "$what" = test ]; then
 	[ -e /usr/include/gtk-3.0/gtk/gtk.h ] || missing+=(libgtk-3-dev)
+	[ -e /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev) # make check-generate
 else
 	ldconfig -p 2>/dev/null | grep -q 'libgtk-3\.so\.0 ' || missing+=(libgtk-3-0)
 fi

@@ -259,7 +259,7 @@ func TestDecideLater(t *testing.T) {
 	first := e.svc.CallsTo("ListDecideLater")
 	_ = first
 	entries := func() []*uiv1.DecideLaterEntry {
-		r, _ := e.svc.ListDecideLater(nil, &uiv1.ListDecideLaterRequest{})
+		r, _ := e.svc.ListDecideLater(t.Context(), &uiv1.ListDecideLaterRequest{})
 		return r.GetEntries()
 	}
 	es := entries()

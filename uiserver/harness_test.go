@@ -2,9 +2,7 @@ package uiserver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -486,21 +484,6 @@ func forever(action rulesv1.Action, exe string) *rulesv1.Rule {
 }
 
 func code(err error) codes.Code { return status.Code(err) }
-
-var errTimeout = errors.New("timeout")
-
-// recvErr waits for a prompt client's stream to end.
-func (pc *promptClient) recvErr(d time.Duration) error {
-	select {
-	case err := <-pc.ended:
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		return err
-	case <-time.After(d):
-		return errTimeout
-	}
-}
 
 // grow announces that more packets joined an agent entry, as the agent's
 // KIND_UPDATED does.

@@ -24,7 +24,6 @@ const BareQueuePackage = "github.com/bastion-fw/bastion/internal/bench/barequeue
 type BareQueue struct {
 	cmd   *exec.Cmd
 	out   *bufio.Reader
-	seen  uint64
 	fwCfg *fw.Config // Bastion's chain, when the queue sits behind it
 }
 

@@ -258,6 +258,7 @@ func (c *cli) rulesAdd(ctx context.Context, args []string) error {
 
 func (c *cli) rulesRemove(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
+		//lint:ignore ST1005 a usage synopsis: "ID..." is one or more IDs
 		return fmt.Errorf("%w: rules rm ID...", errUsage)
 	}
 	// Remove what can be removed; report the first failure's code.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -58,7 +57,7 @@ func BuildDialerTo(dir string) (string, error) {
 func GoBuild(dir, name, pkg string) (string, error) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return "", fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	out := filepath.Join(dir, name)
 	cmd := exec.Command(goTool, "build", "-o", out, pkg)

@@ -42,11 +42,9 @@ func main() {
 	upstream := flag.String("upstream", "127.0.0.1:53", "the stub's upstream server")
 	flag.Parse()
 	if *stubFD > 0 {
-		if err := stub(*stubFD, *upstream); err != nil {
-			fmt.Fprintln(os.Stderr, "stub:", err)
-			os.Exit(1)
-		}
-		return
+		// stub serves until its socket fails.
+		fmt.Fprintln(os.Stderr, "stub:", stub(*stubFD, *upstream))
+		os.Exit(1)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
