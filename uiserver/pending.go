@@ -51,12 +51,6 @@ func (s *Service) setAgent(c agentv1.AgentServiceClient) {
 	s.mu.Unlock()
 }
 
-func (s *Service) agentClient() agentv1.AgentServiceClient {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.agent
-}
-
 // onPending handles one event of the agent's WatchPending stream.
 func (s *Service) onPending(c agentv1.AgentServiceClient, ev *agentv1.PendingEvent) {
 	pc := ev.GetConnection()

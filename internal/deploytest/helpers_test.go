@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -87,17 +84,6 @@ func waitOutput(t testing.TB, out *testenv.SyncBuffer, want string, timeout time
 	if !testenv.Poll(timeout, func() bool { return strings.Contains(out.String(), want) }) {
 		t.Fatalf("no %q within %v; output so far:\n%s", want, timeout, out.String())
 	}
-}
-
-// agentClient connects to an agent's API socket.
-func agentClient(t testing.TB, sock string) agentv1.AgentServiceClient {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return agentv1.NewAgentServiceClient(conn)
 }
 
 // agentStopTimeout is how long an agent may take to remove its rules and

@@ -2,8 +2,6 @@ package procid
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -260,12 +258,6 @@ func requireMechanism(t testing.TB, mech Mechanism) {
 		return
 	}
 	testenv.RequireKernelFeature(t, append(mech.KernelFeatures(), kernelfeature.TpBtf)...)
-}
-
-func randName(prefix string) string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
 }
 
 // newNetns creates a network namespace with loopback up and ping sockets
