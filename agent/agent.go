@@ -298,7 +298,7 @@ func (h packetHandler) handle(p nfq.Packet) {
 	}
 	// Recorded before the verdict: the socket cannot be destroyed while
 	// the kernel holds its packet, so its destroy notification comes after.
-	h.guard.Sent(p.Tuple, proc.Socket)
+	h.guard.Sent(p.Tuple, proc)
 	if p.HasUID {
 		// A DNS query: its answers will name addresses for this UID.
 		h.names.querySent(p.Tuple, p.Info.TransportOffset, p.Payload, proc)

@@ -158,7 +158,7 @@ func (v dnsVerdicts) handle(b *nameBook, p nfq.Packet) {
 			}
 			// SECURITY: the UID is the kernel's, from the queue metadata.
 			proc.UID, proc.GID = p.UID, p.GID
-			v.guard.Sent(p.Tuple, proc.Socket)
+			v.guard.Sent(p.Tuple, proc)
 			b.querySent(p.Tuple, p.Info.TransportOffset, p.Payload, proc)
 		}
 	case p.ParseErr != nil:

@@ -146,14 +146,15 @@ func (g *udpReuseGuard) Close() error {
 	return errors.Join(g.watch.Close(), g.owners.Close(), g.ct.Close())
 }
 
-// Sent records that the agent queued t's first packet, sent by socket
-// (its inode, 0 when the mechanism does not know it). It is called on the
-// queue's goroutine and costs a map insert.
-func (g *udpReuseGuard) Sent(t flow.Tuple, socket uint64) {
+// Sent records that the agent queued t's first packet, sent by proc's
+// socket (proc.Socket or proc.SocketCookie; neither when the mechanism
+// does not know it). It is called on the queue's goroutine and costs a map
+// insert.
+func (g *udpReuseGuard) Sent(t flow.Tuple, proc flow.Process) {
 	if g == nil || t.Proto != flow.UDP {
 		return
 	}
-	g.sent.add(t, socket)
+	g.sent.add(t, udpSender{inode: proc.Socket, cookie: proc.SocketCookie})
 }
 
 // Run handles destroy notifications until ctx ends. It returns an error
@@ -215,13 +216,13 @@ func (g *udpReuseGuard) resync() {
 // presumed to belong to a live owner; otherwise it is released (SECURITY:
 // when in doubt, ask again).
 func (g *udpReuseGuard) settle(f sentFlow, resync bool) {
-	if f.socket != 0 || resync {
+	if f.sender.known() || resync {
 		owner, live, err := g.owners.UDPOwner(f.tuple)
 		if err != nil {
 			g.log.Debug("look up udp socket", "flow", f.tuple.String(), "err", err)
 		}
-		if live && (uint64(owner.Inode) == f.socket || f.socket == 0 && resync) {
-			g.sent.add(f.tuple, f.socket)
+		if live && (f.sender.is(owner) || !f.sender.known() && resync) {
+			g.sent.add(f.tuple, f.sender)
 			return
 		}
 	}
@@ -245,7 +246,7 @@ func (g *udpReuseGuard) settle(f sentFlow, resync bool) {
 	default:
 		g.log.Warn("remove conntrack entry of a destroyed udp socket's flow", "flow", f.tuple.String(), "err", err)
 	}
-	g.forget(f.tuple, f.socket)
+	g.forget(f.tuple, f.sender.inode)
 }
 
 func containsFlow(flows []sentFlow, t flow.Tuple) bool {
@@ -264,11 +265,32 @@ func containsFlow(flows []sentFlow, t flow.Tuple) bool {
 // connected to it.
 const sentFlowsGeneration = 16384
 
-// sentFlow is a UDP flow whose first packet the agent queued, and the inode
-// of the socket that sent it (0: unknown).
+// sentFlow is a UDP flow whose first packet the agent queued, and the
+// socket that sent it.
 type sentFlow struct {
 	tuple  flow.Tuple
-	socket uint64
+	sender udpSender
+}
+
+// udpSender names the socket that sent a flow: by its inode, or where the
+// mechanism does not know the inode (sockops), by its cookie, which is
+// never reused; both 0 when unknown.
+type udpSender struct {
+	inode, cookie uint64
+}
+
+// known reports whether s names a socket.
+func (s udpSender) known() bool { return s.inode != 0 || s.cookie != 0 }
+
+// is reports whether s names sk: by inode when s knows it, else by cookie.
+func (s udpSender) is(sk sockdiag.Socket) bool {
+	switch {
+	case s.inode != 0:
+		return uint64(sk.Inode) == s.inode
+	case s.cookie != 0:
+		return sk.Cookie == s.cookie
+	}
+	return false
 }
 
 // sentFlows indexes queued UDP flows by source port. It is bounded by two
@@ -277,17 +299,17 @@ type sentFlow struct {
 type sentFlows struct {
 	mu       sync.Mutex
 	max      int
-	cur, old map[uint16]map[flow.Tuple]uint64 // source port -> tuple -> socket
+	cur, old map[uint16]map[flow.Tuple]udpSender // source port -> tuple -> sender
 	curN     int
 	oldN     int
 	dropped  uint64 // flows that fell out of the index
 }
 
 func newSentFlows(generation int) *sentFlows {
-	return &sentFlows{max: generation, cur: make(map[uint16]map[flow.Tuple]uint64), old: make(map[uint16]map[flow.Tuple]uint64)}
+	return &sentFlows{max: generation, cur: make(map[uint16]map[flow.Tuple]udpSender), old: make(map[uint16]map[flow.Tuple]udpSender)}
 }
 
-func (s *sentFlows) add(t flow.Tuple, socket uint64) {
+func (s *sentFlows) add(t flow.Tuple, sender udpSender) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if m := s.old[t.SrcPort]; m != nil {
@@ -301,17 +323,17 @@ func (s *sentFlows) add(t flow.Tuple, socket uint64) {
 	}
 	m := s.cur[t.SrcPort]
 	if m == nil {
-		m = make(map[flow.Tuple]uint64, 1)
+		m = make(map[flow.Tuple]udpSender, 1)
 		s.cur[t.SrcPort] = m
 	}
 	if _, ok := m[t]; !ok {
 		s.curN++
 	}
-	m[t] = socket
+	m[t] = sender
 	if s.curN >= s.max {
 		s.dropped += uint64(s.oldN)
 		s.old, s.oldN = s.cur, s.curN
-		s.cur, s.curN = make(map[uint16]map[flow.Tuple]uint64), 0
+		s.cur, s.curN = make(map[uint16]map[flow.Tuple]udpSender), 0
 	}
 }
 
@@ -325,15 +347,15 @@ func (s *sentFlows) take(sk sockdiag.Socket) []sentFlow {
 	var out []sentFlow
 	port, local := sk.Local.Port(), sk.Local.Addr()
 	for _, gen := range []struct {
-		m map[uint16]map[flow.Tuple]uint64
+		m map[uint16]map[flow.Tuple]udpSender
 		n *int
 	}{{s.cur, &s.curN}, {s.old, &s.oldN}} {
 		m := gen.m[port]
-		for t, socket := range m {
+		for t, sender := range m {
 			if !mayHaveSent(sk.Family, local, t.Src.Unmap()) {
 				continue
 			}
-			out = append(out, sentFlow{tuple: t, socket: socket})
+			out = append(out, sentFlow{tuple: t, sender: sender})
 			delete(m, t)
 			*gen.n--
 		}
@@ -361,14 +383,14 @@ func (s *sentFlows) drain() []sentFlow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]sentFlow, 0, s.curN+s.oldN)
-	for _, gen := range []map[uint16]map[flow.Tuple]uint64{s.cur, s.old} {
+	for _, gen := range []map[uint16]map[flow.Tuple]udpSender{s.cur, s.old} {
 		for _, m := range gen {
-			for t, socket := range m {
-				out = append(out, sentFlow{tuple: t, socket: socket})
+			for t, sender := range m {
+				out = append(out, sentFlow{tuple: t, sender: sender})
 			}
 		}
 	}
-	s.cur, s.old = make(map[uint16]map[flow.Tuple]uint64), make(map[uint16]map[flow.Tuple]uint64)
+	s.cur, s.old = make(map[uint16]map[flow.Tuple]udpSender), make(map[uint16]map[flow.Tuple]udpSender)
 	s.curN, s.oldN = 0, 0
 	return out
 }

@@ -65,7 +65,7 @@ func TestSentFlowsTake(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSentFlows(100)
 			for i, f := range flows {
-				s.add(f, uint64(i+1))
+				s.add(f, udpSender{inode: uint64(i + 1)})
 			}
 			got := s.take(tc.sock)
 			if !slices.Equal(tuples(got), tc.want) {
@@ -86,13 +86,13 @@ func TestSentFlowsTake(t *testing.T) {
 func TestSentFlowsBoundAndLatestSender(t *testing.T) {
 	s := newSentFlows(4)
 	a := udp("10.0.0.1:1000", "10.0.0.2:53")
-	s.add(a, 1)
-	s.add(a, 2) // a new socket sent it again, after the old entry went
-	if got := s.take(destroyedSock(unix.AF_INET, "0.0.0.0:1000", "0.0.0.0:0")); len(got) != 1 || got[0].socket != 2 {
+	s.add(a, udpSender{inode: 1})
+	s.add(a, udpSender{inode: 2}) // a new socket sent it again, after the old entry went
+	if got := s.take(destroyedSock(unix.AF_INET, "0.0.0.0:1000", "0.0.0.0:0")); len(got) != 1 || got[0].sender.inode != 2 {
 		t.Fatalf("take = %+v, want one flow of socket 2", got)
 	}
 	for i := range 20 {
-		s.add(udp("10.0.0.1:2000", "10.0.0.2:"+strconv.Itoa(i+1)), uint64(i))
+		s.add(udp("10.0.0.1:2000", "10.0.0.2:"+strconv.Itoa(i+1)), udpSender{inode: uint64(i)})
 		if n := s.len(); n > 8 {
 			t.Fatalf("index holds %d flows, more than two generations of 4", n)
 		}
@@ -111,11 +111,11 @@ func TestSentFlowsBoundAndLatestSender(t *testing.T) {
 	// A flow refreshed from the old generation survives the next rotation.
 	s = newSentFlows(2)
 	old := udp("10.0.0.1:3000", "10.0.0.2:53")
-	s.add(old, 1)
-	s.add(udp("10.0.0.1:3001", "10.0.0.2:53"), 2) // rotates: both old
-	s.add(old, 3)                                 // back into cur
-	s.add(udp("10.0.0.1:3002", "10.0.0.2:53"), 4) // rotates again
-	if got := s.take(destroyedSock(unix.AF_INET, "0.0.0.0:3000", "0.0.0.0:0")); len(got) != 1 || got[0].socket != 3 {
+	s.add(old, udpSender{inode: 1})
+	s.add(udp("10.0.0.1:3001", "10.0.0.2:53"), udpSender{inode: 2}) // rotates: both old
+	s.add(old, udpSender{inode: 3})                                 // back into cur
+	s.add(udp("10.0.0.1:3002", "10.0.0.2:53"), udpSender{inode: 4}) // rotates again
+	if got := s.take(destroyedSock(unix.AF_INET, "0.0.0.0:3000", "0.0.0.0:0")); len(got) != 1 || got[0].sender.inode != 3 {
 		t.Errorf("refreshed flow: take = %+v, want it with socket 3", got)
 	}
 }
@@ -123,7 +123,7 @@ func TestSentFlowsBoundAndLatestSender(t *testing.T) {
 func TestSentFlowsDrain(t *testing.T) {
 	s := newSentFlows(2)
 	for i := range 3 {
-		s.add(udp("10.0.0.1:4000", "10.0.0.2:"+strconv.Itoa(i+1)), 7)
+		s.add(udp("10.0.0.1:4000", "10.0.0.2:"+strconv.Itoa(i+1)), udpSender{inode: 7})
 	}
 	if got := s.drain(); len(got) != 3 || s.len() != 0 {
 		t.Errorf("drain = %d flows, %d left; want 3 and 0", len(got), s.len())
@@ -132,10 +132,10 @@ func TestSentFlowsDrain(t *testing.T) {
 
 func TestSentIgnoresOtherProtocolsAndNilGuard(t *testing.T) {
 	var none *udpReuseGuard
-	none.Sent(udp("10.0.0.1:1", "10.0.0.2:2"), 1) // no guard: nothing happens
+	none.Sent(udp("10.0.0.1:1", "10.0.0.2:2"), flow.Process{Socket: 1}) // no guard: nothing happens
 	g := &udpReuseGuard{sent: newSentFlows(10)}
-	g.Sent(tcp("10.0.0.2", 1, 2), 1)
-	g.Sent(udp("10.0.0.1:1", "10.0.0.2:2"), 1)
+	g.Sent(tcp("10.0.0.2", 1, 2), flow.Process{Socket: 1})
+	g.Sent(udp("10.0.0.1:1", "10.0.0.2:2"), flow.Process{Socket: 1})
 	if n := g.sent.len(); n != 1 {
 		t.Errorf("index holds %d flows, want only the UDP one", n)
 	}

@@ -113,6 +113,10 @@ struct flow_value {
 	__u64 start_boottime; // thread group leader's start_boottime (ns)
 	__u64 ts;     // bpf_ktime_get_boot_ns() when written
 	__u64 sk_ino; // socket inode, 0 when unknown (netfilter only)
+	// The socket cookie, 0 when unknown (sockops and sock_addr only: a
+	// netfilter program cannot ask for it). It names the socket where
+	// sk_ino is unknown.
+	__u64 sk_cookie;
 	char comm[COMM_LEN];
 	// The thread group leader's self_exec_id, which every execve bumps:
 	// with tgid and start_boottime it names one process image, so
@@ -180,7 +184,7 @@ struct {
 // overwriting the whole slot.
 //
 // Only nf_local_out writes it, so only MechNetfilterLink reads it.
-#define RECENT_FLOWS 8192 // power of two; ~1 MB of 120-byte slots
+#define RECENT_FLOWS 8192 // power of two; 1 MB of 128-byte slots
 
 struct recent_flow {
 	__u32 seq; // odd while a writer owns the slot
@@ -617,6 +621,7 @@ int sockops_connect(struct bpf_sock_ops *ctx)
 	struct task_struct *t = bpf_get_current_task_btf();
 	key.netns = task_netns(t);
 	fill_task(&val, t);
+	val.sk_cookie = bpf_get_socket_cookie(ctx);
 	val.flags = FLOW_F_SOCKOPS;
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
 	return 1;
@@ -655,14 +660,14 @@ static __always_inline void record_dst(struct bpf_sock_addr *ctx, __u8 family, c
 	struct task_struct *t = bpf_get_current_task_btf();
 	key.netns = task_netns(t);
 	fill_task(&val, t);
+	val.sk_cookie = bpf_get_socket_cookie(ctx);
 	val.flags = FLOW_F_SOCKADDR;
 	bpf_map_update_elem(&flows, &key, &val, BPF_ANY);
 	if (key.sport == 0 && proto == IPPROTO_UDP) {
 		// A destination key, shared with every other unbound socket
 		// connecting there: also remember this socket's own entry.
 		// (Ping sockets are not in sock_diag, so not for them.)
-		__u64 cookie = bpf_get_socket_cookie(ctx);
-		bpf_map_update_elem(&sock_flows, &cookie, &val, BPF_ANY);
+		bpf_map_update_elem(&sock_flows, &val.sk_cookie, &val, BPF_ANY);
 	}
 }
 

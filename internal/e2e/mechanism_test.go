@@ -66,10 +66,6 @@ const (
 	// looked up (exec records in a BPF map name it, where the kernel
 	// offers tp_btf; /proc no longer can).
 	seesExited seeing = "a process that exited before the lookup"
-	// seesUDPSocket: which socket sent a UDP flow (its inode). Without it
-	// the UDP tuple-reuse guard cannot tell a live flow's socket from an
-	// earlier one on the same port (agent/udpreuse.go, settle).
-	seesUDPSocket seeing = "the socket that sent a UDP flow"
 	// seesAtFloodRate: each queued packet's process quickly enough that
 	// one user's flood does not delay another's prompt (procfs scans
 	// /proc for every queued packet, shed ones included).
@@ -80,9 +76,9 @@ const (
 // mechanism lacks here is documented in internal/procid's doc and in
 // docs/troubleshooting.md.
 var mechanismSees = map[string]map[seeing]bool{
-	"netfilter-link": {seesExited: true, seesUDPSocket: true, seesAtFloodRate: true},
+	"netfilter-link": {seesExited: true, seesAtFloodRate: true},
 	"sockops":        {seesExited: true, seesAtFloodRate: true},
-	"procfs":         {seesUDPSocket: true},
+	"procfs":         {},
 }
 
 // mechanismCanSee reports whether this run's mechanism attributes what.

@@ -121,6 +121,10 @@ type Process struct {
 	// 0 when unknown. It tells a retransmission (same socket) from a new
 	// connection that happens to reuse the same 5-tuple.
 	Socket uint64
+	// SocketCookie is that socket's cookie, 0 when unknown. Cookies are
+	// never reused; it names the socket where Socket is unknown (the
+	// sockops mechanism knows the cookie, not the inode).
+	SocketCookie uint64
 	// MntNS is the inode number of the mount namespace the process runs
 	// in (its /proc/PID/ns/mnt), 0 when unknown.
 	MntNS uint32

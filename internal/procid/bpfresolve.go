@@ -152,14 +152,15 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 
 	v := &b.val
 	p := flow.Process{
-		PID:       v.Pid,
-		TGID:      v.Tgid,
-		UID:       v.Uid,
-		GID:       v.Gid,
-		Comm:      cString(v.Comm[:]),
-		StartTime: v.StartBoottime,
-		Source:    string(r.mech),
-		Socket:    v.SkIno,
+		PID:          v.Pid,
+		TGID:         v.Tgid,
+		UID:          v.Uid,
+		GID:          v.Gid,
+		Comm:         cString(v.Comm[:]),
+		StartTime:    v.StartBoottime,
+		Source:       string(r.mech),
+		Socket:       v.SkIno,
+		SocketCookie: v.SkCookie,
 	}
 	if v.Flags&flowFlagUIDMismatch != 0 {
 		r.log.Debug("flow sent with a uid other than the socket owner's", "flow", t, "uid", v.Uid, "sk_uid", v.SkUid, "pid", v.Pid)

@@ -51,6 +51,7 @@ type procidFlowValue struct {
 	StartBoottime uint64
 	Ts            uint64
 	SkIno         uint64
+	SkCookie      uint64
 	Comm          [16]int8
 	ExecId        uint64
 }

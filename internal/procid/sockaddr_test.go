@@ -8,6 +8,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/sockdiag"
 	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
@@ -126,6 +127,11 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 	ns, _ := newNetns(t)
 	r, cg := openSockOps(t, ns)
 	dir, bin := helperBinary(t)
+	diag, err := sockdiag.OpenLookup(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer diag.Close()
 	for _, c := range []struct{ fam, dst string }{{"4", "127.0.0.1:53"}, {"6", "[::1]:53"}} {
 		t.Run("udp"+c.fam, func(t *testing.T) {
 			dap := netip.MustParseAddrPort(c.dst)
@@ -134,7 +140,18 @@ func TestSockAddrTwoConnectedSenders(t *testing.T) {
 				hs = append(hs, startHelper(t, ns, helperOpts{mode: "udp" + c.fam, dst: c.dst, uid: uint32(1000 + i), hold: true, cgroup: cg, argv0: bin, dir: dir}))
 			}
 			for i, h := range hs {
-				checkSender(t, r, h, dap, uint32(1000+i))
+				p := checkSender(t, r, h, dap, uint32(1000+i))
+				// Each flow names its own socket by the cookie
+				// sock_diag knows it by (the UDP tuple-reuse guard
+				// compares them).
+				tup := flow.Tuple{Proto: flow.UDP, Src: h.local.Addr(), Dst: dap.Addr(), SrcPort: h.local.Port(), DstPort: dap.Port()}
+				s, ok, err := diag.UDPOwner(tup)
+				if err != nil || !ok {
+					t.Fatalf("sock_diag: owner of %s: %v, %v", tup, ok, err)
+				}
+				if p.SocketCookie != s.Cookie {
+					t.Errorf("%s: socket cookie %#x, want %#x", tup, p.SocketCookie, s.Cookie)
+				}
 			}
 			// Closed sockets are out of sock_diag's sight: the
 			// destination key answers, for the later sender.

@@ -380,3 +380,22 @@ func SocketInode(t testing.TB, c syscall.Conn) uint64 {
 	}
 	return st.Ino
 }
+
+// SocketCookie returns the cookie of socket c (SO_COOKIE), the number
+// sock_diag and the eBPF programs name it by.
+func SocketCookie(t testing.TB, c syscall.Conn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	var serr error
+	if err := rc.Control(func(fd uintptr) { cookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return cookie
+}
