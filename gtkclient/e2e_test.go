@@ -268,27 +268,8 @@ func buildE2EBins(t *testing.T) e2eBins {
 		t.Fatal(err)
 	}
 	b.self = filepath.Join(dir, "gtkclient.test")
-	if err := copyFile(self, b.self, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	testenv.CopyExecutable(t, self, b.self)
 	return b
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	return out.Close()
 }
 
 // proc is a process the test started and ends by PID at cleanup.

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,27 +42,8 @@ func containerRootfs(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	copyFile(t, builtBins.dialer, filepath.Join(root, "usr/bin/curl"))
+	testenv.CopyExecutable(t, builtBins.dialer, filepath.Join(root, "usr/bin/curl"))
 	return root
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestAttackMasqueradeThroughMountNamespace: user B has an allow rule for

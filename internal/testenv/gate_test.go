@@ -43,14 +43,8 @@ func TestGates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A copy every UID may run: the test binary's own directory is 0700.
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
 	bin := filepath.Join(TempDir(t), "testenv.test")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	CopyExecutable(t, self, bin)
 	for _, tc := range []struct {
 		name  string
 		uid   uint32

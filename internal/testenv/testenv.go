@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -142,6 +143,29 @@ func TempDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// CopyExecutable copies the file src to the new file dst (mode 0755), for
+// a program every UID may run or one the agent sees under another path. It
+// fails t on any error.
+func CopyExecutable(t testing.TB, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatalf("copy executable: %v", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatalf("copy executable: %v", err)
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("copy executable %s to %s: %v", src, dst, err)
+	}
 }
 
 // MakeTempDir is TempDir for code without a testing.TB; the caller removes
