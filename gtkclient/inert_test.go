@@ -9,6 +9,7 @@ import (
 	"github.com/gotk3/gotk3/gtk"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/inert/inerttest"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -33,22 +34,6 @@ func hostilePrompt(now time.Time) *uiv1.Prompt {
 	}
 }
 
-// rawControls lists what must not reach a label: C0 controls, DEL, C1,
-// bidi controls, line separators and invalid UTF-8.
-func rawControls(s string) string {
-	var bad []rune
-	for i, r := range s {
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\ufffd"),
-			r < 0x20, r >= 0x7f && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069,
-			r == 0x200e, r == 0x200f, r == 0x061c, r == 0x2028, r == 0x2029:
-			bad = append(bad, r)
-		}
-	}
-	return string(bad)
-}
-
 // TestPromptWindowShowsHostileStringsInert opens a prompt for a hostile
 // program and reads back every label GTK shows.
 func TestPromptWindowShowsHostileStringsInert(t *testing.T) {
@@ -61,7 +46,7 @@ func TestPromptWindowShowsHostileStringsInert(t *testing.T) {
 			"parent": p.parent, "destination": p.dest, "command line": p.cmdShort, "full command line": p.cmdFull,
 			"plain command line": p.cmdPlain, "rule preview": p.preview} {
 			got := labelText(l)
-			if raw := rawControls(got); raw != "" {
+			if raw := inerttest.RawControls(got); raw != "" {
 				t.Errorf("%s label shows %q raw: %q", name, raw, got)
 			}
 			if l.GetUseMarkup() && strings.Contains(got, "<b>") {
@@ -87,10 +72,10 @@ func TestDeniedNotificationIsInert(t *testing.T) {
 	}
 	for _, es := range [][]*uiv1.DecideLaterEntry{{entry()}, {entry(), entry()}} {
 		n := deniedNotification(es)
-		if raw := rawControls(n.Summary); raw != "" {
+		if raw := inerttest.RawControls(n.Summary); raw != "" {
 			t.Errorf("summary shows %q raw: %q", raw, n.Summary)
 		}
-		if raw := rawControls(strings.ReplaceAll(n.Body, "\n", "")); raw != "" {
+		if raw := inerttest.RawControls(strings.ReplaceAll(n.Body, "\n", "")); raw != "" {
 			t.Errorf("body shows %q raw: %q", raw, n.Body)
 		}
 		if strings.Contains(n.Body, "<b>") || !strings.Contains(n.Body, "&lt;b&gt;") {

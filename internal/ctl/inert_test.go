@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/inert/inerttest"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
@@ -33,26 +34,9 @@ func hostileFlow() *agentv1.Flow {
 		DstIp: "192.0.2.7", DstPort: 443}
 }
 
-// rawControls lists what must not reach a terminal: C0 but newline, DEL,
-// C1, bidi controls, line separators and invalid UTF-8.
-func rawControls(s string) string {
-	var bad []rune
-	for i, r := range s {
-		switch {
-		case r == '\n':
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\ufffd"),
-			r < 0x20, r >= 0x7f && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069,
-			r == 0x200e, r == 0x200f, r == 0x061c, r == 0x2028, r == 0x2029:
-			bad = append(bad, r)
-		}
-	}
-	return string(bad)
-}
-
 func checkInert(t *testing.T, what, out string, maxLine int) {
 	t.Helper()
-	if raw := rawControls(out); raw != "" {
+	if raw := inerttest.RawControls(out, '\n'); raw != "" {
 		t.Errorf("%s prints %q raw:\n%s", what, raw, out)
 	}
 	if !strings.Contains(out, `\x1b`) {
@@ -70,7 +54,7 @@ func TestAgentCommandsShowHostileStringsInert(t *testing.T) {
 		Packets: 1, Deadline: timestamppb.New(time.Now().Add(time.Minute)), DeadlineAction: agentv1.Action_ACTION_DENY}
 	checkInert(t, "pending", describePending(p), 300)
 	noExe := &agentv1.Process{Comm: hostComm, Tgid: 1}
-	if out := describeProcess(noExe); rawControls(out) != "" {
+	if out := describeProcess(noExe); inerttest.RawControls(out, '\n') != "" {
 		t.Errorf("describeProcess by comm: %q", out)
 	}
 }
@@ -127,7 +111,7 @@ func TestJSONOutputIsExactAndInert(t *testing.T) {
 	if r.code != ExitOK {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
-	if raw := rawControls(r.stdout); raw != "" {
+	if raw := inerttest.RawControls(r.stdout, '\n'); raw != "" {
 		t.Errorf("--json prints %q raw: %s", raw, r.stdout)
 	}
 	if !strings.Contains(r.stdout, `\u001b]52;c;ZXZpbA==\u0007`) || !strings.Contains(r.stdout, `\u202e`) || !strings.Contains(r.stdout, `\u009b`) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/bastion-fw/bastion/internal/inert/inerttest"
 )
 
 // attacks are strings a hostile program can put in its argv, exe or comm.
@@ -130,28 +132,11 @@ func TestOutputIsInert(t *testing.T) {
 		for fn, out := range map[string]string{
 			"String": String(s), "Elide": Elide(s, 8), "Markup": Markup(s),
 		} {
-			if raw := rawControls(out); raw != "" {
+			if raw := inerttest.RawControls(out); raw != "" {
 				t.Errorf("%s(%s %q) = %q keeps %q", fn, name, s, out, raw)
 			}
 		}
 	}
-}
-
-// rawControls lists the characters of s that must not reach a display,
-// from an independent list (not mustEscape): C0, DEL, C1, the bidi
-// controls, separators and invalid bytes.
-func rawControls(s string) string {
-	var bad []rune
-	for i, r := range s {
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\ufffd"),
-			r < 0x20, r >= 0x7f && r <= 0x9f,
-			r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069,
-			r == 0x200e, r == 0x200f, r == 0x061c, r == 0x2028, r == 0x2029:
-			bad = append(bad, r)
-		}
-	}
-	return string(bad)
 }
 
 // TestTextHandlerQuotesAttacks shows why the components' slog
@@ -162,7 +147,7 @@ func TestTextHandlerQuotesAttacks(t *testing.T) {
 		var buf bytes.Buffer
 		slog.New(slog.NewTextHandler(&buf, nil)).Info("msg "+s, "exe", s, "args", []string{s, "x"}, "host", s)
 		line := strings.TrimSuffix(buf.String(), "\n")
-		if raw := rawControls(line); raw != "" {
+		if raw := inerttest.RawControls(line); raw != "" {
 			t.Errorf("%s: TextHandler wrote %q raw: %q", name, raw, line)
 		}
 	}
@@ -181,7 +166,7 @@ func TestJSONIsExactAndInert(t *testing.T) {
 			t.Fatal(err)
 		}
 		b := JSON(enc)
-		if raw := rawControls(string(b)); raw != "" {
+		if raw := inerttest.RawControls(string(b)); raw != "" {
 			t.Errorf("%s: JSON wrote %q raw: %s", name, raw, b)
 		}
 		var back map[string]string
@@ -214,7 +199,7 @@ func FuzzString(f *testing.F) {
 		if !utf8.ValidString(out) {
 			t.Fatalf("String(%q) = %q is not valid UTF-8", s, out)
 		}
-		if raw := rawControls(out); raw != "" {
+		if raw := inerttest.RawControls(out); raw != "" {
 			t.Fatalf("String(%q) = %q keeps %q", s, out, raw)
 		}
 		if !Safe(out) {
@@ -251,7 +236,7 @@ func FuzzString(f *testing.F) {
 		if err := json.Unmarshal(JSON(enc), &back); err != nil || back != s {
 			t.Fatalf("JSON(%s) = %s decodes to %q, %v", enc, JSON(enc), back, err)
 		}
-		if raw := rawControls(string(JSON(enc))); raw != "" {
+		if raw := inerttest.RawControls(string(JSON(enc))); raw != "" {
 			t.Fatalf("JSON(%s) keeps %q", enc, raw)
 		}
 	})
