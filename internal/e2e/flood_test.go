@@ -26,30 +26,12 @@ type countingServer struct {
 
 func startCountingServer(t *testing.T, ns *testenv.NS) *countingServer {
 	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) {
-		l, err = net.Listen("tcp4", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatalf("listen in %s: %v", ns.Name, err)
-	}
-	s := &countingServer{port: portOf(l.Addr())}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s.accepted.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
+	s := &countingServer{}
+	l := ns.Serve(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		s.accepted.Add(1)
+		c.Close()
 	})
+	s.port = portOf(l.Addr())
 	return s
 }
 

@@ -164,6 +164,20 @@ func (ns *NS) Sysctl(key, value string) error {
 // client that connects and closes at once sees an accept-and-close server.
 func (ns *NS) Listen(t testing.TB, network, addr string) net.Listener {
 	t.Helper()
+	return ns.Serve(t, network, addr, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			io.Copy(c, c)
+		}()
+	})
+}
+
+// Serve is Listen with handle for each accepted connection, called on the
+// accepting goroutine in the order of the accepts; handle owns the
+// connection.
+func (ns *NS) Serve(t testing.TB, network, addr string, handle func(net.Conn)) net.Listener {
+	t.Helper()
 	var l net.Listener
 	err := ns.Do(func() (err error) {
 		l, err = net.Listen(network, addr)
@@ -180,11 +194,7 @@ func (ns *NS) Listen(t testing.TB, network, addr string) net.Listener {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				io.Copy(c, c)
-			}()
+			handle(c)
 		}
 	}()
 	t.Cleanup(func() {
