@@ -50,7 +50,7 @@ $(STATICCHECK):
 generate: generate-bpf generate-proto
 
 generate-bpf: bpf-toolchain
-	$(GO) generate ./internal/procid/
+	$(GO) generate ./internal/procid/ ./internal/kdecide/
 
 generate-proto: $(BUF)
 	$(BUF) generate

@@ -1,0 +1,257 @@
+package kdecide
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kernelfeature"
+	"github.com/bastion-fw/bastion/internal/testenv"
+)
+
+const testUID = 1000
+
+// kernelEnv is a namespace whose OUTPUT chain lets a TCP SYN or a new UDP
+// flow pass only when xt_allow matches it, with the decision programs
+// attached to a cgroup the dialer runs in.
+type kernelEnv struct {
+	ns     *testenv.NS
+	cg     *testenv.Cgroup
+	k      *Kernel
+	dialer string
+	exe    Key // UID and the dialer's file; the rest zero
+	events chan Event
+}
+
+func newKernelEnv(t *testing.T) *kernelEnv {
+	t.Helper()
+	testenv.RequireE2E(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "iptables")
+	testenv.RequireKernelFeature(t, kernelfeature.BTF, kernelfeature.SockAddr)
+	e := &kernelEnv{ns: testenv.NewNetNS(t), cg: testenv.NewCgroup(t), dialer: testenv.BuildDialer(t), events: make(chan Event, 1024)}
+	dir := filepath.Join(DefaultPinRoot, "test-"+strconv.Itoa(os.Getpid())+"-"+strings.ReplaceAll(t.Name(), "/", "_"))
+	k, err := Open(Config{NetNS: e.ns.File, CgroupPath: e.cg.Path, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	e.k = k
+	e.exe = fileKey(t, e.dialer)
+	e.exe.UID = testUID
+	e.iptables(t, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+	e.iptables(t, "-A", "OUTPUT", "-m", "bpf", "--object-pinned", k.XtPin(), "-j", "ACCEPT")
+	e.iptables(t, "-A", "OUTPUT", "-p", "tcp", "--syn", "-j", "DROP")
+	e.iptables(t, "-A", "OUTPUT", "-p", "udp", "-j", "DROP")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := k.ReadEvents(ctx, func(b []Event) {
+			for _, ev := range b {
+				e.events <- ev
+			}
+		}); err != nil {
+			t.Errorf("ReadEvents: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return e
+}
+
+func (e *kernelEnv) iptables(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + e.ns.Path, "iptables", "-w"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables %v: %v: %s", args, err, out)
+	}
+}
+
+// fileKey is the kernel's identity of the file at path.
+func fileKey(t *testing.T, path string) Key {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return Key{ExeDev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), ExeIno: st.Ino}
+}
+
+func (e *kernelEnv) dial(t *testing.T, network, addr string) testenv.DialResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, e.dialer, "-net", network, "-addr", addr, "-timeout", "400ms", "-reply")
+	out, err := cmd.Output()
+	var r testenv.DialResult
+	if jerr := jsonUnmarshal(out, &r); jerr != nil {
+		t.Fatalf("dialer %s %s: %v %v: %s", network, addr, jerr, err, out)
+	}
+	return r
+}
+
+func (e *kernelEnv) remember(t *testing.T, proto flow.Proto, dst string, port uint16, a flow.Action, by string) {
+	t.Helper()
+	k := e.exe
+	k.Proto, k.Dst, k.Port = proto, netip.MustParseAddr(dst), port
+	if err := e.k.Remember(Decision{Key: k, Action: a, By: by, Gen: e.k.Gen(testUID)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *kernelEnv) nextEvent(t *testing.T) Event {
+	t.Helper()
+	select {
+	case ev := <-e.events:
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no kernel decision event within 5 s")
+	}
+	return Event{}
+}
+
+// echo serves TCP and UDP echo on 127.0.0.1:port in the namespace.
+func (e *kernelEnv) echo(t *testing.T, port int) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	e.ns.Serve(t, "tcp4", addr, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 512)
+		n, _ := c.Read(buf)
+		c.Write(buf[:n])
+	})
+	pc := e.ns.ListenPacket(t, "udp4", addr)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+// TestKernelDecides: remembered decisions are applied in the kernel —
+// allow without the queue, deny with EPERM at connect(), reject with
+// ECONNREFUSED — and each is reported with its process and rule; no
+// decision, a stale generation and an expired decision all leave the
+// connection to the chain's next rule (here a DROP).
+func TestKernelDecides(t *testing.T) {
+	e := newKernelEnv(t)
+	for _, p := range []int{7001, 7002, 7003, 7004} {
+		e.echo(t, p)
+	}
+	e.remember(t, flow.TCP, "127.0.0.1", 7001, flow.ActionAllow, "rule:allow-7001")
+	e.remember(t, flow.TCP, "127.0.0.1", 7002, flow.ActionDeny, "rule:deny-7002")
+	e.remember(t, flow.TCP, "127.0.0.1", 7003, flow.ActionReject, "cache:c3")
+	e.remember(t, flow.UDP, "127.0.0.1", 7001, flow.ActionAllow, "rule:udp")
+
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); !r.OK {
+		t.Fatalf("remembered allow: %+v", r)
+	}
+	ev := e.nextEvent(t)
+	if ev.Action != flow.ActionAllow || ev.By != "rule:allow-7001" || ev.Process.UID != testUID || ev.Tuple.DstPort != 7001 ||
+		ev.Tuple.SrcPort == 0 || ev.Tuple.Src != netip.MustParseAddr("127.0.0.1") || ev.Process.Comm != "bastion-dialer" || ev.Process.TGID == 0 {
+		t.Errorf("allow event %+v", ev)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7002"); r.OK || r.Kind != "permission" {
+		t.Errorf("remembered deny: %+v, want a permission error", r)
+	} else if r.ElapsedUS > 100_000 {
+		t.Errorf("remembered deny took %d µs", r.ElapsedUS)
+	}
+	if ev := e.nextEvent(t); ev.Action != flow.ActionDeny || ev.By != "rule:deny-7002" || ev.Tuple.DstPort != 7002 {
+		t.Errorf("deny event %+v", ev)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7003"); r.OK || r.Kind != "refused" {
+		t.Errorf("remembered reject: %+v, want refused", r)
+	}
+	if ev := e.nextEvent(t); ev.Action != flow.ActionReject || ev.By != "cache:c3" {
+		t.Errorf("reject event %+v", ev)
+	}
+	if r := e.dial(t, "udp4", "127.0.0.1:7001"); !r.OK {
+		t.Errorf("remembered udp allow: %+v", r)
+	}
+	if ev := e.nextEvent(t); ev.Action != flow.ActionAllow || ev.Tuple.Proto != flow.UDP {
+		t.Errorf("udp allow event %+v", ev)
+	}
+	// Nothing remembered: the chain's DROP.
+	if r := e.dial(t, "tcp4", "127.0.0.1:7004"); r.OK || r.Kind != "timeout" {
+		t.Errorf("no decision: %+v, want a timeout (dropped)", r)
+	}
+	// Another program (same UID) gets nothing from the dialer's allow.
+	other := filepath.Join(filepath.Dir(e.dialer), "other-dialer")
+	testenv.CopyExecutable(t, e.dialer, other)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, other, "-net", "tcp4", "-addr", "127.0.0.1:7001", "-timeout", "400ms").Output()
+	var r testenv.DialResult
+	if err := jsonUnmarshal(out, &r); err != nil || r.OK {
+		t.Errorf("another executable got the dialer's allow: %+v (%v)", r, err)
+	}
+
+	// A new generation makes every decision of the UID stale at once.
+	if err := e.k.Invalidate(testUID); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); r.OK {
+		t.Errorf("stale allow still applied: %+v", r)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7002"); r.Kind != "timeout" {
+		t.Errorf("stale deny still applied: %+v", r)
+	}
+	st, err := e.k.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Entries != 0 || st.Allowed != 2 || st.Denied != 1 || st.Rejected != 1 || st.Lost != 0 {
+		t.Errorf("stats %+v, want 0 entries, 2 allowed, 1 denied, 1 rejected, 0 lost", st)
+	}
+
+	// An expiry ends a decision in the kernel by itself.
+	k := e.exe
+	k.Proto, k.Dst, k.Port = flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:soon", Gen: e.k.Gen(testUID), Expires: time.Now().Add(300 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); !r.OK {
+		t.Fatalf("allow before its expiry: %+v", r)
+	}
+	time.Sleep(400 * time.Millisecond) // the expiry itself is what is tested
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); r.OK {
+		t.Errorf("expired allow still applied: %+v", r)
+	}
+}
+
+// TestRememberStaleGeneration: a decision made under a generation that was
+// invalidated meanwhile is never stored.
+func TestRememberStaleGeneration(t *testing.T) {
+	e := newKernelEnv(t)
+	e.echo(t, 7001)
+	g := e.k.Gen(testUID)
+	if err := e.k.Invalidate(testUID); err != nil {
+		t.Fatal(err)
+	}
+	k := e.exe
+	k.Proto, k.Dst, k.Port = flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:old", Gen: g}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); r.OK {
+		t.Errorf("decision of a stale generation applied: %+v", r)
+	}
+}
