@@ -16,6 +16,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/dnsnames"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/fw"
+	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/netns"
 	"github.com/bastion-fw/bastion/internal/nfq"
 	"github.com/bastion-fw/bastion/internal/peercred"
@@ -109,6 +110,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	engine := newEngine(base.With("component", "engine"), cfg.Policy, queueReleaser{q: q, marks: fw.DefaultMarks()})
 
+	// Kernel decisions are loaded (or taken over from a crashed agent's
+	// pins) before the chain is installed, so that the chain's match
+	// names the current program.
+	kern, kernStatus := openKernel(cfg, ns, base.With("component", "kdecide"))
+	if kern != nil {
+		engine.SetKernel(kern)
+		fwCfg.KernelAllowPin = kern.XtPin()
+	}
+
 	// Without the guard, a new UDP socket that reuses the 5-tuple of a flow
 	// conntrack still tracks passes on that flow's verdict, unasked.
 	reuse := &udpReuseState{}
@@ -132,9 +142,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	st := staticStatus{
 		Mechanism: string(res.Mechanism()), Features: strings.Fields(features.String()), Backend: string(fwCfg.Backend),
 		QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen, NetNS: cfg.NetNS, Started: time.Now(),
-		DNSQueueNum: cfg.dnsQueue(),
+		DNSQueueNum: cfg.dnsQueue(), Kernel: kernStatus,
 	}
-	srv := newGRPCServer(engine, st, guard, reuse, names)
+	srv := newGRPCServer(engine, st, guard, reuse, names, kern)
 
 	// The queue runs under its own context: it must keep answering until
 	// the rules that feed it are gone.
@@ -196,6 +206,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
+	if kern != nil {
+		g.Go(func() error {
+			err := kern.ReadEvents(gctx, func(evs []kdecide.Event) {
+				engine.RecordKernel(evs)
+				if guard != nil {
+					for i := range evs {
+						// A UDP flow the kernel allowed is guarded
+						// like one the queue allowed.
+						if ev := &evs[i]; ev.Tuple.Proto == flow.UDP && ev.Action == flow.ActionAllow && ev.Tuple.Src.IsValid() {
+							guard.Sent(ev.Tuple, ev.Process)
+						}
+					}
+				}
+			})
+			if err != nil {
+				log.Error("kernel decisions are no longer recorded", "err", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error { return returnMemory(gctx, 10*time.Second, engine.Counters.Packets.Load, log) })
 	if guard != nil {
 		g.Go(func() error {
@@ -257,6 +287,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer cancel()
 	if err := fw.Remove(rmCtx, fwCfg); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("remove firewall rules: %w", err))
+	}
+	// A clean stop: the remembered decisions go with the rules. (After a
+	// crash they stay pinned and in force until the next agent takes
+	// them over.)
+	if kern != nil {
+		if err := kern.Close(); err != nil {
+			log.Warn("remove kernel decisions", "err", err)
+		}
 	}
 	stopQueue()
 	if err := <-qdone; err != nil && runErr == nil {

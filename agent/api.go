@@ -16,6 +16,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -35,6 +36,8 @@ type staticStatus struct {
 	Started   time.Time
 	// DNSQueueNum is the DNS answers' queue; 0 when names are not learnt.
 	DNSQueueNum uint16
+	// Kernel says whether decisions are made in the kernel.
+	Kernel KernelStatus
 }
 
 // apiServer serves bastion.agent.v1.AgentService. Every handler reads the
@@ -46,16 +49,18 @@ type apiServer struct {
 	guard  *udpReuseGuard // nil when unavailable
 	reuse  *udpReuseState
 	names  *nameBook // nil when names are not learnt
+	// kern makes decisions in the kernel; nil when it does not.
+	kern *kdecide.Kernel
 }
 
 // newGRPCServer returns a server with the agent service, health and
 // reflection, authenticating callers with SO_PEERCRED and bounding what
 // each non-root UID may have in flight (apilimits.go). guard and names may
 // be nil.
-func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook) *grpc.Server {
+func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook, kern *kdecide.Kernel) *grpc.Server {
 	lim := newCallLimits(e.log.With("component", "api"))
 	s := grpc.NewServer(append(lim.serverOptions(), grpc.Creds(peercred.TransportCredentials()))...)
-	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names})
+	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names, kern: kern})
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)

@@ -30,7 +30,7 @@ func serveAPI(t *testing.T, e *Engine) agentv1.AgentServiceClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newGRPCServer(e, staticStatus{Started: time.Now()}, nil, &udpReuseState{}, nil)
+	srv := newGRPCServer(e, staticStatus{Started: time.Now()}, nil, &udpReuseState{}, nil, nil)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -100,6 +100,9 @@ type decisionCache struct {
 	nextID uint64
 	// evicted counts entries pushed out by maxCachePerUID.
 	evicted uint64
+	// onChange, if set, is told of every UID whose entries change (an
+	// entry added, replaced or removed), under the engine's lock.
+	onChange func(uid uint32)
 }
 
 func newDecisionCache() *decisionCache {
@@ -145,6 +148,9 @@ func (c *decisionCache) put(key cacheKey, a flow.Action, expires time.Time) *cac
 		c.remove(u.oldest)
 		c.evicted++
 	}
+	if c.onChange != nil {
+		c.onChange(key.uid)
+	}
 	c.nextID++
 	id := "d" + strconv.FormatUint(c.nextID, 10)
 	e := &cacheEntry{id: id, by: "cache:" + id, key: key, exeShown: key.exe, action: a, expires: expires}
@@ -178,6 +184,9 @@ func (c *decisionCache) remove(e *cacheEntry) {
 	e.older, e.newer = nil, nil
 	if u.n--; u.n == 0 {
 		delete(c.byUID, e.key.uid)
+	}
+	if c.onChange != nil {
+		c.onChange(e.key.uid)
 	}
 }
 

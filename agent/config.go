@@ -36,8 +36,12 @@ type Config struct {
 	NetNS string
 	// Mechanism picks how processes are identified.
 	Mechanism procid.Mechanism
-	// CgroupPath is where the sockops/sock_addr programs attach.
+	// CgroupPath is where the sockops/sock_addr programs and the kernel
+	// decision programs attach; "" is the cgroup2 root.
 	CgroupPath string
+	// KernelDecisions remembers decisions in the kernel, which applies
+	// them with no queue round trip (internal/kdecide; agent/kernel.go).
+	KernelDecisions bool
 	// QueueNum is the NFQUEUE number.
 	QueueNum uint16
 	// FailOpen lets traffic pass while the agent is not running
@@ -77,6 +81,8 @@ func DefaultConfig() Config {
 		DNSNames:  true,
 		Policy:    policy.Default(),
 		LogLevel:  slog.LevelInfo,
+		// Set apart so that gofmt keeps the alignment above.
+		KernelDecisions: true,
 	}
 }
 
@@ -132,6 +138,7 @@ type fileConfig struct {
 	Cgroup            *string  `toml:"cgroup"`
 	QueueNum          *uint16  `toml:"queue_num"`
 	FailOpen          *bool    `toml:"fail_open"`
+	KernelDecisions   *bool    `toml:"kernel_decisions"`
 	InterceptLoopback *bool    `toml:"intercept_loopback"`
 	DNSNames          *bool    `toml:"dns_names"`
 	DNSQueueNum       *uint16  `toml:"dns_queue_num"`
@@ -182,6 +189,9 @@ func (c *Config) applyFile(data []byte) error {
 	}
 	if f.FailOpen != nil {
 		c.FailOpen = *f.FailOpen
+	}
+	if f.KernelDecisions != nil {
+		c.KernelDecisions = *f.KernelDecisions
 	}
 	if f.InterceptLoopback != nil {
 		c.InterceptLoopback = *f.InterceptLoopback
@@ -248,7 +258,8 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	socket := fsys.String("socket", cfg.Socket, "path of the API's Unix socket")
 	ns := fsys.String("netns", "", "confine the agent to this named network namespace (or path)")
 	mech := fsys.String("mechanism", string(cfg.Mechanism), "process identification: auto, netfilter-link, sockops or procfs")
-	cgroup := fsys.String("cgroup", "", "cgroup v2 directory for the sockops mechanism (default: the cgroup2 root)")
+	cgroup := fsys.String("cgroup", "", "cgroup v2 directory for the sockops mechanism and kernel decisions (default: the cgroup2 root)")
+	kernelDecisions := fsys.Bool("kernel-decisions", cfg.KernelDecisions, "apply remembered decisions in the kernel, with no queue round trip")
 	queue := fsys.Uint("queue-num", uint(cfg.QueueNum), "NFQUEUE number")
 	failOpen := fsys.Bool("fail-open", cfg.FailOpen, "let traffic pass while the agent is not running")
 	loopback := fsys.Bool("intercept-loopback", false, "also ask about connections to loopback addresses")
@@ -301,6 +312,9 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	if given["fail-open"] {
 		cfg.FailOpen = *failOpen
+	}
+	if given["kernel-decisions"] {
+		cfg.KernelDecisions = *kernelDecisions
 	}
 	if given["intercept-loopback"] {
 		cfg.InterceptLoopback = *loopback

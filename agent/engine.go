@@ -15,6 +15,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/peercred"
 	"github.com/bastion-fw/bastion/internal/policy"
+	"github.com/bastion-fw/bastion/internal/rules"
 )
 
 // releaser gives held packets their verdict.
@@ -125,9 +126,13 @@ func (p *pending) sender(proc flow.Process) *flow.Process {
 
 // Counters are the engine's running totals.
 type Counters struct {
-	Packets, Allowed, Denied, Rejected                               atomic.Uint64
-	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions      atomic.Uint64
-	RuleDecisions                                                    atomic.Uint64
+	Packets, Allowed, Denied, Rejected                          atomic.Uint64
+	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions atomic.Uint64
+	RuleDecisions                                               atomic.Uint64
+	// KernelDecisions counts the decisions the kernel made (kernel.go);
+	// each also counts in Packets, Identified, Allowed/Denied/Rejected and
+	// RuleDecisions or CacheHits.
+	KernelDecisions                                                  atomic.Uint64
 	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
 	// Shed counts packets dropped beyond their UID's share (share.go).
 	Shed atomic.Uint64
@@ -178,6 +183,12 @@ type Engine struct {
 	// lastUID's counters are lastCounters (nil: none yet).
 	lastUID      uint32
 	lastCounters *uidCounters
+
+	// kern remembers decisions in the kernel (kernel.go); nil: it does
+	// not.
+	kern       kernelDecider
+	kernelExes exeNames
+	splits     decisionSplits
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
@@ -253,6 +264,10 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		}
 		return
 	}
+	// The generation of the UID's kernel decisions, read before its
+	// rules and cache: a decision remembered from rules or a cache that
+	// changed after this point is stale (kernel.go).
+	gen := e.kernelGen(proc.UID)
 	// The UID's own rules come first. They are matched without the lock,
 	// as a sha256 rule may wait for the executable's hash; if SetRules
 	// replaced them meanwhile, the new ones are matched too, so that no
@@ -276,7 +291,13 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		}
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
-			e.releaseOne(id, r.Action, proc, t, host, "rule:"+r.ID, now)
+			by := "rule:" + r.ID
+			e.releaseOne(id, r.Action, proc, t, host, by, now)
+			var expires time.Time
+			if r.Lifetime == rules.Duration {
+				expires = r.Expires
+			}
+			e.rememberInKernel(gen, m, proc, t, host, now, r.Action, by, expires)
 			return
 		}
 		e.mu.Lock()
@@ -295,10 +316,11 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 	exe := exeKey(proc)
 	if ce := e.cache.lookup(proc.UID, exe, t, now); ce != nil {
 		ce.hits++
-		a, by := ce.action, ce.by
+		a, by, expires, m := ce.action, ce.by, ce.expires, e.rules[proc.UID]
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
 		e.releaseOne(id, a, proc, t, host, by, now)
+		e.rememberInKernel(gen, m, proc, t, host, now, a, by, expires)
 		return
 	}
 	key := pendingKey{uid: proc.UID, exe: exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
@@ -390,6 +412,7 @@ func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t fl
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
+	e.splits.add(proc.UID, when, false)
 	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
 	if id, ok := strings.CutPrefix(by, "rule:"); ok {
 		d.RuleID = id

@@ -65,6 +65,19 @@ func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host str
 	return r, ok, false
 }
 
+// kernelExact reports whether u decides proc's connection t the same way
+// for every process of the same program (rules.Matcher.KernelExact).
+func (u *uidRules) kernelExact(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) bool {
+	c := rules.Conn{UID: proc.UID, Args: proc.Args, Tuple: t, Host: host}
+	if proc.ExeVerified() {
+		c.Exe = proc.Exe
+	}
+	if u.files && proc.ExeIno != 0 {
+		c.SameFile = func(path string) bool { return h.files.Is(path, proc.ExeDev, proc.ExeIno) }
+	}
+	return u.m.KernelExact(c, now)
+}
+
 // SetRulesRequest replaces the rules of one UID.
 type SetRulesRequest struct {
 	// UID is whose connections the rules decide; nil means the caller's.
@@ -134,6 +147,9 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 	} else {
 		e.rules[uid] = m
 	}
+	// After the rules changed: a decision remembered from the old ones
+	// stops applying before SetRules returns.
+	e.invalidateKernel(uid)
 	var waiting []*pending
 	if m != nil {
 		for _, p := range e.byID {

@@ -94,6 +94,11 @@ type Config struct {
 	// InputChain is the name of Bastion's INPUT chain; "" means
 	// DefaultInputChain.
 	InputChain string
+	// KernelAllowPin, when set, is the path of a pinned socket-filter
+	// program (internal/kdecide's xt_allow) that matches the first packets
+	// of connections a decision remembered in the kernel allows: they
+	// return before the queue rules (`-m bpf --object-pinned`).
+	KernelAllowPin string
 	// Log receives notices (such as IPv6 being skipped); nil discards.
 	Log *slog.Logger
 }
@@ -127,6 +132,9 @@ func (c Config) Validate() error {
 	}
 	if err := validChain(c.InputChain); err != nil {
 		return err
+	}
+	if p := c.KernelAllowPin; p != "" && (!strings.HasPrefix(p, "/") || strings.ContainsAny(p, " \t\n\"'\\")) {
+		return fmt.Errorf("fw: kernel allow pin %q must be an absolute path without spaces or quotes", p)
 	}
 	if c.InputChain == c.Chain {
 		return fmt.Errorf("fw: output and input chains are both %q", c.Chain)
@@ -453,6 +461,13 @@ func chainRules(cfg Config, v6 bool) []string {
 				mark(0), cfg.DNSQueueNum))
 		}
 		rules = append(rules, "-o lo -j RETURN")
+	}
+	if cfg.KernelAllowPin != "" {
+		// A connection a decision remembered in the kernel allows
+		// (its socket's allow names this packet's destination), before
+		// anything is queued. Denials never get here: the kernel fails
+		// their connect() or sendmsg().
+		rules = append(rules, "-m mark --mark "+mark(0)+" -m bpf --object-pinned "+cfg.KernelAllowPin+" -j RETURN")
 	}
 	return append(rules,
 		// A re-injected verdict: saved on the connection, acted on below.

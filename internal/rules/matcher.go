@@ -26,6 +26,10 @@ type Matcher struct {
 	// files holds the AnyMountNS rules (also in exact), matched by file
 	// identity for processes whose path is not the host's file.
 	files []*crule
+	// opaque holds, for KernelExact, a copy of every rule that tests the
+	// command line, the executable's hash or the host name, with those
+	// operands cleared.
+	opaque []*crule
 }
 
 // crule is a compiled rule.
@@ -70,6 +74,11 @@ func NewMatcher(rs []Rule) (*Matcher, error) {
 		}
 		cr.idx = i
 		m.n++
+		if cr.cmd != nil || cr.r.ExeSHA256 != "" || cr.r.Host != "" {
+			sh := *cr
+			sh.cmd, sh.r.ExeSHA256, sh.r.Host = nil, "", ""
+			m.opaque = append(m.opaque, &sh)
+		}
 		switch {
 		case cr.r.Exe == "":
 			m.any.add(cr)
@@ -140,6 +149,28 @@ func (m *Matcher) Match(c Conn, now time.Time) (*Rule, bool) {
 		return nil, false
 	}
 	return &cr.r, true
+}
+
+// KernelExact reports whether the rule that decides c (or the absence of
+// one) depends only on what the kernel knows of a connection at connect
+// time: the UID, the executable, the protocol, the destination address
+// and port, and the time. It does unless some enabled rule that is not
+// expired at now tests the command line, the executable's SHA-256 or the
+// host name and matches c in all its other operands: for another process
+// of the same program, or another name of the same address, that rule
+// could decide differently. The agent remembers in the kernel only the
+// decisions for which this holds.
+func (m *Matcher) KernelExact(c Conn, now time.Time) bool {
+	if len(m.opaque) == 0 {
+		return true
+	}
+	st := newMatchState(c, now, true)
+	for _, cr := range m.opaque {
+		if st.matches(cr) {
+			return false
+		}
+	}
+	return true
 }
 
 // match also returns how many rules it examined, for tests that prove the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,6 +58,13 @@ type Options struct {
 	QueueNum int
 	// LogLevel, when set, is --log-level.
 	LogLevel string
+	// Cgroup is the agent's --cgroup, where its cgroup programs (the
+	// sockops mechanism's and the kernel decisions') attach. Empty, and
+	// no --cgroup in Args: a new cgroup made for the agent, so that no
+	// test ever attaches programs to the host's root cgroup. Run the
+	// processes whose connections the programs must see in it
+	// (NS.CommandInCgroup with Agent.Cgroup).
+	Cgroup *Cgroup
 	// Args come after the defaults above, so they override them.
 	Args []string
 	// Dir is where the agent's own directory (socket, empty config, log)
@@ -233,8 +241,14 @@ type Agent struct {
 	Dir    string
 	Socket string
 	Client agentv1.AgentServiceClient
+	// Cgroup is where the agent's cgroup programs attach (Options.Cgroup,
+	// or one made for it); nil when Args named a --cgroup.
+	Cgroup *Cgroup
 
 	conn *grpc.ClientConn
+	// ownCgroup is Cgroup when LaunchAgent made it: Stop and Kill
+	// delete it.
+	ownCgroup bool
 }
 
 // StartAgent starts bastion-agent as LaunchAgent does and fails t if it
@@ -244,6 +258,10 @@ func StartAgent(t testing.TB, o Options) *Agent {
 	t.Helper()
 	if o.Dir == "" {
 		o.Dir = TempDir(t)
+	}
+	if o.Cgroup == nil && !slices.Contains(o.Args, "--cgroup") {
+		// The test's, so that an agent restarted in it keeps its cgroup.
+		o.Cgroup = NewCgroup(t)
 	}
 	a, err := LaunchAgent(context.Background(), o)
 	if err != nil {
@@ -262,7 +280,7 @@ func StartAgent(t testing.TB, o Options) *Agent {
 
 // LaunchAgent starts bastion-agent (o.Bin) as root with
 //
-//	[--netns NetNS] --socket Socket [--intercept-loopback] [--queue-num QueueNum] --config Config [--log-level LogLevel] Args...
+//	[--netns NetNS] --socket Socket [--intercept-loopback] [--queue-num QueueNum] --config Config [--log-level LogLevel] --cgroup Cgroup Args...
 //
 // and waits until its API answers GetStatus, for at most
 // AgentStartTimeout. It is StartAgent for programs, such as the benchmark,
@@ -303,16 +321,29 @@ func LaunchAgent(ctx context.Context, o Options) (*Agent, error) {
 	if o.LogLevel != "" {
 		args = append(args, "--log-level", o.LogLevel)
 	}
+	a.Cgroup = o.Cgroup
+	if a.Cgroup == nil && !slices.Contains(o.Args, "--cgroup") {
+		if a.Cgroup, err = CreateCgroup(); err != nil {
+			return nil, fmt.Errorf("start agent: %w", err)
+		}
+		a.ownCgroup = true
+	}
+	if a.Cgroup != nil {
+		args = append(args, "--cgroup", a.Cgroup.Path)
+	}
 	args = append(args, o.Args...)
 	logPath := o.LogPath
 	if logPath == "" {
 		logPath = filepath.Join(dir, "agent.log")
 	}
 	if a.Process, err = startProcess("agent", command(o.Wrap, o.Bin, args), logPath, o.StopTimeout); err != nil {
+		a.deleteCgroup()
 		return nil, err
 	}
 	if a.conn, err = grpc.NewClient("unix://"+a.Socket, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
-		return nil, errors.Join(fmt.Errorf("agent client: %w", err), a.Kill())
+		err = errors.Join(fmt.Errorf("agent client: %w", err), a.Process.Kill())
+		a.deleteCgroup()
+		return nil, err
 	}
 	a.Client = agentv1.NewAgentServiceClient(a.conn)
 	err = a.waitReady(ctx, AgentStartTimeout, func(ctx context.Context) error {
@@ -321,6 +352,7 @@ func LaunchAgent(ctx context.Context, o Options) (*Agent, error) {
 	})
 	if err != nil {
 		a.conn.Close()
+		a.deleteCgroup()
 		return nil, err
 	}
 	return a, nil
@@ -329,13 +361,22 @@ func LaunchAgent(ctx context.Context, o Options) (*Agent, error) {
 // Stop stops the agent (Process.Stop) and closes the client.
 func (a *Agent) Stop() error {
 	defer a.conn.Close()
-	return a.Process.Stop()
+	return errors.Join(a.Process.Stop(), a.deleteCgroup())
 }
 
 // Kill kills the agent (Process.Kill) and closes the client.
 func (a *Agent) Kill() error {
 	defer a.conn.Close()
-	return a.Process.Kill()
+	return errors.Join(a.Process.Kill(), a.deleteCgroup())
+}
+
+// deleteCgroup deletes the cgroup LaunchAgent made for the agent.
+func (a *Agent) deleteCgroup() error {
+	if !a.ownCgroup {
+		return nil
+	}
+	a.ownCgroup = false
+	return a.Cgroup.Delete()
 }
 
 // UIServer is a running bastion-uiserver of one user and a client of its
