@@ -117,6 +117,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if kern != nil {
 		engine.SetKernel(kern)
 		fwCfg.KernelAllowPin = kern.XtPin()
+		if names != nil {
+			engine.SetNames(names)
+			names.onChange(engine.ForgetName)
+		}
 	}
 
 	// Without the guard, a new UDP socket that reuses the 5-tuple of a flow

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/bastion-fw/bastion/internal/dnsnames"
 	"github.com/bastion-fw/bastion/internal/flow"
@@ -33,14 +34,24 @@ type nameBook struct {
 	queries *dnsnames.Queries
 	trusted map[uint32]bool
 
+	// changed is told of every address whose name changes for anyone
+	// (Engine.ForgetName), before the answer that changed it is released.
+	changed atomic.Pointer[func(netip.Addr)]
+
 	answers   atomic.Uint64 // answers read (parsed, with or without addresses)
 	malformed atomic.Uint64 // packets on the DNS queue that did not parse
 	unbound   atomic.Uint64 // answers with addresses that named nothing: query not seen, or a wrong ID
 }
 
 func newNameBook(log *slog.Logger, cfg dnsnames.CacheConfig, trusted []uint32) *nameBook {
-	b := &nameBook{log: log, cache: dnsnames.NewCache(cfg), queries: dnsnames.NewQueries(dnsnames.QueriesConfig{Now: cfg.Now}),
+	b := &nameBook{log: log, queries: dnsnames.NewQueries(dnsnames.QueriesConfig{Now: cfg.Now}),
 		trusted: make(map[uint32]bool, len(trusted))}
+	cfg.OnChange = func(addr netip.Addr) {
+		if f := b.changed.Load(); f != nil {
+			(*f)(addr)
+		}
+	}
+	b.cache = dnsnames.NewCache(cfg)
 	for _, uid := range trusted {
 		b.trusted[uid] = true
 	}
@@ -55,6 +66,19 @@ func (b *nameBook) lookup(proc flow.Process, addr netip.Addr) string {
 	}
 	name, _ := b.cache.Lookup(dnsnames.Owner{UID: proc.UID, TGID: proc.TGID}, addr)
 	return name
+}
+
+// onChange makes f hear of every address whose name changes.
+func (b *nameBook) onChange(f func(netip.Addr)) {
+	if b != nil {
+		b.changed.Store(&f)
+	}
+}
+
+// uniform reports whether every process of uid is told the same name for
+// addr, and which (dnsnames.Cache.Uniform).
+func (b *nameBook) uniform(uid uint32, addr netip.Addr) (string, time.Time, bool) {
+	return b.cache.Uniform(uid, addr)
 }
 
 // querySent records the DNS query in pkt, sent on t by proc (UID from the

@@ -189,6 +189,11 @@ type Engine struct {
 	kern       kernelDecider
 	kernelExes exeNames
 	splits     decisionSplits
+	// names tells whether every process is told the same destination
+	// name (nil: names are not learnt); hostDecs indexes the kernel
+	// decisions that depend on one.
+	names    hostNames
+	hostDecs hostDecisions
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {

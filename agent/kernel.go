@@ -2,6 +2,7 @@ package agent
 
 import (
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -26,8 +27,12 @@ import (
 //     file (flow.Process.ExeVerified) and known by device and inode: the
 //     kernel identifies the program by that file;
 //   - the UID's rules decide it the same way for every process of that
-//     program (rules.Matcher.KernelExact: no rule that tests the command
-//     line, the executable's hash or the host name could apply);
+//     program (rules.Matcher.KernelDeps: no rule that tests the command
+//     line or the executable's hash could apply), and, if a rule that tests
+//     the host name could apply, every process of the UID is told the same
+//     name for the address (dnsnames.Cache.Uniform): the decision is then
+//     remembered until that name's entry expires, and forgotten at once
+//     when an answer changes what any process is told (hostDecisions);
 //   - it is not a DNS query (UDP to port 53), which the agent must see to
 //     learn names.
 //
@@ -71,6 +76,55 @@ type kernelDecider interface {
 	Gen(uid uint32) uint32
 	Invalidate(uid uint32) error
 	Remember(kdecide.Decision) error
+	Forget([]kdecide.Key) error
+}
+
+// hostNames is what the engine needs of the nameBook.
+type hostNames interface {
+	uniform(uid uint32, addr netip.Addr) (name string, until time.Time, ok bool)
+}
+
+// SetNames tells the engine where destination names come from, so that it
+// can remember decisions that depend on a name; the book must report its
+// changes to ForgetName.
+func (e *Engine) SetNames(n hostNames) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.names = n
+}
+
+// hostDecisions indexes the kernel decisions that depend on a destination's
+// name by address, so that a DNS answer that changes what a process is told
+// about the address forgets them before the answer reaches anyone.
+type hostDecisions struct {
+	mu sync.Mutex
+	// epoch counts changes; a decision whose name was checked before a
+	// change is not stored.
+	epoch uint64
+	keys  map[netip.Addr][]kdecide.Key
+	n     int
+}
+
+// maxHostDecisions bounds hostDecisions; past it, decisions that depend on
+// a name stay in userspace.
+const maxHostDecisions = 65536
+
+// ForgetName forgets the kernel decisions that depend on addr's name. The
+// nameBook calls it when an entry for addr changes, before the answer that
+// changed it is released.
+func (e *Engine) ForgetName(addr netip.Addr) {
+	h := &e.hostDecs
+	h.mu.Lock()
+	h.epoch++
+	ks := h.keys[addr]
+	delete(h.keys, addr)
+	h.n -= len(ks)
+	h.mu.Unlock()
+	if len(ks) > 0 && e.kern != nil {
+		if err := e.kern.Forget(ks); err != nil {
+			e.log.Error("kernel decisions that depend on a name could not be forgotten", "addr", addr, "err", err)
+		}
+	}
 }
 
 // SetKernel makes the engine remember its decisions in k. Call before the
@@ -136,14 +190,57 @@ func (e *Engine) rememberInKernel(gen uint32, m *uidRules, proc flow.Process, t 
 	if !ok {
 		return
 	}
-	if m != nil && !m.kernelExact(e.hashes, proc, t, host, ruleTime(now)) {
+	var byName bool
+	if m != nil {
+		process, name := m.kernelDeps(e.hashes, proc, t, host, ruleTime(now))
+		if process {
+			return
+		}
+		byName = name && e.names != nil
+	}
+	d := kdecide.Decision{Key: key, Action: a, By: by, Expires: expires, Gen: gen}
+	if byName && !e.rememberByName(d, host) {
 		return
 	}
-	if err := e.kern.Remember(kdecide.Decision{Key: key, Action: a, By: by, Expires: expires, Gen: gen}); err != nil {
-		e.log.Warn("remember decision in the kernel", "uid", proc.UID, "dst", t.String(), "err", err)
-		return
+	if !byName {
+		if err := e.kern.Remember(d); err != nil {
+			e.log.Warn("remember decision in the kernel", "uid", proc.UID, "dst", t.String(), "err", err)
+			return
+		}
 	}
 	e.kernelExes.put(proc.ExeDev, proc.ExeIno, proc.Exe)
+}
+
+// rememberByName stores d, made with the destination named host, if every
+// process of the UID is told that name, until that changes.
+func (e *Engine) rememberByName(d kdecide.Decision, host string) bool {
+	addr := d.Dst.Unmap()
+	h := &e.hostDecs
+	h.mu.Lock()
+	epoch := h.epoch
+	h.mu.Unlock()
+	name, until, ok := e.names.uniform(d.UID, addr)
+	if !ok || name != host {
+		return false
+	}
+	if !until.IsZero() && (d.Expires.IsZero() || until.Before(d.Expires)) {
+		d.Expires = until
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.epoch != epoch || h.n >= maxHostDecisions {
+		return false // a name changed meanwhile (maybe this one)
+	}
+	if err := e.kern.Remember(d); err != nil {
+		e.log.Warn("remember decision in the kernel", "uid", d.UID, "dst", addr, "err", err)
+		return false
+	}
+	if h.keys == nil {
+		h.keys = make(map[netip.Addr][]kdecide.Key)
+	}
+	h.keys[addr] = append(h.keys[addr], d.Key)
+	h.n++
+	return true
 }
 
 // RecordKernel records decisions the kernel made, as the engine records

@@ -65,9 +65,9 @@ func (u *uidRules) match(h *exeHasher, proc flow.Process, t flow.Tuple, host str
 	return r, ok, false
 }
 
-// kernelExact reports whether u decides proc's connection t the same way
-// for every process of the same program (rules.Matcher.KernelExact).
-func (u *uidRules) kernelExact(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) bool {
+// kernelDeps says whether u's decision for proc's connection t may depend
+// on the process or on the destination's name (rules.Matcher.KernelDeps).
+func (u *uidRules) kernelDeps(h *exeHasher, proc flow.Process, t flow.Tuple, host string, now time.Time) (process, name bool) {
 	c := rules.Conn{UID: proc.UID, Args: proc.Args, Tuple: t, Host: host}
 	if proc.ExeVerified() {
 		c.Exe = proc.Exe
@@ -75,7 +75,7 @@ func (u *uidRules) kernelExact(h *exeHasher, proc flow.Process, t flow.Tuple, ho
 	if u.files && proc.ExeIno != 0 {
 		c.SameFile = func(path string) bool { return h.files.Is(path, proc.ExeDev, proc.ExeIno) }
 	}
-	return u.m.KernelExact(c, now)
+	return u.m.KernelDeps(c, now)
 }
 
 // SetRulesRequest replaces the rules of one UID.

@@ -43,6 +43,11 @@ type CacheConfig struct {
 	Grace          time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// OnChange, if set, is called with an address whenever what some
+	// process could be told its name is changes: an entry for it added,
+	// renamed or removed (expired, evicted). It is called with the
+	// cache's lock held and must not call the cache.
+	OnChange func(addr netip.Addr)
 }
 
 // Cache maps (owner, address) to the name most recently answered to that
@@ -63,9 +68,10 @@ type Cache struct {
 	mu    sync.Mutex
 	byKey map[cacheKey]*list.Element
 	users map[uint32]*list.List // per UID, of *cacheEntry, most recently used first
-	// addrs counts the entries of each address, for whichever owner: a
-	// connection to an address nobody was answered costs one probe.
-	addrs map[netip.Addr]int32
+	// addrs holds the keys of each address's entries, for whichever
+	// owner: a connection to an address nobody was answered costs one
+	// probe, and Uniform reads only that address's entries.
+	addrs map[netip.Addr]map[cacheKey]struct{}
 	n     int
 }
 
@@ -101,7 +107,7 @@ func NewCache(cfg CacheConfig) *Cache {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Cache{cfg: cfg, byKey: make(map[cacheKey]*list.Element), users: make(map[uint32]*list.List), addrs: make(map[netip.Addr]int32)}
+	return &Cache{cfg: cfg, byKey: make(map[cacheKey]*list.Element), users: make(map[uint32]*list.List), addrs: make(map[netip.Addr]map[cacheKey]struct{})}
 }
 
 // Add records every address of a for o. It returns how many addresses it
@@ -128,8 +134,12 @@ func (c *Cache) Add(o Owner, a Answer) int {
 func (c *Cache) putLocked(k cacheKey, name string, expires time.Time) {
 	if el, ok := c.byKey[k]; ok {
 		e := el.Value.(*cacheEntry)
+		renamed := e.name != name
 		e.name, e.expires = name, expires
 		c.users[k.uid].MoveToFront(el)
+		if renamed && c.cfg.OnChange != nil {
+			c.cfg.OnChange(k.addr)
+		}
 		return
 	}
 	l := c.users[k.uid]
@@ -154,20 +164,34 @@ func (c *Cache) putLocked(k cacheKey, name string, expires time.Time) {
 		c.users[k.uid] = l
 	}
 	c.byKey[k] = l.PushFront(&cacheEntry{key: k, name: name, expires: expires})
-	c.addrs[k.addr]++
+	keys := c.addrs[k.addr]
+	if keys == nil {
+		keys = make(map[cacheKey]struct{}, 2)
+		c.addrs[k.addr] = keys
+	}
+	keys[k] = struct{}{}
 	c.n++
+	if c.cfg.OnChange != nil {
+		c.cfg.OnChange(k.addr)
+	}
 }
 
 func (c *Cache) removeLocked(l *list.List, el *list.Element) {
 	k := el.Value.(*cacheEntry).key
 	delete(c.byKey, k)
 	l.Remove(el)
-	if c.addrs[k.addr]--; c.addrs[k.addr] <= 0 {
-		delete(c.addrs, k.addr)
+	if keys := c.addrs[k.addr]; keys != nil {
+		delete(keys, k)
+		if len(keys) == 0 {
+			delete(c.addrs, k.addr)
+		}
 	}
 	c.n--
 	if l.Len() == 0 {
 		delete(c.users, k.uid)
+	}
+	if c.cfg.OnChange != nil {
+		c.cfg.OnChange(k.addr)
 	}
 }
 
@@ -180,7 +204,7 @@ func (c *Cache) Lookup(o Owner, addr netip.Addr) (string, bool) {
 	addr = addr.WithZone("").Unmap()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.addrs[addr] == 0 {
+	if len(c.addrs[addr]) == 0 {
 		return "", false
 	}
 	var now time.Time
@@ -197,6 +221,49 @@ func (c *Cache) Lookup(o Owner, addr netip.Addr) (string, bool) {
 		return c.getLocked(cacheKey{EveryoneUID, 0, addr}, &now)
 	}
 	return "", false
+}
+
+// Uniform reports whether every process of uid would be told the same
+// name for addr by Lookup, and returns that name ("" when none) and the
+// time until which that holds at the latest (zero: until an entry is
+// added, which OnChange reports). It is what lets a decision that depends
+// on addr's name be made once for every process of a UID.
+func (c *Cache) Uniform(uid uint32, addr netip.Addr) (name string, until time.Time, ok bool) {
+	addr = addr.WithZone("").Unmap()
+	if uid == EveryoneUID {
+		return "", time.Time{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := c.addrs[addr]
+	if len(keys) == 0 {
+		return "", time.Time{}, true
+	}
+	now := c.cfg.Now()
+	live := func(k cacheKey) (*cacheEntry, bool) {
+		el, ok := c.byKey[k]
+		if !ok {
+			return nil, false
+		}
+		e := el.Value.(*cacheEntry)
+		return e, now.Before(e.expires)
+	}
+	// What a process without an entry of its own is told: its UID's
+	// name, else Everyone's, else none.
+	if e, ok := live(cacheKey{uid, 0, addr}); ok {
+		name, until = e.name, e.expires
+	} else if e, ok := live(cacheKey{EveryoneUID, 0, addr}); ok {
+		name, until = e.name, e.expires
+	}
+	for k := range keys {
+		if k.uid != uid || k.tgid == 0 {
+			continue
+		}
+		if e, ok := live(k); ok && e.name != name {
+			return "", time.Time{}, false
+		}
+	}
+	return name, until, true
 }
 
 // getLocked returns k's name if it is live, reading the clock into *now

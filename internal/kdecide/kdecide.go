@@ -341,6 +341,21 @@ func (k *Kernel) Remember(d Decision) error {
 	return nil
 }
 
+// Forget deletes the decisions for keys (missing ones are no error).
+func (k *Kernel) Forget(keys []Key) error {
+	var errs []error
+	for _, key := range keys {
+		kk := keyOf(key)
+		if err := k.objs.Decisions.Delete(&kk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("kernel decisions: forget: %w", err)
+	}
+	return nil
+}
+
 func keyOf(d Key) decideKdKey {
 	k := decideKdKey{Uid: d.UID, ExeDev: d.ExeDev, ExeIno: d.ExeIno, Dport: d.Port, Proto: uint8(d.Proto)}
 	k.Daddr = d.Dst.Unmap().As16() // IPv4 as IPv4-mapped, as the programs see it

@@ -26,10 +26,11 @@ type Matcher struct {
 	// files holds the AnyMountNS rules (also in exact), matched by file
 	// identity for processes whose path is not the host's file.
 	files []*crule
-	// opaque holds, for KernelExact, a copy of every rule that tests the
-	// command line, the executable's hash or the host name, with those
-	// operands cleared.
-	opaque []*crule
+	// opaque holds, for KernelDeps, a copy of every rule that tests the
+	// command line or the executable's hash, with those operands and the
+	// host cleared; hosted one of every other rule that tests the host
+	// name, with the host cleared.
+	opaque, hosted []*crule
 }
 
 // crule is a compiled rule.
@@ -77,7 +78,11 @@ func NewMatcher(rs []Rule) (*Matcher, error) {
 		if cr.cmd != nil || cr.r.ExeSHA256 != "" || cr.r.Host != "" {
 			sh := *cr
 			sh.cmd, sh.r.ExeSHA256, sh.r.Host = nil, "", ""
-			m.opaque = append(m.opaque, &sh)
+			if cr.cmd != nil || cr.r.ExeSHA256 != "" {
+				m.opaque = append(m.opaque, &sh)
+			} else {
+				m.hosted = append(m.hosted, &sh)
+			}
 		}
 		switch {
 		case cr.r.Exe == "":
@@ -151,26 +156,33 @@ func (m *Matcher) Match(c Conn, now time.Time) (*Rule, bool) {
 	return &cr.r, true
 }
 
-// KernelExact reports whether the rule that decides c (or the absence of
-// one) depends only on what the kernel knows of a connection at connect
-// time: the UID, the executable, the protocol, the destination address
-// and port, and the time. It does unless some enabled rule that is not
-// expired at now tests the command line, the executable's SHA-256 or the
-// host name and matches c in all its other operands: for another process
-// of the same program, or another name of the same address, that rule
-// could decide differently. The agent remembers in the kernel only the
-// decisions for which this holds.
-func (m *Matcher) KernelExact(c Conn, now time.Time) bool {
-	if len(m.opaque) == 0 {
-		return true
+// KernelDeps says what, beyond what the kernel knows of a connection at
+// connect time (the UID, the executable, the protocol, the destination
+// address and port, and the time), the rule that decides c (or the absence
+// of one) may depend on. process: some enabled rule not expired at now
+// tests the command line or the executable's SHA-256 and matches c in all
+// its other operands, so another process of the same program could be
+// decided differently. host: some such rule tests the host name, so the
+// decision holds for another process only if it is told the same name for
+// the address. The agent remembers in the kernel only decisions that
+// depend on neither, or on the host where every process of the UID is
+// told the same name.
+func (m *Matcher) KernelDeps(c Conn, now time.Time) (process, host bool) {
+	if len(m.opaque) == 0 && len(m.hosted) == 0 {
+		return false, false
 	}
 	st := newMatchState(c, now, true)
 	for _, cr := range m.opaque {
 		if st.matches(cr) {
-			return false
+			return true, false
 		}
 	}
-	return true
+	for _, cr := range m.hosted {
+		if st.matches(cr) {
+			return false, true
+		}
+	}
+	return false, false
 }
 
 // match also returns how many rules it examined, for tests that prove the
