@@ -297,12 +297,15 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
 			by := "rule:" + r.ID
-			e.releaseOne(id, r.Action, proc, t, host, by, now)
 			var expires time.Time
 			if r.Lifetime == rules.Duration {
 				expires = r.Expires
 			}
+			// Remembered before the packet goes: the program's next
+			// connection, which may follow at once, is decided in the
+			// kernel.
 			e.rememberInKernel(gen, m, proc, t, host, now, r.Action, by, expires)
+			e.releaseOne(id, r.Action, proc, t, host, by, now)
 			return
 		}
 		e.mu.Lock()
@@ -324,8 +327,8 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		a, by, expires, m := ce.action, ce.by, ce.expires, e.rules[proc.UID]
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
-		e.releaseOne(id, a, proc, t, host, by, now)
 		e.rememberInKernel(gen, m, proc, t, host, now, a, by, expires)
+		e.releaseOne(id, a, proc, t, host, by, now)
 		return
 	}
 	key := pendingKey{uid: proc.UID, exe: exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
