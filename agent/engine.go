@@ -506,7 +506,10 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 	}
 	by := "api:uid=" + strconv.FormatUint(uint64(caller.UID), 10)
 	held := e.resolveLocked(p, req.Action, by)
-	var cacheID string
+	var (
+		cacheID string
+		kernel  func()
+	)
 	if req.Scope != ScopeConnection {
 		var expires time.Time
 		if req.Lifetime > 0 {
@@ -516,10 +519,19 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		ce.exeShown = p.Process.ExeDisplay()
 		cacheID = ce.id
 		e.settleCoveredLocked(ce, by)
+		if req.Scope == ScopeDestinationPort && e.kern != nil {
+			// The entry names one key: stored in the kernel at once,
+			// under the generation its own addition made.
+			gen, m, ceBy := e.kern.Gen(p.Process.UID), e.rules[p.Process.UID], ce.by
+			kernel = func() { e.rememberCacheEntry(gen, m, p.Pending, req.Action, ceBy, expires) }
+		}
 	}
 	e.uidCountersLocked(p.Process.UID).APIDecisions++
 	e.mu.Unlock()
 	e.Counters.APIDecisions.Add(1)
+	if kernel != nil {
+		kernel()
+	}
 	e.releaseHeld(p, held, req.Action, by)
 	return len(held), cacheID, nil
 }
