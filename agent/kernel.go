@@ -128,11 +128,15 @@ func (e *Engine) ForgetName(addr netip.Addr) {
 	}
 }
 
-// SetKernel makes the engine remember its decisions in k. Call before the
-// engine sees packets.
+// SetKernel makes the engine remember its decisions in k (nil: nowhere).
+// Call before the engine sees packets.
 func (e *Engine) SetKernel(k kernelDecider) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if k == nil {
+		e.kern, e.cache.onChange = nil, nil
+		return
+	}
 	e.kern = k
 	e.cache.onChange = e.invalidateKernel
 }
