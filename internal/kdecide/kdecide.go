@@ -373,13 +373,20 @@ func (k *Kernel) Stats() (Stats, error) {
 			*dst += v
 		}
 	}
-	n, err := k.sweep()
+	n, err := k.sweep(func(uint32) bool { return true })
 	s.Entries = n
 	return s, err
 }
 
-// sweep deletes stale and expired decisions and returns how many remain.
-func (k *Kernel) sweep() (int, error) {
+// EntriesFor counts uid's current decisions; stale and expired decisions
+// (of every UID) are deleted on the way, as by Stats.
+func (k *Kernel) EntriesFor(uid uint32) (int, error) {
+	return k.sweep(func(u uint32) bool { return u == uid })
+}
+
+// sweep deletes stale and expired decisions and returns how many remain of
+// the UIDs count accepts.
+func (k *Kernel) sweep(count func(uid uint32) bool) (int, error) {
 	k.mu.Lock()
 	gens := make(map[uint32]uint32, len(k.gens))
 	for u, g := range k.gens {
@@ -399,7 +406,9 @@ func (k *Kernel) sweep() (int, error) {
 			stale = append(stale, key)
 			continue
 		}
-		live++
+		if count(key.Uid) {
+			live++
+		}
 	}
 	if err := it.Err(); err != nil {
 		return live, fmt.Errorf("kernel decisions: list: %w", err)
