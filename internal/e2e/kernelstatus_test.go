@@ -63,6 +63,12 @@ func TestKernelDecisionsInStatus(t *testing.T) {
 		return &st, text
 	}
 
+	// The agent counts remembered decisions at most once a second (every
+	// caller in that second shares the count): wait for a count made
+	// after the decision was remembered.
+	testenv.WaitFor(t, 10*time.Second, "the remembered decision in root's status", func() bool {
+		return a.Status(t).GetKernelDecisions().GetEntries() == 1
+	})
 	st, text := status(attackerUID)
 	want := &agentv1.KernelDecisions{Mechanism: mech, Entries: 1, LastMinuteKernel: 2, LastMinuteUserspace: 1}
 	if !proto.Equal(st.GetKernelDecisions(), want) || st.GetCounters().GetKernelDecisions() != 2 || st.GetCounters().GetRuleDecisions() != 3 {

@@ -1284,8 +1284,9 @@ type KernelDecisions struct {
 	// Why off or unavailable; when active, an error reading the kernel's
 	// maps, if any (then entries and the counters are not known).
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	// Remembered decisions in force in the kernel now: the caller's UID's
-	// own unless root.
+	// Remembered decisions in force in the kernel: the caller's UID's own
+	// unless root. The agent counts them at most once a second; every
+	// caller in that second gets that count.
 	Entries uint32 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
 	// Decisions made in the last 60 seconds in the kernel and in userspace
 	// (by the queue: rules, cache, policy, answers, deadlines): every UID's
