@@ -245,7 +245,9 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 // goroutine.
 func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host string, now time.Time, w *ruleWorker) {
 	e.mu.Lock()
-	e.countPacketLocked(proc)
+	if w == nil { // on the worker, the packet was counted on its way there
+		e.countPacketLocked(proc)
+	}
 	if e.closed {
 		a := e.closeAction
 		e.mu.Unlock()

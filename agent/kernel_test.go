@@ -352,3 +352,17 @@ func TestExactRulesAreStoredAtOnce(t *testing.T) {
 		t.Errorf("%d decisions stored, want 3", n)
 	}
 }
+
+// TestPacketsOfAUIDWithRulesCountOnce: a packet decided on its UID's rule
+// worker counts once in the UID's counters, as in the totals.
+func TestPacketsOfAUIDWithRulesCountOnce(t *testing.T) {
+	e, r, _ := newRuleEngine(t)
+	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{allowRule("https", "/usr/bin/curl", "", 443)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	r.verdict(1)
+	if st := e.StatsFor(alice); st.Counters.Packets != 1 || st.Counters.Identified != 1 {
+		t.Fatalf("alice's counters %+v, want 1 packet, 1 identified", st.Counters)
+	}
+}
