@@ -422,7 +422,9 @@ func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t fl
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
-	e.splits.add(proc.UID, when, false)
+	if by != "retransmit" && by != "unparsed" { // the split counts connections
+		e.splits.add(proc.UID, when, false)
+	}
 	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
 	if id, ok := strings.CutPrefix(by, "rule:"); ok {
 		d.RuleID = id
