@@ -142,9 +142,13 @@ struct {
 	__type(value, __u32);
 } uid_gens SEC(".maps");
 
+// sock_allows: socket cookie -> the allow its first packet will meet. An
+// entry is needed from connect()/sendmsg() to the packets the chain asks
+// about (a TCP connection's SYN; a UDP flow's packets until it is
+// answered); LRU eviction only sends a packet to the queue.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct kd_sock);
 } sock_allows SEC(".maps");
