@@ -239,6 +239,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 	struct inode *ei = BPF_CORE_READ(t, mm, exe_file, f_inode);
 	if (!ei)
 		return 1;
+	// A file no name leads to any more (deleted, or replaced by an
+	// upgrade) is not the program at any path: the agent would not
+	// verify it (flow.ExeDeleted), so its decisions are not its file's.
+	if (BPF_CORE_READ(ei, i_nlink) == 0)
+		return 1;
 	k.exe_ino = BPF_CORE_READ(ei, i_ino);
 	k.exe_dev = BPF_CORE_READ(ei, i_sb, s_dev);
 	k.uid = t->cred->uid.val;

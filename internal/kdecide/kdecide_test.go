@@ -308,3 +308,48 @@ func TestDatagramsAreRecordedOncePerFlow(t *testing.T) {
 		t.Errorf("stats %+v: want 5 packets matched, 1 connection allowed", st)
 	}
 }
+
+// TestDeletedExecutableIsNotItsFile: a process running a file that no name
+// leads to any more (deleted, or replaced by an upgrade) gets none of that
+// file's decisions in the kernel — the agent does not verify such a
+// process's path either — while a process running the file under its name
+// does.
+func TestDeletedExecutableIsNotItsFile(t *testing.T) {
+	e := newKernelEnv(t)
+	testenv.RequireTools(t, "sh")
+	e.echo(t, 7001)
+	dir, err := os.MkdirTemp("", "kdecide-deleted-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "dialer")
+	testenv.CopyExecutable(t, e.dialer, exe)
+	key := fileKey(t, exe)
+	key.UID, key.Proto, key.Dst, key.Port = testUID, flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	if err := e.k.Remember(Decision{Key: key, Action: flow.ActionAllow, By: "rule:file", Gen: e.k.Gen(testUID)}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(script string) testenv.DialResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, _ := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, "sh", "-c", script, "sh", exe).Output()
+		var r testenv.DialResult
+		if err := jsonUnmarshal(out, &r); err != nil {
+			t.Fatalf("%s: %v: %q", script, err, out)
+		}
+		return r
+	}
+	args := " -net tcp4 -addr 127.0.0.1:7001 -timeout 400ms"
+	if r := run(`exec "$1"` + args); !r.OK {
+		t.Fatalf("the file under its name: %+v", r)
+	}
+	// The same file, run after its only name is gone.
+	if r := run(`exec 3<"$1"; rm "$1"; exec /proc/self/fd/3` + args); r.OK {
+		t.Fatalf("a deleted file got its decision: %+v", r)
+	}
+}
