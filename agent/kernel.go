@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,6 +254,13 @@ func (e *Engine) rememberRules(uid uint32, m *uidRules, rs []rules.Rule) {
 		}
 		if n++; n > maxEagerPerUID {
 			return
+		}
+		// A process's path is its file's own, with no symbolic link in
+		// it: a rule that names a link (/bin/curl on a merged /usr, or
+		// /usr/bin/python3) matches no process, and must not be stored
+		// for the file the link leads to.
+		if real, err := filepath.EvalSymlinks(in.Exe); err != nil || real != in.Exe {
+			continue
 		}
 		dev, ino, ok := e.hashes.files.Identity(in.Exe)
 		if !ok {

@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -364,5 +365,29 @@ func TestPacketsOfAUIDWithRulesCountOnce(t *testing.T) {
 	r.verdict(1)
 	if st := e.StatsFor(alice); st.Counters.Packets != 1 || st.Counters.Identified != 1 {
 		t.Fatalf("alice's counters %+v, want 1 packet, 1 identified", st.Counters)
+	}
+}
+
+// TestRuleForALinkIsNotStored: a rule that names a symbolic link matches
+// no process (a process's path has no link in it), so it is not stored for
+// the file the link leads to.
+func TestRuleForALinkIsNotStored(t *testing.T) {
+	e, _, _, k := newKernelEngine(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(exe, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{allowRule("via-link", link, "192.0.2.1/32", 443)}}); err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	n := len(k.decisions)
+	k.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d decisions stored for a rule naming a link", n)
 	}
 }
