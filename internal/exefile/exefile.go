@@ -22,6 +22,9 @@ import (
 // use.
 type Checker struct {
 	mountinfo string
+	// root, when set, is the root paths are looked up in (a process's
+	// /proc/PID/root); "" is the caller's own.
+	root string
 
 	mu sync.Mutex
 	// devs maps the caller's mount IDs to their file system's kernel
@@ -31,10 +34,45 @@ type Checker struct {
 	devs map[uint64]uint32
 }
 
-// New returns a Checker that reads the caller's mounts from
-// /proc/self/mountinfo when it needs them.
+// New returns a Checker that looks paths up from the caller's root and
+// reads the caller's mounts from /proc/self/mountinfo when it needs them.
 func New() *Checker {
 	return &Checker{mountinfo: "/proc/self/mountinfo", devs: make(map[uint64]uint32)}
+}
+
+// NewHost returns a Checker that looks paths up in the mount namespace of
+// PID 1, the host's, through procDir/1/root (symbolic links resolved
+// inside it), with PID 1's mounts: for the agent, which may run in a mount
+// namespace of its own (systemd's ProtectSystem= and PrivateTmp= make one)
+// where /tmp, say, is not the host's. Reading PID 1's root needs root with
+// CAP_SYS_PTRACE; without it, NewHost returns New's Checker and false.
+func NewHost(procDir string) (*Checker, bool) {
+	root := procDir + "/1/root"
+	f, err := os.Open(root)
+	if err != nil {
+		return New(), false
+	}
+	f.Close()
+	return &Checker{mountinfo: procDir + "/1/mountinfo", root: root, devs: make(map[uint64]uint32)}, true
+}
+
+// statx stats path (symlinks followed) from c's root.
+func (c *Checker) statx(path string, stx *unix.Statx_t) error {
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	if c.root == "" {
+		return unix.Statx(unix.AT_FDCWD, path, 0, mask, stx)
+	}
+	root, err := unix.Open(c.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Statx(fd, "", unix.AT_EMPTY_PATH, mask, stx)
 }
 
 // Is reports whether the file at path (symlinks followed, as exec would)
@@ -45,7 +83,7 @@ func (c *Checker) Is(path string, dev uint32, ino uint64) bool {
 		return false
 	}
 	var stx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil {
+	if err := c.statx(path, &stx); err != nil {
 		return false
 	}
 	if stx.Ino != ino {
@@ -68,7 +106,7 @@ func (c *Checker) Identity(path string) (dev uint32, ino uint64, ok bool) {
 		return 0, 0, false
 	}
 	var stx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil || stx.Ino == 0 {
+	if err := c.statx(path, &stx); err != nil || stx.Ino == 0 {
 		return 0, 0, false
 	}
 	dev = KernelDev(stx.Dev_major, stx.Dev_minor)

@@ -59,3 +59,57 @@ func TestReadMountDevs(t *testing.T) {
 		t.Errorf("readMountDevs = %v", devs)
 	}
 }
+
+// TestNewHostLooksUpInPID1sRoot: the agent's Checker looks paths up in
+// PID 1's root, symbolic links resolved inside it, not in the agent's own
+// (a sandbox's mount namespace can have another /tmp). A fake /proc whose
+// 1/root is a directory stands in for PID 1.
+func TestNewHostLooksUpInPID1sRoot(t *testing.T) {
+	proc := t.TempDir()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(root, filepath.Join(proc, "1", "root")); err != nil {
+		t.Fatal(err)
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(proc, "1", "mountinfo"), mi, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inRoot := filepath.Join(root, "usr/bin/tool")
+	if err := os.WriteFile(inRoot, []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// An absolute link inside the root leads to the root's file.
+	if err := os.Symlink("/usr/bin/tool", filepath.Join(root, "usr/bin/link")); err != nil {
+		t.Fatal(err)
+	}
+	c, ok := NewHost(proc)
+	if !ok {
+		t.Fatal("NewHost: no root")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(inRoot, &st); err != nil {
+		t.Fatal(err)
+	}
+	dev := KernelDevOf(st.Dev)
+	if !c.Is("/usr/bin/tool", dev, st.Ino) || !c.Is("/usr/bin/link", dev, st.Ino) {
+		t.Error("the root's file (or a link to it inside the root) is not found through the root")
+	}
+	if d, ino, ok := c.Identity("/usr/bin/tool"); !ok || d != dev || ino != st.Ino {
+		t.Errorf("Identity = %d, %d, %v; want %d, %d", d, ino, ok, dev, st.Ino)
+	}
+	if c.Is(inRoot, dev, st.Ino) {
+		t.Error("the caller's path to the file was looked up in the caller's root")
+	}
+	if _, ok := NewHost(filepath.Join(proc, "missing")); ok {
+		t.Error("NewHost without a PID 1 root reports one")
+	}
+}

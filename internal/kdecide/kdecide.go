@@ -82,9 +82,13 @@ func Open(cfg Config) (_ *Kernel, err error) {
 	if err != nil {
 		return nil, err
 	}
-	mntns, err := nsInode("/proc/self/ns/mnt")
+	// The host's mount namespace is PID 1's, as internal/procid takes it
+	// for verifying executables; the agent's own may be a sandbox's.
+	mntns, err := nsInode("/proc/1/ns/mnt")
 	if err != nil {
-		return nil, err
+		if mntns, err = nsInode("/proc/self/ns/mnt"); err != nil {
+			return nil, err
+		}
 	}
 	dir := cfg.PinDir
 	if dir == "" {

@@ -17,21 +17,28 @@ import (
 // SECURITY: the path is what the process's own mount namespace shows, and
 // any user can make a namespace in which /usr/bin/curl is another program.
 // Only the device and inode (which no mount changes) and the namespace
-// check tie the path to the host's file. Paths are looked up from the
-// agent's root, which is the host's (the agent runs in the root mount
-// namespace).
+// check tie the path to the host's file. Paths are looked up in PID 1's
+// root, the host's, whatever mount namespace the agent runs in.
 type exeChecker struct {
 	hostMntNS uint32
 	files     *exefile.Checker
 }
 
-// newExeChecker reads the agent's mount namespace from procDir (/proc).
+// newExeChecker takes the host's mount namespace and files from PID 1's
+// in procDir (/proc): the agent may run in a mount namespace of its own
+// (systemd's sandboxing makes one), and its own would then be no process's.
+// Without access to PID 1's (no CAP_SYS_PTRACE), its own stand in.
 func newExeChecker(procDir string) (*exeChecker, error) {
-	ns, err := nsInode(procDir + "/self/ns/mnt")
-	if err != nil {
-		return nil, fmt.Errorf("read own mount namespace: %w", err)
+	files, ok := exefile.NewHost(procDir)
+	nsPath := procDir + "/1/ns/mnt"
+	if !ok {
+		nsPath = procDir + "/self/ns/mnt"
 	}
-	return &exeChecker{hostMntNS: ns, files: exefile.New()}, nil
+	ns, err := nsInode(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("read the host's mount namespace: %w", err)
+	}
+	return &exeChecker{hostMntNS: ns, files: files}, nil
 }
 
 func nsInode(path string) (uint32, error) {
