@@ -44,6 +44,7 @@ type capsResult struct {
 	udpReuse  string // GetStatus udp_reuse_protection
 	newExe    string // executable named for a process started after the agent
 	preExe    string // ... and for one started before it
+	kernel    bool   // the agent logged that kernel decisions are active
 	log       string
 }
 
@@ -85,8 +86,8 @@ func TestAgentCapabilities(t *testing.T) {
 		check func(t *testing.T, r capsResult)
 	}{
 		{"unit set", caps, nil, func(t *testing.T, r capsResult) {
-			if mech := procid.Detect().Best(); !r.started || r.mechanism != string(mech) || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" {
-				t.Errorf("with the unit's capabilities: %+v; want started, %s, curl and bash named, udp reuse protection active", r, mech)
+			if mech := procid.Detect().Best(); !r.started || r.mechanism != string(mech) || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" || !r.kernel {
+				t.Errorf("with the unit's capabilities: %+v; want started, %s, curl and bash named, udp reuse protection and kernel decisions active", r, mech)
 			}
 		}},
 		{"unit set, procfs", caps, procfs, func(t *testing.T, r capsResult) {
@@ -110,13 +111,13 @@ func TestAgentCapabilities(t *testing.T) {
 			}
 		}},
 		{"without CAP_BPF", without("CAP_BPF"), nil, func(t *testing.T, r capsResult) {
-			if r.mechanism == "netfilter-link" {
-				t.Errorf("eBPF identification without CAP_BPF: %+v", r)
+			if r.mechanism == "netfilter-link" || r.kernel {
+				t.Errorf("eBPF identification or kernel decisions without CAP_BPF: %+v", r)
 			}
 		}},
 		{"without CAP_PERFMON", without("CAP_PERFMON"), nil, func(t *testing.T, r capsResult) {
-			if r.mechanism == "netfilter-link" {
-				t.Errorf("eBPF identification without CAP_PERFMON: %+v", r)
+			if r.mechanism == "netfilter-link" || r.kernel {
+				t.Errorf("eBPF identification or kernel decisions without CAP_PERFMON: %+v", r)
 			}
 		}},
 		{"without CAP_SYS_PTRACE", without("CAP_SYS_PTRACE"), nil, func(t *testing.T, r capsResult) {
@@ -133,7 +134,7 @@ func TestAgentCapabilities(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runWithCaps(t, bin, uid, gid, tc.caps, tc.args)
-			t.Logf("%v %v: started %v, mechanism %q, udp reuse protection %q, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.udpReuse, r.newExe, r.preExe)
+			t.Logf("%v %v: started %v, mechanism %q, udp reuse protection %q, kernel decisions %v, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.udpReuse, r.kernel, r.newExe, r.preExe)
 			tc.check(t, r)
 		})
 	}
@@ -234,6 +235,7 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 		t.Errorf("agent exit: %v: %s", err, a.Log())
 	}
 	r.log = a.Log()
+	r.kernel = strings.Contains(r.log, "kernel decisions active")
 	after, err := fw.Snapshot(ctx, fw.Config{NetNS: ns.Name})
 	if err != nil {
 		t.Fatal(err)
