@@ -197,7 +197,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		close(dnsDone)
 	}
 
-	if err := fw.Install(ctx, fwCfg); err != nil {
+	err = fw.Install(ctx, fwCfg)
+	if err != nil && kern != nil {
+		// Most likely this iptables cannot load the bpf match
+		// (libxt_bpf, xt_bpf): do without kernel decisions rather than
+		// without a firewall.
+		log.Warn("firewall rules with the kernel decisions' match failed; kernel decisions off, every new connection goes through the queue", "err", err)
+		engine.SetKernel(nil)
+		engine.SetNames(nil)
+		if names != nil {
+			names.onChange(nil)
+		}
+		if cerr := kern.Close(); cerr != nil {
+			log.Warn("remove kernel decisions", "err", cerr)
+		}
+		kern = nil
+		st.Kernel = KernelStatus{Mechanism: "unavailable", Reason: "iptables: " + err.Error()}
+		srv = newGRPCServer(engine, st, guard, reuse, names, nil)
+		fwCfg.KernelAllowPin = ""
+		err = fw.Install(ctx, fwCfg)
+	}
+	if err != nil {
 		l.Close()
 		engine.Close(closeAction)
 		stopQueue()

@@ -50,7 +50,13 @@ type apiServer struct {
 	reuse  *udpReuseState
 	names  *nameBook // nil when names are not learnt
 	// kern makes decisions in the kernel; nil when it does not.
-	kern *kdecide.Kernel
+	kern kernelCounts
+}
+
+// kernelCounts is what GetStatus reads of internal/kdecide.Kernel.
+type kernelCounts interface {
+	Stats() (kdecide.Stats, error)
+	EntriesFor(uid uint32) (int, error)
 }
 
 // newGRPCServer returns a server with the agent service, health and
@@ -60,7 +66,11 @@ type apiServer struct {
 func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook, kern *kdecide.Kernel) *grpc.Server {
 	lim := newCallLimits(e.log.With("component", "api"))
 	s := grpc.NewServer(append(lim.serverOptions(), grpc.Creds(peercred.TransportCredentials()))...)
-	agentv1.RegisterAgentServiceServer(s, &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names, kern: kern})
+	api := &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names}
+	if kern != nil { // a nil *Kernel would make a non-nil interface
+		api.kern = kern
+	}
+	agentv1.RegisterAgentServiceServer(s, api)
 	hs := health.NewServer()
 	hs.SetServingStatus(agentv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
@@ -161,6 +171,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		DnsQueueNum:        uint32(s.status.DNSQueueNum),
 		ShareLimits:        shareLimitsToProto(limits),
 		Shares:             shareUses,
+		KernelDecisions:    s.kernelDecisions(c),
 	}
 	// SECURITY: a non-root caller sees the counts of its own UID only;
 	// what belongs to no UID (DNS answers, malformed packets, UDP flows)
@@ -173,7 +184,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 			Packets: k.Packets, Allowed: k.Allowed, Denied: k.Denied, Rejected: k.Rejected,
 			CacheHits: k.CacheHits, PolicyDecisions: k.PolicyDecisions, ApiDecisions: k.APIDecisions,
 			DeadlineDecisions: k.DeadlineDecisions, Identified: k.Identified, Unidentified: k.Unidentified,
-			Shed: ownShed,
+			Shed: ownShed, RuleDecisions: k.RuleDecisions, KernelDecisions: k.KernelDecisions,
 		}
 		return resp, nil
 	}
@@ -191,8 +202,38 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		DeadlineDecisions: k.DeadlineDecisions.Load(), Identified: k.Identified.Load(), Unidentified: k.Unidentified.Load(),
 		Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
 		DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed, Shed: k.Shed.Load(),
+		RuleDecisions: k.RuleDecisions.Load(), KernelDecisions: k.KernelDecisions.Load(),
 	}
 	return resp, nil
+}
+
+// kernelDecisions reports the decisions made in the kernel as c may see
+// them.
+//
+// SECURITY: a non-root caller learns its own UID's remembered decisions
+// and last-minute split only; the kernel's counters, which add up every
+// UID's, are root's.
+func (s *apiServer) kernelDecisions(c peercred.Cred) *agentv1.KernelDecisions {
+	kd := &agentv1.KernelDecisions{Mechanism: s.status.Kernel.Mechanism, Reason: s.status.Kernel.Reason}
+	kd.LastMinuteKernel, kd.LastMinuteUserspace = s.engine.DecisionSplit(c)
+	if s.kern == nil {
+		return kd
+	}
+	if !c.IsRoot() {
+		n, err := s.kern.EntriesFor(c.UID)
+		if err != nil {
+			kd.Reason = err.Error()
+		}
+		kd.Entries = uint32(n)
+		return kd
+	}
+	st, err := s.kern.Stats()
+	if err != nil {
+		kd.Reason = err.Error()
+	}
+	kd.Entries = uint32(st.Entries)
+	kd.Allowed, kd.Denied, kd.Rejected, kd.Lost, kd.Packets = st.Allowed, st.Denied, st.Rejected, st.Lost, st.Packets
+	return kd
 }
 
 func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc.ServerStreamingServer[agentv1.DecisionEvent]) error {

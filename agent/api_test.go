@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,8 +14,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/rules"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -114,5 +117,128 @@ func TestSetRulesOverTheSocket(t *testing.T) {
 	}
 	if ev.GetRuleId() != "web" || ev.GetDecidedBy() != "rule:web" {
 		t.Fatalf("decision event rule_id %q decided_by %q, want web and rule:web", ev.GetRuleId(), ev.GetDecidedBy())
+	}
+}
+
+// fakeKernelCounts stands in for kdecide.Kernel in GetStatus.
+type fakeKernelCounts struct {
+	stats kdecide.Stats
+	byUID map[uint32]int
+	err   error
+}
+
+func (f *fakeKernelCounts) Stats() (kdecide.Stats, error)      { return f.stats, f.err }
+func (f *fakeKernelCounts) EntriesFor(uid uint32) (int, error) { return f.byUID[uid], f.err }
+
+// TestGetStatusKernelDecisions: GetStatus says how decisions are made in
+// the kernel, how many are remembered and the last minute's split between
+// the kernel and userspace; a user sees their own UID's, root everyone's
+// and the kernel's counters.
+func TestGetStatusKernelDecisions(t *testing.T) {
+	e, r, clk := newRuleEngine(t)
+	kern := &fakeKernelCounts{
+		stats: kdecide.Stats{Entries: 5, Allowed: 7, Denied: 2, Rejected: 1, Lost: 3, Packets: 9},
+		byUID: map[uint32]int{1000: 2, 1001: 3},
+	}
+	s := &apiServer{engine: e, status: staticStatus{Kernel: KernelStatus{Mechanism: KernelMechanism}}, reuse: &udpReuseState{}, kern: kern}
+	getStatus := func(uid uint32) *agentv1.GetStatusResponse {
+		t.Helper()
+		ctx, cancel := callCtx(uid)
+		defer cancel()
+		st, err := s.GetStatus(ctx, &agentv1.GetStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+
+	// In userspace: alice answers for one connection, the system policy
+	// allows root's.
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	pend := e.ListPending(alice)
+	if len(pend) != 1 {
+		t.Fatalf("%d pending, want 1", len(pend))
+	}
+	if _, _, err := e.Decide(alice, DecideRequest{ID: pend[0].ID, Action: flow.ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(PacketRef{ID: 2}, tcp("192.0.2.2", 40001, 443), root)
+	if r.verdict(1) != flow.ActionAllow || r.verdict(2) != flow.ActionAllow {
+		t.Fatalf("userspace verdicts %v %v, want allow", r.verdict(1), r.verdict(2))
+	}
+	// In the kernel: two of alice's connections, one of bob's.
+	kev := func(p flow.Process, a flow.Action, by string) kdecide.Event {
+		p.Exe, p.Source = "", kdecide.Source
+		return kdecide.Event{Time: clk.Now(), Process: p, Tuple: tcp("192.0.2.1", 0, 443), Action: a, By: by}
+	}
+	e.RecordKernel([]kdecide.Event{
+		kev(curl1000, flow.ActionAllow, "rule:web"),
+		kev(curl1000, flow.ActionDeny, "rule:web"),
+		kev(wget1001, flow.ActionReject, "cache:c1"),
+	})
+
+	type want struct {
+		kd      *agentv1.KernelDecisions
+		counted *agentv1.Counters // only the fields below are compared
+	}
+	for _, tc := range []struct {
+		name string
+		uid  uint32
+		want want
+	}{
+		{"alice", 1000, want{
+			&agentv1.KernelDecisions{Mechanism: KernelMechanism, Entries: 2, LastMinuteKernel: 2, LastMinuteUserspace: 1},
+			&agentv1.Counters{Packets: 3, Allowed: 2, Denied: 1, RuleDecisions: 2, KernelDecisions: 2},
+		}},
+		{"bob", 1001, want{
+			&agentv1.KernelDecisions{Mechanism: KernelMechanism, Entries: 3, LastMinuteKernel: 1},
+			&agentv1.Counters{Packets: 1, Rejected: 1, CacheHits: 1, KernelDecisions: 1},
+		}},
+		{"another user", 1002, want{
+			&agentv1.KernelDecisions{Mechanism: KernelMechanism},
+			&agentv1.Counters{},
+		}},
+		{"root", 0, want{
+			&agentv1.KernelDecisions{Mechanism: KernelMechanism, Entries: 5, LastMinuteKernel: 3, LastMinuteUserspace: 2,
+				Allowed: 7, Denied: 2, Rejected: 1, Lost: 3, Packets: 9},
+			&agentv1.Counters{Packets: 5, Allowed: 3, Denied: 1, Rejected: 1, CacheHits: 1, RuleDecisions: 2, KernelDecisions: 3},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := getStatus(tc.uid)
+			if !proto.Equal(st.GetKernelDecisions(), tc.want.kd) {
+				t.Errorf("kernel decisions\n%v\nwant\n%v", st.GetKernelDecisions(), tc.want.kd)
+			}
+			k, w := st.GetCounters(), tc.want.counted
+			got := &agentv1.Counters{Packets: k.GetPackets(), Allowed: k.GetAllowed(), Denied: k.GetDenied(), Rejected: k.GetRejected(),
+				CacheHits: k.GetCacheHits(), RuleDecisions: k.GetRuleDecisions(), KernelDecisions: k.GetKernelDecisions()}
+			if !proto.Equal(got, w) {
+				t.Errorf("counters\n%v\nwant\n%v", got, w)
+			}
+		})
+	}
+
+	// The kernel's maps cannot be read: the status says why.
+	kern.err = errors.New("kernel decisions: list: bad file descriptor")
+	if st := getStatus(1000).GetKernelDecisions(); st.GetReason() != kern.err.Error() || st.GetMechanism() != KernelMechanism {
+		t.Errorf("with an unreadable map: %v", st)
+	}
+	kern.err = nil
+
+	// A minute later the split is empty; the entries remain.
+	clk.Advance(61 * time.Second)
+	if st := getStatus(0).GetKernelDecisions(); st.GetLastMinuteKernel() != 0 || st.GetLastMinuteUserspace() != 0 || st.GetEntries() != 5 {
+		t.Errorf("a minute later: %v, want no decisions in the last minute and 5 entries", st)
+	}
+
+	// Off: the reason, no entries, and every decision in userspace.
+	s.kern, s.status.Kernel = nil, KernelStatus{Mechanism: "off", Reason: "kernel_decisions = false"}
+	e.Handle(PacketRef{ID: 3}, tcp("192.0.2.1", 40002, 443), root)
+	if r.verdict(3) != flow.ActionAllow {
+		t.Fatalf("verdict %v, want allow", r.verdict(3))
+	}
+	off := &agentv1.KernelDecisions{Mechanism: "off", Reason: "kernel_decisions = false", LastMinuteUserspace: 1}
+	if st := getStatus(0).GetKernelDecisions(); !proto.Equal(st, off) {
+		t.Errorf("off: %v, want %v", st, off)
 	}
 }

@@ -68,9 +68,13 @@ func (b *nameBook) lookup(proc flow.Process, addr netip.Addr) string {
 	return name
 }
 
-// onChange makes f hear of every address whose name changes.
+// onChange makes f hear of every address whose name changes (nil: no one).
 func (b *nameBook) onChange(f func(netip.Addr)) {
-	if b != nil {
+	switch {
+	case b == nil:
+	case f == nil:
+		b.changed.Store(nil)
+	default:
 		b.changed.Store(&f)
 	}
 }

@@ -245,7 +245,9 @@ func (e *Engine) HandleNamed(id PacketRef, t flow.Tuple, proc flow.Process, host
 // goroutine.
 func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host string, now time.Time, w *ruleWorker) {
 	e.mu.Lock()
-	e.countPacketLocked(proc)
+	if w == nil { // on the worker, the packet was counted on its way there
+		e.countPacketLocked(proc)
+	}
 	if e.closed {
 		a := e.closeAction
 		e.mu.Unlock()
@@ -297,12 +299,15 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		if ok {
 			e.Counters.RuleDecisions.Add(1)
 			by := "rule:" + r.ID
-			e.releaseOne(id, r.Action, proc, t, host, by, now)
 			var expires time.Time
 			if r.Lifetime == rules.Duration {
 				expires = r.Expires
 			}
+			// Remembered before the packet goes: the program's next
+			// connection, which may follow at once, is decided in the
+			// kernel.
 			e.rememberInKernel(gen, m, proc, t, host, now, r.Action, by, expires)
+			e.releaseOne(id, r.Action, proc, t, host, by, now)
 			return
 		}
 		e.mu.Lock()
@@ -324,8 +329,8 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		a, by, expires, m := ce.action, ce.by, ce.expires, e.rules[proc.UID]
 		e.mu.Unlock()
 		e.Counters.CacheHits.Add(1)
-		e.releaseOne(id, a, proc, t, host, by, now)
 		e.rememberInKernel(gen, m, proc, t, host, now, a, by, expires)
+		e.releaseOne(id, a, proc, t, host, by, now)
 		return
 	}
 	key := pendingKey{uid: proc.UID, exe: exe, proto: t.Proto, dst: t.Dst, port: t.DstPort}
@@ -417,7 +422,9 @@ func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t fl
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
-	e.splits.add(proc.UID, when, false)
+	if by != "retransmit" && by != "unparsed" { // the split counts connections
+		e.splits.add(proc.UID, when, false)
+	}
 	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
 	if id, ok := strings.CutPrefix(by, "rule:"); ok {
 		d.RuleID = id
@@ -503,7 +510,10 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 	}
 	by := "api:uid=" + strconv.FormatUint(uint64(caller.UID), 10)
 	held := e.resolveLocked(p, req.Action, by)
-	var cacheID string
+	var (
+		cacheID string
+		kernel  func()
+	)
 	if req.Scope != ScopeConnection {
 		var expires time.Time
 		if req.Lifetime > 0 {
@@ -513,10 +523,19 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		ce.exeShown = p.Process.ExeDisplay()
 		cacheID = ce.id
 		e.settleCoveredLocked(ce, by)
+		if req.Scope == ScopeDestinationPort && e.kern != nil {
+			// The entry names one key: stored in the kernel at once,
+			// under the generation its own addition made.
+			gen, m, ceBy := e.kern.Gen(p.Process.UID), e.rules[p.Process.UID], ce.by
+			kernel = func() { e.rememberCacheEntry(gen, m, p.Pending, req.Action, ceBy, expires) }
+		}
 	}
 	e.uidCountersLocked(p.Process.UID).APIDecisions++
 	e.mu.Unlock()
 	e.Counters.APIDecisions.Add(1)
+	if kernel != nil {
+		kernel()
+	}
 	e.releaseHeld(p, held, req.Action, by)
 	return len(held), cacheID, nil
 }

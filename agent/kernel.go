@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/peercred"
+	"github.com/bastion-fw/bastion/internal/rules"
 )
 
 // Kernel-side decisions (internal/kdecide). The engine decides a
@@ -127,11 +129,15 @@ func (e *Engine) ForgetName(addr netip.Addr) {
 	}
 }
 
-// SetKernel makes the engine remember its decisions in k. Call before the
-// engine sees packets.
+// SetKernel makes the engine remember its decisions in k (nil: nowhere).
+// Call before the engine sees packets.
 func (e *Engine) SetKernel(k kernelDecider) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if k == nil {
+		e.kern, e.cache.onChange = nil, nil
+		return
+	}
 	e.kern = k
 	e.cache.onChange = e.invalidateKernel
 }
@@ -209,6 +215,80 @@ func (e *Engine) rememberInKernel(gen uint32, m *uidRules, proc flow.Process, t 
 		}
 	}
 	e.kernelExes.put(proc.ExeDev, proc.ExeIno, proc.Exe)
+}
+
+// rememberCacheEntry stores in the kernel the decision of a new cache entry
+// for p's destination and port, unless one of the UID's rules (m) decides
+// p's connection, which would then come first.
+func (e *Engine) rememberCacheEntry(gen uint32, m *uidRules, p Pending, a flow.Action, by string, expires time.Time) {
+	now := e.now()
+	if m != nil {
+		if _, ok, _ := m.match(e.hashes, p.Process, p.Tuple, p.Host, ruleTime(now), nil); ok {
+			return
+		}
+	}
+	e.rememberInKernel(gen, m, p.Process, p.Tuple, p.Host, now, a, by, expires)
+}
+
+// maxEagerPerUID bounds the rules of one UID that SetRules stores in the
+// kernel at once; the others are remembered from their first connection.
+const maxEagerPerUID = 4096
+
+// rememberRules stores in the kernel, at once, the decisions of uid's rules
+// that name exactly one connection key (rules.ExactInstance), where that
+// rule is the one that decides the key and its decision is exact, so that
+// even a program's first connection they cover is decided there. The rules
+// are m's, set from rs; call after the generation was bumped for them.
+func (e *Engine) rememberRules(uid uint32, m *uidRules, rs []rules.Rule) {
+	if e.kern == nil || m == nil {
+		return
+	}
+	gen := e.kern.Gen(uid)
+	now := ruleTime(e.now())
+	n := 0
+	for i := range rs {
+		r := &rs[i]
+		in, ok := rules.ExactInstance(*r)
+		if !ok || (in.Proto == flow.UDP && in.Port == 53) {
+			continue
+		}
+		if n++; n > maxEagerPerUID {
+			return
+		}
+		// A process's path is its file's own, with no symbolic link in
+		// it: a rule that names a link (/bin/curl on a merged /usr, or
+		// /usr/bin/python3) matches no process, and must not be stored
+		// for the file the link leads to.
+		if real, err := filepath.EvalSymlinks(in.Exe); err != nil || real != in.Exe {
+			continue
+		}
+		dev, ino, ok := e.hashes.files.Identity(in.Exe)
+		if !ok {
+			continue // no such file (yet): remembered at its first connection
+		}
+		c := rules.Conn{UID: uid, Exe: in.Exe, Tuple: flow.Tuple{Proto: in.Proto, Dst: in.Dst, DstPort: in.Port}}
+		if process, name := m.m.KernelDeps(c, now); process || name {
+			continue
+		}
+		if w, ok := m.m.Match(c, now); !ok || *w != *r {
+			continue // another rule decides this key
+		}
+		d := kdecide.Decision{
+			Key:    kdecide.Key{UID: uid, ExeDev: dev, ExeIno: ino, Proto: in.Proto, Dst: in.Dst, Port: in.Port},
+			Action: r.Action, By: "rule:" + r.ID, Gen: gen,
+		}
+		if len(d.By) > 40 {
+			continue
+		}
+		if r.Lifetime == rules.Duration {
+			d.Expires = r.Expires
+		}
+		if err := e.kern.Remember(d); err != nil {
+			e.log.Warn("remember rule in the kernel", "uid", uid, "rule", r.ID, "err", err)
+			return
+		}
+		e.kernelExes.put(dev, ino, in.Exe)
+	}
 }
 
 // rememberByName stores d, made with the destination named host, if every

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -126,10 +128,15 @@ func TestRuleDecisionsAreRememberedInTheKernel(t *testing.T) {
 		}
 	}
 	k.mu.Lock()
-	n := len(k.decisions)
+	n := 0
+	for key := range k.decisions {
+		if key.ExeIno == curlFile.ExeIno {
+			n++
+		}
+	}
 	k.mu.Unlock()
 	if n != 2 {
-		t.Fatalf("%d decisions remembered, want only the 2 above", n)
+		t.Fatalf("%d decisions remembered for curlFile, want only the 2 above", n)
 	}
 }
 
@@ -279,5 +286,108 @@ func TestHostRuleDecisionsFollowTheName(t *testing.T) {
 	r.verdict(2)
 	if _, ok := k.current(key); ok {
 		t.Fatal("decision remembered though processes are told different names")
+	}
+}
+
+// TestExactRulesAreStoredAtOnce: a rule that names one program, protocol,
+// address and port is in the kernel as soon as it is set, before any
+// connection, unless another rule decides that key or a rule the kernel
+// cannot evaluate could apply to it.
+func TestExactRulesAreStoredAtOnce(t *testing.T) {
+	e, _, _, k := newKernelEngine(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, ino, ok := e.hashes.files.Identity(exe)
+	if !ok {
+		t.Fatalf("no identity for %s", exe)
+	}
+	exact := func(id, dst string, port uint16, a flow.Action) rules.Rule {
+		r := allowRule(id, exe, dst+"/32", port)
+		r.Action = a
+		return r
+	}
+	shadowed := exact("shadowed", "192.0.2.3", 443, flow.ActionAllow)
+	shadowed.Created = time.Unix(1, 0)
+	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{
+		exact("allow-one", "192.0.2.1", 443, flow.ActionAllow),
+		exact("deny-one", "192.0.2.2", 80, flow.ActionDeny),
+		shadowed, exact("deny-same", "192.0.2.3", 443, flow.ActionDeny), // deny beats allow on a tie
+		exact("cmd-could-apply", "192.0.2.4", 443, flow.ActionAllow),
+		{ID: "by-cmdline", Enabled: true, Action: flow.ActionDeny, Exe: exe, Cmdline: "x .*", Lifetime: rules.Forever,
+			Dst: netip.MustParsePrefix("192.0.2.4/32")},
+		allowRule("a-range", exe, "192.0.2.0/24", 0), // not exact: remembered per connection
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	key := func(dst string, port uint16) kdecide.Key {
+		return kdecide.Key{UID: 1000, ExeDev: dev, ExeIno: ino, Proto: flow.TCP, Dst: netip.MustParseAddr(dst), Port: port}
+	}
+	for _, tc := range []struct {
+		dst    string
+		port   uint16
+		want   flow.Action // ActionNone: not stored
+		wantBy string
+	}{
+		{"192.0.2.1", 443, flow.ActionAllow, "rule:allow-one"},
+		{"192.0.2.2", 80, flow.ActionDeny, "rule:deny-one"},
+		{"192.0.2.3", 443, flow.ActionDeny, "rule:deny-same"},
+		{"192.0.2.4", 443, flow.ActionNone, ""},
+	} {
+		d, ok := k.current(key(tc.dst, tc.port))
+		if tc.want == flow.ActionNone {
+			if ok {
+				t.Errorf("%s:%d stored as %+v", tc.dst, tc.port, d)
+			}
+			continue
+		}
+		if !ok || d.Action != tc.want || d.By != tc.wantBy {
+			t.Errorf("%s:%d: stored %+v (%v), want %v by %s", tc.dst, tc.port, d, ok, tc.want, tc.wantBy)
+		}
+	}
+	k.mu.Lock()
+	n := len(k.decisions)
+	k.mu.Unlock()
+	if n != 3 {
+		t.Errorf("%d decisions stored, want 3", n)
+	}
+}
+
+// TestPacketsOfAUIDWithRulesCountOnce: a packet decided on its UID's rule
+// worker counts once in the UID's counters, as in the totals.
+func TestPacketsOfAUIDWithRulesCountOnce(t *testing.T) {
+	e, r, _ := newRuleEngine(t)
+	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{allowRule("https", "/usr/bin/curl", "", 443)}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Handle(PacketRef{ID: 1}, tcp("192.0.2.1", 40000, 443), curl1000)
+	r.verdict(1)
+	if st := e.StatsFor(alice); st.Counters.Packets != 1 || st.Counters.Identified != 1 {
+		t.Fatalf("alice's counters %+v, want 1 packet, 1 identified", st.Counters)
+	}
+}
+
+// TestRuleForALinkIsNotStored: a rule that names a symbolic link matches
+// no process (a process's path has no link in it), so it is not stored for
+// the file the link leads to.
+func TestRuleForALinkIsNotStored(t *testing.T) {
+	e, _, _, k := newKernelEngine(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(exe, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.SetRules(alice, SetRulesRequest{Rules: []rules.Rule{allowRule("via-link", link, "192.0.2.1/32", 443)}}); err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	n := len(k.decisions)
+	k.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d decisions stored for a rule naming a link", n)
 	}
 }

@@ -161,6 +161,7 @@ func (e *Engine) SetRules(caller peercred.Cred, req SetRulesRequest) (int, error
 	e.mu.Unlock()
 	e.log.Info("rules set", "uid", uid, "caller_uid", caller.UID, "caller_pid", caller.PID, "rules", len(req.Rules), "active", m.len())
 
+	e.rememberRules(uid, m, live)
 	e.settleByRules(uid, m, waiting, now)
 	return m.len(), nil
 }

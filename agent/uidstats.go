@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/bastion-fw/bastion/internal/flow"
+	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/peercred"
 )
 
@@ -24,6 +25,8 @@ type uidCounters struct {
 	Packets, Allowed, Denied, Rejected                       uint64
 	CacheHits, PolicyDecisions, APIDecisions, RuleDecisions  uint64
 	DeadlineDecisions, Identified, Unidentified, Retransmits uint64
+	// KernelDecisions counts the decisions the kernel made (kernel.go).
+	KernelDecisions uint64
 }
 
 // UIDStats is what one UID may know of the engine's state.
@@ -70,6 +73,13 @@ func (e *Engine) countDecisionLocked(d Decision) {
 		return
 	}
 	c := e.uidCountersLocked(d.Process.UID)
+	if d.Process.Source == kdecide.Source {
+		// The kernel decided it: the agent never saw the packet
+		// arrive, so it counts here, as in the totals (RecordKernel).
+		c.KernelDecisions++
+		c.Packets++
+		c.Identified++
+	}
 	switch d.Action {
 	case flow.ActionAllow:
 		c.Allowed++

@@ -103,6 +103,7 @@ struct kd_event {
 	__u8 has_src; // saddr and sport are known (packet-time events)
 	__u16 sport;
 	__u16 dport;
+	__u32 _pad; // keeps the addresses 8-byte aligned (same_addr)
 	__u8 saddr[16];
 	__u8 daddr[16];
 	char comm[16];
@@ -141,9 +142,13 @@ struct {
 	__type(value, __u32);
 } uid_gens SEC(".maps");
 
+// sock_allows: socket cookie -> the allow its first packet will meet. An
+// entry is needed from connect()/sendmsg() to the packets the chain asks
+// about (a TCP connection's SYN; a UDP flow's packets until it is
+// answered); LRU eviction only sends a packet to the queue.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct kd_sock);
 } sock_allows SEC(".maps");
@@ -188,6 +193,12 @@ static __always_inline void emit(const struct kd_event *ev)
 		count(KD_STAT_LOST);
 }
 
+static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
 // current_decision returns the decision for k if it is current, else NULL.
 static __always_inline struct kd_value *current_decision(const struct kd_key *k)
 {
@@ -228,6 +239,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 	struct inode *ei = BPF_CORE_READ(t, mm, exe_file, f_inode);
 	if (!ei)
 		return 1;
+	// A file no name leads to any more (deleted, or replaced by an
+	// upgrade) is not the program at any path: the agent would not
+	// verify it (flow.ExeDeleted), so its decisions are not its file's.
+	if (BPF_CORE_READ(ei, i_nlink) == 0)
+		return 1;
 	k.exe_ino = BPF_CORE_READ(ei, i_ino);
 	k.exe_dev = BPF_CORE_READ(ei, i_sb, s_dev);
 	k.uid = t->cred->uid.val;
@@ -240,6 +256,16 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 		// one, the socket has none.
 		bpf_map_delete_elem(&sock_allows, &cookie);
 		return 1;
+	}
+
+	if (v->action == KD_ALLOW) {
+		// The socket already has this allow (datagrams sent one by
+		// one to the same destination): keep it as it is, recorded or
+		// not, so that a flow is recorded once, not once per datagram.
+		struct kd_sock *old = bpf_map_lookup_elem(&sock_allows, &cookie);
+		if (old && old->gen == v->gen && old->expires == v->expires && old->ev.proto == k.proto &&
+		    old->ev.dport == k.dport && same_addr(old->ev.daddr, k.daddr))
+			return 1;
 	}
 
 	struct kd_sock *s = bpf_map_lookup_elem(&sock_scratch, &zero);
@@ -312,12 +338,6 @@ int decide_sendmsg4(struct bpf_sock_addr *ctx) { return decide4(ctx); }
 
 SEC("cgroup/sendmsg6")
 int decide_sendmsg6(struct bpf_sock_addr *ctx) { return decide6(ctx); }
-
-static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
-{
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-	return x[0] == y[0] && x[1] == y[1];
-}
 
 // xt_allow matches a packet whose socket has a current allow for the
 // packet's protocol, destination address and port. The packet starts at

@@ -306,6 +306,12 @@ func TestStatusBanner(t *testing.T) {
 		if got := labelText(e.a.main.statusValues["Host names"]); !strings.Contains(got, "57 addresses named") {
 			t.Errorf("host names %q", got)
 		}
+		if got := labelText(e.a.main.statusValues["Kernel decisions"]); got != "on (cgroup-sock-addr+xt-bpf): 12 of your decisions remembered in the kernel" {
+			t.Errorf("kernel decisions %q", got)
+		}
+		if got := labelText(e.a.main.statusValues["Decided in the last minute"]); got != "90 decided in the kernel, 10 by the agent (90% in the kernel)" {
+			t.Errorf("decided in the last minute %q", got)
+		}
 	})
 	e.svc.SetAgentConnected(false)
 	waitGTK(t, "the agent banner", func() bool {

@@ -7,7 +7,16 @@ import (
 
 	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
+
+	"github.com/bastion-fw/bastion/internal/inert"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
+
+// agentStatusKeys are the agent section's rows, "Agent" first.
+func agentStatusKeys() []string {
+	return []string{"Agent", "Identification", "Firewall", "Reused UDP ports", "Host names", "Kernel decisions",
+		"Decided in the last minute", "Agent version", "Running since"}
+}
 
 func (m *mainWindow) statusPage() gtk.IWidget {
 	grid := mustGrid()
@@ -40,7 +49,7 @@ func (m *mainWindow) statusPage() gtk.IWidget {
 		add(k)
 	}
 	section("Agent")
-	for _, k := range []string{"Agent", "Identification", "Firewall", "Reused UDP ports", "Host names", "Agent version", "Running since"} {
+	for _, k := range agentStatusKeys() {
 		add(k)
 	}
 	sw := mustScrolled()
@@ -90,7 +99,7 @@ func (m *mainWindow) statusChanged() {
 	set("No prompt client", actionName(st.GetSilentAction())+" (listed under Decide later)")
 	ag := st.GetAgent()
 	if !st.GetAgentConnected() || ag == nil {
-		for _, k := range []string{"Identification", "Firewall", "Reused UDP ports", "Host names", "Agent version", "Running since"} {
+		for _, k := range agentStatusKeys()[1:] {
 			set(k, "-")
 		}
 		set("Agent", "not connected")
@@ -113,8 +122,42 @@ func (m *mainWindow) statusChanged() {
 	} else {
 		set("Host names", "off (connections show addresses only)")
 	}
+	mech, split := kernelDecisionsText(ag.GetKernelDecisions())
+	set("Kernel decisions", mech)
+	set("Decided in the last minute", split)
 	set("Agent version", orDash(ag.GetVersion()))
 	if ag.GetStarted() != nil {
 		set("Running since", ag.GetStarted().AsTime().In(a.loc).Format(time.DateTime))
 	}
+}
+
+// kernelDecisionsText says in words how connections are decided in the
+// kernel (the mechanism and the user's remembered decisions) and the last
+// minute's split between the kernel and userspace.
+func kernelDecisionsText(kd *agentv1.KernelDecisions) (mechanism, lastMinute string) {
+	if kd == nil {
+		return "unknown (the agent does not report it)", "-"
+	}
+	reason := inert.String(kd.GetReason())
+	switch m := inert.String(kd.GetMechanism()); m {
+	case "off":
+		mechanism = "off (" + reason + "): every new connection goes through the agent"
+	case "unavailable":
+		mechanism = "unavailable (" + reason + "): every new connection goes through the agent"
+	default:
+		if reason != "" {
+			mechanism = fmt.Sprintf("on (%s); your remembered decisions are unknown: %s", m, reason)
+		} else {
+			mechanism = fmt.Sprintf("on (%s): %d of your decisions remembered in the kernel", m, kd.GetEntries())
+		}
+	}
+	kern, user := kd.GetLastMinuteKernel(), kd.GetLastMinuteUserspace()
+	if kern+user == 0 {
+		return mechanism, "no decisions"
+	}
+	pct := fmt.Sprintf("%d%%", kern*100/(kern+user))
+	if kern != 0 && kern*100 < kern+user {
+		pct = "<1%"
+	}
+	return mechanism, fmt.Sprintf("%d decided in the kernel, %d by the agent (%s in the kernel)", kern, user, pct)
 }

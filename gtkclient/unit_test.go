@@ -13,6 +13,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/testenv"
+	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
@@ -202,5 +203,35 @@ func TestDesktopFiles(t *testing.T) {
 	out, err := exec.Command(bin, files...).CombinedOutput()
 	if err != nil || len(out) != 0 {
 		t.Errorf("desktop-file-validate: %v\n%s", err, out)
+	}
+}
+
+func TestKernelDecisionsText(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		kd            *agentv1.KernelDecisions
+		mech, lastMin string
+	}{
+		{"on", &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", Entries: 4, LastMinuteKernel: 30, LastMinuteUserspace: 10},
+			"on (cgroup-sock-addr+xt-bpf): 4 of your decisions remembered in the kernel",
+			"30 decided in the kernel, 10 by the agent (75% in the kernel)"},
+		{"few in the kernel", &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", LastMinuteKernel: 1, LastMinuteUserspace: 200},
+			"on (cgroup-sock-addr+xt-bpf): 0 of your decisions remembered in the kernel",
+			"1 decided in the kernel, 200 by the agent (<1% in the kernel)"},
+		{"off", &agentv1.KernelDecisions{Mechanism: "off", Reason: "kernel_decisions = false"},
+			"off (kernel_decisions = false): every new connection goes through the agent", "no decisions"},
+		{"unavailable", &agentv1.KernelDecisions{Mechanism: "unavailable", Reason: "attach connect4: operation not permitted\u202e", LastMinuteUserspace: 3},
+			`unavailable (attach connect4: operation not permitted\u202e): every new connection goes through the agent`,
+			"0 decided in the kernel, 3 by the agent (0% in the kernel)"},
+		{"maps unreadable", &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", Reason: "list: bad file descriptor"},
+			"on (cgroup-sock-addr+xt-bpf); your remembered decisions are unknown: list: bad file descriptor", "no decisions"},
+		{"older agent", nil, "unknown (the agent does not report it)", "-"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mech, lastMin := kernelDecisionsText(tc.kd)
+			if mech != tc.mech || lastMin != tc.lastMin {
+				t.Errorf("got %q, %q\nwant %q, %q", mech, lastMin, tc.mech, tc.lastMin)
+			}
+		})
 	}
 }

@@ -46,10 +46,12 @@ func (fakeAgent) GetStatus(context.Context, *agentv1.GetStatusRequest) (*agentv1
 		UdpReuseProtection: "active", DnsQueueNum: 8, DnsNames: 5,
 		Counters: &agentv1.Counters{Packets: 10, Allowed: 7, Denied: 2, Rejected: 1, CacheHits: 4, PolicyDecisions: 3,
 			ApiDecisions: 2, DeadlineDecisions: 1, Identified: 9, Unidentified: 1, UdpFlowsReleased: 5, UdpReuseRaces: 1,
-			DnsAnswers: 12, DnsMalformed: 1, Shed: 900},
+			DnsAnswers: 12, DnsMalformed: 1, Shed: 900, RuleDecisions: 6, KernelDecisions: 5},
 		ShareLimits: &agentv1.ShareLimits{HeldPacketsPerUid: 1024, PendingPerUid: 128, HeldPacketsTotal: 4096, PendingTotal: 1024,
 			ReservedHeldPacketsPerUid: 64, ReservedPendingPerUid: 16, QueueMaxLen: 16384},
 		Shares: []*agentv1.ShareUse{{Uid: 1000, HeldPackets: 1024, Pending: 1, Shed: 900}},
+		KernelDecisions: &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", Entries: 4,
+			LastMinuteKernel: 30, LastMinuteUserspace: 10},
 	}, nil
 }
 

@@ -82,14 +82,64 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 	}
 	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",
 		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
-	fmt.Fprintf(c.out, "decided by: cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
-		k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(), k.GetIdentified(), k.GetUnidentified())
+	fmt.Fprintf(c.out, "decided by: rules %d, cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
+		k.GetRuleDecisions(), k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(),
+		k.GetIdentified(), k.GetUnidentified())
+	fmt.Fprintf(c.out, "  in the kernel: %d of those by rules and the cache (no queue round trip)\n", k.GetKernelDecisions())
+	c.printKernelDecisions(st)
 	if q := st.GetDnsQueueNum(); q != 0 {
 		fmt.Fprintf(c.out, "host names from DNS: queue %d, answers %d (malformed %d), addresses named %d\n",
 			q, k.GetDnsAnswers(), k.GetDnsMalformed(), st.GetDnsNames())
 	} else {
 		fmt.Fprintln(c.out, "host names from DNS: off")
 	}
+}
+
+// printKernelDecisions says how connections are decided in the kernel: the
+// mechanism, the remembered decisions, the last minute's split and, for
+// root, the kernel's counters.
+func (c *cli) printKernelDecisions(st *agentv1.GetStatusResponse) {
+	kd := st.GetKernelDecisions()
+	if kd == nil {
+		fmt.Fprintln(c.out, "kernel decisions: unknown (the agent does not report them)")
+		return
+	}
+	mech, reason := inert.String(kd.GetMechanism()), inert.String(kd.GetReason())
+	switch mech {
+	case "off", "unavailable":
+		fmt.Fprintf(c.out, "kernel decisions: %s: %s; every new connection goes through the queue\n", mech, reason)
+	default:
+		if reason != "" {
+			fmt.Fprintf(c.out, "kernel decisions: %s; remembered decisions unknown: %s\n", mech, reason)
+		} else {
+			fmt.Fprintf(c.out, "kernel decisions: %s; %d remembered decisions in force\n", mech, kd.GetEntries())
+		}
+	}
+	kern, user := kd.GetLastMinuteKernel(), kd.GetLastMinuteUserspace()
+	if kern+user == 0 {
+		fmt.Fprintln(c.out, "  last minute: no decisions")
+	} else {
+		fmt.Fprintf(c.out, "  last minute: %d in the kernel, %d in userspace (%s in the kernel)\n", kern, user, percent(kern, kern+user))
+	}
+	// The kernel's counters add up every UID's: root's alone.
+	if st.GetCallerUid() == 0 && mech != "off" && mech != "unavailable" {
+		fmt.Fprintf(c.out, "  kernel counters: allowed %d, denied %d, rejected %d, packets let through %d, records lost %d",
+			kd.GetAllowed(), kd.GetDenied(), kd.GetRejected(), kd.GetPackets(), kd.GetLost())
+		if kd.GetLost() != 0 {
+			fmt.Fprint(c.out, " (decided, but missing from the history and counters)")
+		}
+		fmt.Fprintln(c.out)
+	}
+}
+
+// percent is part/whole in whole percent, rounded down, and "<1%" rather
+// than 0% when part is not 0.
+func percent(part, whole uint64) string {
+	p := part * 100 / whole
+	if p == 0 && part != 0 {
+		return "<1%"
+	}
+	return fmt.Sprintf("%d%%", p)
 }
 
 func (c *cli) printUIStatus(st *uiv1.GetStatusResponse) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -161,5 +163,65 @@ func TestLater(t *testing.T) {
 	}
 	if r = h.run(t, "", "later", "list"); r.stdout != "nothing to decide later\n" {
 		t.Errorf("later list when empty: %q", r.stdout)
+	}
+}
+
+// TestStatusKernelDecisions: the status says how connections are decided
+// in the kernel, whether it is on, off or unavailable, and shows the
+// kernel's counters to root only.
+func TestStatusKernelDecisions(t *testing.T) {
+	const mech = "cgroup-sock-addr+xt-bpf"
+	counters := &agentv1.KernelDecisions{Mechanism: mech, Entries: 120, LastMinuteKernel: 1, LastMinuteUserspace: 999,
+		Allowed: 70, Denied: 2, Rejected: 1, Lost: 0, Packets: 71}
+	for _, tc := range []struct {
+		name string
+		uid  uint32
+		kd   *agentv1.KernelDecisions
+		want string
+	}{
+		{"user", 1000, &agentv1.KernelDecisions{Mechanism: mech, Entries: 4, LastMinuteKernel: 30, LastMinuteUserspace: 10,
+			Allowed: 99}, // not root's: the counters are not shown
+			"kernel decisions: cgroup-sock-addr+xt-bpf; 4 remembered decisions in force\n" +
+				"  last minute: 30 in the kernel, 10 in userspace (75% in the kernel)\n"},
+		{"root", 0, counters,
+			"kernel decisions: cgroup-sock-addr+xt-bpf; 120 remembered decisions in force\n" +
+				"  last minute: 1 in the kernel, 999 in userspace (<1% in the kernel)\n" +
+				"  kernel counters: allowed 70, denied 2, rejected 1, packets let through 71, records lost 0\n"},
+		{"records lost", 0, &agentv1.KernelDecisions{Mechanism: mech, LastMinuteKernel: 5, Lost: 3},
+			"kernel decisions: cgroup-sock-addr+xt-bpf; 0 remembered decisions in force\n" +
+				"  last minute: 5 in the kernel, 0 in userspace (100% in the kernel)\n" +
+				"  kernel counters: allowed 0, denied 0, rejected 0, packets let through 0, records lost 3 (decided, but missing from the history and counters)\n"},
+		{"off", 0, &agentv1.KernelDecisions{Mechanism: "off", Reason: "kernel_decisions = false", LastMinuteUserspace: 8},
+			"kernel decisions: off: kernel_decisions = false; every new connection goes through the queue\n" +
+				"  last minute: 0 in the kernel, 8 in userspace (0% in the kernel)\n"},
+		{"unavailable", 1000, &agentv1.KernelDecisions{Mechanism: "unavailable", Reason: "kernel decisions: attach connect4: operation not permitted\x1b[2J"},
+			"kernel decisions: unavailable: kernel decisions: attach connect4: operation not permitted\\x1b[2J; every new connection goes through the queue\n" +
+				"  last minute: no decisions\n"},
+		{"maps unreadable", 1000, &agentv1.KernelDecisions{Mechanism: mech, Reason: "kernel decisions: list: bad file descriptor"},
+			"kernel decisions: cgroup-sock-addr+xt-bpf; remembered decisions unknown: kernel decisions: list: bad file descriptor\n" +
+				"  last minute: no decisions\n"},
+		{"older agent", 1000, nil, "kernel decisions: unknown (the agent does not report them)\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			c := &cli{out: &out}
+			c.printKernelDecisions(&agentv1.GetStatusResponse{CallerUid: tc.uid, KernelDecisions: tc.kd})
+			if out.String() != tc.want {
+				t.Errorf("printed\n%s\nwant\n%s", out.String(), tc.want)
+			}
+		})
+	}
+
+	// --json has the same fields.
+	h := newHarness(t, false, true)
+	r := h.run(t, "", "--json", "status")
+	var st agentv1.GetStatusResponse
+	if err := protojson.Unmarshal([]byte(strings.SplitN(r.stdout, "\n", 2)[0]), &st); err != nil {
+		t.Fatalf("status --json: %v: %s", err, r.stdout)
+	}
+	want := &agentv1.KernelDecisions{Mechanism: mech, Entries: 4, LastMinuteKernel: 30, LastMinuteUserspace: 10}
+	if !proto.Equal(st.GetKernelDecisions(), want) || st.GetCounters().GetKernelDecisions() != 5 {
+		t.Errorf("status --json: kernel decisions %v and counter %d, want %v and 5",
+			st.GetKernelDecisions(), st.GetCounters().GetKernelDecisions(), want)
 	}
 }

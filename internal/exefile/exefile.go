@@ -60,6 +60,28 @@ func (c *Checker) Is(path string, dev uint32, ino uint64) bool {
 	return c.mountDev(stx.Mnt_id) == dev
 }
 
+// Identity returns the kernel's identity of the file at path (symlinks
+// followed, as exec would): its file system's dev_t, as Is compares it, and
+// its inode.
+func (c *Checker) Identity(path string) (dev uint32, ino uint64, ok bool) {
+	if !strings.HasPrefix(path, "/") {
+		return 0, 0, false
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO|unix.STATX_MNT_ID, &stx); err != nil || stx.Ino == 0 {
+		return 0, 0, false
+	}
+	dev = KernelDev(stx.Dev_major, stx.Dev_minor)
+	// On btrfs stat reports the subvolume's device; the kernel side
+	// reads the super block's, which the mount names.
+	if stx.Mask&unix.STATX_MNT_ID != 0 {
+		if d := c.mountDev(stx.Mnt_id); d != 0 {
+			dev = d
+		}
+	}
+	return dev, stx.Ino, true
+}
+
 // KernelDev encodes major:minor as the kernel's dev_t (MAJOR<<20|MINOR),
 // the form eBPF programs read from super_block.s_dev.
 func KernelDev(major, minor uint32) uint32 { return major<<20 | minor&0xfffff }

@@ -37,11 +37,11 @@ type decideKdEvent struct {
 	HasSrc        uint8
 	Sport         uint16
 	Dport         uint16
+	Pad           uint32
 	Saddr         [16]uint8
 	Daddr         [16]uint8
 	Comm          [16]int8
 	By            [40]int8
-	_             [4]byte
 }
 
 type decideKdKey struct {

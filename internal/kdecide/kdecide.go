@@ -59,6 +59,10 @@ type Kernel struct {
 
 	mu   sync.Mutex
 	gens map[uint32]uint32 // mirror of uid_gens
+
+	// sweepMu serialises sweeps and guards counts, the last one's.
+	sweepMu sync.Mutex
+	counts  *entryCounts
 }
 
 // pinned are the maps that outlive the agent, by name.
@@ -376,7 +380,8 @@ type Stats struct {
 }
 
 // Stats counts the current decisions and reads the counters; stale and
-// expired decisions are deleted on the way.
+// expired decisions are deleted on the way. The count may be up to
+// sweepEvery old.
 func (k *Kernel) Stats() (Stats, error) {
 	var s Stats
 	var per []uint64
@@ -388,41 +393,115 @@ func (k *Kernel) Stats() (Stats, error) {
 			*dst += v
 		}
 	}
-	n, err := k.sweep()
-	s.Entries = n
-	return s, err
+	c, err := k.entryCounts()
+	if err != nil {
+		return s, err
+	}
+	s.Entries = c.total
+	return s, nil
 }
 
-// sweep deletes stale and expired decisions and returns how many remain.
-func (k *Kernel) sweep() (int, error) {
+// EntriesFor counts uid's current decisions, as Stats counts them all.
+func (k *Kernel) EntriesFor(uid uint32) (int, error) {
+	c, err := k.entryCounts()
+	if err != nil {
+		return 0, err
+	}
+	return c.byUID[uid], nil
+}
+
+// sweepEvery is how long a sweep's counts answer Stats and EntriesFor.
+// Every user's status request asks for them (a GTK client's every 2 s),
+// and a sweep of a full map takes 15-45 ms on the 2-core VM: however many
+// callers there are, they share one sweep a second.
+const sweepEvery = time.Second
+
+// entryCounts are the current decisions a sweep counted.
+type entryCounts struct {
+	at    time.Time
+	total int
+	byUID map[uint32]int
+}
+
+// entryCounts returns the last sweep's counts, sweeping again when they
+// are sweepEvery old.
+func (k *Kernel) entryCounts() (*entryCounts, error) {
+	k.sweepMu.Lock()
+	defer k.sweepMu.Unlock()
+	if c := k.counts; c != nil && time.Since(c.at) < sweepEvery {
+		return c, nil
+	}
+	c, err := k.sweep()
+	if err != nil {
+		return nil, err
+	}
+	k.counts = c
+	return c, nil
+}
+
+// sweep deletes stale and expired decisions and counts the others, by UID.
+func (k *Kernel) sweep() (*entryCounts, error) {
 	k.mu.Lock()
 	gens := make(map[uint32]uint32, len(k.gens))
 	for u, g := range k.gens {
 		gens[u] = g
 	}
 	k.mu.Unlock()
+	c := &entryCounts{at: time.Now(), byUID: make(map[uint32]int)}
 	now := uint64(bootNow())
-	var (
-		key   decideKdKey
-		v     decideKdValue
-		stale []decideKdKey
-		live  int
-	)
-	it := k.objs.Decisions.Iterate()
-	for it.Next(&key, &v) {
+	var stale []decideKdKey
+	err := k.eachDecision(func(key *decideKdKey, v *decideKdValue) {
 		if g, ok := gens[key.Uid]; !ok || g != v.Gen || (v.Expires != 0 && now >= v.Expires) {
-			stale = append(stale, key)
-			continue
+			stale = append(stale, *key)
+			return
 		}
-		live++
-	}
-	if err := it.Err(); err != nil {
-		return live, fmt.Errorf("kernel decisions: list: %w", err)
+		c.total++
+		c.byUID[key.Uid]++
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kernel decisions: list: %w", err)
 	}
 	for i := range stale {
 		k.objs.Decisions.Delete(&stale[i]) // a concurrent LRU eviction may have gone first
 	}
-	return live, nil
+	return c, nil
+}
+
+// sweepBatch is how many decisions eachDecision reads per system call.
+const sweepBatch = 1024
+
+// eachDecision calls fn with every decision in the map. It reads them in
+// batches where the kernel can (5.6+), else one by one: a full map (65,536)
+// takes 64 system calls instead of 131,072, and 15-45 ms instead of
+// 350-530 ms on the 2-core VM.
+func (k *Kernel) eachDecision(fn func(*decideKdKey, *decideKdValue)) error {
+	keys := make([]decideKdKey, sweepBatch)
+	vals := make([]decideKdValue, sweepBatch)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := k.objs.Decisions.BatchLookup(&cursor, keys, vals, nil)
+		if first && errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		for i := range n {
+			fn(&keys[i], &vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the end
+		}
+		if err != nil {
+			return err
+		}
+	}
+	var (
+		key decideKdKey
+		v   decideKdValue
+	)
+	it := k.objs.Decisions.Iterate()
+	for it.Next(&key, &v) {
+		fn(&key, &v)
+	}
+	return it.Err()
 }
 
 // Close detaches the programs and removes every pin: the agent stops for

@@ -255,3 +255,101 @@ func TestRememberStaleGeneration(t *testing.T) {
 		t.Errorf("decision of a stale generation applied: %+v", r)
 	}
 }
+
+// TestDatagramsAreRecordedOncePerFlow: an unconnected UDP socket sending
+// datagram after datagram to one allowed destination (each sendmsg runs
+// the hook, and with no reply each datagram is a new flow to the chain)
+// makes one record, not one per datagram; a datagram to a destination with
+// no decision, sent from the same socket, is left to the chain (dropped
+// here).
+func TestDatagramsAreRecordedOncePerFlow(t *testing.T) {
+	e := newKernelEnv(t)
+	e.ns.ListenPacket(t, "udp4", "127.0.0.1:7001")
+	// Every datagram meets the match, whatever conntrack makes of the
+	// flow.
+	e.iptables(t, "-I", "OUTPUT", "1", "-m", "bpf", "--object-pinned", e.k.XtPin(), "-j", "ACCEPT")
+	e.remember(t, flow.UDP, "127.0.0.1", 7001, flow.ActionAllow, "rule:udp")
+	pc := e.ns.ListenPacket(t, "udp4", "127.0.0.1:7002")
+	got := make(chan int, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			got <- 1
+		}
+	}()
+	dsts := strings.Repeat("127.0.0.1:7001,", 5) + "127.0.0.1:7002"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The last datagram is dropped by the chain, which sendto reports.
+	out, _ := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, e.dialer, "-net", "udp4", "-sendto", "-addr", dsts).Output()
+	var r testenv.DialResult
+	if err := jsonUnmarshal(out, &r); err != nil || r.Kind != "permission" || !strings.Contains(r.Error, "127.0.0.1:7002") {
+		t.Fatalf("dialer: %+v (%v), want the datagram to 7002 refused by the chain's DROP", r, err)
+	}
+	ev := e.nextEvent(t)
+	if ev.Action != flow.ActionAllow || ev.Tuple.DstPort != 7001 {
+		t.Fatalf("event %+v", ev)
+	}
+	select {
+	case ev := <-e.events:
+		t.Fatalf("a second record for the same flow: %+v", ev)
+	case <-got:
+		t.Fatal("the datagram to a destination with no decision got through")
+	case <-time.After(500 * time.Millisecond):
+	}
+	st, err := e.k.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Packets != 5 || st.Allowed != 1 {
+		t.Errorf("stats %+v: want 5 packets matched, 1 connection allowed", st)
+	}
+}
+
+// TestDeletedExecutableIsNotItsFile: a process running a file that no name
+// leads to any more (deleted, or replaced by an upgrade) gets none of that
+// file's decisions in the kernel — the agent does not verify such a
+// process's path either — while a process running the file under its name
+// does.
+func TestDeletedExecutableIsNotItsFile(t *testing.T) {
+	e := newKernelEnv(t)
+	testenv.RequireTools(t, "sh")
+	e.echo(t, 7001)
+	dir, err := os.MkdirTemp("", "kdecide-deleted-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "dialer")
+	testenv.CopyExecutable(t, e.dialer, exe)
+	key := fileKey(t, exe)
+	key.UID, key.Proto, key.Dst, key.Port = testUID, flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	if err := e.k.Remember(Decision{Key: key, Action: flow.ActionAllow, By: "rule:file", Gen: e.k.Gen(testUID)}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(script string) testenv.DialResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, _ := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, "sh", "-c", script, "sh", exe).Output()
+		var r testenv.DialResult
+		if err := jsonUnmarshal(out, &r); err != nil {
+			t.Fatalf("%s: %v: %q", script, err, out)
+		}
+		return r
+	}
+	args := " -net tcp4 -addr 127.0.0.1:7001 -timeout 400ms"
+	if r := run(`exec "$1"` + args); !r.OK {
+		t.Fatalf("the file under its name: %+v", r)
+	}
+	// The same file, run after its only name is gone.
+	if r := run(`exec 3<"$1"; rm "$1"; exec /proc/self/fd/3` + args); r.OK {
+		t.Fatalf("a deleted file got its decision: %+v", r)
+	}
+}

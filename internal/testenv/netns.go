@@ -118,6 +118,12 @@ func (ns *NS) setUp() error {
 func (ns *NS) Delete() error {
 	var errs []error
 	if ns.File != nil {
+		// What a killed agent left pinned for the namespace (kernel
+		// decisions: maps, links, programs) goes with it; a clean stop
+		// has removed it already.
+		if ino, err := netns.Inode(ns.File); err == nil {
+			errs = append(errs, removeAgentPins(filepath.Join(agentPinRoot, "netns-"+strconv.FormatUint(ino, 10))))
+		}
 		ns.File.Close()
 	}
 	if out, err := exec.Command("ip", "netns", "delete", ns.Name).CombinedOutput(); err != nil {
@@ -127,6 +133,26 @@ func (ns *NS) Delete() error {
 		if err := os.RemoveAll(ns.dir); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// agentPinRoot is kdecide.DefaultPinRoot (which testenv cannot import:
+// kdecide's tests import testenv).
+const agentPinRoot = "/sys/fs/bpf/bastion"
+
+// removeAgentPins removes the pins in dir and dir; none is no error.
+func removeAgentPins(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

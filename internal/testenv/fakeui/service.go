@@ -175,6 +175,8 @@ func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetS
 			UdpReuseProtection: "active",
 			DnsQueueNum:        4243,
 			DnsNames:           57,
+			KernelDecisions: &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", Entries: 12,
+				LastMinuteKernel: 90, LastMinuteUserspace: 10},
 		}
 	}
 	if s.editStatus != nil {

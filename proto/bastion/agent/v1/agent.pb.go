@@ -1096,9 +1096,17 @@ type Counters struct {
 	DnsMalformed uint64 `protobuf:"varint,15,opt,name=dns_malformed,json=dnsMalformed,proto3" json:"dns_malformed,omitempty"`
 	// Packets dropped because their UID held its full share of packets or
 	// pending connections (see ShareUse); TCP resends them.
-	Shed          uint64 `protobuf:"varint,16,opt,name=shed,proto3" json:"shed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Shed uint64 `protobuf:"varint,16,opt,name=shed,proto3" json:"shed,omitempty"`
+	// Connections decided by the caller's (root: every UID's) rules;
+	// kernel_decisions of them and of cache_hits were decided in the kernel.
+	RuleDecisions uint64 `protobuf:"varint,17,opt,name=rule_decisions,json=ruleDecisions,proto3" json:"rule_decisions,omitempty"`
+	// Decisions the kernel made from a remembered decision (see
+	// KernelDecisions), with no queue round trip. Each also counts in
+	// packets, identified, allowed/denied/rejected, and rule_decisions or
+	// cache_hits.
+	KernelDecisions uint64 `protobuf:"varint,18,opt,name=kernel_decisions,json=kernelDecisions,proto3" json:"kernel_decisions,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Counters) Reset() {
@@ -1243,6 +1251,166 @@ func (x *Counters) GetShed() uint64 {
 	return 0
 }
 
+func (x *Counters) GetRuleDecisions() uint64 {
+	if x != nil {
+		return x.RuleDecisions
+	}
+	return 0
+}
+
+func (x *Counters) GetKernelDecisions() uint64 {
+	if x != nil {
+		return x.KernelDecisions
+	}
+	return 0
+}
+
+// KernelDecisions says how many connections are decided in the kernel.
+//
+// A decision a rule or the cache made in userspace is remembered in the
+// kernel when the kernel can apply it exactly (same UID and executable
+// file, protocol, destination address and port); the kernel then applies it
+// to that program's later connections at connect()/sendmsg(), and only what
+// no remembered decision covers goes through the queue.
+type KernelDecisions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "cgroup-sock-addr+xt-bpf" when the kernel applies remembered
+	// decisions (cgroup sock_addr programs deny at connect()/sendmsg(); an
+	// xt_bpf match in the agent's chain lets allowed sockets' first packet
+	// pass); "off" when the configuration turns it off (kernel_decisions =
+	// false); "unavailable" when the kernel or the machine does not allow
+	// it. Off and unavailable, every new connection goes through the queue.
+	Mechanism string `protobuf:"bytes,1,opt,name=mechanism,proto3" json:"mechanism,omitempty"`
+	// Why off or unavailable; when active, an error reading the kernel's
+	// maps, if any (then entries and the counters are not known).
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Remembered decisions in force in the kernel: the caller's UID's own
+	// unless root. The agent counts them at most once a second; every
+	// caller in that second gets that count.
+	Entries uint32 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
+	// Decisions made in the last 60 seconds in the kernel and in userspace
+	// (by the queue: rules, cache, policy, answers, deadlines): every UID's
+	// for root, the caller's UID's own otherwise.
+	LastMinuteKernel    uint64 `protobuf:"varint,4,opt,name=last_minute_kernel,json=lastMinuteKernel,proto3" json:"last_minute_kernel,omitempty"`
+	LastMinuteUserspace uint64 `protobuf:"varint,5,opt,name=last_minute_userspace,json=lastMinuteUserspace,proto3" json:"last_minute_userspace,omitempty"`
+	// Root only (zero for others): the kernel's counters since its maps
+	// were made; they survive an agent restart (the maps stay pinned) and
+	// start again after a clean stop. allowed counts the connections allowed
+	// in the kernel, denied and rejected the connect()/sendmsg() calls
+	// failed (EPERM, ECONNREFUSED).
+	Allowed  uint64 `protobuf:"varint,6,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Denied   uint64 `protobuf:"varint,7,opt,name=denied,proto3" json:"denied,omitempty"`
+	Rejected uint64 `protobuf:"varint,8,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	// Kernel decisions whose record the ring buffer had no room for: they
+	// were made and enforced, but are missing from the history and counters.
+	Lost uint64 `protobuf:"varint,9,opt,name=lost,proto3" json:"lost,omitempty"`
+	// Packets the xt_bpf match in the agent's chain let through for sockets
+	// allowed in the kernel (instead of queueing them).
+	Packets       uint64 `protobuf:"varint,10,opt,name=packets,proto3" json:"packets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KernelDecisions) Reset() {
+	*x = KernelDecisions{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KernelDecisions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KernelDecisions) ProtoMessage() {}
+
+func (x *KernelDecisions) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KernelDecisions.ProtoReflect.Descriptor instead.
+func (*KernelDecisions) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *KernelDecisions) GetMechanism() string {
+	if x != nil {
+		return x.Mechanism
+	}
+	return ""
+}
+
+func (x *KernelDecisions) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *KernelDecisions) GetEntries() uint32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetLastMinuteKernel() uint64 {
+	if x != nil {
+		return x.LastMinuteKernel
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetLastMinuteUserspace() uint64 {
+	if x != nil {
+		return x.LastMinuteUserspace
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetAllowed() uint64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetDenied() uint64 {
+	if x != nil {
+		return x.Denied
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetRejected() uint64 {
+	if x != nil {
+		return x.Rejected
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
+func (x *KernelDecisions) GetPackets() uint64 {
+	if x != nil {
+		return x.Packets
+	}
+	return 0
+}
+
 // The bounds on held packets: per UID, and for all UIDs together. A UID
 // holding fewer than the reserved numbers is admitted even when the totals
 // are reached.
@@ -1262,7 +1430,7 @@ type ShareLimits struct {
 
 func (x *ShareLimits) Reset() {
 	*x = ShareLimits{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1442,7 @@ func (x *ShareLimits) String() string {
 func (*ShareLimits) ProtoMessage() {}
 
 func (x *ShareLimits) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1455,7 @@ func (x *ShareLimits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareLimits.ProtoReflect.Descriptor instead.
 func (*ShareLimits) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShareLimits) GetHeldPacketsPerUid() uint32 {
@@ -1353,7 +1521,7 @@ type ShareUse struct {
 
 func (x *ShareUse) Reset() {
 	*x = ShareUse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1533,7 @@ func (x *ShareUse) String() string {
 func (*ShareUse) ProtoMessage() {}
 
 func (x *ShareUse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1546,7 @@ func (x *ShareUse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareUse.ProtoReflect.Descriptor instead.
 func (*ShareUse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ShareUse) GetUid() uint32 {
@@ -1440,14 +1608,17 @@ type GetStatusResponse struct {
 	ShareLimits *ShareLimits `protobuf:"bytes,17,opt,name=share_limits,json=shareLimits,proto3" json:"share_limits,omitempty"`
 	// The UIDs holding packets or with packets shed (only the caller's own
 	// unless root), by UID.
-	Shares        []*ShareUse `protobuf:"bytes,18,rep,name=shares,proto3" json:"shares,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Shares []*ShareUse `protobuf:"bytes,18,rep,name=shares,proto3" json:"shares,omitempty"`
+	// Decisions made in the kernel: the mechanism, how many are remembered,
+	// and the last minute's split between the kernel and userspace.
+	KernelDecisions *KernelDecisions `protobuf:"bytes,19,opt,name=kernel_decisions,json=kernelDecisions,proto3" json:"kernel_decisions,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1630,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1643,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetStatusResponse) GetVersion() string {
@@ -1601,6 +1772,13 @@ func (x *GetStatusResponse) GetShares() []*ShareUse {
 	return nil
 }
 
+func (x *GetStatusResponse) GetKernelDecisions() *KernelDecisions {
+	if x != nil {
+		return x.KernelDecisions
+	}
+	return nil
+}
+
 type WatchDecisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1609,7 +1787,7 @@ type WatchDecisionsRequest struct {
 
 func (x *WatchDecisionsRequest) Reset() {
 	*x = WatchDecisionsRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1799,7 @@ func (x *WatchDecisionsRequest) String() string {
 func (*WatchDecisionsRequest) ProtoMessage() {}
 
 func (x *WatchDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1812,7 @@ func (x *WatchDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 type DecisionEvent struct {
@@ -1656,7 +1834,7 @@ type DecisionEvent struct {
 
 func (x *DecisionEvent) Reset() {
 	*x = DecisionEvent{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1846,7 @@ func (x *DecisionEvent) String() string {
 func (*DecisionEvent) ProtoMessage() {}
 
 func (x *DecisionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1859,7 @@ func (x *DecisionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionEvent.ProtoReflect.Descriptor instead.
 func (*DecisionEvent) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DecisionEvent) GetTime() *timestamppb.Timestamp {
@@ -1755,7 +1933,7 @@ type CacheEntry struct {
 
 func (x *CacheEntry) Reset() {
 	*x = CacheEntry{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1945,7 @@ func (x *CacheEntry) String() string {
 func (*CacheEntry) ProtoMessage() {}
 
 func (x *CacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1958,7 @@ func (x *CacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CacheEntry.ProtoReflect.Descriptor instead.
 func (*CacheEntry) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CacheEntry) GetId() string {
@@ -1868,7 +2046,7 @@ type ListCacheRequest struct {
 
 func (x *ListCacheRequest) Reset() {
 	*x = ListCacheRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2058,7 @@ func (x *ListCacheRequest) String() string {
 func (*ListCacheRequest) ProtoMessage() {}
 
 func (x *ListCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2071,7 @@ func (x *ListCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCacheRequest.ProtoReflect.Descriptor instead.
 func (*ListCacheRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type ListCacheResponse struct {
@@ -1905,7 +2083,7 @@ type ListCacheResponse struct {
 
 func (x *ListCacheResponse) Reset() {
 	*x = ListCacheResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2095,7 @@ func (x *ListCacheResponse) String() string {
 func (*ListCacheResponse) ProtoMessage() {}
 
 func (x *ListCacheResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2108,7 @@ func (x *ListCacheResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCacheResponse.ProtoReflect.Descriptor instead.
 func (*ListCacheResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListCacheResponse) GetEntries() []*CacheEntry {
@@ -1950,7 +2128,7 @@ type ForgetCacheRequest struct {
 
 func (x *ForgetCacheRequest) Reset() {
 	*x = ForgetCacheRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2140,7 @@ func (x *ForgetCacheRequest) String() string {
 func (*ForgetCacheRequest) ProtoMessage() {}
 
 func (x *ForgetCacheRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2153,7 @@ func (x *ForgetCacheRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetCacheRequest.ProtoReflect.Descriptor instead.
 func (*ForgetCacheRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ForgetCacheRequest) GetId() string {
@@ -1994,7 +2172,7 @@ type ForgetCacheResponse struct {
 
 func (x *ForgetCacheResponse) Reset() {
 	*x = ForgetCacheResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2184,7 @@ func (x *ForgetCacheResponse) String() string {
 func (*ForgetCacheResponse) ProtoMessage() {}
 
 func (x *ForgetCacheResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2197,7 @@ func (x *ForgetCacheResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetCacheResponse.ProtoReflect.Descriptor instead.
 func (*ForgetCacheResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ForgetCacheResponse) GetRemoved() uint32 {
@@ -2040,7 +2218,7 @@ type SetRulesRequest struct {
 
 func (x *SetRulesRequest) Reset() {
 	*x = SetRulesRequest{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2230,7 @@ func (x *SetRulesRequest) String() string {
 func (*SetRulesRequest) ProtoMessage() {}
 
 func (x *SetRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2243,7 @@ func (x *SetRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRulesRequest.ProtoReflect.Descriptor instead.
 func (*SetRulesRequest) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetRulesRequest) GetUid() uint32 {
@@ -2092,7 +2270,7 @@ type SetRulesResponse struct {
 
 func (x *SetRulesResponse) Reset() {
 	*x = SetRulesResponse{}
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2282,7 @@ func (x *SetRulesResponse) String() string {
 func (*SetRulesResponse) ProtoMessage() {}
 
 func (x *SetRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bastion_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2295,7 @@ func (x *SetRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRulesResponse.ProtoReflect.Descriptor instead.
 func (*SetRulesResponse) Descriptor() ([]byte, []int) {
-	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetRulesResponse) GetActive() uint32 {
@@ -2195,7 +2373,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eDecideResponse\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\rR\apackets\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x12\n" +
-	"\x10GetStatusRequest\"\xa2\x04\n" +
+	"\x10GetStatusRequest\"\xf4\x04\n" +
 	"\bCounters\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
@@ -2217,7 +2395,21 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\vdns_answers\x18\x0e \x01(\x04R\n" +
 	"dnsAnswers\x12#\n" +
 	"\rdns_malformed\x18\x0f \x01(\x04R\fdnsMalformed\x12\x12\n" +
-	"\x04shed\x18\x10 \x01(\x04R\x04shed\"\xd8\x02\n" +
+	"\x04shed\x18\x10 \x01(\x04R\x04shed\x12%\n" +
+	"\x0erule_decisions\x18\x11 \x01(\x04R\rruleDecisions\x12)\n" +
+	"\x10kernel_decisions\x18\x12 \x01(\x04R\x0fkernelDecisions\"\xbf\x02\n" +
+	"\x0fKernelDecisions\x12\x1c\n" +
+	"\tmechanism\x18\x01 \x01(\tR\tmechanism\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\aentries\x18\x03 \x01(\rR\aentries\x12,\n" +
+	"\x12last_minute_kernel\x18\x04 \x01(\x04R\x10lastMinuteKernel\x122\n" +
+	"\x15last_minute_userspace\x18\x05 \x01(\x04R\x13lastMinuteUserspace\x12\x18\n" +
+	"\aallowed\x18\x06 \x01(\x04R\aallowed\x12\x16\n" +
+	"\x06denied\x18\a \x01(\x04R\x06denied\x12\x1a\n" +
+	"\brejected\x18\b \x01(\x04R\brejected\x12\x12\n" +
+	"\x04lost\x18\t \x01(\x04R\x04lost\x12\x18\n" +
+	"\apackets\x18\n" +
+	" \x01(\x04R\apackets\"\xd8\x02\n" +
 	"\vShareLimits\x12/\n" +
 	"\x14held_packets_per_uid\x18\x01 \x01(\rR\x11heldPacketsPerUid\x12&\n" +
 	"\x0fpending_per_uid\x18\x02 \x01(\rR\rpendingPerUid\x12,\n" +
@@ -2230,7 +2422,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12!\n" +
 	"\fheld_packets\x18\x02 \x01(\rR\vheldPackets\x12\x18\n" +
 	"\apending\x18\x03 \x01(\rR\apending\x12\x12\n" +
-	"\x04shed\x18\x04 \x01(\x04R\x04shed\"\xba\x05\n" +
+	"\x04shed\x18\x04 \x01(\x04R\x04shed\"\x88\x06\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tmechanism\x18\x02 \x01(\tR\tmechanism\x12\x1a\n" +
@@ -2251,7 +2443,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\rdns_queue_num\x18\x0f \x01(\rR\vdnsQueueNum\x12\x1b\n" +
 	"\tdns_names\x18\x10 \x01(\rR\bdnsNames\x12@\n" +
 	"\fshare_limits\x18\x11 \x01(\v2\x1d.bastion.agent.v1.ShareLimitsR\vshareLimits\x122\n" +
-	"\x06shares\x18\x12 \x03(\v2\x1a.bastion.agent.v1.ShareUseR\x06shares\"\x17\n" +
+	"\x06shares\x18\x12 \x03(\v2\x1a.bastion.agent.v1.ShareUseR\x06shares\x12L\n" +
+	"\x10kernel_decisions\x18\x13 \x01(\v2!.bastion.agent.v1.KernelDecisionsR\x0fkernelDecisions\"\x17\n" +
 	"\x15WatchDecisionsRequest\"\x9e\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
@@ -2342,7 +2535,7 @@ func file_bastion_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: bastion.agent.v1.Protocol
 	(Action)(0),                   // 1: bastion.agent.v1.Action
@@ -2360,29 +2553,30 @@ var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(*DecideResponse)(nil),        // 13: bastion.agent.v1.DecideResponse
 	(*GetStatusRequest)(nil),      // 14: bastion.agent.v1.GetStatusRequest
 	(*Counters)(nil),              // 15: bastion.agent.v1.Counters
-	(*ShareLimits)(nil),           // 16: bastion.agent.v1.ShareLimits
-	(*ShareUse)(nil),              // 17: bastion.agent.v1.ShareUse
-	(*GetStatusResponse)(nil),     // 18: bastion.agent.v1.GetStatusResponse
-	(*WatchDecisionsRequest)(nil), // 19: bastion.agent.v1.WatchDecisionsRequest
-	(*DecisionEvent)(nil),         // 20: bastion.agent.v1.DecisionEvent
-	(*CacheEntry)(nil),            // 21: bastion.agent.v1.CacheEntry
-	(*ListCacheRequest)(nil),      // 22: bastion.agent.v1.ListCacheRequest
-	(*ListCacheResponse)(nil),     // 23: bastion.agent.v1.ListCacheResponse
-	(*ForgetCacheRequest)(nil),    // 24: bastion.agent.v1.ForgetCacheRequest
-	(*ForgetCacheResponse)(nil),   // 25: bastion.agent.v1.ForgetCacheResponse
-	(*SetRulesRequest)(nil),       // 26: bastion.agent.v1.SetRulesRequest
-	(*SetRulesResponse)(nil),      // 27: bastion.agent.v1.SetRulesResponse
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 29: google.protobuf.Duration
-	(*v1.Rule)(nil),               // 30: bastion.rules.v1.Rule
+	(*KernelDecisions)(nil),       // 16: bastion.agent.v1.KernelDecisions
+	(*ShareLimits)(nil),           // 17: bastion.agent.v1.ShareLimits
+	(*ShareUse)(nil),              // 18: bastion.agent.v1.ShareUse
+	(*GetStatusResponse)(nil),     // 19: bastion.agent.v1.GetStatusResponse
+	(*WatchDecisionsRequest)(nil), // 20: bastion.agent.v1.WatchDecisionsRequest
+	(*DecisionEvent)(nil),         // 21: bastion.agent.v1.DecisionEvent
+	(*CacheEntry)(nil),            // 22: bastion.agent.v1.CacheEntry
+	(*ListCacheRequest)(nil),      // 23: bastion.agent.v1.ListCacheRequest
+	(*ListCacheResponse)(nil),     // 24: bastion.agent.v1.ListCacheResponse
+	(*ForgetCacheRequest)(nil),    // 25: bastion.agent.v1.ForgetCacheRequest
+	(*ForgetCacheResponse)(nil),   // 26: bastion.agent.v1.ForgetCacheResponse
+	(*SetRulesRequest)(nil),       // 27: bastion.agent.v1.SetRulesRequest
+	(*SetRulesResponse)(nil),      // 28: bastion.agent.v1.SetRulesResponse
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
+	(*v1.Rule)(nil),               // 31: bastion.rules.v1.Rule
 }
 var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: bastion.agent.v1.Process.exe_identity:type_name -> bastion.agent.v1.ExeIdentity
 	0,  // 1: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
 	5,  // 2: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
 	6,  // 3: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
-	28, // 4: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
-	28, // 5: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
+	29, // 4: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
+	29, // 5: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
 	1,  // 6: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
 	5,  // 7: bastion.agent.v1.PendingConnection.processes:type_name -> bastion.agent.v1.Process
 	4,  // 8: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
@@ -2391,42 +2585,43 @@ var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 11: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
 	1,  // 12: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
 	2,  // 13: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
-	29, // 14: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
+	30, // 14: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
 	15, // 15: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
-	28, // 16: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
-	16, // 17: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
-	17, // 18: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
-	28, // 19: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 20: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
-	6,  // 21: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
-	1,  // 22: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
-	2,  // 23: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
-	0,  // 24: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
-	1,  // 25: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
-	28, // 26: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
-	21, // 27: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
-	30, // 28: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
-	9,  // 29: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
-	10, // 30: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
-	12, // 31: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
-	14, // 32: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
-	19, // 33: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
-	22, // 34: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
-	24, // 35: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
-	26, // 36: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
-	8,  // 37: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
-	11, // 38: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
-	13, // 39: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
-	18, // 40: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
-	20, // 41: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
-	23, // 42: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
-	25, // 43: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
-	27, // 44: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	29, // 16: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
+	17, // 17: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
+	18, // 18: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
+	16, // 19: bastion.agent.v1.GetStatusResponse.kernel_decisions:type_name -> bastion.agent.v1.KernelDecisions
+	29, // 20: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
+	5,  // 21: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
+	6,  // 22: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
+	1,  // 23: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
+	2,  // 24: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
+	0,  // 25: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
+	1,  // 26: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
+	29, // 27: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
+	22, // 28: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
+	31, // 29: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
+	9,  // 30: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
+	10, // 31: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
+	12, // 32: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
+	14, // 33: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
+	20, // 34: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
+	23, // 35: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
+	25, // 36: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
+	27, // 37: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
+	8,  // 38: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
+	11, // 39: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
+	13, // 40: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
+	19, // 41: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
+	21, // 42: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
+	24, // 43: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
+	26, // 44: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
+	28, // 45: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
+	38, // [38:46] is the sub-list for method output_type
+	30, // [30:38] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_bastion_agent_v1_agent_proto_init() }
@@ -2434,14 +2629,14 @@ func file_bastion_agent_v1_agent_proto_init() {
 	if File_bastion_agent_v1_agent_proto != nil {
 		return
 	}
-	file_bastion_agent_v1_agent_proto_msgTypes[21].OneofWrappers = []any{}
+	file_bastion_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_agent_v1_agent_proto_rawDesc), len(file_bastion_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
