@@ -37,6 +37,10 @@ func unitCaps(t testing.TB, path string) []string {
 	return caps
 }
 
+// kernelMechanism is GetStatus' kernel_decisions.mechanism when remembered
+// decisions are applied in the kernel.
+const kernelMechanism = "cgroup-sock-addr+xt-bpf"
+
 // capsResult is what one agent run with a given capability set managed.
 type capsResult struct {
 	started   bool
@@ -44,7 +48,7 @@ type capsResult struct {
 	udpReuse  string // GetStatus udp_reuse_protection
 	newExe    string // executable named for a process started after the agent
 	preExe    string // ... and for one started before it
-	kernel    bool   // the agent logged that kernel decisions are active
+	kernel    bool   // GetStatus says kernel decisions are active
 	log       string
 }
 
@@ -231,11 +235,17 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 			t.Fatal(err)
 		}
 	}
+	// Asked after the chain is in place: an agent whose iptables cannot
+	// load the match turns kernel decisions off then.
+	st, err = a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.kernel = st.GetKernelDecisions().GetMechanism() == kernelMechanism
 	if err := a.Stop(); err != nil {
 		t.Errorf("agent exit: %v: %s", err, a.Log())
 	}
 	r.log = a.Log()
-	r.kernel = strings.Contains(r.log, "kernel decisions active")
 	after, err := fw.Snapshot(ctx, fw.Config{NetNS: ns.Name})
 	if err != nil {
 		t.Fatal(err)

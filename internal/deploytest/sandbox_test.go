@@ -91,8 +91,10 @@ func TestAgentUnitSandbox(t *testing.T) {
 		t.Fatalf("agent did not start in the unit's sandbox: %v", err)
 	}
 	t.Cleanup(func() { a.Stop() })
-	if !testenv.Poll(10*time.Second, func() bool { return strings.Contains(a.Log(), "kernel decisions active") }) {
-		t.Fatalf("kernel decisions are not active in the unit's sandbox:\n%s", a.Log())
+	if st, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{}); err != nil {
+		t.Fatal(err)
+	} else if k := st.GetKernelDecisions(); k.GetMechanism() != kernelMechanism {
+		t.Fatalf("kernel decisions in the unit's sandbox: %q (%s), want %q\n%s", k.GetMechanism(), k.GetReason(), kernelMechanism, a.Log())
 	}
 
 	curl := func() (pid int, done <-chan error) {
