@@ -37,6 +37,10 @@ func unitCaps(t testing.TB, path string) []string {
 	return caps
 }
 
+// kernelMechanism is GetStatus' kernel_decisions.mechanism when remembered
+// decisions are applied in the kernel.
+const kernelMechanism = "cgroup-sock-addr+xt-bpf"
+
 // capsResult is what one agent run with a given capability set managed.
 type capsResult struct {
 	started   bool
@@ -44,6 +48,7 @@ type capsResult struct {
 	udpReuse  string // GetStatus udp_reuse_protection
 	newExe    string // executable named for a process started after the agent
 	preExe    string // ... and for one started before it
+	kernel    bool   // GetStatus says kernel decisions are active
 	log       string
 }
 
@@ -85,8 +90,8 @@ func TestAgentCapabilities(t *testing.T) {
 		check func(t *testing.T, r capsResult)
 	}{
 		{"unit set", caps, nil, func(t *testing.T, r capsResult) {
-			if mech := procid.Detect().Best(); !r.started || r.mechanism != string(mech) || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" {
-				t.Errorf("with the unit's capabilities: %+v; want started, %s, curl and bash named, udp reuse protection active", r, mech)
+			if mech := procid.Detect().Best(); !r.started || r.mechanism != string(mech) || r.newExe != "/usr/bin/curl" || r.preExe != "/usr/bin/bash" || r.udpReuse != "active" || !r.kernel {
+				t.Errorf("with the unit's capabilities: %+v; want started, %s, curl and bash named, udp reuse protection and kernel decisions active", r, mech)
 			}
 		}},
 		{"unit set, procfs", caps, procfs, func(t *testing.T, r capsResult) {
@@ -110,13 +115,13 @@ func TestAgentCapabilities(t *testing.T) {
 			}
 		}},
 		{"without CAP_BPF", without("CAP_BPF"), nil, func(t *testing.T, r capsResult) {
-			if r.mechanism == "netfilter-link" {
-				t.Errorf("eBPF identification without CAP_BPF: %+v", r)
+			if r.mechanism == "netfilter-link" || r.kernel {
+				t.Errorf("eBPF identification or kernel decisions without CAP_BPF: %+v", r)
 			}
 		}},
 		{"without CAP_PERFMON", without("CAP_PERFMON"), nil, func(t *testing.T, r capsResult) {
-			if r.mechanism == "netfilter-link" {
-				t.Errorf("eBPF identification without CAP_PERFMON: %+v", r)
+			if r.mechanism == "netfilter-link" || r.kernel {
+				t.Errorf("eBPF identification or kernel decisions without CAP_PERFMON: %+v", r)
 			}
 		}},
 		{"without CAP_SYS_PTRACE", without("CAP_SYS_PTRACE"), nil, func(t *testing.T, r capsResult) {
@@ -133,7 +138,7 @@ func TestAgentCapabilities(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runWithCaps(t, bin, uid, gid, tc.caps, tc.args)
-			t.Logf("%v %v: started %v, mechanism %q, udp reuse protection %q, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.udpReuse, r.newExe, r.preExe)
+			t.Logf("%v %v: started %v, mechanism %q, udp reuse protection %q, kernel decisions %v, new process %q, pre-agent process %q", tc.caps, tc.args, r.started, r.mechanism, r.udpReuse, r.kernel, r.newExe, r.preExe)
 			tc.check(t, r)
 		})
 	}
@@ -230,6 +235,13 @@ func runWithCaps(t *testing.T, bin string, uid, gid uint32, caps, args []string)
 			t.Fatal(err)
 		}
 	}
+	// Asked after the chain is in place: an agent whose iptables cannot
+	// load the match turns kernel decisions off then.
+	st, err = a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.kernel = st.GetKernelDecisions().GetMechanism() == kernelMechanism
 	if err := a.Stop(); err != nil {
 		t.Errorf("agent exit: %v: %s", err, a.Log())
 	}
