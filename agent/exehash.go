@@ -102,7 +102,7 @@ type exeHasher struct {
 }
 
 func newExeHasher(procDir string) *exeHasher {
-	files, _ := exefile.NewHost(procDir) // the host's files, as procid checks them
+	files, _, _ := exefile.NewHost(procDir) // the host's files, as procid checks them
 	return &exeHasher{
 		procDir: procDir, rate: hashBytesPerSec,
 		cache: make(map[exeIdentity]string), queues: make(map[uint32][]*hashJob), quit: make(chan struct{}), files: files,

@@ -22,9 +22,9 @@ import (
 // use.
 type Checker struct {
 	mountinfo string
-	// root, when set, is the root paths are looked up in (a process's
-	// /proc/PID/root); "" is the caller's own.
-	root string
+	// root, when not -1, is a descriptor of the root paths are looked up
+	// in (the host's, see NewHost); -1 is the caller's own.
+	root int
 
 	mu sync.Mutex
 	// devs maps the caller's mount IDs to their file system's kernel
@@ -37,37 +37,71 @@ type Checker struct {
 // New returns a Checker that looks paths up from the caller's root and
 // reads the caller's mounts from /proc/self/mountinfo when it needs them.
 func New() *Checker {
-	return &Checker{mountinfo: "/proc/self/mountinfo", devs: make(map[uint64]uint32)}
+	return &Checker{mountinfo: "/proc/self/mountinfo", root: -1, devs: make(map[uint64]uint32)}
 }
 
-// NewHost returns a Checker that looks paths up in the mount namespace of
-// PID 1, the host's, through procDir/1/root (symbolic links resolved
-// inside it), with PID 1's mounts: for the agent, which may run in a mount
-// namespace of its own (systemd's ProtectSystem= and PrivateTmp= make one)
-// where /tmp, say, is not the host's. Reading PID 1's root needs root with
-// CAP_SYS_PTRACE; without it, NewHost returns New's Checker and false.
-func NewHost(procDir string) (*Checker, bool) {
-	root := procDir + "/1/root"
-	f, err := os.Open(root)
-	if err != nil {
-		return New(), false
+// NewHost returns a Checker that looks paths up in the host's mount
+// namespace, symbolic links resolved inside it, with that namespace's
+// mounts, and the namespace's inode number. The agent may run in a mount
+// namespace of its own (systemd's ProtectSystem= and PrivateTmp= make
+// one) where /tmp, say, is not the host's, and its own namespace would
+// then be no process's. The host's is PID 1's, when the caller may read
+// it (root with CAP_SYS_PTRACE); else the caller's parent's at the time of
+// the call (a wrapper such as unshare, or a shell, that started it; on
+// machines whose PID 1 belongs to an outer user namespace); else the
+// caller's own, with ok false.
+func NewHost(procDir string) (c *Checker, mntNS uint32, ok bool) {
+	for _, pid := range []int{1, os.Getppid()} {
+		dir := procDir + "/" + strconv.Itoa(pid)
+		root, err := unix.Open(dir+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		ns, err := nsInode(dir + "/ns/mnt")
+		if err != nil {
+			unix.Close(root)
+			continue
+		}
+		// The root stays open for the Checker's life: the process it
+		// was reached through may end.
+		return &Checker{mountinfo: dir + "/mountinfo", root: root, devs: make(map[uint64]uint32)}, ns, true
 	}
-	f.Close()
-	return &Checker{mountinfo: procDir + "/1/mountinfo", root: root, devs: make(map[uint64]uint32)}, true
+	ns, _ := nsInode(procDir + "/self/ns/mnt")
+	return New(), ns, false
+}
+
+// HostMountNS returns the inode number of the mount namespace NewHost
+// takes for the host's, and whether it is not merely the caller's own.
+func HostMountNS(procDir string) (uint32, bool) {
+	c, ns, ok := NewHost(procDir)
+	c.Close()
+	return ns, ok
+}
+
+// Close releases the host root NewHost holds; the Checker then looks paths
+// up from the caller's root.
+func (c *Checker) Close() {
+	if c.root >= 0 {
+		unix.Close(c.root)
+		c.root = -1
+	}
+}
+
+func nsInode(path string) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return uint32(st.Ino), nil
 }
 
 // statx stats path (symlinks followed) from c's root.
 func (c *Checker) statx(path string, stx *unix.Statx_t) error {
 	const mask = unix.STATX_INO | unix.STATX_MNT_ID
-	if c.root == "" {
+	if c.root < 0 {
 		return unix.Statx(unix.AT_FDCWD, path, 0, mask, stx)
 	}
-	root, err := unix.Open(c.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(root)
-	fd, err := unix.Openat2(root, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	fd, err := unix.Openat2(c.root, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
 	if err != nil {
 		return err
 	}

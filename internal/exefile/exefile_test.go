@@ -73,6 +73,12 @@ func TestNewHostLooksUpInPID1sRoot(t *testing.T) {
 	if err := os.Symlink(root, filepath.Join(proc, "1", "root")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(filepath.Join(proc, "1", "ns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/proc/self/ns/mnt", filepath.Join(proc, "1", "ns", "mnt")); err != nil {
+		t.Fatal(err)
+	}
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +97,11 @@ func TestNewHostLooksUpInPID1sRoot(t *testing.T) {
 	if err := os.Symlink("/usr/bin/tool", filepath.Join(root, "usr/bin/link")); err != nil {
 		t.Fatal(err)
 	}
-	c, ok := NewHost(proc)
-	if !ok {
+	c, ns, ok := NewHost(proc)
+	if !ok || ns == 0 {
 		t.Fatal("NewHost: no root")
 	}
+	defer c.Close()
 	var st unix.Stat_t
 	if err := unix.Stat(inRoot, &st); err != nil {
 		t.Fatal(err)
@@ -109,7 +116,8 @@ func TestNewHostLooksUpInPID1sRoot(t *testing.T) {
 	if c.Is(inRoot, dev, st.Ino) {
 		t.Error("the caller's path to the file was looked up in the caller's root")
 	}
-	if _, ok := NewHost(filepath.Join(proc, "missing")); ok {
-		t.Error("NewHost without a PID 1 root reports one")
+	if c, ns, ok := NewHost(filepath.Join(proc, "missing")); ok || ns != 0 {
+		t.Errorf("NewHost with neither PID 1 nor the parent in reach: %v, %d; want its own (none here)", ok, ns)
+		c.Close()
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/cgroup2"
+	"github.com/bastion-fw/bastion/internal/exefile"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
 )
@@ -82,13 +83,11 @@ func Open(cfg Config) (_ *Kernel, err error) {
 	if err != nil {
 		return nil, err
 	}
-	// The host's mount namespace is PID 1's, as internal/procid takes it
-	// for verifying executables; the agent's own may be a sandbox's.
-	mntns, err := nsInode("/proc/1/ns/mnt")
-	if err != nil {
-		if mntns, err = nsInode("/proc/self/ns/mnt"); err != nil {
-			return nil, err
-		}
+	// The host's mount namespace, as internal/procid takes it for
+	// verifying executables (the agent's own may be a sandbox's).
+	mntns, _ := exefile.HostMountNS("/proc")
+	if mntns == 0 {
+		return nil, errors.New("kernel decisions: no mount namespace to call the host's")
 	}
 	dir := cfg.PinDir
 	if dir == "" {

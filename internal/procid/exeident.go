@@ -24,19 +24,13 @@ type exeChecker struct {
 	files     *exefile.Checker
 }
 
-// newExeChecker takes the host's mount namespace and files from PID 1's
-// in procDir (/proc): the agent may run in a mount namespace of its own
+// newExeChecker takes the host's mount namespace and files from
+// exefile.NewHost: the agent may run in a mount namespace of its own
 // (systemd's sandboxing makes one), and its own would then be no process's.
-// Without access to PID 1's (no CAP_SYS_PTRACE), its own stand in.
 func newExeChecker(procDir string) (*exeChecker, error) {
-	files, ok := exefile.NewHost(procDir)
-	nsPath := procDir + "/1/ns/mnt"
-	if !ok {
-		nsPath = procDir + "/self/ns/mnt"
-	}
-	ns, err := nsInode(nsPath)
-	if err != nil {
-		return nil, fmt.Errorf("read the host's mount namespace: %w", err)
+	files, ns, _ := exefile.NewHost(procDir)
+	if ns == 0 {
+		return nil, fmt.Errorf("read the host's mount namespace in %s", procDir)
 	}
 	return &exeChecker{hostMntNS: ns, files: files}, nil
 }
