@@ -213,6 +213,36 @@ static __always_inline struct kd_value *current_decision(const struct kd_key *k)
 	return v;
 }
 
+// socket_uid finds the UID a connection belongs to, as the agent takes it:
+// the socket's owner (sk_uid, the file-system UID that created it), which
+// a setuid program or a socket passed between processes can make differ
+// from the caller's. TCP and IPv6 UDP sockets have a typed view that shows
+// it; for the others (IPv4 UDP, ping) the caller's UID stands for it only
+// when all the caller's UIDs are one (no setuid program midway), and the
+// match checks the socket's own UID before any allow. Non-zero: unknown.
+static __always_inline int socket_uid(struct bpf_sock_addr *ctx, struct task_struct *t, __u32 *uid)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return -1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		*uid = tp->inet_conn.icsk_inet.sk.sk_uid.val;
+		return 0;
+	}
+	struct udp6_sock *u6 = bpf_skc_to_udp6_sock(sk);
+	if (u6) {
+		*uid = u6->udp.inet.sk.sk_uid.val;
+		return 0;
+	}
+	const struct cred *c = t->cred;
+	__u32 u = c->uid.val;
+	if (c->euid.val != u || c->suid.val != u || c->fsuid.val != u)
+		return -1;
+	*uid = u;
+	return 0;
+}
+
 // decide applies a remembered decision to a connect() or sendmsg() to
 // daddr:dport. It returns 1 to let the call go on, 0 to fail it.
 static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const __u32 d[4])
@@ -246,7 +276,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 		return 1;
 	k.exe_ino = BPF_CORE_READ(ei, i_ino);
 	k.exe_dev = BPF_CORE_READ(ei, i_sb, s_dev);
-	k.uid = t->cred->uid.val;
+	if (socket_uid(ctx, t, &k.uid))
+		return 1;
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct kd_value *v = current_decision(&k);
@@ -393,6 +424,9 @@ int xt_allow(struct __sk_buff *skb)
 		return 0;
 	}
 	if (proto != s->ev.proto || ports[1] != s->ev.dport || !same_addr(daddr, s->ev.daddr))
+		return 0;
+	// The decision was made for this UID; the socket must be its.
+	if (bpf_get_socket_uid(skb) != s->ev.uid)
 		return 0;
 	__u32 *gen = bpf_map_lookup_elem(&uid_gens, &s->ev.uid);
 	if (!gen || *gen != s->gen)

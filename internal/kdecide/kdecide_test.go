@@ -353,3 +353,42 @@ func TestDeletedExecutableIsNotItsFile(t *testing.T) {
 		t.Fatalf("a deleted file got its decision: %+v", r)
 	}
 }
+
+// TestDecidedForTheSocketsOwner: a connection belongs to its socket's
+// owner (the file-system UID that made it), as the agent counts it, not to
+// the caller's real UID: a process running as UID 1000 with effective UID
+// 1001 (a setuid program midway) gets neither UID 1000's remembered deny
+// (for TCP, whose socket shows its owner) nor UID 1000's allow (for IPv4
+// UDP, whose socket does not, and whose match checks the owner).
+func TestDecidedForTheSocketsOwner(t *testing.T) {
+	e := newKernelEnv(t)
+	testenv.RequireTools(t, "setpriv")
+	e.echo(t, 7001)
+	e.remember(t, flow.TCP, "127.0.0.1", 7001, flow.ActionDeny, "rule:deny-1000")
+	e.remember(t, flow.UDP, "127.0.0.1", 7001, flow.ActionAllow, "rule:allow-1000")
+	run := func(network string) testenv.DialResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, _ := e.ns.CommandInCgroup(ctx, e.cg, 0, 0, "setpriv", "--ruid=1000", "--euid=1001", "--rgid=1000", "--egid=1001", "--clear-groups",
+			e.dialer, "-net", network, "-addr", "127.0.0.1:7001", "-timeout", "400ms", "-reply").Output()
+		var r testenv.DialResult
+		if err := jsonUnmarshal(out, &r); err != nil {
+			t.Fatalf("%s: %v: %q", network, err, out)
+		}
+		return r
+	}
+	if r := run("tcp4"); r.Kind != "timeout" {
+		t.Errorf("tcp4 with euid 1001: %+v; want UID 1000's deny not applied (the chain's DROP: a timeout)", r)
+	}
+	if r := run("udp4"); r.OK {
+		t.Errorf("udp4 with euid 1001: %+v; want UID 1000's allow not applied", r)
+	}
+	// The same program as UID 1000 alone gets both.
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); r.Kind != "permission" {
+		t.Errorf("tcp4 as 1000: %+v, want UID 1000's deny", r)
+	}
+	if r := e.dial(t, "udp4", "127.0.0.1:7001"); !r.OK {
+		t.Errorf("udp4 as 1000: %+v, want UID 1000's allow", r)
+	}
+}
