@@ -69,7 +69,7 @@ func (p *kernelPins) Counters() (KernelCounters, error) {
 // ProgStat is what the kernel measured of one program while BPF run-time
 // statistics were on.
 type ProgStat struct {
-	Runs    uint64  `json:"runs"`
+	Runs     uint64  `json:"runs"`
 	NsPerRun float64 `json:"ns_per_run"`
 }
 

@@ -78,9 +78,9 @@ type Report struct {
 	PromptLatency PromptLatency `json:"prompt_latency"`
 	// AgentPer1000 is the agent's CPU time per 1000 connections answered
 	// through the API, and its resident memory after them.
-	AgentCPUMsPer1000 float64  `json:"agent_cpu_ms_per_1000_conns,omitempty"`
-	AgentRSSKB        int64    `json:"agent_rss_kb,omitempty"`
-	AgentHWMKB        int64    `json:"agent_peak_rss_kb,omitempty"`
+	AgentCPUMsPer1000 float64 `json:"agent_cpu_ms_per_1000_conns,omitempty"`
+	AgentRSSKB        int64   `json:"agent_rss_kb,omitempty"`
+	AgentHWMKB        int64   `json:"agent_peak_rss_kb,omitempty"`
 	// Kernel is the kernel-decision rounds.
 	Kernel KernelReport `json:"kernel"`
 	Errors []string     `json:"errors,omitempty"`
@@ -198,6 +198,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	fmt.Fprintln(out, string(line))
 	return rep, kernelErr
 }
+
 // queueCases measures the bare queue and the agent's queue path (the
 // agent's connections are the benchmark's own, outside the agent's
 // cgroup, so the kernel never decides them), and the paired rounds.
@@ -306,7 +307,6 @@ func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, non
 		fmt.Fprintf(out, "prompt latency: skipped: %s\n", pl.Skipped)
 	}
 }
-
 
 func noFirewall(ctx context.Context, cfg Config) (Result, error) {
 	ns, err := testenv.CreateNetNS("")
