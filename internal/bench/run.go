@@ -38,7 +38,8 @@ type Config struct {
 	KernelOnly bool
 }
 
-// DefaultConfig keeps the whole run under three minutes.
+// DefaultConfig keeps the whole run to about ten minutes on the 2-core VM
+// (the kernel-decision rounds about five of them).
 func DefaultConfig() Config {
 	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000, PromptConns: 200,
 		KernelRounds: 20, KernelSlice: 600 * time.Millisecond, FloodThreads: 8}
