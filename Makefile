@@ -142,8 +142,13 @@ attack: deps-test
 	BASTION_ATTACK_REPORT=$$report $(GO) test -count=1 $(TEST_FLAGS) -run '^TestAttack' ./internal/e2e/; rc=$$?; \
 	$(GO) run ./internal/e2e/attacktable $$report || rc=1; rm -f $$report; exit $$rc
 
+# BENCH_ARGS are bastion-bench's flags, e.g. BENCH_ARGS=-kernel-only for the
+# no-firewall baseline and the kernel-decision rounds alone (~5 minutes);
+# the whole run takes ~10. A kernel-decision case the kernel did not decide
+# fails the run.
+BENCH_ARGS ?=
 bench: deps-test
-	$(GO) run ./cmd/bastion-bench
+	$(GO) run ./cmd/bastion-bench $(BENCH_ARGS)
 
 # Runs Bastion in the foreground (deploy/run.sh): the agent as root, then as
 # the invoking user (SUDO_USER) their rules service and a prompt client:

@@ -22,6 +22,10 @@ func main() {
 	flag.StringVar(&cfg.AgentBin, "agent", "", "prebuilt bastion-agent (default: build ./cmd/bastion-agent)")
 	flag.BoolVar(&cfg.NoAgent, "no-agent", false, "skip the agent cases")
 	flag.IntVar(&cfg.Processes, "processes", cfg.Processes, "short-lived processes in the attribution case (0 skips it)")
+	flag.IntVar(&cfg.KernelRounds, "kernel-rounds", cfg.KernelRounds, "rounds of the kernel-decision cases (0 skips them)")
+	flag.DurationVar(&cfg.KernelSlice, "kernel-slice", cfg.KernelSlice, "length of each kernel-decision case in a round")
+	flag.IntVar(&cfg.FloodThreads, "flood-threads", cfg.FloodThreads, "dialing threads of the ring buffer's flood")
+	flag.BoolVar(&cfg.KernelOnly, "kernel-only", false, "run the no-firewall baseline and the kernel-decision cases only")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

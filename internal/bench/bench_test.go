@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -63,5 +65,44 @@ func TestMedian(t *testing.T) {
 		if got := median(tc.in); got != tc.want {
 			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+func TestCPUModel(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpuinfo")
+	data := "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n"
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := cpuModel(path); got != "AMD EPYC 7B13" {
+		t.Errorf("cpuModel = %q, want %q", got, "AMD EPYC 7B13")
+	}
+	if got := cpuModel(filepath.Join(t.TempDir(), "missing")); got != "" {
+		t.Errorf("cpuModel of a missing file = %q, want empty", got)
+	}
+}
+
+func TestRatioOf(t *testing.T) {
+	a := &KernelCase{Rates: []float64{10, 30, 20, 5}}
+	b := &KernelCase{Rates: []float64{10, 10, 10, 0}} // a round with no baseline is left out
+	got := ratioOf(a, b)
+	if want := (Ratio{Median: 2, Min: 1, Max: 3}); got != want {
+		t.Errorf("ratioOf = %+v, want %+v", got, want)
+	}
+	if got := ratioOf(a, &KernelCase{}); got != (Ratio{}) {
+		t.Errorf("ratioOf with no rounds = %+v, want zero", got)
+	}
+}
+
+func TestKernelCountersAndCalls(t *testing.T) {
+	c := KernelCounters{Allowed: 10, Denied: 5, Rejected: 1, Lost: 2, Packets: 12}.Sub(KernelCounters{Allowed: 4, Denied: 1, Lost: 1, Packets: 4})
+	if want := (KernelCounters{Allowed: 6, Denied: 4, Rejected: 1, Lost: 1, Packets: 8}); c != want {
+		t.Errorf("Sub = %+v, want %+v", c, want)
+	}
+	if c.Sent() != 11 {
+		t.Errorf("Sent = %d, want 11", c.Sent())
+	}
+	if n := (LoopRun{OK: 3, Errors: map[string]int{"EPERM": 4, "ECONNREFUSED": 1}}).Calls(); n != 8 {
+		t.Errorf("Calls = %d, want 8", n)
 	}
 }

@@ -7,8 +7,12 @@
 // agent attributes connections of short-lived processes and what it costs in
 // memory and CPU, and how long a connection's first packet takes to become a
 // prompt at a user's prompt client (agent, bastion-uiserver run as UID 1000,
-// a WatchPrompts client connected as that user). Ratios are always between
-// numbers of the same run.
+// a WatchPrompts client connected as that user). The kernel-decision rounds
+// (kernel.go) measure connections that a remembered decision covers, decided
+// in the kernel, with one dialer program (loopdialer) run in the agent's
+// cgroup, against no firewall, a bare queue and an agent with kernel
+// decisions off; the kernel's own counters prove the kernel decided them.
+// Ratios are always between numbers of the same run.
 //
 // Everything runs in network namespaces the benchmark creates and deletes;
 // the host's own namespace is never touched.

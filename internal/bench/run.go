@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,11 +27,22 @@ type Config struct {
 	// PromptConns is how many connections the prompt-latency case times
 	// (0 skips it).
 	PromptConns int
+	// KernelRounds is how many rounds of the kernel-decision cases run
+	// (0 skips them), each case KernelSlice long; FloodThreads dial in
+	// the ring buffer's flood.
+	KernelRounds int
+	KernelSlice  time.Duration
+	FloodThreads int
+	// KernelOnly runs the no-firewall baseline and the kernel-decision
+	// rounds only.
+	KernelOnly bool
 }
 
-// DefaultConfig keeps the whole run under three minutes.
+// DefaultConfig keeps the whole run to about ten minutes on the 2-core VM
+// (the kernel-decision rounds about five of them).
 func DefaultConfig() Config {
-	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000, PromptConns: 200}
+	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000, PromptConns: 200,
+		KernelRounds: 20, KernelSlice: 600 * time.Millisecond, FloodThreads: 8}
 }
 
 // Validate checks the bounds that keep a run short and meaningful.
@@ -44,6 +56,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("processes %d: want 0 to 20000", c.Processes)
 	case c.PromptConns < 0 || c.PromptConns > 5000:
 		return fmt.Errorf("prompt connections %d: want 0 to 5000", c.PromptConns)
+	case c.KernelRounds < 0 || c.KernelRounds > 200:
+		return fmt.Errorf("kernel rounds %d: want 0 to 200", c.KernelRounds)
+	case c.KernelRounds > 0 && (c.KernelSlice < 100*time.Millisecond || c.KernelSlice > 10*time.Second):
+		return fmt.Errorf("kernel slice %v: want 100ms to 10s", c.KernelSlice)
+	case c.KernelRounds > 0 && (c.FloodThreads < 1 || c.FloodThreads > 256):
+		return fmt.Errorf("flood threads %d: want 1 to 256", c.FloodThreads)
+	case c.KernelOnly && (c.NoAgent || c.KernelRounds == 0):
+		return errors.New("kernel-only needs the agent and kernel rounds")
 	}
 	return nil
 }
@@ -59,10 +79,12 @@ type Report struct {
 	PromptLatency PromptLatency `json:"prompt_latency"`
 	// AgentPer1000 is the agent's CPU time per 1000 connections answered
 	// through the API, and its resident memory after them.
-	AgentCPUMsPer1000 float64  `json:"agent_cpu_ms_per_1000_conns,omitempty"`
-	AgentRSSKB        int64    `json:"agent_rss_kb,omitempty"`
-	AgentHWMKB        int64    `json:"agent_peak_rss_kb,omitempty"`
-	Errors            []string `json:"errors,omitempty"`
+	AgentCPUMsPer1000 float64 `json:"agent_cpu_ms_per_1000_conns,omitempty"`
+	AgentRSSKB        int64   `json:"agent_rss_kb,omitempty"`
+	AgentHWMKB        int64   `json:"agent_peak_rss_kb,omitempty"`
+	// Kernel is the kernel-decision rounds.
+	Kernel KernelReport `json:"kernel"`
+	Errors []string     `json:"errors,omitempty"`
 }
 
 // Ratios compare connection rates of the same run (1.0 = as fast).
@@ -112,8 +134,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		return Report{}, err
 	}
 	rep := Report{Machine: ReadMachine(), Workers: cfg.Workers}
-	fmt.Fprintf(out, "machine: %d CPUs, kernel %s, %s; %d dialing threads, %v per case\n\n",
-		rep.Machine.CPUs, rep.Machine.Kernel, rep.Machine.GoVersion, cfg.Workers, cfg.Duration)
+	fmt.Fprintf(out, "machine: %d CPUs (%s), kernel %s, %s; %d dialing threads, %v per case\n\n",
+		rep.Machine.CPUs, rep.Machine.CPUModel, rep.Machine.Kernel, rep.Machine.GoVersion, cfg.Workers, cfg.Duration)
 	fmt.Fprintf(out, "%-30s %10s %10s %12s %12s  %s\n", "case", "conns", "conn/s", "p50 us", "p99 us", "note")
 	row := func(r Result) {
 		rep.Results = append(rep.Results, r)
@@ -138,6 +160,51 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		return rep, err
 	}
 	defer cleanBare()
+	agentBin, cleanup, runnerErr := agentRunner(cfg)
+	if runnerErr != nil {
+		fail(runnerErr)
+	} else if cleanup != nil {
+		defer cleanup()
+	}
+	if !cfg.KernelOnly {
+		queueCases(ctx, cfg, out, &rep, none, bareBin, agentBin, runnerErr, row, fail)
+	}
+	// The kernel-decision rounds: an error there means the kernel did
+	// not decide what it must (or decided what it must not), and fails
+	// the run once the report is out.
+	var kernelErr error
+	switch {
+	case cfg.NoAgent:
+		rep.Kernel.Skipped = "disabled (-no-agent)"
+	case runnerErr != nil:
+		rep.Kernel.Skipped = runnerErr.Error()
+	case cfg.KernelRounds == 0:
+		rep.Kernel.Skipped = "disabled (0 rounds)"
+	default:
+		k, err := kernelRounds(ctx, cfg, agentBin, bareBin, out)
+		rep.Kernel = k
+		if err != nil {
+			kernelErr = fmt.Errorf("kernel decisions: %w", err)
+			fail(kernelErr)
+			if len(k.Cases) == 0 {
+				rep.Kernel.Skipped = err.Error()
+			}
+		}
+	}
+	printKernel(out, rep.Kernel)
+	line, err := json.Marshal(rep)
+	if err != nil {
+		return rep, fmt.Errorf("encode report: %w", err)
+	}
+	fmt.Fprintln(out, string(line))
+	return rep, kernelErr
+}
+
+// queueCases measures the bare queue and the agent's queue path (the
+// agent's connections are the benchmark's own, outside the agent's
+// cgroup, so the kernel never decides them), and the paired rounds.
+func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, none Result, bareBin string, agentBin BinaryAgent, runnerErr error,
+	row func(Result), fail func(error)) {
 	var synOnly, bare, chain Result
 	for _, c := range []struct {
 		r     *Result
@@ -160,16 +227,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	api := Result{Name: "agent, API answers each"}
 	rep.Attribution.Skipped = "agent not run"
 	rep.PromptLatency.Skipped = "agent not run"
-	if r, cleanup, err := agentRunner(cfg); cfg.NoAgent {
+	if cfg.NoAgent {
 		cached.Skipped, api.Skipped, rep.Attribution.Skipped = "disabled (-no-agent)", "disabled (-no-agent)", "disabled (-no-agent)"
 		rep.PromptLatency.Skipped = "disabled (-no-agent)"
-	} else if err != nil {
-		fail(err)
-		cached.Skipped, api.Skipped, rep.Attribution.Skipped = err.Error(), err.Error(), err.Error()
-		rep.PromptLatency.Skipped = err.Error()
+	} else if runnerErr != nil {
+		cached.Skipped, api.Skipped, rep.Attribution.Skipped = runnerErr.Error(), runnerErr.Error(), runnerErr.Error()
+		rep.PromptLatency.Skipped = runnerErr.Error()
 	} else {
-		defer cleanup()
-		runner = r
+		runner = agentBin
+		var err error
 		sess, err = StartSession(ctx, runner)
 		if err != nil {
 			fail(err)
@@ -178,7 +244,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 			sess = nil
 		} else {
 			defer sess.Close()
-			runAgentCases(ctx, cfg, sess, &rep, &cached, &api, fail)
+			runAgentCases(ctx, cfg, sess, rep, &cached, &api, fail)
 		}
 	}
 	row(cached)
@@ -241,12 +307,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	} else {
 		fmt.Fprintf(out, "prompt latency: skipped: %s\n", pl.Skipped)
 	}
-	line, err := json.Marshal(rep)
-	if err != nil {
-		return rep, fmt.Errorf("encode report: %w", err)
-	}
-	fmt.Fprintln(out, string(line))
-	return rep, nil
 }
 
 func noFirewall(ctx context.Context, cfg Config) (Result, error) {
@@ -310,20 +370,20 @@ func bareQueue(ctx context.Context, cfg Config, bin string, rules BareRules) (Re
 }
 
 // agentRunner builds (or takes) the agent binary into a scratch directory.
-func agentRunner(cfg Config) (AgentRunner, func(), error) {
+func agentRunner(cfg Config) (BinaryAgent, func(), error) {
 	if cfg.NoAgent {
-		return nil, nil, nil
+		return BinaryAgent{}, nil, nil
 	}
 	dir, err := testenv.MakeTempDir("bastion-bench-")
 	if err != nil {
-		return nil, nil, err
+		return BinaryAgent{}, nil, err
 	}
 	cleanup := func() { os.RemoveAll(dir) }
 	bin := cfg.AgentBin
 	if bin == "" {
 		if bin, err = testenv.GoBuild(dir, "bastion-agent", AgentPackage); err != nil {
 			cleanup()
-			return nil, nil, fmt.Errorf("agent not available: %w", err)
+			return BinaryAgent{}, nil, fmt.Errorf("agent not available: %w", err)
 		}
 	}
 	return BinaryAgent{Bin: bin, Dir: dir, QueueNum: 10}, cleanup, nil

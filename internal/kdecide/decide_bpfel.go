@@ -79,6 +79,7 @@ type decideKdValue struct {
 const (
 	decideMapDecisions       = "decisions"
 	decideMapEvents          = "events"
+	decideMapLastWake        = "last_wake"
 	decideMapSettings        = "settings"
 	decideMapSockAllows      = "sock_allows"
 	decideMapSockScratch     = "sock_scratch"
@@ -146,6 +147,7 @@ type decideProgramSpecs struct {
 type decideMapSpecs struct {
 	Decisions   *ebpf.MapSpec `ebpf:"decisions"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	LastWake    *ebpf.MapSpec `ebpf:"last_wake"`
 	Settings    *ebpf.MapSpec `ebpf:"settings"`
 	SockAllows  *ebpf.MapSpec `ebpf:"sock_allows"`
 	SockScratch *ebpf.MapSpec `ebpf:"sock_scratch"`
@@ -181,6 +183,7 @@ func (o *decideObjects) Close() error {
 type decideMaps struct {
 	Decisions   *ebpf.Map `ebpf:"decisions"`
 	Events      *ebpf.Map `ebpf:"events"`
+	LastWake    *ebpf.Map `ebpf:"last_wake"`
 	Settings    *ebpf.Map `ebpf:"settings"`
 	SockAllows  *ebpf.Map `ebpf:"sock_allows"`
 	SockScratch *ebpf.Map `ebpf:"sock_scratch"`
@@ -192,6 +195,7 @@ func (m *decideMaps) Close() error {
 	return _DecideClose(
 		m.Decisions,
 		m.Events,
+		m.LastWake,
 		m.Settings,
 		m.SockAllows,
 		m.SockScratch,

@@ -38,6 +38,11 @@ type Event struct {
 // maxBatch bounds the events handed over in one call.
 const maxBatch = 256
 
+// readAgain is how soon after a wake-up or a read the reader looks again,
+// for records the programs did not wake it for: they wake it at most once
+// per KD_WAKE_GAP_NS (1 ms, bpf/decide.c) unless a batch waits.
+const readAgain = 2 * time.Millisecond
+
 // ReadEvents hands the kernel's decisions to sink, in batches of what the
 // ring buffer holds (at most maxBatch), until ctx ends. Events written
 // while no agent ran (the ring buffer is pinned) come first.
@@ -53,9 +58,18 @@ func (k *Kernel) ReadEvents(ctx context.Context, sink func([]Event)) error {
 	offset := time.Now().UnixNano() - bootNow()
 	batch := make([]Event, 0, maxBatch)
 	var rec ringbuf.Record
+	// Looks since the last record: the reader blocks until woken only
+	// after two empty looks readAgain apart, so that a record written
+	// within KD_WAKE_GAP_NS of the last wake-up, which woke no one, is
+	// still read.
+	empty := 0
 	for {
-		// Block for the first event, then take what is there.
-		r.SetDeadline(time.Time{})
+		// Wait for the first event, then take what is there.
+		if empty >= 2 {
+			r.SetDeadline(time.Time{})
+		} else {
+			r.SetDeadline(time.Now().Add(readAgain))
+		}
 		for len(batch) < maxBatch {
 			if err := r.ReadInto(&rec); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -77,6 +91,9 @@ func (k *Kernel) ReadEvents(ctx context.Context, sink func([]Event)) error {
 		if len(batch) > 0 {
 			sink(batch)
 			batch = batch[:0]
+			empty = 0
+		} else {
+			empty++
 		}
 	}
 }
