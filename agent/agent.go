@@ -114,6 +114,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// pins) before the chain is installed, so that the chain's match
 	// names the current program.
 	kern, kernStatus := openKernel(cfg, ns, base.With("component", "kdecide"))
+	// A start that fails from here on removes them again, as a clean
+	// stop does (kern is nil once closed).
+	defer func() {
+		if kern != nil {
+			if err := kern.Close(); err != nil {
+				log.Warn("remove kernel decisions", "err", err)
+			}
+		}
+	}()
 	if kern != nil {
 		engine.SetKernel(kern)
 		fwCfg.KernelAllowPin = kern.XtPin()
@@ -319,6 +328,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err := kern.Close(); err != nil {
 			log.Warn("remove kernel decisions", "err", err)
 		}
+		kern = nil
 	}
 	stopQueue()
 	if err := <-qdone; err != nil && runErr == nil {

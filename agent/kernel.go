@@ -65,6 +65,15 @@ func openKernel(cfg Config, ns *os.File, log *slog.Logger) (*kdecide.Kernel, Ker
 		log.Warn("kernel decisions unavailable, falling back to the queue for every new connection", "err", err)
 		return nil, KernelStatus{Mechanism: "unavailable", Reason: err.Error()}
 	}
+	// Decisions a crashed agent's cache made held while it was away; its
+	// cache is gone, and with it what could forget them or count their
+	// hits: they end now, as the cache's own entries did. (Those of rules
+	// hold until the rules are set again.)
+	if n, err := k.ForgetBy("cache:"); err != nil {
+		log.Warn("kernel decisions of the previous agent's cache could not be removed", "err", err)
+	} else if n > 0 {
+		log.Info("kernel decisions of the previous agent's cache removed", "decisions", n)
+	}
 	log.Info("kernel decisions active: remembered decisions are applied in the kernel", "pins", k.PinDir())
 	return k, KernelStatus{Mechanism: KernelMechanism}
 }

@@ -363,6 +363,31 @@ func (k *Kernel) Forget(keys []Key) error {
 	return nil
 }
 
+// ForgetBy deletes every decision whose By starts with prefix and returns
+// how many it deleted.
+func (k *Kernel) ForgetBy(prefix string) (int, error) {
+	var (
+		key  decideKdKey
+		v    decideKdValue
+		gone []decideKdKey
+	)
+	it := k.objs.Decisions.Iterate()
+	for it.Next(&key, &v) {
+		if strings.HasPrefix(cString(v.By[:]), prefix) {
+			gone = append(gone, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("kernel decisions: list: %w", err)
+	}
+	for i := range gone {
+		if err := k.objs.Decisions.Delete(&gone[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return i, fmt.Errorf("kernel decisions: forget: %w", err)
+		}
+	}
+	return len(gone), nil
+}
+
 func keyOf(d Key) decideKdKey {
 	k := decideKdKey{Uid: d.UID, ExeDev: d.ExeDev, ExeIno: d.ExeIno, Dport: d.Port, Proto: uint8(d.Proto)}
 	k.Daddr = d.Dst.Unmap().As16() // IPv4 as IPv4-mapped, as the programs see it

@@ -392,3 +392,22 @@ func TestDecidedForTheSocketsOwner(t *testing.T) {
 		t.Errorf("udp4 as 1000: %+v, want UID 1000's allow", r)
 	}
 }
+
+// TestForgetBy: a restarted agent removes the decisions its predecessor's
+// cache made (ForgetBy "cache:") and keeps those of rules.
+func TestForgetBy(t *testing.T) {
+	e := newKernelEnv(t)
+	e.echo(t, 7001)
+	e.echo(t, 7002)
+	e.remember(t, flow.TCP, "127.0.0.1", 7001, flow.ActionAllow, "rule:r1")
+	e.remember(t, flow.TCP, "127.0.0.1", 7002, flow.ActionAllow, "cache:d1")
+	if n, err := e.k.ForgetBy("cache:"); err != nil || n != 1 {
+		t.Fatalf("ForgetBy = %d, %v; want 1", n, err)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); !r.OK {
+		t.Errorf("the rule's decision went too: %+v", r)
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7002"); r.OK {
+		t.Errorf("the cache's decision stayed: %+v", r)
+	}
+}
