@@ -112,9 +112,9 @@ type Ratios struct {
 	// slices (see pairedRounds), so that a noisy neighbour skews one round
 	// rather than the verdict. CachedVsBarePaired is the figure of the
 	// target.
-	CachedVsBarePaired      float64       `json:"agent_cached_vs_bare_first_packets_paired,omitempty"`
-	CachedVsBareSYNPaired   float64       `json:"agent_cached_vs_bare_syn_only_paired,omitempty"`
-	CachedVsBareChainPaired float64       `json:"agent_cached_vs_bare_chain_paired,omitempty"`
+	CachedVsBarePaired      float64 `json:"agent_cached_vs_bare_first_packets_paired,omitempty"`
+	CachedVsBareSYNPaired   float64 `json:"agent_cached_vs_bare_syn_only_paired,omitempty"`
+	CachedVsBareChainPaired float64 `json:"agent_cached_vs_bare_chain_paired,omitempty"`
 	// KernelVsNonePaired is issue 13's figure with this table's dialer
 	// (the one its 0.48× was measured with): a cached allow the kernel
 	// decides (the benchmark process moved into the agent's cgroup for
@@ -123,8 +123,8 @@ type Ratios struct {
 	KernelVsNonePaired   float64       `json:"agent_kernel_vs_no_firewall_paired,omitempty"`
 	KernelVsCachedPaired float64       `json:"agent_kernel_vs_agent_cached_paired,omitempty"`
 	PairedRounds         []PairedRound `json:"paired_rounds,omitempty"`
-	APIVsNone               float64       `json:"agent_api_vs_no_firewall,omitempty"`
-	APIVsBare               float64       `json:"agent_api_vs_bare_first_packets,omitempty"`
+	APIVsNone            float64       `json:"agent_api_vs_no_firewall,omitempty"`
+	APIVsBare            float64       `json:"agent_api_vs_bare_first_packets,omitempty"`
 }
 
 // PairedRound is one back-to-back measurement: conn/s of each case.
