@@ -304,7 +304,11 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 	// A file no name leads to any more (deleted, or replaced by an
 	// upgrade) is not the program at any path: the agent would not
 	// verify it (flow.ExeDeleted), so its decisions are not its file's.
-	if (ei->i_nlink == 0)
+	// SECURITY: and a file with more than one name (hard links) is
+	// always decided in userspace: the agent decided for the file under
+	// the path it was run by, path and glob rules may decide its other
+	// names otherwise, and the kernel cannot tell the names apart.
+	if (ei->i_nlink != 1)
 		return 1;
 	k.exe_ino = ei->i_ino;
 	k.exe_dev = ei->i_sb->s_dev;
