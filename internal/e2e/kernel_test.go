@@ -150,7 +150,7 @@ type dialCase struct {
 // rules allow and of the one they deny, met and who decided them.
 type alternation struct {
 	allowedOK, allowedRuns, deniedThrough, deniedRuns int
-	allowedInKernel, deniedInKernel                    int
+	allowedInKernel, deniedInKernel                   int
 }
 
 // alternate runs n connections, allowed first, and checks each one's
