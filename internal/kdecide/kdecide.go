@@ -316,11 +316,14 @@ func (k *Kernel) Remember(d Decision) error {
 	}
 	v := decideKdValue{Gen: d.Gen, Action: act}
 	if !d.Expires.IsZero() {
+		// The boot clock first: the time between the two readings
+		// makes the decision expire that much early, never late.
+		boot := bootNow()
 		left := time.Until(d.Expires)
 		if left <= 0 {
 			return nil
 		}
-		v.Expires = uint64(bootNow() + left.Nanoseconds())
+		v.Expires = uint64(boot + left.Nanoseconds())
 	}
 	for i := 0; i < len(d.By); i++ {
 		v.By[i] = int8(d.By[i])
