@@ -134,7 +134,7 @@ func (s *Service) agentSession(ctx context.Context) (up bool, err error) {
 }
 
 func (s *Service) pushRules(ctx context.Context, c agentv1.AgentServiceClient) error {
-	rs := s.agentRules()
+	rs, v := s.agentRules()
 	ctx, cancel := context.WithTimeout(ctx, setRulesTimeout)
 	defer cancel()
 	resp, err := c.SetRules(ctx, &agentv1.SetRulesRequest{Rules: rs})
@@ -148,8 +148,10 @@ func (s *Service) pushRules(ctx context.Context, c agentv1.AgentServiceClient) e
 		// the connections it asks about are matched here.
 		s.log.Error("the agent refused the rules; they apply only to connections it asks about",
 			"rules", len(rs), "err", err)
+		s.markPushed(v) // nothing more will come of them
 		return nil
 	}
 	s.log.Debug("pushed rules to the agent", "rules", len(rs), "active", resp.GetActive())
+	s.markPushed(v)
 	return nil
 }

@@ -36,6 +36,9 @@ type entry struct {
 // every open prompt is withdrawn: the agent's entries belong to the link
 // that reported them and die with it.
 func (s *Service) setAgent(c agentv1.AgentServiceClient) {
+	if c == nil {
+		defer s.markPushed(0) // rule changes stop waiting for it
+	}
 	s.mu.Lock()
 	s.agent = c
 	var gone []*prompt

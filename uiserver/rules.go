@@ -34,6 +34,7 @@ func (s *Service) reloadLocked(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.active, s.storedIDs, s.matcher = all, ids, m
+	s.rulesVersion++
 	s.mu.Unlock()
 	select {
 	case s.rulesDirty <- struct{}{}:
@@ -42,17 +43,59 @@ func (s *Service) reloadLocked(ctx context.Context) error {
 	return nil
 }
 
-// rulesChanged reloads the rules and decides the open prompts they now
-// cover. The caller holds rulesMu; it is released here.
+// rulesChanged reloads the rules, decides the open prompts they now cover
+// and, while the agent is connected, waits until it has applied them. The
+// caller holds rulesMu; it is released here.
 func (s *Service) rulesChanged(ctx context.Context) error {
 	err := s.reloadLocked(ctx)
+	s.mu.Lock()
+	v := s.rulesVersion
+	s.mu.Unlock()
 	s.rulesMu.Unlock()
 	s.settlePrompts()
+	s.waitPushed(ctx, v)
 	return err
 }
 
-// agentRules returns the rules the agent should enforce now.
-func (s *Service) agentRules() []*rulesv1.Rule {
+// waitPushed waits until the agent has applied the rules of version v, for
+// at most setRulesTimeout, unless the agent is not connected: a user whose
+// rule change returned knows that the agent enforces it, in the kernel
+// too, for the next connection.
+func (s *Service) waitPushed(ctx context.Context, v uint64) {
+	timer := time.NewTimer(setRulesTimeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		if s.agent == nil || s.pushedVersion >= v {
+			s.mu.Unlock()
+			return
+		}
+		ch := s.pushed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			s.log.Warn("the agent has not applied the changed rules yet", "waited", setRulesTimeout)
+			return
+		}
+	}
+}
+
+// markPushed records that the agent has the rules of version v, or that
+// the link went down (v 0), and wakes waitPushed.
+func (s *Service) markPushed(v uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushedVersion = max(s.pushedVersion, v)
+	close(s.pushed)
+	s.pushed = make(chan struct{})
+}
+
+// agentRules returns the rules the agent should enforce now and the
+// version they are of.
+func (s *Service) agentRules() ([]*rulesv1.Rule, uint64) {
 	now := s.ruleNow()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -63,7 +106,7 @@ func (s *Service) agentRules() []*rulesv1.Rule {
 		}
 		out = append(out, rules.ToProto(r))
 	}
-	return out
+	return out, s.rulesVersion
 }
 
 // Rules returns the stored and session rules.

@@ -99,6 +99,11 @@ type Service struct {
 	subs      map[*feed.Subscriber[*uiv1.PromptEvent]]struct{}
 	echoes    map[promptKey]time.Time
 	hits      map[string]store.Hit
+	// rulesVersion counts rule reloads; pushedVersion is the newest the
+	// agent has applied. pushed is closed, and replaced, whenever
+	// pushedVersion grows or the agent link goes down.
+	rulesVersion, pushedVersion uint64
+	pushed                      chan struct{}
 	// decisionMark is the time of the newest agent decision recorded:
 	// the agent replays its recent decisions to each new watcher.
 	decisionMark time.Time
@@ -120,6 +125,7 @@ func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Sto
 	s := &Service{
 		log: log, cfg: cfg, uid: uid, store: st, clock: o.clock, ruleNow: o.ruleNow, ctx: ctx,
 		rulesDirty: make(chan struct{}, 1),
+		pushed:     make(chan struct{}),
 		session:    make(map[string]rules.Rule),
 		prompts:    make(map[string]*prompt),
 		byKey:      make(map[promptKey]*prompt),
