@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/store"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 )
@@ -24,11 +25,10 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 		ruleID = id
 	}
 	s.mu.Lock()
-	if !at.After(s.decisionMark) {
+	if !at.After(s.decisionMark) || !s.seen.add(decisionSeen{at.UnixNano(), proc.TGID, t, by}) {
 		s.mu.Unlock()
 		return // replayed to us after a reconnect, recorded before
 	}
-	s.decisionMark = at
 	if by == "retransmit" {
 		// The verdict of a connection already recorded, repeated for
 		// its retransmitted first packet.
@@ -48,4 +48,43 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 	s.record(store.HistoryEntry{
 		Time: at, Process: proc, Tuple: t, Host: apiconv.Host(ev.GetHost()), Action: apiconv.Action(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
 	})
+}
+
+// decisionSeen identifies one decision of the agent's stream.
+type decisionSeen struct {
+	at   int64
+	tgid uint32
+	t    flow.Tuple
+	by   string
+}
+
+// maxSeen bounds decisionsSeen. The agent replays at most its last 1,024
+// decisions (agent.historySize), of every UID; the last maxSeen this
+// service recorded include every one of those it recorded.
+const maxSeen = 2048
+
+// decisionsSeen are the last maxSeen decisions recorded.
+type decisionsSeen struct {
+	set   map[decisionSeen]struct{}
+	order []decisionSeen // a ring, oldest at next once full
+	next  int
+}
+
+// add records d and reports whether it is new.
+func (s *decisionsSeen) add(d decisionSeen) bool {
+	if _, ok := s.set[d]; ok {
+		return false
+	}
+	if s.set == nil {
+		s.set = make(map[decisionSeen]struct{}, maxSeen)
+	}
+	if len(s.order) < maxSeen {
+		s.order = append(s.order, d)
+	} else {
+		delete(s.set, s.order[s.next])
+		s.order[s.next] = d
+		s.next = (s.next + 1) % maxSeen
+	}
+	s.set[d] = struct{}{}
+	return true
 }

@@ -104,10 +104,16 @@ type Service struct {
 	// pushedVersion grows or the agent link goes down.
 	rulesVersion, pushedVersion uint64
 	pushed                      chan struct{}
-	// decisionMark is the time of the newest agent decision recorded:
-	// the agent replays its recent decisions to each new watcher.
+	// decisionMark is the time of the newest decision in the stored
+	// history when the service started: the agent replays its recent
+	// decisions to each new watcher, and those are recorded already.
 	decisionMark time.Time
-	laterKeys    map[promptKey]string
+	// seen holds the decisions recorded since, to tell the agent's
+	// replays after a reconnect from decisions not seen yet: the
+	// kernel's decisions reach the stream a little after userspace
+	// decisions made at the same time, so time order cannot.
+	seen      decisionsSeen
+	laterKeys map[promptKey]string
 
 	// histMu orders history: appending and subscribing are atomic with
 	// respect to each other, so a watcher sees every entry exactly once.
