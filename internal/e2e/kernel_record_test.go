@@ -200,3 +200,71 @@ func portOfString(t *testing.T, addr string) int {
 	}
 	return int(ap.Port())
 }
+
+// TestKernelDecisionsCountedUnderMixedLoad: one loop dialer's connections
+// are decided in the kernel (an allow rule), while another's are decided
+// in userspace, each (a rule on the command line, which the kernel cannot
+// evaluate), at the same time. The rules service counts a hit for every
+// one of them: the kernel's records, which reach it through the agent's
+// ring buffer a little later than the userspace ones made at the same
+// time, are not taken for replays and dropped.
+func TestKernelDecisionsCountedUnderMixedLoad(t *testing.T) {
+	uiBins(t)
+	loopDialerBin(t)
+	ns := testenv.NewNetNS(t)
+	kl, ul := ns.Listen(t, "tcp4", "127.0.0.1:0"), ns.Listen(t, "tcp4", "127.0.0.1:0")
+	a := startPolicyAgent(t, ns, kernelPolicy)
+	log := recordDecisions(t, a)
+	ctx := testCtx(t, 3*time.Minute)
+	u := newAccount(t, attackerUID, "prompt_timeout = \"25s\"\ntimeout_action = \"deny\"\nsilent_action = \"reject\"\n")
+	startUIServer(t, a, u)
+	add := func(r *rulesv1.Rule) string {
+		t.Helper()
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		resp, err := u.UI.AddRule(actx, &uiv1.AddRuleRequest{Rule: r})
+		if err != nil {
+			t.Fatalf("add rule: %v", err)
+		}
+		return resp.GetRule().GetId()
+	}
+	kernelID := add(portRule("", rAllow, loopBin, portOf(kl.Addr())))
+	ur := portRule("", rAllow, loopBin, portOf(ul.Addr()))
+	ur.Cmdline = ".*"
+	userID := add(ur)
+
+	const n = 400
+	lk := startLoop(t, ctx, ns, a.Cgroup, attackerUID, kl.Addr().String(), "-n", fmt.Sprint(n))
+	lu := startLoop(t, ctx, ns, a.Cgroup, attackerUID, ul.Addr().String(), "-n", fmt.Sprint(n))
+	for _, l := range []*loop{lk, lu} {
+		if got := tally(l.Stop(t)); got["ok"] != n {
+			t.Fatalf("loop: %v, want %d ok", got, n)
+		}
+	}
+	inKernel := 0
+	for _, d := range log.of(lk.Pid()) {
+		if byKernel(d) {
+			inKernel++
+		}
+	}
+	t.Logf("%d of the first loop's %d connections decided in the kernel (as recorded)", inKernel, n)
+	if inKernel < n/2 {
+		t.Fatalf("only %d of %d connections decided in the kernel", inKernel, n)
+	}
+	var hits map[string]uint64
+	if !testenv.Poll(20*time.Second, func() bool {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		resp, err := u.UI.ListRules(lctx, &uiv1.ListRulesRequest{})
+		if err != nil {
+			t.Fatalf("list rules: %v", err)
+		}
+		hits = make(map[string]uint64)
+		for _, r := range resp.GetRules() {
+			hits[r.GetId()] = r.GetHits()
+		}
+		return hits[kernelID] == n && hits[userID] == n
+	}) {
+		t.Errorf("hits: %d on the kernel-decided rule, %d on the userspace one; want %d each", hits[kernelID], hits[userID], n)
+	}
+}
