@@ -108,7 +108,17 @@ func (s *Service) agentSession(ctx context.Context) (up bool, err error) {
 		for {
 			ev, err := dec.Recv()
 			if err != nil {
-				return fmt.Errorf("decisions: %w", err)
+				if status.Code(err) != codes.ResourceExhausted || gctx.Err() != nil {
+					return fmt.Errorf("decisions: %w", err)
+				}
+				// This stream fell behind and the agent dropped it, not
+				// the link: watch again, so that the rules and prompts
+				// go on. The replay brings back what the agent kept.
+				s.log.Warn("fell behind the agent's decisions; some are not in the history; watching again", "err", err)
+				if dec, err = c.WatchDecisions(sctx, &agentv1.WatchDecisionsRequest{}); err != nil {
+					return fmt.Errorf("watch decisions: %w", err)
+				}
+				continue
 			}
 			s.onDecision(ev)
 		}
