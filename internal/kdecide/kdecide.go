@@ -599,14 +599,6 @@ func netnsCookie(ns *os.File) (uint64, error) {
 	return cookie, nil
 }
 
-func nsInode(path string) (uint32, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, fmt.Errorf("kernel decisions: %w", err)
-	}
-	return uint32(st.Ino), nil
-}
-
 // ensureBPFFS mounts a bpf file system at dir unless one is there.
 func ensureBPFFS(dir string) error {
 	var fs unix.Statfs_t
