@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,8 +48,25 @@ type burstResult struct {
 // each given up after timeout.
 func startBurst(t *testing.T, ctx context.Context, ns *testenv.NS, uid uint32, port, n int, timeout time.Duration) *Proc {
 	t.Helper()
+	return startBurstIn(t, ctx, ns, nil, uid, port, n, timeout)
+}
+
+// startBurstIn is startBurst in cgroup cg (nil: the test's own).
+func startBurstIn(t *testing.T, ctx context.Context, ns *testenv.NS, cg *testenv.Cgroup, uid uint32, port, n int, timeout time.Duration) *Proc {
+	t.Helper()
 	uiBins(t)
-	return start(t, ns.Command(ctx, uid, uid, burstBin, "-addr", hostPort(false, port), "-n", strconv.Itoa(n), "-timeout", timeout.String()))
+	return start(t, inCgroup(ns.Command(ctx, uid, uid, burstBin, "-addr", hostPort(false, port), "-n", strconv.Itoa(n), "-timeout", timeout.String()), cg))
+}
+
+// inCgroup makes cmd start inside cg (nil: where the test runs). The
+// sockops mechanism sees only the processes of the agent's cgroup
+// (Agent.Cgroup): a test that measures how fast it names them runs them
+// there.
+func inCgroup(cmd *exec.Cmd, cg *testenv.Cgroup) *exec.Cmd {
+	if cg != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.FD()}
+	}
+	return cmd
 }
 
 // waitBurst waits for a burst dialer and returns its result.
@@ -218,7 +237,7 @@ func TestAttackFloodStarvesOtherUser(t *testing.T) {
 		t.Helper()
 		mark := wA.Mark()
 		asked := time.Now()
-		p := start(t, dialer(ctx, ns, uidA, "-net", "tcp4", "-addr", hostPort(false, srvA.port), "-timeout", "20s"))
+		p := start(t, inCgroup(dialer(ctx, ns, uidA, "-net", "tcp4", "-addr", hostPort(false, srvA.port), "-timeout", "20s"), a.Cgroup))
 		conn := wA.WaitAdded(t, mark, 15*time.Second, func(c *agentv1.PendingConnection) bool {
 			return flowTo(tcp, 4, srvA.port)(c) && int(c.GetProcess().GetTgid()) == p.Pid()
 		})
@@ -246,7 +265,8 @@ func TestAttackFloodStarvesOtherUser(t *testing.T) {
 
 	stopWatch := watchQueues(t, ns)
 	began := time.Now()
-	p := startBurst(t, ctx, ns, uidB, srvB.port, floodN, 20*time.Second)
+	// In the agent's cgroup, where the sockops mechanism names them.
+	p := startBurstIn(t, ctx, ns, a.Cgroup, uidB, srvB.port, floodN, 20*time.Second)
 	testenv.WaitFor(t, 30*time.Second, "B's burst issued", func() bool { return strings.Contains(p.Stdout(), `"issued":`) || p.Exited() })
 	aConnects("as B's burst was issued")
 
