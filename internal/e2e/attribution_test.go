@@ -231,7 +231,7 @@ func TestAttributionOfExitedProcess(t *testing.T) {
 		t.Run(tc.net, func(t *testing.T) {
 			args := []string{"-net", tc.net, "-addr", hostPort(tc.v6, tc.port), "-timeout", "50ms"}
 			mark := w.Mark()
-			p := start(t, dialer(ctx, ns, 1000, args...))
+			p := start(t, inCgroup(dialer(ctx, ns, 1000, args...), a.Cgroup)) // where sockops names it
 			r := p.DialResult(t, 10*time.Second)
 			// UDP: the datagram was sent; TCP: the held SYN made the
 			// connect time out. Either way the process is gone now.
