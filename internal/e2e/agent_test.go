@@ -72,6 +72,22 @@ func bins(t *testing.T) binaries {
 // one test can never answer another's packets.
 var nextQueue atomic.Uint32
 
+// helperBin returns a function that builds the test program pkg as name
+// into bins(t)'s directory the first time it is called, and returns its
+// path.
+func helperBin(name, pkg string) func(t *testing.T) string {
+	build := sync.OnceValues(func() (string, error) { return testenv.GoBuild(buildDir, name, pkg) })
+	return func(t *testing.T) string {
+		t.Helper()
+		bins(t)
+		bin, err := build()
+		if err != nil {
+			t.Fatalf("build %s: %v", name, err)
+		}
+		return bin
+	}
+}
+
 func queueNum() int { return int(4300 + nextQueue.Add(1)) }
 
 // Agent is a running bastion-agent and a root client of its API.

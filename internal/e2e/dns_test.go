@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,24 +28,8 @@ const (
 	dnsAddr6  = "::1"
 )
 
-var (
-	dnsClientOnce sync.Once
-	dnsClientBin  string
-	dnsClientErr  error
-)
-
 // dnsClient builds internal/e2e/dnsclient once.
-func dnsClient(t *testing.T) string {
-	t.Helper()
-	bins(t)
-	dnsClientOnce.Do(func() {
-		dnsClientBin, dnsClientErr = testenv.GoBuild(buildDir, "dnsclient", "github.com/bastion-fw/bastion/internal/e2e/dnsclient")
-	})
-	if dnsClientErr != nil {
-		t.Fatalf("build dnsclient: %v", dnsClientErr)
-	}
-	return dnsClientBin
-}
+var dnsClient = helperBin("dnsclient", "github.com/bastion-fw/bastion/internal/e2e/dnsclient")
 
 // dnsServer answers A and AAAA queries for dnsName with a CNAME to
 // dnsTarget and an A record dnsAddr or an AAAA record dnsAddr6, on

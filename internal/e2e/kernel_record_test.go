@@ -210,7 +210,7 @@ func portOfString(t *testing.T, addr string) int {
 // time, are not taken for replays and dropped.
 func TestKernelDecisionsCountedUnderMixedLoad(t *testing.T) {
 	uiBins(t)
-	loopDialerBin(t)
+	loopBin := loopDialerBin(t)
 	ns := testenv.NewNetNS(t)
 	kl, ul := ns.Listen(t, "tcp4", "127.0.0.1:0"), ns.Listen(t, "tcp4", "127.0.0.1:0")
 	a := startPolicyAgent(t, ns, kernelPolicy)

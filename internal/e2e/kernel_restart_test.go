@@ -29,7 +29,7 @@ func startKernelAgent(t *testing.T, ns *testenv.NS, config, socket string, queue
 // while the agent is down, each fails with EPERM at connect(). A process
 // started while the agent is down is decided the same way.
 func TestKernelDecisionsSurviveRestart(t *testing.T) {
-	loopDialerBin(t)
+	loopBin := loopDialerBin(t)
 	for _, failOpen := range []bool{true, false} {
 		t.Run(fmt.Sprintf("fail_open=%v", failOpen), func(t *testing.T) {
 			ns := testenv.NewNetNS(t)

@@ -503,24 +503,8 @@ func watches(st *agentv1.GetStatusResponse, uid uint32) bool {
 	return false
 }
 
-var (
-	loopOnce sync.Once
-	loopBin  string
-	loopErr  error
-)
-
 // loopDialerBin builds internal/e2e/loopdialer once.
-func loopDialerBin(t *testing.T) string {
-	t.Helper()
-	bins(t)
-	loopOnce.Do(func() {
-		loopBin, loopErr = testenv.GoBuild(buildDir, "loopdialer", "github.com/bastion-fw/bastion/internal/e2e/loopdialer")
-	})
-	if loopErr != nil {
-		t.Fatalf("build loopdialer: %v", loopErr)
-	}
-	return loopBin
-}
+var loopDialerBin = helperBin("loopdialer", "github.com/bastion-fw/bastion/internal/e2e/loopdialer")
 
 // attempt is one connection of the loop dialer.
 type attempt struct {

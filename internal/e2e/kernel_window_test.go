@@ -106,7 +106,7 @@ func reportWindows(t *testing.T, ctx context.Context, ns *testenv.NS, a *Agent, 
 // ended) gets the old decision, and the figures say how soon the new one
 // applied.
 func TestKernelChangesTakeEffectAtOnce(t *testing.T) {
-	loopDialerBin(t)
+	loopBin := loopDialerBin(t)
 	t.Run("agent", func(t *testing.T) {
 		ns := testenv.NewNetNS(t)
 		l := ns.Listen(t, "tcp4", "127.0.0.1:0")
