@@ -54,7 +54,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// sock_diag and /proc, as long as their socket still exists.
 	var fallback procid.Resolver
 	if res.Mechanism() != procid.MechProcFS {
-		if fallback, err = procid.Open(procid.Config{Mechanism: procid.MechProcFS, NetNS: ns, Log: base}); err != nil {
+		fcfg := procid.Config{Mechanism: procid.MechProcFS, FallbackFor: res.Mechanism(), NetNS: ns, Log: base}
+		if fallback, err = procid.Open(fcfg); err != nil {
 			log.Warn("no procfs fallback for missed flows", "err", err)
 		} else {
 			defer fallback.Close()
@@ -90,6 +91,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	fwCfg := fw.Config{
 		Backend: cfg.Backend, NetNS: cfg.NetNS, QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen,
 		DNSQueueNum: cfg.dnsQueue(), InterceptLoopback: cfg.InterceptLoopback, Log: base.With("component", "fw"),
+		Accounting: cfg.TrafficInterval != 0,
 	}
 	if fwCfg.Backend == "" {
 		if fwCfg.Backend, err = fw.DetectBackend(ctx, cfg.NetNS); err != nil {
@@ -152,12 +154,49 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("udp tuple-reuse protection active: the conntrack entries of a destroyed udp socket's flows are removed")
 	}
 
+	// Traffic accounting is opened before the rules go in, so that the
+	// first connections allowed are counted. Where that fails (conntrack's
+	// settings appear only with the rules, which load nf_conntrack; or
+	// /proc/sys is read-only and the chain's accounting rule turns
+	// accounting on), it is opened again once they are in.
+	traffic := &trafficAccounting{table: newTrafficTable(maxTrafficConns, maxTrafficConnsPerUID), interval: cfg.TrafficInterval}
+	var sampler *trafficSampler
+	openTraffic := func(final bool) {
+		s, err := openTrafficSampler(ns, traffic.table, cfg.TrafficInterval, base.With("component", "traffic"))
+		switch {
+		case err == nil:
+			sampler = s
+			traffic.setState(trafficActive)
+			engine.traffic.Store(traffic.table)
+			log.Info("traffic accounting active: allowed connections' bytes are read from conntrack", "interval", cfg.TrafficInterval)
+		case final:
+			traffic.setState(fmt.Sprintf("unavailable (%v)", err))
+			log.Warn("traffic accounting unavailable: no byte counts for connections", "err", err)
+		default:
+			log.Debug("traffic accounting not ready before the rules; trying again after them", "err", err)
+		}
+	}
+	if cfg.TrafficInterval == 0 {
+		traffic.setState("off (traffic_interval = 0)")
+		log.Info("traffic accounting off (traffic_interval = 0)")
+	} else {
+		traffic.setState("starting")
+		openTraffic(false)
+	}
+	defer func() {
+		if sampler != nil {
+			if err := sampler.Close(); err != nil {
+				log.Warn("close traffic accounting", "err", err)
+			}
+		}
+	}()
+
 	st := staticStatus{
 		Mechanism: string(res.Mechanism()), Features: strings.Fields(features.String()), Backend: string(fwCfg.Backend),
 		QueueNum: cfg.QueueNum, FailOpen: cfg.FailOpen, NetNS: cfg.NetNS, Started: time.Now(),
 		DNSQueueNum: cfg.dnsQueue(), Kernel: kernStatus,
 	}
-	srv := newGRPCServer(engine, st, guard, reuse, names, kern)
+	srv := newGRPCServer(engine, st, guard, reuse, names, kern, traffic)
 
 	// The queue runs under its own context: it must keep answering until
 	// the rules that feed it are gone.
@@ -207,6 +246,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	err = fw.Install(ctx, fwCfg)
+	if err != nil && fwCfg.Accounting {
+		// Most likely this kernel lacks xt_connbytes: the rules go in
+		// without the one that turns accounting on.
+		log.Warn("firewall rules with the accounting rule failed; installing them without it", "err", err)
+		fwCfg.Accounting = false
+		err = fw.Install(ctx, fwCfg)
+	}
 	if err != nil && kern != nil {
 		// Most likely this iptables cannot load the bpf match
 		// (libxt_bpf, xt_bpf): do without kernel decisions rather than
@@ -222,7 +268,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		kern = nil
 		st.Kernel = KernelStatus{Mechanism: "unavailable", Reason: "iptables: " + err.Error()}
-		srv = newGRPCServer(engine, st, guard, reuse, names, nil)
+		srv = newGRPCServer(engine, st, guard, reuse, names, nil, traffic)
 		fwCfg.KernelAllowPin = ""
 		err = fw.Install(ctx, fwCfg)
 	}
@@ -234,14 +280,29 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		<-dnsDone
 		return fmt.Errorf("install firewall rules: %w", err)
 	}
-	log.Info("agent running", "mechanism", res.Mechanism(), "socket", cfg.Socket, "netns", cfg.NetNS,
+	if sampler == nil && traffic.State() == "starting" {
+		openTraffic(true)
+	}
+	fallbackMech := "none"
+	if fallback != nil {
+		fallbackMech = string(fallback.Mechanism())
+	}
+	log.Info("agent running", "mechanism", res.Mechanism(), "fallback", fallbackMech, "socket", cfg.Socket, "netns", cfg.NetNS,
 		"queue", cfg.QueueNum, "dns_queue", fwCfg.DNSQueueNum, "fail_open", cfg.FailOpen, "backend", fwCfg.Backend)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return engine.Run(gctx) })
 	if kern != nil {
+		// The kernel's records name the process by its IDs; its command
+		// line and parent come from what the mechanism knows of it.
+		complete, _ := res.(procid.Completer)
 		g.Go(func() error {
 			err := kern.ReadEvents(gctx, func(evs []kdecide.Event) {
+				if complete != nil {
+					for i := range evs {
+						complete.Complete(&evs[i].Process, evs[i].ExecID)
+					}
+				}
 				engine.RecordKernel(evs)
 				if guard != nil {
 					for i := range evs {
@@ -255,6 +316,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			})
 			if err != nil {
 				log.Error("kernel decisions are no longer recorded", "err", err)
+			}
+			return nil
+		})
+	}
+	if sampler != nil {
+		g.Go(func() error {
+			// A failing sampler costs the accounting, not the agent.
+			if err := sampler.Run(gctx); err != nil {
+				traffic.setState(fmt.Sprintf("stopped (%v)", err))
+				engine.traffic.Store(nil)
+				log.Error("traffic accounting stopped: no more byte counts for connections", "err", err)
 			}
 			return nil
 		})

@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/internal/apiconv"
@@ -51,6 +52,8 @@ type apiServer struct {
 	names  *nameBook // nil when names are not learnt
 	// kern makes decisions in the kernel; nil when it does not.
 	kern kernelCounts
+	// traffic is the traffic accounting (traffic.go).
+	traffic *trafficAccounting
 }
 
 // kernelCounts is what GetStatus reads of internal/kdecide.Kernel.
@@ -63,10 +66,11 @@ type kernelCounts interface {
 // reflection, authenticating callers with SO_PEERCRED and bounding what
 // each non-root UID may have in flight (apilimits.go). guard and names may
 // be nil.
-func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook, kern *kdecide.Kernel) *grpc.Server {
+func newGRPCServer(e *Engine, st staticStatus, guard *udpReuseGuard, reuse *udpReuseState, names *nameBook, kern *kdecide.Kernel,
+	traffic *trafficAccounting) *grpc.Server {
 	lim := newCallLimits(e.log.With("component", "api"))
 	s := grpc.NewServer(append(lim.serverOptions(), grpc.Creds(peercred.TransportCredentials()))...)
-	api := &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names}
+	api := &apiServer{engine: e, status: st, guard: guard, reuse: reuse, names: names, traffic: traffic}
 	if kern != nil { // a nil *Kernel would make a non-nil interface
 		api.kern = kern
 	}
@@ -172,6 +176,7 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		ShareLimits:        shareLimitsToProto(limits),
 		Shares:             shareUses,
 		KernelDecisions:    s.kernelDecisions(c),
+		TrafficAccounting:  s.trafficAccounting(c),
 	}
 	// SECURITY: a non-root caller sees the counts of its own UID only;
 	// what belongs to no UID (DNS answers, malformed packets, UDP flows)
@@ -185,6 +190,8 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 			CacheHits: k.CacheHits, PolicyDecisions: k.PolicyDecisions, ApiDecisions: k.APIDecisions,
 			DeadlineDecisions: k.DeadlineDecisions, Identified: k.Identified, Unidentified: k.Unidentified,
 			Shed: ownShed, RuleDecisions: k.RuleDecisions, KernelDecisions: k.KernelDecisions,
+			SilentDecisions: k.SilentDecisions, RetransmitDecisions: k.Retransmits, OtherDecisions: k.OtherDecisions,
+			HeldPackets: uint64(st.Held),
 		}
 		return resp, nil
 	}
@@ -203,6 +210,8 @@ func (s *apiServer) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) 
 		Malformed: k.Malformed.Load(), UdpFlowsReleased: released, UdpReuseRaces: races,
 		DnsAnswers: dnsAnswers, DnsMalformed: dnsMalformed, Shed: k.Shed.Load(),
 		RuleDecisions: k.RuleDecisions.Load(), KernelDecisions: k.KernelDecisions.Load(),
+		SilentDecisions: k.SilentDecisions.Load(), RetransmitDecisions: k.Retransmits.Load(), OtherDecisions: k.OtherDecisions.Load(),
+		HeldPackets: uint64(s.engine.HeldPackets()),
 	}
 	return resp, nil
 }
@@ -234,6 +243,71 @@ func (s *apiServer) kernelDecisions(c peercred.Cred) *agentv1.KernelDecisions {
 	kd.Entries = uint32(st.Entries)
 	kd.Allowed, kd.Denied, kd.Rejected, kd.Lost, kd.Packets = st.Allowed, st.Denied, st.Rejected, st.Lost, st.Packets
 	return kd
+}
+
+// trafficAccounting reports the traffic accounting as c may see it: the
+// counts of its own UID's connections unless root.
+func (s *apiServer) trafficAccounting(c peercred.Cred) *agentv1.TrafficAccounting {
+	if s.traffic == nil {
+		return nil
+	}
+	st := s.traffic.table.stats(c)
+	return &agentv1.TrafficAccounting{
+		State: s.traffic.State(), Tracked: uint32(st.Tracked), MemoryBytes: st.MemoryBytes,
+		Interval: durationpb.New(s.traffic.interval), SamplesSent: st.Sent, SamplesDropped: st.Dropped, Lost: st.Lost,
+	}
+}
+
+// WatchTraffic streams the traffic samples the caller may see, in batches.
+// A caller that falls behind loses samples, counted in the next batch's
+// dropped, rather than its stream.
+func (s *apiServer) WatchTraffic(_ *agentv1.WatchTrafficRequest, stream grpc.ServerStreamingServer[agentv1.TrafficBatch]) error {
+	c, err := caller(stream.Context())
+	if err != nil {
+		return err
+	}
+	if s.traffic == nil {
+		return status.Error(codes.Unavailable, "traffic accounting is not running in this agent")
+	}
+	if st := s.traffic.State(); st != trafficActive {
+		return status.Errorf(codes.Unavailable, "traffic accounting is %s; see the agent's log", st)
+	}
+	tt := s.traffic.table
+	sub := tt.subscribe(c)
+	defer tt.unsubscribe(sub)
+	buf := make([]trafficSample, 0, trafficBatchLen)
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-sub.ready:
+		}
+		var dropped uint64
+		buf, dropped = sub.take(buf[:0], trafficBatchLen)
+		if len(buf) == 0 && dropped == 0 {
+			continue
+		}
+		batch := &agentv1.TrafficBatch{Samples: make([]*agentv1.TrafficSample, len(buf)), Dropped: dropped}
+		for i := range buf {
+			batch.Samples[i] = trafficSampleToProto(&buf[i])
+		}
+		clear(buf)
+		if err := stream.Send(batch); err != nil {
+			return err
+		}
+		tt.countSent(sub, len(batch.Samples))
+	}
+}
+
+func trafficSampleToProto(s *trafficSample) *agentv1.TrafficSample {
+	a := s.attr
+	return &agentv1.TrafficSample{
+		ConnectionId: a.id, FirstSeen: timestamppb.New(a.first), Time: timestamppb.New(s.time),
+		Process: apiconv.ProcessProto(a.proc), Flow: apiconv.FlowProto(a.tuple), Host: a.host,
+		DecidedBy: a.by, RuleId: a.ruleID,
+		BytesSent: s.sentBytes, BytesReceived: s.recvBytes, PacketsSent: s.sentPkts, PacketsReceived: s.recvPkts,
+		TotalBytesSent: s.totalSent, TotalBytesReceived: s.totalRecv, Ended: s.ended,
+	}
 }
 
 func (s *apiServer) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc.ServerStreamingServer[agentv1.DecisionEvent]) error {
@@ -354,7 +428,17 @@ func decideFromProto(req *agentv1.DecideRequest) (DecideRequest, error) {
 			return DecideRequest{}, errors.New("lifetime must not be negative")
 		}
 	}
-	return DecideRequest{ID: req.GetId(), Action: a, Scope: scope, Lifetime: life}, nil
+	var reason DecideReason
+	switch r := req.GetReason(); r {
+	case agentv1.DecideReason_DECIDE_REASON_UNSPECIFIED:
+	case agentv1.DecideReason_DECIDE_REASON_DEADLINE:
+		reason = ReasonDeadline
+	case agentv1.DecideReason_DECIDE_REASON_SILENT:
+		reason = ReasonSilent
+	default:
+		return DecideRequest{}, fmt.Errorf("unknown reason %d", r)
+	}
+	return DecideRequest{ID: req.GetId(), Action: a, Scope: scope, Lifetime: life, Reason: reason}, nil
 }
 
 func setRulesFromProto(req *agentv1.SetRulesRequest) (SetRulesRequest, error) {

@@ -3,16 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -28,27 +24,7 @@ import (
 // client.
 func serveAPI(t *testing.T, e *Engine) agentv1.AgentServiceClient {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := newGRPCServer(e, staticStatus{Started: time.Now()}, nil, &udpReuseState{}, nil, nil)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return agentv1.NewAgentServiceClient(conn)
+	return serveTrafficAPI(t, e, nil)
 }
 
 func TestSetRulesOverTheSocket(t *testing.T) {

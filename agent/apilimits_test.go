@@ -24,7 +24,7 @@ func callCtx(uid uint32) (context.Context, context.CancelFunc) {
 func TestCallLimitsPerUID(t *testing.T) {
 	l := newCallLimits(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	e, _, _ := newTestEngine(t)
-	srv := newGRPCServer(e, staticStatus{}, nil, &udpReuseState{}, nil, nil)
+	srv := newGRPCServer(e, staticStatus{}, nil, &udpReuseState{}, nil, nil, nil)
 	l.setServices(srv.GetServiceInfo())
 	watch := &tap.Info{FullMethodName: "/bastion.agent.v1.AgentService/WatchDecisions"}
 	unary := &tap.Info{FullMethodName: "/bastion.agent.v1.AgentService/GetStatus"}

@@ -71,7 +71,7 @@ type cacheEntry struct {
 	// identity key, see exeKey).
 	exeShown string
 	action   flow.Action
-	expires  time.Time // zero: until the agent restarts or the entry is forgotten
+	expires  time.Time // wall clock (no monotonic reading); zero: until the agent restarts or the entry is forgotten
 	hits     uint64
 	// older and newer link the entries of one UID, oldest first.
 	older, newer *cacheEntry

@@ -25,6 +25,16 @@ const (
 	DefaultConfigPath = "/etc/bastion/agent.toml"
 	DefaultSocket     = "/run/bastion/agent.sock"
 	DefaultQueueNum   = 4200
+	// DefaultTrafficInterval is how often live connections' byte counts
+	// are read.
+	DefaultTrafficInterval = 5 * time.Second
+)
+
+// The bounds of traffic_interval (0 aside, which turns accounting off): a
+// read of the conntrack table costs CPU in proportion to its entries.
+const (
+	minTrafficInterval = 100 * time.Millisecond
+	maxTrafficInterval = time.Hour
 )
 
 // Config is bastion-agent's configuration.
@@ -63,6 +73,10 @@ type Config struct {
 	// each user's own. Empty by default: a name then holds only for the
 	// UID whose query it answered. See docs/security.md, "Host names".
 	DNSTrustedResolverUIDs []uint32
+	// TrafficInterval is how often the conntrack table is read for the
+	// byte counts of live allowed connections (traffic.go); 0 turns
+	// traffic accounting off.
+	TrafficInterval time.Duration
 	// Backend is the iptables flavour; "" detects it.
 	Backend fw.Backend
 	// Policy is the system policy.
@@ -83,6 +97,7 @@ func DefaultConfig() Config {
 		LogLevel:  slog.LevelInfo,
 		// Set apart so that gofmt keeps the alignment above.
 		KernelDecisions: true,
+		TrafficInterval: DefaultTrafficInterval,
 	}
 }
 
@@ -109,6 +124,9 @@ func (c Config) Validate() error {
 		if uid == ^uint32(0) {
 			return errors.New("dns_trusted_resolver_uids: 4294967295 is not a UID")
 		}
+	}
+	if i := c.TrafficInterval; i != 0 && (i < minTrafficInterval || i > maxTrafficInterval) {
+		return fmt.Errorf("traffic_interval %v out of range %v-%v (0 turns traffic accounting off)", i, minTrafficInterval, maxTrafficInterval)
 	}
 	if err := (fw.Config{Backend: c.Backend}).Validate(); err != nil {
 		return err
@@ -144,6 +162,7 @@ type fileConfig struct {
 	DNSQueueNum       *uint16  `toml:"dns_queue_num"`
 	DNSTrustedUIDs    []uint32 `toml:"dns_trusted_resolver_uids"`
 	FirewallBackend   *string  `toml:"firewall_backend"`
+	TrafficInterval   *string  `toml:"traffic_interval"`
 	LogLevel          *string  `toml:"log_level"`
 	Policy            *struct {
 		PromptTimeout *string `toml:"prompt_timeout"`
@@ -208,6 +227,11 @@ func (c *Config) applyFile(data []byte) error {
 	if f.FirewallBackend != nil && *f.FirewallBackend != "auto" {
 		c.Backend = fw.Backend(*f.FirewallBackend)
 	}
+	if f.TrafficInterval != nil {
+		if c.TrafficInterval, err = time.ParseDuration(*f.TrafficInterval); err != nil {
+			return fmt.Errorf("traffic_interval: %w", err)
+		}
+	}
 	if f.LogLevel != nil {
 		if err := c.LogLevel.UnmarshalText([]byte(*f.LogLevel)); err != nil {
 			return fmt.Errorf("log_level: %w", err)
@@ -268,6 +292,7 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 	backend := fsys.String("firewall-backend", "auto", "iptables flavour: auto, nft or legacy")
 	timeout := fsys.Duration("prompt-timeout", cfg.Policy.PromptTimeout, "how long a connection waits for an answer")
 	timeoutAction := fsys.String("timeout-action", cfg.Policy.TimeoutAction.String(), "verdict when nobody answers in time: allow, deny or reject")
+	trafficInterval := fsys.Duration("traffic-interval", cfg.TrafficInterval, "how often live connections' byte counts are read from conntrack (0: no traffic accounting)")
 	logLevel := fsys.String("log-level", "info", "debug, info, warn or error")
 	if err := fsys.Parse(args); err != nil {
 		return Config{}, err
@@ -338,6 +363,9 @@ func ParseFlags(args []string, stderr io.Writer) (Config, error) {
 		if cfg.Policy.TimeoutAction, err = flow.ParseAction(*timeoutAction); err != nil {
 			return Config{}, err
 		}
+	}
+	if given["traffic-interval"] {
+		cfg.TrafficInterval = *trafficInterval
 	}
 	if given["log-level"] {
 		if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -6,6 +6,11 @@
 // DNS answers (internal/dnsnames), re-injecting each at once, to name each
 // connection's destination for host rules and prompts.
 //
+// It also counts what the connections it allowed carry (traffic.go): bytes
+// and packets from the kernel's conntrack accounting, read every
+// traffic_interval and at each entry's destruction, attributed to the
+// process the decision named and streamed with WatchTraffic.
+//
 // Trust boundary: packet bytes are attacker-controlled (parsed in
 // internal/packet and internal/dnsnames), and so are the host names learnt
 // from DNS: hints that let host rules match, never proof of who owns an

@@ -125,10 +125,16 @@ func (p *pending) sender(proc flow.Process) *flow.Process {
 }
 
 // Counters are the engine's running totals.
+//
+// Every packet counted in Packets is, once decided, counted in exactly one
+// bucket: RuleDecisions, CacheHits, PolicyDecisions, APIDecisions,
+// DeadlineDecisions, SilentDecisions, Retransmits, OtherDecisions (by
+// bucketOf, in releaseOne and RecordKernel), Shed or Malformed. Until then
+// it is held (shares.held) or on its way to a verdict.
 type Counters struct {
 	Packets, Allowed, Denied, Rejected                          atomic.Uint64
 	CacheHits, PolicyDecisions, APIDecisions, DeadlineDecisions atomic.Uint64
-	RuleDecisions                                               atomic.Uint64
+	RuleDecisions, SilentDecisions, OtherDecisions              atomic.Uint64
 	// KernelDecisions counts the decisions the kernel made (kernel.go);
 	// each also counts in Packets, Identified, Allowed/Denied/Rejected and
 	// RuleDecisions or CacheHits.
@@ -136,6 +142,66 @@ type Counters struct {
 	Identified, Unidentified, Malformed, Retransmits, ReleaseFailure atomic.Uint64
 	// Shed counts packets dropped beyond their UID's share (share.go).
 	Shed atomic.Uint64
+}
+
+// bucket is where a decided packet counts in Counters.
+type bucket int
+
+const (
+	bucketNone bucket = iota // unparsed: counted in Malformed on arrival
+	bucketRule
+	bucketCache
+	bucketPolicy
+	bucketAnswer
+	bucketDeadline
+	bucketSilent
+	bucketRetransmit
+	bucketOther
+)
+
+// bucketOf is the bucket of a decision made by by (Decision.DecidedBy).
+func bucketOf(by string) bucket {
+	switch {
+	case strings.HasPrefix(by, "rule:"):
+		return bucketRule
+	case strings.HasPrefix(by, "cache:"):
+		return bucketCache
+	case by == "policy":
+		return bucketPolicy
+	case strings.HasPrefix(by, "api:"):
+		return bucketAnswer
+	case by == "deadline" || strings.HasPrefix(by, "deadline:"):
+		return bucketDeadline
+	case strings.HasPrefix(by, "default:"):
+		return bucketSilent
+	case by == "retransmit":
+		return bucketRetransmit
+	case by == "unparsed":
+		return bucketNone
+	}
+	return bucketOther // shutdown, rules-busy
+}
+
+// countBucket counts one decided packet in its bucket of the totals.
+func (k *Counters) countBucket(b bucket) {
+	switch b {
+	case bucketRule:
+		k.RuleDecisions.Add(1)
+	case bucketCache:
+		k.CacheHits.Add(1)
+	case bucketPolicy:
+		k.PolicyDecisions.Add(1)
+	case bucketAnswer:
+		k.APIDecisions.Add(1)
+	case bucketDeadline:
+		k.DeadlineDecisions.Add(1)
+	case bucketSilent:
+		k.SilentDecisions.Add(1)
+	case bucketRetransmit:
+		k.Retransmits.Add(1)
+	case bucketOther:
+		k.OtherDecisions.Add(1)
+	}
 }
 
 // Engine decides held connections. It never blocks the packet path on an
@@ -194,6 +260,10 @@ type Engine struct {
 	// decisions that depend on one.
 	names    hostNames
 	hostDecs hostDecisions
+
+	// traffic follows the connections allowed, for traffic accounting
+	// (traffic.go); nil when accounting is not active.
+	traffic atomic.Pointer[trafficTable]
 }
 
 func newEngine(log *slog.Logger, pol policy.Policy, r releaser) *Engine {
@@ -256,7 +326,6 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 	}
 	if a, ok := e.recentLocked(t, recentSender{proc.UID, proc.TGID, proc.Exe, proc.Socket}, now); ok {
 		e.mu.Unlock()
-		e.Counters.Retransmits.Add(1)
 		e.releaseOne(id, a, proc, t, host, "retransmit", now)
 		return
 	}
@@ -292,12 +361,10 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 				a, by = e.closeAction, "shutdown"
 			}
 			e.mu.Unlock()
-			e.Counters.DeadlineDecisions.Add(1)
 			e.releaseOne(id, a, proc, t, host, by, now)
 			return
 		}
 		if ok {
-			e.Counters.RuleDecisions.Add(1)
 			by := "rule:" + r.ID
 			var expires time.Time
 			if r.Lifetime == rules.Duration {
@@ -328,7 +395,6 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 		ce.hits++
 		a, by, expires, m := ce.action, ce.by, ce.expires, e.rules[proc.UID]
 		e.mu.Unlock()
-		e.Counters.CacheHits.Add(1)
 		e.rememberInKernel(gen, m, proc, t, host, now, a, by, expires)
 		e.releaseOne(id, a, proc, t, host, by, now)
 		return
@@ -354,7 +420,6 @@ func (e *Engine) decide(id PacketRef, t flow.Tuple, proc flow.Process, host stri
 	rule := e.pol.For(proc.UID)
 	if rule.Mode != policy.ModeAsk && e.watchedUID[proc.UID] == 0 {
 		e.mu.Unlock()
-		e.Counters.PolicyDecisions.Add(1)
 		if rule.Log {
 			e.log.Info("system policy decided", "uid", proc.UID, "pid", proc.TGID, "exe", proc.Exe,
 				"dst", t, "verdict", rule.Mode.Action())
@@ -417,19 +482,23 @@ func ruleTime(now time.Time) time.Time { return now.Round(0) }
 // so that a packet costs one clock read, not two: on a VM a read costs
 // ~70 ns, as much as the rest of a cached decision.
 func (e *Engine) releaseOne(id PacketRef, a flow.Action, proc flow.Process, t flow.Tuple, host, by string, when time.Time) {
+	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
+	if id, ok := strings.CutPrefix(by, "rule:"); ok {
+		d.RuleID = id
+	}
+	// Followed before the packet goes: a short flow can end, and its
+	// conntrack entry be destroyed, before the release call returns.
+	e.follow(d)
 	if err := e.release.Release(id, a); err != nil {
 		e.Counters.ReleaseFailure.Add(1)
 		e.log.Warn("release packet", "packet_id", id.ID, "verdict", a.String(), "err", err)
 	}
 	e.count(a)
+	e.Counters.countBucket(bucketOf(by))
 	if by != "retransmit" && by != "unparsed" { // the split counts connections
 		e.splits.add(proc.UID, when, false)
 	}
-	d := Decision{Time: when, Process: proc, Tuple: t, Host: host, Action: a, DecidedBy: by}
-	if id, ok := strings.CutPrefix(by, "rule:"); ok {
-		d.RuleID = id
-	}
-	e.record(d)
+	e.publish(d)
 }
 
 func (e *Engine) count(a flow.Action) {
@@ -473,9 +542,7 @@ func (e *Engine) expire(id string) {
 	}
 	a := p.DeadlineAction
 	held := e.resolveLocked(p, a, "deadline")
-	e.uidCountersLocked(p.Process.UID).DeadlineDecisions++
 	e.mu.Unlock()
-	e.Counters.DeadlineDecisions.Add(1)
 	e.log.Info("prompt deadline passed", "id", id, "uid", p.Process.UID, "exe", p.Process.Exe,
 		"dst", p.Tuple.String(), "verdict", a.String())
 	e.releaseHeld(p, held, a, "deadline")
@@ -487,6 +554,30 @@ type DecideRequest struct {
 	Action   flow.Action
 	Scope    Scope
 	Lifetime time.Duration // 0: until restart (ignored for ScopeConnection)
+	Reason   DecideReason
+}
+
+// DecideReason says why a client decides: a person's answer, or the
+// client's own deadline or silent action acting for nobody.
+type DecideReason int
+
+const (
+	ReasonAnswer DecideReason = iota
+	ReasonDeadline
+	ReasonSilent
+)
+
+// decidedBy names a decision for uid's client, in the records and the
+// counters (bucketOf).
+func (r DecideReason) decidedBy(uid uint32) string {
+	u := strconv.FormatUint(uint64(uid), 10)
+	switch r {
+	case ReasonDeadline:
+		return "deadline:uid=" + u
+	case ReasonSilent:
+		return "default:uid=" + u
+	}
+	return "api:uid=" + u
 }
 
 // Decide answers a pending connection on behalf of caller. It returns the
@@ -508,7 +599,7 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 		e.mu.Unlock()
 		return 0, "", errNotFound
 	}
-	by := "api:uid=" + strconv.FormatUint(uint64(caller.UID), 10)
+	by := req.Reason.decidedBy(caller.UID)
 	held := e.resolveLocked(p, req.Action, by)
 	var (
 		cacheID string
@@ -517,7 +608,10 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 	if req.Scope != ScopeConnection {
 		var expires time.Time
 		if req.Lifetime > 0 {
-			expires = e.now().Add(req.Lifetime)
+			// On the wall clock, as a rule's lifetime: it keeps
+			// counting through suspend, and the kernel's copy of the
+			// entry ends at the same wall time (internal/kdecide).
+			expires = ruleTime(e.now()).Add(req.Lifetime)
 		}
 		ce := e.cache.put(keyFor(req.Scope, p.Process.UID, exeKey(p.Process), p.Tuple), req.Action, expires)
 		ce.exeShown = p.Process.ExeDisplay()
@@ -530,9 +624,7 @@ func (e *Engine) Decide(caller peercred.Cred, req DecideRequest) (int, string, e
 			kernel = func() { e.rememberCacheEntry(gen, m, p.Pending, req.Action, ceBy, expires) }
 		}
 	}
-	e.uidCountersLocked(p.Process.UID).APIDecisions++
 	e.mu.Unlock()
-	e.Counters.APIDecisions.Add(1)
 	if kernel != nil {
 		kernel()
 	}
@@ -556,9 +648,24 @@ func (e *Engine) settleCoveredLocked(ce *cacheEntry, by string) {
 	}
 }
 
-// record counts d for its UID and publishes it to the history and the
-// decision watchers.
+// record follows d's connection for traffic accounting if it was allowed,
+// counts d for its UID and publishes it to the history and the decision
+// watchers.
 func (e *Engine) record(d Decision) {
+	e.follow(d)
+	e.publish(d)
+}
+
+// follow remembers d's connection for traffic accounting if d allowed it.
+func (e *Engine) follow(d Decision) {
+	if tt := e.traffic.Load(); tt != nil && d.Action == flow.ActionAllow {
+		tt.allowed(d)
+	}
+}
+
+// publish counts d for its UID and publishes it to the history and the
+// decision watchers.
+func (e *Engine) publish(d Decision) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.countDecisionLocked(d)
@@ -570,6 +677,13 @@ func (e *Engine) Stats() (pendingN, cacheN int) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return len(e.byID), len(e.cache.byID)
+}
+
+// HeldPackets returns the number of packets held for a decision.
+func (e *Engine) HeldPackets() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.shares.held
 }
 
 // Run expires old retransmission verdicts and cache entries until ctx ends.

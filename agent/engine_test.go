@@ -143,8 +143,10 @@ func TestDeadlineAppliesTimeoutAction(t *testing.T) {
 		t.Fatalf("verdict 1s before deadline = %v, want none", got)
 	}
 	clk.Advance(time.Second)
-	if got := r.verdict(1); got != flow.ActionDeny {
-		t.Fatalf("verdict at deadline = %v, want deny", got)
+	// The default deadline action refuses (reset / ICMP unreachable),
+	// so the program fails at once instead of at its own time-out.
+	if got := r.verdict(1); got != flow.ActionReject {
+		t.Fatalf("verdict at deadline = %v, want reject", got)
 	}
 	if e.Counters.DeadlineDecisions.Load() != 1 {
 		t.Fatal("deadline decision not counted")

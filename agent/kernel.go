@@ -74,7 +74,7 @@ func openKernel(cfg Config, ns *os.File, log *slog.Logger) (*kdecide.Kernel, Ker
 	} else if n > 0 {
 		log.Info("kernel decisions of the previous agent's cache removed", "decisions", n)
 	}
-	log.Info("kernel decisions active: remembered decisions are applied in the kernel", "pins", k.PinDir())
+	log.Info("kernel decisions active: remembered decisions are applied in the kernel", "pins", k.PinDir(), "expiry_clock", k.ExpiryClock())
 	return k, KernelStatus{Mechanism: KernelMechanism}
 }
 
@@ -213,7 +213,19 @@ func (e *Engine) rememberInKernel(gen uint32, m *uidRules, proc flow.Process, t 
 		}
 		byName = name && e.names != nil
 	}
-	d := kdecide.Decision{Key: key, Action: a, By: by, Expires: expires, Gen: gen}
+	// The file's ctime, read now that the path was verified: if it was
+	// renamed since, the path leads elsewhere and nothing is stored; if it
+	// is renamed later, its ctime changes and the kernel stops applying
+	// the decision.
+	// A file with more than one name is never decided in the kernel
+	// (bpf/decide.c): storing its decisions would only cost a write per
+	// connection.
+	f, ok := e.hashes.files.Identity(proc.Exe)
+	if !ok || f.Dev != proc.ExeDev || f.Ino != proc.ExeIno || f.Nlink != 1 {
+		return
+	}
+	d := kdecide.Decision{Key: key, Action: a, By: by, Expires: expires, Gen: gen,
+		ExeCtime: kdecide.Ctime{Sec: f.CtimeSec, Nsec: f.CtimeNsec}}
 	if byName && !e.rememberByName(d, host) {
 		return
 	}
@@ -271,9 +283,9 @@ func (e *Engine) rememberRules(uid uint32, m *uidRules, rs []rules.Rule) {
 		if real, err := filepath.EvalSymlinks(in.Exe); err != nil || real != in.Exe {
 			continue
 		}
-		dev, ino, ok := e.hashes.files.Identity(in.Exe)
-		if !ok {
-			continue // no such file (yet): remembered at its first connection
+		f, ok := e.hashes.files.Identity(in.Exe)
+		if !ok || f.Nlink != 1 {
+			continue // no such file (yet): remembered at its first connection; or hard links: never
 		}
 		c := rules.Conn{UID: uid, Exe: in.Exe, Tuple: flow.Tuple{Proto: in.Proto, Dst: in.Dst, DstPort: in.Port}}
 		if process, name := m.m.KernelDeps(c, now); process || name {
@@ -283,8 +295,9 @@ func (e *Engine) rememberRules(uid uint32, m *uidRules, rs []rules.Rule) {
 			continue // another rule decides this key
 		}
 		d := kdecide.Decision{
-			Key:    kdecide.Key{UID: uid, ExeDev: dev, ExeIno: ino, Proto: in.Proto, Dst: in.Dst, Port: in.Port},
+			Key:    kdecide.Key{UID: uid, ExeDev: f.Dev, ExeIno: f.Ino, Proto: in.Proto, Dst: in.Dst, Port: in.Port},
 			Action: r.Action, By: "rule:" + r.ID, Gen: gen,
+			ExeCtime: kdecide.Ctime{Sec: f.CtimeSec, Nsec: f.CtimeNsec},
 		}
 		if len(d.By) > 40 {
 			continue
@@ -296,7 +309,7 @@ func (e *Engine) rememberRules(uid uint32, m *uidRules, rs []rules.Rule) {
 			e.log.Warn("remember rule in the kernel", "uid", uid, "rule", r.ID, "err", err)
 			return
 		}
-		e.kernelExes.put(dev, ino, in.Exe)
+		e.kernelExes.put(f.Dev, f.Ino, in.Exe)
 	}
 }
 
@@ -348,12 +361,11 @@ func (e *Engine) RecordKernel(evs []kdecide.Event) {
 		e.Counters.Packets.Add(1)
 		e.Counters.Identified.Add(1)
 		e.Counters.KernelDecisions.Add(1)
+		e.Counters.countBucket(bucketOf(ev.By))
 		d := Decision{Time: ev.Time, Process: *p, Tuple: ev.Tuple, Action: ev.Action, DecidedBy: ev.By}
 		if id, ok := strings.CutPrefix(ev.By, "rule:"); ok {
 			d.RuleID = id
-			e.Counters.RuleDecisions.Add(1)
 		} else if id, ok := strings.CutPrefix(ev.By, "cache:"); ok {
-			e.Counters.CacheHits.Add(1)
 			e.mu.Lock()
 			if ce := e.cache.byID[id]; ce != nil {
 				ce.hits++

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-fw/bastion/internal/exefile"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -65,10 +66,17 @@ func (k *fakeKernel) current(key kdecide.Key) (kdecide.Decision, bool) {
 	return d, ok && d.Gen == k.gens[key.UID]
 }
 
-// curlFile is curl1000 known by its file, as the eBPF mechanisms know it.
+// curlFile is curl1000 known by its file, as the eBPF mechanisms know it:
+// the host's /usr/bin/curl, since the engine checks the file again (and
+// reads its ctime) before it remembers a decision in the kernel.
 var curlFile = func() flow.Process {
 	p := curl1000
-	p.ExeDev, p.ExeIno = 8<<20|1, 4242
+	p.ExeDev, p.ExeIno = 8<<20|1, 4242             // no such file: nothing is remembered
+	files, _, _ := exefile.NewHost("/nonexistent") // the test's own root
+	defer files.Close()
+	if f, ok := files.Identity(p.Exe); ok {
+		p.ExeDev, p.ExeIno = f.Dev, f.Ino
+	}
 	return p
 }()
 
@@ -299,7 +307,7 @@ func TestExactRulesAreStoredAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, ino, ok := e.hashes.files.Identity(exe)
+	f, ok := e.hashes.files.Identity(exe)
 	if !ok {
 		t.Fatalf("no identity for %s", exe)
 	}
@@ -322,7 +330,7 @@ func TestExactRulesAreStoredAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := func(dst string, port uint16) kdecide.Key {
-		return kdecide.Key{UID: 1000, ExeDev: dev, ExeIno: ino, Proto: flow.TCP, Dst: netip.MustParseAddr(dst), Port: port}
+		return kdecide.Key{UID: 1000, ExeDev: f.Dev, ExeIno: f.Ino, Proto: flow.TCP, Dst: netip.MustParseAddr(dst), Port: port}
 	}
 	for _, tc := range []struct {
 		dst    string

@@ -201,7 +201,6 @@ func (e *Engine) settleByRules(uid uint32, m *uidRules, waiting []*pending, now 
 	}
 	e.mu.Unlock()
 	for _, v := range matched[:n] {
-		e.Counters.RuleDecisions.Add(1)
 		e.releaseHeld(v.p, v.held, v.a, v.by)
 	}
 }

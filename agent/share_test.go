@@ -145,7 +145,7 @@ func TestShareIsReturnedAtDeadlineAndClose(t *testing.T) {
 		e.Handle(PacketRef{ID: id}, tcp("192.0.2.1", uint16(40000+id), 443), wget1001)
 	}
 	clk.Advance(e.pol.PromptTimeout)
-	if got := r.verdict(1); got != flow.ActionDeny {
+	if got := r.verdict(1); got != e.pol.TimeoutAction {
 		t.Fatalf("verdict at deadline %v", got)
 	}
 	if uses, _ := e.Shares(admin); len(uses) != 0 {

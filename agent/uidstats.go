@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"strings"
-
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/kdecide"
 	"github.com/bastion-fw/bastion/internal/peercred"
@@ -25,6 +23,7 @@ type uidCounters struct {
 	Packets, Allowed, Denied, Rejected                       uint64
 	CacheHits, PolicyDecisions, APIDecisions, RuleDecisions  uint64
 	DeadlineDecisions, Identified, Unidentified, Retransmits uint64
+	SilentDecisions, OtherDecisions                          uint64
 	// KernelDecisions counts the decisions the kernel made (kernel.go).
 	KernelDecisions uint64
 }
@@ -33,6 +32,8 @@ type uidCounters struct {
 type UIDStats struct {
 	Counters       uidCounters
 	Pending, Cache int
+	// Held is the packets held for a decision.
+	Held int
 }
 
 // uidCountersLocked returns uid's counters, or the shared bucket once
@@ -88,15 +89,24 @@ func (e *Engine) countDecisionLocked(d Decision) {
 	case flow.ActionReject:
 		c.Rejected++
 	}
-	switch by := d.DecidedBy; {
-	case strings.HasPrefix(by, "cache:"):
-		c.CacheHits++
-	case strings.HasPrefix(by, "rule:"):
+	// The same bucket as in the totals (Counters.countBucket).
+	switch bucketOf(d.DecidedBy) {
+	case bucketRule:
 		c.RuleDecisions++
-	case by == "policy":
+	case bucketCache:
+		c.CacheHits++
+	case bucketPolicy:
 		c.PolicyDecisions++
-	case by == "retransmit":
+	case bucketAnswer:
+		c.APIDecisions++
+	case bucketDeadline:
+		c.DeadlineDecisions++
+	case bucketSilent:
+		c.SilentDecisions++
+	case bucketRetransmit:
 		c.Retransmits++
+	case bucketOther:
+		c.OtherDecisions++
 	}
 }
 
@@ -115,5 +125,8 @@ func (e *Engine) StatsFor(caller peercred.Cred) UIDStats {
 		}
 	}
 	st.Cache = e.cache.countFor(caller.UID)
+	if u := e.shares.byUID[caller.UID]; u != nil {
+		st.Held = u.held
+	}
 	return st
 }

@@ -28,7 +28,15 @@
 // Current: a decision carries the generation of its UID (uid_gens) it was
 // made under; the agent bumps the generation whenever that UID's rules or
 // cache change, which invalidates all of the UID's decisions at once. A
-// decision also carries its expiry (boot-time ns, 0: none).
+// decision also carries its expiry (ns on the expiry clock, 0: none).
+//
+// The expiry clock is CLOCK_TAI where the kernel has bpf_ktime_get_tai_ns
+// (6.1 and later): the wall clock plus a constant, so that a decision
+// ends when the wall time its rule names is reached even if the wall
+// clock is set (stepped) meanwhile, exactly as the agent's own matching
+// decides. Older kernels use the boot clock, which the agent converts to
+// when it writes a decision; a step of the wall clock then moves a
+// decision's end by the step (docs/security.md).
 //
 // SECURITY: a miss is always safe: the packet goes to the queue as it did
 // before. An allow needs a current decision for this UID and file and an
@@ -79,10 +87,15 @@ struct kd_key {
 };
 
 struct kd_value {
-	__u64 expires; // bpf_ktime_get_boot_ns() after which it no longer applies; 0: never
+	__u64 expires; // expiry_now() after which it no longer applies; 0: never
+	// The executable's status-change time (ctime) when the agent verified
+	// the path it decided for: renaming the file, linking or unlinking it,
+	// or a new file that reuses the inode number changes it.
+	__s64 exe_ctime_sec;
+	__u32 exe_ctime_nsec;
 	__u32 gen;     // the UID's generation it was made under
 	__u8 action;   // KD_*
-	__u8 _pad[3];
+	__u8 _pad[7];
 	char by[KD_BY_LEN]; // what decided it, as history names it ("rule:ID", "cache:ID")
 };
 
@@ -92,6 +105,7 @@ struct kd_event {
 	__u64 start_boottime; // thread group leader's start time
 	__u64 exe_ino;
 	__u64 cookie;         // the socket's cookie
+	__u64 exec_id;        // thread group leader's self_exec_id (execve bumps it)
 	__u32 pid;
 	__u32 tgid;
 	__u32 uid;
@@ -144,8 +158,9 @@ struct {
 
 // sock_allows: socket cookie -> the allow its first packet will meet. An
 // entry is needed from connect()/sendmsg() to the packets the chain asks
-// about (a TCP connection's SYN; a UDP flow's packets until it is
-// answered); LRU eviction only sends a packet to the queue.
+// about: a TCP connection's SYN (xt_allow frees the entry once it has
+// matched it), a UDP flow's packets until it is answered. LRU eviction
+// only sends a packet to the queue.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -191,15 +206,20 @@ static __always_inline void count(__u32 idx)
 // self-IPI: a VM exit on a virtual machine, ~3 us of xt_allow's ~4 us here)
 // and the agent a context switch (~10 us of CPU a connection). A record
 // wakes the agent when the last wake-up is more than KD_WAKE_GAP_NS old
-// (so a lone record is read at once) or KD_WAKE_BYTES wait; one written
-// within KD_WAKE_GAP_NS of a wake-up is read by the agent's next look,
-// which it takes 2 ms after a wake-up (kdecide.ReadEvents).
-#define KD_WAKE_GAP_NS 1000000ULL
-#define KD_WAKE_BYTES (64 * sizeof(struct kd_event))
+// (so a lone record is read at once) or when the records waiting reach
+// KD_WAKE_BYTES (once, not again for each record written until the agent
+// has read them); one written within KD_WAKE_GAP_NS of a wake-up is read
+// by the agent's next look, which it takes twice, 3 ms apart, after a
+// wake-up or a read (kdecide.ReadEvents).
+#define KD_WAKE_GAP_NS 4000000ULL
+#define KD_WAKE_BYTES (256 * KD_RECORD_BYTES)
+// A record's room in the ring: the event and the ring's 8-byte header,
+// rounded up to 8 bytes.
+#define KD_RECORD_BYTES ((sizeof(struct kd_event) + 8 + 7) & ~7ULL)
 
 // last_wake: [0] = bpf_ktime_get_boot_ns() of the last forced wake-up.
 // Written by emit on any CPU without a lock: a lost update costs at most
-// one wake-up more or one record read 2 ms later.
+// one wake-up more or one record read a few ms later.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -212,7 +232,13 @@ static __always_inline void emit(const struct kd_event *ev)
 	__u32 zero = 0;
 	__u64 flags = BPF_RB_NO_WAKEUP, now = bpf_ktime_get_boot_ns();
 	__u64 *last = bpf_map_lookup_elem(&last_wake, &zero);
-	if (!last || now - *last > KD_WAKE_GAP_NS || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= KD_WAKE_BYTES) {
+	// The size test wakes once, as the waiting records reach
+	// KD_WAKE_BYTES, not with each record written until the agent has
+	// read them: each wake-up is an IPI, and on a busy machine the agent
+	// may take a while to run.
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (!last || now - *last > KD_WAKE_GAP_NS ||
+	    (avail < KD_WAKE_BYTES && avail + KD_RECORD_BYTES >= KD_WAKE_BYTES)) {
 		flags = BPF_RB_FORCE_WAKEUP;
 		if (last)
 			*last = now;
@@ -227,6 +253,49 @@ static __always_inline int same_addr(const __u8 a[16], const __u8 b[16])
 	return x[0] == y[0] && x[1] == y[1];
 }
 
+// The inode's ctime, as each kernel since 5.x names it: two fields since
+// 6.11 (the nanoseconds' top bit may carry I_CTIME_QUERIED), __i_ctime in
+// 6.6-6.10, i_ctime before.
+struct inode___v611 {
+	time64_t i_ctime_sec;
+	u32 i_ctime_nsec;
+} __attribute__((preserve_access_index));
+struct inode___v66 {
+	struct timespec64 __i_ctime;
+} __attribute__((preserve_access_index));
+struct inode___v5 {
+	struct timespec64 i_ctime;
+} __attribute__((preserve_access_index));
+
+// same_ctime reports whether inode i's ctime is sec.nsec.
+static __always_inline int same_ctime(struct inode *i, __s64 sec, __u32 nsec)
+{
+	if (bpf_core_field_exists(((struct inode___v611 *)0)->i_ctime_sec)) {
+		struct inode___v611 *n = (void *)i;
+		return n->i_ctime_sec == sec && (n->i_ctime_nsec & 0x7fffffff) == nsec;
+	}
+	if (bpf_core_field_exists(((struct inode___v66 *)0)->__i_ctime)) {
+		struct inode___v66 *m = (void *)i;
+		return m->__i_ctime.tv_sec == sec && m->__i_ctime.tv_nsec == nsec;
+	}
+	struct inode___v5 *o = (void *)i;
+	return o->i_ctime.tv_sec == sec && o->i_ctime.tv_nsec == nsec;
+}
+
+// use_tai selects the expiry clock: set by the agent when it loads the
+// programs, if the kernel has bpf_ktime_get_tai_ns. It is read-only data,
+// so the verifier knows its value and never checks the branch not taken
+// (an older kernel would refuse the unknown helper).
+const volatile __u8 use_tai = 0;
+
+// expiry_now is the expiry clock's current time.
+static __always_inline __u64 expiry_now(void)
+{
+	if (use_tai)
+		return bpf_ktime_get_tai_ns();
+	return bpf_ktime_get_boot_ns();
+}
+
 // current_decision returns the decision for k if it is current, else NULL.
 static __always_inline struct kd_value *current_decision(const struct kd_key *k)
 {
@@ -236,7 +305,7 @@ static __always_inline struct kd_value *current_decision(const struct kd_key *k)
 	__u32 *gen = bpf_map_lookup_elem(&uid_gens, &k->uid);
 	if (!gen || *gen != v->gen)
 		return NULL;
-	if (v->expires && bpf_ktime_get_boot_ns() >= v->expires)
+	if (v->expires && expiry_now() >= v->expires)
 		return NULL;
 	return v;
 }
@@ -317,6 +386,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct kd_value *v = current_decision(&k);
+	// SECURITY: the decision was made for the file under the path the
+	// agent verified; once renamed (or its inode number reused by a new
+	// file) it may be another path's, which the rules may decide
+	// otherwise: the queue decides it again.
+	if (v && !same_ctime(ei, v->exe_ctime_sec, v->exe_ctime_nsec))
+		v = NULL;
 	if (!v) {
 		// A socket's entry names one destination: the last one it
 		// connected or sent to. Without a current allow for this
@@ -341,6 +416,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, __u8 family, const 
 	struct kd_event *ev = &s->ev;
 	ev->ts = bpf_ktime_get_boot_ns();
 	ev->start_boottime = t->group_leader->start_boottime;
+	ev->exec_id = t->group_leader->self_exec_id;
 	ev->exe_ino = k.exe_ino;
 	ev->exe_dev = k.exe_dev;
 	ev->cookie = cookie;
@@ -467,7 +543,7 @@ int xt_allow(struct __sk_buff *skb)
 	__u32 *gen = bpf_map_lookup_elem(&uid_gens, &s->ev.uid);
 	if (!gen || *gen != s->gen)
 		return 0;
-	if (s->expires && bpf_ktime_get_boot_ns() >= s->expires)
+	if (s->expires && expiry_now() >= s->expires)
 		return 0;
 
 	count(KD_STAT_PACKETS);
@@ -481,5 +557,12 @@ int xt_allow(struct __sk_buff *skb)
 		emit(&s->ev);
 		count(KD_STAT_ALLOWED);
 	}
+	// A TCP socket's entry is needed for its SYN only: the chain asks
+	// about a connection's first packet, and a retransmitted SYN without
+	// it goes to the queue, which decides it as before. Freeing the entry
+	// now keeps the map small, so that a new socket's insert never has to
+	// evict an entry (an LRU map's slowest path).
+	if (proto == IPPROTO_TCP)
+		bpf_map_delete_elem(&sock_allows, &cookie);
 	return 1;
 }

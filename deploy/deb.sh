@@ -30,16 +30,29 @@ trap 'rm -rf "$stage"' EXIT
 export DEB_STAGE=$stage/root
 DESTDIR=$DEB_STAGE PREFIX=/usr SYSCONFDIR=/etc SYSTEMDUNITDIR=/lib/systemd/system \
 	USERUNITDIR=/usr/lib/systemd/user BIN=$BIN ./deploy/install.sh install 2>/dev/null
+# The package ships stripped binaries, as Debian's policy asks (10.1): the
+# symbol table and DWARF data are a third of a Go binary and no use to
+# someone running it. bin/ keeps the unstripped build, for debugging.
+command -v strip >/dev/null || {
+	echo "deb.sh: strip missing: apt-get install binutils" >&2
+	exit 1
+}
+for b in "$DEB_STAGE"/usr/bin/*; do
+	strip --remove-section=.comment --remove-section=.note --strip-unneeded "$b"
+done
 # dpkg keeps the file list, and the configuration is a conffile (nfpm.yaml).
 rm -f "$DEB_STAGE/usr/share/bastion/installed-files" "$DEB_STAGE/etc/bastion/agent.toml"
 rmdir "$DEB_STAGE/usr/share/bastion" "$DEB_STAGE/etc/bastion"
 rmdir "$DEB_STAGE/etc" 2>/dev/null || true
+# Manual pages of every binary and bastionctl's shell completions, made from
+# the binaries' own help (internal/manpage/genman).
+go run ./internal/manpage/genman -bin "$BIN" -out "$DEB_STAGE/usr/share"
 # Debian wants a changelog, in its format: this build, with the latest
 # commits as its entries, wrapped at word boundaries (a subject cut
 # mid-word reads as a misspelling to lintian).
 {
 	printf 'bastion (%s) unstable; urgency=medium\n\n' "$DEB_VERSION"
-	git log -n 20 --format='%h %s' 2>/dev/null | while IFS= read -r entry; do
+	{ git log -n 20 --format='%h %s' 2>/dev/null || true; } | while IFS= read -r entry; do
 		printf '%s\n' "$entry" | fold -s -w 74 | sed -e 's/ *$//' -e '1s/^/  * /' -e '2,$s/^/    /'
 	done
 	git rev-parse --git-dir >/dev/null 2>&1 || echo '  * Built outside git.'

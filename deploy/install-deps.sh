@@ -32,8 +32,12 @@ if [ "$what" = test ]; then
 	# bastion-gtk: building (GTK headers, pkg-config) and its headless tests.
 	pkgs+=([pkg-config]=pkg-config [Xvfb]=xvfb [xauth]=xauth [import]=imagemagick [dbus-daemon]=dbus-daemon
 		[desktop-file-validate]=desktop-file-utils)
-	# packaging checks: unit verification and the .deb's lint.
-	pkgs+=([systemd-analyze]=systemd [lintian]=lintian)
+	# bastion-gtk tests and screenshots as a person meets it: a window
+	# manager, keys and clicks.
+	pkgs+=([openbox]=openbox [xdotool]=xdotool [xprop]=x11-utils)
+	# packaging checks: unit verification, the .deb's stripped binaries, its
+	# maintainer scripts' helpers, and its lint.
+	pkgs+=([systemd-analyze]=systemd [lintian]=lintian [strip]=binutils [deb-systemd-invoke]=init-system-helpers)
 	# make check-generate: the eBPF objects are compiled with a pinned clang,
 	# 14.0.6 (the Makefile's BPF_CLANG_VERSION): Debian 12's clang-14; Ubuntu
 	# 24.04's clang-14 (universe) is the same version. libbpf-dev, below,

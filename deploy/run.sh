@@ -9,7 +9,8 @@
 #
 # Ctrl-C (or the prompt client ending, or any component dying) stops them
 # all, in reverse order: the agent last, so that it answers what it holds and
-# removes exactly the firewall rules it added.
+# removes exactly the firewall rules it added. Ctrl-C is the normal way to
+# stop: the script then exits 0 once the agent has removed its rules.
 #
 # Environment (all optional):
 #   BIN                   where the binaries are (default: <repo>/bin)
@@ -105,7 +106,9 @@ cleanup() {
 	exit "$rc"
 }
 trap cleanup EXIT
-trap 'say "stopping"; exit 130' INT
+# Ctrl-C is how a person stops Bastion: a clean stop exits 0 (a non-zero
+# status would have make report "Error 130" after a normal run).
+trap 'say "stopping"; exit 0' INT
 trap 'say "stopping"; exit 143' TERM HUP
 
 # wait_ready WHAT PID CMD...: runs CMD until it succeeds; fails when PID
@@ -205,6 +208,19 @@ if ! wait_ready "bastion-uiserver" "$ui_pid" ui_connected; then
 	exit 1
 fi
 
+# hints: what to try and how to reach bastionctl, printed whichever prompt
+# client runs (the README's Quick start gives the same commands).
+hints() {
+	if [ -n "$NETNS" ]; then
+		say "Bastion guards network namespace $NETNS only; try it from another terminal:"
+		say "  sudo ip netns exec $NETNS python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &"
+		say "  sudo ip netns exec $NETNS runuser -u $run_user -- curl -sS -m 60 -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8000/"
+	else
+		say "Bastion guards this machine's outbound connections; try, as $run_user: curl -sS -o /dev/null https://example.com/"
+	fi
+	say "bastionctl is $BIN/bastionctl; to type just bastionctl in another terminal: export PATH=\"$BIN:\$PATH\""
+}
+
 # 3. The prompt client.
 if [ "$prompt_kind" = auto ]; then
 	prompt_kind=terminal
@@ -230,13 +246,12 @@ gtk)
 	"${as_user[@]}" "$BIN/bastion-gtk" --ui-socket "$ui_sock" </dev/null >"$logdir/gtk.log" 2>&1 &
 	prompt_pid=$!
 	say "bastion-gtk pid $prompt_pid as $run_user, log $logdir/gtk.log"
-	say "Bastion is running; Ctrl-C here stops it"
+	say "Bastion is running${NETNS:+ in network namespace $NETNS}; prompts appear on your desktop. Ctrl-C here stops it."
+	hints
 	;;
 terminal)
 	say "Bastion is running${NETNS:+ in network namespace $NETNS}; prompts appear below. Ctrl-C stops it."
-	if [ -n "$NETNS" ]; then
-		say "try: sudo nsenter --net=/run/netns/$NETNS setpriv --reuid=$uid --regid=$gid --clear-groups curl -m 60 http://127.0.0.1:8080/"
-	fi
+	hints
 	# A background job's stdin would be /dev/null: hand it this terminal.
 	exec 3<&0
 	"${as_user[@]}" "${ctl[@]}" prompt <&3 3<&- &
@@ -244,7 +259,8 @@ terminal)
 	exec 3<&-
 	;;
 none)
-	say "Bastion is running without a prompt client; Ctrl-C stops it"
+	say "Bastion is running${NETNS:+ in network namespace $NETNS} without a prompt client; Ctrl-C stops it"
+	hints
 	;;
 esac
 

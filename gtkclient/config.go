@@ -23,6 +23,11 @@ type Config struct {
 	// Notify sends a desktop notification when connections were denied
 	// by the default while no prompt client was connected.
 	Notify bool
+	// FocusPrompt, for a second launch, asks the running bastion-gtk to
+	// give its prompt the keyboard focus (for a desktop shortcut).
+	FocusPrompt bool
+	// NoTray shows no status icon.
+	NoTray bool
 }
 
 // DefaultConfig returns the defaults: the socket under $XDG_RUNTIME_DIR,

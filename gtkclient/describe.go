@@ -210,3 +210,63 @@ func ago(t, now time.Time, loc *time.Location) string {
 	}
 	return t.In(loc).Format("2006-01-02")
 }
+
+// ruleShort names a rule in a few words: its note when it has one, else
+// "Allow curl → TCP deb.debian.org:443".
+func ruleShort(r *rulesv1.Rule) string {
+	if n := strings.TrimSpace(r.GetNote()); n != "" {
+		return inert.Elide(n, 60)
+	}
+	app := "any program"
+	if r.GetExe() != "" {
+		app = path.Base(r.GetExe())
+	}
+	return capitalize(actionName(r.GetAction())) + " " + app + " → " + ruleDestination(r)
+}
+
+// decidedByText says in words who or what decided a connection, from the
+// decided_by string of the agent ("rule:ID", "cache:ID", "policy",
+// "deadline", "api:uid=N", "unparsed") or the rules service ("prompt",
+// "default", "deadline"). rule looks a rule up by ID (nil: not found),
+// or is nil while the rules are not known yet; uid is the user's own UID.
+// The tooltip is the rule in full, if any.
+func decidedByText(by, ruleID string, rule func(id string) *rulesv1.Rule, uid uint32, now time.Time, loc *time.Location) (text, tooltip string) {
+	if id, ok := strings.CutPrefix(by, "rule:"); ok && ruleID == "" {
+		ruleID = id
+	}
+	switch {
+	case strings.HasPrefix(by, "rule:"):
+		if rule == nil {
+			return "a rule", "rule " + inert.String(ruleID)
+		}
+		r := rule(ruleID)
+		if r == nil {
+			return "a rule deleted since", "rule " + inert.String(ruleID)
+		}
+		return "rule “" + inert.String(ruleShort(r)) + "”", inert.String(capitalize(actionName(r.GetAction())) + " " + ruleSentence(r, now, loc))
+	case by == "prompt":
+		return "you, in the prompt", ""
+	case by == "default":
+		return "no prompt client was running (your silent action)", ""
+	case by == "deadline":
+		return "nobody answered in time", ""
+	case strings.HasPrefix(by, "cache:"):
+		return "an earlier answer of yours", ""
+	case by == "policy":
+		return "the agent's policy for your account", ""
+	case by == "unparsed":
+		return "the agent (a packet it could not read)", ""
+	case strings.HasPrefix(by, "api:uid="):
+		n := strings.TrimPrefix(by, "api:uid=")
+		switch {
+		case n == strconv.FormatUint(uint64(uid), 10):
+			return "you, through bastionctl", ""
+		case n == "0":
+			return "root, through bastionctl", ""
+		}
+		return "user " + inert.String(n) + ", through bastionctl", ""
+	case by == "":
+		return "-", ""
+	}
+	return inert.String(by), ""
+}

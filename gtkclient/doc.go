@@ -1,6 +1,7 @@
 // Package gtkclient is bastion-gtk, Bastion's desktop client: the prompt
 // window that asks whether a program may connect, and the main window with
-// the user's rules, the recent decisions, the decide-later list and the
+// what each program did (its connections, destinations, traffic chart and
+// rules), the user's rules, the recent decisions, the decide-later list and the
 // status of the agent and the rules service.
 //
 // It talks only to the user's own rules service, bastion-uiserver, on
@@ -12,8 +13,9 @@
 //
 // Trust boundary: what the rules service sends (process names, command
 // lines, host names) comes from programs the user runs and may be crafted
-// by them; it is shown as plain text (never as Pango markup), through
-// internal/inert (controls, bidi controls and invalid bytes as visible
+// by them; it is shown as plain text (never as Pango markup; the one cell
+// that is markup, a program's name over its path, escapes both with
+// glib.MarkupEscapeText), through internal/inert (controls, bidi controls and invalid bytes as visible
 // escapes, long values elided), and it is never interpreted; notification
 // bodies, which servers may read as markup, go through inert.Markup. The
 // rule dialog's entries hold a rule's exact values for editing and are

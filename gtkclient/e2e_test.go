@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/gotk3/gotk3/glib"
+	"github.com/gotk3/gotk3/gtk"
 	"google.golang.org/grpc"
 
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -53,7 +54,10 @@ const (
 	e2eChildEnv = "BASTION_GTK_E2E_CHILD"
 	// e2eDstEnv is the "IP:port" whose prompt the child answers.
 	e2eDstEnv = "BASTION_GTK_E2E_DST"
-	e2eUID    = 1000
+	// e2eButtonEnv is the button the child clicks: "allow" (the default),
+	// "deny" or "later".
+	e2eButtonEnv = "BASTION_GTK_E2E_BUTTON"
+	e2eUID       = 1000
 
 	// e2eAgentPolicy asks about UID 1000's connections and allows all
 	// others; a prompt waits 30s at most.
@@ -502,10 +506,10 @@ type gtkChild struct {
 	reports chan e2eReport
 }
 
-func startGTKChild(t *testing.T, self string, u *e2eUser, dst string) *gtkChild {
+func startGTKChild(t *testing.T, self string, u *e2eUser, dst string, env ...string) *gtkChild {
 	t.Helper()
-	cmd := u.AsUser(exec.Command(self, "-test.run=^$"), e2eChildEnv+"="+u.UISocket(), e2eDstEnv+"="+dst,
-		"DISPLAY="+os.Getenv("DISPLAY"), "GDK_BACKEND=x11", "NO_AT_BRIDGE=1", "GSETTINGS_BACKEND=memory")
+	cmd := u.AsUser(exec.Command(self, "-test.run=^$"), append([]string{e2eChildEnv + "=" + u.UISocket(), e2eDstEnv + "=" + dst,
+		"DISPLAY=" + os.Getenv("DISPLAY"), "GDK_BACKEND=x11", "NO_AT_BRIDGE=1", "GSETTINGS_BACKEND=memory"}, env...)...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -646,11 +650,15 @@ func e2eDrive(a *app, cfg Config, dst string, out *json.Encoder) (e2eReport, err
 	if err := out.Encode(shown); err != nil {
 		return e2eReport{}, err
 	}
+	button := map[string]*gtk.Button{"": p.allow, "allow": p.allow, "deny": p.deny, "later": p.later}[os.Getenv(e2eButtonEnv)]
+	if button == nil {
+		return e2eReport{}, fmt.Errorf("no button %q", os.Getenv(e2eButtonEnv))
+	}
 	if err := gtkWait(10*time.Second, "the buttons to arm", func() bool {
-		if !p.armed || !p.allow.GetSensitive() {
+		if !p.armed || !button.GetSensitive() {
 			return false
 		}
-		p.allow.Clicked()
+		button.Clicked()
 		return true
 	}); err != nil {
 		return e2eReport{}, err
@@ -698,4 +706,93 @@ func gtkWait(timeout time.Duration, what string, cond func() bool) error {
 		return err
 	}
 	return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
+}
+
+// TestE2EPromptDenyAndDecideLater: through the real agent and rules
+// service, a click on Deny makes curl fail at once (a refusal, not a
+// silent drop that holds it until its connect timeout), and a click on
+// Decide later applies the silent action at once (not at the prompt's
+// deadline) and lists the connection under decide later.
+func TestE2EPromptDenyAndDecideLater(t *testing.T) {
+	needGTK(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "go", "ip", "nsenter", "iptables", "curl")
+	bins := buildE2EBins(t)
+	ns := testenv.NewNetNS(t)
+	srvURL := ns.HTTPServer(t, "127.0.0.1:0")
+	u, err := url.Parse(srvURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	agentSock := startE2EAgent(t, ns, bins.agent)
+	user := newE2EUser(t, e2eUID)
+	startE2EUIServer(t, bins.uiserver, agentSock, user)
+	history := recordStream(t, func(ctx context.Context) (grpc.ServerStreamingClient[uiv1.HistoryEntry], error) {
+		return user.ui.WatchHistory(ctx, &uiv1.WatchHistoryRequest{}, grpc.WaitForReady(true))
+	})
+
+	// Deny: curl gets "connection refused" at once.
+	gtkc := startGTKChild(t, bins.self, user, u.Host, e2eButtonEnv+"=deny")
+	waitStatus(t, user, "bastion-gtk as a prompt client", func(st *uiv1.GetStatusResponse) bool { return st.GetPromptClients() == 1 })
+	curl1 := startCurl(t, ctx, ns, srvURL, 20*time.Second)
+	if r := gtkc.next(t, 60*time.Second); r.Event != "shown" {
+		t.Fatalf("bastion-gtk: %+v, want the prompt shown", r)
+	}
+	clicked := time.Now() // the child clicks once the buttons arm
+	if r := gtkc.next(t, 30*time.Second); r.Event != "answered" || r.Error != "" {
+		t.Fatalf("bastion-gtk after Deny: %+v", r)
+	}
+	if err := curl1.wait(t, 30*time.Second); err == nil {
+		t.Fatalf("curl passed after Deny: %q", curl1.stdout.String())
+	}
+	failedAfter := time.Since(clicked)
+	if failedAfter > 10*time.Second {
+		t.Errorf("curl failed %v after Deny with %q; want a refusal at once, not its 20s connect timeout",
+			failedAfter.Round(time.Millisecond), curl1.stderr.String())
+	}
+	t.Logf("curl failed %v after the prompt was on screen (Deny clicked once the buttons armed, 1 s): %s", failedAfter.Round(time.Millisecond), strings.TrimSpace(curl1.stderr.String()))
+	gtkc.finish(t)
+	// The child answered "forever, this destination and port": a rule
+	// that rejects. Delete it, so that the next curl is asked about.
+	rs := listRules(t, user)
+	if len(rs) != 1 || rs[0].GetAction() != rulesv1.Action_ACTION_REJECT {
+		t.Fatalf("rules after Deny: %v, want one that rejects", rs)
+	}
+	if _, err := user.ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: rs[0].GetId()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Decide later: the silent action (deny, in this user's config) now,
+	// and the connection on the decide-later list.
+	gtkc = startGTKChild(t, bins.self, user, u.Host, e2eButtonEnv+"=later")
+	waitStatus(t, user, "bastion-gtk as a prompt client", func(st *uiv1.GetStatusResponse) bool { return st.GetPromptClients() == 1 })
+	curl2 := startCurl(t, ctx, ns, srvURL, 20*time.Second)
+	if r := gtkc.next(t, 60*time.Second); r.Event != "shown" {
+		t.Fatalf("bastion-gtk: %+v, want the prompt shown", r)
+	}
+	clicked = time.Now()
+	if r := gtkc.next(t, 30*time.Second); r.Event != "answered" || r.Error != "" {
+		t.Fatalf("bastion-gtk after Decide later: %+v", r)
+	}
+	history.wait(t, "curl decided by the user's Decide later", func(es []*uiv1.HistoryEntry) bool {
+		return slices.ContainsFunc(es, func(e *uiv1.HistoryEntry) bool {
+			return int(e.GetProcess().GetTgid()) == curl2.cmd.Process.Pid && e.GetDecidedBy() == "later" &&
+				e.GetAction() == rulesv1.Action_ACTION_DENY
+		})
+	})
+	decidedAfter := time.Since(clicked)
+	if decidedAfter > 10*time.Second {
+		t.Errorf("Decide later took %v to decide; want at once, not at the 25s deadline", decidedAfter)
+	}
+	resp, err := user.ui.ListDecideLater(ctx, &uiv1.ListDecideLaterRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es := resp.GetEntries(); len(es) != 1 || es[0].GetFlow().GetDstIp() != "127.0.0.1" || es[0].GetApplied() != rulesv1.Action_ACTION_DENY {
+		t.Errorf("decide-later list %v, want the curl connection, denied", es)
+	}
+	t.Logf("Decide later: decided and listed %v after the prompt was on screen (clicked once the buttons armed, 1 s)", decidedAfter.Round(time.Millisecond))
+	gtkc.finish(t)
 }

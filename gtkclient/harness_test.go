@@ -20,6 +20,7 @@ import (
 	"github.com/gotk3/gotk3/gtk"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/desktopentry"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
@@ -60,6 +61,7 @@ func testMain(m *testing.M) int {
 	os.Setenv("GDK_BACKEND", "x11")
 	os.Setenv("NO_AT_BRIDGE", "1")
 	os.Unsetenv("WAYLAND_DISPLAY")
+	finalizeOnGTKThread()
 	if err := gtk.InitCheck(nil); err != nil {
 		fmt.Fprintf(os.Stderr, "gtkclient tests: init gtk on %s: %v\n", x.Display, err)
 		return 1
@@ -168,8 +170,8 @@ func newEnv(t testing.TB, o envOpt) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apps := newAppIndex()
-	apps.addDir(fstest.MapFS{"firefox-esr.desktop": {Data: []byte(
+	apps := desktopentry.New()
+	apps.AddDir(fstest.MapFS{"firefox-esr.desktop": {Data: []byte(
 		"[Desktop Entry]\nType=Application\nName=Firefox ESR\nIcon=firefox-esr\nExec=/usr/lib/firefox-esr/firefox-esr %u\n")}})
 	opts := appOptions{
 		timing: &timing{backoffMin: 20 * time.Millisecond, backoffMax: 100 * time.Millisecond,

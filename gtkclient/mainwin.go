@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gotk3/gotk3/gdk"
+	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
 	"github.com/gotk3/gotk3/pango"
 
@@ -29,6 +31,9 @@ type mainWindow struct {
 	undo       func()
 	undoButton *gtk.Button
 
+	// Programs page (programspage.go).
+	progs *programsPage
+
 	// Rules page.
 	search     *gtk.SearchEntry
 	filter     *gtk.ComboBoxText
@@ -39,9 +44,13 @@ type mainWindow struct {
 	shownRules []*rulesv1.Rule // rows of rulesStore, after search and filter
 	edit, del  *gtk.Button
 
-	// History page.
+	// Connections page (historypage.go).
 	histStore *gtk.ListStore
 	histView  *gtk.TreeView
+	conn      *connPage
+	// exportChooser is the open "Export connections" dialog (tests fill
+	// it in).
+	exportChooser *gtk.FileChooserDialog
 
 	// Decide-later page.
 	laterStore   *gtk.ListStore
@@ -51,8 +60,19 @@ type mainWindow struct {
 	// Status page.
 	statusValues map[string]*gtk.Label
 
+	prefs preferences
+
 	lastDialog *ruleDialog // the dialog opened last (tests fill it in)
+
+	pause *pauseBar // "protection is paused" (protection.go)
+	// ticker redraws the relative times ("5m ago", "42m left") while the
+	// window is shown; 0 while it is hidden or closed.
+	ticker      glib.SourceHandle
+	tickerEvery time.Duration
 }
+
+// relativeEvery is how often the main window redraws its relative times.
+const relativeEvery = 10 * time.Second
 
 // History and decide-later columns.
 const (
@@ -63,10 +83,24 @@ const (
 	hColBy
 	hColIndex
 	hColActionColor
+	hColTip // the rule in full, as the row's tooltip
 )
 
+// mainPages are the main window's pages, in the switcher's order.
+var mainPages = []struct {
+	name, title string
+	make        func(m *mainWindow) gtk.IWidget
+}{
+	{"programs", "Programs", (*mainWindow).programsPage},
+	{"rules", "Rules", (*mainWindow).rulesPage},
+	{"history", "Connections", (*mainWindow).historyPage},
+	{"later", "Decide later", (*mainWindow).laterPage},
+	{"status", "Status", (*mainWindow).statusPage},
+	{"preferences", "Preferences", (*mainWindow).preferencesPage},
+}
+
 func newMainWindow(a *app) *mainWindow {
-	m := &mainWindow{a: a, statusValues: map[string]*gtk.Label{}}
+	m := &mainWindow{a: a, statusValues: map[string]*gtk.Label{}, tickerEvery: relativeEvery}
 	win, err := gtk.WindowNew(gtk.WINDOW_TOPLEVEL)
 	if err != nil {
 		panic("gtk: create window: " + err.Error())
@@ -75,7 +109,11 @@ func newMainWindow(a *app) *mainWindow {
 	win.SetTitle("Bastion")
 	win.SetIconName("security-high")
 	win.SetDefaultSize(1060, 640)
+	// The relative times are redrawn only while somebody can see them.
+	win.Connect("map", m.startTicker)
+	win.Connect("unmap", m.stopTicker)
 	win.Connect("destroy", func() {
+		m.stopTicker()
 		if m.a.main == m {
 			m.a.mainClosed()
 		}
@@ -88,10 +126,11 @@ func newMainWindow(a *app) *mainWindow {
 	header.SetTitle("Bastion")
 	switcher, _ := gtk.StackSwitcherNew()
 	switcher.SetStack(m.stack)
+	switcher.SetTooltipText("Alt+1 to Alt+6 show these pages")
 	header.SetCustomTitle(switcher)
 	refresh, _ := gtk.ButtonNewFromIconName("view-refresh-symbolic", gtk.ICON_SIZE_BUTTON)
 	refresh.SetTooltipText("Refresh")
-	refresh.Connect("clicked", func() { m.refreshRules(); m.refreshLater() })
+	refresh.Connect("clicked", func() { m.refreshRules(); m.refreshLater(); m.refreshConnections(); m.progs.refresh() })
 	header.PackEnd(refresh)
 	win.SetTitlebar(header)
 
@@ -123,13 +162,32 @@ func newMainWindow(a *app) *mainWindow {
 		m.notice.Hide()
 	})
 	box.PackStart(m.notice, false, false, 0)
+	m.pause = newPauseBar(a)
+	box.PackStart(m.pause.bar, false, false, 0)
 	box.PackStart(m.stack, true, true, 0)
 	win.Add(box)
 
-	m.stack.AddTitled(m.rulesPage(), "rules", "Rules")
-	m.stack.AddTitled(m.historyPage(), "history", "Connections")
-	m.stack.AddTitled(m.laterPage(), "later", "Decide later")
-	m.stack.AddTitled(m.statusPage(), "status", "Status")
+	for _, page := range mainPages {
+		m.stack.AddTitled(page.make(m), page.name, page.title)
+	}
+	// Alt+1 … Alt+6 show the pages, as in a browser's tabs; the switcher's
+	// tooltip says so.
+	accel, _ := gtk.AccelGroupNew()
+	win.AddAccelGroup(accel)
+	for i, page := range mainPages {
+		key := uint(gdk.KEY_1) + uint(i)
+		accel.Connect(key, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { m.stack.SetVisibleChildName(page.name); return true })
+	}
+	// The settings are read when their page is shown: someone may have
+	// edited the file, or another window applied others.
+	m.stack.Connect("notify::visible-child-name", func() {
+		if m.stack.GetVisibleChildName() == "preferences" && m.a.up {
+			m.refreshPreferences()
+		}
+		if m.stack.GetVisibleChildName() == "programs" {
+			m.progs.refresh()
+		}
+	})
 
 	win.ShowAll()
 	m.notice.Hide()
@@ -138,8 +196,37 @@ func newMainWindow(a *app) *mainWindow {
 	if a.up {
 		m.refreshRules()
 		m.refreshLater()
+		m.progs.refresh()
 	}
 	return m
+}
+
+// startTicker starts redrawing the relative times every m.tickerEvery.
+func (m *mainWindow) startTicker() {
+	m.stopTicker()
+	m.ticker = glib.TimeoutAdd(uint(m.tickerEvery/time.Millisecond), func() bool {
+		m.refreshTimes()
+		m.progs.refreshTimes()
+		return true
+	})
+	m.progs.start()
+}
+
+func (m *mainWindow) stopTicker() {
+	m.progs.stop()
+	if m.ticker != 0 {
+		glib.SourceRemove(m.ticker)
+		m.ticker = 0
+	}
+}
+
+// setTickerEvery changes how often the relative times are redrawn (tests
+// make it fast).
+func (m *mainWindow) setTickerEvery(d time.Duration) {
+	m.tickerEvery = d
+	if m.ticker != 0 {
+		m.startTicker()
+	}
 }
 
 func (m *mainWindow) present(page string) {

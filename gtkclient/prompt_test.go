@@ -1,7 +1,9 @@
 package gtkclient
 
 import (
+	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,11 +60,12 @@ func TestPromptAnswerMakesRule(t *testing.T) {
 		{"forever, this domain, with the command line", demo.CurlPrompt, 4, 2, true, allowButton, base(&rulesv1.Rule{
 			Action: rulesv1.Action_ACTION_ALLOW, Host: "*.example.com", Cmdline: curlCmd,
 			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER})},
+		// Deny refuses (item 13 of issue 14: programs fail fast).
 		{"deny until logout, this port anywhere", demo.CurlPrompt, 3, 3, false, denyButton, base(&rulesv1.Rule{
-			Action: rulesv1.Action_ACTION_DENY, DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
+			Action: rulesv1.Action_ACTION_REJECT, DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
 			Lifetime: rulesv1.Lifetime_LIFETIME_SESSION})},
-		{"reject 15 minutes, anywhere", demo.CurlPrompt, 1, 4, false, rejectButton, base(&rulesv1.Rule{
-			Action: rulesv1.Action_ACTION_REJECT, Lifetime: rulesv1.Lifetime_LIFETIME_DURATION,
+		{"drop silently 15 minutes, anywhere", demo.CurlPrompt, 1, 4, false, dropButton, base(&rulesv1.Rule{
+			Action: rulesv1.Action_ACTION_DENY, Lifetime: rulesv1.Lifetime_LIFETIME_DURATION,
 			Expires: timestamppb.New(testNow.Add(15 * time.Minute))})},
 		{"IPv6 without a name, this destination and port", demo.SSHv6Prompt, 4, 0, false, allowButton, &rulesv1.Rule{
 			Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: "/usr/bin/ssh", Dst: "2001:db8:4006:812::200e",
@@ -102,9 +105,9 @@ func TestPromptAnswerMakesRule(t *testing.T) {
 	}
 }
 
-func allowButton(p *promptWindow) *gtk.Button  { return p.allow }
-func denyButton(p *promptWindow) *gtk.Button   { return p.deny }
-func rejectButton(p *promptWindow) *gtk.Button { return p.reject }
+func allowButton(p *promptWindow) *gtk.Button { return p.allow }
+func denyButton(p *promptWindow) *gtk.Button  { return p.deny }
+func dropButton(p *promptWindow) *gtk.Button  { return p.drop }
 
 func TestPromptScopesOffered(t *testing.T) {
 	e := newEnv(t, envOpt{})
@@ -192,6 +195,9 @@ func TestPromptQueue(t *testing.T) {
 	waitGTK(t, "1 more waiting", func() bool { return labelText(e.a.prompt.more) == "1 more waiting" })
 	onGTK(t, func() { e.a.prompt.later.Clicked() })
 	e.promptShown(ssh)
+	if n := len(e.svc.CallsTo("PutOffPrompt")); n != 1 {
+		t.Errorf("%d PutOffPrompt calls for Decide later, want 1", n)
+	}
 	onGTK(t, func() {
 		if e.a.prompt.more.GetVisible() {
 			t.Errorf("queue label %q shown for the last prompt", labelText(e.a.prompt.more))
@@ -250,7 +256,7 @@ func TestPromptArming(t *testing.T) {
 	e.promptShown(id)
 	onGTK(t, func() {
 		p := e.a.prompt
-		for _, b := range []*gtk.Button{p.allow, p.deny, p.reject} {
+		for _, b := range []*gtk.Button{p.allow, p.deny, p.drop, p.later} {
 			if b.GetSensitive() {
 				t.Error("a button is active before the arming delay")
 			}
@@ -276,8 +282,8 @@ func TestPromptArming(t *testing.T) {
 	}
 	onGTK(t, func() { e.a.prompt.deny.Clicked() })
 	testenv.WaitFor(t, waitTimeout, "the answer", func() bool { return len(answers(e.svc)) == 1 })
-	if got := answers(e.svc)[0].GetRule().GetAction(); got != rulesv1.Action_ACTION_DENY {
-		t.Errorf("action %s, want deny", got)
+	if got := answers(e.svc)[0].GetRule().GetAction(); got != rulesv1.Action_ACTION_REJECT {
+		t.Errorf("action %s, want reject (Deny refuses)", got)
 	}
 	// The next prompt arms anew.
 	next := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, time.Minute))
@@ -289,7 +295,8 @@ func TestPromptArming(t *testing.T) {
 	})
 }
 
-// TestPromptKeyboard: Alt+A/D/R answer, Esc decides later.
+// TestPromptKeyboard: Alt+A allows, Alt+D denies (refuses), Alt+S drops
+// silently, Alt+R is Deny too, Esc decides later.
 func TestPromptKeyboard(t *testing.T) {
 	tests := []struct {
 		key  uint
@@ -297,7 +304,8 @@ func TestPromptKeyboard(t *testing.T) {
 		want rulesv1.Action // unspecified: decide later
 	}{
 		{gdk.KEY_a, gdk.MOD1_MASK, rulesv1.Action_ACTION_ALLOW},
-		{gdk.KEY_d, gdk.MOD1_MASK, rulesv1.Action_ACTION_DENY},
+		{gdk.KEY_d, gdk.MOD1_MASK, rulesv1.Action_ACTION_REJECT},
+		{gdk.KEY_s, gdk.MOD1_MASK, rulesv1.Action_ACTION_DENY},
 		{gdk.KEY_r, gdk.MOD1_MASK, rulesv1.Action_ACTION_REJECT},
 		{gdk.KEY_Escape, 0, rulesv1.Action_ACTION_UNSPECIFIED},
 	}
@@ -314,13 +322,13 @@ func TestPromptKeyboard(t *testing.T) {
 			})
 			e.promptHidden()
 			if tc.want == rulesv1.Action_ACTION_UNSPECIFIED {
-				// Decided later: an update of the prompt does not bring it back.
-				p.Id, p.Connections = id, 2
-				e.svc.AddPrompt(p)
 				other := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, time.Minute))
 				e.promptShown(other)
 				if n := len(answers(e.svc)); n != 0 {
 					t.Errorf("Esc sent %d answers", n)
+				}
+				if n := len(e.svc.CallsTo("PutOffPrompt")); n != 1 {
+					t.Errorf("Esc made %d PutOffPrompt calls, want 1", n)
 				}
 				return
 			}
@@ -377,4 +385,196 @@ func TestPromptRefused(t *testing.T) {
 			t.Error("a refused answer did not leave the prompt up and answerable")
 		}
 	})
+}
+
+// TestPromptBadge: the "N more waiting" badge is hidden with no other
+// prompt (never an empty pill, also right after the window is shown) and
+// counts the other waiting prompts exactly.
+func TestPromptBadge(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	first := e.svc.AddPrompt(demo.CurlPrompt(testNow, time.Minute))
+	e.promptShown(first)
+	onGTK(t, func() {
+		if e.a.prompt.more.GetVisible() {
+			t.Errorf("badge %q shown with no other prompt waiting", labelText(e.a.prompt.more))
+		}
+	})
+	second := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, time.Minute))
+	waitGTK(t, "1 more waiting", func() bool {
+		return e.a.prompt.more.GetVisible() && labelText(e.a.prompt.more) == "1 more waiting"
+	})
+	e.svc.Withdraw(second, "answered")
+	waitGTK(t, "the badge to go", func() bool { return !e.a.prompt.more.GetVisible() })
+	// Shown anew (hidden, then a new prompt): ShowAll must not bring back
+	// an empty badge.
+	e.svc.Withdraw(first, "answered")
+	e.promptHidden()
+	third := e.svc.AddPrompt(demo.FirefoxPrompt(testNow, time.Minute))
+	e.promptShown(third)
+	onGTK(t, func() {
+		if e.a.prompt.more.GetVisible() {
+			t.Errorf("badge %q shown on a lone prompt shown anew", labelText(e.a.prompt.more))
+		}
+	})
+	for n, want := range map[int]string{0: "", 1: "1 more waiting", 2: "2 more waiting"} {
+		if got := waitingText(n); got != want {
+			t.Errorf("waitingText(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestPromptQueuedBarShare: a prompt that waited behind another shows the
+// share of its time really left, not a full bar.
+func TestPromptQueuedBarShare(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	first := e.svc.AddPrompt(demo.CurlPrompt(testNow, 30*time.Second))
+	second := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, 30*time.Second))
+	e.promptShown(first)
+	e.clock.Add(20 * time.Second)
+	onGTK(t, func() { e.a.prompt.allow.Clicked() })
+	e.promptShown(second)
+	onGTK(t, func() {
+		e.a.prompt.tick()
+		if got := e.a.prompt.progress.GetFraction(); got < 0.32 || got > 0.35 {
+			t.Errorf("the queued prompt's bar is at %.2f, want 10 s of 30 s = 0.33", got)
+		}
+		if got := labelText(e.a.prompt.countdown); got != "Deny in 10 s if you do not answer" {
+			t.Errorf("countdown %q", got)
+		}
+	})
+}
+
+// TestPromptDecideLater: "Decide later" asks the rules service to apply
+// the silent action now and list the connection, which the Decide later
+// page then shows; no answer is sent and the next prompt comes up.
+func TestPromptDecideLater(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	id := e.svc.AddPrompt(demo.CurlPrompt(testNow, time.Minute))
+	next := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, time.Minute))
+	e.promptShown(id)
+	onGTK(t, func() { e.a.prompt.later.Clicked() })
+	e.promptShown(next)
+	calls := e.svc.CallsTo("PutOffPrompt")
+	if len(calls) != 1 || calls[0].(*uiv1.PutOffPromptRequest).GetPromptId() != id {
+		t.Fatalf("PutOffPrompt calls %v, want one for %s", calls, id)
+	}
+	if n := len(answers(e.svc)); n != 0 {
+		t.Errorf("%d answers sent by Decide later", n)
+	}
+	onGTK(t, func() { e.a.showMain("later") })
+	waitGTK(t, "the entry on the Decide later page", func() bool {
+		return len(e.a.main.laterEntries) == 1 && e.a.main.laterEntries[0].GetProcess().GetExe() == "/usr/bin/curl"
+	})
+}
+
+// TestPromptRulesButtonKeepsQueue: "Rules…" with two prompts queued opens
+// the rules window and leaves both prompts on screen and answerable (a
+// person once lost both: the prompt vanished, no window opened).
+func TestPromptRulesButtonKeepsQueue(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	first := e.svc.AddPrompt(demo.CurlPrompt(testNow, time.Minute))
+	second := e.svc.AddPrompt(demo.SSHv6Prompt(testNow, time.Minute))
+	e.promptShown(first)
+	onGTK(t, func() { e.a.prompt.rules.Clicked() })
+	waitGTK(t, "the rules window", func() bool { return e.a.main != nil && e.a.main.win.GetVisible() })
+	onGTK(t, func() {
+		p := e.a.prompt
+		if !p.win.GetVisible() || p.shownID != first || labelText(p.more) != "1 more waiting" {
+			t.Errorf("after Rules…: prompt visible %v showing %s (%q), want %s with 1 more waiting",
+				p.win.GetVisible(), p.shownID, labelText(p.more), first)
+		}
+		p.allow.Clicked()
+	})
+	e.promptShown(second)
+	onGTK(t, func() { e.a.prompt.deny.Clicked() })
+	e.promptHidden()
+	if n := len(answers(e.svc)); n != 2 {
+		t.Errorf("%d answers, want both prompts answered", n)
+	}
+}
+
+// TestPromptWidthStable: every prompt has the same width whatever its
+// texts, and a long command line uses that width instead of being cut at
+// a fixed number of characters.
+func TestPromptWidthStable(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	long := demo.FirefoxPrompt(testNow, time.Minute)
+	long.Process.Args = append(long.Process.Args, strings.Repeat("-x ", 80))
+	var widths []int
+	for _, pr := range []*uiv1.Prompt{demo.SSHv6Prompt(testNow, time.Minute), demo.CurlPrompt(testNow, time.Minute), long} {
+		id := e.svc.AddPrompt(pr)
+		e.promptShown(id)
+		var w int
+		waitGTK(t, "the window to be laid out", func() bool {
+			w = e.a.prompt.win.GetAllocatedWidth()
+			return w > 1
+		})
+		widths = append(widths, w)
+		if id == e.a.prompt.shownID && pr == long {
+			onGTK(t, func() {
+				p := e.a.prompt
+				if !p.cmdExpander.GetVisible() {
+					t.Error("a very long command line is not elided with an expander")
+				}
+				// 56 monospace characters are about 450 px at this size;
+				// the label must get the grid's whole value column.
+				if lw := p.cmdShort.GetAllocatedWidth(); lw < w/2 {
+					t.Errorf("the command line gets %d px of a %d px window", lw, w)
+				}
+				if tip, _ := p.cmdShort.GetTooltipText(); !strings.Contains(tip, "-x -x") {
+					t.Errorf("tooltip %q lacks the full command line", tip)
+				}
+			})
+		}
+		onGTK(t, func() { e.a.prompt.allow.Clicked() })
+		e.promptHidden()
+	}
+	for _, w := range widths {
+		if w != widths[0] || w != promptWidth {
+			t.Errorf("prompt widths %v, want all %d", widths, promptWidth)
+			break
+		}
+	}
+}
+
+// recordingNotifier records notifications.
+type recordingNotifier struct {
+	mu   sync.Mutex
+	sent []notification
+}
+
+func (r *recordingNotifier) notify(_ context.Context, n notification) (uint32, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, n)
+	return uint32(len(r.sent)), nil
+}
+
+func (r *recordingNotifier) Close() error { return nil }
+
+func (r *recordingNotifier) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sent)
+}
+
+// TestPromptDecideLaterNotNotified: the entry the user's own "Decide
+// later" makes is not announced as "blocked while no prompt was open".
+func TestPromptDecideLaterNotNotified(t *testing.T) {
+	rec := &recordingNotifier{}
+	e := newEnv(t, envOpt{notifier: rec})
+	waitGTK(t, "connected", func() bool { return e.a.up })
+	id := e.svc.AddPrompt(demo.CurlPrompt(testNow, time.Minute))
+	e.promptShown(id)
+	onGTK(t, func() { e.a.prompt.later.Clicked() })
+	e.promptHidden()
+	// The status polls see the new entry and list the decide-later
+	// entries again; then the check has run.
+	before := len(e.svc.CallsTo("ListDecideLater"))
+	testenv.WaitFor(t, waitTimeout, "the decide-later check", func() bool {
+		return len(e.svc.CallsTo("ListDecideLater")) > before
+	})
+	if n := rec.count(); n != 0 {
+		t.Errorf("%d notifications for a prompt the user put off: %+v", n, rec.sent)
+	}
 }

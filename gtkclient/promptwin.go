@@ -47,15 +47,16 @@ type promptWindow struct {
 	scope        *gtk.ComboBoxText
 	withCmd      *gtk.CheckButton
 	preview      *gtk.Label
+	denyHint     *gtk.Label
 	errLabel     *gtk.Label
 	allow, deny  *gtk.Button
-	reject       *gtk.Button
+	drop         *gtk.Button // "Drop silently"
 	later, rules *gtk.Button
 
-	shown   *promptGroup // the group on screen, nil when hidden
-	shownID string       // its primary prompt's ID
-	shownAt time.Time    // when it appeared: the buttons arm ArmDelay later
-	total   time.Duration
+	shown   *promptGroup  // the group on screen, nil when hidden
+	shownID string        // its primary prompt's ID
+	shownAt time.Time     // when it appeared: the buttons arm ArmDelay later
+	total   time.Duration // from the prompt's first sighting to its deadline
 	scopes  []rules.Scope // the scope combo's entries
 	armed   bool
 	busy    bool // an answer is on its way
@@ -73,7 +74,9 @@ func newPromptWindow(a *app) *promptWindow {
 	p.win = win
 	win.SetTitle("Bastion: connection prompt")
 	win.SetIconName("security-high")
-	win.SetDefaultSize(560, -1)
+	// The same width for every prompt: labels wrap or ellipsize inside it
+	// instead of widening the window to their text (see promptWidth).
+	win.SetSizeRequest(promptWidth, -1)
 	win.SetResizable(false)
 	win.SetPosition(gtk.WIN_POS_CENTER)
 	win.SetTypeHint(gdk.WINDOW_TYPE_HINT_DIALOG)
@@ -96,7 +99,7 @@ func newPromptWindow(a *app) *promptWindow {
 		return false
 	})
 	win.Connect("delete-event", func() bool {
-		p.putOff() // closing the window leaves the prompt to its default
+		p.putOff() // closing the window is "Decide later"
 		return true
 	})
 
@@ -117,10 +120,12 @@ func newPromptWindow(a *app) *promptWindow {
 	p.title = mustLabel("")
 	p.title.SetLineWrap(true)
 	p.title.SetLineWrapMode(pango.WRAP_WORD_CHAR)
-	p.title.SetMaxWidthChars(40)
+	p.title.SetMaxWidthChars(narrowChars)
 	addClass(p.title, "bastion-title")
 	p.subtitle = mustLabel("")
 	p.subtitle.SetLineWrap(true)
+	p.subtitle.SetMaxWidthChars(narrowChars)
+	p.subtitle.SetNoShowAll(true)
 	addClass(p.subtitle, "bastion-subtitle", "bastion-key")
 	titles.PackStart(p.title, false, false, 0)
 	titles.PackStart(p.subtitle, false, false, 0)
@@ -128,6 +133,9 @@ func newPromptWindow(a *app) *promptWindow {
 	p.more = mustLabel("")
 	p.more.SetVAlign(gtk.ALIGN_START)
 	addClass(p.more, "bastion-more")
+	// Shown only with a count (update): never an empty pill.
+	p.more.SetNoShowAll(true)
+	p.more.Hide()
 	head.PackEnd(p.more, false, false, 0)
 	outer.PackStart(head, false, false, 0)
 
@@ -152,28 +160,36 @@ func newPromptWindow(a *app) *promptWindow {
 	addRow("Program", p.exe)
 	addRow("Process", p.process)
 	addRow("Parent", p.parent)
+	// A very long command line shows as one line, elided in the middle
+	// (the program and the last arguments stay), with the whole text one
+	// click away and in the tooltip; a shorter one wraps over the
+	// available width.
 	p.cmdShort = valueLabel()
 	p.cmdShort.SetLineWrap(false)
-	p.cmdShort.SetEllipsize(pango.ELLIPSIZE_END)
-	p.cmdShort.SetMaxWidthChars(56)
+	p.cmdShort.SetEllipsize(pango.ELLIPSIZE_MIDDLE)
 	addClass(p.cmdShort, "bastion-mono")
 	p.cmdFull = valueLabel()
-	p.cmdFull.SetMaxWidthChars(56)
 	addClass(p.cmdFull, "bastion-mono")
-	p.cmdExpander, _ = gtk.ExpanderNew("")
-	p.cmdExpander.SetLabelWidget(p.cmdShort)
+	// (cmdShort sits above the expander, not as its label: a label widget
+	// gets only its natural width, not the row's.)
+	p.cmdExpander, _ = gtk.ExpanderNew("Show the whole command line")
 	p.cmdExpander.Add(p.cmdFull)
 	p.cmdExpander.SetCanFocus(false)
+	p.cmdExpander.SetHExpand(true)
 	p.cmdExpander.Connect("notify::expanded", func() { p.cmdShort.SetVisible(!p.cmdExpander.GetExpanded()) })
 	p.cmdPlain = valueLabel()
 	addClass(p.cmdPlain, "bastion-mono")
 	cmdBox := mustBox(gtk.ORIENTATION_VERTICAL, 0)
 	cmdBox.PackStart(p.cmdPlain, false, false, 0)
+	cmdBox.PackStart(p.cmdShort, false, false, 0)
 	cmdBox.PackStart(p.cmdExpander, false, false, 0)
 	addRow("Command line", cmdBox)
 	addRow("Destination", p.dest)
 	addRow("Port", p.port)
 	p.connsKey = addRow("Connections", p.conns)
+	for _, l := range []*gtk.Label{p.exe, p.process, p.parent, p.cmdShort, p.cmdFull, p.cmdPlain, p.dest, p.port, p.conns} {
+		l.SetMaxWidthChars(narrowChars)
+	}
 	outer.PackStart(grid, false, false, 0)
 
 	// Countdown to the default.
@@ -213,10 +229,12 @@ func newPromptWindow(a *app) *promptWindow {
 	choice.Attach(p.withCmd, 1, 2, 1, 1)
 	outer.PackStart(choice, false, false, 0)
 	p.preview = valueLabel()
+	p.preview.SetMaxWidthChars(narrowChars)
 	addClass(p.preview, "bastion-rule")
 	outer.PackStart(p.preview, false, false, 0)
 	p.errLabel = mustLabel("")
 	p.errLabel.SetLineWrap(true)
+	p.errLabel.SetMaxWidthChars(narrowChars)
 	addClass(p.errLabel, "bastion-error")
 	outer.PackStart(p.errLabel, false, false, 0)
 	for _, w := range []*gtk.ComboBoxText{p.lifetime, p.scope} {
@@ -230,35 +248,47 @@ func newPromptWindow(a *app) *promptWindow {
 	p.rules.SetTooltipText("Open the rules window")
 	p.rules.Connect("clicked", func() { p.a.showMain("rules") })
 	p.later = mustButton("Decide _later")
-	p.later.SetTooltipText("Leave this connection to the default (Esc)")
+	p.later.SetTooltipText("Apply the default now and list the connection under Decide later in the rules window, to make a rule for it there (Esc)")
 	p.later.Connect("clicked", p.putOff)
 	p.allow = mustButton("_Allow")
+	// A person's Deny refuses (a TCP reset or ICMP unreachable), so the
+	// program fails at once instead of waiting minutes for a timeout; the
+	// silent drop stays an explicit choice.
 	p.deny = mustButton("_Deny")
-	p.reject = mustButton("_Reject")
-	p.allow.SetTooltipText("Alt+A")
-	p.deny.SetTooltipText("Drop the connection silently (Alt+D)")
-	p.reject.SetTooltipText("Refuse the connection at once (Alt+R)")
+	p.drop = mustButton("Drop _silently")
+	p.allow.SetTooltipText("Let the connection through (Alt+A)")
+	p.deny.SetTooltipText("Refuse the connection: the program gets an error at once (Alt+D)")
+	p.drop.SetTooltipText("Drop the connection without an answer: the program waits until it gives up, often minutes (Alt+S)")
 	addClass(p.allow, "bastion-action", "bastion-allow")
 	addClass(p.deny, "bastion-action", "bastion-deny")
-	addClass(p.reject, "bastion-action")
-	for _, b := range []*gtk.Button{p.rules, p.later, p.allow, p.deny, p.reject} {
+	for _, b := range []*gtk.Button{p.rules, p.later, p.allow, p.deny, p.drop} {
 		b.SetCanFocus(false)
 	}
+	p.drop.SetRelief(gtk.RELIEF_NONE)
 	p.allow.Connect("clicked", func() { p.answer(flow.ActionAllow) })
-	p.deny.Connect("clicked", func() { p.answer(flow.ActionDeny) })
-	p.reject.Connect("clicked", func() { p.answer(flow.ActionReject) })
+	p.deny.Connect("clicked", func() { p.answer(flow.ActionReject) })
+	p.drop.Connect("clicked", func() { p.answer(flow.ActionDeny) })
 	buttons.PackStart(p.rules, false, false, 0)
 	buttons.PackStart(p.later, false, false, 0)
 	buttons.PackEnd(p.allow, false, false, 0)
 	buttons.PackEnd(p.deny, false, false, 0)
-	buttons.PackEnd(p.reject, false, false, 0)
+	buttons.PackEnd(p.drop, false, false, 0)
 	outer.PackStart(buttons, false, false, 4)
+	p.denyHint = mustLabel("Deny refuses at once, so the program gets an error; Drop silently leaves it waiting.")
+	p.denyHint.SetLineWrap(true)
+	p.denyHint.SetMaxWidthChars(narrowChars)
+	addClass(p.denyHint, "bastion-key")
+	outer.PackStart(p.denyHint, false, false, 0)
 
-	// Keyboard: Alt+A, Alt+D, Alt+R answer; Esc decides later.
+	// Keyboard, once the prompt has the focus (a click into it, or
+	// bastion-gtk --focus-prompt): Alt+A allows, Alt+D denies, Alt+S drops
+	// silently, Esc decides later, Alt+U opens the rules window.
 	accel, _ := gtk.AccelGroupNew()
 	win.AddAccelGroup(accel)
 	accel.Connect(gdk.KEY_a, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionAllow); return true })
-	accel.Connect(gdk.KEY_d, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionDeny); return true })
+	accel.Connect(gdk.KEY_d, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionReject); return true })
+	accel.Connect(gdk.KEY_s, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionDeny); return true })
+	// Alt+R was "Reject" before Deny became a refusal: it still refuses.
 	accel.Connect(gdk.KEY_r, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.answer(flow.ActionReject); return true })
 	accel.Connect(gdk.KEY_Escape, 0, gtk.ACCEL_VISIBLE, func() bool { p.putOff(); return true })
 	accel.Connect(gdk.KEY_u, gdk.MOD1_MASK, gtk.ACCEL_VISIBLE, func() bool { p.a.showMain("rules"); return true })
@@ -276,12 +306,7 @@ func (p *promptWindow) update() {
 		p.win.Hide()
 		return
 	}
-	if more := p.a.queue.waiting(); more > 0 {
-		p.more.SetText(fmt.Sprintf("%d more waiting", more))
-		p.more.Show()
-	} else {
-		p.more.Hide()
-	}
+	p.showWaiting()
 	if g == p.shown && g.primary().GetId() == p.shownID {
 		p.fillDetails(g) // an update: more connections, a new deadline
 		p.tick()
@@ -289,7 +314,7 @@ func (p *promptWindow) update() {
 	}
 	p.shown, p.shownID = g, g.primary().GetId()
 	p.shownAt = p.a.now()
-	p.total = g.deadline().Sub(p.shownAt)
+	p.total = promptSpan(g, p.shownAt, p.a.status)
 	p.busy, p.armed = false, false
 	p.errLabel.SetText("")
 	p.fillDetails(g)
@@ -301,6 +326,7 @@ func (p *promptWindow) update() {
 		p.win.ShowAll()
 		p.refreshConns(g)
 	}
+	p.showWaiting()
 	if !p.ticking {
 		p.ticking = true
 		glib.TimeoutAdd(200, func() bool {
@@ -317,11 +343,51 @@ func (p *promptWindow) update() {
 	}
 }
 
+// showWaiting shows how many other prompts wait behind the shown one, or
+// hides the badge when none does.
+func (p *promptWindow) showWaiting() {
+	more := p.a.queue.waiting()
+	p.more.SetText(waitingText(more))
+	p.more.SetVisible(more > 0)
+}
+
+// waitingText is the badge's text for n other waiting prompts.
+func waitingText(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d more waiting", n)
+}
+
+// promptSpan is the whole time a prompt group had to be answered: from
+// its first sighting (or, failing that, the deadline less the service's
+// prompt timeout) to its deadline. A queued prompt's bar then shows the
+// share really left, not a full bar for what remains.
+func promptSpan(g *promptGroup, shownAt time.Time, st *uiv1.GetStatusResponse) time.Duration {
+	d := g.deadline()
+	if d.IsZero() {
+		return 0
+	}
+	var first time.Time
+	for _, pr := range g.prompts {
+		if fs := pr.GetFirstSeen(); fs != nil && (first.IsZero() || fs.AsTime().Before(first)) {
+			first = fs.AsTime()
+		}
+	}
+	if first.IsZero() && st.GetPromptTimeout() != nil {
+		first = d.Add(-st.GetPromptTimeout().AsDuration())
+	}
+	if first.IsZero() || first.After(shownAt) {
+		first = shownAt
+	}
+	return d.Sub(first)
+}
+
 func (p *promptWindow) fillDetails(g *promptGroup) {
 	pr := g.primary()
 	proc, fl := pr.GetProcess(), pr.GetFlow()
 	name, iconName := exeName(proc), ""
-	if info, ok := p.a.apps.lookup(proc.GetExe()); ok {
+	if info, ok := p.a.apps.Lookup(proc.GetExe()); ok {
 		name, iconName = info.Name, info.Icon
 	}
 	p.setIcon(iconName, proc.GetExe())
@@ -343,6 +409,9 @@ func (p *promptWindow) fillDetails(g *promptGroup) {
 	p.cmdShort.SetText(orDash(cmd))
 	p.cmdFull.SetText(cmd)
 	p.cmdPlain.SetText(orDash(cmd))
+	tip := inert.Elide(cmd, 2000)
+	p.cmdShort.SetTooltipText(tip)
+	p.cmdPlain.SetTooltipText(tip)
 	p.cmdExpander.SetExpanded(false)
 	p.dest.SetText(inert.String(destinationText(fl, pr.GetHost())))
 	p.port.SetText(portText(fl, p.a.services))
@@ -359,7 +428,7 @@ func (p *promptWindow) refreshConns(g *promptGroup) {
 	long := len([]rune(strings.Join(g.primary().GetProcess().GetArgs(), " "))) > cmdElideAt
 	p.cmdPlain.SetVisible(!long)
 	p.cmdExpander.SetVisible(long)
-	p.cmdShort.SetVisible(!p.cmdExpander.GetExpanded())
+	p.cmdShort.SetVisible(long && !p.cmdExpander.GetExpanded())
 }
 
 // setIcon shows the application's icon: its desktop entry's, else one
@@ -462,7 +531,7 @@ func (p *promptWindow) tick() {
 	armed := !p.busy && now.Sub(p.shownAt) >= p.a.cfg.ArmDelay
 	if armed != p.armed || !armed {
 		p.armed = armed
-		for _, b := range []*gtk.Button{p.allow, p.deny, p.reject} {
+		for _, b := range []*gtk.Button{p.allow, p.deny, p.drop, p.later} {
 			b.SetSensitive(armed)
 		}
 	}
@@ -475,7 +544,7 @@ func (p *promptWindow) tick() {
 		return
 	}
 	left := max(0, d.Sub(now))
-	p.countdown.SetText(fmt.Sprintf("%s in %d s if you do not answer", capitalize(act), int((left+time.Second-1)/time.Second)))
+	p.countdown.SetText(fmt.Sprintf("%s in %d s if you do not answer", capitalize(deadlineWord(act)), int((left+time.Second-1)/time.Second)))
 	if p.total > 0 {
 		p.progress.SetFraction(min(1, float64(left)/float64(p.total)))
 		p.progress.Show()
@@ -534,13 +603,53 @@ func (p *promptWindow) answer(a flow.Action) {
 	})
 }
 
-// putOff leaves the shown group to its default ("decide later").
+// putOff is "Decide later": the rules service applies the silent action
+// to the shown group's connections now and lists them under Decide later,
+// where the main window makes a rule for them. Before the buttons are
+// armed it does nothing.
 func (p *promptWindow) putOff() {
-	if p.shown == nil {
+	if p.shown == nil || p.busy || !p.armed {
 		return
 	}
-	p.a.queue.putOff()
-	p.update()
+	ids := p.shown.ids()
+	p.busy = true
+	p.tick()
+	// From now on an update on its way must not bring these back.
+	p.a.queue.markLater(ids...)
+	p.a.later.putOffStarted()
+	call(p.a, func(ctx context.Context, ui uiv1.UIServiceClient) ([]string, error) {
+		var later []string
+		for i, id := range ids {
+			resp, err := ui.PutOffPrompt(ctx, &uiv1.PutOffPromptRequest{PromptId: id})
+			if status.Code(err) == codes.NotFound && i > 0 {
+				continue // decided meanwhile
+			}
+			if err != nil {
+				return later, err
+			}
+			later = append(later, resp.GetDecideLaterId())
+		}
+		return later, nil
+	}, func(later []string, err error) {
+		// The user put these off themselves: no "blocked while no prompt
+		// was open" notification for them.
+		p.a.later.putOffDone(later...)
+		switch status.Code(err) {
+		case codes.OK, codes.NotFound:
+			p.a.log.Info("prompt put off", "prompt_id", ids[0], "decide_later_id", strings.Join(later, ","), "err", err)
+			// Only these: a prompt that joined the group meanwhile still waits.
+			p.a.queue.remove(ids...)
+			p.update()
+			if p.a.main != nil {
+				p.a.main.refreshLater()
+			}
+		default:
+			p.busy = false
+			p.a.queue.unmarkLater(ids...)
+			p.errLabel.SetText("The rules service refused to put this off: " + statusMessage(err))
+			p.tick()
+		}
+	})
 }
 
 // statusMessage is an error's text for a label, made inert: a service's
@@ -561,8 +670,29 @@ func inertAll(ss []string) []string {
 	return out
 }
 
-// cmdElideAt is the command line length above which it is elided.
-const cmdElideAt = 56
+// cmdElideAt is the command line length above which it shows as one
+// elided line with the whole text one click away; shorter ones wrap over
+// the prompt's width (at most three or four lines).
+const cmdElideAt = 240
+
+// promptWidth is the prompt window's width in pixels, the same for every
+// prompt; narrowChars caps the natural width of its wrapping labels so
+// that their text never widens the window (they still fill its width).
+const (
+	promptWidth = 640
+	narrowChars = 24
+)
+
+// deadlineWord is how the countdown names the action the deadline takes.
+func deadlineWord(act string) string {
+	switch act {
+	case "reject":
+		return "deny"
+	case "deny":
+		return "drop silently"
+	}
+	return act
+}
 
 func capitalize(s string) string {
 	if s == "" {
@@ -602,4 +732,12 @@ func connectionsText(g *promptGroup) string {
 		n += fmt.Sprintf(" and %d more", more)
 	}
 	return n + ")"
+}
+
+// focus lets the prompt take the keyboard and raises it, so that its
+// shortcuts work without a click first (the status icon, bastion-gtk
+// --focus-prompt).
+func (p *promptWindow) focus() {
+	p.win.SetAcceptFocus(true)
+	p.win.PresentWithTime(gdk.CURRENT_TIME)
 }

@@ -71,8 +71,8 @@ func groupKey(p *uiv1.Prompt) string {
 type promptQueue struct {
 	groups []*promptGroup
 	// later holds the prompts the user put off ("decide later"): the
-	// default applies to them at their deadline, and an update must not
-	// bring them back.
+	// rules service decided them, and an update on its way must not bring
+	// them back.
 	later map[string]bool
 }
 
@@ -133,16 +133,28 @@ func (q *promptQueue) current() *promptGroup {
 // waiting is the number of groups behind the current one.
 func (q *promptQueue) waiting() int { return max(0, len(q.groups)-1) }
 
-// putOff leaves the current group to its default.
-func (q *promptQueue) putOff() {
-	g := q.current()
+// putOff forgets group g, which the user put off ("decide later"): an
+// update on its way must not bring its prompts back.
+func (q *promptQueue) putOff(g *promptGroup) {
 	if g == nil {
 		return
 	}
-	for _, id := range g.ids() {
+	q.markLater(g.ids()...)
+	q.remove(g.ids()...)
+}
+
+// markLater and unmarkLater record prompts being put off, so that their
+// updates are ignored until the withdrawal comes.
+func (q *promptQueue) markLater(ids ...string) {
+	for _, id := range ids {
 		q.later[id] = true
 	}
-	q.remove(g.ids()...)
+}
+
+func (q *promptQueue) unmarkLater(ids ...string) {
+	for _, id := range ids {
+		delete(q.later, id)
+	}
 }
 
 // expire drops the groups whose deadline has passed: the rules service

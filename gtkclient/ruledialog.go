@@ -1,12 +1,14 @@
 package gtkclient
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,10 +36,17 @@ type ruleDialog struct {
 	lifetime  *gtk.ComboBoxText
 	minutes   *gtk.SpinButton
 	note      *gtk.Entry
+	// errLabel sums up what keeps the rule from being saved;
+	// fieldErrs say, under each field, what is wrong with it.
 	errLabel  *gtk.Label
-	orig      *rulesv1.Rule
-	now       func() time.Time
-	save      func(r *rulesv1.Rule)
+	fieldErrs map[string]*gtk.Label
+	// anyWarning and anyConfirm ask for a confirmation before a rule
+	// for every program and every destination is saved.
+	anyWarning *gtk.Label
+	anyConfirm *gtk.CheckButton
+	orig       *rulesv1.Rule
+	now        func() time.Time
+	save       func(r *rulesv1.Rule)
 }
 
 var (
@@ -52,7 +61,7 @@ var (
 // newRuleDialog opens a dialog for r (a new rule when r has no ID); save
 // gets the edited rule once it is valid.
 func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func() time.Time, save func(*rulesv1.Rule)) *ruleDialog {
-	d := &ruleDialog{orig: proto.Clone(r).(*rulesv1.Rule), now: now, save: save}
+	d := &ruleDialog{orig: proto.Clone(r).(*rulesv1.Rule), now: now, save: save, fieldErrs: map[string]*gtk.Label{}}
 	dlg, err := gtk.DialogNew()
 	if err != nil {
 		panic("gtk: create dialog: " + err.Error())
@@ -60,31 +69,48 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 	d.dlg = dlg
 	dlg.SetTitle(title)
 	dlg.SetTransientFor(parent)
-	dlg.SetDefaultSize(520, -1)
+	dlg.SetDefaultSize(600, -1)
 	dlg.AddButton("_Cancel", gtk.RESPONSE_CANCEL)
 	ok, _ := dlg.AddButton("_Save", gtk.RESPONSE_OK)
 	addClass(ok, "suggested-action")
 	dlg.SetDefaultResponse(gtk.RESPONSE_OK)
 
 	grid := mustGrid()
-	grid.SetRowSpacing(8)
+	grid.SetRowSpacing(6)
 	grid.SetColumnSpacing(12)
 	grid.SetMarginTop(12)
 	grid.SetMarginBottom(12)
 	grid.SetMarginStart(16)
 	grid.SetMarginEnd(16)
 	row := 0
-	add := func(key string, w gtk.IWidget, hint string) {
-		k := mustLabel(key)
+	// add puts a field in the grid under its label; an _ in the label
+	// marks the Alt key that focuses the field.
+	add := func(label string, w gtk.IWidget, hint string) {
+		key := strings.ReplaceAll(label, "_", "")
+		k, _ := gtk.LabelNewWithMnemonic(label)
+		k.SetMnemonicWidget(w)
 		addClass(k, "bastion-key")
 		grid.Attach(k, 0, row, 1, 1)
 		grid.Attach(w, 1, row, 1, 1)
-		if hint != "" {
-			if e, ok := w.(*gtk.Entry); ok {
-				e.SetPlaceholderText(hint)
-			}
-		}
 		row++
+		e, isEntry := w.(*gtk.Entry)
+		if !isEntry {
+			return
+		}
+		if hint != "" {
+			e.SetPlaceholderText(hint)
+		}
+		// What is wrong with this field, under it; hidden while fine.
+		l := mustLabel("")
+		l.SetLineWrap(true)
+		l.SetXAlign(0)
+		l.SetMaxWidthChars(72)
+		addClass(l, "bastion-error")
+		l.SetNoShowAll(true)
+		grid.Attach(l, 1, row, 1, 1)
+		row++
+		d.fieldErrs[key] = l
+		e.Connect("changed", func() { d.setFieldError(key, ""); d.anyWarningCheck() })
 	}
 	entry := func(text string) *gtk.Entry {
 		e, _ := gtk.EntryNew()
@@ -93,7 +119,7 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 		e.SetActivatesDefault(true)
 		return e
 	}
-	d.enabled, _ = gtk.CheckButtonNewWithLabel("Enabled")
+	d.enabled, _ = gtk.CheckButtonNewWithMnemonic("Ena_bled")
 	d.enabled.SetActive(r.GetEnabled() || r.GetId() == "")
 	add("", d.enabled, "")
 	d.action = mustCombo()
@@ -106,17 +132,17 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 			d.action.SetActive(i)
 		}
 	}
-	add("Action", d.action, "")
+	add("_Action", d.action, "")
 	d.exe = entry(r.GetExe())
-	add("Program", d.exe, "any program; a path or a glob such as /opt/**/bin/*")
+	add("_Program", d.exe, "any program; a path or a glob such as /opt/**/bin/*")
 	d.cmdline = entry(r.GetCmdline())
-	add("Command line", d.cmdline, "any; a regular expression for the whole line")
+	add("Comma_nd line", d.cmdline, "any; a regular expression for the whole line")
 	d.host = entry(r.GetHost())
-	add("Host name", d.host, "any; example.com or *.example.com")
+	add("_Host name", d.host, "any; example.com or *.example.com")
 	d.dst = entry(r.GetDst())
-	add("Address", d.dst, "any; 192.0.2.1, 2001:db8::/32")
+	add("A_ddress", d.dst, "any; 192.0.2.1, 2001:db8::/32")
 	d.ports = entry(portsText(r))
-	add("Port", d.ports, "any; 443 or 8000-8999")
+	add("P_ort", d.ports, "any; 443 or 8000-8999")
 	d.protocol = mustCombo()
 	d.protocol.SetActive(0)
 	d.protocols = dialogProtocols
@@ -134,7 +160,8 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 			d.protocol.SetActive(i)
 		}
 	}
-	add("Protocol", d.protocol, "")
+	add("Pro_tocol", d.protocol, "")
+	d.protocol.Connect("changed", func() { d.setFieldError(fieldPort, ""); d.anyWarningCheck() })
 	d.lifetime = mustCombo()
 	for _, l := range []string{"Forever", "Until I log out", "For a time"} {
 		d.lifetime.AppendText(l)
@@ -145,20 +172,35 @@ func newRuleDialog(parent *gtk.Window, title string, r *rulesv1.Rule, now func()
 			d.lifetime.SetActive(i)
 		}
 	}
-	add("Lifetime", d.lifetime, "")
+	add("_Lifetime", d.lifetime, "")
 	d.minutes, _ = gtk.SpinButtonNewWithRange(1, 60*24*365, 1)
 	left := 60.0
 	if r.GetLifetime() == rulesv1.Lifetime_LIFETIME_DURATION {
 		left = max(1, r.GetExpires().AsTime().Sub(now()).Minutes())
 	}
 	d.minutes.SetValue(float64(int(left + 0.5)))
-	add("Minutes left", d.minutes, "")
+	add("_Minutes left", d.minutes, "")
 	d.lifetime.Connect("changed", func() { d.minutes.SetSensitive(d.lifetime.GetActive() == 2) })
 	d.minutes.SetSensitive(d.lifetime.GetActive() == 2)
 	d.note = entry(r.GetNote())
-	add("Note", d.note, "")
+	add("Not_e", d.note, "")
+	d.anyWarning = mustLabel("")
+	d.anyWarning.SetMarkup("<b>This rule names no program and no destination.</b> It decides every connection of every " +
+		"program you run, to anywhere, and you will not be asked again.")
+	d.anyWarning.SetLineWrap(true)
+	d.anyWarning.SetXAlign(0)
+	d.anyWarning.SetMaxWidthChars(70)
+	addClass(d.anyWarning, "bastion-error")
+	d.anyWarning.SetNoShowAll(true)
+	grid.Attach(d.anyWarning, 0, row, 2, 1)
+	row++
+	d.anyConfirm, _ = gtk.CheckButtonNewWithMnemonic("_Yes, this rule is for any program, anywhere")
+	d.anyConfirm.SetNoShowAll(true)
+	grid.Attach(d.anyConfirm, 0, row, 2, 1)
+	row++
 	d.errLabel = mustLabel("")
 	d.errLabel.SetLineWrap(true)
+	d.errLabel.SetXAlign(0)
 	addClass(d.errLabel, "bastion-error")
 	grid.Attach(d.errLabel, 0, row, 2, 1)
 
@@ -197,18 +239,11 @@ func (d *ruleDialog) rule() (*rulesv1.Rule, error) {
 	r.Exe, r.Cmdline, r.Host, r.Dst, r.Note = get(d.exe), get(d.cmdline), get(d.host), get(d.dst), get(d.note)
 	r.DstPortMin, r.DstPortMax = 0, 0
 	if ports := get(d.ports); ports != "" {
-		lo, hi, isRange := strings.Cut(ports, "-")
-		l, err := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-		if err != nil {
-			return nil, fmt.Errorf("port %q: not a number from 0 to 65535", lo)
+		lo, hi, problem := parsePorts(ports)
+		if problem != "" {
+			return nil, errors.New(problem)
 		}
-		h := l
-		if isRange {
-			if h, err = strconv.ParseUint(strings.TrimSpace(hi), 10, 16); err != nil {
-				return nil, fmt.Errorf("port %q: not a number from 0 to 65535", hi)
-			}
-		}
-		r.DstPortMin, r.DstPortMax = uint32(l), uint32(h)
+		r.DstPortMin, r.DstPortMax = uint32(lo), uint32(hi)
 	}
 	if i := d.protocol.GetActive(); i >= 0 && i < len(d.protocols) {
 		r.Protocol, r.ProtocolNumber = rules.ProtocolProto(d.protocols[i])
@@ -230,15 +265,77 @@ func (d *ruleDialog) rule() (*rulesv1.Rule, error) {
 		}
 	}
 	if _, err := rules.FromProto(r); err != nil {
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // without "rule "" from wire"
+		}
 		return nil, err
 	}
 	return r, nil
 }
 
+// fields reads the dialog's fields for checking.
+func (d *ruleDialog) fields() ruleFields {
+	get := func(e *gtk.Entry) string { s, _ := e.GetText(); return strings.TrimSpace(s) }
+	f := ruleFields{exe: get(d.exe), cmdline: get(d.cmdline), host: get(d.host), dst: get(d.dst), ports: get(d.ports), note: get(d.note)}
+	if i := d.protocol.GetActive(); i >= 0 && i < len(d.protocols) {
+		f.proto = d.protocols[i]
+	}
+	return f
+}
+
+// setFieldError shows problem under field, or hides the field's label
+// when problem is "".
+func (d *ruleDialog) setFieldError(field, problem string) {
+	l := d.fieldErrs[field]
+	if l == nil {
+		return
+	}
+	l.SetMarkup("<small>" + glib.MarkupEscapeText(problem) + "</small>")
+	l.SetVisible(problem != "")
+}
+
+// anyWarningCheck hides the any-program warning once a field names a
+// program or a destination.
+func (d *ruleDialog) anyWarningCheck() {
+	if !d.fields().anywhere() {
+		d.anyWarning.Hide()
+		d.anyConfirm.Hide()
+		d.anyConfirm.SetActive(false)
+	}
+}
+
+// submit checks every field and saves the rule, or says under each field
+// what is wrong with it. A rule for any program, anywhere, is saved only
+// once the person has ticked the confirmation.
 func (d *ruleDialog) submit() {
+	f := d.fields()
+	problems := f.problems()
+	var bad []string
+	for _, field := range []string{fieldProgram, fieldCmdline, fieldHost, fieldAddress, fieldPort, fieldNote} {
+		d.setFieldError(field, problems[field])
+		if problems[field] != "" {
+			bad = append(bad, field)
+		}
+	}
+	if len(bad) > 0 {
+		if len(bad) == 1 {
+			d.errLabel.SetText("The rule was not saved: check the field " + bad[0] + ".")
+		} else {
+			d.errLabel.SetText("The rule was not saved: check the fields " + strings.Join(bad[:len(bad)-1], ", ") + " and " + bad[len(bad)-1] + ".")
+		}
+		return
+	}
 	r, err := d.rule()
 	if err != nil {
-		d.errLabel.SetText("Not a valid rule: " + inert.String(err.Error()))
+		// The fields passed their own checks; what is left is how they
+		// combine, which the rules package words.
+		d.errLabel.SetText("The rule was not saved: " + inert.String(err.Error()))
+		return
+	}
+	if f.anywhere() && !d.anyConfirm.GetActive() {
+		d.anyWarning.Show()
+		d.anyConfirm.Show()
+		d.errLabel.SetText("Tick the box above to save it anyway, or name a program or a destination.")
 		return
 	}
 	d.save(r)

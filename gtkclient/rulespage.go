@@ -10,6 +10,7 @@ import (
 
 	"github.com/gotk3/gotk3/glib"
 	"github.com/gotk3/gotk3/gtk"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/bastion-fw/bastion/internal/inert"
 	"github.com/bastion-fw/bastion/internal/rules"
@@ -65,10 +66,7 @@ func (m *mainWindow) rulesPage() gtk.IWidget {
 	m.del = mustButton("De_lete")
 	imp := mustButton("_Import…")
 	exp := mustButton("E_xport…")
-	add.Connect("clicked", func() {
-		m.lastDialog = newRuleDialog(m.win, "New rule", &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_ALLOW,
-			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}, m.a.now, m.addRule)
-	})
+	add.Connect("clicked", m.newRule)
 	m.edit.Connect("clicked", m.editSelected)
 	m.del.Connect("clicked", m.deleteSelected)
 	imp.Connect("clicked", m.chooseImport)
@@ -107,6 +105,12 @@ func (m *mainWindow) rulesPage() gtk.IWidget {
 	return page
 }
 
+// newRule opens the dialog for a new, empty rule.
+func (m *mainWindow) newRule() {
+	m.lastDialog = newRuleDialog(m.win, "New rule", &rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_ALLOW,
+		Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}, m.a.now, m.addRule)
+}
+
 func (m *mainWindow) selectionChanged() {
 	ok := m.selectedRule() != nil
 	m.edit.SetSensitive(ok)
@@ -126,7 +130,11 @@ func (m *mainWindow) refreshRules() {
 			return
 		}
 		m.rules = resp.GetRules()
+		if m.rules == nil {
+			m.rules = []*rulesv1.Rule{} // listed, and none: a rule named in the history was deleted
+		}
 		m.fillRules()
+		m.historyReset() // "Decided by" names the rules
 	})
 }
 
@@ -173,23 +181,38 @@ func (m *mainWindow) fillRules() {
 		if r.GetCmdline() != "" {
 			app += "  [" + inert.Elide(r.GetCmdline(), 40) + "]"
 		}
-		last := ago(r.GetLastHit().AsTime(), now, m.a.loc)
-		if r.GetLastHit() == nil {
-			last = "never"
-		}
 		color := actionColor(r.GetAction())
 		if !r.GetEnabled() {
 			color = "#888888"
 		}
 		m.rulesStore.Set(it, []int{colEnabled, colAction, colApp, colDest, colLifetime, colHits, colLastHit, colActionColor},
 			[]interface{}{r.GetEnabled(), capitalize(actionName(r.GetAction())), app, inert.String(ruleDestination(r)),
-				ruleLifetime(r, now), fmt.Sprint(r.GetHits()), last, color})
+				ruleLifetime(r, now), fmt.Sprint(r.GetHits()), lastHitText(r, now, m.a.loc), color})
 		if r.GetId() == keepID {
 			sel.SelectIter(it)
 		}
 	}
 	m.rulesCount.SetText(fmt.Sprintf("%d of %d rules", len(m.shownRules), len(m.rules)))
 	m.selectionChanged()
+}
+
+func lastHitText(r *rulesv1.Rule, now time.Time, loc *time.Location) string {
+	if r.GetLastHit() == nil {
+		return "never"
+	}
+	return ago(r.GetLastHit().AsTime(), now, loc)
+}
+
+// refreshTimes redraws the rules' relative times in place, keeping the
+// selection and the scroll position.
+func (m *mainWindow) refreshTimes() {
+	now := m.a.now()
+	it, ok := m.rulesStore.GetIterFirst()
+	for i := 0; ok && i < len(m.shownRules); i++ {
+		r := m.shownRules[i]
+		m.rulesStore.Set(it, []int{colLifetime, colLastHit}, []interface{}{ruleLifetime(r, now), lastHitText(r, now, m.a.loc)})
+		ok = m.rulesStore.IterNext(it)
+	}
 }
 
 func (m *mainWindow) selectedRule() *rulesv1.Rule {
@@ -233,13 +256,18 @@ func (m *mainWindow) addRule(r *rulesv1.Rule) {
 	})
 }
 
-// deleteSelected deletes the selected rule at once and offers to undo it:
-// a confirmation dialog is the classic way to teach people to click Yes.
+// deleteSelected deletes the selected rule at once and offers to undo it.
 func (m *mainWindow) deleteSelected() {
-	r := m.selectedRule()
-	if r == nil {
-		return
+	if r := m.selectedRule(); r != nil {
+		m.deleteRuleUndoably(r, m.addRule, m.refreshRules)
 	}
+}
+
+// deleteRuleUndoably deletes r at once and offers to undo it, which adds
+// it back with readd (a confirmation dialog is the classic way to teach
+// people to click Yes); done runs once it is deleted.
+func (m *mainWindow) deleteRuleUndoably(r *rulesv1.Rule, readd func(*rulesv1.Rule), done func()) {
+	r = proto.Clone(r).(*rulesv1.Rule)
 	call(m.a, func(ctx context.Context, ui uiv1.UIServiceClient) (*uiv1.DeleteRuleResponse, error) {
 		return ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: r.GetId()})
 	}, func(_ *uiv1.DeleteRuleResponse, err error) {
@@ -251,9 +279,9 @@ func (m *mainWindow) deleteSelected() {
 			func() {
 				back := rules.ToProto(ruleFromListed(r))
 				back.Id, back.Created = "", nil
-				m.addRule(back)
+				readd(back)
 			})
-		m.refreshRules()
+		done()
 	})
 }
 

@@ -10,11 +10,12 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/inert"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
+	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
 )
 
 // agentStatusKeys are the agent section's rows, "Agent" first.
 func agentStatusKeys() []string {
-	return []string{"Agent", "Identification", "Firewall", "Reused UDP ports", "Host names", "Kernel decisions",
+	return []string{"Agent", "Network namespace", "Identification", "Firewall", "Reused UDP ports", "Host names", "Kernel decisions",
 		"Decided in the last minute", "Agent version", "Running since"}
 }
 
@@ -87,6 +88,7 @@ func (m *mainWindow) statusChanged() {
 		m.banner.Hide()
 		set("Connection", "connected")
 	}
+	m.preferencesConnection()
 	if !a.up || st == nil {
 		return
 	}
@@ -95,8 +97,8 @@ func (m *mainWindow) statusChanged() {
 	set("Rules database", orDash(st.GetStorePath()))
 	set("Prompt clients", fmt.Sprint(st.GetPromptClients()))
 	set("Waiting prompts", fmt.Sprint(st.GetPendingPrompts()))
-	set("Unanswered prompts", fmt.Sprintf("%s after %s", actionName(st.GetTimeoutAction()), st.GetPromptTimeout().AsDuration()))
-	set("No prompt client", actionName(st.GetSilentAction())+" (listed under Decide later)")
+	set("Unanswered prompts", fmt.Sprintf("%s after %s", settingAction(st.GetTimeoutAction()), st.GetPromptTimeout().AsDuration()))
+	set("No prompt client", settingAction(st.GetSilentAction())+" (listed under Decide later)")
 	ag := st.GetAgent()
 	if !st.GetAgentConnected() || ag == nil {
 		for _, k := range agentStatusKeys()[1:] {
@@ -106,6 +108,7 @@ func (m *mainWindow) statusChanged() {
 		return
 	}
 	set("Agent", "connected")
+	set("Network namespace", netnsText(ag.GetNetns()))
 	set("Identification", orDash(ag.GetMechanism())+"  ("+strings.Join(ag.GetFeatures(), ", ")+")")
 	fw := fmt.Sprintf("%s, queue %d", orDash(ag.GetFirewallBackend()), ag.GetQueueNum())
 	if ag.GetFailOpen() {
@@ -160,4 +163,21 @@ func kernelDecisionsText(kd *agentv1.KernelDecisions) (mechanism, lastMinute str
 		pct = "<1%"
 	}
 	return mechanism, fmt.Sprintf("%d decided in the kernel, %d by the agent (%s in the kernel)", kern, user, pct)
+}
+
+// netnsText names the network namespace the agent guards.
+func netnsText(ns string) string {
+	if ns == "" {
+		return "the host's own: every connection of this computer is guarded"
+	}
+	return inert.String(ns) + ": only connections made in this namespace are guarded, not the host's"
+}
+
+// settingAction words a setting's action as the Preferences page does: a
+// deny is a silent drop.
+func settingAction(a rulesv1.Action) string {
+	if a == rulesv1.Action_ACTION_DENY {
+		return "drop silently"
+	}
+	return actionName(a)
 }

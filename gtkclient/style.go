@@ -57,6 +57,21 @@ func addClass(w interface {
 // Small constructors that drop the errors gotk3 returns when GTK could
 // not allocate a widget, which only happens when GTK is not initialised.
 
+// setClass adds or removes a style class.
+func setClass(w interface {
+	GetStyleContext() (*gtk.StyleContext, error)
+}, class string, on bool) {
+	sc, err := w.GetStyleContext()
+	if err != nil {
+		return
+	}
+	if on {
+		sc.AddClass(class)
+	} else {
+		sc.RemoveClass(class)
+	}
+}
+
 func mustLabel(text string) *gtk.Label {
 	l, err := gtk.LabelNew(text)
 	if err != nil {

@@ -6,12 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
+	"github.com/bastion-fw/bastion/internal/desktopentry"
+	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -54,7 +55,7 @@ func TestPromptQueueModel(t *testing.T) {
 		t.Error("the group was not dropped at its deadline")
 	}
 	// Decide later: an update does not bring it back; withdrawal forgets it.
-	q.putOff()
+	q.putOff(q.current())
 	if q.current() != nil {
 		t.Fatal("put off, still current")
 	}
@@ -66,55 +67,6 @@ func TestPromptQueueModel(t *testing.T) {
 	if len(q.later) != 0 {
 		t.Error("a withdrawn prompt is still remembered")
 	}
-}
-
-func TestAppIndex(t *testing.T) {
-	idx := newAppIndex()
-	idx.addDir(fstest.MapFS{
-		"firefox-esr.desktop": {Data: []byte("[Desktop Entry]\nType=Application\nName=Firefox ESR\nName[de]=Firefox\n" +
-			"Icon=firefox-esr\nExec=/usr/lib/firefox-esr/firefox-esr %u\n[Desktop Action new]\nName=New\nExec=other\n")},
-		"kde/konsole.desktop": {Data: []byte("[Desktop Entry]\nType=Application\nName=Konsole\nIcon=utilities-terminal\n" +
-			"Exec=env QT_QPA_PLATFORM=xcb konsole\nTryExec=/usr/bin/konsole\n")},
-		"quoted.desktop": {Data: []byte("[Desktop Entry]\nName=My App\nIcon=/opt/my app/icon.png\nExec=\"/opt/my app/run\" --x\n")},
-		"link.desktop":   {Data: []byte("[Desktop Entry]\nType=Link\nName=A link\nExec=curl\n")},
-		"noname.desktop": {Data: []byte("[Desktop Entry]\nExec=wget\n")},
-	})
-	tests := []struct {
-		exe      string
-		wantName string
-	}{
-		{"/usr/lib/firefox-esr/firefox-esr", "Firefox ESR"},
-		{"/usr/bin/konsole", "Konsole"},
-		{"/usr/local/bin/konsole", "Konsole"}, // by name from Exec
-		{"/opt/my app/run", "My App"},
-		{"/usr/bin/curl", ""}, // a Link entry names no program
-		{"/usr/bin/wget", ""}, // no Name
-		{"/usr/bin/other", ""},
-		{"", ""},
-	}
-	for _, tc := range tests {
-		info, ok := idx.lookup(tc.exe)
-		if ok != (tc.wantName != "") || info.Name != tc.wantName {
-			t.Errorf("lookup(%q) = %+v, %v; want %q", tc.exe, info, ok, tc.wantName)
-		}
-	}
-}
-
-func FuzzParseDesktopEntry(f *testing.F) {
-	f.Add("[Desktop Entry]\nName=A\nExec=\"/a b\\\"c\" %u\nTryExec=x\n")
-	f.Add("[Desktop Entry]\nName=\nExec=env A=1 B=2\n")
-	f.Add("[Desktop Entry]\nName=x\nExec=\"unterminated\n")
-	f.Fuzz(func(t *testing.T, data string) {
-		info, progs := parseDesktopEntry(strings.NewReader(data))
-		if len(progs) > 0 && info.Name == "" {
-			t.Errorf("programs %q for an entry without a name", progs)
-		}
-		for _, p := range progs {
-			if p == "" {
-				t.Error("an empty program")
-			}
-		}
-	})
 }
 
 func TestRuleDestination(t *testing.T) {
@@ -190,7 +142,7 @@ func TestDesktopFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, progs := parseDesktopEntry(strings.NewReader(string(data)))
+		info, progs := desktopentry.Parse(strings.NewReader(string(data)))
 		if len(progs) != 1 || progs[0] != "bastion-gtk" || info.Icon == "" {
 			t.Errorf("%s runs %q with icon %q", f, progs, info.Icon)
 		}
@@ -233,5 +185,118 @@ func TestKernelDecisionsText(t *testing.T) {
 				t.Errorf("got %q, %q\nwant %q, %q", mech, lastMin, tc.mech, tc.lastMin)
 			}
 		})
+	}
+}
+
+// TestRuleFieldProblems: each field's problem is said in words, naming the
+// fix; fine fields say nothing.
+func TestRuleFieldProblems(t *testing.T) {
+	tests := []struct {
+		f     ruleFields
+		field string
+		want  string // "" for no problem
+	}{
+		{ruleFields{exe: "/usr/bin/curl"}, fieldProgram, ""},
+		{ruleFields{exe: "/opt/**/bin/*"}, fieldProgram, ""},
+		{ruleFields{exe: "curl"}, fieldProgram, "Write the program's full path, starting with /"},
+		{ruleFields{exe: "/usr/[bin"}, fieldProgram, "This pattern is not valid"},
+		{ruleFields{cmdline: `python3 -m http\.server`}, fieldCmdline, ""},
+		{ruleFields{cmdline: "a(b"}, fieldCmdline, "missing closing )"},
+		{ruleFields{cmdline: "(.*){1001}"}, fieldCmdline, "invalid repeat count"},
+		{ruleFields{cmdline: "(.*){500}"}, fieldCmdline, "too complex to match quickly"},
+		{ruleFields{host: "*.example.com"}, fieldHost, ""},
+		{ruleFields{host: "Example.com"}, fieldHost, "Write the host name in lower case: example.com."},
+		{ruleFields{host: "https://example.com"}, fieldHost, "no https://"},
+		{ruleFields{host: "ex*ample.com"}, fieldHost, "A * may only stand for"},
+		{ruleFields{host: "192.0.2.1"}, fieldHost, "put it under Address"},
+		{ruleFields{host: "example.com:443"}, fieldHost, "Write the port under Port"},
+		{ruleFields{host: "example..com"}, fieldHost, "no empty parts"},
+		{ruleFields{host: "exa$mple.com"}, fieldHost, "only letters, digits"},
+		{ruleFields{dst: "2001:db8::/32"}, fieldAddress, ""},
+		{ruleFields{dst: "10.0.0.1/8"}, fieldAddress, "10.0.0.1 has bits set past the /8: did you mean 10.0.0.0/8?"},
+		{ruleFields{dst: "example.com"}, fieldAddress, "A host name goes under Host name."},
+		{ruleFields{dst: "10.0.0.0/99"}, fieldAddress, "Write a network as an address and a prefix length"},
+		{ruleFields{dst: "::ffff:192.0.2.1"}, fieldAddress, "Write this IPv4 address as 192.0.2.1."},
+		{ruleFields{dst: "fe80::1%eth0"}, fieldAddress, "Zones such as %eth0"},
+		{ruleFields{ports: "8000-8999"}, fieldPort, ""},
+		{ruleFields{ports: "0"}, fieldPort, "“0” is not a port"},
+		{ruleFields{ports: "https"}, fieldPort, "“https” is not a port"},
+		{ruleFields{ports: "9000-8000"}, fieldPort, "The range starts above its end: write 8000-9000."},
+		{ruleFields{ports: "53", proto: flow.ICMP}, fieldPort, "ICMP has no ports"},
+		{ruleFields{note: strings.Repeat("x", 5000)}, fieldNote, "The note is too long"},
+	}
+	for _, tc := range tests {
+		got := tc.f.problems()
+		if tc.want == "" {
+			if len(got) != 0 {
+				t.Errorf("%+v: problems %q, want none", tc.f, got)
+			}
+			continue
+		}
+		if !strings.Contains(got[tc.field], tc.want) || len(got) != 1 {
+			t.Errorf("%+v: problems %q, want only %s saying %q", tc.f, got, tc.field, tc.want)
+		}
+	}
+	if !(ruleFields{}).anywhere() || (ruleFields{proto: flow.TCP}).anywhere() || !(ruleFields{note: "x"}).anywhere() {
+		t.Error("anywhere: wrong for an empty rule, a TCP rule or a rule with only a note")
+	}
+}
+
+// TestDecidedByText: every decided_by the agent and the rules service
+// write is said in words; a rule is named while the rules are known, and
+// called deleted only once they are.
+func TestDecidedByText(t *testing.T) {
+	r := &rulesv1.Rule{Id: "r1", Action: rulesv1.Action_ACTION_ALLOW, Exe: "/usr/bin/curl", Host: "example.com",
+		Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}
+	noted := &rulesv1.Rule{Id: "r2", Action: rulesv1.Action_ACTION_DENY, Note: "no telemetry", Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}
+	lookup := func(id string) *rulesv1.Rule {
+		switch id {
+		case "r1":
+			return r
+		case "r2":
+			return noted
+		}
+		return nil
+	}
+	tests := []struct {
+		by, ruleID string
+		lookup     func(string) *rulesv1.Rule
+		want       string
+	}{
+		{"rule:r1", "r1", lookup, "rule “Allow curl → example.com”"},
+		{"rule:r1", "", lookup, "rule “Allow curl → example.com”"},
+		{"rule:r2", "r2", lookup, "rule “no telemetry”"},
+		{"rule:gone", "gone", lookup, "a rule deleted since"},
+		{"rule:r1", "r1", nil, "a rule"},
+		{"prompt", "r1", lookup, "you, in the prompt"},
+		{"api:uid=1000", "", lookup, "you, through bastionctl"},
+		{"api:uid=0", "", lookup, "root, through bastionctl"},
+		{"api:uid=1001", "", lookup, "user 1001, through bastionctl"},
+		{"default", "", lookup, "no prompt client was running (your silent action)"},
+		{"deadline", "", lookup, "nobody answered in time"},
+		{"cache:c1", "", lookup, "an earlier answer of yours"},
+		{"policy", "", lookup, "the agent's policy for your account"},
+		{"unparsed", "", lookup, "the agent (a packet it could not read)"},
+		{"something\x1b[1m", "", lookup, "something\\x1b[1m"},
+	}
+	for _, tc := range tests {
+		got, _ := decidedByText(tc.by, tc.ruleID, tc.lookup, 1000, testNow, time.UTC)
+		if got != tc.want {
+			t.Errorf("decided by %q (rule %q): %q, want %q", tc.by, tc.ruleID, got, tc.want)
+		}
+	}
+}
+
+// TestKeepTogether: the program detail's figures wrap between figures,
+// after a comma or a colon, never inside one.
+func TestKeepTogether(t *testing.T) {
+	for in, want := range map[string]string{
+		"last active 10s ago":         "last\u00a0active\u00a010s\u00a0ago",
+		"received 1.4 GB, sent 56 MB": "received\u00a01.4\u00a0GB, sent\u00a056\u00a0MB",
+		"Today: 3 allowed, 0 denied":  "Today: 3\u00a0allowed, 0\u00a0denied",
+	} {
+		if got := keepTogether(in); got != want {
+			t.Errorf("keepTogether(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -124,6 +124,10 @@ func (s *Service) agentSession(ctx context.Context) (up bool, err error) {
 		}
 	})
 	g.Go(func() error {
+		s.watchTraffic(gctx, c)
+		return nil
+	})
+	g.Go(func() error {
 		for {
 			select {
 			case <-gctx.Done():
@@ -164,4 +168,52 @@ func (s *Service) pushRules(ctx context.Context, c agentv1.AgentServiceClient) e
 	s.log.Debug("pushed rules to the agent", "rules", len(rs), "active", resp.GetActive())
 	s.markPushed(v)
 	return nil
+}
+
+// watchTraffic records the agent's WatchTraffic stream until ctx ends.
+// The stream is not the link: when it fails it is watched again (after a
+// backoff), and an agent without it (an older one) leaves the link up with
+// no byte counts.
+func (s *Service) watchTraffic(ctx context.Context, c agentv1.AgentServiceClient) {
+	wait := minBackoff
+	for {
+		err := s.trafficStream(ctx, c, func() { wait = minBackoff })
+		if ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) == codes.Unimplemented {
+			s.log.Info("the agent does not report traffic (an older agent?); programs are shown without byte counts", "err", err)
+			return
+		}
+		s.log.Warn("lost the agent's traffic stream; watching it again", "retry_in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, maxBackoff)
+	}
+}
+
+// trafficStream watches traffic once, until the stream fails; received is
+// called on the first batch.
+func (s *Service) trafficStream(ctx context.Context, c agentv1.AgentServiceClient, received func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.WatchTraffic(ctx, &agentv1.WatchTrafficRequest{})
+	if err != nil {
+		return fmt.Errorf("watch traffic: %w", err)
+	}
+	for first := true; ; first = false {
+		tb, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("traffic: %w", err)
+		}
+		if first {
+			received()
+		}
+		s.onTraffic(tb)
+	}
 }

@@ -105,6 +105,8 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, errNotFound), errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errExists):
+		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
@@ -155,10 +157,11 @@ func (a *apiServer) GetStatus(ctx context.Context, _ *uiv1.GetStatusRequest) (*u
 		PromptClients:  uint32(n.promptClients),
 		PendingPrompts: uint32(n.prompts),
 		Rules:          uint32(n.rules),
-		SilentAction:   rules.ActionProto(s.cfg.SilentAction),
-		PromptTimeout:  durationpb.New(s.cfg.PromptTimeout),
-		TimeoutAction:  rules.ActionProto(s.cfg.TimeoutAction),
+		SilentAction:   rules.ActionProto(s.config().SilentAction),
+		PromptTimeout:  durationpb.New(s.config().PromptTimeout),
+		TimeoutAction:  rules.ActionProto(s.config().TimeoutAction),
 		StorePath:      s.store.Path(),
+		PausedUntil:    s.pausedUntilProto(),
 	}
 	if later, err := s.DecideLater(ctx); err == nil {
 		resp.DecideLater = uint32(len(later))
@@ -269,11 +272,12 @@ func (a *apiServer) ImportRules(ctx context.Context, req *uiv1.ImportRulesReques
 	default:
 		return nil, toStatus(invalidf("import format must be FORMAT_JSON, FORMAT_TOML or FORMAT_OPENSNITCH"))
 	}
-	added, problems, err := a.svc.Import(ctx, f, req.GetData())
+	res, err := a.svc.Import(ctx, f, req.GetData())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &uiv1.ImportRulesResponse{Imported: rulesToProto(added), Problems: problems}, nil
+	return &uiv1.ImportRulesResponse{Imported: rulesToProto(append(res.Added, res.Changed...)), Problems: res.Problems,
+		Added: uint32(len(res.Added)), Changed: uint32(len(res.Changed)), Unchanged: uint32(res.Unchanged)}, nil
 }
 
 func (a *apiServer) WatchPrompts(_ *uiv1.WatchPromptsRequest, stream grpc.ServerStreamingServer[uiv1.PromptEvent]) error {

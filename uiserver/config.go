@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,6 +23,13 @@ const (
 	DefaultAgentSocket   = "/run/bastion/agent.sock"
 	DefaultPromptTimeout = 25 * time.Second
 	DefaultHistorySize   = 1000
+	// DefaultHistoryRetention is how long decisions, hourly traffic and
+	// destinations are kept; MinHistoryRetention and MaxHistoryRetention
+	// bound it.
+	DefaultHistoryRetention = 30 * day
+	MinHistoryRetention     = day
+	MaxHistoryRetention     = 366 * day
+	day                     = 24 * time.Hour
 	// DBFile is the name of the rules database inside the data directory.
 	DBFile = "rules.db"
 	// maxHistorySize bounds history_size; the store keeps no more anyway.
@@ -46,8 +54,14 @@ type Config struct {
 	SilentAction flow.Action
 	// HistorySize is how many recent decisions WatchHistory sends first.
 	HistorySize int
+	// HistoryRetention is how long decisions, hourly traffic and
+	// destinations are kept (per-minute traffic: a day).
+	HistoryRetention time.Duration
 	// LogLevel is the minimum level logged.
 	LogLevel slog.Level
+	// ConfigPath is the file the settings were read from, and where
+	// SetConfig saves them; empty when there is none.
+	ConfigPath string
 }
 
 // env is what the defaults are derived from: the environment and the home
@@ -81,10 +95,12 @@ func defaultConfig(e env) Config {
 	cfg := Config{
 		AgentSocket:   DefaultAgentSocket,
 		PromptTimeout: DefaultPromptTimeout,
-		TimeoutAction: flow.ActionDeny,
+		TimeoutAction: flow.ActionReject,
 		SilentAction:  flow.ActionAllow,
 		HistorySize:   DefaultHistorySize,
 		LogLevel:      slog.LevelInfo,
+
+		HistoryRetention: DefaultHistoryRetention,
 	}
 	if rd := e.getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(rd) {
 		cfg.Socket = filepath.Join(rd, "bastion", "ui.sock")
@@ -134,6 +150,9 @@ func (c Config) Validate() error {
 	if c.HistorySize < 0 || c.HistorySize > maxHistorySize {
 		return fmt.Errorf("history_size %d out of range 0-%d", c.HistorySize, maxHistorySize)
 	}
+	if c.HistoryRetention < MinHistoryRetention || c.HistoryRetention > MaxHistoryRetention {
+		return fmt.Errorf("history_retention %s out of range 1-366 days", formatRetention(c.HistoryRetention))
+	}
 	return nil
 }
 
@@ -143,7 +162,9 @@ type fileConfig struct {
 	TimeoutAction *string `toml:"timeout_action"`
 	SilentAction  *string `toml:"silent_action"`
 	HistorySize   *int    `toml:"history_size"`
-	LogLevel      *string `toml:"log_level"`
+	// HistoryRetention is a number of days ("30d") or a Go duration.
+	HistoryRetention *string `toml:"history_retention"`
+	LogLevel         *string `toml:"log_level"`
 }
 
 // applyFile overlays the TOML document data onto c.
@@ -178,6 +199,11 @@ func (c *Config) applyFile(data []byte) error {
 	if f.HistorySize != nil {
 		c.HistorySize = *f.HistorySize
 	}
+	if f.HistoryRetention != nil {
+		if c.HistoryRetention, err = parseRetention(*f.HistoryRetention); err != nil {
+			return fmt.Errorf("history_retention: %w", err)
+		}
+	}
 	if f.LogLevel != nil {
 		if err := c.LogLevel.UnmarshalText([]byte(*f.LogLevel)); err != nil {
 			return fmt.Errorf("log_level: %w", err)
@@ -211,6 +237,7 @@ func parseFlags(args []string, stderr io.Writer, e env) (Config, error) {
 	given := map[string]bool{}
 	fsys.Visit(func(f *flag.Flag) { given[f.Name] = true })
 
+	cfg.ConfigPath = *configPath
 	if *configPath != "" {
 		data, err := os.ReadFile(*configPath)
 		switch {
@@ -239,4 +266,30 @@ func parseFlags(args []string, stderr io.Writer, e env) (Config, error) {
 		}
 	}
 	return cfg, cfg.Validate()
+}
+
+// parseRetention reads a retention: a whole number of days ("30d") or a Go
+// duration ("36h").
+func parseRetention(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a number of days (say \"30d\")", s)
+		}
+		return time.Duration(days) * day, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is neither a number of days (say \"30d\") nor a duration (say \"36h\")", s)
+	}
+	return d, nil
+}
+
+// formatRetention writes a retention as parseRetention reads it: in days
+// when it is whole days.
+func formatRetention(d time.Duration) string {
+	if d > 0 && d%day == 0 {
+		return strconv.FormatInt(int64(d/day), 10) + "d"
+	}
+	return d.String()
 }

@@ -99,7 +99,9 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{name: "defaults, missing default file", env: withRuntime, check: func(t *testing.T, c Config) {
 			want := Config{AgentSocket: DefaultAgentSocket, Socket: "/run/user/7/bastion/ui.sock", DataDir: "/home/u/.local/share/bastion",
-				PromptTimeout: 25 * time.Second, TimeoutAction: flow.ActionDeny, SilentAction: flow.ActionAllow, HistorySize: 1000, LogLevel: slog.LevelInfo}
+				PromptTimeout: 25 * time.Second, TimeoutAction: flow.ActionReject, SilentAction: flow.ActionAllow, HistorySize: 1000, LogLevel: slog.LevelInfo,
+				HistoryRetention: 30 * 24 * time.Hour}
+			want.ConfigPath = filepath.Join(dir, "none", "bastion", "config.toml") // missing, but where SetConfig saves
 			if c != want {
 				t.Errorf("got %+v\nwant %+v", c, want)
 			}
@@ -174,6 +176,9 @@ func TestValidate(t *testing.T) {
 		{"relative data dir", func(c *Config) { c.DataDir = "x" }},
 		{"no data dir", func(c *Config) { c.DataDir = "" }},
 		{"relative agent socket", func(c *Config) { c.AgentSocket = "a.sock" }},
+		{"no retention", func(c *Config) { c.HistoryRetention = 0 }},
+		{"retention under a day", func(c *Config) { c.HistoryRetention = 23 * time.Hour }},
+		{"retention over 366 days", func(c *Config) { c.HistoryRetention = 367 * day }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -183,5 +188,37 @@ func TestValidate(t *testing.T) {
 				t.Errorf("Validate accepted %+v", c)
 			}
 		})
+	}
+}
+
+func TestHistoryRetentionInFile(t *testing.T) {
+	for _, tc := range []struct {
+		text    string
+		want    time.Duration
+		wantErr string
+	}{
+		{`history_retention = "7d"`, 7 * day, ""},
+		{`history_retention = "36h"`, 36 * time.Hour, ""},
+		{`history_retention = "366d"`, 366 * day, ""},
+		{`history_retention = "-3d"`, 0, "not a number of days"},
+		{`history_retention = "a week"`, 0, "neither a number of days"},
+		{`history_retention = 30`, 0, "history_retention"},
+	} {
+		c := defaultConfig(testEnv(map[string]string{"XDG_RUNTIME_DIR": "/run/user/1"}, "/home/u"))
+		err := c.applyFile([]byte(tc.text + "\n"))
+		switch {
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%s: %v, want an error with %q", tc.text, err, tc.wantErr)
+		case tc.wantErr == "" && (err != nil || c.HistoryRetention != tc.want):
+			t.Errorf("%s: %s, %v; want %s", tc.text, c.HistoryRetention, err, tc.want)
+		}
+	}
+	for d, want := range map[time.Duration]string{30 * day: "30d", 36 * time.Hour: "36h0m0s"} {
+		if got := formatRetention(d); got != want {
+			t.Errorf("formatRetention(%s) = %q, want %q", d, got, want)
+		}
+		if back, err := parseRetention(formatRetention(d)); err != nil || back != d {
+			t.Errorf("parseRetention(formatRetention(%s)) = %s, %v", d, back, err)
+		}
 	}
 }

@@ -35,7 +35,7 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 		s.mu.Unlock()
 		return
 	}
-	if by == "api:uid="+strconv.FormatUint(uint64(s.uid), 10) {
+	if s.ownDecideBy(by) {
 		if until, ok := s.echoes[keyOf(proc, t)]; ok && !s.clock.Now().After(until) {
 			s.mu.Unlock()
 			return // our own answer, recorded with its reason
@@ -48,6 +48,14 @@ func (s *Service) onDecision(ev *agentv1.DecisionEvent) {
 	s.record(store.HistoryEntry{
 		Time: at, Process: proc, Tuple: t, Host: apiconv.Host(ev.GetHost()), Action: apiconv.Action(ev.GetAction()), DecidedBy: by, RuleID: ruleID,
 	})
+}
+
+// ownDecideBy reports whether by names a Decide of this service's UID:
+// an answer, or its deadline or silent action (the agent's names for
+// DecideRequest's reasons).
+func (s *Service) ownDecideBy(by string) bool {
+	u := ":uid=" + strconv.FormatUint(uint64(s.uid), 10)
+	return by == "api"+u || by == "deadline"+u || by == "default"+u
 }
 
 // decisionSeen identifies one decision of the agent's stream.

@@ -3,7 +3,11 @@
 // (internal/store), keeps them pushed into the agent (SetRules) so covered
 // connections never wait, turns the agent's pending connections of the user
 // into prompts for the user's prompt clients, and serves
-// bastion.ui.v1.UIService on $XDG_RUNTIME_DIR/bastion/ui.sock.
+// bastion.ui.v1.UIService on $XDG_RUNTIME_DIR/bastion/ui.sock. It records
+// the user's decisions and the bytes of the user's connections (the
+// agent's WatchTraffic) into the history and per-program statistics,
+// written to the store about once a second (stats.go), which the programs
+// view reads (programs.go).
 //
 // Trust boundary: every API caller is authorised by SO_PEERCRED before any
 // request is read, and only the user who runs the service is let in; what

@@ -102,19 +102,35 @@ type fakeAgent struct {
 	mu       sync.Mutex
 	pending  map[string]*agentv1.PendingConnection
 	decided  map[string]agentv1.Action
+	reasons  map[string]agentv1.DecideReason
+	by       map[string]string // decided_by of each decided entry
 	setRules [][]*rulesv1.Rule
 	watchers map[chan *agentv1.PendingEvent]bool
 	decSubs  map[chan *agentv1.DecisionEvent]bool
 	srv      *grpc.Server
 	// refuseRules makes SetRules fail as an agent that rejects them.
 	refuseRules bool
+	// trafSubs are the WatchTraffic streams; trafficWatches counts the
+	// calls, decisionWatches those of WatchDecisions. noTraffic makes
+	// WatchTraffic Unimplemented, as in an agent older than it.
+	trafSubs                        map[*trafficSub]bool
+	trafficWatches, decisionWatches int
+	noTraffic                       bool
+}
+
+// trafficSub is one WatchTraffic stream of the fake agent.
+type trafficSub struct {
+	ch   chan *agentv1.TrafficBatch
+	fail chan error
 }
 
 func startFakeAgent(t *testing.T, path string, clock *fakeClock) *fakeAgent {
 	t.Helper()
 	fa := &fakeAgent{
-		clock: clock, pending: map[string]*agentv1.PendingConnection{}, decided: map[string]agentv1.Action{},
+		clock: clock, pending: map[string]*agentv1.PendingConnection{}, decided: map[string]agentv1.Action{}, reasons: map[string]agentv1.DecideReason{},
+		by:       map[string]string{},
 		watchers: map[chan *agentv1.PendingEvent]bool{}, decSubs: map[chan *agentv1.DecisionEvent]bool{},
+		trafSubs: map[*trafficSub]bool{},
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -157,6 +173,7 @@ func (fa *fakeAgent) WatchPending(_ *agentv1.WatchPendingRequest, stream grpc.Se
 func (fa *fakeAgent) WatchDecisions(_ *agentv1.WatchDecisionsRequest, stream grpc.ServerStreamingServer[agentv1.DecisionEvent]) error {
 	ch := make(chan *agentv1.DecisionEvent, 4096)
 	fa.mu.Lock()
+	fa.decisionWatches++
 	fa.decSubs[ch] = true
 	fa.mu.Unlock()
 	defer func() {
@@ -241,7 +258,16 @@ func (fa *fakeAgent) Decide(ctx context.Context, req *agentv1.DecideRequest) (*a
 	}
 	delete(fa.pending, req.GetId())
 	fa.decided[req.GetId()] = req.GetAction()
-	by := fmt.Sprintf("api:uid=%d", c.UID)
+	fa.reasons[req.GetId()] = req.GetReason()
+	// The agent's names for the reasons.
+	by := map[agentv1.DecideReason]string{
+		agentv1.DecideReason_DECIDE_REASON_DEADLINE: "deadline", agentv1.DecideReason_DECIDE_REASON_SILENT: "default",
+	}[req.GetReason()]
+	if by == "" {
+		by = "api"
+	}
+	by += fmt.Sprintf(":uid=%d", c.UID)
+	fa.by[req.GetId()] = by
 	fa.broadcastLocked(&agentv1.PendingEvent{Kind: agentv1.PendingEvent_KIND_RESOLVED, Connection: pc, Action: req.GetAction(), DecidedBy: by})
 	for ch := range fa.decSubs {
 		ch <- &agentv1.DecisionEvent{Time: timestamppb.Now(), Process: pc.Process, Flow: pc.Flow, Action: req.GetAction(), DecidedBy: by}
@@ -254,6 +280,18 @@ func (fa *fakeAgent) decision(id string) agentv1.Action {
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
 	return fa.decided[id]
+}
+
+func (fa *fakeAgent) reason(id string) agentv1.DecideReason {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	return fa.reasons[id]
+}
+
+func (fa *fakeAgent) decidedBy(id string) string {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	return fa.by[id]
 }
 
 func (fa *fakeAgent) decidedCount() int {
@@ -269,6 +307,24 @@ func (fa *fakeAgent) SetRules(_ context.Context, req *agentv1.SetRulesRequest) (
 		return nil, status.Error(codes.InvalidArgument, "too many rules")
 	}
 	fa.setRules = append(fa.setRules, req.GetRules())
+	// As the real agent does, decide the pending connections a new rule
+	// covers (here: a rule naming their exe), recording "rule:ID".
+	for id, pc := range fa.pending {
+		for _, r := range req.GetRules() {
+			if r.GetExe() == "" || r.GetExe() != pc.GetProcess().GetExe() || !r.GetEnabled() {
+				continue
+			}
+			delete(fa.pending, id)
+			fa.decided[id] = agentv1.Action(r.GetAction())
+			by := "rule:" + r.GetId()
+			fa.by[id] = by
+			fa.broadcastLocked(&agentv1.PendingEvent{Kind: agentv1.PendingEvent_KIND_RESOLVED, Connection: pc, Action: agentv1.Action(r.GetAction()), DecidedBy: by})
+			for ch := range fa.decSubs {
+				ch <- &agentv1.DecisionEvent{Time: timestamppb.Now(), Process: pc.Process, Flow: pc.Flow, Action: agentv1.Action(r.GetAction()), DecidedBy: by}
+			}
+			break
+		}
+	}
 	return &agentv1.SetRulesResponse{Active: uint32(len(req.GetRules()))}, nil
 }
 
@@ -309,6 +365,8 @@ type harness struct {
 
 	svcMu sync.Mutex
 	svc   *Service
+
+	flushPeriod time.Duration
 }
 
 func (h *harness) service() *Service {
@@ -319,22 +377,41 @@ func (h *harness) service() *Service {
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
+	return newHarnessWith(t, mod, harnessOptions{})
+}
+
+// harnessOptions change the harness: the agent before the service connects
+// to it, and the service's options.
+type harnessOptions struct {
+	agent func(*fakeAgent)
+	// flushPeriod replaces statsFlushPeriod.
+	flushPeriod time.Duration
+}
+
+// newHarnessWith is newHarness with harnessOptions.
+func newHarnessWith(t *testing.T, mod func(*Config), ho harnessOptions) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	h := &harness{t: t, dir: dir, clock: newFakeClock(), uid: uint32(os.Getuid())}
 	h.cfg = Config{
-		AgentSocket:   filepath.Join(dir, "agent.sock"),
-		Socket:        filepath.Join(dir, "bastion", "ui.sock"),
-		DataDir:       filepath.Join(dir, "data"),
-		PromptTimeout: 25 * time.Second,
-		TimeoutAction: flow.ActionDeny,
-		SilentAction:  flow.ActionAllow,
-		HistorySize:   100,
-		LogLevel:      slog.LevelDebug,
+		AgentSocket:      filepath.Join(dir, "agent.sock"),
+		Socket:           filepath.Join(dir, "bastion", "ui.sock"),
+		DataDir:          filepath.Join(dir, "data"),
+		PromptTimeout:    25 * time.Second,
+		TimeoutAction:    flow.ActionDeny,
+		SilentAction:     flow.ActionAllow,
+		HistorySize:      100,
+		HistoryRetention: DefaultHistoryRetention,
+		LogLevel:         slog.LevelDebug,
 	}
 	if mod != nil {
 		mod(&h.cfg)
 	}
 	h.agent = startFakeAgent(t, h.cfg.AgentSocket, h.clock)
+	if ho.agent != nil {
+		ho.agent(h.agent)
+	}
+	h.flushPeriod = ho.flushPeriod
 	h.start()
 	return h
 }
@@ -347,7 +424,7 @@ func (h *harness) start() {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() {
 		h.done <- run(ctx, h.cfg, log, options{
-			clock: h.clock, ruleNow: h.clock.Now,
+			clock: h.clock, ruleNow: h.clock.Now, flushPeriod: h.flushPeriod,
 			started: func(s *Service) { h.svcMu.Lock(); h.svc = s; h.svcMu.Unlock() },
 		})
 	}()
@@ -493,4 +570,60 @@ func (fa *fakeAgent) grow(id string, packets uint32) {
 	pc := fa.pending[id]
 	pc.Packets = packets
 	fa.broadcastLocked(&agentv1.PendingEvent{Kind: agentv1.PendingEvent_KIND_UPDATED, Connection: pc})
+}
+
+func (fa *fakeAgent) WatchTraffic(_ *agentv1.WatchTrafficRequest, stream grpc.ServerStreamingServer[agentv1.TrafficBatch]) error {
+	fa.mu.Lock()
+	fa.trafficWatches++
+	if fa.noTraffic {
+		fa.mu.Unlock()
+		return status.Error(codes.Unimplemented, "unknown method WatchTraffic for service bastion.agent.v1.AgentService")
+	}
+	sub := &trafficSub{ch: make(chan *agentv1.TrafficBatch, 4096), fail: make(chan error, 1)}
+	fa.trafSubs[sub] = true
+	fa.mu.Unlock()
+	defer func() {
+		fa.mu.Lock()
+		delete(fa.trafSubs, sub)
+		fa.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case err := <-sub.fail:
+			return err
+		case b := <-sub.ch:
+			if err := stream.Send(b); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// trafficWatching reports how many WatchTraffic streams are open and how
+// many were opened in all.
+func (fa *fakeAgent) trafficWatching() (open, calls int) {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	return len(fa.trafSubs), fa.trafficWatches
+}
+
+// emitTraffic sends samples to every WatchTraffic stream.
+func (fa *fakeAgent) emitTraffic(samples ...*agentv1.TrafficSample) {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	for sub := range fa.trafSubs {
+		sub.ch <- &agentv1.TrafficBatch{Samples: samples}
+	}
+}
+
+// failTraffic ends every WatchTraffic stream with err.
+func (fa *fakeAgent) failTraffic(err error) {
+	fa.mu.Lock()
+	defer fa.mu.Unlock()
+	for sub := range fa.trafSubs {
+		sub.fail <- err
+		delete(fa.trafSubs, sub)
+	}
 }

@@ -13,12 +13,15 @@ import (
 	uiv1 "github.com/bastion-fw/bastion/proto/bastion/ui/v1"
 )
 
-// record appends e to the history and sends it to the watchers.
+// record adds e to the history and the statistics, written with the next
+// flush (stats.go), and sends it to the watchers.
 func (s *Service) record(e store.HistoryEntry) {
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
-	if err := s.store.AppendHistory(s.ctx, e); err != nil {
-		s.log.Warn("append history", "err", err)
+	if s.stats.recent.repeated(e.Tuple, e.Time) {
+		s.addStatsLocked("a decision", func(b *store.Batch) error { return b.AddRepeatedDecision(e) })
+	} else {
+		s.addStatsLocked("a decision", func(b *store.Batch) error { return b.AddDecision(e) })
 	}
 	pe := historyProto(e)
 	for sub := range s.histSubs {
@@ -33,11 +36,20 @@ func (s *Service) record(e store.HistoryEntry) {
 // subscribeHistory returns the stored history and subscribes to new
 // entries, with nothing lost or repeated in between.
 func (s *Service) subscribeHistory(ctx context.Context) ([]store.HistoryEntry, *feed.Subscriber[*uiv1.HistoryEntry], error) {
+	// No flush runs meanwhile: an entry is either in the store or in the
+	// batch, never in both or neither.
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.histMu.Lock()
 	defer s.histMu.Unlock()
-	past, err := s.store.History(ctx, s.cfg.HistorySize)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read history: %w", err)
+	var past []store.HistoryEntry
+	if n := s.config().HistorySize; n > 0 { // 0: none (the store's 0 would be all)
+		var err error
+		if past, err = s.store.History(ctx, n); err != nil {
+			return nil, nil, fmt.Errorf("read history: %w", err)
+		}
+		past = append(past, s.stats.batch.History()...)
+		past = past[max(0, len(past)-n):]
 	}
 	sub := newSubscriber[*uiv1.HistoryEntry](0)
 	s.histSubs[sub] = struct{}{}

@@ -113,6 +113,11 @@ func (s *Service) pendingAdded(c agentv1.AgentServiceClient, e *entry) {
 		s.decideEntries(c, key, []*entry{e}, r.Action, "rule:"+r.ID, r.ID)
 		return
 	}
+	if s.pausedLocked(now) {
+		s.mu.Unlock()
+		s.decideEntries(c, key, []*entry{e}, flow.ActionAllow, decidedByPause, "")
+		return
+	}
 	if p := s.byKey[key]; p != nil {
 		p.entries[e.id] = e
 		s.byEntry[e.id] = p
@@ -142,7 +147,7 @@ func (s *Service) pendingAdded(c agentv1.AgentServiceClient, e *entry) {
 // promptDeadline is when a prompt for e must be decided: the configured
 // timeout, but a second before the agent would decide by itself.
 func (s *Service) promptDeadline(now time.Time, e *entry) time.Time {
-	d := now.Add(s.cfg.PromptTimeout)
+	d := now.Add(s.config().PromptTimeout)
 	if !e.deadline.IsZero() {
 		if ad := e.deadline.Add(-time.Second); ad.Before(d) {
 			d = ad
@@ -168,11 +173,12 @@ func (s *Service) promptExpired(id string, deadline time.Time) {
 		return
 	}
 	s.removePromptLocked(p)
-	s.broadcastLocked(withdrawn(p, "deadline"))
+	s.broadcastLocked(withdrawnAs(p, "deadline", s.cfg.TimeoutAction))
 	s.mu.Unlock()
+	a := s.config().TimeoutAction
 	s.log.Info("prompt unanswered in time", "prompt_id", id, "exe", p.first.proc.Exe,
-		"dst", p.first.tuple.String(), "verdict", s.cfg.TimeoutAction.String())
-	s.decideEntries(p.agent, p.key, entriesOf(p), s.cfg.TimeoutAction, "deadline", "")
+		"dst", p.first.tuple.String(), "verdict", a.String())
+	s.decideEntries(p.agent, p.key, entriesOf(p), a, "deadline", "")
 }
 
 func (s *Service) pendingResolved(entryID string) {
@@ -229,6 +235,14 @@ func withdrawn(p *prompt, reason string) *uiv1.PromptEvent {
 	}
 }
 
+// withdrawnAs is withdrawn with the action the connections got, so that
+// every client can say what finally happened.
+func withdrawnAs(p *prompt, reason string, a flow.Action) *uiv1.PromptEvent {
+	ev := withdrawn(p, reason)
+	ev.Action = rules.ActionProto(a)
+	return ev
+}
+
 func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 	out := &uiv1.Prompt{
 		Id:             p.id,
@@ -237,7 +251,7 @@ func (s *Service) promptProto(p *prompt) *uiv1.Prompt {
 		Host:           p.first.host,
 		FirstSeen:      timestamppb.New(p.firstSeen),
 		Deadline:       timestamppb.New(p.deadline),
-		DeadlineAction: rules.ActionProto(s.cfg.TimeoutAction),
+		DeadlineAction: rules.ActionProto(s.config().TimeoutAction),
 		Connections:    p.connections(),
 	}
 	seen := make(map[uint32]bool)
@@ -283,7 +297,7 @@ func (s *Service) settlePrompts() {
 	}
 	for _, d := range done {
 		s.removePromptLocked(d.p)
-		s.broadcastLocked(withdrawn(d.p, "rule"))
+		s.broadcastLocked(withdrawnAs(d.p, "rule", d.r.Action))
 		s.countHitLocked(d.r.ID, now)
 	}
 	s.mu.Unlock()
@@ -295,25 +309,11 @@ func (s *Service) settlePrompts() {
 // decideSilently applies the silent action to connections nobody can be
 // asked about, and lists them for deciding later.
 func (s *Service) decideSilently(c agentv1.AgentServiceClient, key promptKey, es []*entry) {
-	a := s.cfg.SilentAction
+	a := s.config().SilentAction
 	s.decideEntries(c, key, es, a, "default", "")
-	s.mu.Lock()
-	_, listed := s.laterKeys[key]
-	s.mu.Unlock()
-	if listed {
-		return
+	if _, err := s.listForLater(key, es[0], a); err != nil {
+		s.log.Warn("add decide-later entry", "exe", es[0].proc.Exe, "dst", es[0].tuple.String(), "err", err)
 	}
-	e := es[0]
-	le, err := s.store.AddDecideLater(s.ctx, store.DecideLaterEntry{
-		Time: s.clock.Now(), Process: e.proc, Tuple: e.tuple, Host: e.host, Applied: a,
-	})
-	if err != nil {
-		s.log.Warn("add decide-later entry", "exe", e.proc.Exe, "dst", e.tuple.String(), "err", err)
-		return
-	}
-	s.mu.Lock()
-	s.laterKeys[key] = le.ID
-	s.mu.Unlock()
 }
 
 // decideEntries answers the agent's entries with a and records the
@@ -330,11 +330,20 @@ func (s *Service) decideEntries(c agentv1.AgentServiceClient, key promptKey, es 
 		}
 	}
 	s.mu.Unlock()
+	// The agent counts (and records) a decision by its reason: a prompt
+	// that timed out here is a deadline, not an answer.
+	var reason agentv1.DecideReason
+	switch decidedBy {
+	case "deadline":
+		reason = agentv1.DecideReason_DECIDE_REASON_DEADLINE
+	case "default":
+		reason = agentv1.DecideReason_DECIDE_REASON_SILENT
+	}
 	for _, e := range es {
 		if c != nil {
 			ctx, cancel := context.WithTimeout(s.ctx, decideTimeout)
 			_, err := c.Decide(ctx, &agentv1.DecideRequest{
-				Id: e.id, Action: apiconv.ActionProto(a), Scope: agentv1.Scope_SCOPE_CONNECTION,
+				Id: e.id, Action: apiconv.ActionProto(a), Scope: agentv1.Scope_SCOPE_CONNECTION, Reason: reason,
 			})
 			cancel()
 			// NotFound: decided meanwhile (by a rule, another client or

@@ -164,6 +164,15 @@ func (s *Service) AnswerPrompt(ctx context.Context, id string, r rules.Rule) (ru
 	s.removePromptLocked(p)
 	s.mu.Unlock()
 
+	// The user's answer decides these connections first, even if saving
+	// the rule fails: saved and pushed first, the rule would decide them in
+	// the agent, which records that ("rule:ID") besides our answer, so the
+	// history had two lines for one answer. The rule's id is chosen now so
+	// that the history names it.
+	if r.Lifetime != rules.Once {
+		r.ID = newID("")
+	}
+	s.decideEntries(p.agent, p.key, entriesOf(p), r.Action, "prompt", r.ID)
 	var saveErr error
 	if r.Lifetime != rules.Once {
 		s.rulesMu.Lock()
@@ -180,11 +189,8 @@ func (s *Service) AnswerPrompt(ctx context.Context, id string, r rules.Rule) (ru
 			s.rulesMu.Unlock()
 		}
 	}
-	// The user's answer applies to these connections even if saving the
-	// rule failed.
-	s.decideEntries(p.agent, p.key, entriesOf(p), r.Action, "prompt", r.ID)
 	s.mu.Lock()
-	s.broadcastLocked(withdrawn(p, "answered"))
+	s.broadcastLocked(withdrawnAs(p, "answered", r.Action))
 	s.mu.Unlock()
 	s.log.Info("prompt answered", "prompt_id", id, "exe", p.first.proc.Exe, "dst", p.first.tuple.String(),
 		"verdict", r.Action.String(), "lifetime", r.Lifetime.String(), "rule_id", r.ID)

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/bastion-fw/bastion/internal/rules"
 	"github.com/bastion-fw/bastion/internal/store"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -140,13 +142,17 @@ func (s *Service) Rules(ctx context.Context) ([]rules.Rule, error) {
 	return out, nil
 }
 
-// prepareNew readies a rule from a client for adding: the service owns id,
-// created and the hit counters.
+// prepareNew readies a rule from a client for adding: the service owns
+// created and the hit counters. A client may choose the id, so that it can
+// retry an add whose outcome it did not learn (AddRule).
 func (s *Service) prepareNew(r rules.Rule) (rules.Rule, error) {
-	r.ID, r.Hits, r.LastHit = "", 0, time.Time{}
+	r.Hits, r.LastHit = 0, time.Time{}
 	r.Created = s.ruleNow()
 	if r.Lifetime == rules.Once {
 		return r, invalidf("a LIFETIME_ONCE rule only answers a prompt and cannot be added")
+	}
+	if r.ID != "" && !validClientID(r.ID) {
+		return r, invalidf("rule id %q is not 1-64 letters, digits, '.', '_' or '-'", r.ID)
 	}
 	if err := r.Validate(); err != nil {
 		return r, fmt.Errorf("%w: %w", errInvalid, err)
@@ -154,14 +160,57 @@ func (s *Service) prepareNew(r rules.Rule) (rules.Rule, error) {
 	return r, nil
 }
 
+// validClientID reports whether id may name a rule a client adds: the IDs
+// the service makes (hex) and the ones clients make (bastionctl: hex) fit.
+func validClientID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// sameRule reports whether a and b say the same thing: everything but
+// their ids and the bookkeeping the service owns (created, hits, last hit).
+func sameRule(a, b rules.Rule) bool {
+	for _, r := range []*rules.Rule{&a, &b} {
+		r.ID, r.Created, r.Hits, r.LastHit = "", time.Time{}, 0, time.Time{}
+		if !r.Expires.IsZero() {
+			r.Expires = r.Expires.Round(0).UTC()
+		}
+	}
+	return proto.Equal(rules.ToProto(a), rules.ToProto(b))
+}
+
 // AddRule validates and adds a rule: session rules stay in memory, others
-// are stored.
+// are stored. An add whose client-chosen id names a rule that says the
+// same returns that rule: it is the retry of an add that succeeded.
 func (s *Service) AddRule(ctx context.Context, r rules.Rule) (rules.Rule, error) {
 	r, err := s.prepareNew(r)
 	if err != nil {
 		return rules.Rule{}, err
 	}
 	s.rulesMu.Lock()
+	if r.ID != "" {
+		old, _, err := s.findLocked(ctx, r.ID)
+		switch {
+		case err == nil && sameRule(old, r):
+			s.rulesMu.Unlock()
+			return old, nil
+		case err == nil:
+			s.rulesMu.Unlock()
+			return rules.Rule{}, fmt.Errorf("%w: a different rule with id %q exists", errExists, r.ID)
+		case !errors.Is(err, errNotFound):
+			s.rulesMu.Unlock()
+			return rules.Rule{}, err
+		}
+	}
 	if err := s.checkAgentBounds(r); err != nil {
 		s.rulesMu.Unlock()
 		return rules.Rule{}, err
@@ -264,7 +313,10 @@ func (s *Service) DeleteRule(ctx context.Context, id string) error {
 	s.rulesMu.Lock()
 	if _, ok := s.session[id]; ok {
 		delete(s.session, id)
-	} else if err := s.store.DeleteRule(ctx, id); err != nil {
+	} else if err := s.store.DeleteRule(ctx, id); errors.Is(err, store.ErrNotFound) {
+		s.rulesMu.Unlock()
+		return fmt.Errorf("%w: no rule with id %q", errNotFound, id)
+	} else if err != nil {
 		s.rulesMu.Unlock()
 		return fmt.Errorf("delete rule %q: %w", id, err)
 	}
@@ -309,13 +361,23 @@ const (
 	importOpenSnitch
 )
 
-// Import adds the rules in data under new IDs and reports what it could
-// not take.
-func (s *Service) Import(ctx context.Context, f importFormat, data []byte) ([]rules.Rule, []string, error) {
+// ImportResult is what an import did.
+type ImportResult struct {
+	Added, Changed []rules.Rule
+	Unchanged      int
+	Problems       []string // what could not be taken, one readable line each
+}
+
+// Import merges the rules in data into the user's: a rule whose id names
+// an existing rule replaces it when it says something else (keeping its
+// created time and hits) and is left alone when it says the same; a rule
+// without an id, or with an unknown id, is added unless an existing rule
+// says the same. Importing a file twice changes nothing the second time.
+func (s *Service) Import(ctx context.Context, f importFormat, data []byte) (ImportResult, error) {
 	var (
-		rs       []rules.Rule
-		problems []string
-		err      error
+		rs  []rules.Rule
+		res ImportResult
+		err error
 	)
 	switch f {
 	case importJSON:
@@ -323,18 +385,18 @@ func (s *Service) Import(ctx context.Context, f importFormat, data []byte) ([]ru
 	case importTOML:
 		rs, err = rules.Import(data, rules.FormatTOML)
 	case importOpenSnitch:
-		rs, problems, err = rules.ImportOpenSnitch(data)
+		rs, res.Problems, err = rules.ImportOpenSnitch(data)
 	default:
-		return nil, nil, invalidf("unknown import format")
+		return res, invalidf("unknown import format")
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", errInvalid, err)
+		return res, fmt.Errorf("%w: %w", errInvalid, err)
 	}
 	var ready []rules.Rule
 	for i, r := range rs {
 		r, err := s.prepareNew(r)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("rule %d: %v", i+1, errors.Unwrap(err)))
+			res.Problems = append(res.Problems, fmt.Sprintf("rule %d: %v", i+1, errors.Unwrap(err)))
 			continue
 		}
 		ready = append(ready, r)
@@ -342,18 +404,52 @@ func (s *Service) Import(ctx context.Context, f importFormat, data []byte) ([]ru
 	s.rulesMu.Lock()
 	if err := s.checkAgentBounds(ready...); err != nil {
 		s.rulesMu.Unlock()
-		return nil, problems, err
+		return res, err
 	}
-	var added []rules.Rule
+	stored, err := s.store.Rules(ctx)
+	if err != nil {
+		s.rulesMu.Unlock()
+		return res, fmt.Errorf("read rules: %w", err)
+	}
+	existing := make(map[string]rules.Rule, len(stored)+len(s.session))
+	for _, r := range stored {
+		existing[r.ID] = r
+	}
+	for id, r := range s.session {
+		existing[id] = r
+	}
+	sameAsExisting := func(r rules.Rule) bool {
+		for _, e := range existing {
+			if sameRule(e, r) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, r := range ready {
-		r, err := s.addLocked(ctx, r)
+		old, known := existing[r.ID]
+		switch {
+		case known && sameRule(old, r), !known && sameAsExisting(r):
+			res.Unchanged++
+			continue
+		case known:
+			_, wasSession := s.session[r.ID]
+			r.Created, r.Hits, r.LastHit = old.Created, old.Hits, old.LastHit
+			if err = s.replaceLocked(ctx, r, wasSession); err == nil {
+				res.Changed = append(res.Changed, r)
+			}
+		default:
+			if r, err = s.addLocked(ctx, r); err == nil {
+				res.Added = append(res.Added, r)
+			}
+		}
 		if err != nil {
 			s.rulesChanged(ctx) //nolint:errcheck // the store error is the one to report
-			return added, problems, err
+			return res, err
 		}
-		added = append(added, r)
+		existing[r.ID] = r
 	}
-	return added, problems, s.rulesChanged(ctx)
+	return res, s.rulesChanged(ctx)
 }
 
 // sweepExpired removes Duration rules whose time is up.

@@ -21,6 +21,7 @@ import (
 var (
 	errInvalid  = errors.New("invalid argument")
 	errNotFound = errors.New("not found")
+	errExists   = errors.New("already exists")
 )
 
 func invalidf(format string, args ...any) error {
@@ -35,7 +36,7 @@ const (
 	// decideTimeout bounds one Decide call to the agent.
 	decideTimeout = 5 * time.Second
 	// echoWindow is how long after our own Decide the agent's record of it
-	// ("api:uid=N") is recognised as ours and not recorded twice.
+	// ("api:uid=N", "deadline:uid=N", "default:uid=N") is recognised as ours and not recorded twice.
 	echoWindow = 10 * time.Second
 )
 
@@ -67,12 +68,19 @@ type options struct {
 	ruleNow func() time.Time
 	// started is called with the service once it runs.
 	started func(*Service)
+	// now is the wall clock of the statistics; nil means time.Now.
+	now func() time.Time
+	// flushPeriod replaces statsFlushPeriod when set.
+	flushPeriod time.Duration
 }
 
 // Service is the state of the rules service: the user's rules, the open
 // prompts and their clients, and the link to the agent.
 type Service struct {
-	log     *slog.Logger
+	log *slog.Logger
+	// cfgMu guards the fields of cfg that SetConfig changes (userconfig.go);
+	// read them with config().
+	cfgMu   sync.Mutex
 	cfg     Config
 	uid     uint32
 	store   *store.Store
@@ -114,11 +122,22 @@ type Service struct {
 	// decisions made at the same time, so time order cannot.
 	seen      decisionsSeen
 	laterKeys map[promptKey]string
+	// pause is the user's pause of protection (pause.go).
+	pause pauseState
 
 	// histMu orders history: appending and subscribing are atomic with
 	// respect to each other, so a watcher sees every entry exactly once.
 	histMu   sync.Mutex
 	histSubs map[*feed.Subscriber[*uiv1.HistoryEntry]]struct{}
+	// stats waits to be written to the store (stats.go); guarded by
+	// histMu. flushMu is held while it is written, and while a history
+	// watcher reads the store and the batch; taken before histMu.
+	stats   statsState
+	flushMu sync.Mutex
+	// wallNow is the clock of the statistics: their buckets, charts and
+	// retention follow the agent's timestamps, which are wall time.
+	wallNow    func() time.Time
+	flushEvery time.Duration
 }
 
 func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Store, uid uint32, o options) (*Service, error) {
@@ -127,6 +146,12 @@ func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Sto
 	}
 	if o.ruleNow == nil {
 		o.ruleNow = rules.Now
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	if o.flushPeriod <= 0 {
+		o.flushPeriod = statsFlushPeriod
 	}
 	s := &Service{
 		log: log, cfg: cfg, uid: uid, store: st, clock: o.clock, ruleNow: o.ruleNow, ctx: ctx,
@@ -141,6 +166,9 @@ func newService(ctx context.Context, cfg Config, log *slog.Logger, st *store.Sto
 		hits:       make(map[string]store.Hit),
 		laterKeys:  make(map[promptKey]string),
 		histSubs:   make(map[*feed.Subscriber[*uiv1.HistoryEntry]]struct{}),
+		stats:      statsState{batch: store.NewBatch(), kick: make(chan struct{}, 1)},
+		wallNow:    o.now,
+		flushEvery: o.flushPeriod,
 	}
 	s.rulesMu.Lock()
 	err := s.reloadLocked(ctx)

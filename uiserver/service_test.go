@@ -3,12 +3,15 @@ package uiserver
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bastion-fw/bastion/internal/flow"
@@ -138,11 +141,16 @@ func TestFirstAnswerWins(t *testing.T) {
 	for name, c := range map[string]*promptClient{"a": a, "b": b} {
 		waitFor(t, "client "+name+" told the prompt was answered", func() bool {
 			ev := c.find(uiv1.PromptEvent_KIND_WITHDRAWN)
-			return ev != nil && ev.GetPrompt().GetId() == id && ev.GetReason() == "answered"
+			return ev != nil && ev.GetPrompt().GetId() == id && ev.GetReason() == "answered" && ev.GetAction() == rulesv1.Action_ACTION_DENY
 		})
 	}
 	if got := h.agent.decision("c1"); got != agentv1.Action_ACTION_DENY {
 		t.Errorf("c1 got %v, want deny", got)
+	}
+	// The answer decides the connection before its rule is pushed: else
+	// the agent decides it by the rule, and the history has that line too.
+	if by := h.agent.decidedBy("c1"); !strings.HasPrefix(by, "api:") {
+		t.Errorf("c1 decided by %q, want the answer (api:...)", by)
 	}
 	ruleID := resp.GetRule().GetId()
 	h.waitPushed("the answer's rule pushed", func(ids map[string]bool) bool { return ids[ruleID] })
@@ -160,6 +168,11 @@ func TestFirstAnswerWins(t *testing.T) {
 		if strings.HasPrefix(e.GetDecidedBy(), "api:") {
 			t.Errorf("our own answer recorded twice: %v", e)
 		}
+	}
+	// The agent decided c1 by our answer, not by the rule pushed after it
+	// (that was issue 14's second history line, "rule:ID" after "prompt").
+	if n := len(es); n != 1 {
+		t.Errorf("%d history lines for one answered prompt, want 1: %v", n, es)
 	}
 }
 
@@ -285,6 +298,27 @@ func TestPromptDeadline(t *testing.T) {
 		}
 		return n == 2
 	})
+	// The agent is told why, so that it counts deadlines as deadlines,
+	// not as answers.
+	for _, id := range []string{"c1", "c2"} {
+		if got := h.agent.reason(id); got != agentv1.DecideReason_DECIDE_REASON_DEADLINE {
+			t.Errorf("%s decided with reason %v, want deadline", id, got)
+		}
+	}
+	// The agent's record of c1's is this service's own: not recorded
+	// twice. (c2's echo may arrive after the clock moved past its echo
+	// window.) A decision sent after it marks that it was read.
+	h.agent.emitDecision(&agentv1.DecisionEvent{Time: timestamppb.New(h.clock.Now()), Process: &agentv1.Process{Pid: 101, Tgid: 101, Uid: h.uid, Comm: "curl", Exe: curl},
+		Flow:   &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_TCP, IpVersion: 4, SrcIp: "10.0.0.1", SrcPort: 40009, DstIp: "192.0.2.9", DstPort: 443},
+		Action: agentv1.Action_ACTION_ALLOW, DecidedBy: "policy"})
+	es := h.waitHistory("of the marker", func(es []*uiv1.HistoryEntry) bool {
+		return slices.ContainsFunc(es, func(e *uiv1.HistoryEntry) bool { return e.GetFlow().GetDstIp() == "192.0.2.9" })
+	})
+	for _, e := range es {
+		if e.GetDecidedBy() == "deadline:uid="+strconv.FormatUint(uint64(h.uid), 10) && e.GetFlow().GetDstIp() == "192.0.2.1" {
+			t.Errorf("the agent's record of a deadline decision was recorded too: %v", e)
+		}
+	}
 }
 
 func TestResolvedElsewhereWithdrawsPrompt(t *testing.T) {
@@ -466,14 +500,23 @@ func TestRulesAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(imp.GetImported()) != 1 || imp.GetImported()[0].GetId() == r.GetId() || imp.GetImported()[0].GetNote() != "changed" {
-		t.Errorf("imported %v", imp.GetImported())
+	// The exported rule is there already: importing it changes nothing.
+	if len(imp.GetImported()) != 0 || imp.GetUnchanged() != 1 {
+		t.Errorf("imported %v, %d unchanged; want none imported, 1 unchanged", imp.GetImported(), imp.GetUnchanged())
 	}
 	if _, err := h.ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: r.GetId()}); err != nil {
 		t.Fatal(err)
 	}
+	// Deleted, it comes back under its id.
+	imp, err = h.ui.ImportRules(ctx, &uiv1.ImportRulesRequest{Format: uiv1.Format_FORMAT_TOML, Data: exp.GetData()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imp.GetImported()) != 1 || imp.GetAdded() != 1 || imp.GetImported()[0].GetId() != r.GetId() || imp.GetImported()[0].GetNote() != "changed" {
+		t.Errorf("imported %v (added %d)", imp.GetImported(), imp.GetAdded())
+	}
 	rs, _ := h.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
-	if len(rs.GetRules()) != 1 || rs.GetRules()[0].GetId() != imp.GetImported()[0].GetId() {
+	if len(rs.GetRules()) != 1 || rs.GetRules()[0].GetId() != r.GetId() {
 		t.Errorf("rules %v", rs.GetRules())
 	}
 
@@ -528,6 +571,115 @@ func TestRulesAPI(t *testing.T) {
 				t.Errorf("got %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestImportTwiceAddsNothing: an exported file imported twice (issue 14:
+// 3 rules became 6, then 9) adds nothing the second time, an edited rule
+// in the file changes the rule with its id, and id-less rules that say
+// what an existing rule says are left alone.
+func TestImportTwiceAddsNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	a := h.addRule(forever(rulesv1.Action_ACTION_ALLOW, curl))
+	h.addRule(forever(rulesv1.Action_ACTION_DENY, "/usr/bin/wget"))
+	session := forever(rulesv1.Action_ACTION_REJECT, "/usr/bin/nc")
+	session.Lifetime = rulesv1.Lifetime_LIFETIME_SESSION
+	h.addRule(session)
+	h.addRule(&rulesv1.Rule{Enabled: true, Action: rulesv1.Action_ACTION_ALLOW, Exe: "/usr/bin/ssh",
+		Lifetime: rulesv1.Lifetime_LIFETIME_DURATION, Expires: timestamppb.New(h.clock.Now().Add(time.Hour))})
+	for _, f := range []uiv1.Format{uiv1.Format_FORMAT_JSON, uiv1.Format_FORMAT_TOML} {
+		exp, err := h.ui.ExportRules(ctx, &uiv1.ExportRulesRequest{Format: f})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			imp, err := h.ui.ImportRules(ctx, &uiv1.ImportRulesRequest{Format: f, Data: exp.GetData()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if imp.GetAdded() != 0 || imp.GetChanged() != 0 || imp.GetUnchanged() != 4 || len(imp.GetImported()) != 0 {
+				t.Errorf("%v import %d: added %d changed %d unchanged %d, want 0 0 4", f, i+1, imp.GetAdded(), imp.GetChanged(), imp.GetUnchanged())
+			}
+		}
+	}
+	rs, _ := h.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
+	if len(rs.GetRules()) != 4 {
+		t.Fatalf("%d rules after importing twice, want 4", len(rs.GetRules()))
+	}
+
+	// An edited file changes the rule with the id; a new id-less rule is
+	// added; an id-less copy of an existing rule is not.
+	edited := strings.Replace(string(mustExport(t, h, uiv1.Format_FORMAT_TOML)), `action = "allow"`+"\n"+`exe = "`+curl+`"`,
+		`action = "reject"`+"\n"+`exe = "`+curl+`"`, 1)
+	edited += "\n[[rule]]\naction = \"deny\"\nexe = \"/usr/bin/wget\"\nlifetime = \"forever\"\n" +
+		"\n[[rule]]\naction = \"allow\"\nexe = \"/usr/bin/ftp\"\nlifetime = \"forever\"\n"
+	imp, err := h.ui.ImportRules(ctx, &uiv1.ImportRulesRequest{Format: uiv1.Format_FORMAT_TOML, Data: []byte(edited)})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, edited)
+	}
+	if imp.GetAdded() != 1 || imp.GetChanged() != 1 || imp.GetUnchanged() != 4 {
+		t.Errorf("added %d changed %d unchanged %d, want 1 1 4\n%s", imp.GetAdded(), imp.GetChanged(), imp.GetUnchanged(), edited)
+	}
+	rs, _ = h.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
+	if len(rs.GetRules()) != 5 {
+		t.Errorf("%d rules, want 5", len(rs.GetRules()))
+	}
+	for _, r := range rs.GetRules() {
+		if r.GetId() == a.GetId() && (r.GetAction() != rulesv1.Action_ACTION_REJECT || !r.GetCreated().AsTime().Equal(a.GetCreated().AsTime())) {
+			t.Errorf("the edited rule is %v, want reject with its created time kept", r)
+		}
+	}
+}
+
+func mustExport(t *testing.T, h *harness, f uiv1.Format) []byte {
+	t.Helper()
+	exp, err := h.ui.ExportRules(context.Background(), &uiv1.ExportRulesRequest{Format: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exp.GetData()
+}
+
+// TestAddRuleWithClientIDIsIdempotent: a client that retries an add whose
+// answer it lost (the connection dropped) sends the same id, and the
+// retry returns the rule stored the first time instead of a second one.
+func TestAddRuleWithClientIDIsIdempotent(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	r := forever(rulesv1.Action_ACTION_ALLOW, curl)
+	r.Id = "c0ffee0123456789"
+	first, err := h.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetRule().GetId() != r.GetId() {
+		t.Errorf("stored under %q, want the client's id %q", first.GetRule().GetId(), r.GetId())
+	}
+	again, err := h.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: r})
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if !again.GetRule().GetCreated().AsTime().Equal(first.GetRule().GetCreated().AsTime()) {
+		t.Errorf("retry returned %v, want the first rule", again.GetRule())
+	}
+	rs, _ := h.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
+	if len(rs.GetRules()) != 1 {
+		t.Errorf("%d rules after a retried add, want 1", len(rs.GetRules()))
+	}
+	other := forever(rulesv1.Action_ACTION_DENY, curl)
+	other.Id = r.GetId()
+	if _, err := h.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: other}); code(err) != codes.AlreadyExists {
+		t.Errorf("a different rule under a taken id: %v, want AlreadyExists", err)
+	}
+	bad := forever(rulesv1.Action_ACTION_DENY, curl)
+	bad.Id = "no spaces"
+	if _, err := h.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: bad}); code(err) != codes.InvalidArgument {
+		t.Errorf("an id with a space: %v, want InvalidArgument", err)
+	}
+	_, err = h.ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: "nope"})
+	if msg := status.Convert(err).Message(); code(err) != codes.NotFound || strings.Count(msg, "nope") != 1 {
+		t.Errorf("delete unknown: %v, want NotFound naming the id once", err)
 	}
 }
 

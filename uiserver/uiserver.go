@@ -65,6 +65,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, o options) error {
 		return nil
 	})
 	g.Go(func() error { return svc.housekeeping(gctx) })
+	g.Go(func() error { return svc.runStats(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		// Stop, not GracefulStop: watch streams never end by themselves.
@@ -73,6 +74,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, o options) error {
 	})
 	runErr := g.Wait()
 	if err := svc.flushHits(context.Background()); err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	if err := svc.flushStats(context.Background()); err != nil {
 		runErr = errors.Join(runErr, err)
 	}
 	log.Info("rules service stopped")

@@ -26,6 +26,9 @@ func main() {
 	flag.DurationVar(&cfg.KernelSlice, "kernel-slice", cfg.KernelSlice, "length of each kernel-decision case in a round")
 	flag.IntVar(&cfg.FloodThreads, "flood-threads", cfg.FloodThreads, "dialing threads of the ring buffer's flood")
 	flag.BoolVar(&cfg.KernelOnly, "kernel-only", false, "run the no-firewall baseline and the kernel-decision cases only")
+	flag.IntVar(&cfg.TrafficRounds, "traffic-rounds", cfg.TrafficRounds, "paired rounds of the traffic accounting cost (0 skips them)")
+	flag.DurationVar(&cfg.TrafficSlice, "traffic-slice", cfg.TrafficSlice, "length of each agent's slice in a traffic round")
+	flag.BoolVar(&cfg.TrafficOnly, "traffic-only", false, "run the no-firewall baseline and the traffic accounting rounds only")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

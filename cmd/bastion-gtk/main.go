@@ -17,7 +17,9 @@ import (
 func main() {
 	cfg := gtkclient.DefaultConfig()
 	flag.StringVar(&cfg.UISocket, "ui-socket", cfg.UISocket, "the rules service's socket")
-	flag.BoolVar(&cfg.MainWindow, "main-window", false, "open the rules window at start")
+	flag.BoolVar(&cfg.MainWindow, "main-window", false, "open the rules window (in the running bastion-gtk, if one runs)")
+	flag.BoolVar(&cfg.FocusPrompt, "focus-prompt", false, "give the running bastion-gtk's prompt the keyboard focus (for a desktop shortcut)")
+	flag.BoolVar(&cfg.NoTray, "no-tray", false, "show no status icon")
 	flag.BoolVar(&cfg.NoPrompts, "no-prompts", false, "do not show prompts (only the rules window)")
 	flag.DurationVar(&cfg.ArmDelay, "arm-delay", cfg.ArmDelay, "how long the prompt's buttons stay inactive")
 	flag.BoolVar(&cfg.Notify, "notify", cfg.Notify, "notify about connections denied while no prompt was open")

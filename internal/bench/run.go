@@ -38,13 +38,20 @@ type Config struct {
 	// KernelOnly runs the no-firewall baseline and the kernel-decision
 	// rounds only.
 	KernelOnly bool
+	// TrafficRounds is how many paired rounds measure traffic
+	// accounting's CPU cost (0 skips them), each agent TrafficSlice long
+	// per round; TrafficOnly runs the no-firewall baseline and them only.
+	TrafficRounds int
+	TrafficSlice  time.Duration
+	TrafficOnly   bool
 }
 
 // DefaultConfig keeps the whole run to about ten minutes on the 2-core VM
 // (the kernel-decision rounds about five of them).
 func DefaultConfig() Config {
 	return Config{Duration: 3 * time.Second, Workers: 2, Processes: 2000, PromptConns: 200,
-		KernelRounds: 20, KernelSlice: 600 * time.Millisecond, FloodThreads: 8}
+		KernelRounds: 20, KernelSlice: 600 * time.Millisecond, FloodThreads: 8,
+		TrafficRounds: 8, TrafficSlice: 2 * time.Second}
 }
 
 // Validate checks the bounds that keep a run short and meaningful.
@@ -66,6 +73,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("flood threads %d: want 1 to 256", c.FloodThreads)
 	case c.KernelOnly && (c.NoAgent || c.KernelRounds == 0):
 		return errors.New("kernel-only needs the agent and kernel rounds")
+	case c.TrafficRounds < 0 || c.TrafficRounds > 100:
+		return fmt.Errorf("traffic rounds %d: want 0 to 100", c.TrafficRounds)
+	case c.TrafficRounds > 0 && (c.TrafficSlice < 500*time.Millisecond || c.TrafficSlice > 30*time.Second):
+		return fmt.Errorf("traffic slice %v: want 500ms to 30s", c.TrafficSlice)
+	case c.TrafficOnly && (c.NoAgent || c.TrafficRounds == 0 || c.KernelOnly):
+		return errors.New("traffic-only needs the agent and traffic rounds, and excludes kernel-only")
 	}
 	return nil
 }
@@ -86,7 +99,9 @@ type Report struct {
 	AgentHWMKB        int64   `json:"agent_peak_rss_kb,omitempty"`
 	// Kernel is the kernel-decision rounds.
 	Kernel KernelReport `json:"kernel"`
-	Errors []string     `json:"errors,omitempty"`
+	// Traffic is traffic accounting's cost.
+	Traffic TrafficReport `json:"traffic"`
+	Errors  []string      `json:"errors,omitempty"`
 }
 
 // Ratios compare connection rates of the same run (1.0 = as fast).
@@ -177,7 +192,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 	} else if cleanup != nil {
 		defer cleanup()
 	}
-	if !cfg.KernelOnly {
+	if !cfg.KernelOnly && !cfg.TrafficOnly {
 		queueCases(ctx, cfg, out, &rep, none, bareBin, agentBin, runnerErr, row, fail)
 	}
 	// The kernel-decision rounds: an error there means the kernel did
@@ -191,6 +206,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		rep.Kernel.Skipped = runnerErr.Error()
 	case cfg.KernelRounds == 0:
 		rep.Kernel.Skipped = "disabled (0 rounds)"
+	case cfg.TrafficOnly:
+		rep.Kernel.Skipped = "disabled (-traffic-only)"
 	default:
 		k, err := kernelRounds(ctx, cfg, agentBin, bareBin, out)
 		rep.Kernel = k
@@ -203,6 +220,24 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) (Repo
 		}
 	}
 	printKernel(out, rep.Kernel)
+	switch {
+	case cfg.NoAgent:
+		rep.Traffic.Skipped = "disabled (-no-agent)"
+	case runnerErr != nil:
+		rep.Traffic.Skipped = runnerErr.Error()
+	case cfg.TrafficRounds == 0:
+		rep.Traffic.Skipped = "disabled (0 rounds)"
+	case cfg.KernelOnly:
+		rep.Traffic.Skipped = "disabled (-kernel-only)"
+	default:
+		t, err := trafficRounds(ctx, cfg, agentBin, out)
+		rep.Traffic = t
+		if err != nil {
+			fail(fmt.Errorf("traffic accounting: %w", err))
+			rep.Traffic.Skipped = err.Error()
+		}
+	}
+	printTraffic(out, rep.Traffic)
 	line, err := json.Marshal(rep)
 	if err != nil {
 		return rep, fmt.Errorf("encode report: %w", err)

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
-	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/nlconn"
 )
 
 // ctnetlink constants from linux/netfilter/nfnetlink.h and
@@ -57,12 +57,7 @@ type Conn struct {
 // Open opens a ctnetlink socket inside network namespace ns (nil: the
 // caller's). The socket stays in ns; ns need not stay open afterwards.
 func Open(ns *os.File) (*Conn, error) {
-	var c *netlink.Conn
-	err := netns.Do(ns, func() error {
-		var err error
-		c, err = netlink.Dial(unix.NETLINK_NETFILTER, nil)
-		return err
-	})
+	c, err := nlconn.Dial(ns, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("open ctnetlink socket: %w", err)
 	}

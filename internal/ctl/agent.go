@@ -4,7 +4,6 @@ package ctl
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"strings"
 	"time"
@@ -17,16 +16,18 @@ import (
 )
 
 func (c *cli) pending(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("pending", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
+	fs := c.flagSet("pending")
 	watch := fs.Bool("watch", false, "keep watching for new pending connections")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: pending [--watch]", errUsage)
+	if ops, err := c.parse(fs, args); err != nil || len(ops) != 0 {
+		return orUsage(err, "pending [--watch]")
 	}
 	if !*watch {
 		resp, err := c.agent.ListPending(ctx, &agentv1.ListPendingRequest{})
 		if err != nil {
-			return err
+			return c.agentErr(err)
+		}
+		if len(resp.GetConnections()) == 0 && !c.json {
+			fmt.Fprintln(c.out, "No connections are waiting.")
 		}
 		for _, p := range resp.GetConnections() {
 			if c.json {
@@ -39,12 +40,12 @@ func (c *cli) pending(ctx context.Context, args []string) error {
 	}
 	stream, err := c.agent.WatchPending(ctx, &agentv1.WatchPendingRequest{})
 	if err != nil {
-		return err
+		return c.agentErr(err)
 	}
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
-			return err
+			return c.agentErr(err)
 		}
 		if c.json {
 			c.emitJSON(ev)
@@ -61,17 +62,14 @@ func (c *cli) pending(ctx context.Context, args []string) error {
 
 func (c *cli) decide(ctx context.Context, args []string) error {
 	const use = "decide ID allow|deny|reject [--scope S] [--for DURATION]"
-	if len(args) < 2 {
-		return fmt.Errorf("%w: %s", errUsage, use)
-	}
-	id, actionArg := args[0], args[1]
-	fs := flag.NewFlagSet("decide", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
+	fs := c.flagSet("decide")
 	scopeArg := fs.String("scope", "connection", "connection, destination-port, destination, port or any")
 	life := fs.Duration("for", 0, "how long the decision is cached (0: until the agent restarts)")
-	if err := fs.Parse(args[2:]); err != nil {
-		return fmt.Errorf("%w: %s", errUsage, use)
+	ops, err := c.parse(fs, args)
+	if err != nil || len(ops) != 2 {
+		return orUsage(err, use)
 	}
+	id, actionArg := ops[0], ops[1]
 	action, ok := map[string]agentv1.Action{
 		"allow": agentv1.Action_ACTION_ALLOW, "deny": agentv1.Action_ACTION_DENY, "reject": agentv1.Action_ACTION_REJECT,
 	}[actionArg]
@@ -91,7 +89,7 @@ func (c *cli) decide(ctx context.Context, args []string) error {
 	}
 	resp, err := c.agent.Decide(ctx, req)
 	if err != nil {
-		return err
+		return c.agentErr(err)
 	}
 	if c.json {
 		c.emitJSON(resp)
@@ -106,18 +104,18 @@ func (c *cli) decide(ctx context.Context, args []string) error {
 }
 
 func (c *cli) decisions(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("decisions", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
+	fs := c.flagSet("decisions")
 	follow := fs.Bool("follow", false, "keep printing new decisions")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: decisions [--follow]", errUsage)
+	if ops, err := c.parse(fs, args); err != nil || len(ops) != 0 {
+		return orUsage(err, "decisions [--follow]")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.agent.WatchDecisions(ctx, &agentv1.WatchDecisionsRequest{})
 	if err != nil {
-		return err
+		return c.agentErr(err)
 	}
+	printed := 0
 	// Without --follow, print what the agent has kept and stop once the
 	// stream has been quiet briefly: the backlog arrives in one burst.
 	evs := make(chan *agentv1.DecisionEvent)
@@ -143,25 +141,39 @@ func (c *cli) decisions(ctx context.Context, args []string) error {
 				c.emitJSON(ev)
 			} else {
 				fmt.Fprintf(c.out, "%s %-6s %s %s (by %s)\n", ev.GetTime().AsTime().In(c.loc).Format(time.TimeOnly),
-					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow(), ev.GetHost()), inert.String(ev.GetDecidedBy()))
+					actionName(ev.GetAction()), describeProcess(ev.GetProcess()), describeFlow(ev.GetFlow(), ev.GetHost()), decidedByLabel(ev.GetDecidedBy()))
 			}
+			printed++
 		case err := <-errc:
-			return err
+			return c.agentErr(err)
 		case <-idle:
+			if printed == 0 && !c.json {
+				fmt.Fprintln(c.out, "No decisions yet.")
+			}
 			return nil
 		}
 	}
 }
 
 func (c *cli) cache(ctx context.Context, args []string) error {
-	if len(args) == 0 {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "forget") {
 		return fmt.Errorf("%w: cache list | cache forget [ID]", errUsage)
+	}
+	ops, err := c.parse(c.flagSet("cache "+args[0]), args[1:])
+	if err != nil {
+		return err
 	}
 	switch args[0] {
 	case "list":
+		if len(ops) != 0 {
+			return fmt.Errorf("%w: cache list", errUsage)
+		}
 		resp, err := c.agent.ListCache(ctx, &agentv1.ListCacheRequest{})
 		if err != nil {
-			return err
+			return c.agentErr(err)
+		}
+		if len(resp.GetEntries()) == 0 && !c.json {
+			fmt.Fprintln(c.out, "No decisions are remembered.")
 		}
 		for _, e := range resp.GetEntries() {
 			if c.json {
@@ -173,18 +185,21 @@ func (c *cli) cache(ctx context.Context, args []string) error {
 				until = "until " + e.GetExpires().AsTime().In(c.loc).Format(time.DateTime)
 			}
 			fmt.Fprintf(c.out, "%s uid=%d %s %s %s dst=%s port=%d %s, %d hits\n", inert.String(e.GetId()), e.GetUid(), inert.String(e.GetExe()),
-				actionName(e.GetAction()), strings.TrimPrefix(strings.ToLower(e.GetScope().String()), "scope_"),
+				actionName(e.GetAction()), strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(e.GetScope().String()), "scope_"), "_", "-"),
 				inert.String(e.GetDstIp()), e.GetDstPort(), until, e.GetHits())
 		}
 		return nil
 	case "forget":
+		if len(ops) > 1 {
+			return fmt.Errorf("%w: cache forget [ID]", errUsage)
+		}
 		req := &agentv1.ForgetCacheRequest{}
-		if len(args) > 1 {
-			req.Id = args[1]
+		if len(ops) == 1 {
+			req.Id = ops[0]
 		}
 		resp, err := c.agent.ForgetCache(ctx, req)
 		if err != nil {
-			return err
+			return c.agentErr(err)
 		}
 		if c.json {
 			c.emitJSON(resp)

@@ -2,8 +2,9 @@
 // services: the agent's API (status, pending connections, decisions, the
 // decision cache) and the user's own rules service, bastion-uiserver
 // (rules, import and export, the decision history, the decide-later list,
-// and `prompt`, a line-based prompt client for machines without a
-// desktop). It prints readable text, or JSON with --json.
+// the programs view: `programs`, `program` and `connections`, and
+// `prompt`, a line-based prompt client for machines without a desktop).
+// It prints readable text, or JSON with --json.
 //
 // Trust boundary: bastionctl runs with its user's rights; the agent and
 // the rules service decide what that user may see and do from the socket's
@@ -12,5 +13,6 @@
 // control, bidi or invalid byte reaches the terminal; --json keeps exact
 // values with those written as \u escapes) and never interpreted; files
 // given to `rules import` are parsed by the rules service, not here.
-// /proc and /etc/services are read best effort, for display only.
+// /proc, /etc/services and the desktop entries that name programs
+// (internal/desktopentry) are read best effort, for display only.
 package ctl

@@ -2,9 +2,11 @@ package ctl
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/bastion-fw/bastion/internal/desktopentry"
 	"github.com/bastion-fw/bastion/internal/procinfo"
 	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -44,9 +47,10 @@ func (fakeAgent) GetStatus(context.Context, *agentv1.GetStatusRequest) (*agentv1
 		FirewallBackend: "nft", QueueNum: 7, FailOpen: true, Pending: 1, CacheEntries: 3,
 		Started: timestamppb.New(testNow.Add(-2 * time.Hour)), CallerUid: 1000, WatchedUids: []uint32{1000},
 		UdpReuseProtection: "active", DnsQueueNum: 8, DnsNames: 5,
-		Counters: &agentv1.Counters{Packets: 10, Allowed: 7, Denied: 2, Rejected: 1, CacheHits: 4, PolicyDecisions: 3,
-			ApiDecisions: 2, DeadlineDecisions: 1, Identified: 9, Unidentified: 1, UdpFlowsReleased: 5, UdpReuseRaces: 1,
-			DnsAnswers: 12, DnsMalformed: 1, Shed: 900, RuleDecisions: 6, KernelDecisions: 5},
+		Counters: &agentv1.Counters{Packets: 1000, Allowed: 80, Denied: 10, Rejected: 9, CacheHits: 20, PolicyDecisions: 10,
+			ApiDecisions: 12, DeadlineDecisions: 8, Identified: 999, Unidentified: 1, UdpFlowsReleased: 5, UdpReuseRaces: 1,
+			DnsAnswers: 12, DnsMalformed: 1, Shed: 900, RuleDecisions: 40, KernelDecisions: 5,
+			SilentDecisions: 4, RetransmitDecisions: 3, OtherDecisions: 2, HeldPackets: 1},
 		ShareLimits: &agentv1.ShareLimits{HeldPacketsPerUid: 1024, PendingPerUid: 128, HeldPacketsTotal: 4096, PendingTotal: 1024,
 			ReservedHeldPacketsPerUid: 64, ReservedPendingPerUid: 16, QueueMaxLen: 16384},
 		Shares: []*agentv1.ShareUse{{Uid: 1000, HeldPackets: 1024, Pending: 1, Shed: 900}},
@@ -84,6 +88,10 @@ type harness struct {
 	ui                *fakeui.Service
 	uiSock, agentSock string
 	dir               string
+	ids               int // rule ids bastionctl made
+	// apps names programs (default: none); width is the terminal's.
+	apps  *desktopentry.Index
+	width int
 }
 
 // newFakeUI is the shared in-memory rules service with these tests' fixed
@@ -132,7 +140,9 @@ func (h *harness) run(t *testing.T, stdin string, args ...string) result {
 func (h *harness) env(t *testing.T, in io.Reader, out, errb io.Writer) Env {
 	clock := func() time.Time { return testNow }
 	return Env{Stdin: in, Stdout: out, Stderr: errb, Getenv: func(string) string { return "" }, UID: 1000,
-		now: clock, ruleNow: clock, loc: time.UTC, quiet: 200 * time.Millisecond, promptSys: testPromptSystem(t)}
+		now: clock, ruleNow: clock, loc: time.UTC, quiet: 200 * time.Millisecond, promptSys: testPromptSystem(t),
+		ruleID: func() string { h.ids++; return fmt.Sprintf("r%015d", h.ids) }, retryWait: 2 * time.Second,
+		apps: cmp.Or(h.apps, desktopentry.New()), width: cmp.Or(h.width, 100)}
 }
 
 // protoDiff is "" when want and got are equal messages, else both.
@@ -199,4 +209,15 @@ func testPromptSystem(t *testing.T) *promptSystem {
 		},
 		services: svc,
 	}
+}
+
+// ListCache answers one decision remembered for a destination and port.
+func (fakeAgent) ListCache(context.Context, *agentv1.ListCacheRequest) (*agentv1.ListCacheResponse, error) {
+	return &agentv1.ListCacheResponse{Entries: []*agentv1.CacheEntry{{Id: "k1", Uid: 1000, Exe: "/usr/bin/curl",
+		Action: agentv1.Action_ACTION_ALLOW, Scope: agentv1.Scope_SCOPE_DESTINATION_PORT, DstIp: "192.0.2.1", DstPort: 443, Hits: 2}}}, nil
+}
+
+// ListPending answers that nothing waits.
+func (fakeAgent) ListPending(context.Context, *agentv1.ListPendingRequest) (*agentv1.ListPendingResponse, error) {
+	return &agentv1.ListPendingResponse{}, nil
 }

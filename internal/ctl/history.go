@@ -15,9 +15,8 @@ import (
 )
 
 func (c *cli) watch(ctx context.Context, args []string) error {
-	fs := c.flagSet("watch")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("%w: watch", errUsage)
+	if ops, err := c.parse(c.flagSet("watch"), args); err != nil || len(ops) != 0 {
+		return orUsage(err, "watch")
 	}
 	stream, err := c.ui.WatchHistory(ctx, &uiv1.WatchHistoryRequest{})
 	if err != nil {
@@ -38,8 +37,8 @@ func (c *cli) watch(ctx context.Context, args []string) error {
 func (c *cli) history(ctx context.Context, args []string) error {
 	fs := c.flagSet("history")
 	limit := fs.Int("limit", 0, "print only the newest N entries (0: all)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *limit < 0 {
-		return fmt.Errorf("%w: history [--limit N]", errUsage)
+	if ops, err := c.parse(fs, args); err != nil || len(ops) != 0 || *limit < 0 {
+		return orUsage(err, "history [--limit N]")
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -89,6 +88,9 @@ loop:
 	if *limit > 0 && len(backlog) > *limit {
 		backlog = backlog[len(backlog)-*limit:]
 	}
+	if len(backlog) == 0 && !c.json {
+		fmt.Fprintln(c.out, "No decisions yet.")
+	}
 	for _, e := range backlog {
 		c.printHistory(e)
 	}
@@ -100,12 +102,12 @@ func (c *cli) printHistory(e *uiv1.HistoryEntry) {
 		c.emitJSON(e)
 		return
 	}
-	by := e.GetDecidedBy()
-	if e.GetRuleId() != "" && by != "rule:"+e.GetRuleId() {
-		by += " rule " + e.GetRuleId()
+	by := decidedByLabel(e.GetDecidedBy())
+	if e.GetRuleId() != "" && e.GetDecidedBy() != "rule:"+e.GetRuleId() {
+		by += ", rule " + inert.String(e.GetRuleId())
 	}
 	fmt.Fprintf(c.out, "%s %-6s pid=%d %s -> %s %s (by %s)\n",
 		e.GetTime().AsTime().In(c.loc).Format(time.DateTime), ruleActionName(e.GetAction()),
 		e.GetProcess().GetTgid(), orDash(inert.String(apiconv.ExeText(e.GetProcess()))),
-		flowProtoName(e.GetFlow()), flowDestination(e.GetFlow(), e.GetHost()), orDash(inert.String(by)))
+		flowProtoName(e.GetFlow()), flowDestination(e.GetFlow(), e.GetHost()), by)
 }

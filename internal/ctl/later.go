@@ -27,21 +27,25 @@ func (c *cli) later(ctx context.Context, args []string) error {
 	}
 	switch args[0] {
 	case "list", "ls":
-		if len(args) != 1 {
-			return fmt.Errorf("%w: later list", errUsage)
+		if ops, err := c.parse(c.flagSet("later list"), args[1:]); err != nil || len(ops) != 0 {
+			return orUsage(err, "later list")
 		}
 		return c.laterList(ctx)
 	case "rule":
 		return c.laterRule(ctx, args[1:])
 	case "forget":
-		if len(args) != 2 {
-			return fmt.Errorf("%w: later forget ID", errUsage)
+		ops, err := c.parse(c.flagSet("later forget"), args[1:])
+		if err != nil || len(ops) != 1 {
+			return orUsage(err, "later forget ID")
 		}
-		if _, err := c.ui.ResolveDecideLater(ctx, &uiv1.ResolveDecideLaterRequest{Id: args[1]}); err != nil {
+		if _, err := c.ui.ResolveDecideLater(ctx, &uiv1.ResolveDecideLaterRequest{Id: ops[0]}); err != nil {
+			if status.Code(err) == codes.NotFound {
+				return status.Errorf(codes.NotFound, "there is no decide-later entry %q; `bastionctl later list` shows them", ops[0])
+			}
 			return c.uiErr(err)
 		}
 		if !c.json {
-			fmt.Fprintln(c.out, "forgot", args[1])
+			fmt.Fprintln(c.out, "forgot", inert.String(ops[0]))
 		}
 		return nil
 	}
@@ -60,7 +64,7 @@ func (c *cli) laterList(ctx context.Context) error {
 		return nil
 	}
 	if len(resp.GetEntries()) == 0 {
-		fmt.Fprintln(c.out, "nothing to decide later")
+		fmt.Fprintln(c.out, "Nothing to decide later.")
 		return nil
 	}
 	tw := tabwriter.NewWriter(c.out, 0, 0, 2, ' ', 0)
@@ -86,10 +90,6 @@ var scopeNames = map[string]rules.Scope{
 func (c *cli) laterRule(ctx context.Context, args []string) error {
 	const use = "later rule ID --action allow|deny|reject [--scope destination-port|host|domain|port|any] [--with-cmdline] " +
 		"[OPERANDS] [--for DURATION|--session|--forever] [--note TEXT]"
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("%w: %s", errUsage, use)
-	}
-	id := args[0]
 	fs := c.flagSet("later rule")
 	action := fs.String("action", "", "allow, deny or reject")
 	scopeArg := fs.String("scope", "destination-port", "destination-port, host, domain, port or any")
@@ -99,9 +99,11 @@ func (c *cli) laterRule(ctx context.Context, args []string) error {
 	ops.register(fs)
 	var life lifetimeFlags
 	life.register(fs)
-	if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("%w: %s", errUsage, use)
+	ops0, err := c.parse(fs, args)
+	if err != nil || len(ops0) != 1 {
+		return orUsage(err, use)
 	}
+	id := ops0[0]
 	a, err := flow.ParseAction(*action)
 	if err != nil {
 		return fmt.Errorf("%w: --action: %v", errUsage, err)
@@ -125,7 +127,7 @@ func (c *cli) laterRule(ctx context.Context, args []string) error {
 		}
 	}
 	if entry == nil {
-		return status.Errorf(codes.NotFound, "no decide-later entry %s", id)
+		return status.Errorf(codes.NotFound, "there is no decide-later entry %q; `bastionctl later list` shows them", id)
 	}
 	choice := rules.Choice{Action: a, Lifetime: lr.Lifetime, For: life.dur, Scope: scope, WithCmdline: *withCmdline}
 	r, err := rules.ForPrompt(apiconv.Process(entry.GetProcess()), apiconv.Tuple(entry.GetFlow()), entry.GetHost(), choice, c.ruleNow())

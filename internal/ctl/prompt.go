@@ -1,8 +1,9 @@
 package ctl
 
 // prompt: answering connection prompts in a terminal, for machines without
-// a desktop. Input is read line by line so it works over ssh, in tmux and
-// from a script.
+// a desktop. On a terminal one key answers (no Enter): a allow once, A
+// allow always, d deny once, D deny always, m more choices. From a pipe or
+// a script, input is read line by line, one answer a line.
 
 import (
 	"bufio"
@@ -47,15 +48,18 @@ func defaultPromptSystem() promptSystem {
 }
 
 func (c *cli) prompt(ctx context.Context, args []string) error {
-	fs := c.flagSet("prompt")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("%w: prompt", errUsage)
+	if ops, err := c.parse(c.flagSet("prompt"), args); err != nil || len(ops) != 0 {
+		return orUsage(err, "prompt")
 	}
 	sys := defaultPromptSystem()
 	if c.promptSys != nil {
 		sys = *c.promptSys
 	}
 	s := &promptSession{ui: c.ui, in: c.in, out: c.out, now: c.now, ruleNow: c.ruleNow, loc: c.loc, sys: sys}
+	if restore, ok := cbreak(c.in); ok {
+		defer restore()
+		s.keys = true
+	}
 	return c.uiErr(s.run(ctx))
 }
 
@@ -70,8 +74,13 @@ type promptSession struct {
 	loc          *time.Location
 	sys          promptSystem
 
-	queue    []*uiv1.Prompt // waiting to be shown, oldest first
-	cur      *uiv1.Prompt   // being answered
+	// keys: the input is a terminal read key by key (answers are single
+	// keys, echoed here); otherwise it is read line by line.
+	keys bool
+
+	queue    []*uiv1.Prompt          // waiting to be shown, oldest first
+	cur      *uiv1.Prompt            // being answered
+	known    map[string]*uiv1.Prompt // prompt id -> prompt, to say what finally happened
 	later    map[string]bool
 	step     promptStep
 	choice   rules.Choice
@@ -81,7 +90,8 @@ type promptSession struct {
 type promptStep int
 
 const (
-	stepAction promptStep = iota
+	stepQuick  promptStep = iota // one key answers the common cases
+	stepAction                   // more choices: action, lifetime, scope, ...
 	stepLifetime
 	stepScope
 	stepCmdline
@@ -109,6 +119,7 @@ func (s *promptSession) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.later = map[string]bool{}
+	s.known = map[string]*uiv1.Prompt{}
 	stream, err := s.ui.WatchPrompts(ctx, &uiv1.WatchPromptsRequest{})
 	if err != nil {
 		return err
@@ -127,9 +138,9 @@ func (s *promptSession) run(ctx context.Context) error {
 			}
 		}
 	}()
-	// The reader reads one line per request. It blocks in Read when the
-	// session ends without input: on a terminal that ends with the
-	// process; a test closes its input.
+	// The reader reads one answer per request: a line, or on a terminal
+	// one key. It blocks in Read when the session ends without input: on
+	// a terminal that ends with the process; a test closes its input.
 	want := make(chan struct{})
 	lines := make(chan lineResult)
 	go func() {
@@ -140,10 +151,15 @@ func (s *promptSession) run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			}
-			line, err := br.ReadString('\n')
-			r := lineResult{line: line}
-			if err != nil && line == "" {
-				r = lineResult{eof: errors.Is(err, io.EOF), err: err}
+			var r lineResult
+			if s.keys {
+				r = readKey(br)
+			} else {
+				line, err := br.ReadString('\n')
+				r = lineResult{line: line}
+				if err != nil && line == "" {
+					r = lineResult{eof: errors.Is(err, io.EOF), err: err}
+				}
 			}
 			select {
 			case lines <- r:
@@ -152,12 +168,16 @@ func (s *promptSession) run(ctx context.Context) error {
 			}
 		}
 	}()
-	fmt.Fprintln(s.out, "Waiting for prompts. Answer with the letter or number in brackets; an empty line leaves a prompt to its default; q quits.")
+	if s.keys {
+		fmt.Fprintln(s.out, "Waiting for prompts. Press the key in brackets (no Enter needed); Enter or Esc leaves a prompt to its default; q quits.")
+	} else {
+		fmt.Fprintln(s.out, "Waiting for prompts. Answer with the letter or number in brackets, one a line; an empty line leaves a prompt to its default; q quits.")
+	}
 	reading := false
 	for {
 		if s.cur == nil && len(s.queue) > 0 {
 			s.cur, s.queue = s.queue[0], s.queue[1:]
-			s.step, s.choice = stepAction, rules.Choice{}
+			s.step, s.choice = stepQuick, rules.Choice{}
 			s.show()
 			s.ask()
 		}
@@ -192,6 +212,9 @@ func (s *promptSession) run(ctx context.Context) error {
 			if s.cur == nil {
 				continue // the prompt went away while the line was typed
 			}
+			if s.keys {
+				fmt.Fprintln(s.out, keyEcho(r.line))
+			}
 			if err := s.answer(ctx, r.line); errors.Is(err, errQuit) {
 				return nil
 			} else if err != nil {
@@ -203,12 +226,15 @@ func (s *promptSession) run(ctx context.Context) error {
 	}
 }
 
-// event applies a prompt event to the queue and the current prompt.
+// event applies a prompt event to the queue and the current prompt, and
+// says what finally happened to a prompt that goes away: answered here or
+// in another client, timed out, decided by a rule.
 func (s *promptSession) event(ev *uiv1.PromptEvent) {
 	p := ev.GetPrompt()
 	id := p.GetId()
 	switch ev.GetKind() {
 	case uiv1.PromptEvent_KIND_ADDED, uiv1.PromptEvent_KIND_UPDATED:
+		s.known[id] = p
 		if s.cur != nil && s.cur.GetId() == id {
 			s.cur = p
 			return
@@ -228,36 +254,90 @@ func (s *promptSession) event(ev *uiv1.PromptEvent) {
 			s.ask()
 		}
 	case uiv1.PromptEvent_KIND_WITHDRAWN:
-		delete(s.later, id)
+		kp, known := s.known[id]
+		delete(s.known, id)
+		title := promptTitle(kp)
+		if ev.GetAction() == rulesv1.Action_ACTION_UNSPECIFIED && ev.GetReason() == "deadline" && known {
+			ev.Action = kp.GetDeadlineAction()
+		}
+		if s.later[id] {
+			delete(s.later, id)
+			fmt.Fprintf(s.out, "%s: %s\n", title, withdrawnText(ev))
+			s.reask()
+			return
+		}
 		for i, q := range s.queue {
 			if q.GetId() == id {
 				s.queue = append(s.queue[:i], s.queue[i+1:]...)
+				fmt.Fprintf(s.out, "\n(%s: %s while waiting)\n", title, withdrawnText(ev))
+				s.reask()
 				return
 			}
 		}
 		if s.cur != nil && s.cur.GetId() == id {
-			fmt.Fprintf(s.out, "\n%s: %s\n", s.title(), withdrawnText(ev.GetReason(), s.cur))
+			fmt.Fprintf(s.out, "\n%s: %s\n", s.title(), withdrawnText(ev))
 			s.cur = nil
+			return
+		}
+		if known && ev.GetReason() != "answered" {
+			fmt.Fprintf(s.out, "%s: %s\n", title, withdrawnText(ev))
 		}
 	}
 }
 
-func withdrawnText(reason string, p *uiv1.Prompt) string {
-	switch reason {
-	case "deadline":
-		return "timed out, the default (" + ruleActionName(p.GetDeadlineAction()) + ") applied"
-	case "rule":
-		return "decided by a rule added meanwhile"
-	case "agent":
-		return "withdrawn by the agent"
+// reask repeats the current question after a line printed meanwhile.
+func (s *promptSession) reask() {
+	if s.cur != nil {
+		s.ask()
 	}
-	return "answered elsewhere"
+}
+
+// withdrawnText says what happened to a prompt that went away.
+func withdrawnText(ev *uiv1.PromptEvent) string {
+	a := ""
+	if ev.GetAction() != rulesv1.Action_ACTION_UNSPECIFIED {
+		a = ruleActionWords(ev.GetAction())
+	}
+	switch ev.GetReason() {
+	case "deadline":
+		if a == "" {
+			return "timed out; the default applied"
+		}
+		return "timed out; the default applied: " + a
+	case "rule":
+		if a == "" {
+			return "decided by a rule added meanwhile"
+		}
+		return a + " by a rule added meanwhile"
+	case "agent":
+		return "decided outside the rules service (by root, or the agent's own deadline)"
+	}
+	if a == "" {
+		return "answered in another prompt client"
+	}
+	return a + ", answered in another prompt client"
+}
+
+// ruleActionWords is what an action does, in a person's words.
+func ruleActionWords(a rulesv1.Action) string {
+	switch a {
+	case rulesv1.Action_ACTION_ALLOW:
+		return "allowed"
+	case rulesv1.Action_ACTION_REJECT:
+		return "denied (refused at once)"
+	case rulesv1.Action_ACTION_DENY:
+		return "dropped silently"
+	}
+	return ruleActionName(a)
+}
+
+// promptTitle names a prompt: "curl -> example.com 93.184.216.34:443".
+func promptTitle(p *uiv1.Prompt) string {
+	return appName(p.GetProcess()) + " -> " + flowDestination(p.GetFlow(), p.GetHost())
 }
 
 // title names the current prompt: "curl -> example.com:443".
-func (s *promptSession) title() string {
-	return appName(s.cur.GetProcess()) + " -> " + flowDestination(s.cur.GetFlow(), s.cur.GetHost())
-}
+func (s *promptSession) title() string { return promptTitle(s.cur) }
 
 // show prints everything known about the current prompt. Every value a
 // program or the network chose goes through inert (field does it), so
@@ -287,7 +367,7 @@ func (s *promptSession) show() {
 	field("parent", s.parent(proc.GetPpid()))
 	cmd := inert.String(strings.Join(proc.GetArgs(), " "))
 	if len([]rune(cmd)) > 120 {
-		cmd = inert.Elide(cmd, 120) + "  (m: show all)"
+		cmd = inert.Elide(cmd, 120) + "  (m shows all)"
 	}
 	field("command line", orDash(cmd))
 	field("destination", s.destination(p))
@@ -299,7 +379,7 @@ func (s *promptSession) show() {
 	if also := alsoProcesses(p.GetProcesses(), p.GetMoreProcesses()); also != "" {
 		field("processes", strings.TrimPrefix(also, "; "))
 	}
-	field("default", s.countdown())
+	field("default", s.countdown()+" (if nobody answers)")
 }
 
 func (s *promptSession) userName(uid uint32) string {
@@ -332,7 +412,7 @@ func (s *promptSession) destination(p *uiv1.Prompt) string {
 }
 
 func (s *promptSession) countdown() string {
-	a := ruleActionName(s.cur.GetDeadlineAction())
+	a := defaultActionName(s.cur.GetDeadlineAction())
 	if s.cur.GetDeadline() == nil {
 		return a
 	}
@@ -341,6 +421,18 @@ func (s *promptSession) countdown() string {
 		return a + " now"
 	}
 	return fmt.Sprintf("%s in %v", a, left)
+}
+
+// defaultActionName names the deadline's action as the keys do: deny
+// (refused at once), drop silently, allow.
+func defaultActionName(a rulesv1.Action) string {
+	switch a {
+	case rulesv1.Action_ACTION_REJECT:
+		return "deny"
+	case rulesv1.Action_ACTION_DENY:
+		return "drop silently"
+	}
+	return ruleActionName(a)
 }
 
 var lifetimes = []struct {
@@ -357,49 +449,65 @@ var lifetimes = []struct {
 }
 
 var scopes = []struct {
-	key   string
 	label string
 	scope rules.Scope
 }{
-	{"1", "this destination and port", rules.ScopeDestinationPort},
-	{"2", "this host, any port", rules.ScopeHost},
-	{"3", "this domain", rules.ScopeDomain},
-	{"4", "this port anywhere", rules.ScopePort},
-	{"5", "anywhere", rules.ScopeAny},
+	{"this destination and port", rules.ScopeDestinationPort},
+	{"this host, any port", rules.ScopeHost},
+	{"this domain", rules.ScopeDomain},
+	{"this port anywhere", rules.ScopePort},
+	{"anywhere", rules.ScopeAny},
 }
 
-// ask prints the question of the current step.
+// ask prints the question of the current step, with what Enter does.
 func (s *promptSession) ask() {
 	switch s.step {
+	case stepQuick:
+		always := "this program to " + s.shortDestination()
+		fmt.Fprintf(s.out, "Action? [a] allow once  [A] allow always (%s)  [d] deny once  [D] deny always\n", always)
+		fmt.Fprintf(s.out, "        [m] more choices (drop silently, how long, which connections)  [Enter] leave it: %s > ", s.countdown())
 	case stepAction:
-		fmt.Fprintf(s.out, "Action? [a]llow [d]eny [r]eject (empty: leave it, %s) > ", s.countdown())
+		fmt.Fprintf(s.out, "Action? [a] allow  [d] deny: refuse, the program fails at once  [s] drop silently: the program waits until it gives up\n")
+		fmt.Fprintf(s.out, "        [Enter] leave it: %s > ", s.countdown())
 	case stepLifetime:
 		var opts []string
 		for _, l := range lifetimes {
 			opts = append(opts, "["+l.key+"] "+l.label)
 		}
-		fmt.Fprintf(s.out, "For how long? %s > ", strings.Join(opts, " "))
+		fmt.Fprintf(s.out, "For how long? %s  [Enter] once > ", strings.Join(opts, " "))
 	case stepScope:
 		fmt.Fprintf(s.out, "Which connections of %s?\n", appName(s.cur.GetProcess()))
 		s.previews = map[string]rules.Scope{}
+		n := 0
 		for _, sc := range scopes {
 			r, err := s.build(rules.Choice{Action: s.choice.Action, Lifetime: s.choice.Lifetime, For: s.choice.For, Scope: sc.scope})
 			if err != nil {
 				continue // e.g. no host name for the domain scope
 			}
-			s.previews[sc.key] = sc.scope
+			n++
+			key := strconv.Itoa(n)
+			s.previews[key] = sc.scope
 			if sc.scope == rules.ScopeAny {
-				fmt.Fprintf(s.out, "  [%s] %s\n", sc.key, sc.label)
+				fmt.Fprintf(s.out, "  [%s] %s\n", key, sc.label)
 				continue
 			}
-			fmt.Fprintf(s.out, "  [%s] %s: %s\n", sc.key, sc.label, inert.String(ruleDestination(rules.ToProto(r))))
+			fmt.Fprintf(s.out, "  [%s] %s: %s\n", key, sc.label, inert.String(ruleDestination(rules.ToProto(r))))
 		}
-		fmt.Fprint(s.out, "> ")
+		fmt.Fprint(s.out, "[Enter] 1 > ")
 	case stepCmdline:
-		fmt.Fprintf(s.out, "Only with this command line (%s)? [y]es [n]o > ", inert.Elide(strings.Join(s.cur.GetProcess().GetArgs(), " "), 60))
+		fmt.Fprintf(s.out, "Only with this command line (%s)? [y] yes [n] no  [Enter] no > ", inert.Elide(strings.Join(s.cur.GetProcess().GetArgs(), " "), 60))
 	case stepConfirm:
-		fmt.Fprint(s.out, "Confirm? [y]es, [n]o: start over > ")
+		fmt.Fprint(s.out, "Store it? [y] yes [n] no: start over  [Enter] yes > ")
 	}
+}
+
+// shortDestination is what "always" covers: host or address, and port.
+func (s *promptSession) shortDestination() string {
+	r, err := s.build(rules.Choice{Action: flow.ActionAllow, Lifetime: rules.Forever, Scope: rules.ScopeDestinationPort})
+	if err != nil {
+		return "not possible here: " + inert.String(err.Error())
+	}
+	return inert.String(ruleDestination(rules.ToProto(r)))
 }
 
 // build makes the rule for choice c. Created is left to the rules
@@ -410,39 +518,71 @@ func (s *promptSession) build(c rules.Choice) (rules.Rule, error) {
 	return r, err
 }
 
-// answer handles one line typed for the current step.
+// quickAnswers are the one-key answers: a person's deny refuses (the
+// program fails at once); always is this program, this destination and
+// port, forever.
+var quickAnswers = map[string]rules.Choice{
+	"a":      {Action: flow.ActionAllow, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"allow":  {Action: flow.ActionAllow, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"A":      {Action: flow.ActionAllow, Lifetime: rules.Forever, Scope: rules.ScopeDestinationPort},
+	"d":      {Action: flow.ActionReject, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"deny":   {Action: flow.ActionReject, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"r":      {Action: flow.ActionReject, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"reject": {Action: flow.ActionReject, Lifetime: rules.Once, Scope: rules.ScopeDestinationPort},
+	"D":      {Action: flow.ActionReject, Lifetime: rules.Forever, Scope: rules.ScopeDestinationPort},
+}
+
+// answer handles one answer (a key or a line) for the current step.
 func (s *promptSession) answer(ctx context.Context, line string) error {
-	if strings.Contains(line, "\x1b") || strings.TrimSpace(line) == "" {
+	raw := strings.TrimSpace(line)
+	if strings.Contains(line, "\x1b") || (raw == "" && (s.step == stepQuick || s.step == stepAction)) {
 		fmt.Fprintf(s.out, "left to the default: %s\n", s.countdown())
 		s.later[s.cur.GetId()] = true
 		s.cur = nil
 		return nil
 	}
-	in := strings.ToLower(strings.TrimSpace(line))
+	in := raw
+	if len(in) > 1 {
+		in = strings.ToLower(in) // words; single letters keep their case
+	}
 	switch in {
 	case "q", "quit":
 		fmt.Fprintf(s.out, "quit; %d prompt(s) left to their default\n", len(s.queue)+1)
 		return errQuit
-	case "m":
-		fmt.Fprintf(s.out, "command line: %s\n", orDash(inert.String(strings.Join(s.cur.GetProcess().GetArgs(), " "))))
-		s.ask()
-		return nil
 	case "?":
 		s.show()
 		s.ask()
 		return nil
+	case "m", "more":
+		fmt.Fprintf(s.out, "command line: %s\n", orDash(inert.String(strings.Join(s.cur.GetProcess().GetArgs(), " "))))
+		if s.step == stepQuick {
+			s.step = stepAction
+		}
+		s.ask()
+		return nil
 	}
 	switch s.step {
-	case stepAction:
-		a, ok := map[string]flow.Action{"a": flow.ActionAllow, "allow": flow.ActionAllow, "d": flow.ActionDeny,
-			"deny": flow.ActionDeny, "r": flow.ActionReject, "reject": flow.ActionReject}[in]
+	case stepQuick:
+		c, ok := quickAnswers[in]
 		if !ok {
-			fmt.Fprintln(s.out, "answer a, d or r")
+			fmt.Fprintln(s.out, "press a, A, d, D or m (Enter leaves it to the default)")
+			break
+		}
+		s.choice = c
+		return s.send(ctx)
+	case stepAction:
+		a, ok := map[string]flow.Action{"a": flow.ActionAllow, "allow": flow.ActionAllow, "d": flow.ActionReject,
+			"deny": flow.ActionReject, "r": flow.ActionReject, "reject": flow.ActionReject, "s": flow.ActionDeny, "drop": flow.ActionDeny}[strings.ToLower(in)]
+		if !ok {
+			fmt.Fprintln(s.out, "press a, d or s")
 			break
 		}
 		s.choice.Action = a
 		s.step = stepLifetime
 	case stepLifetime:
+		if in == "" {
+			in = "1"
+		}
 		found := false
 		for _, l := range lifetimes {
 			if in == l.key {
@@ -450,14 +590,22 @@ func (s *promptSession) answer(ctx context.Context, line string) error {
 			}
 		}
 		if !found {
-			fmt.Fprintln(s.out, "answer 1 to 5")
+			fmt.Fprintln(s.out, "press 1 to 5")
 			break
+		}
+		if s.choice.Lifetime == rules.Once {
+			// Once decides this prompt's connections: no scope to choose.
+			s.choice.Scope = rules.ScopeDestinationPort
+			return s.send(ctx)
 		}
 		s.step = stepScope
 	case stepScope:
+		if in == "" {
+			in = "1"
+		}
 		sc, ok := s.previews[in]
 		if !ok {
-			fmt.Fprintln(s.out, "answer one of the numbers shown")
+			fmt.Fprintf(s.out, "press 1 to %d\n", len(s.previews))
 			break
 		}
 		s.choice.Scope = sc
@@ -467,26 +615,26 @@ func (s *promptSession) answer(ctx context.Context, line string) error {
 			return s.showRule()
 		}
 	case stepCmdline:
-		switch in {
+		switch strings.ToLower(in) {
 		case "y", "yes":
 			s.choice.WithCmdline = true
-		case "n", "no":
+		case "n", "no", "":
 			s.choice.WithCmdline = false
 		default:
-			fmt.Fprintln(s.out, "answer y or n")
+			fmt.Fprintln(s.out, "press y or n")
 			s.ask()
 			return nil
 		}
 		s.step = stepConfirm
 		return s.showRule()
 	case stepConfirm:
-		switch in {
-		case "y", "yes":
+		switch strings.ToLower(in) {
+		case "y", "yes", "":
 			return s.send(ctx)
 		case "n", "no":
-			s.step, s.choice = stepAction, rules.Choice{}
+			s.step, s.choice = stepQuick, rules.Choice{}
 		default:
-			fmt.Fprintln(s.out, "answer y or n")
+			fmt.Fprintln(s.out, "press y or n")
 		}
 	}
 	s.ask()
@@ -499,26 +647,25 @@ func (s *promptSession) showRule() error {
 	r, err := s.build(s.choice)
 	if err != nil {
 		fmt.Fprintf(s.out, "cannot make that rule: %s\n", inert.String(err.Error()))
-		s.step, s.choice = stepAction, rules.Choice{}
+		s.step, s.choice = stepQuick, rules.Choice{}
 		s.ask()
 		return nil
 	}
-	if r.Lifetime == rules.Once {
-		fmt.Fprintln(s.out, "This answer decides only this prompt's connections and is not stored:")
-	} else {
-		fmt.Fprintln(s.out, "This rule will be stored:")
-	}
+	fmt.Fprintln(s.out, "This rule will be stored:")
 	printRule(s.out, rules.ToProto(r), s.now(), s.loc)
 	s.ask()
 	return nil
 }
 
-// send answers the prompt. The rule is rebuilt from the choice so that a
-// Duration rule's expiry counts from the confirmation.
+// send answers the prompt with s.choice and says what happened. The rule
+// is built now, so that a Duration rule's expiry counts from the answer.
 func (s *promptSession) send(ctx context.Context) error {
 	r, err := s.build(s.choice)
 	if err != nil {
-		return fmt.Errorf("make rule: %w", err)
+		fmt.Fprintf(s.out, "cannot make that rule: %s\n", inert.String(err.Error()))
+		s.step, s.choice = stepQuick, rules.Choice{}
+		s.ask()
+		return nil
 	}
 	title := s.title()
 	resp, err := s.ui.AnswerPrompt(ctx, &uiv1.AnswerPromptRequest{PromptId: s.cur.GetId(), Rule: rules.ToProto(r)})
@@ -526,7 +673,7 @@ func (s *promptSession) send(ctx context.Context) error {
 	switch status.Code(err) {
 	case codes.OK:
 	case codes.NotFound:
-		fmt.Fprintf(s.out, "%s: answered elsewhere\n", title)
+		fmt.Fprintf(s.out, "%s: too late: already decided (answered elsewhere, timed out or decided by a rule)\n", title)
 		return nil
 	case codes.InvalidArgument, codes.FailedPrecondition:
 		fmt.Fprintf(s.out, "%s: the rules service refused the answer: %s\n", title, inert.String(statusMessage(err)))
@@ -536,10 +683,50 @@ func (s *promptSession) send(ctx context.Context) error {
 	}
 	got := resp.GetRule()
 	what := ruleActionName(got.GetAction())
+	if got.GetAction() == rulesv1.Action_ACTION_DENY {
+		what = "drop silently"
+	} else if got.GetAction() == rulesv1.Action_ACTION_REJECT {
+		what = "deny"
+	}
 	if got.GetLifetime() == rulesv1.Lifetime_LIFETIME_ONCE || got.GetId() == "" {
 		fmt.Fprintf(s.out, "%s: %s once\n", title, what)
 		return nil
 	}
 	fmt.Fprintf(s.out, "%s: %s, rule %s, %s\n", title, what, inert.String(got.GetId()), ruleLifetime(got, s.now(), s.loc))
 	return nil
+}
+
+// readKey reads one key from a terminal in cbreak mode: Enter is "", Esc
+// (and the sequences arrow keys send) "\x1b", Ctrl-D the end of input.
+func readKey(br *bufio.Reader) lineResult {
+	r, _, err := br.ReadRune()
+	if err != nil {
+		return lineResult{eof: errors.Is(err, io.EOF), err: err}
+	}
+	switch r {
+	case '\r', '\n':
+		return lineResult{line: ""}
+	case 0x04:
+		return lineResult{eof: true, err: io.EOF}
+	case 0x1b:
+		// Swallow the rest of an escape sequence already buffered.
+		for br.Buffered() > 0 {
+			if _, _, err := br.ReadRune(); err != nil {
+				break
+			}
+		}
+		return lineResult{line: "\x1b"}
+	}
+	return lineResult{line: string(r)}
+}
+
+// keyEcho shows the key pressed, as the terminal does not echo it.
+func keyEcho(k string) string {
+	switch k {
+	case "":
+		return "(Enter)"
+	case "\x1b":
+		return "(Esc)"
+	}
+	return inert.String(k)
 }

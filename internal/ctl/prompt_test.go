@@ -86,6 +86,10 @@ func TestPromptAnswers(t *testing.T) {
 		stored = "curl -> www.example.com 93.184.216.34:443: "
 		later  = "left to the default"
 	)
+	destPort := func(r *rulesv1.Rule) *rulesv1.Rule {
+		r.Host, r.DstPortMin, r.DstPortMax, r.Protocol = "www.example.com", 443, 443, rulesv1.Protocol_PROTOCOL_TCP
+		return curl(r)
+	}
 	tests := []struct {
 		name   string
 		script string
@@ -93,26 +97,34 @@ func TestPromptAnswers(t *testing.T) {
 		end    string        // the session's last words
 		golden string
 	}{
-		{"allow forever destination and port", "a\n5\n1\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
-			Host: "www.example.com", DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
-			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "allow, rule", "prompt_allow_forever.golden"},
-		{"deny 15 minutes host", "d\n2\n2\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_DENY,
+		// One key answers the common cases.
+		{"a allows once", "a\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW, Lifetime: rulesv1.Lifetime_LIFETIME_ONCE}),
+			stored + "allow once", "prompt_allow_once.golden"},
+		{"A allows always", "A\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW, Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}),
+			stored + "allow, rule", "prompt_allow_forever.golden"},
+		{"d denies once: refused at once", "d\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT, Lifetime: rulesv1.Lifetime_LIFETIME_ONCE}),
+			stored + "deny once", ""},
+		{"D denies always", "D\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT, Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}),
+			stored + "deny, rule", ""},
+		// More choices, with defaults on Enter.
+		{"drop silently once", "m\ns\n\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_DENY, Lifetime: rulesv1.Lifetime_LIFETIME_ONCE}),
+			stored + "drop silently once", "prompt_drop_once.golden"},
+		{"deny 15 minutes host", "m\nd\n2\n2\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT,
 			Host: "www.example.com", Lifetime: rulesv1.Lifetime_LIFETIME_DURATION,
 			Expires: timestamppb.New(testNow.Add(15 * time.Minute))}), stored + "deny, rule", "prompt_deny_15m.golden"},
-		{"reject session port with command line", "r\n4\n4\ny\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT,
+		{"defaults: forever, first scope, no command line, yes", "m\na\n5\n\n\n\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "allow, rule", ""},
+		{"reject session port with command line", "more\nreject\n4\n4\ny\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT,
 			Cmdline: `curl -sS https://www\.example\.com/`, DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
-			Lifetime: rulesv1.Lifetime_LIFETIME_SESSION}), stored + "reject, rule", "prompt_cmdline.golden"},
-		{"allow once domain, words accepted", "allow\n1\n3\nno\nyes\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
-			Host: "*.example.com", Lifetime: rulesv1.Lifetime_LIFETIME_ONCE}), stored + "allow once", ""},
-		{"1 hour anywhere", "a\n3\n5\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
+			Lifetime: rulesv1.Lifetime_LIFETIME_SESSION}), stored + "deny, rule", "prompt_cmdline.golden"},
+		{"1 hour anywhere", "m\na\n3\n5\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
 			Lifetime: rulesv1.Lifetime_LIFETIME_DURATION, Expires: timestamppb.New(testNow.Add(time.Hour))}), stored + "allow, rule", ""},
-		{"start over after no", "a\n5\n1\nn\nn\nd\n5\n5\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_DENY,
+		{"start over after no", "m\na\n5\n1\nn\nn\nD\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_REJECT,
 			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "deny, rule", ""},
-		{"invalid answers are asked again", "x\na\n9\n5\n7\n1\nmaybe\nn\ny\n", curl(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
-			Host: "www.example.com", DstPortMin: 443, DstPortMax: 443, Protocol: rulesv1.Protocol_PROTOCOL_TCP,
+		{"invalid answers are asked again", "x\nm\nq2\na\n9\n5\n7\n1\nmaybe\nn\ny\n", destPort(&rulesv1.Rule{Action: rulesv1.Action_ACTION_ALLOW,
 			Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER}), stored + "allow, rule", "prompt_invalid.golden"},
 		{"empty line decides later", "\n", nil, later, "prompt_later.golden"},
-		{"escape decides later at any step", "a\n5\n\x1b\n", nil, later, ""},
+		{"escape decides later at any step", "m\na\n5\n\x1b\n", nil, later, ""},
 		{"quit", "q\n", nil, "quit;", ""},
 	}
 	for _, tc := range tests {
@@ -159,7 +171,7 @@ func TestPromptDetails(t *testing.T) {
 	h := newHarness(t, true, false)
 	h.ui.AddPrompt(otherPrompt("p2"))
 	var out bytes.Buffer
-	s := newSession(t, h, strings.NewReader("m\nd\n5\nm\n3\n1\n"), &out)
+	s := newSession(t, h, strings.NewReader("m\nd\n5\nm\n3\n"), &out)
 	if err := s.run(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -234,33 +246,33 @@ func TestPromptWithdrawn(t *testing.T) {
 	h.ui.AddPrompt(otherPrompt("p2"))
 	h.ui.AddPrompt(testPrompt("p3"))
 	out.waitFor(t, "(new prompt from curl; 2 more waiting)", 1)
-	write("a\n")
+	write("m\na\n")
 	out.waitFor(t, "For how long?", 1)
 	// A waiting prompt that goes away is dropped from the queue.
 	h.ui.Withdraw("p3", "deadline")
 	// The prompt being answered is answered on another client.
 	h.ui.Withdraw("p1", "answered")
-	out.waitFor(t, "curl -> www.example.com 93.184.216.34:443: answered elsewhere", 1)
+	out.waitFor(t, "curl -> www.example.com 93.184.216.34:443: answered in another prompt client", 1)
 	out.waitFor(t, "== python3.11 wants to connect to [2001:db8::53]:53 ==", 1) // nothing more waiting
-	write("d\n2\n1\nn\ny\n")
+	write("m\nd\n2\n1\nn\ny\n")
 	out.waitFor(t, "python3.11 -> [2001:db8::53]:53: deny, rule", 1)
 	got := answers(h.ui)
-	if len(got) != 1 || got[0].GetPromptId() != "p2" || got[0].GetRule().GetAction() != rulesv1.Action_ACTION_DENY {
-		t.Fatalf("answers %v, want a deny for p2", got)
+	if len(got) != 1 || got[0].GetPromptId() != "p2" || got[0].GetRule().GetAction() != rulesv1.Action_ACTION_REJECT {
+		t.Fatalf("answers %v, want a deny (reject) for p2", got)
 	}
 
 	// Answered elsewhere between the confirmation and the answer.
 	h.ui.AddPrompt(testPrompt("p4"))
 	h.ui.DropPrompt("p4")
 	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 2)
-	write("a\n5\n5\nn\ny\n")
-	out.waitFor(t, "answered elsewhere", 2)
+	write("A\n")
+	out.waitFor(t, "too late: already decided", 1)
 
 	// Timed out while being answered.
 	h.ui.AddPrompt(testPrompt("p5"))
 	out.waitFor(t, "== curl wants to connect to www.example.com:443 ==", 3)
 	h.ui.Withdraw("p5", "deadline")
-	out.waitFor(t, "timed out, the default (deny) applied", 1)
+	out.waitFor(t, "timed out; the default applied", 2)
 	if strings.Contains(out.String(), "p3") || strings.Count(out.String(), "== curl wants to connect to") != 3 {
 		t.Errorf("the withdrawn waiting prompt was shown:\n%s", out.String())
 	}
@@ -276,7 +288,7 @@ func TestPromptCommand(t *testing.T) {
 	h.ui.AddPrompt(testPrompt("p1"))
 	h.ui.AddPrompt(otherPrompt("p2"))
 	// The script ends at p2's first question, which ends the session.
-	r := h.run(t, "a\n5\n1\nn\ny\n", "prompt")
+	r := h.run(t, "A\n", "prompt")
 	if r.code != ExitOK {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}

@@ -31,7 +31,7 @@ func addSample(t *testing.T, h *harness) {
 func TestRulesAddListEnableDisable(t *testing.T) {
 	h := newHarness(t, true, false)
 	r := h.run(t, "", "rules", "list")
-	if r.code != ExitOK || r.stdout != "no rules\n" {
+	if r.code != ExitOK || r.stdout != "You have no rules.\n" {
 		t.Fatalf("empty list: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	r = h.run(t, "", "rules", "add", "--action", "allow", "--exe", "/usr/bin/curl", "--host", "example.com",
@@ -128,7 +128,7 @@ func TestRulesExportRemoveImport(t *testing.T) {
 			if r.code != ExitOK || r.stderr != "" {
 				t.Fatalf("import: exit %d, %q %q", r.code, r.stdout, r.stderr)
 			}
-			if want := "DIR/rules." + format + ": imported 5 rule(s)\n"; !strings.HasSuffix(r.stdout, "rules."+format+": imported 5 rule(s)\n") {
+			if want := "DIR/rules." + format + ": 5 rule(s) added, 0 changed, 0 left alone (already there)\n"; !strings.HasSuffix(r.stdout, want[3:]) {
 				t.Errorf("import said %q, want %q", r.stdout, want)
 			}
 			// The fake hands out new ids; everything else must survive.
@@ -199,12 +199,17 @@ func TestExitCodes(t *testing.T) {
 		{"add bad proto", h, []string{"rules", "add", "--action", "allow", "--proto", "sctp6"}, ExitUsage, "protocol"},
 		{"add two lifetimes", h, []string{"rules", "add", "--action", "allow", "--for", "1h", "--session"}, ExitUsage, "one of"},
 		{"export opensnitch", h, []string{"rules", "export", "--format", "opensnitch"}, ExitUsage, "import format only"},
-		{"rm unknown", h, []string{"rules", "rm", "0123456789abcdef"}, ExitNotFound, "no rule 0123456789abcdef"},
-		{"enable unknown", h, []string{"rules", "enable", "nope"}, ExitNotFound, "no rule nope"},
+		{"rm unknown", h, []string{"rules", "rm", "0123456789abcdef"}, ExitNotFound, `you have no rule with id "0123456789abcdef"; ` + "`bastionctl rules list`"},
+		{"enable unknown", h, []string{"rules", "enable", "nope"}, ExitNotFound, `you have no rule with id "nope"`},
 		{"rm not yours", h, []string{"rules", "rm", "forbidden"}, ExitDenied, "not your rule"},
-		{"later unknown", h, []string{"later", "rule", "nope", "--action", "allow"}, ExitNotFound, "no decide-later entry nope"},
-		{"service down", down, []string{"rules", "list"}, ExitNoAgent, "rules service not reachable at DIR/absent-ui.sock"},
-		{"import with service down", down, []string{"rules", "import", filepath.Join("testdata", "opensnitch", "good.json")}, ExitNoAgent, "is bastion-uiserver running?"},
+		{"later unknown", h, []string{"later", "rule", "nope", "--action", "allow"}, ExitNotFound, `there is no decide-later entry "nope"`},
+		{"service down", down, []string{"rules", "list"}, ExitNoAgent, "your rules service is not running (nothing answers at DIR/absent-ui.sock). Start it with `systemctl --user start bastion-uiserver`"},
+		{"import with service down", down, []string{"rules", "import", filepath.Join("testdata", "opensnitch", "good.json")}, ExitNoAgent, "Start it with"},
+		{"agent down", down, []string{"pending"}, ExitNoAgent, "the agent is not running (nothing answers at DIR/absent-agent.sock). Start it with `sudo systemctl start bastion-agent`"},
+		{"add with no operands", h, []string{"rules", "add", "--action", "allow", "--forever"}, ExitUsage, "would cover every program and every destination"},
+		{"add bad dst words", h, []string{"rules", "add", "--action", "allow", "--dst", "300.1.1.1"}, ExitUsage, `--dst: "300.1.1.1" is not an IP address`},
+		{"unknown option", h, []string{"rules", "list", "--jsno"}, ExitUsage, "unknown option -jsno"},
+		{"help of an unknown command", h, []string{"help", "frob"}, ExitUsage, `no command "frob"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,8 @@ package ctl
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +15,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/inert"
@@ -24,6 +30,9 @@ const rulesUse = "rules list | add | rm ID... | enable ID | disable ID | export 
 
 func (c *cli) rulesCmd(ctx context.Context, args []string) int {
 	if len(args) == 0 {
+		if c.help {
+			return c.helpCmd(ctx, []string{"rules"})
+		}
 		return exitCode(fmt.Errorf("%w: %s", errUsage, rulesUse), c.errOut)
 	}
 	var err error
@@ -48,15 +57,9 @@ func (c *cli) rulesCmd(ctx context.Context, args []string) int {
 	return exitCode(err, c.errOut)
 }
 
-func (c *cli) flagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
-	return fs
-}
-
 func (c *cli) rulesList(ctx context.Context, args []string) error {
-	if len(args) != 0 {
-		return fmt.Errorf("%w: rules list", errUsage)
+	if ops, err := c.parse(c.flagSet("rules list"), args); err != nil || len(ops) != 0 {
+		return orUsage(err, "rules list")
 	}
 	resp, err := c.ui.ListRules(ctx, &uiv1.ListRulesRequest{})
 	if err != nil {
@@ -69,7 +72,7 @@ func (c *cli) rulesList(ctx context.Context, args []string) error {
 		return nil
 	}
 	if len(resp.GetRules()) == 0 {
-		fmt.Fprintln(c.out, "no rules")
+		fmt.Fprintln(c.out, "You have no rules.")
 		return nil
 	}
 	printRuleTable(c.out, resp.GetRules(), c.now(), c.loc)
@@ -80,6 +83,16 @@ func (c *cli) rulesList(ctx context.Context, args []string) error {
 type operandFlags struct {
 	exe, cmdline, sha256, dst, port, host, proto string
 	anyMountNS                                   bool
+}
+
+// anySet reports whether any operand flag was given.
+func (o *operandFlags) anySet(set map[string]bool) bool {
+	for _, name := range []string{"exe", "cmdline", "sha256", "dst", "port", "host", "proto"} {
+		if set[name] {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *operandFlags) register(fs *flag.FlagSet) {
@@ -135,7 +148,7 @@ func (o *operandFlags) apply(r *rules.Rule, set map[string]bool) error {
 		if o.proto != "" && o.proto != "any" {
 			p, err := flow.ParseProto(strings.ToLower(o.proto))
 			if err != nil {
-				return fmt.Errorf("--proto: %w", err)
+				return fmt.Errorf("--proto: %q is not a protocol: use tcp, udp, icmp, icmpv6, udplite, sctp, dccp, gre, esp, ah, igmp or a number 1-255", o.proto)
 			}
 			r.Proto = p
 		}
@@ -147,13 +160,13 @@ func parseDst(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("--dst: %w", err)
+			return netip.Prefix{}, fmt.Errorf("--dst: %q is not an address with a prefix length (e.g. 10.0.0.0/8 or 2001:db8::/32)", s)
 		}
 		return p.Masked(), nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("--dst: %w", err)
+		return netip.Prefix{}, fmt.Errorf("--dst: %q is not an IP address (e.g. 192.0.2.1 or 2001:db8::1) or a prefix (10.0.0.0/8)", s)
 	}
 	a = a.Unmap()
 	return netip.PrefixFrom(a, a.BitLen()), nil
@@ -215,37 +228,63 @@ func setFlags(fs *flag.FlagSet) map[string]bool {
 	return set
 }
 
-const addUse = "rules add --action allow|deny|reject [--exe PATH|GLOB [--any-mount-ns]] [--cmdline RE] [--sha256 HEX] [--dst IP|CIDR] " +
+const addUse = "rules add --action allow|deny|reject [--any] [--id ID] [--exe PATH|GLOB [--any-mount-ns]] [--cmdline RE] [--sha256 HEX] [--dst IP|CIDR] " +
 	"[--port N|N-M] [--host NAME|*.domain] [--proto P] [--for DURATION|--session|--forever] [--note TEXT] [--disabled]"
 
 func (c *cli) rulesAdd(ctx context.Context, args []string) error {
 	fs := c.flagSet("rules add")
-	action := fs.String("action", "", "allow, deny or reject")
+	action := fs.String("action", "", "allow, deny (drop silently) or reject (refuse at once)")
 	note := fs.String("note", "", "a note for yourself")
 	disabled := fs.Bool("disabled", false, "store the rule disabled")
+	anyConn := fs.Bool("any", false, "the rule has no operands on purpose: it covers every program and destination")
+	id := fs.String("id", "", "the new rule's id (default: a new random one); adding again with the same id does not add a second rule")
 	var ops operandFlags
 	ops.register(fs)
 	var life lifetimeFlags
 	life.register(fs)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("%w: %s", errUsage, addUse)
+	if rest, err := c.parse(fs, args); err != nil || len(rest) != 0 {
+		return orUsage(err, addUse)
 	}
 	a, err := flow.ParseAction(*action)
 	if err != nil {
-		return fmt.Errorf("%w: --action: %v", errUsage, err)
+		return fmt.Errorf("%w: --action must be allow, deny or reject (bastionctl help rules add)", errUsage)
 	}
 	r := rules.Rule{Enabled: !*disabled, Action: a, Note: *note}
-	if err := ops.apply(&r, setFlags(fs)); err != nil {
+	set := setFlags(fs)
+	if err := ops.apply(&r, set); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if err := life.apply(&r, c.ruleNow()); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	if !ops.anySet(set) && !*anyConn {
+		return fmt.Errorf("%w: this rule would cover every program and every destination; "+
+			"name what it covers (--exe, --host, --dst, --port, --proto, --cmdline, --sha256), or add --any if that is what you mean", errUsage)
+	}
 	if err := r.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	resp, err := c.ui.AddRule(ctx, &uiv1.AddRuleRequest{Rule: rules.ToProto(r)})
+	// The id is chosen here, so that a retry after a lost answer cannot
+	// add the rule twice.
+	r.ID = *id
+	if r.ID == "" {
+		r.ID = c.ruleID()
+	}
+	req := &uiv1.AddRuleRequest{Rule: rules.ToProto(r)}
+	resp, err := c.ui.AddRule(ctx, req)
+	if err != nil && !neverSent(err) && status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+		// Sent, but the answer was lost: the same id makes one retry safe,
+		// once the service is back (it restarts with its unit).
+		rctx, cancel := context.WithTimeout(ctx, c.retryWait)
+		resp, err = c.ui.AddRule(rctx, req, grpc.WaitForReady(true))
+		cancel()
+	}
 	if err != nil {
+		if outcomeUnknown(ctx, err) {
+			return status.Errorf(codes.Unavailable, "the connection to your rules service was lost before it answered, so the rule "+
+				"may or may not have been added. Check with `bastionctl rules list`; to retry safely, run the same command "+
+				"with --id %s (an add with an id that is already there adds nothing)", r.ID)
+		}
 		return c.uiErr(err)
 	}
 	if c.json {
@@ -256,16 +295,36 @@ func (c *cli) rulesAdd(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) rulesRemove(ctx context.Context, ids []string) error {
-	if len(ids) == 0 {
-		//lint:ignore ST1005 a usage synopsis: "ID..." is one or more IDs
-		return fmt.Errorf("%w: rules rm ID...", errUsage)
+// outcomeUnknown reports whether a request that failed with err may still
+// have been carried out: it was sent (something listened), and the
+// connection went away or the user interrupted before the answer came.
+func outcomeUnknown(ctx context.Context, err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return !neverSent(err)
+	case codes.Canceled, codes.DeadlineExceeded:
+		return true
+	}
+	return ctx.Err() != nil
+}
+
+// newRuleID is a random rule id, as the rules service makes them.
+func newRuleID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails on Linux
+	return hex.EncodeToString(b[:])
+}
+
+func (c *cli) rulesRemove(ctx context.Context, args []string) error {
+	ids, err := c.parse(c.flagSet("rules rm"), args)
+	if err != nil || len(ids) == 0 {
+		return orUsage(err, "rules rm ID...")
 	}
 	// Remove what can be removed; report the first failure's code.
 	var first error
 	for _, id := range ids {
 		if _, err := c.ui.DeleteRule(ctx, &uiv1.DeleteRuleRequest{Id: id}); err != nil {
-			err = c.uiErr(err)
+			err = c.ruleErr(err, id)
 			if first == nil {
 				first = err
 			} else {
@@ -280,16 +339,26 @@ func (c *cli) rulesRemove(ctx context.Context, ids []string) error {
 	return first
 }
 
-func (c *cli) rulesEnable(ctx context.Context, args []string, enabled bool) error {
-	if len(args) != 1 {
-		if enabled {
-			return fmt.Errorf("%w: rules enable ID", errUsage)
-		}
-		return fmt.Errorf("%w: rules disable ID", errUsage)
+// ruleErr is uiErr, with NotFound said in words for the rule id.
+func (c *cli) ruleErr(err error, id string) error {
+	if status.Code(err) == codes.NotFound {
+		return status.Errorf(codes.NotFound, "you have no rule with id %q; `bastionctl rules list` shows your rules and their ids", id)
 	}
-	resp, err := c.ui.SetRuleEnabled(ctx, &uiv1.SetRuleEnabledRequest{Id: args[0], Enabled: enabled})
+	return c.uiErr(err)
+}
+
+func (c *cli) rulesEnable(ctx context.Context, args []string, enabled bool) error {
+	use, name := "rules disable ID", "rules disable"
+	if enabled {
+		use, name = "rules enable ID", "rules enable"
+	}
+	ops, err := c.parse(c.flagSet(name), args)
+	if err != nil || len(ops) != 1 {
+		return orUsage(err, use)
+	}
+	resp, err := c.ui.SetRuleEnabled(ctx, &uiv1.SetRuleEnabledRequest{Id: ops[0], Enabled: enabled})
 	if err != nil {
-		return c.uiErr(err)
+		return c.ruleErr(err, ops[0])
 	}
 	if c.json {
 		c.emitJSON(resp.GetRule())
@@ -322,8 +391,8 @@ func (c *cli) rulesExport(ctx context.Context, args []string) error {
 	fs := c.flagSet("rules export")
 	format := fs.String("format", "json", "json or toml")
 	outPath := fs.String("o", "", "write to FILE instead of standard output")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return fmt.Errorf("%w: %s", errUsage, use)
+	if ops, err := c.parse(fs, args); err != nil || len(ops) != 0 {
+		return orUsage(err, use)
 	}
 	f, err := parseFormat(*format, false)
 	if err != nil {
@@ -351,8 +420,9 @@ func (c *cli) rulesImport(ctx context.Context, args []string) error {
 	const use = "rules import [--format json|toml|opensnitch] FILE..."
 	fs := c.flagSet("rules import")
 	format := fs.String("format", "", "json, toml or opensnitch (default: from the file name, .toml or json)")
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
-		return fmt.Errorf("%w: %s", errUsage, use)
+	files, err := c.parse(fs, args)
+	if err != nil || len(files) == 0 {
+		return orUsage(err, use)
 	}
 	var forced uiv1.Format
 	if *format != "" {
@@ -363,7 +433,7 @@ func (c *cli) rulesImport(ctx context.Context, args []string) error {
 		forced = f
 	}
 	failed := 0
-	for _, name := range fs.Args() {
+	for _, name := range files {
 		f := forced
 		if f == uiv1.Format_FORMAT_UNSPECIFIED {
 			f = uiv1.Format_FORMAT_JSON
@@ -390,7 +460,7 @@ func (c *cli) rulesImport(ctx context.Context, args []string) error {
 		for _, p := range resp.GetProblems() {
 			fmt.Fprintf(c.errOut, "bastionctl: %s: %s\n", name, inert.String(p))
 		}
-		n := len(resp.GetImported())
+		n := resp.GetAdded() + resp.GetChanged() + resp.GetUnchanged()
 		if n == 0 && len(resp.GetProblems()) > 0 {
 			fmt.Fprintf(c.errOut, "bastionctl: %s: no rule could be imported\n", name)
 			failed++
@@ -402,14 +472,15 @@ func (c *cli) rulesImport(ctx context.Context, args []string) error {
 			}
 			continue
 		}
-		fmt.Fprintf(c.out, "%s: imported %d rule(s)", name, n)
+		fmt.Fprintf(c.out, "%s: %d rule(s) added, %d changed, %d left alone (already there)", name,
+			resp.GetAdded(), resp.GetChanged(), resp.GetUnchanged())
 		if len(resp.GetProblems()) > 0 {
 			fmt.Fprintf(c.out, ", %d problem(s)", len(resp.GetProblems()))
 		}
 		fmt.Fprintln(c.out)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d file(s) could not be imported", failed, fs.NArg())
+		return fmt.Errorf("%d of %d file(s) could not be imported", failed, len(files))
 	}
 	return nil
 }

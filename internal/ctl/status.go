@@ -24,7 +24,7 @@ func (c *cli) status(ctx context.Context) int {
 			c.printAgentStatus(ast)
 		}
 	} else {
-		fmt.Fprintf(c.errOut, "bastionctl: agent not reachable at %s: %s\n", c.agentSk, inert.String(status.Convert(aerr).Message()))
+		fmt.Fprintf(c.errOut, "bastionctl: %s\n", inert.String(status.Convert(c.agentErr(aerr)).Message()))
 	}
 	ust, uerr := c.ui.GetStatus(ctx, &uiv1.GetStatusRequest{})
 	if uerr == nil {
@@ -37,7 +37,7 @@ func (c *cli) status(ctx context.Context) int {
 			c.printUIStatus(ust)
 		}
 	} else {
-		fmt.Fprintf(c.errOut, "bastionctl: rules service not running (no answer at %s): %s\n", c.uiSocket, inert.String(status.Convert(uerr).Message()))
+		fmt.Fprintf(c.errOut, "bastionctl: %s\n", inert.String(status.Convert(c.uiErr(uerr)).Message()))
 	}
 	switch {
 	case aerr == nil || uerr == nil:
@@ -80,19 +80,48 @@ func (c *cli) printAgentStatus(st *agentv1.GetStatusResponse) {
 				u.GetUid(), u.GetHeldPackets(), u.GetPending(), u.GetShed())
 		}
 	}
-	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d, malformed %d)\n",
-		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetMalformed())
-	fmt.Fprintf(c.out, "decided by: rules %d, cache %d, policy %d, answer %d, deadline %d; identified %d, unidentified %d\n",
+	fmt.Fprintf(c.out, "packets: %d (allowed %d, denied %d, rejected %d; identified %d, unidentified %d)\n",
+		k.GetPackets(), k.GetAllowed(), k.GetDenied(), k.GetRejected(), k.GetIdentified(), k.GetUnidentified())
+	// Every packet is in exactly one of these (agentv1.Counters).
+	fmt.Fprintf(c.out, "decided by: rules %d, cache %d, policy %d, answer %d, deadline %d, silent action %d, "+
+		"resent (its first packet's verdict) %d, shutdown or busy rules %d, dropped beyond a share %d, unreadable %d; held now %d\n",
 		k.GetRuleDecisions(), k.GetCacheHits(), k.GetPolicyDecisions(), k.GetApiDecisions(), k.GetDeadlineDecisions(),
-		k.GetIdentified(), k.GetUnidentified())
+		k.GetSilentDecisions(), k.GetRetransmitDecisions(), k.GetOtherDecisions(), k.GetShed(), k.GetMalformed(), k.GetHeldPackets())
+	if n := k.GetPackets() - min(k.GetPackets(), decidedSum(k)); n > 0 {
+		// Read while they were being decided.
+		fmt.Fprintf(c.out, "  on their way to a verdict: %d\n", n)
+	}
 	fmt.Fprintf(c.out, "  in the kernel: %d of those by rules and the cache (no queue round trip)\n", k.GetKernelDecisions())
 	c.printKernelDecisions(st)
+	c.printTrafficAccounting(st)
 	if q := st.GetDnsQueueNum(); q != 0 {
 		fmt.Fprintf(c.out, "host names from DNS: queue %d, answers %d (malformed %d), addresses named %d\n",
 			q, k.GetDnsAnswers(), k.GetDnsMalformed(), st.GetDnsNames())
 	} else {
 		fmt.Fprintln(c.out, "host names from DNS: off")
 	}
+}
+
+// printTrafficAccounting says in one line whether the agent counts what
+// connections carry and what that costs; nothing for an agent that does
+// not report it.
+func (c *cli) printTrafficAccounting(st *agentv1.GetStatusResponse) {
+	ta := st.GetTrafficAccounting()
+	if ta == nil {
+		return
+	}
+	if ta.GetState() != "active" {
+		fmt.Fprintf(c.out, "traffic accounting: %s\n", inert.String(ta.GetState()))
+		return
+	}
+	fmt.Fprintf(c.out, "traffic accounting: active, counts read every %v; %d connections followed (~%d KiB), samples sent %d, dropped %d; connections lost %d\n",
+		ta.GetInterval().AsDuration(), ta.GetTracked(), (ta.GetMemoryBytes()+1023)/1024, ta.GetSamplesSent(), ta.GetSamplesDropped(), ta.GetLost())
+}
+
+// decidedSum adds up the buckets of "decided by", held packets included.
+func decidedSum(k *agentv1.Counters) uint64 {
+	return k.GetRuleDecisions() + k.GetCacheHits() + k.GetPolicyDecisions() + k.GetApiDecisions() + k.GetDeadlineDecisions() +
+		k.GetSilentDecisions() + k.GetRetransmitDecisions() + k.GetOtherDecisions() + k.GetShed() + k.GetMalformed() + k.GetHeldPackets()
 }
 
 // printKernelDecisions says how connections are decided in the kernel: the
@@ -153,4 +182,8 @@ func (c *cli) printUIStatus(st *uiv1.GetStatusResponse) {
 	fmt.Fprintf(c.out, "prompt clients: %d, pending prompts: %d\n", st.GetPromptClients(), st.GetPendingPrompts())
 	fmt.Fprintf(c.out, "without a prompt client: silent %s; prompts time out after %v, then %s\n",
 		ruleActionName(st.GetSilentAction()), st.GetPromptTimeout().AsDuration(), ruleActionName(st.GetTimeoutAction()))
+	if p := st.GetPausedUntil(); p != nil {
+		fmt.Fprintf(c.out, "protection paused until %s: your new connections are allowed and logged, not asked about\n",
+			p.AsTime().Local().Format("15:04:05"))
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
@@ -26,11 +27,11 @@ func TestStatus(t *testing.T) {
 	}{
 		{"both", true, true, ExitOK, "status_both.golden", nil, "bastionctl"},
 		{"rules service down", false, true, ExitOK, "status_agent_only.golden",
-			[]string{"rules service not running (no answer at DIR/absent-ui.sock)"}, "agent not reachable"},
+			[]string{"your rules service is not running (nothing answers at DIR/absent-ui.sock). Start it with"}, "agent"},
 		{"agent down", true, false, ExitOK, "status_ui_only.golden",
-			[]string{"agent not reachable at DIR/absent-agent.sock"}, "rules service"},
+			[]string{"the agent is not running (nothing answers at DIR/absent-agent.sock). Start it with `sudo systemctl start bastion-agent`"}, "rules service"},
 		{"both down", false, false, ExitNoAgent, "status_none.golden",
-			[]string{"agent not reachable", "rules service not running"}, ""},
+			[]string{"the agent is not running", "your rules service is not running"}, "transport"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -161,7 +162,7 @@ func TestLater(t *testing.T) {
 			t.Errorf("ResolveDecideLater request %d:\n%s", i, d)
 		}
 	}
-	if r = h.run(t, "", "later", "list"); r.stdout != "nothing to decide later\n" {
+	if r = h.run(t, "", "later", "list"); r.stdout != "Nothing to decide later.\n" {
 		t.Errorf("later list when empty: %q", r.stdout)
 	}
 }
@@ -223,5 +224,22 @@ func TestStatusKernelDecisions(t *testing.T) {
 	if !proto.Equal(st.GetKernelDecisions(), want) || st.GetCounters().GetKernelDecisions() != 5 {
 		t.Errorf("status --json: kernel decisions %v and counter %d, want %v and 5",
 			st.GetKernelDecisions(), st.GetCounters().GetKernelDecisions(), want)
+	}
+}
+
+// TestStatusSaysProtectionIsPaused: while the user's protection is paused,
+// status says so and until when.
+func TestStatusSaysProtectionIsPaused(t *testing.T) {
+	h := newHarness(t, true, true)
+	if r := h.run(t, "", "status"); strings.Contains(r.stdout, "paused") {
+		t.Fatalf("status before any pause says paused:\n%s", r.stdout)
+	}
+	resp, err := h.ui.PauseProtection(context.Background(), &uiv1.PauseProtectionRequest{Duration: durationpb.New(5 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "protection paused until " + resp.GetPausedUntil().AsTime().Local().Format("15:04:05")
+	if r := h.run(t, "", "status"); !strings.Contains(r.stdout, want) {
+		t.Errorf("status while paused does not say %q:\n%s", want, r.stdout)
 	}
 }

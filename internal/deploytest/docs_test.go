@@ -266,3 +266,84 @@ func runDocBlock(t *testing.T, root, bin string, uid, gid uint32, b docBlock) {
 		t.Errorf("%s:%d failed: %v\nblock:\n%s\nagent:\n%s", b.file, b.line, err, text, a.Log())
 	}
 }
+
+// TestReadmeCurlAnswers runs the README's Quick start curl command, as
+// printed there, and answers its connection as a person would: Allow
+// prints 200, Deny (a reject: the program fails at once) prints the
+// failure and ends at once, without a second connection that would be
+// held and asked about again (as --retry-connrefused made it).
+func TestReadmeCurlAnswers(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "ip", "nsenter", "iptables", "curl", "runuser")
+	root := repoRoot(t)
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^sudo ip netns exec bastion-try runuser -u "\$USER" -- \\\n(.*)$`).FindStringSubmatch(string(readme))
+	if m == nil {
+		t.Fatal("README.md has no `sudo ip netns exec bastion-try runuser -u \"$USER\" -- \\` line followed by the curl command")
+	}
+	userCmd := strings.TrimSpace(m[1])
+	bin := buildBinaries(t)
+	testUser(t)
+
+	for _, tc := range []struct {
+		action agentv1.Action
+		want   string
+	}{
+		{agentv1.Action_ACTION_ALLOW, "200\n"},
+		{agentv1.Action_ACTION_REJECT, "curl failed: exit status 7\n"},
+	} {
+		t.Run(tc.action.String(), func(t *testing.T) {
+			ns := testenv.NewNetNS(t)
+			var l net.Listener
+			if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", "127.0.0.1:8000"); return err }); err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, testenv.HTTPBody) }),
+				ReadHeaderTimeout: 10 * time.Second}
+			go srv.Serve(l)
+			t.Cleanup(func() { srv.Close() })
+			tmp := testenv.TempDir(t)
+			conf := filepath.Join(tmp, "agent.toml")
+			os.WriteFile(conf, []byte("[[policy.users]]\nuids = \"0-0\"\naction = \"allow\"\n\n[[policy.users]]\nuids = \"1-4294967294\"\naction = \"ask\"\n"), 0o644)
+			a := testenv.StartAgent(t, testenv.Options{Bin: filepath.Join(bin, "bastion-agent"), Config: conf, NetNS: ns.Name,
+				InterceptLoopback: true, Socket: filepath.Join(tmp, "agent.sock"), StopTimeout: agentStopTimeout})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			script := "sudo ip netns exec bastion-try runuser -u \"$USER\" -- " + userCmd
+			script = strings.ReplaceAll(strings.ReplaceAll(script, "bastion-try", ns.Name), "sudo ", "")
+			curl := exec.CommandContext(ctx, "bash", "-c", script)
+			curl.Env = []string{"USER=" + testUserName, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+			out := &testenv.SyncBuffer{}
+			curl.Stdout, curl.Stderr = out, out
+			if err := curl.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- curl.Wait() }()
+			p, err := pendingWhere(t, a.Client, 30*time.Second, func(p *agentv1.PendingConnection) bool { return p.GetFlow().GetDstPort() == 8000 })
+			if err != nil {
+				t.Fatalf("%v; curl: %s", err, out.String())
+			}
+			if _, err := a.Client.Decide(ctx, &agentv1.DecideRequest{Id: p.GetId(), Action: tc.action}); err != nil {
+				t.Fatal(err)
+			}
+			// A second connection would be held again for up to 30 s.
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("the README's command failed: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				r, _ := a.Client.ListPending(ctx, &agentv1.ListPendingRequest{})
+				t.Fatalf("curl still running 10 s after the answer (pending now: %v); output: %s", r.GetConnections(), out.String())
+			}
+			got := out.String()
+			if !strings.HasSuffix(got, tc.want) {
+				t.Errorf("the README's command printed %q, want it to end with %q", got, tc.want)
+			}
+		})
+	}
+}

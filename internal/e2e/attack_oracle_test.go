@@ -89,6 +89,9 @@ func TestAttackIDOracleAndForeignCounters(t *testing.T) {
 		"deadline_decisions": k.GetDeadlineDecisions(), "identified": k.GetIdentified(), "unidentified": k.GetUnidentified(),
 		"malformed": k.GetMalformed(), "udp_flows_released": k.GetUdpFlowsReleased(), "udp_reuse_races": k.GetUdpReuseRaces(),
 		"dns_answers": k.GetDnsAnswers(), "dns_malformed": k.GetDnsMalformed(),
+		"rule_decisions": k.GetRuleDecisions(), "kernel_decisions": k.GetKernelDecisions(),
+		"silent_decisions": k.GetSilentDecisions(), "retransmit_decisions": k.GetRetransmitDecisions(),
+		"other_decisions": k.GetOtherDecisions(), "held_packets": k.GetHeldPackets(),
 	} {
 		count(name, v)
 	}

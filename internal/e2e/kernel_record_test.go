@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bastion-fw/bastion/internal/procid"
 	"github.com/bastion-fw/bastion/internal/testenv"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -22,7 +24,8 @@ type recordedConn struct {
 	action agentv1.Action
 	ruleID string
 	port   int
-	local  string // the source address and port, for allowed connections
+	local  string   // the source address and port, for allowed connections
+	args   []string // the dialer's arguments
 }
 
 // TestKernelDecisionsRecordedLikeUserspace: three connections of the
@@ -67,11 +70,12 @@ func TestKernelDecisionsRecordedLikeUserspace(t *testing.T) {
 		{deny, denyID, deniedL.Addr().String(), "700ms"},
 	} {
 		for i := range 3 {
-			r, pid := dialInCgroup(t, ctx, ns, a, attackerUID, "-net", "tcp4", "-addr", c.addr, "-timeout", c.timeout)
+			args := []string{"-net", "tcp4", "-addr", c.addr, "-timeout", c.timeout}
+			r, pid := dialInCgroup(t, ctx, ns, a, attackerUID, args...)
 			if r.OK != (c.action == allow) {
 				t.Fatalf("connection %d to %s: %+v", i, c.addr, r)
 			}
-			conns = append(conns, recordedConn{pid: pid, action: c.action, ruleID: c.ruleID, port: portOfString(t, c.addr), local: r.Local})
+			conns = append(conns, recordedConn{pid: pid, action: c.action, ruleID: c.ruleID, port: portOfString(t, c.addr), local: r.Local, args: args})
 		}
 	}
 
@@ -87,6 +91,19 @@ func TestKernelDecisionsRecordedLikeUserspace(t *testing.T) {
 			t.Errorf("PID %d (connection %d of its rule): identified by %q; want the kernel: %v", c.pid, i%3, d.GetProcess().GetIdentifiedBy(), kernel)
 		}
 		checkRecord(t, "decision stream", c, b.dialer, d.GetAction(), d.GetDecidedBy(), d.GetRuleId(), d.GetProcess(), d.GetFlow())
+		// The command line and parent too, which the kernel's record
+		// does not carry: the agent completes it from what it knows of
+		// the process. (Forced to procfs, which has no exec tracking, it
+		// reads /proc, and a dialer that has exited by then has none:
+		// that combination does not exist outside this test, since a
+		// kernel without the eBPF mechanisms has no kernel decisions.)
+		if p, want := d.GetProcess(), append([]string{b.dialer}, c.args...); !slices.Equal(p.GetArgs(), want) || p.GetPpid() == 0 {
+			if mechanism() == string(procid.MechProcFS) && len(p.GetArgs()) == 0 {
+				t.Logf("PID %d (connection %d of its rule): no command line (procfs: the process was gone)", c.pid, i%3)
+			} else {
+				t.Errorf("PID %d (connection %d of its rule): command line %q, parent %d; want %q and a parent", c.pid, i%3, p.GetArgs(), p.GetPpid(), want)
+			}
+		}
 	}
 	t.Logf("userspace record: %v", records[conns[0].pid])
 	t.Logf("kernel record:    %v", records[conns[1].pid])
@@ -114,7 +131,7 @@ func TestKernelDecisionsRecordedLikeUserspace(t *testing.T) {
 		if d := byPID[c.pid]; !proto.Equal(d, records[c.pid]) {
 			t.Errorf("PID %d: bastionctl decisions --json shows\n%v\nthe stream:\n%v", c.pid, d, records[c.pid])
 		}
-		want := fmt.Sprintf("pid=%d %s uid=%d tcp 127.0.0.1:%d (by rule:%s)", c.pid, b.dialer, attackerUID, c.port, c.ruleID)
+		want := fmt.Sprintf("pid=%d %s uid=%d tcp 127.0.0.1:%d (by rule %s)", c.pid, b.dialer, attackerUID, c.port, c.ruleID)
 		if !strings.Contains(out, want) {
 			t.Errorf("bastionctl decisions has no line with %q:\n%s", want, out)
 		}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bastion-fw/bastion/internal/kdecide"
@@ -309,9 +311,11 @@ func TestKernelNeverAllowsPastAMoreSpecificRule(t *testing.T) {
 
 	t.Run("sha256", func(t *testing.T) {
 		// One file, rewritten in place between runs: its device and
-		// inode, all the kernel knows it by, stay the same, while its
+		// inode, which the kernel knows it by, stay the same, while its
 		// content alternates between the allowed program and one that
-		// a rule denies by its hash.
+		// a rule denies by its hash. (Its ctime changes with each
+		// write, which the kernel also compares; runs of the same
+		// content in a row leave the file as it is.)
 		addr, port := listen("127.0.0.1")
 		ctlAddr, ctlPort := listen("127.0.0.1")
 		exe := filepath.Join(testenv.TempDir(t), "tool")
@@ -327,12 +331,17 @@ func TestKernelNeverAllowsPastAMoreSpecificRule(t *testing.T) {
 			&rulesv1.Rule{Id: "deny-hash", Enabled: true, Action: rDeny, Exe: exe, ExeSha256: hex.EncodeToString(sum[:]),
 				DstPortMin: uint32(port), DstPortMax: uint32(port), Lifetime: rulesv1.Lifetime_LIFETIME_FOREVER},
 			portRule("allow-control", rAllow, exe, ctlPort))
+		current := good
 		rewrite := func(t *testing.T, content []byte) {
 			t.Helper()
+			if bytes.Equal(content, current) {
+				return
+			}
 			// O_TRUNC keeps the inode; no process runs the file now.
 			if err := os.WriteFile(exe, content, 0o755); err != nil {
 				t.Fatalf("rewrite %s: %v", exe, err)
 			}
+			current = content
 		}
 		as := func(content []byte, args ...string) func(t *testing.T) (bool, int) {
 			return func(t *testing.T) (bool, int) {
@@ -508,14 +517,42 @@ var loopDialerBin = helperBin("loopdialer", "github.com/bastion-fw/bastion/inter
 
 // attempt is one connection of the loop dialer.
 type attempt struct {
-	StartNS int64  `json:"start_ns"`
+	StartNS int64  `json:"start_ns"` // wall clock
+	MonoNS  int64  `json:"mono_ns"`  // CLOCK_MONOTONIC
 	US      int64  `json:"us"`
 	OK      bool   `json:"ok"`
 	Kind    string `json:"kind"`
 	Local   string `json:"local"`
+
+	// at is when it started, as a time of this process with a monotonic
+	// reading (set by Attempts).
+	at time.Time
 }
 
-func (a attempt) start() time.Time { return time.Unix(0, a.StartNS) }
+// start is when the attempt started, on the monotonic clock: compared with
+// this process's time.Now() readings, it is unmoved by a step of the wall
+// clock (CI machines have had their clock stepped mid-test).
+func (a attempt) start() time.Time { return a.at }
+
+// wallStart is when the attempt started on the wall clock, the clock a
+// rule's lifetime is measured on.
+func (a attempt) wallStart() time.Time { return time.Unix(0, a.StartNS) }
+
+// monoAnchor converts CLOCK_MONOTONIC readings of another process into
+// times of this one.
+type monoAnchor struct {
+	now  time.Time
+	mono int64
+}
+
+func newMonoAnchor() monoAnchor {
+	var ts unix.Timespec
+	now := time.Now()
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return monoAnchor{now: now, mono: ts.Nano()}
+}
+
+func (m monoAnchor) time(mono int64) time.Time { return m.now.Add(time.Duration(mono - m.mono)) }
 
 // loop is a running loop dialer: one process connecting again and again.
 type loop struct {
@@ -544,6 +581,7 @@ func (l *loop) Attempts(t *testing.T) []attempt {
 	// A line still being written is left for later.
 	out = out[:strings.LastIndexByte(out, '\n')+1]
 	var as []attempt
+	anchor := newMonoAnchor()
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {
 			continue
@@ -552,6 +590,7 @@ func (l *loop) Attempts(t *testing.T) []attempt {
 		if err := json.Unmarshal([]byte(line), &a); err != nil {
 			t.Fatalf("loop dialer: %q: %v", line, err)
 		}
+		a.at = anchor.time(a.MonoNS)
 		as = append(as, a)
 	}
 	return as

@@ -34,11 +34,23 @@ type changeWindow struct {
 // windowCase is one kind of change: setup makes an allow of the loop
 // dialer's connections to the case's destination hold (it is remembered
 // in the kernel once the loop runs); change replaces it and returns the
-// moment the change is in force: when its API call returned.
+// moment the change is in force: a time.Now() reading when its API call
+// returned, or, for a change that is a wall-clock time (a lifetime's
+// end), that time with no monotonic reading. The connections are placed
+// on the same clock: by their monotonic start, which a step of the wall
+// clock cannot move, or by their wall-clock start.
 type windowCase struct {
 	name   string
 	setup  func(t *testing.T)
 	change func(t *testing.T) time.Time
+}
+
+// startOn is when a started, on the clock of t0 (see windowCase).
+func startOn(t0 time.Time, a attempt) time.Time {
+	if t0 == t0.Round(0) {
+		return a.wallStart()
+	}
+	return a.start()
 }
 
 // measureWindow runs c once: a loop dialer connects to addr without pause;
@@ -53,12 +65,18 @@ func measureWindow(t *testing.T, ctx context.Context, ns *testenv.NS, a *Agent, 
 	})
 	inKernel := time.Now()
 	t0 := c.change(t)
+	if t0 == t0.Round(0) {
+		inKernel = inKernel.Round(0)
+	}
 	l.WaitFor(t, 20*time.Second, "a failed connection after the change", func(as []attempt) bool {
-		return slices.ContainsFunc(since(as, t0, time.Time{}), func(a attempt) bool { return !a.OK })
+		return slices.ContainsFunc(as, func(a attempt) bool { return !a.OK && !startOn(t0, a).Before(t0) })
 	})
 	w := changeWindow{lastOld: -time.Hour, firstNew: time.Hour}
-	for _, at := range since(l.Stop(t), inKernel, time.Time{}) {
-		d := at.start().Sub(t0)
+	for _, at := range l.Stop(t) {
+		if startOn(t0, at).Before(inKernel) {
+			continue
+		}
+		d := startOn(t0, at).Sub(t0)
 		if at.OK {
 			w.lastOld = max(w.lastOld, d)
 			if d >= 0 {
@@ -144,7 +162,7 @@ func TestKernelChangesTakeEffectAtOnce(t *testing.T) {
 			reportWindows(t, ctx, ns, a, log, addr, c)
 		}
 		// A Duration rule's end is no API call: the window is measured
-		// from its expiry.
+		// from its expiry, on the wall clock its expiry is a time of.
 		var expires time.Time
 		reportWindows(t, ctx, ns, a, log, addr, windowCase{"rule's lifetime ended",
 			func(t *testing.T) {
@@ -153,7 +171,7 @@ func TestKernelChangesTakeEffectAtOnce(t *testing.T) {
 				r.Lifetime, r.Expires = rulesv1.Lifetime_LIFETIME_DURATION, timestamppb.New(expires)
 				setRules(t, a, attackerUID, r)
 			},
-			func(t *testing.T) time.Time { return expires }})
+			func(t *testing.T) time.Time { return expires.Round(0) }})
 	})
 
 	t.Run("rules-service", func(t *testing.T) {

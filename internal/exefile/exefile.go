@@ -97,7 +97,7 @@ func nsInode(path string) (uint32, error) {
 
 // statx stats path (symlinks followed) from c's root.
 func (c *Checker) statx(path string, stx *unix.Statx_t) error {
-	const mask = unix.STATX_INO | unix.STATX_MNT_ID
+	const mask = unix.STATX_INO | unix.STATX_MNT_ID | unix.STATX_CTIME | unix.STATX_NLINK
 	if c.root < 0 {
 		return unix.Statx(unix.AT_FDCWD, path, 0, mask, stx)
 	}
@@ -132,26 +132,38 @@ func (c *Checker) Is(path string, dev uint32, ino uint64) bool {
 	return c.mountDev(stx.Mnt_id) == dev
 }
 
+// File is a file's identity as the kernel knows it.
+type File struct {
+	// Dev is its file system's dev_t (MAJOR<<20|MINOR, super_block.s_dev),
+	// as Is compares it; Ino its inode number.
+	Dev uint32
+	Ino uint64
+	// CtimeSec and CtimeNsec are its status-change time.
+	CtimeSec  int64
+	CtimeNsec uint32
+	// Nlink is its number of names (hard links).
+	Nlink uint32
+}
+
 // Identity returns the kernel's identity of the file at path (symlinks
-// followed, as exec would): its file system's dev_t, as Is compares it, and
-// its inode.
-func (c *Checker) Identity(path string) (dev uint32, ino uint64, ok bool) {
+// followed, as exec would).
+func (c *Checker) Identity(path string) (File, bool) {
 	if !strings.HasPrefix(path, "/") {
-		return 0, 0, false
+		return File{}, false
 	}
 	var stx unix.Statx_t
-	if err := c.statx(path, &stx); err != nil || stx.Ino == 0 {
-		return 0, 0, false
+	if err := c.statx(path, &stx); err != nil || stx.Ino == 0 || stx.Mask&unix.STATX_CTIME == 0 {
+		return File{}, false
 	}
-	dev = KernelDev(stx.Dev_major, stx.Dev_minor)
+	f := File{Dev: KernelDev(stx.Dev_major, stx.Dev_minor), Ino: stx.Ino, CtimeSec: stx.Ctime.Sec, CtimeNsec: stx.Ctime.Nsec, Nlink: stx.Nlink}
 	// On btrfs stat reports the subvolume's device; the kernel side
 	// reads the super block's, which the mount names.
 	if stx.Mask&unix.STATX_MNT_ID != 0 {
 		if d := c.mountDev(stx.Mnt_id); d != 0 {
-			dev = d
+			f.Dev = d
 		}
 	}
-	return dev, stx.Ino, true
+	return f, true
 }
 
 // KernelDev encodes major:minor as the kernel's dev_t (MAJOR<<20|MINOR),

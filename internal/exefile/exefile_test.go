@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,8 +111,30 @@ func TestNewHostLooksUpInPID1sRoot(t *testing.T) {
 	if !c.Is("/usr/bin/tool", dev, st.Ino) || !c.Is("/usr/bin/link", dev, st.Ino) {
 		t.Error("the root's file (or a link to it inside the root) is not found through the root")
 	}
-	if d, ino, ok := c.Identity("/usr/bin/tool"); !ok || d != dev || ino != st.Ino {
-		t.Errorf("Identity = %d, %d, %v; want %d, %d", d, ino, ok, dev, st.Ino)
+	want := File{Dev: dev, Ino: st.Ino, CtimeSec: st.Ctim.Sec, CtimeNsec: uint32(st.Ctim.Nsec), Nlink: 1}
+	if f, ok := c.Identity("/usr/bin/tool"); !ok || f != want {
+		t.Errorf("Identity = %+v, %v; want %+v", f, ok, want)
+	}
+	// A rename changes the file's ctime, which the kernel compares. (On
+	// a kernel without fine-grained timestamps, a rename within the same
+	// clock tick as the last change keeps it: rename until a tick passed.)
+	for deadline := time.Now().Add(time.Second); ; {
+		if err := os.Rename(inRoot, inRoot+".new"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(inRoot+".new", inRoot); err != nil {
+			t.Fatal(err)
+		}
+		f, ok := c.Identity("/usr/bin/tool")
+		if !ok || f.Ino != want.Ino || f.Dev != want.Dev {
+			t.Fatalf("Identity after two renames = %+v, %v; want the same file (%+v)", f, ok, want)
+		}
+		if f.CtimeSec != want.CtimeSec || f.CtimeNsec != want.CtimeNsec {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("renames for 1s did not change the file's ctime (%+v)", f)
+		}
 	}
 	if c.Is(inRoot, dev, st.Ino) {
 		t.Error("the caller's path to the file was looked up in the caller's root")

@@ -99,6 +99,13 @@ type Config struct {
 	// of connections a decision remembered in the kernel allows: they
 	// return before the queue rules (`-m bpf --object-pinned`).
 	KernelAllowPin string
+	// Accounting adds a rule that is never reached (after the chain's
+	// last, unconditional queue rule) and matches on conntrack's byte
+	// counters (xt_connbytes): loading it makes the kernel turn on
+	// conntrack accounting (nf_conntrack_acct) in the namespace, which
+	// the agent's traffic accounting reads, even where /proc/sys is
+	// read-only (systemd's ProtectKernelTunables=).
+	Accounting bool
 	// Log receives notices (such as IPv6 being skipped); nil discards.
 	Log *slog.Logger
 }
@@ -469,7 +476,7 @@ func chainRules(cfg Config, v6 bool) []string {
 		// their connect() or sendmsg().
 		rules = append(rules, "-m mark --mark "+mark(0)+" -m bpf --object-pinned "+cfg.KernelAllowPin+" -j RETURN")
 	}
-	return append(rules,
+	rules = append(rules,
 		// A re-injected verdict: saved on the connection, acted on below.
 		fmt.Sprintf("-m mark ! --mark %s -j CONNMARK --save-mark --nfmask %#x --ctmask %#x", mark(0), m.Mask, m.Mask),
 		// Every first SYN is asked, whatever conntrack remembers of its
@@ -514,7 +521,16 @@ func chainRules(cfg Config, v6 bool) []string {
 		"-m owner ! --uid-owner "+anyUID+" -j RETURN",
 		queue,
 	)
+	if cfg.Accounting {
+		// After the unconditional queue rule: no packet walks it.
+		rules = append(rules, accountingRule)
+	}
+	return rules
 }
+
+// accountingRule makes the kernel count every connection's bytes when it
+// is loaded (xt_connbytes forces nf_conntrack_acct on); it has no target.
+const accountingRule = "-m connbytes --connbytes 0 --connbytes-dir both --connbytes-mode bytes"
 
 // anyUID is an xt_owner UID range that every socket with a file matches.
 const anyUID = "0-4294967294"

@@ -26,6 +26,7 @@ type decideKdEvent struct {
 	StartBoottime uint64
 	ExeIno        uint64
 	Cookie        uint64
+	ExecId        uint64
 	Pid           uint32
 	Tgid          uint32
 	Uid           uint32
@@ -65,12 +66,14 @@ type decideKdSock struct {
 }
 
 type decideKdValue struct {
-	_       structs.HostLayout
-	Expires uint64
-	Gen     uint32
-	Action  uint8
-	Pad     [3]uint8
-	By      [40]int8
+	_            structs.HostLayout
+	Expires      uint64
+	ExeCtimeSec  int64
+	ExeCtimeNsec uint32
+	Gen          uint32
+	Action       uint8
+	Pad          [7]uint8
+	By           [40]int8
 }
 
 // Names of all BPF objects in the ELF.
@@ -90,6 +93,7 @@ const (
 	decideProgDecideSendmsg4 = "decide_sendmsg4"
 	decideProgDecideSendmsg6 = "decide_sendmsg6"
 	decideProgXtAllow        = "xt_allow"
+	decideVarUseTai          = "use_tai"
 )
 
 // loadDecide returns the embedded CollectionSpec for decide.
@@ -159,6 +163,7 @@ type decideMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type decideVariableSpecs struct {
+	UseTai *ebpf.VariableSpec `ebpf:"use_tai"`
 }
 
 // decideObjects contains all objects after they have been loaded into the kernel.
@@ -208,6 +213,7 @@ func (m *decideMaps) Close() error {
 //
 // It can be passed to loadDecideObjects or ebpf.CollectionSpec.LoadAndAssign.
 type decideVariables struct {
+	UseTai *ebpf.Variable `ebpf:"use_tai"`
 }
 
 // decidePrograms contains all programs after they have been loaded into the kernel.

@@ -18,7 +18,7 @@ func TestKernelEntriesFor(t *testing.T) {
 	e.remember(t, flow.UDP, "127.0.0.1", 7001, flow.ActionDeny, "rule:b")
 	k := e.exe
 	k.UID, k.Proto, k.Dst, k.Port = other, flow.TCP, netip.MustParseAddr("192.0.2.1"), 443
-	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "cache:c1", Gen: e.k.Gen(other)}); err != nil {
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "cache:c1", Gen: e.k.Gen(other), ExeCtime: e.ctime}); err != nil {
 		t.Fatal(err)
 	}
 	entries := func(uid uint32) int {

@@ -24,7 +24,7 @@ type Event struct {
 	Time time.Time
 	// Process has what the kernel knows at connect time: IDs, UID, GID,
 	// task name, start time, executable file and socket cookie; not the
-	// path or arguments.
+	// path, arguments or parent.
 	Process flow.Process
 	// Tuple is the connection; Src and SrcPort are known for allows
 	// (taken from the first packet), not for denials (made before the
@@ -33,15 +33,20 @@ type Event struct {
 	Action flow.Action
 	// By names what decided it ("rule:ID", "cache:ID").
 	By string
+	// ExecID is the process's exec count (its leader's self_exec_id):
+	// with TGID and start time it names the process image, whose command
+	// line the agent completes the record with (procid.Completer).
+	ExecID uint64
 }
 
 // maxBatch bounds the events handed over in one call.
-const maxBatch = 256
+const maxBatch = 1024
 
 // readAgain is how soon after a wake-up or a read the reader looks again,
 // for records the programs did not wake it for: they wake it at most once
-// per KD_WAKE_GAP_NS (1 ms, bpf/decide.c) unless a batch waits.
-const readAgain = 2 * time.Millisecond
+// per KD_WAKE_GAP_NS (4 ms, bpf/decide.c) unless 256 records wait. Two
+// looks 3 ms apart outlast that gap.
+const readAgain = 3 * time.Millisecond
 
 // ReadEvents hands the kernel's decisions to sink, in batches of what the
 // ring buffer holds (at most maxBatch), until ctx ends. Events written
@@ -111,8 +116,9 @@ func decodeEvent(raw []byte, offset int64) (Event, bool) {
 			StartTime: e.StartBoottime, Source: Source, SocketCookie: e.Cookie,
 			ExeDev: e.ExeDev, ExeIno: e.ExeIno,
 		},
-		Tuple: flow.Tuple{Proto: flow.Proto(e.Proto), Dst: addr(e.Daddr), DstPort: e.Dport},
-		By:    cString(e.By[:]),
+		Tuple:  flow.Tuple{Proto: flow.Proto(e.Proto), Dst: addr(e.Daddr), DstPort: e.Dport},
+		By:     cString(e.By[:]),
+		ExecID: e.ExecId,
 	}
 	if e.HasSrc != 0 {
 		ev.Tuple.Src, ev.Tuple.SrcPort = addr(e.Saddr), e.Sport

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -57,6 +59,9 @@ type Kernel struct {
 	netns  uint64 // the guarded namespace's cookie
 	mntns  uint32
 	closed bool
+	// tai: decisions expire on CLOCK_TAI (the wall clock's, stepped with
+	// it); otherwise on CLOCK_BOOTTIME. See expiryNow.
+	tai bool
 
 	mu   sync.Mutex
 	gens map[uint32]uint32 // mirror of uid_gens
@@ -194,6 +199,15 @@ func (k *Kernel) load() error {
 	for _, name := range pinned {
 		spec.Maps[name].Pinning = ebpf.PinByName
 	}
+	// Decisions expire on the wall clock's terms where the kernel can
+	// read it. Pinned decisions a boot-clock agent wrote then read as long
+	// expired (boot times are far smaller): they are asked afresh.
+	k.tai = haveTAI()
+	if k.tai {
+		if err := spec.Variables["use_tai"].Set(uint8(1)); err != nil {
+			return fmt.Errorf("kernel decisions: select the expiry clock: %w", err)
+		}
+	}
 	k.objs = decideObjects{}
 	if err := spec.LoadAndAssign(&k.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: k.dir}}); err != nil {
 		return fmt.Errorf("kernel decisions: load programs: %w", err)
@@ -276,6 +290,18 @@ type Decision struct {
 	// made: if the UID's rules changed since, the decision is stale and
 	// never applies.
 	Gen uint32
+	// ExeCtime is the executable's status-change time when the agent
+	// verified that it is the file at the path the decision was made
+	// for. The decision applies only while the file's ctime is the same:
+	// a rename, a new or removed link, or a new file that reuses the
+	// inode number changes it.
+	ExeCtime Ctime
+}
+
+// Ctime is a file's status-change time, as statx(2) reports it.
+type Ctime struct {
+	Sec  int64
+	Nsec uint32
 }
 
 // Gen returns uid's current generation.
@@ -314,16 +340,21 @@ func (k *Kernel) Remember(d Decision) error {
 	default:
 		return fmt.Errorf("kernel decisions: cannot remember action %v", d.Action)
 	}
-	v := decideKdValue{Gen: d.Gen, Action: act}
+	v := decideKdValue{Gen: d.Gen, Action: act, ExeCtimeSec: d.ExeCtime.Sec, ExeCtimeNsec: d.ExeCtime.Nsec}
 	if !d.Expires.IsZero() {
-		// The boot clock first: the time between the two readings
-		// makes the decision expire that much early, never late.
-		boot := bootNow()
-		left := time.Until(d.Expires)
+		// The expiry clock first: the time between the two readings
+		// makes the decision expire that much early, never late. The
+		// wall clock, not Go's monotonic reading, measures what is left:
+		// the kernel's clock follows the wall clock (or, without TAI,
+		// the boot clock, which runs through suspend as the wall clock
+		// does), so a lifetime ends at the wall time it names, as the
+		// agent's own matching decides.
+		clock := k.expiryNow()
+		left := d.Expires.Round(0).Sub(time.Now().Round(0))
 		if left <= 0 {
 			return nil
 		}
-		v.Expires = uint64(boot + left.Nanoseconds())
+		v.Expires = uint64(clock + left.Nanoseconds())
 	}
 	for i := 0; i < len(d.By); i++ {
 		v.By[i] = int8(d.By[i])
@@ -479,7 +510,7 @@ func (k *Kernel) sweep() (*entryCounts, error) {
 	}
 	k.mu.Unlock()
 	c := &entryCounts{at: time.Now(), byUID: make(map[uint32]int)}
-	now := uint64(bootNow())
+	now := uint64(k.expiryNow())
 	var stale []decideKdKey
 	err := k.eachDecision(func(key *decideKdKey, v *decideKdValue) {
 		if g, ok := gens[key.Uid]; !ok || g != v.Gen || (v.Expires != 0 && now >= v.Expires) {
@@ -612,6 +643,37 @@ func ensureBPFFS(dir string) error {
 		return fmt.Errorf("kernel decisions: mount bpf file system at %s: %w", dir, err)
 	}
 	return nil
+}
+
+// ExpiryClock names the clock decisions expire on: "tai" (the wall
+// clock's; a step of the wall clock moves every decision's end with it)
+// or "boot" (kernels before 6.1, which lack bpf_ktime_get_tai_ns).
+func (k *Kernel) ExpiryClock() string {
+	if k.tai {
+		return "tai"
+	}
+	return "boot"
+}
+
+// expiryNow is the expiry clock's time in ns, as bpf/decide.c's
+// expiry_now reads it.
+func (k *Kernel) expiryNow() int64 {
+	if k.tai {
+		var ts unix.Timespec
+		unix.ClockGettime(unix.CLOCK_TAI, &ts)
+		return ts.Nano()
+	}
+	return bootNow()
+}
+
+// haveTAI reports whether the decision programs can read CLOCK_TAI.
+func haveTAI() bool {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SocketFilter} {
+		if features.HaveProgramHelper(pt, asm.FnKtimeGetTaiNs) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // bootNow is CLOCK_BOOTTIME in ns, bpf_ktime_get_boot_ns's clock.

@@ -31,7 +31,8 @@ type kernelEnv struct {
 	cg     *testenv.Cgroup
 	k      *Kernel
 	dialer string
-	exe    Key // UID and the dialer's file; the rest zero
+	exe    Key   // UID and the dialer's file; the rest zero
+	ctime  Ctime // the dialer's file's ctime
 	events chan Event
 }
 
@@ -49,7 +50,7 @@ func newKernelEnv(t *testing.T) *kernelEnv {
 	}
 	t.Cleanup(func() { k.Close() })
 	e.k = k
-	e.exe = fileKey(t, e.dialer)
+	e.exe, e.ctime = fileKey(t, e.dialer)
 	e.exe.UID = testUID
 	e.iptables(t, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 	e.iptables(t, "-A", "OUTPUT", "-m", "bpf", "--object-pinned", k.XtPin(), "-j", "ACCEPT")
@@ -80,14 +81,14 @@ func (e *kernelEnv) iptables(t *testing.T, args ...string) {
 	}
 }
 
-// fileKey is the kernel's identity of the file at path.
-func fileKey(t *testing.T, path string) Key {
+// fileKey is the kernel's identity of the file at path, and its ctime.
+func fileKey(t *testing.T, path string) (Key, Ctime) {
 	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		t.Fatal(err)
 	}
-	return Key{ExeDev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), ExeIno: st.Ino}
+	return Key{ExeDev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev), ExeIno: st.Ino}, Ctime{st.Ctim.Sec, uint32(st.Ctim.Nsec)}
 }
 
 func (e *kernelEnv) dial(t *testing.T, network, addr string) testenv.DialResult {
@@ -107,7 +108,7 @@ func (e *kernelEnv) remember(t *testing.T, proto flow.Proto, dst string, port ui
 	t.Helper()
 	k := e.exe
 	k.Proto, k.Dst, k.Port = proto, netip.MustParseAddr(dst), port
-	if err := e.k.Remember(Decision{Key: k, Action: a, By: by, Gen: e.k.Gen(testUID)}); err != nil {
+	if err := e.k.Remember(Decision{Key: k, Action: a, By: by, Gen: e.k.Gen(testUID), ExeCtime: e.ctime}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -225,7 +226,7 @@ func TestKernelDecides(t *testing.T) {
 	// An expiry ends a decision in the kernel by itself.
 	k := e.exe
 	k.Proto, k.Dst, k.Port = flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
-	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:soon", Gen: e.k.Gen(testUID), Expires: time.Now().Add(300 * time.Millisecond)}); err != nil {
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:soon", Gen: e.k.Gen(testUID), ExeCtime: e.ctime, Expires: time.Now().Add(300 * time.Millisecond)}); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); !r.OK {
@@ -248,7 +249,7 @@ func TestRememberStaleGeneration(t *testing.T) {
 	}
 	k := e.exe
 	k.Proto, k.Dst, k.Port = flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
-	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:old", Gen: g}); err != nil {
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:old", Gen: g, ExeCtime: e.ctime}); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); r.OK {
@@ -328,9 +329,9 @@ func TestDeletedExecutableIsNotItsFile(t *testing.T) {
 	}
 	exe := filepath.Join(dir, "dialer")
 	testenv.CopyExecutable(t, e.dialer, exe)
-	key := fileKey(t, exe)
+	key, ctime := fileKey(t, exe)
 	key.UID, key.Proto, key.Dst, key.Port = testUID, flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
-	if err := e.k.Remember(Decision{Key: key, Action: flow.ActionAllow, By: "rule:file", Gen: e.k.Gen(testUID)}); err != nil {
+	if err := e.k.Remember(Decision{Key: key, Action: flow.ActionAllow, By: "rule:file", Gen: e.k.Gen(testUID), ExeCtime: ctime}); err != nil {
 		t.Fatal(err)
 	}
 	run := func(script string) testenv.DialResult {
@@ -351,6 +352,71 @@ func TestDeletedExecutableIsNotItsFile(t *testing.T) {
 	// The same file, run after its only name is gone.
 	if r := run(`exec 3<"$1"; rm "$1"; exec /proc/self/fd/3` + args); r.OK {
 		t.Fatalf("a deleted file got its decision: %+v", r)
+	}
+}
+
+// TestRenamedExecutableIsNotItsFile: a decision made for a file under
+// one name stops applying once the file is renamed — the rules may decide
+// the new name otherwise, and the queue decides it again — and does not
+// come back when the file gets its old name back: the file's ctime, which
+// a rename changes, is part of the decision.
+func TestRenamedExecutableIsNotItsFile(t *testing.T) {
+	e := newKernelEnv(t)
+	e.echo(t, 7001)
+	dir, err := os.MkdirTemp("", "kdecide-renamed-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	exe, renamed := filepath.Join(dir, "dialer"), filepath.Join(dir, "other")
+	testenv.CopyExecutable(t, e.dialer, exe)
+	key, ctime := fileKey(t, exe)
+	key.UID, key.Proto, key.Dst, key.Port = testUID, flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	if err := e.k.Remember(Decision{Key: key, Action: flow.ActionAllow, By: "rule:file", Gen: e.k.Gen(testUID), ExeCtime: ctime}); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(path string) testenv.DialResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, _ := e.ns.CommandInCgroup(ctx, e.cg, testUID, testUID, path, "-net", "tcp4", "-addr", "127.0.0.1:7001", "-timeout", "400ms").Output()
+		var r testenv.DialResult
+		if err := jsonUnmarshal(out, &r); err != nil {
+			t.Fatalf("%s: %v: %q", path, err, out)
+		}
+		return r
+	}
+	if r := dial(exe); !r.OK {
+		t.Fatalf("the file under the name it was decided for: %+v", r)
+	}
+	// Rename it (on a kernel without fine-grained timestamps, a rename in
+	// the clock tick of the file's last change would keep its ctime:
+	// rename it again until the ctime moved).
+	for deadline := time.Now().Add(time.Second); ; {
+		if err := os.Rename(exe, renamed); err != nil {
+			t.Fatal(err)
+		}
+		if _, c := fileKey(t, renamed); c != ctime {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("renames for 1s did not change the file's ctime")
+		}
+		if err := os.Rename(renamed, exe); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := dial(renamed); r.OK {
+		t.Errorf("the renamed file got the decision made for its old name: %+v", r)
+	}
+	if err := os.Rename(renamed, exe); err != nil {
+		t.Fatal(err)
+	}
+	if r := dial(exe); r.OK {
+		t.Errorf("the file renamed back got the decision made before the renames: %+v", r)
 	}
 }
 
@@ -409,5 +475,56 @@ func TestForgetBy(t *testing.T) {
 	}
 	if r := e.dial(t, "tcp4", "127.0.0.1:7002"); r.OK {
 		t.Errorf("the cache's decision stayed: %+v", r)
+	}
+}
+
+// TestExpiryIsOnTheWallClock: on a kernel that has bpf_ktime_get_tai_ns
+// (6.1 and later), a decision's expiry is stored on CLOCK_TAI, the wall
+// clock's, so that a step of the wall clock moves it as it moves the end
+// of the rule it came from; the stored value is the wall time the
+// decision names. Without the helper it is on the boot clock.
+func TestExpiryIsOnTheWallClock(t *testing.T) {
+	e := newKernelEnv(t)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	if want := major > 6 || (major == 6 && minor >= 1); want != (e.k.ExpiryClock() == "tai") {
+		t.Fatalf("kernel %d.%d: expiry clock %q", major, minor, e.k.ExpiryClock())
+	}
+	e.echo(t, 7001)
+	k := e.exe
+	k.Proto, k.Dst, k.Port = flow.TCP, netip.MustParseAddr("127.0.0.1"), 7001
+	// A time with Go's monotonic reading, as the agent's cache makes
+	// them: what is left is still measured on the wall clock.
+	expires := time.Now().Add(time.Hour)
+	before := e.k.expiryNow()
+	if err := e.k.Remember(Decision{Key: k, Action: flow.ActionAllow, By: "rule:hour", Gen: e.k.Gen(testUID), ExeCtime: e.ctime, Expires: expires}); err != nil {
+		t.Fatal(err)
+	}
+	after := e.k.expiryNow()
+	var v decideKdValue
+	kk := keyOf(k)
+	if err := e.k.objs.Decisions.Lookup(&kk, &v); err != nil {
+		t.Fatal(err)
+	}
+	// Early by the time Remember took, never late.
+	lo, hi := before+time.Hour.Nanoseconds()-(after-before), after+time.Hour.Nanoseconds()
+	if got := int64(v.Expires); got < lo-int64(time.Millisecond) || got > hi {
+		t.Errorf("stored expiry %d, want within [%d, %d] on the %s clock", got, lo, hi, e.k.ExpiryClock())
+	}
+	if e.k.ExpiryClock() == "tai" {
+		var tai, real unix.Timespec
+		unix.ClockGettime(unix.CLOCK_TAI, &tai)
+		unix.ClockGettime(unix.CLOCK_REALTIME, &real)
+		offset := (tai.Nano() - real.Nano() + int64(time.Second)/2) / int64(time.Second) * int64(time.Second)
+		if d := time.Duration(int64(v.Expires) - offset - expires.UnixNano()); d > 0 || d < -time.Millisecond {
+			t.Errorf("stored expiry is %v from the wall time it names (TAI offset %v)", d, time.Duration(offset))
+		}
+	}
+	if r := e.dial(t, "tcp4", "127.0.0.1:7001"); !r.OK {
+		t.Errorf("allow an hour before its expiry not applied: %+v", r)
 	}
 }

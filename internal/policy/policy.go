@@ -128,7 +128,10 @@ type Policy struct {
 
 // Default is the policy with no configuration: root and system accounts
 // (UIDs below 1000) are allowed and logged, as Bastion's prototype did;
-// everyone else is asked, and denied when nobody answers in 30 seconds.
+// everyone else is asked, and rejected when nobody answers in 30 seconds:
+// the program sees its connection refused at once (a TCP reset or an ICMP
+// port unreachable) rather than waiting minutes for a silent drop to time
+// out.
 func Default() Policy {
 	return Policy{
 		Rules: []Rule{
@@ -137,7 +140,7 @@ func Default() Policy {
 		},
 		Default:       ModeAllow,
 		PromptTimeout: 30 * time.Second,
-		TimeoutAction: flow.ActionDeny,
+		TimeoutAction: flow.ActionReject,
 	}
 }
 

@@ -34,6 +34,11 @@ func TestDefaultPolicy(t *testing.T) {
 	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// An unanswered connection fails at once (reset or ICMP unreachable)
+	// rather than leaving the program to its own time-out.
+	if p.TimeoutAction != flow.ActionReject {
+		t.Errorf("default timeout action %v, want reject", p.TimeoutAction)
+	}
 	for _, tc := range []struct {
 		uid  uint32
 		mode Mode

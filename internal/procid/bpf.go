@@ -67,7 +67,7 @@ func openBPF(cfg Config, mech Mechanism, log *slog.Logger) (_ *bpfResolver, err 
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF spec: %w", err)
 	}
-	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino), images: make(map[imageKey]image)}
+	r := &bpfResolver{mech: mech, log: log, proc: os.DirFS(cfg.ProcFS), netns: uint32(ino)}
 	if exes, xerr := newExeChecker(cfg.ProcFS); xerr != nil {
 		log.Warn("executables cannot be checked against the host's files; path rules will match nothing", "err", xerr)
 	} else {

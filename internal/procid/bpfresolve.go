@@ -55,8 +55,7 @@ type bpfResolver struct {
 	// images caches the exe, argv and parent of process images already
 	// seen, so that a program's later connections cost one map lookup
 	// (the flow) instead of two plus string building.
-	imagesMu sync.Mutex
-	images   map[imageKey]image
+	images imageCache
 
 	// exes checks executables against the host's files; nil when the
 	// agent's own mount namespace could not be read (nothing verifies).
@@ -85,6 +84,29 @@ type image struct {
 
 // maxImages bounds the image cache; it is simply cleared when full.
 const maxImages = 8192
+
+// imageCache holds process images by key, for any goroutine; the zero
+// value is ready.
+type imageCache struct {
+	mu sync.Mutex
+	m  map[imageKey]image
+}
+
+func (c *imageCache) get(k imageKey) (image, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	img, ok := c.m[k]
+	return img, ok
+}
+
+func (c *imageCache) put(k imageKey, img image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxImages {
+		c.m = make(map[imageKey]image)
+	}
+	c.m[k] = img
+}
 
 type lookupBuf struct {
 	key  procidFlowKey
@@ -165,27 +187,43 @@ func (r *bpfResolver) resolveIn(ns uint32, t flow.Tuple) (flow.Process, error) {
 	if v.Flags&flowFlagUIDMismatch != 0 {
 		r.log.Debug("flow sent with a uid other than the socket owner's", "flow", t, "uid", v.Uid, "sk_uid", v.SkUid, "pid", v.Pid)
 	}
-	ik := imageKey{tgid: v.Tgid, start: v.StartBoottime, execID: v.ExecId}
-	r.imagesMu.Lock()
-	img, ok := r.images[ik]
-	r.imagesMu.Unlock()
-	if ok {
-		p.Exe, p.Args, p.PPID = img.exe, img.args, img.ppid
-		p.MntNS, p.ExeDev, p.ExeIno, p.ExeIdentity = img.mntNS, img.exeDev, img.exeIno, img.identity
-		return p, nil
-	}
-	r.fillExec(&p, &b.exec)
-	r.exes.check(&p)
-	if p.Exe != "" {
-		r.imagesMu.Lock()
-		if len(r.images) >= maxImages {
-			clear(r.images)
-		}
-		r.images[ik] = image{exe: p.Exe, args: p.Args, ppid: p.PPID,
-			mntNS: p.MntNS, exeDev: p.ExeDev, exeIno: p.ExeIno, identity: p.ExeIdentity}
-		r.imagesMu.Unlock()
-	}
+	img := r.image(imageKey{tgid: v.Tgid, start: v.StartBoottime, execID: v.ExecId}, &p, &b.exec)
+	p.Exe, p.Args, p.PPID = img.exe, img.args, img.ppid
+	p.MntNS, p.ExeDev, p.ExeIno, p.ExeIdentity = img.mntNS, img.exeDev, img.exeIno, img.identity
 	return p, nil
+}
+
+// image returns the image ik of process p (PID, TGID and start time set):
+// from the cache, else from the exec map or /proc, checked, and cached
+// when its executable is known.
+func (r *bpfResolver) image(ik imageKey, p *flow.Process, e *procidExecValue) image {
+	if img, ok := r.images.get(ik); ok {
+		return img
+	}
+	q := *p
+	r.fillExec(&q, e)
+	r.exes.check(&q)
+	img := image{exe: q.Exe, args: q.Args, ppid: q.PPID,
+		mntNS: q.MntNS, exeDev: q.ExeDev, exeIno: q.ExeIno, identity: q.ExeIdentity}
+	if q.Exe != "" {
+		r.images.put(ik, img)
+	}
+	return img
+}
+
+// Complete implements Completer. A program decided in the kernel has
+// usually had a connection resolved here before (its first), so this is
+// one cache lookup; else one exec map lookup or /proc read per image.
+func (r *bpfResolver) Complete(p *flow.Process, execID uint64) {
+	var e procidExecValue
+	img := r.image(imageKey{tgid: p.TGID, start: p.StartTime, execID: execID}, p, &e)
+	if img.exe == "" {
+		return
+	}
+	p.Args, p.PPID = img.args, img.ppid
+	if p.MntNS == 0 {
+		p.MntNS = img.mntNS
+	}
 }
 
 // lookupSockAddr looks b.key up among the entries of the sock_addr programs,

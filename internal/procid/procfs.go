@@ -13,11 +13,16 @@ import (
 // procfsResolver adapts procfs.Resolver to Resolver.
 type procfsResolver struct {
 	r    *procfs.Resolver
+	fsys fs.FS       // /proc
 	exes *exeChecker // nil: nothing is verified
+
+	// images caches what Complete read of each process image.
+	images imageCache
 }
 
 func openProcFS(cfg Config) (*procfsResolver, error) {
-	r, err := procfs.New(cfg.NetNS, os.DirFS(cfg.ProcFS))
+	fsys := os.DirFS(cfg.ProcFS)
+	r, err := procfs.New(cfg.NetNS, fsys)
 	if err != nil {
 		return nil, err
 	}
@@ -26,7 +31,27 @@ func openProcFS(cfg Config) (*procfsResolver, error) {
 		r.Close()
 		return nil, err
 	}
-	return &procfsResolver{r: r, exes: exes}, nil
+	return &procfsResolver{r: r, fsys: fsys, exes: exes}, nil
+}
+
+// Complete implements Completer from /proc, once per process image: with
+// no exec tracking here, a process that has already exited when its
+// kernel decision is recorded keeps no command line.
+func (p *procfsResolver) Complete(proc *flow.Process, execID uint64) {
+	k := imageKey{tgid: proc.TGID, start: proc.StartTime, execID: execID}
+	img, ok := p.images.get(k)
+	if !ok {
+		pp, err := procfs.ReadProcess(p.fsys, proc.TGID)
+		if err != nil || pp.StartTime != proc.StartTime/nsPerTick*nsPerTick {
+			return
+		}
+		img = image{args: pp.Args, ppid: pp.PPID, mntNS: pp.MntNS}
+		p.images.put(k, img)
+	}
+	proc.Args, proc.PPID = img.args, img.ppid
+	if proc.MntNS == 0 {
+		proc.MntNS = img.mntNS
+	}
 }
 
 func (p *procfsResolver) Resolve(t flow.Tuple) (flow.Process, error) {

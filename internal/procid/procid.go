@@ -50,6 +50,16 @@ type Resolver interface {
 	Close() error
 }
 
+// Completer is implemented by resolvers that can complete a process that
+// was decided in the kernel (internal/kdecide), whose record names it by
+// thread group, start time and exec count only: Complete sets p's command
+// line and parent (and mount namespace, if unset) from the process images
+// the resolver has seen, the exec map, or /proc while the process lives;
+// it leaves them as they are when it knows nothing of that image.
+type Completer interface {
+	Complete(p *flow.Process, execID uint64)
+}
+
 // Config configures Open.
 type Config struct {
 	Mechanism Mechanism // MechAuto (or "") picks the best available
@@ -64,7 +74,11 @@ type Config struct {
 	// ProcFS is the /proc used to complete processes that started before
 	// the agent, and by MechProcFS; "" means /proc.
 	ProcFS string
-	Log    *slog.Logger
+	// FallbackFor, when set, opens MechProcFS as the second chance of
+	// that primary mechanism, for the flows it missed: it is logged as a
+	// fallback, not as the mechanism in use.
+	FallbackFor Mechanism
+	Log         *slog.Logger
 }
 
 // Validate checks c.
@@ -103,6 +117,12 @@ func Open(cfg Config) (Resolver, error) {
 		r, err := openProcFS(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("open procfs: %w", err)
+		}
+		if cfg.FallbackFor != "" {
+			log.Info("process identification fallback ready: flows the primary mechanism missed are looked up "+
+				"with sock_diag and /proc while their socket exists",
+				"mechanism", MechProcFS, "fallback_for", cfg.FallbackFor)
+			return r, nil
 		}
 		log.Info("process identification ready", "mechanism", MechProcFS,
 			"note", "no eBPF: short-lived processes may not be identified")

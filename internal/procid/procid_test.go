@@ -387,3 +387,42 @@ func TestDetect(t *testing.T) {
 		t.Logf("no eBPF mechanism opened: tp_btf=%v is not checked", f.TpBtf)
 	}
 }
+
+// TestFallbackIsLoggedAsOne: the procfs resolver opened as the second
+// chance of an eBPF mechanism says so, and does not claim that there is no
+// eBPF (which read as a contradiction right after "netfilter-link ready");
+// opened as the mechanism itself it still warns about short-lived
+// processes.
+func TestFallbackIsLoggedAsOne(t *testing.T) {
+	requireMechanism(t, MechProcFS)
+	ns, _ := newNetns(t)
+	for _, tc := range []struct {
+		name     string
+		fallback Mechanism
+		want     []string
+		wantNot  []string
+	}{
+		{"fallback", MechNetfilterLink, []string{"fallback ready", "fallback_for=netfilter-link", "mechanism=procfs"}, []string{"no eBPF"}},
+		{"primary", "", []string{"process identification ready", "mechanism=procfs", "no eBPF"}, []string{"fallback"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf strings.Builder
+			log := slog.New(slog.NewTextHandler(&buf, nil))
+			r, err := Open(Config{Mechanism: MechProcFS, FallbackFor: tc.fallback, NetNS: ns, Log: log})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			r.Close()
+			for _, s := range tc.want {
+				if !strings.Contains(buf.String(), s) {
+					t.Errorf("log does not say %q:\n%s", s, buf.String())
+				}
+			}
+			for _, s := range tc.wantNot {
+				if strings.Contains(buf.String(), s) {
+					t.Errorf("log says %q:\n%s", s, buf.String())
+				}
+			}
+		})
+	}
+}

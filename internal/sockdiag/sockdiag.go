@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
-	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/nlconn"
 )
 
 // ByFamily is the netlink message type of inet_diag requests and replies
@@ -158,12 +158,7 @@ func putAddr(dst []byte, a netip.Addr, family uint8) {
 
 // dial opens a NETLINK_SOCK_DIAG socket inside ns (nil: the caller's).
 func dial(ns *os.File) (*netlink.Conn, error) {
-	var c *netlink.Conn
-	err := netns.Do(ns, func() error {
-		var err error
-		c, err = netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
-		return err
-	})
+	c, err := nlconn.Dial(ns, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("open sock_diag socket: %w", err)
 	}
@@ -191,26 +186,8 @@ func WatchUDPDestroy(ns *os.File) (*DestroyWatcher, error) {
 			return nil, fmt.Errorf("join sock_diag group %d: %w", g, err)
 		}
 	}
-	// SO_RCVBUFFORCE (CAP_NET_ADMIN) may exceed net.core.rmem_max; if it
-	// is refused, take what SO_RCVBUF gives.
-	if err := setReadBufferForce(c, destroyReadBuffer); err != nil {
-		_ = c.SetReadBuffer(destroyReadBuffer)
-	}
+	nlconn.ForceReadBuffer(c, destroyReadBuffer)
 	return &DestroyWatcher{c: c}, nil
-}
-
-func setReadBufferForce(c *netlink.Conn, n int) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
-	}); err != nil {
-		return err
-	}
-	return serr
 }
 
 // Receive blocks until the kernel reports destroyed sockets and returns

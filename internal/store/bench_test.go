@@ -130,14 +130,14 @@ func BenchmarkOpen(b *testing.B) {
 // BenchmarkAppendHistory measures one history append at the bound
 // (10,000 entries, so every append also drops the oldest).
 func BenchmarkAppendHistory(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "rules.db"))
+	s, err := OpenWithOptions(filepath.Join(b.TempDir(), "rules.db"), Options{MaxHistory: 10_000})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
 	ctx := context.Background()
 	e := HistoryEntry{Process: testProcess(1), Tuple: testTuple(1), Host: "example.com", DecidedBy: "rule"}
-	for range DefaultMaxHistory {
+	for range 10_000 {
 		if err := s.AppendHistory(ctx, e); err != nil {
 			b.Fatal(err)
 		}

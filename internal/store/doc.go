@@ -1,7 +1,14 @@
 // Package store keeps one user's Bastion state on disk: the user's stored
 // rules (Duration and Forever lifetimes only; Once and Session rules never
-// reach disk), their hit counters, a bounded history of decisions and a
-// bounded list of connections the user chose to decide later.
+// reach disk), their hit counters, a bounded history of decisions, a
+// bounded list of connections the user chose to decide later, and
+// per-program aggregates: connections allowed and denied, bytes and
+// packets by minute (kept a day) and by hour, and per destination (kept,
+// with the history, for the retention the caller prunes with). Every table
+// has a row bound (Options); the oldest rows beyond it are dropped.
+//
+// Decisions and traffic are written in batches (Batch, Record): one
+// transaction, so one fsync, for everything a second or two brought.
 //
 // The state lives in one SQLite database (modernc.org/sqlite, pure Go) that
 // the per-user rules service opens with Open. Its schema is versioned by
@@ -25,7 +32,11 @@
 // is damaged, is not a SQLite database, is another program's database, or
 // was written by a newer Bastion; it never overwrites or deletes such a
 // file. Values read back are validated like values written, so a hand edit
-// that breaks a rule surfaces as an error rather than a wrong rule. Rules
+// that breaks a rule surfaces as an error rather than a wrong rule, and one
+// that breaks a count, a bucket or a destination as an error rather than a
+// wrong figure. Program paths, comms, host names and command lines in the
+// history and the aggregates come from other programs and the network:
+// they are data, bound as SQL parameters, never part of a statement. Rules
 // read from here still pass through the rules engine's own validation
 // before they decide anything.
 package store

@@ -40,22 +40,34 @@ type DecideLaterEntry struct {
 const connColumns = `pid, tgid, ppid, uid, gid, comm, exe, args, start_time, source,
 	proto, src, dst, src_port, dst_port, host, exe_identity, mnt_ns`
 
-// AppendHistory adds e to the history, dropping the oldest entries beyond
-// the bound (Options.MaxHistory) in the same transaction.
-func (s *Store) AppendHistory(ctx context.Context, e HistoryEntry) (err error) {
+// historyInsert adds one history row; historyArgs gives its arguments.
+const historyInsert = "INSERT INTO history (time, " + connColumns + ", action, decided_by, rule_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+// historyArgs are historyInsert's arguments for e.
+func historyArgs(e HistoryEntry) ([]any, error) {
 	t, err := unixNano(e.Time)
 	if err != nil {
-		return fmt.Errorf("append history: time: %w", err)
+		return nil, fmt.Errorf("time: %w", err)
 	}
 	cv, err := connValues(e.Process, e.Tuple, e.Host)
 	if err != nil {
-		return fmt.Errorf("append history: %w", err)
+		return nil, err
 	}
 	args := append([]any{t}, cv...)
-	args = append(args, int64(e.Action), e.DecidedBy, e.RuleID)
-	return s.appendBounded(ctx, "append history",
-		"INSERT INTO history (time, "+connColumns+", action, decided_by, rule_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-		args, "history", s.maxHistory)
+	return append(args, int64(e.Action), e.DecidedBy, e.RuleID), nil
+}
+
+// AppendHistory adds e to the history, dropping the oldest entries beyond
+// the bound (Options.MaxHistory) in the same transaction.
+func (s *Store) AppendHistory(ctx context.Context, e HistoryEntry) (err error) {
+	args, err := historyArgs(e)
+	if err != nil {
+		return fmt.Errorf("append history: %w", err)
+	}
+	s.aggMu.Lock()
+	defer s.aggMu.Unlock()
+	s.rows = nil // Record counts the history again
+	return s.appendBounded(ctx, "append history", historyInsert, args, "history", s.maxHistory)
 }
 
 // History returns the newest limit history entries (all that are kept if
@@ -73,25 +85,10 @@ func (s *Store) History(ctx context.Context, limit int) ([]HistoryEntry, error) 
 	defer rows.Close()
 	var out []HistoryEntry
 	for rows.Next() {
-		var (
-			e      HistoryEntry
-			seq, t int64
-			c      connRow
-			action int64
-		)
-		dest := append([]any{&seq, &t}, c.dest()...)
-		dest = append(dest, &action, &e.DecidedBy, &e.RuleID)
-		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("read history: %w", err)
-		}
-		if e.Process, e.Tuple, e.Host, err = c.decode(); err != nil {
+		e, seq, err := scanHistory(rows.Scan)
+		if err != nil {
 			return nil, fmt.Errorf("read history entry %d: %w", seq, err)
 		}
-		if action < 0 || action > math.MaxUint8 {
-			return nil, fmt.Errorf("read history entry %d: invalid action %d in the database", seq, action)
-		}
-		e.Time = fromUnixNano(t)
-		e.Action = flow.Action(action)
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

@@ -131,8 +131,8 @@ func TestDecideLater(t *testing.T) {
 
 func TestDefaultBounds(t *testing.T) {
 	s := openTest(t, Options{})
-	if s.maxHistory != 10_000 || s.maxDecideLater != 1_000 {
-		t.Errorf("default bounds %d, %d; want 10000, 1000", s.maxHistory, s.maxDecideLater)
+	if s.maxHistory != 100_000 || s.maxDecideLater != 1_000 || s.opts.MaxDestinations != DefaultMaxDestinations || s.opts.MaxHourBuckets != DefaultMaxHourBuckets {
+		t.Errorf("default bounds %d, %d, %+v; want 100000, 1000 and the defaults", s.maxHistory, s.maxDecideLater, s.opts)
 	}
 	if _, err := OpenWithOptions(t.TempDir()+"/x.db", Options{MaxHistory: -1}); err == nil {
 		t.Error("a negative bound was accepted")

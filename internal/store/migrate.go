@@ -96,6 +96,73 @@ func migrations() []string {
 	ALTER TABLE history ADD COLUMN mnt_ns INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE decide_later ADD COLUMN exe_identity INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE decide_later ADD COLUMN mnt_ns INTEGER NOT NULL DEFAULT 0;`,
+
+		// 4: per-program aggregates (traffic.go). A program is its exe, or
+		// its comm when the exe is unknown (comm_key is then the comm, else
+		// empty, so that a comm can never pose as a path). Bucket starts
+		// are Unix seconds; other times Unix nanoseconds, as in history.
+		// Every count is >= 0; reads check it again. The indexes on
+		// destinations cover the counts of destinations seen since a
+		// time (all programs', one program's) and the pruning; the
+		// history gets the ones its queries and its pruning by age use.
+		`CREATE TABLE programs (
+		id        INTEGER PRIMARY KEY,
+		exe       TEXT    NOT NULL,
+		comm_key  TEXT    NOT NULL,
+		comm      TEXT    NOT NULL DEFAULT '',
+		last_seen INTEGER NOT NULL,
+		UNIQUE (exe, comm_key),
+		CHECK (exe = '' OR comm_key = '')
+	) STRICT;
+	CREATE INDEX programs_last_seen ON programs (last_seen);
+	CREATE TABLE traffic_minute (
+		program          INTEGER NOT NULL REFERENCES programs (id) ON DELETE CASCADE,
+		start            INTEGER NOT NULL CHECK (start % 60 = 0),
+		allowed          INTEGER NOT NULL DEFAULT 0 CHECK (allowed >= 0),
+		denied           INTEGER NOT NULL DEFAULT 0 CHECK (denied >= 0),
+		bytes_sent       INTEGER NOT NULL DEFAULT 0 CHECK (bytes_sent >= 0),
+		bytes_received   INTEGER NOT NULL DEFAULT 0 CHECK (bytes_received >= 0),
+		packets_sent     INTEGER NOT NULL DEFAULT 0 CHECK (packets_sent >= 0),
+		packets_received INTEGER NOT NULL DEFAULT 0 CHECK (packets_received >= 0),
+		PRIMARY KEY (program, start)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX traffic_minute_start ON traffic_minute (start);
+	CREATE TABLE traffic_hour (
+		program          INTEGER NOT NULL REFERENCES programs (id) ON DELETE CASCADE,
+		start            INTEGER NOT NULL CHECK (start % 3600 = 0),
+		allowed          INTEGER NOT NULL DEFAULT 0 CHECK (allowed >= 0),
+		denied           INTEGER NOT NULL DEFAULT 0 CHECK (denied >= 0),
+		bytes_sent       INTEGER NOT NULL DEFAULT 0 CHECK (bytes_sent >= 0),
+		bytes_received   INTEGER NOT NULL DEFAULT 0 CHECK (bytes_received >= 0),
+		packets_sent     INTEGER NOT NULL DEFAULT 0 CHECK (packets_sent >= 0),
+		packets_received INTEGER NOT NULL DEFAULT 0 CHECK (packets_received >= 0),
+		PRIMARY KEY (program, start)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX traffic_hour_start ON traffic_hour (start);
+	CREATE TABLE destinations (
+		id             INTEGER PRIMARY KEY,
+		program        INTEGER NOT NULL REFERENCES programs (id) ON DELETE CASCADE,
+		host           TEXT    NOT NULL,
+		address        TEXT    NOT NULL,
+		name           TEXT    NOT NULL,
+		proto          INTEGER NOT NULL CHECK (proto BETWEEN 0 AND 255),
+		port           INTEGER NOT NULL CHECK (port BETWEEN 0 AND 65535),
+		allowed        INTEGER NOT NULL DEFAULT 0 CHECK (allowed >= 0),
+		denied         INTEGER NOT NULL DEFAULT 0 CHECK (denied >= 0),
+		bytes_sent     INTEGER NOT NULL DEFAULT 0 CHECK (bytes_sent >= 0),
+		bytes_received INTEGER NOT NULL DEFAULT 0 CHECK (bytes_received >= 0),
+		first_seen     INTEGER NOT NULL,
+		last_seen      INTEGER NOT NULL,
+		decided_by     TEXT    NOT NULL DEFAULT '',
+		rule_id        TEXT    NOT NULL DEFAULT '',
+		action         INTEGER NOT NULL DEFAULT 0 CHECK (action BETWEEN 0 AND 3),
+		UNIQUE (program, host, name, proto, port),
+		CHECK (host = '' OR host = name)
+	) STRICT;
+	CREATE INDEX destinations_last_seen ON destinations (last_seen, program);
+	CREATE INDEX destinations_program ON destinations (program, last_seen);
+	CREATE INDEX history_time ON history (time);
+	CREATE INDEX history_exe ON history (exe, comm);`,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
@@ -25,10 +26,20 @@ var ErrNotFound = errors.New("not found")
 // already exists.
 var ErrExists = errors.New("already exists")
 
-// Default bounds of the history and the decide-later list.
+// ErrAmbiguous is returned (wrapped) when a program's name names several.
+var ErrAmbiguous = errors.New("ambiguous")
+
+// Default bounds of the tables. The history holds a month of a busy
+// desktop's connections; the hour buckets a year of 50 programs active
+// every hour; the minute buckets a day of 140 programs active every
+// minute.
 const (
-	DefaultMaxHistory     = 10_000
-	DefaultMaxDecideLater = 1_000
+	DefaultMaxHistory       = 100_000
+	DefaultMaxDecideLater   = 1_000
+	DefaultMaxPrograms      = 10_000
+	DefaultMaxDestinations  = 100_000
+	DefaultMaxMinuteBuckets = 200_000
+	DefaultMaxHourBuckets   = 500_000
 )
 
 // busyTimeoutMS is how long a statement waits for another process's lock on
@@ -43,6 +54,14 @@ type Options struct {
 	// MaxDecideLater is how many of the newest decide-later entries are
 	// kept; 0 means DefaultMaxDecideLater.
 	MaxDecideLater int
+	// MaxPrograms, MaxDestinations, MaxMinuteBuckets and MaxHourBuckets
+	// bound the aggregate tables (traffic.go): the least recently seen
+	// programs and destinations, and the oldest buckets, are dropped
+	// beyond them. 0 means the Default of each.
+	MaxPrograms      int
+	MaxDestinations  int
+	MaxMinuteBuckets int
+	MaxHourBuckets   int
 }
 
 // Store is one user's rules database. Its methods are safe for concurrent
@@ -52,6 +71,11 @@ type Store struct {
 	path           string
 	maxHistory     int
 	maxDecideLater int
+	opts           Options
+
+	// aggMu serialises Record and Prune, and guards rows.
+	aggMu sync.Mutex
+	rows  rowCounts
 }
 
 // Open opens the rules database at path with default Options, creating it
@@ -71,14 +95,20 @@ func OpenWithOptions(path string, opts Options) (*Store, error) {
 }
 
 func open(ctx context.Context, path string, opts Options, steps []string) (*Store, error) {
-	if opts.MaxHistory < 0 || opts.MaxDecideLater < 0 {
-		return nil, fmt.Errorf("open rules database %s: negative bound in options", path)
-	}
-	if opts.MaxHistory == 0 {
-		opts.MaxHistory = DefaultMaxHistory
-	}
-	if opts.MaxDecideLater == 0 {
-		opts.MaxDecideLater = DefaultMaxDecideLater
+	for _, b := range []struct {
+		v   *int
+		def int
+	}{
+		{&opts.MaxHistory, DefaultMaxHistory}, {&opts.MaxDecideLater, DefaultMaxDecideLater},
+		{&opts.MaxPrograms, DefaultMaxPrograms}, {&opts.MaxDestinations, DefaultMaxDestinations},
+		{&opts.MaxMinuteBuckets, DefaultMaxMinuteBuckets}, {&opts.MaxHourBuckets, DefaultMaxHourBuckets},
+	} {
+		if *b.v < 0 {
+			return nil, fmt.Errorf("open rules database %s: negative bound in options", path)
+		}
+		if *b.v == 0 {
+			*b.v = b.def
+		}
 	}
 	if path == "" {
 		return nil, errors.New("open rules database: empty path")
@@ -109,7 +139,7 @@ func open(ctx context.Context, path string, opts Options, steps []string) (*Stor
 	db.SetConnMaxLifetime(0)
 	db.SetConnMaxIdleTime(0)
 
-	s := &Store{db: db, path: path, maxHistory: opts.MaxHistory, maxDecideLater: opts.MaxDecideLater}
+	s := &Store{db: db, path: path, maxHistory: opts.MaxHistory, maxDecideLater: opts.MaxDecideLater, opts: opts}
 	if err := s.init(ctx, abs, version, steps); err != nil {
 		_ = db.Close() // the init error is the one to report
 		return nil, err

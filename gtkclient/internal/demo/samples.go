@@ -23,7 +23,7 @@ func CurlPrompt(now time.Time, timeout time.Duration) *uiv1.Prompt {
 		Host:           "example.com",
 		FirstSeen:      timestamppb.New(now),
 		Deadline:       timestamppb.New(now.Add(timeout)),
-		DeadlineAction: rulesv1.Action_ACTION_DENY,
+		DeadlineAction: rulesv1.Action_ACTION_REJECT,
 		Connections:    1,
 	}
 }
@@ -42,7 +42,7 @@ func FirefoxPrompt(now time.Time, timeout time.Duration) *uiv1.Prompt {
 		Host:           "detectportal.firefox.com",
 		FirstSeen:      timestamppb.New(now),
 		Deadline:       timestamppb.New(now.Add(timeout)),
-		DeadlineAction: rulesv1.Action_ACTION_DENY,
+		DeadlineAction: rulesv1.Action_ACTION_REJECT,
 		Connections:    3,
 	}
 }
@@ -56,7 +56,7 @@ func SSHv6Prompt(now time.Time, timeout time.Duration) *uiv1.Prompt {
 			DstIp: "2001:db8:4006:812::200e", DstPort: 2222},
 		FirstSeen:      timestamppb.New(now),
 		Deadline:       timestamppb.New(now.Add(timeout)),
-		DeadlineAction: rulesv1.Action_ACTION_DENY,
+		DeadlineAction: rulesv1.Action_ACTION_REJECT,
 		Connections:    1,
 	}
 }
@@ -92,11 +92,27 @@ func SampleRules(now time.Time) []*rulesv1.Rule {
 func SampleHistory(now time.Time) []*uiv1.HistoryEntry {
 	p := CurlPrompt(now, 0)
 	f := FirefoxPrompt(now, 0)
+	s := SSHv6Prompt(now, 0)
+	git := &agentv1.Process{Pid: 51230, Tgid: 51230, Ppid: 2987, Uid: 1000, Gid: 1000, Comm: "git", Exe: "/usr/bin/git",
+		Args: []string{"git", "fetch", "origin"}, IdentifiedBy: "netfilter-link"}
 	return []*uiv1.HistoryEntry{
+		// The newest answer of each kind a decision can have: a deadline,
+		// a rule deleted since, rules, bastionctl, a remembered answer,
+		// the prompt.
+		{Time: timestamppb.New(now.Add(-30 * time.Minute)), Process: s.Process, Flow: s.Flow,
+			Action: rulesv1.Action_ACTION_REJECT, DecidedBy: "deadline"},
+		{Time: timestamppb.New(now.Add(-20 * time.Minute)), Process: git,
+			Flow: &agentv1.Flow{Protocol: agentv1.Protocol_PROTOCOL_TCP, IpVersion: 4, SrcIp: "192.168.1.23", SrcPort: 46002,
+				DstIp: "140.82.121.4", DstPort: 443}, Host: "github.com",
+			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "rule:00000000000000ff", RuleId: "00000000000000ff"},
 		{Time: timestamppb.New(now.Add(-9 * time.Minute)), Process: f.Process, Flow: f.Flow, Host: "incoming.telemetry.mozilla.org",
 			Action: rulesv1.Action_ACTION_DENY, DecidedBy: "rule:0000000000000004", RuleId: "0000000000000004"},
+		{Time: timestamppb.New(now.Add(-7 * time.Minute)), Process: p.Process, Flow: p.Flow, Host: p.Host,
+			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "api:uid=1000"},
 		{Time: timestamppb.New(now.Add(-4 * time.Minute)), Process: p.Process, Flow: p.Flow, Host: "deb.debian.org",
 			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "rule:0000000000000003", RuleId: "0000000000000003"},
+		{Time: timestamppb.New(now.Add(-2 * time.Minute)), Process: f.Process, Flow: f.Flow, Host: "push.services.mozilla.com",
+			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "cache:c1f3"},
 		{Time: timestamppb.New(now.Add(-1 * time.Minute)), Process: f.Process, Flow: f.Flow, Host: f.Host,
 			Action: rulesv1.Action_ACTION_ALLOW, DecidedBy: "prompt"},
 	}

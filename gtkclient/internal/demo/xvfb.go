@@ -111,3 +111,48 @@ func (x *Xvfb) Stop() {
 		<-x.exited
 	}
 }
+
+// StartOpenbox runs the openbox window manager on display, as on a
+// person's desktop (focus, stacking, dialogs placed over their parent),
+// and waits until it manages the screen. stop ends it.
+func StartOpenbox(display string) (stop func(), err error) {
+	for _, bin := range []string{"openbox", "xprop"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("start openbox: %w (install openbox and x11-utils)", err)
+		}
+	}
+	cmd := exec.Command("openbox", "--sm-disable")
+	cmd.Env = append(os.Environ(), "DISPLAY="+display)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start openbox: %w", err)
+	}
+	stop = func() { cmd.Process.Kill(); cmd.Wait() }
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if openboxManages(cmd.Env) {
+			return stop, nil
+		}
+	}
+	stop()
+	return nil, errors.New("start openbox: it did not manage the screen within 10s")
+}
+
+// openboxManages reports whether openbox manages the screen. The root's
+// _NET_SUPPORTING_WM_CHECK outlives a window manager that exited (as the
+// one a previous test stopped): the window it names must exist and be
+// openbox's.
+func openboxManages(env []string) bool {
+	probe := exec.Command("xprop", "-root", "_NET_SUPPORTING_WM_CHECK")
+	probe.Env = env
+	out, err := probe.Output()
+	if err != nil {
+		return false
+	}
+	_, id, ok := strings.Cut(string(out), "window id # ")
+	if !ok {
+		return false
+	}
+	probe = exec.Command("xprop", "-id", strings.TrimSpace(id), "_NET_WM_NAME")
+	probe.Env = env
+	name, err := probe.Output()
+	return err == nil && strings.Contains(string(name), "Openbox")
+}

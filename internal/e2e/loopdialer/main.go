@@ -2,8 +2,9 @@
 // connection at a time, each closed at once (with a reset, so that no
 // TIME_WAIT state piles up), until its standard input reaches EOF or -n
 // attempts were made. It prints one JSON line per attempt, with the wall
-// clock at which its connect() was called, so that a test can tell which
-// connections were made after a given moment and what each one met.
+// and monotonic clocks at which its connect() was called, so that a test
+// can tell which connections were made after a given moment and what each
+// one met.
 //
 // Usage: loopdialer -addr 127.0.0.1:PORT [-n 0] [-timeout 300ms] [-interval 0]
 package main
@@ -26,6 +27,10 @@ import (
 type attempt struct {
 	// StartNS is the wall clock (Unix ns) just before connect().
 	StartNS int64 `json:"start_ns"`
+	// MonoNS is CLOCK_MONOTONIC (ns) at the same moment: unlike the wall
+	// clock it is never set, so a test compares it with its own readings
+	// even when the machine's clock is stepped meanwhile.
+	MonoNS int64 `json:"mono_ns"`
 	// US is how long the attempt took.
 	US int64 `json:"us"`
 	OK bool  `json:"ok"`
@@ -76,6 +81,9 @@ func dial(sa *unix.SockaddrInet4, timeout time.Duration) attempt {
 	unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	start := time.Now()
 	a.StartNS = start.UnixNano()
+	var mono unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
+	a.MonoNS = mono.Nano()
 	err = unix.Connect(fd, sa)
 	if errors.Is(err, unix.EINPROGRESS) {
 		err = wait(fd, timeout)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/netns"
+	"github.com/bastion-fw/bastion/internal/nlconn"
 	"github.com/bastion-fw/bastion/internal/sockdiag"
 )
 
@@ -39,12 +40,7 @@ type Resolver struct {
 // /proc/thread-self/net inside ns). fsys must show the processes that hold sockets in
 // ns, that is, be the /proc of their PID namespace.
 func New(ns *os.File, fsys fs.FS) (*Resolver, error) {
-	var conn *netlink.Conn
-	err := netns.Do(ns, func() error {
-		var err error
-		conn, err = netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
-		return err
-	})
+	conn, err := nlconn.Dial(ns, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("open sock_diag socket: %w", err)
 	}

@@ -49,7 +49,20 @@ type Service struct {
 	editStatus func(*uiv1.GetStatusResponse)
 	// ruleErrs are the errors of calls naming a rule (SetRuleError).
 	ruleErrs map[string]error
+	// pausedUntil is the end of a pause of protection (protection.go).
+	pausedUntil time.Time
+	// config is what GetConfig answers and SetConfig changes; GetStatus
+	// reports it too.
+	config *uiv1.UserConfig
+	// connErr is what QueryConnections fails with (connections.go).
+	connErr error
+
+	// programs are what ListPrograms and GetProgram report (programs.go).
+	programs []*Program
 }
+
+// ConfigPath is where the fake service says it saves the settings.
+const ConfigPath = "/home/alice/.config/bastion/config.toml"
 
 // New returns an empty service whose agent is connected.
 func New() *Service {
@@ -59,6 +72,8 @@ func New() *Service {
 		agentUp:  true,
 		now:      rules.Now,
 		ruleErrs: map[string]error{},
+		config: &uiv1.UserConfig{SilentAction: rulesv1.Action_ACTION_DENY, PromptTimeout: durationpb.New(30 * time.Second),
+			TimeoutAction: rulesv1.Action_ACTION_REJECT, HistorySize: 1000, HistoryRetention: durationpb.New(30 * 24 * time.Hour)},
 	}
 }
 
@@ -158,9 +173,9 @@ func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetS
 		PendingPrompts: uint32(len(s.prompts)),
 		Rules:          uint32(len(s.rules)),
 		DecideLater:    uint32(len(s.later)),
-		SilentAction:   rulesv1.Action_ACTION_DENY,
-		PromptTimeout:  durationpb.New(30 * time.Second),
-		TimeoutAction:  rulesv1.Action_ACTION_DENY,
+		SilentAction:   s.config.GetSilentAction(),
+		PromptTimeout:  proto.Clone(s.config.GetPromptTimeout()).(*durationpb.Duration),
+		TimeoutAction:  s.config.GetTimeoutAction(),
 		StorePath:      "/home/alice/.local/share/bastion/rules.db",
 	}
 	if s.agentUp {
@@ -178,6 +193,9 @@ func (s *Service) GetStatus(context.Context, *uiv1.GetStatusRequest) (*uiv1.GetS
 			KernelDecisions: &agentv1.KernelDecisions{Mechanism: "cgroup-sock-addr+xt-bpf", Entries: 12,
 				LastMinuteKernel: 90, LastMinuteUserspace: 10},
 		}
+	}
+	if s.now().Before(s.pausedUntil) {
+		resp.PausedUntil = timestamppb.New(s.pausedUntil)
 	}
 	if s.editStatus != nil {
 		s.editStatus(resp)
@@ -262,9 +280,20 @@ func (s *Service) AddRule(_ context.Context, req *uiv1.AddRuleRequest) (*uiv1.Ad
 	s.record("AddRule", req)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A client-chosen id makes the add idempotent, as in the real service
+	// (without its check that the retry says the same).
+	if id := req.GetRule().GetId(); id != "" {
+		if i := slices.IndexFunc(s.rules, func(r *rulesv1.Rule) bool { return r.GetId() == id }); i >= 0 {
+			return &uiv1.AddRuleResponse{Rule: proto.Clone(s.rules[i]).(*rulesv1.Rule)}, nil
+		}
+	}
 	r, err := s.addNewLocked(req.GetRule())
 	if err != nil {
 		return nil, err
+	}
+	if id := req.GetRule().GetId(); id != "" {
+		s.rules[len(s.rules)-1].Id = id
+		r.Id = id
 	}
 	return &uiv1.AddRuleResponse{Rule: r}, nil
 }
@@ -387,6 +416,7 @@ func (s *Service) ImportRules(_ context.Context, req *uiv1.ImportRulesRequest) (
 			continue
 		}
 		resp.Imported = append(resp.Imported, p)
+		resp.Added++
 	}
 	return resp, nil
 }
@@ -589,7 +619,9 @@ func (s *Service) WatchHistory(req *uiv1.WatchHistoryRequest, stream uiv1.UIServ
 	s.record("WatchHistory", req)
 	ch := make(chan *uiv1.HistoryEntry, 4096)
 	s.mu.Lock()
-	for _, e := range s.history {
+	// Like the real service, only the config's history_size newest are
+	// sent first; QueryConnections finds the older ones.
+	for _, e := range s.history[max(0, len(s.history)-int(s.config.GetHistorySize())):] {
 		select {
 		case ch <- e:
 		default:
@@ -612,4 +644,46 @@ func (s *Service) WatchHistory(req *uiv1.WatchHistoryRequest, stream uiv1.UIServ
 			return nil
 		}
 	}
+}
+
+// GetConfig implements uiv1.UIServiceServer.
+func (s *Service) GetConfig(_ context.Context, req *uiv1.GetConfigRequest) (*uiv1.GetConfigResponse, error) {
+	s.record("GetConfig", req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &uiv1.GetConfigResponse{Config: proto.Clone(s.config).(*uiv1.UserConfig), Path: ConfigPath}, nil
+}
+
+// SetConfig implements uiv1.UIServiceServer, with the real service's
+// range checks.
+func (s *Service) SetConfig(_ context.Context, req *uiv1.SetConfigRequest) (*uiv1.SetConfigResponse, error) {
+	s.record("SetConfig", req)
+	c := req.GetConfig()
+	d := c.GetPromptTimeout().AsDuration()
+	valid := func(a rulesv1.Action) bool {
+		return a >= rulesv1.Action_ACTION_ALLOW && a <= rulesv1.Action_ACTION_REJECT
+	}
+	if !valid(c.GetSilentAction()) || !valid(c.GetTimeoutAction()) || d < time.Second || d > 24*time.Hour || c.GetHistorySize() > 10000 {
+		return nil, status.Error(codes.InvalidArgument, "settings out of range")
+	}
+	if r := c.GetHistoryRetention(); r != nil && (r.CheckValid() != nil || r.AsDuration() < 24*time.Hour || r.AsDuration() > 366*24*time.Hour) {
+		return nil, status.Error(codes.InvalidArgument, "the history retention is out of range: choose from 1 to 366 days")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := s.config.GetHistoryRetention()
+	s.config = proto.Clone(c).(*uiv1.UserConfig)
+	// A client that does not know the retention leaves it as it is.
+	if c.GetHistoryRetention() == nil {
+		s.config.HistoryRetention = keep
+	}
+	return &uiv1.SetConfigResponse{Config: proto.Clone(s.config).(*uiv1.UserConfig), Path: ConfigPath}, nil
+}
+
+// ReplaceConfig sets the settings GetConfig answers as they are, as an
+// older service's that lacks some.
+func (s *Service) ReplaceConfig(c *uiv1.UserConfig) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.config = proto.Clone(c).(*uiv1.UserConfig)
 }

@@ -289,6 +289,64 @@ func (ExeIdentity) EnumDescriptor() ([]byte, []int) {
 	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
+// DecideReason says why a client decides a pending connection.
+type DecideReason int32
+
+const (
+	// An answer: a person's, or a program's acting for one, including a
+	// rules service applying a rule that a person's answer added while the
+	// connection waited (counted as api_decisions, recorded as
+	// "api:uid=<uid>").
+	DecideReason_DECIDE_REASON_UNSPECIFIED DecideReason = 0
+	// The client's own prompt deadline passed with no answer (counted as
+	// deadline_decisions, recorded as "deadline:uid=<uid>").
+	DecideReason_DECIDE_REASON_DEADLINE DecideReason = 1
+	// The client's silent action: nobody could be asked (no prompt client;
+	// counted as silent_decisions, recorded as "default:uid=<uid>").
+	DecideReason_DECIDE_REASON_SILENT DecideReason = 2
+)
+
+// Enum value maps for DecideReason.
+var (
+	DecideReason_name = map[int32]string{
+		0: "DECIDE_REASON_UNSPECIFIED",
+		1: "DECIDE_REASON_DEADLINE",
+		2: "DECIDE_REASON_SILENT",
+	}
+	DecideReason_value = map[string]int32{
+		"DECIDE_REASON_UNSPECIFIED": 0,
+		"DECIDE_REASON_DEADLINE":    1,
+		"DECIDE_REASON_SILENT":      2,
+	}
+)
+
+func (x DecideReason) Enum() *DecideReason {
+	p := new(DecideReason)
+	*p = x
+	return p
+}
+
+func (x DecideReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DecideReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_bastion_agent_v1_agent_proto_enumTypes[4].Descriptor()
+}
+
+func (DecideReason) Type() protoreflect.EnumType {
+	return &file_bastion_agent_v1_agent_proto_enumTypes[4]
+}
+
+func (x DecideReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DecideReason.Descriptor instead.
+func (DecideReason) EnumDescriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
 type PendingEvent_Kind int32
 
 const (
@@ -328,11 +386,11 @@ func (x PendingEvent_Kind) String() string {
 }
 
 func (PendingEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_bastion_agent_v1_agent_proto_enumTypes[4].Descriptor()
+	return file_bastion_agent_v1_agent_proto_enumTypes[5].Descriptor()
 }
 
 func (PendingEvent_Kind) Type() protoreflect.EnumType {
-	return &file_bastion_agent_v1_agent_proto_enumTypes[4]
+	return &file_bastion_agent_v1_agent_proto_enumTypes[5]
 }
 
 func (x PendingEvent_Kind) Number() protoreflect.EnumNumber {
@@ -919,7 +977,9 @@ type DecideRequest struct {
 	// How long the decision is cached for later connections; zero (or unset)
 	// with a scope other than SCOPE_CONNECTION means until the agent restarts
 	// or the entry is forgotten.
-	Lifetime      *durationpb.Duration `protobuf:"bytes,4,opt,name=lifetime,proto3" json:"lifetime,omitempty"`
+	Lifetime *durationpb.Duration `protobuf:"bytes,4,opt,name=lifetime,proto3" json:"lifetime,omitempty"`
+	// Why the caller decides, for the agent's record and counters.
+	Reason        DecideReason `protobuf:"varint,400,opt,name=reason,proto3,enum=bastion.agent.v1.DecideReason" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -980,6 +1040,13 @@ func (x *DecideRequest) GetLifetime() *durationpb.Duration {
 		return x.Lifetime
 	}
 	return nil
+}
+
+func (x *DecideRequest) GetReason() DecideReason {
+	if x != nil {
+		return x.Reason
+	}
+	return DecideReason_DECIDE_REASON_UNSPECIFIED
 }
 
 type DecideResponse struct {
@@ -1105,8 +1172,25 @@ type Counters struct {
 	// packets, identified, allowed/denied/rejected, and rule_decisions or
 	// cache_hits.
 	KernelDecisions uint64 `protobuf:"varint,18,opt,name=kernel_decisions,json=kernelDecisions,proto3" json:"kernel_decisions,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Every packet counted in packets is, once decided, in exactly one of
+	// rule_decisions, cache_hits, policy_decisions, api_decisions,
+	// deadline_decisions, silent_decisions, retransmit_decisions,
+	// other_decisions, shed and malformed; until then it is in held_packets.
+	// (api_decisions and deadline_decisions count packets, not questions:
+	// an answer that releases three held packets counts three.)
+	//
+	// Packets a rules service decided with its silent action (no prompt
+	// client; DECIDE_REASON_SILENT).
+	SilentDecisions uint64 `protobuf:"varint,400,opt,name=silent_decisions,json=silentDecisions,proto3" json:"silent_decisions,omitempty"`
+	// Retransmitted first packets answered with the verdict of the first.
+	RetransmitDecisions uint64 `protobuf:"varint,401,opt,name=retransmit_decisions,json=retransmitDecisions,proto3" json:"retransmit_decisions,omitempty"`
+	// Packets decided at shutdown, or by timeout_action because their UID's
+	// rules could not be matched in time.
+	OtherDecisions uint64 `protobuf:"varint,402,opt,name=other_decisions,json=otherDecisions,proto3" json:"other_decisions,omitempty"`
+	// Packets held now, waiting for a decision.
+	HeldPackets   uint64 `protobuf:"varint,403,opt,name=held_packets,json=heldPackets,proto3" json:"held_packets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Counters) Reset() {
@@ -1261,6 +1345,34 @@ func (x *Counters) GetRuleDecisions() uint64 {
 func (x *Counters) GetKernelDecisions() uint64 {
 	if x != nil {
 		return x.KernelDecisions
+	}
+	return 0
+}
+
+func (x *Counters) GetSilentDecisions() uint64 {
+	if x != nil {
+		return x.SilentDecisions
+	}
+	return 0
+}
+
+func (x *Counters) GetRetransmitDecisions() uint64 {
+	if x != nil {
+		return x.RetransmitDecisions
+	}
+	return 0
+}
+
+func (x *Counters) GetOtherDecisions() uint64 {
+	if x != nil {
+		return x.OtherDecisions
+	}
+	return 0
+}
+
+func (x *Counters) GetHeldPackets() uint64 {
+	if x != nil {
+		return x.HeldPackets
 	}
 	return 0
 }
@@ -1612,8 +1724,11 @@ type GetStatusResponse struct {
 	// Decisions made in the kernel: the mechanism, how many are remembered,
 	// and the last minute's split between the kernel and userspace.
 	KernelDecisions *KernelDecisions `protobuf:"bytes,19,opt,name=kernel_decisions,json=kernelDecisions,proto3" json:"kernel_decisions,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Traffic accounting: whether it runs, how many connections it follows
+	// and what that costs.
+	TrafficAccounting *TrafficAccounting `protobuf:"bytes,500,opt,name=traffic_accounting,json=trafficAccounting,proto3" json:"traffic_accounting,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -1779,6 +1894,13 @@ func (x *GetStatusResponse) GetKernelDecisions() *KernelDecisions {
 	return nil
 }
 
+func (x *GetStatusResponse) GetTrafficAccounting() *TrafficAccounting {
+	if x != nil {
+		return x.TrafficAccounting
+	}
+	return nil
+}
+
 type WatchDecisionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1822,7 +1944,8 @@ type DecisionEvent struct {
 	Flow    *Flow                  `protobuf:"bytes,3,opt,name=flow,proto3" json:"flow,omitempty"`
 	Action  Action                 `protobuf:"varint,4,opt,name=action,proto3,enum=bastion.agent.v1.Action" json:"action,omitempty"`
 	// "rule:<id>", "cache:<id>", "api:uid=<uid>", "policy", "deadline",
-	// "retransmit", "shutdown", "unparsed".
+	// "retransmit", "shutdown", "unparsed", "rules-busy", and for a client's
+	// DecideReason: "deadline:uid=<uid>", "default:uid=<uid>".
 	DecidedBy string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
 	// Set when a rule decided: its ID.
 	RuleId string `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
@@ -2305,6 +2428,367 @@ func (x *SetRulesResponse) GetActive() uint32 {
 	return 0
 }
 
+type WatchTrafficRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTrafficRequest) Reset() {
+	*x = WatchTrafficRequest{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTrafficRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTrafficRequest) ProtoMessage() {}
+
+func (x *WatchTrafficRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTrafficRequest.ProtoReflect.Descriptor instead.
+func (*WatchTrafficRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+// TrafficSample is what one allowed connection carried since its previous
+// sample. Bytes are IP bytes as conntrack counts them: headers included,
+// in the direction the connection was opened (sent) and the reply
+// direction (received).
+type TrafficSample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names the connection across its samples (unique while the agent runs).
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// When the connection's first packet was decided.
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	// When these counts were read.
+	Time    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Process *Process               `protobuf:"bytes,4,opt,name=process,proto3" json:"process,omitempty"`
+	Flow    *Flow                  `protobuf:"bytes,5,opt,name=flow,proto3" json:"flow,omitempty"`
+	// The destination's name when known, as in DecisionEvent.host.
+	Host string `protobuf:"bytes,6,opt,name=host,proto3" json:"host,omitempty"`
+	// What allowed the connection, as in DecisionEvent.decided_by, and the
+	// rule's ID when a rule did.
+	DecidedBy string `protobuf:"bytes,7,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	RuleId    string `protobuf:"bytes,8,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// Counts since this connection's previous sample.
+	BytesSent       uint64 `protobuf:"varint,9,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived   uint64 `protobuf:"varint,10,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	PacketsSent     uint64 `protobuf:"varint,11,opt,name=packets_sent,json=packetsSent,proto3" json:"packets_sent,omitempty"`
+	PacketsReceived uint64 `protobuf:"varint,12,opt,name=packets_received,json=packetsReceived,proto3" json:"packets_received,omitempty"`
+	// Counts since the connection began.
+	TotalBytesSent     uint64 `protobuf:"varint,13,opt,name=total_bytes_sent,json=totalBytesSent,proto3" json:"total_bytes_sent,omitempty"`
+	TotalBytesReceived uint64 `protobuf:"varint,14,opt,name=total_bytes_received,json=totalBytesReceived,proto3" json:"total_bytes_received,omitempty"`
+	// The connection is over (its conntrack entry was destroyed); no sample
+	// of it follows.
+	Ended         bool `protobuf:"varint,15,opt,name=ended,proto3" json:"ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficSample) Reset() {
+	*x = TrafficSample{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficSample) ProtoMessage() {}
+
+func (x *TrafficSample) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficSample.ProtoReflect.Descriptor instead.
+func (*TrafficSample) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *TrafficSample) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *TrafficSample) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *TrafficSample) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *TrafficSample) GetProcess() *Process {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *TrafficSample) GetFlow() *Flow {
+	if x != nil {
+		return x.Flow
+	}
+	return nil
+}
+
+func (x *TrafficSample) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *TrafficSample) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *TrafficSample) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *TrafficSample) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetPacketsSent() uint64 {
+	if x != nil {
+		return x.PacketsSent
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetPacketsReceived() uint64 {
+	if x != nil {
+		return x.PacketsReceived
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetTotalBytesSent() uint64 {
+	if x != nil {
+		return x.TotalBytesSent
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetTotalBytesReceived() uint64 {
+	if x != nil {
+		return x.TotalBytesReceived
+	}
+	return 0
+}
+
+func (x *TrafficSample) GetEnded() bool {
+	if x != nil {
+		return x.Ended
+	}
+	return false
+}
+
+type TrafficBatch struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Samples []*TrafficSample       `protobuf:"bytes,1,rep,name=samples,proto3" json:"samples,omitempty"`
+	// Samples for this caller that the agent dropped because the caller fell
+	// behind, since the previous batch.
+	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficBatch) Reset() {
+	*x = TrafficBatch{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficBatch) ProtoMessage() {}
+
+func (x *TrafficBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficBatch.ProtoReflect.Descriptor instead.
+func (*TrafficBatch) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *TrafficBatch) GetSamples() []*TrafficSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+func (x *TrafficBatch) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+// TrafficAccounting reports the agent's traffic accounting.
+type TrafficAccounting struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "active", or "unavailable (reason)" / "off (reason)".
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// Connections whose traffic is being followed now.
+	Tracked uint32 `protobuf:"varint,2,opt,name=tracked,proto3" json:"tracked,omitempty"`
+	// Bytes of agent memory those connections use, estimated.
+	MemoryBytes uint64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// How often the conntrack table is read for the counts of live
+	// connections.
+	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Samples sent and dropped (to callers that fell behind) since start.
+	SamplesSent    uint64 `protobuf:"varint,5,opt,name=samples_sent,json=samplesSent,proto3" json:"samples_sent,omitempty"`
+	SamplesDropped uint64 `protobuf:"varint,6,opt,name=samples_dropped,json=samplesDropped,proto3" json:"samples_dropped,omitempty"`
+	// Connections whose conntrack entry was gone before it was read, so
+	// their bytes are unknown, since start.
+	Lost          uint64 `protobuf:"varint,7,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficAccounting) Reset() {
+	*x = TrafficAccounting{}
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficAccounting) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficAccounting) ProtoMessage() {}
+
+func (x *TrafficAccounting) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_agent_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficAccounting.ProtoReflect.Descriptor instead.
+func (*TrafficAccounting) Descriptor() ([]byte, []int) {
+	return file_bastion_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *TrafficAccounting) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *TrafficAccounting) GetTracked() uint32 {
+	if x != nil {
+		return x.Tracked
+	}
+	return 0
+}
+
+func (x *TrafficAccounting) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *TrafficAccounting) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *TrafficAccounting) GetSamplesSent() uint64 {
+	if x != nil {
+		return x.SamplesSent
+	}
+	return 0
+}
+
+func (x *TrafficAccounting) GetSamplesDropped() uint64 {
+	if x != nil {
+		return x.SamplesDropped
+	}
+	return 0
+}
+
+func (x *TrafficAccounting) GetLost() uint64 {
+	if x != nil {
+		return x.Lost
+	}
+	return 0
+}
+
 var File_bastion_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_bastion_agent_v1_agent_proto_rawDesc = "" +
@@ -2364,16 +2848,17 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x13WatchPendingRequest\"\x14\n" +
 	"\x12ListPendingRequest\"\\\n" +
 	"\x13ListPendingResponse\x12E\n" +
-	"\vconnections\x18\x01 \x03(\v2#.bastion.agent.v1.PendingConnectionR\vconnections\"\xb7\x01\n" +
+	"\vconnections\x18\x01 \x03(\v2#.bastion.agent.v1.PendingConnectionR\vconnections\"\xf0\x01\n" +
 	"\rDecideRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x18.bastion.agent.v1.ActionR\x06action\x12-\n" +
 	"\x05scope\x18\x03 \x01(\x0e2\x17.bastion.agent.v1.ScopeR\x05scope\x125\n" +
-	"\blifetime\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\blifetime\"E\n" +
+	"\blifetime\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\blifetime\x127\n" +
+	"\x06reason\x18\x90\x03 \x01(\x0e2\x1e.bastion.agent.v1.DecideReasonR\x06reason\"E\n" +
 	"\x0eDecideResponse\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\rR\apackets\x12\x19\n" +
 	"\bcache_id\x18\x02 \x01(\tR\acacheId\"\x12\n" +
-	"\x10GetStatusRequest\"\xf4\x04\n" +
+	"\x10GetStatusRequest\"\xa2\x06\n" +
 	"\bCounters\x12\x18\n" +
 	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\x04R\aallowed\x12\x16\n" +
@@ -2397,7 +2882,11 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\rdns_malformed\x18\x0f \x01(\x04R\fdnsMalformed\x12\x12\n" +
 	"\x04shed\x18\x10 \x01(\x04R\x04shed\x12%\n" +
 	"\x0erule_decisions\x18\x11 \x01(\x04R\rruleDecisions\x12)\n" +
-	"\x10kernel_decisions\x18\x12 \x01(\x04R\x0fkernelDecisions\"\xbf\x02\n" +
+	"\x10kernel_decisions\x18\x12 \x01(\x04R\x0fkernelDecisions\x12*\n" +
+	"\x10silent_decisions\x18\x90\x03 \x01(\x04R\x0fsilentDecisions\x122\n" +
+	"\x14retransmit_decisions\x18\x91\x03 \x01(\x04R\x13retransmitDecisions\x12(\n" +
+	"\x0fother_decisions\x18\x92\x03 \x01(\x04R\x0eotherDecisions\x12\"\n" +
+	"\fheld_packets\x18\x93\x03 \x01(\x04R\vheldPackets\"\xbf\x02\n" +
 	"\x0fKernelDecisions\x12\x1c\n" +
 	"\tmechanism\x18\x01 \x01(\tR\tmechanism\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
@@ -2422,7 +2911,7 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12!\n" +
 	"\fheld_packets\x18\x02 \x01(\rR\vheldPackets\x12\x18\n" +
 	"\apending\x18\x03 \x01(\rR\apending\x12\x12\n" +
-	"\x04shed\x18\x04 \x01(\x04R\x04shed\"\x88\x06\n" +
+	"\x04shed\x18\x04 \x01(\x04R\x04shed\"\xdd\x06\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tmechanism\x18\x02 \x01(\tR\tmechanism\x12\x1a\n" +
@@ -2444,7 +2933,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\tdns_names\x18\x10 \x01(\rR\bdnsNames\x12@\n" +
 	"\fshare_limits\x18\x11 \x01(\v2\x1d.bastion.agent.v1.ShareLimitsR\vshareLimits\x122\n" +
 	"\x06shares\x18\x12 \x03(\v2\x1a.bastion.agent.v1.ShareUseR\x06shares\x12L\n" +
-	"\x10kernel_decisions\x18\x13 \x01(\v2!.bastion.agent.v1.KernelDecisionsR\x0fkernelDecisions\"\x17\n" +
+	"\x10kernel_decisions\x18\x13 \x01(\v2!.bastion.agent.v1.KernelDecisionsR\x0fkernelDecisions\x12S\n" +
+	"\x12traffic_accounting\x18\xf4\x03 \x01(\v2#.bastion.agent.v1.TrafficAccountingR\x11trafficAccounting\"\x17\n" +
 	"\x15WatchDecisionsRequest\"\x9e\x02\n" +
 	"\rDecisionEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
@@ -2481,7 +2971,39 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x05rules\x18\x02 \x03(\v2\x16.bastion.rules.v1.RuleR\x05rulesB\x06\n" +
 	"\x04_uid\"*\n" +
 	"\x10SetRulesResponse\x12\x16\n" +
-	"\x06active\x18\x01 \x01(\rR\x06active*\xd2\x01\n" +
+	"\x06active\x18\x01 \x01(\rR\x06active\"\x15\n" +
+	"\x13WatchTrafficRequest\"\xd2\x04\n" +
+	"\rTrafficSample\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x129\n" +
+	"\n" +
+	"first_seen\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x123\n" +
+	"\aprocess\x18\x04 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
+	"\x04flow\x18\x05 \x01(\v2\x16.bastion.agent.v1.FlowR\x04flow\x12\x12\n" +
+	"\x04host\x18\x06 \x01(\tR\x04host\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\a \x01(\tR\tdecidedBy\x12\x17\n" +
+	"\arule_id\x18\b \x01(\tR\x06ruleId\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\t \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\n" +
+	" \x01(\x04R\rbytesReceived\x12!\n" +
+	"\fpackets_sent\x18\v \x01(\x04R\vpacketsSent\x12)\n" +
+	"\x10packets_received\x18\f \x01(\x04R\x0fpacketsReceived\x12(\n" +
+	"\x10total_bytes_sent\x18\r \x01(\x04R\x0etotalBytesSent\x120\n" +
+	"\x14total_bytes_received\x18\x0e \x01(\x04R\x12totalBytesReceived\x12\x14\n" +
+	"\x05ended\x18\x0f \x01(\bR\x05ended\"c\n" +
+	"\fTrafficBatch\x129\n" +
+	"\asamples\x18\x01 \x03(\v2\x1f.bastion.agent.v1.TrafficSampleR\asamples\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"\xfd\x01\n" +
+	"\x11TrafficAccounting\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
+	"\atracked\x18\x02 \x01(\rR\atracked\x12!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\x125\n" +
+	"\binterval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12!\n" +
+	"\fsamples_sent\x18\x05 \x01(\x04R\vsamplesSent\x12'\n" +
+	"\x0fsamples_dropped\x18\x06 \x01(\x04R\x0esamplesDropped\x12\x12\n" +
+	"\x04lost\x18\a \x01(\x04R\x04lost*\xd2\x01\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -2511,7 +3033,11 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x11EXE_IDENTITY_HOST\x10\x01\x12\x18\n" +
 	"\x14EXE_IDENTITY_DELETED\x10\x02\x12)\n" +
 	"%EXE_IDENTITY_OTHER_MOUNT_NS_HOST_FILE\x10\x03\x12\x1f\n" +
-	"\x1bEXE_IDENTITY_OTHER_MOUNT_NS\x10\x042\xc9\x05\n" +
+	"\x1bEXE_IDENTITY_OTHER_MOUNT_NS\x10\x04*c\n" +
+	"\fDecideReason\x12\x1d\n" +
+	"\x19DECIDE_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DECIDE_REASON_DEADLINE\x10\x01\x12\x18\n" +
+	"\x14DECIDE_REASON_SILENT\x10\x022\xa2\x06\n" +
 	"\fAgentService\x12W\n" +
 	"\fWatchPending\x12%.bastion.agent.v1.WatchPendingRequest\x1a\x1e.bastion.agent.v1.PendingEvent0\x01\x12Z\n" +
 	"\vListPending\x12$.bastion.agent.v1.ListPendingRequest\x1a%.bastion.agent.v1.ListPendingResponse\x12K\n" +
@@ -2520,7 +3046,8 @@ const file_bastion_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eWatchDecisions\x12'.bastion.agent.v1.WatchDecisionsRequest\x1a\x1f.bastion.agent.v1.DecisionEvent0\x01\x12T\n" +
 	"\tListCache\x12\".bastion.agent.v1.ListCacheRequest\x1a#.bastion.agent.v1.ListCacheResponse\x12Z\n" +
 	"\vForgetCache\x12$.bastion.agent.v1.ForgetCacheRequest\x1a%.bastion.agent.v1.ForgetCacheResponse\x12Q\n" +
-	"\bSetRules\x12!.bastion.agent.v1.SetRulesRequest\x1a\".bastion.agent.v1.SetRulesResponseB>Z<github.com/bastion-fw/bastion/proto/bastion/agent/v1;agentv1b\x06proto3"
+	"\bSetRules\x12!.bastion.agent.v1.SetRulesRequest\x1a\".bastion.agent.v1.SetRulesResponse\x12W\n" +
+	"\fWatchTraffic\x12%.bastion.agent.v1.WatchTrafficRequest\x1a\x1e.bastion.agent.v1.TrafficBatch0\x01B>Z<github.com/bastion-fw/bastion/proto/bastion/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_bastion_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2534,94 +3061,109 @@ func file_bastion_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_bastion_agent_v1_agent_proto_rawDescData
 }
 
-var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_bastion_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_bastion_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_bastion_agent_v1_agent_proto_goTypes = []any{
 	(Protocol)(0),                 // 0: bastion.agent.v1.Protocol
 	(Action)(0),                   // 1: bastion.agent.v1.Action
 	(Scope)(0),                    // 2: bastion.agent.v1.Scope
 	(ExeIdentity)(0),              // 3: bastion.agent.v1.ExeIdentity
-	(PendingEvent_Kind)(0),        // 4: bastion.agent.v1.PendingEvent.Kind
-	(*Process)(nil),               // 5: bastion.agent.v1.Process
-	(*Flow)(nil),                  // 6: bastion.agent.v1.Flow
-	(*PendingConnection)(nil),     // 7: bastion.agent.v1.PendingConnection
-	(*PendingEvent)(nil),          // 8: bastion.agent.v1.PendingEvent
-	(*WatchPendingRequest)(nil),   // 9: bastion.agent.v1.WatchPendingRequest
-	(*ListPendingRequest)(nil),    // 10: bastion.agent.v1.ListPendingRequest
-	(*ListPendingResponse)(nil),   // 11: bastion.agent.v1.ListPendingResponse
-	(*DecideRequest)(nil),         // 12: bastion.agent.v1.DecideRequest
-	(*DecideResponse)(nil),        // 13: bastion.agent.v1.DecideResponse
-	(*GetStatusRequest)(nil),      // 14: bastion.agent.v1.GetStatusRequest
-	(*Counters)(nil),              // 15: bastion.agent.v1.Counters
-	(*KernelDecisions)(nil),       // 16: bastion.agent.v1.KernelDecisions
-	(*ShareLimits)(nil),           // 17: bastion.agent.v1.ShareLimits
-	(*ShareUse)(nil),              // 18: bastion.agent.v1.ShareUse
-	(*GetStatusResponse)(nil),     // 19: bastion.agent.v1.GetStatusResponse
-	(*WatchDecisionsRequest)(nil), // 20: bastion.agent.v1.WatchDecisionsRequest
-	(*DecisionEvent)(nil),         // 21: bastion.agent.v1.DecisionEvent
-	(*CacheEntry)(nil),            // 22: bastion.agent.v1.CacheEntry
-	(*ListCacheRequest)(nil),      // 23: bastion.agent.v1.ListCacheRequest
-	(*ListCacheResponse)(nil),     // 24: bastion.agent.v1.ListCacheResponse
-	(*ForgetCacheRequest)(nil),    // 25: bastion.agent.v1.ForgetCacheRequest
-	(*ForgetCacheResponse)(nil),   // 26: bastion.agent.v1.ForgetCacheResponse
-	(*SetRulesRequest)(nil),       // 27: bastion.agent.v1.SetRulesRequest
-	(*SetRulesResponse)(nil),      // 28: bastion.agent.v1.SetRulesResponse
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*v1.Rule)(nil),               // 31: bastion.rules.v1.Rule
+	(DecideReason)(0),             // 4: bastion.agent.v1.DecideReason
+	(PendingEvent_Kind)(0),        // 5: bastion.agent.v1.PendingEvent.Kind
+	(*Process)(nil),               // 6: bastion.agent.v1.Process
+	(*Flow)(nil),                  // 7: bastion.agent.v1.Flow
+	(*PendingConnection)(nil),     // 8: bastion.agent.v1.PendingConnection
+	(*PendingEvent)(nil),          // 9: bastion.agent.v1.PendingEvent
+	(*WatchPendingRequest)(nil),   // 10: bastion.agent.v1.WatchPendingRequest
+	(*ListPendingRequest)(nil),    // 11: bastion.agent.v1.ListPendingRequest
+	(*ListPendingResponse)(nil),   // 12: bastion.agent.v1.ListPendingResponse
+	(*DecideRequest)(nil),         // 13: bastion.agent.v1.DecideRequest
+	(*DecideResponse)(nil),        // 14: bastion.agent.v1.DecideResponse
+	(*GetStatusRequest)(nil),      // 15: bastion.agent.v1.GetStatusRequest
+	(*Counters)(nil),              // 16: bastion.agent.v1.Counters
+	(*KernelDecisions)(nil),       // 17: bastion.agent.v1.KernelDecisions
+	(*ShareLimits)(nil),           // 18: bastion.agent.v1.ShareLimits
+	(*ShareUse)(nil),              // 19: bastion.agent.v1.ShareUse
+	(*GetStatusResponse)(nil),     // 20: bastion.agent.v1.GetStatusResponse
+	(*WatchDecisionsRequest)(nil), // 21: bastion.agent.v1.WatchDecisionsRequest
+	(*DecisionEvent)(nil),         // 22: bastion.agent.v1.DecisionEvent
+	(*CacheEntry)(nil),            // 23: bastion.agent.v1.CacheEntry
+	(*ListCacheRequest)(nil),      // 24: bastion.agent.v1.ListCacheRequest
+	(*ListCacheResponse)(nil),     // 25: bastion.agent.v1.ListCacheResponse
+	(*ForgetCacheRequest)(nil),    // 26: bastion.agent.v1.ForgetCacheRequest
+	(*ForgetCacheResponse)(nil),   // 27: bastion.agent.v1.ForgetCacheResponse
+	(*SetRulesRequest)(nil),       // 28: bastion.agent.v1.SetRulesRequest
+	(*SetRulesResponse)(nil),      // 29: bastion.agent.v1.SetRulesResponse
+	(*WatchTrafficRequest)(nil),   // 30: bastion.agent.v1.WatchTrafficRequest
+	(*TrafficSample)(nil),         // 31: bastion.agent.v1.TrafficSample
+	(*TrafficBatch)(nil),          // 32: bastion.agent.v1.TrafficBatch
+	(*TrafficAccounting)(nil),     // 33: bastion.agent.v1.TrafficAccounting
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 35: google.protobuf.Duration
+	(*v1.Rule)(nil),               // 36: bastion.rules.v1.Rule
 }
 var file_bastion_agent_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: bastion.agent.v1.Process.exe_identity:type_name -> bastion.agent.v1.ExeIdentity
 	0,  // 1: bastion.agent.v1.Flow.protocol:type_name -> bastion.agent.v1.Protocol
-	5,  // 2: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
-	6,  // 3: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
-	29, // 4: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
-	29, // 5: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
+	6,  // 2: bastion.agent.v1.PendingConnection.process:type_name -> bastion.agent.v1.Process
+	7,  // 3: bastion.agent.v1.PendingConnection.flow:type_name -> bastion.agent.v1.Flow
+	34, // 4: bastion.agent.v1.PendingConnection.first_seen:type_name -> google.protobuf.Timestamp
+	34, // 5: bastion.agent.v1.PendingConnection.deadline:type_name -> google.protobuf.Timestamp
 	1,  // 6: bastion.agent.v1.PendingConnection.deadline_action:type_name -> bastion.agent.v1.Action
-	5,  // 7: bastion.agent.v1.PendingConnection.processes:type_name -> bastion.agent.v1.Process
-	4,  // 8: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
-	7,  // 9: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
+	6,  // 7: bastion.agent.v1.PendingConnection.processes:type_name -> bastion.agent.v1.Process
+	5,  // 8: bastion.agent.v1.PendingEvent.kind:type_name -> bastion.agent.v1.PendingEvent.Kind
+	8,  // 9: bastion.agent.v1.PendingEvent.connection:type_name -> bastion.agent.v1.PendingConnection
 	1,  // 10: bastion.agent.v1.PendingEvent.action:type_name -> bastion.agent.v1.Action
-	7,  // 11: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
+	8,  // 11: bastion.agent.v1.ListPendingResponse.connections:type_name -> bastion.agent.v1.PendingConnection
 	1,  // 12: bastion.agent.v1.DecideRequest.action:type_name -> bastion.agent.v1.Action
 	2,  // 13: bastion.agent.v1.DecideRequest.scope:type_name -> bastion.agent.v1.Scope
-	30, // 14: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
-	15, // 15: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
-	29, // 16: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
-	17, // 17: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
-	18, // 18: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
-	16, // 19: bastion.agent.v1.GetStatusResponse.kernel_decisions:type_name -> bastion.agent.v1.KernelDecisions
-	29, // 20: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
-	5,  // 21: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
-	6,  // 22: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
-	1,  // 23: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
-	2,  // 24: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
-	0,  // 25: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
-	1,  // 26: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
-	29, // 27: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
-	22, // 28: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
-	31, // 29: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
-	9,  // 30: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
-	10, // 31: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
-	12, // 32: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
-	14, // 33: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
-	20, // 34: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
-	23, // 35: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
-	25, // 36: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
-	27, // 37: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
-	8,  // 38: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
-	11, // 39: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
-	13, // 40: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
-	19, // 41: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
-	21, // 42: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
-	24, // 43: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
-	26, // 44: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
-	28, // 45: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
-	38, // [38:46] is the sub-list for method output_type
-	30, // [30:38] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	35, // 14: bastion.agent.v1.DecideRequest.lifetime:type_name -> google.protobuf.Duration
+	4,  // 15: bastion.agent.v1.DecideRequest.reason:type_name -> bastion.agent.v1.DecideReason
+	16, // 16: bastion.agent.v1.GetStatusResponse.counters:type_name -> bastion.agent.v1.Counters
+	34, // 17: bastion.agent.v1.GetStatusResponse.started:type_name -> google.protobuf.Timestamp
+	18, // 18: bastion.agent.v1.GetStatusResponse.share_limits:type_name -> bastion.agent.v1.ShareLimits
+	19, // 19: bastion.agent.v1.GetStatusResponse.shares:type_name -> bastion.agent.v1.ShareUse
+	17, // 20: bastion.agent.v1.GetStatusResponse.kernel_decisions:type_name -> bastion.agent.v1.KernelDecisions
+	33, // 21: bastion.agent.v1.GetStatusResponse.traffic_accounting:type_name -> bastion.agent.v1.TrafficAccounting
+	34, // 22: bastion.agent.v1.DecisionEvent.time:type_name -> google.protobuf.Timestamp
+	6,  // 23: bastion.agent.v1.DecisionEvent.process:type_name -> bastion.agent.v1.Process
+	7,  // 24: bastion.agent.v1.DecisionEvent.flow:type_name -> bastion.agent.v1.Flow
+	1,  // 25: bastion.agent.v1.DecisionEvent.action:type_name -> bastion.agent.v1.Action
+	2,  // 26: bastion.agent.v1.CacheEntry.scope:type_name -> bastion.agent.v1.Scope
+	0,  // 27: bastion.agent.v1.CacheEntry.protocol:type_name -> bastion.agent.v1.Protocol
+	1,  // 28: bastion.agent.v1.CacheEntry.action:type_name -> bastion.agent.v1.Action
+	34, // 29: bastion.agent.v1.CacheEntry.expires:type_name -> google.protobuf.Timestamp
+	23, // 30: bastion.agent.v1.ListCacheResponse.entries:type_name -> bastion.agent.v1.CacheEntry
+	36, // 31: bastion.agent.v1.SetRulesRequest.rules:type_name -> bastion.rules.v1.Rule
+	34, // 32: bastion.agent.v1.TrafficSample.first_seen:type_name -> google.protobuf.Timestamp
+	34, // 33: bastion.agent.v1.TrafficSample.time:type_name -> google.protobuf.Timestamp
+	6,  // 34: bastion.agent.v1.TrafficSample.process:type_name -> bastion.agent.v1.Process
+	7,  // 35: bastion.agent.v1.TrafficSample.flow:type_name -> bastion.agent.v1.Flow
+	31, // 36: bastion.agent.v1.TrafficBatch.samples:type_name -> bastion.agent.v1.TrafficSample
+	35, // 37: bastion.agent.v1.TrafficAccounting.interval:type_name -> google.protobuf.Duration
+	10, // 38: bastion.agent.v1.AgentService.WatchPending:input_type -> bastion.agent.v1.WatchPendingRequest
+	11, // 39: bastion.agent.v1.AgentService.ListPending:input_type -> bastion.agent.v1.ListPendingRequest
+	13, // 40: bastion.agent.v1.AgentService.Decide:input_type -> bastion.agent.v1.DecideRequest
+	15, // 41: bastion.agent.v1.AgentService.GetStatus:input_type -> bastion.agent.v1.GetStatusRequest
+	21, // 42: bastion.agent.v1.AgentService.WatchDecisions:input_type -> bastion.agent.v1.WatchDecisionsRequest
+	24, // 43: bastion.agent.v1.AgentService.ListCache:input_type -> bastion.agent.v1.ListCacheRequest
+	26, // 44: bastion.agent.v1.AgentService.ForgetCache:input_type -> bastion.agent.v1.ForgetCacheRequest
+	28, // 45: bastion.agent.v1.AgentService.SetRules:input_type -> bastion.agent.v1.SetRulesRequest
+	30, // 46: bastion.agent.v1.AgentService.WatchTraffic:input_type -> bastion.agent.v1.WatchTrafficRequest
+	9,  // 47: bastion.agent.v1.AgentService.WatchPending:output_type -> bastion.agent.v1.PendingEvent
+	12, // 48: bastion.agent.v1.AgentService.ListPending:output_type -> bastion.agent.v1.ListPendingResponse
+	14, // 49: bastion.agent.v1.AgentService.Decide:output_type -> bastion.agent.v1.DecideResponse
+	20, // 50: bastion.agent.v1.AgentService.GetStatus:output_type -> bastion.agent.v1.GetStatusResponse
+	22, // 51: bastion.agent.v1.AgentService.WatchDecisions:output_type -> bastion.agent.v1.DecisionEvent
+	25, // 52: bastion.agent.v1.AgentService.ListCache:output_type -> bastion.agent.v1.ListCacheResponse
+	27, // 53: bastion.agent.v1.AgentService.ForgetCache:output_type -> bastion.agent.v1.ForgetCacheResponse
+	29, // 54: bastion.agent.v1.AgentService.SetRules:output_type -> bastion.agent.v1.SetRulesResponse
+	32, // 55: bastion.agent.v1.AgentService.WatchTraffic:output_type -> bastion.agent.v1.TrafficBatch
+	47, // [47:56] is the sub-list for method output_type
+	38, // [38:47] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_bastion_agent_v1_agent_proto_init() }
@@ -2635,8 +3177,8 @@ func file_bastion_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_agent_v1_agent_proto_rawDesc), len(file_bastion_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   24,
+			NumEnums:      6,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	AgentService_ListCache_FullMethodName      = "/bastion.agent.v1.AgentService/ListCache"
 	AgentService_ForgetCache_FullMethodName    = "/bastion.agent.v1.AgentService/ForgetCache"
 	AgentService_SetRules_FullMethodName       = "/bastion.agent.v1.AgentService/SetRules"
+	AgentService_WatchTraffic_FullMethodName   = "/bastion.agent.v1.AgentService/WatchTraffic"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -63,6 +64,13 @@ type AgentServiceClient interface {
 	// root may name any UID. The per-user rules service calls it at start-up,
 	// after reconnecting and whenever its rules change.
 	SetRules(ctx context.Context, in *SetRulesRequest, opts ...grpc.CallOption) (*SetRulesResponse, error)
+	// WatchTraffic streams what allowed connections carry: bytes and packets
+	// from the kernel's conntrack accounting, attributed to the process that
+	// opened each connection. A non-root caller receives only the connections
+	// of its own UID; root receives all. Samples are sent in batches: a
+	// connection's counts grow while it lasts (from periodic reads of the
+	// conntrack table) and its last sample says it ended.
+	WatchTraffic(ctx context.Context, in *WatchTrafficRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TrafficBatch], error)
 }
 
 type agentServiceClient struct {
@@ -171,6 +179,25 @@ func (c *agentServiceClient) SetRules(ctx context.Context, in *SetRulesRequest, 
 	return out, nil
 }
 
+func (c *agentServiceClient) WatchTraffic(ctx context.Context, in *WatchTrafficRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TrafficBatch], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[2], AgentService_WatchTraffic_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchTrafficRequest, TrafficBatch]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchTrafficClient = grpc.ServerStreamingClient[TrafficBatch]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -198,6 +225,13 @@ type AgentServiceServer interface {
 	// root may name any UID. The per-user rules service calls it at start-up,
 	// after reconnecting and whenever its rules change.
 	SetRules(context.Context, *SetRulesRequest) (*SetRulesResponse, error)
+	// WatchTraffic streams what allowed connections carry: bytes and packets
+	// from the kernel's conntrack accounting, attributed to the process that
+	// opened each connection. A non-root caller receives only the connections
+	// of its own UID; root receives all. Samples are sent in batches: a
+	// connection's counts grow while it lasts (from periodic reads of the
+	// conntrack table) and its last sample says it ended.
+	WatchTraffic(*WatchTrafficRequest, grpc.ServerStreamingServer[TrafficBatch]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -231,6 +265,9 @@ func (UnimplementedAgentServiceServer) ForgetCache(context.Context, *ForgetCache
 }
 func (UnimplementedAgentServiceServer) SetRules(context.Context, *SetRulesRequest) (*SetRulesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetRules not implemented")
+}
+func (UnimplementedAgentServiceServer) WatchTraffic(*WatchTrafficRequest, grpc.ServerStreamingServer[TrafficBatch]) error {
+	return status.Error(codes.Unimplemented, "method WatchTraffic not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -383,6 +420,17 @@ func _AgentService_SetRules_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_WatchTraffic_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchTrafficRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).WatchTraffic(m, &grpc.GenericServerStream[WatchTrafficRequest, TrafficBatch]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchTrafficServer = grpc.ServerStreamingServer[TrafficBatch]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -424,6 +472,11 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchDecisions",
 			Handler:       _AgentService_WatchDecisions_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchTraffic",
+			Handler:       _AgentService_WatchTraffic_Handler,
 			ServerStreams: true,
 		},
 	},

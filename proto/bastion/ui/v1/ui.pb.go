@@ -84,6 +84,61 @@ func (Format) EnumDescriptor() ([]byte, []int) {
 	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{0}
 }
 
+type ChartRange int32
+
+const (
+	ChartRange_CHART_RANGE_UNSPECIFIED ChartRange = 0
+	// The last hour, in minutes.
+	ChartRange_CHART_RANGE_HOUR ChartRange = 1
+	// The last 24 hours, in 15-minute buckets.
+	ChartRange_CHART_RANGE_DAY ChartRange = 2
+	// The last 7 days, in hours.
+	ChartRange_CHART_RANGE_WEEK ChartRange = 3
+)
+
+// Enum value maps for ChartRange.
+var (
+	ChartRange_name = map[int32]string{
+		0: "CHART_RANGE_UNSPECIFIED",
+		1: "CHART_RANGE_HOUR",
+		2: "CHART_RANGE_DAY",
+		3: "CHART_RANGE_WEEK",
+	}
+	ChartRange_value = map[string]int32{
+		"CHART_RANGE_UNSPECIFIED": 0,
+		"CHART_RANGE_HOUR":        1,
+		"CHART_RANGE_DAY":         2,
+		"CHART_RANGE_WEEK":        3,
+	}
+)
+
+func (x ChartRange) Enum() *ChartRange {
+	p := new(ChartRange)
+	*p = x
+	return p
+}
+
+func (x ChartRange) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChartRange) Descriptor() protoreflect.EnumDescriptor {
+	return file_bastion_ui_v1_ui_proto_enumTypes[1].Descriptor()
+}
+
+func (ChartRange) Type() protoreflect.EnumType {
+	return &file_bastion_ui_v1_ui_proto_enumTypes[1]
+}
+
+func (x ChartRange) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChartRange.Descriptor instead.
+func (ChartRange) EnumDescriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{1}
+}
+
 type PromptEvent_Kind int32
 
 const (
@@ -120,11 +175,11 @@ func (x PromptEvent_Kind) String() string {
 }
 
 func (PromptEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_bastion_ui_v1_ui_proto_enumTypes[1].Descriptor()
+	return file_bastion_ui_v1_ui_proto_enumTypes[2].Descriptor()
 }
 
 func (PromptEvent_Kind) Type() protoreflect.EnumType {
-	return &file_bastion_ui_v1_ui_proto_enumTypes[1]
+	return &file_bastion_ui_v1_ui_proto_enumTypes[2]
 }
 
 func (x PromptEvent_Kind) Number() protoreflect.EnumNumber {
@@ -188,6 +243,9 @@ type GetStatusResponse struct {
 	PromptTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=prompt_timeout,json=promptTimeout,proto3" json:"prompt_timeout,omitempty"`
 	TimeoutAction v11.Action           `protobuf:"varint,11,opt,name=timeout_action,json=timeoutAction,proto3,enum=bastion.rules.v1.Action" json:"timeout_action,omitempty"`
 	StorePath     string               `protobuf:"bytes,12,opt,name=store_path,json=storePath,proto3" json:"store_path,omitempty"`
+	// While protection is paused (PauseProtection): when it resumes.
+	// Unset while protection is on.
+	PausedUntil   *timestamppb.Timestamp `protobuf:"bytes,200,opt,name=paused_until,json=pausedUntil,proto3" json:"paused_until,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -306,6 +364,13 @@ func (x *GetStatusResponse) GetStorePath() string {
 	return ""
 }
 
+func (x *GetStatusResponse) GetPausedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PausedUntil
+	}
+	return nil
+}
+
 type ListRulesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -387,8 +452,14 @@ func (x *ListRulesResponse) GetRules() []*v11.Rule {
 }
 
 type AddRuleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rule          *v11.Rule              `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rule to add. Its id may be chosen by the client (letters, digits,
+	// '.', '_' and '-', at most 64 bytes): an add whose id names a rule that
+	// says the same thing returns that rule instead of adding another, so a
+	// client can retry an add whose outcome it did not learn; an id that
+	// names a different rule is refused (ALREADY_EXISTS). Without an id the
+	// service assigns one.
+	Rule          *v11.Rule `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,10 +950,19 @@ func (x *ImportRulesRequest) GetData() []byte {
 }
 
 type ImportRulesResponse struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Imported []*v11.Rule            `protobuf:"bytes,1,rep,name=imported,proto3" json:"imported,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rules added or changed. A rule whose id names an existing rule
+	// replaces it (keeping its created time and hits) when it says something
+	// else, and is left alone when it says the same; a rule without an id is
+	// left alone when an existing rule says the same. Importing one file
+	// twice therefore changes nothing the second time.
+	Imported []*v11.Rule `protobuf:"bytes,1,rep,name=imported,proto3" json:"imported,omitempty"`
 	// What could not be mapped, one readable line each.
-	Problems      []string `protobuf:"bytes,2,rep,name=problems,proto3" json:"problems,omitempty"`
+	Problems []string `protobuf:"bytes,2,rep,name=problems,proto3" json:"problems,omitempty"`
+	// How many rules were added, changed, and left alone (already there).
+	Added         uint32 `protobuf:"varint,100,opt,name=added,proto3" json:"added,omitempty"`
+	Changed       uint32 `protobuf:"varint,101,opt,name=changed,proto3" json:"changed,omitempty"`
+	Unchanged     uint32 `protobuf:"varint,102,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -929,6 +1009,27 @@ func (x *ImportRulesResponse) GetProblems() []string {
 		return x.Problems
 	}
 	return nil
+}
+
+func (x *ImportRulesResponse) GetAdded() uint32 {
+	if x != nil {
+		return x.Added
+	}
+	return 0
+}
+
+func (x *ImportRulesResponse) GetChanged() uint32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *ImportRulesResponse) GetUnchanged() uint32 {
+	if x != nil {
+		return x.Unchanged
+	}
+	return 0
 }
 
 type Prompt struct {
@@ -1093,7 +1194,10 @@ type PromptEvent struct {
 	Kind   PromptEvent_Kind       `protobuf:"varint,1,opt,name=kind,proto3,enum=bastion.ui.v1.PromptEvent_Kind" json:"kind,omitempty"`
 	Prompt *Prompt                `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	// For KIND_WITHDRAWN: "answered", "deadline", "rule", "agent".
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// For KIND_WITHDRAWN: the action the connections got, when the rules
+	// service knows it (answered, deadline, rule); unspecified otherwise.
+	Action        v11.Action `protobuf:"varint,100,opt,name=action,proto3,enum=bastion.rules.v1.Action" json:"action,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1147,6 +1251,13 @@ func (x *PromptEvent) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *PromptEvent) GetAction() v11.Action {
+	if x != nil {
+		return x.Action
+	}
+	return v11.Action(0)
 }
 
 type AnswerPromptRequest struct {
@@ -1639,12 +1750,1321 @@ func (x *HistoryEntry) GetRuleId() string {
 	return ""
 }
 
+type PutOffPromptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PromptId      string                 `protobuf:"bytes,1,opt,name=prompt_id,json=promptId,proto3" json:"prompt_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOffPromptRequest) Reset() {
+	*x = PutOffPromptRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOffPromptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOffPromptRequest) ProtoMessage() {}
+
+func (x *PutOffPromptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOffPromptRequest.ProtoReflect.Descriptor instead.
+func (*PutOffPromptRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PutOffPromptRequest) GetPromptId() string {
+	if x != nil {
+		return x.PromptId
+	}
+	return ""
+}
+
+type PutOffPromptResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the connections got (the silent action).
+	Applied v11.Action `protobuf:"varint,1,opt,name=applied,proto3,enum=bastion.rules.v1.Action" json:"applied,omitempty"`
+	// The decide-later entry that lists them.
+	DecideLaterId string `protobuf:"bytes,2,opt,name=decide_later_id,json=decideLaterId,proto3" json:"decide_later_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutOffPromptResponse) Reset() {
+	*x = PutOffPromptResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutOffPromptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutOffPromptResponse) ProtoMessage() {}
+
+func (x *PutOffPromptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutOffPromptResponse.ProtoReflect.Descriptor instead.
+func (*PutOffPromptResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PutOffPromptResponse) GetApplied() v11.Action {
+	if x != nil {
+		return x.Applied
+	}
+	return v11.Action(0)
+}
+
+func (x *PutOffPromptResponse) GetDecideLaterId() string {
+	if x != nil {
+		return x.DecideLaterId
+	}
+	return ""
+}
+
+type PauseProtectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long to pause: more than 0, at most 24 hours.
+	Duration      *durationpb.Duration `protobuf:"bytes,1,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseProtectionRequest) Reset() {
+	*x = PauseProtectionRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseProtectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseProtectionRequest) ProtoMessage() {}
+
+func (x *PauseProtectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseProtectionRequest.ProtoReflect.Descriptor instead.
+func (*PauseProtectionRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PauseProtectionRequest) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+type PauseProtectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PausedUntil   *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=paused_until,json=pausedUntil,proto3" json:"paused_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseProtectionResponse) Reset() {
+	*x = PauseProtectionResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseProtectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseProtectionResponse) ProtoMessage() {}
+
+func (x *PauseProtectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseProtectionResponse.ProtoReflect.Descriptor instead.
+func (*PauseProtectionResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PauseProtectionResponse) GetPausedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PausedUntil
+	}
+	return nil
+}
+
+type ResumeProtectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeProtectionRequest) Reset() {
+	*x = ResumeProtectionRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeProtectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeProtectionRequest) ProtoMessage() {}
+
+func (x *ResumeProtectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeProtectionRequest.ProtoReflect.Descriptor instead.
+func (*ResumeProtectionRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{32}
+}
+
+type ResumeProtectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeProtectionResponse) Reset() {
+	*x = ResumeProtectionResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeProtectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeProtectionResponse) ProtoMessage() {}
+
+func (x *ResumeProtectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeProtectionResponse.ProtoReflect.Descriptor instead.
+func (*ResumeProtectionResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{33}
+}
+
+// UserConfig is the part of bastion-uiserver's configuration a client may
+// change (see deploy/uiserver-config.toml).
+type UserConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What applies at once while no prompt client is connected.
+	SilentAction v11.Action `protobuf:"varint,1,opt,name=silent_action,json=silentAction,proto3,enum=bastion.rules.v1.Action" json:"silent_action,omitempty"`
+	// How long a prompt waits for an answer, 1s to 24h.
+	PromptTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=prompt_timeout,json=promptTimeout,proto3" json:"prompt_timeout,omitempty"`
+	// What applies to a prompt nobody answered in time.
+	TimeoutAction v11.Action `protobuf:"varint,3,opt,name=timeout_action,json=timeoutAction,proto3,enum=bastion.rules.v1.Action" json:"timeout_action,omitempty"`
+	// How many recent decisions a history viewer is sent first, 0 to 10000.
+	HistorySize uint32 `protobuf:"varint,4,opt,name=history_size,json=historySize,proto3" json:"history_size,omitempty"`
+	// How long decisions and hourly traffic are kept, 1 day to 366 days
+	// (per-minute traffic is kept for a day).
+	HistoryRetention *durationpb.Duration `protobuf:"bytes,5,opt,name=history_retention,json=historyRetention,proto3" json:"history_retention,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UserConfig) Reset() {
+	*x = UserConfig{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserConfig) ProtoMessage() {}
+
+func (x *UserConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserConfig.ProtoReflect.Descriptor instead.
+func (*UserConfig) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UserConfig) GetSilentAction() v11.Action {
+	if x != nil {
+		return x.SilentAction
+	}
+	return v11.Action(0)
+}
+
+func (x *UserConfig) GetPromptTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PromptTimeout
+	}
+	return nil
+}
+
+func (x *UserConfig) GetTimeoutAction() v11.Action {
+	if x != nil {
+		return x.TimeoutAction
+	}
+	return v11.Action(0)
+}
+
+func (x *UserConfig) GetHistorySize() uint32 {
+	if x != nil {
+		return x.HistorySize
+	}
+	return 0
+}
+
+func (x *UserConfig) GetHistoryRetention() *durationpb.Duration {
+	if x != nil {
+		return x.HistoryRetention
+	}
+	return nil
+}
+
+type GetConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigRequest) Reset() {
+	*x = GetConfigRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigRequest) ProtoMessage() {}
+
+func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{35}
+}
+
+type GetConfigResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Config *UserConfig            `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	// The file SetConfig saves to; empty when the service runs without one.
+	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConfigResponse) Reset() {
+	*x = GetConfigResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConfigResponse) ProtoMessage() {}
+
+func (x *GetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetConfigResponse) GetConfig() *UserConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *GetConfigResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type SetConfigRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Config        *UserConfig            `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetConfigRequest) Reset() {
+	*x = SetConfigRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetConfigRequest) ProtoMessage() {}
+
+func (x *SetConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetConfigRequest.ProtoReflect.Descriptor instead.
+func (*SetConfigRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SetConfigRequest) GetConfig() *UserConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+type SetConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The settings now in effect.
+	Config        *UserConfig `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	Path          string      `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetConfigResponse) Reset() {
+	*x = SetConfigResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetConfigResponse) ProtoMessage() {}
+
+func (x *SetConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetConfigResponse.ProtoReflect.Descriptor instead.
+func (*SetConfigResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SetConfigResponse) GetConfig() *UserConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *SetConfigResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+// ProgramSummary is one program's activity over a period.
+type ProgramSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The program's key: its executable's path; empty when the process was
+	// not identified (then comm names it).
+	Exe string `protobuf:"bytes,1,opt,name=exe,proto3" json:"exe,omitempty"`
+	// The last process name seen for it (the kernel's comm).
+	Comm    string `protobuf:"bytes,2,opt,name=comm,proto3" json:"comm,omitempty"`
+	Allowed uint64 `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// Denied and rejected.
+	Denied uint64 `protobuf:"varint,4,opt,name=denied,proto3" json:"denied,omitempty"`
+	// Distinct destinations (host name where known, else address; with port
+	// and protocol).
+	Destinations uint32 `protobuf:"varint,5,opt,name=destinations,proto3" json:"destinations,omitempty"`
+	// IP bytes, as the agent's TrafficSample counts them.
+	BytesSent     uint64                 `protobuf:"varint,6,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived uint64                 `protobuf:"varint,7,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	LastActivity  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_activity,json=lastActivity,proto3" json:"last_activity,omitempty"`
+	// The user's rules whose path matches this executable.
+	Rules         uint32 `protobuf:"varint,9,opt,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProgramSummary) Reset() {
+	*x = ProgramSummary{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProgramSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProgramSummary) ProtoMessage() {}
+
+func (x *ProgramSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProgramSummary.ProtoReflect.Descriptor instead.
+func (*ProgramSummary) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ProgramSummary) GetExe() string {
+	if x != nil {
+		return x.Exe
+	}
+	return ""
+}
+
+func (x *ProgramSummary) GetComm() string {
+	if x != nil {
+		return x.Comm
+	}
+	return ""
+}
+
+func (x *ProgramSummary) GetAllowed() uint64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
+func (x *ProgramSummary) GetDenied() uint64 {
+	if x != nil {
+		return x.Denied
+	}
+	return 0
+}
+
+func (x *ProgramSummary) GetDestinations() uint32 {
+	if x != nil {
+		return x.Destinations
+	}
+	return 0
+}
+
+func (x *ProgramSummary) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *ProgramSummary) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *ProgramSummary) GetLastActivity() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastActivity
+	}
+	return nil
+}
+
+func (x *ProgramSummary) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
+}
+
+type ListProgramsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Default: local midnight today.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProgramsRequest) Reset() {
+	*x = ListProgramsRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProgramsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProgramsRequest) ProtoMessage() {}
+
+func (x *ListProgramsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProgramsRequest.ProtoReflect.Descriptor instead.
+func (*ListProgramsRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListProgramsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+type ListProgramsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Programs      []*ProgramSummary      `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProgramsResponse) Reset() {
+	*x = ListProgramsResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProgramsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProgramsResponse) ProtoMessage() {}
+
+func (x *ListProgramsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProgramsResponse.ProtoReflect.Descriptor instead.
+func (*ListProgramsResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListProgramsResponse) GetPrograms() []*ProgramSummary {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
+func (x *ListProgramsResponse) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// Destination is where one program connected to, over the kept history.
+type Destination struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host name when known; else empty and address names it.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// The last address it had.
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Protocol      v1.Protocol            `protobuf:"varint,3,opt,name=protocol,proto3,enum=bastion.agent.v1.Protocol" json:"protocol,omitempty"`
+	Port          uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	Allowed       uint64                 `protobuf:"varint,5,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Denied        uint64                 `protobuf:"varint,6,opt,name=denied,proto3" json:"denied,omitempty"`
+	BytesSent     uint64                 `protobuf:"varint,7,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived uint64                 `protobuf:"varint,8,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	FirstSeen     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// What decided the latest connection ("rule:<id>", "prompt", ...), its
+	// rule's ID when a rule did, and its action.
+	DecidedBy     string     `protobuf:"bytes,11,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	RuleId        string     `protobuf:"bytes,12,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	LastAction    v11.Action `protobuf:"varint,13,opt,name=last_action,json=lastAction,proto3,enum=bastion.rules.v1.Action" json:"last_action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Destination) Reset() {
+	*x = Destination{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Destination) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Destination) ProtoMessage() {}
+
+func (x *Destination) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Destination.ProtoReflect.Descriptor instead.
+func (*Destination) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Destination) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Destination) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Destination) GetProtocol() v1.Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return v1.Protocol(0)
+}
+
+func (x *Destination) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Destination) GetAllowed() uint64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
+func (x *Destination) GetDenied() uint64 {
+	if x != nil {
+		return x.Denied
+	}
+	return 0
+}
+
+func (x *Destination) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *Destination) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *Destination) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *Destination) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *Destination) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *Destination) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *Destination) GetLastAction() v11.Action {
+	if x != nil {
+		return x.LastAction
+	}
+	return v11.Action(0)
+}
+
+type TrafficBucket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	BytesSent     uint64                 `protobuf:"varint,2,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	BytesReceived uint64                 `protobuf:"varint,3,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	Allowed       uint64                 `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Denied        uint64                 `protobuf:"varint,5,opt,name=denied,proto3" json:"denied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficBucket) Reset() {
+	*x = TrafficBucket{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficBucket) ProtoMessage() {}
+
+func (x *TrafficBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficBucket.ProtoReflect.Descriptor instead.
+func (*TrafficBucket) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *TrafficBucket) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *TrafficBucket) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *TrafficBucket) GetBytesReceived() uint64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *TrafficBucket) GetAllowed() uint64 {
+	if x != nil {
+		return x.Allowed
+	}
+	return 0
+}
+
+func (x *TrafficBucket) GetDenied() uint64 {
+	if x != nil {
+		return x.Denied
+	}
+	return 0
+}
+
+type GetProgramRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An executable's path, or a name (comm or the path's last element)
+	// that names exactly one program.
+	Program string `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
+	// Default: CHART_RANGE_DAY.
+	Range ChartRange `protobuf:"varint,2,opt,name=range,proto3,enum=bastion.ui.v1.ChartRange" json:"range,omitempty"`
+	// The period of the summary; default: local midnight today.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProgramRequest) Reset() {
+	*x = GetProgramRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProgramRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProgramRequest) ProtoMessage() {}
+
+func (x *GetProgramRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProgramRequest.ProtoReflect.Descriptor instead.
+func (*GetProgramRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetProgramRequest) GetProgram() string {
+	if x != nil {
+		return x.Program
+	}
+	return ""
+}
+
+func (x *GetProgramRequest) GetRange() ChartRange {
+	if x != nil {
+		return x.Range
+	}
+	return ChartRange_CHART_RANGE_UNSPECIFIED
+}
+
+func (x *GetProgramRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+type GetProgramResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Program *ProgramSummary        `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
+	Rules   []*v11.Rule            `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
+	// Most recently seen first.
+	Destinations []*Destination `protobuf:"bytes,3,rep,name=destinations,proto3" json:"destinations,omitempty"`
+	// Oldest first, every bucket of the range, empty ones included.
+	Chart         []*TrafficBucket     `protobuf:"bytes,4,rep,name=chart,proto3" json:"chart,omitempty"`
+	Bucket        *durationpb.Duration `protobuf:"bytes,5,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProgramResponse) Reset() {
+	*x = GetProgramResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProgramResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProgramResponse) ProtoMessage() {}
+
+func (x *GetProgramResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProgramResponse.ProtoReflect.Descriptor instead.
+func (*GetProgramResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *GetProgramResponse) GetProgram() *ProgramSummary {
+	if x != nil {
+		return x.Program
+	}
+	return nil
+}
+
+func (x *GetProgramResponse) GetRules() []*v11.Rule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *GetProgramResponse) GetDestinations() []*Destination {
+	if x != nil {
+		return x.Destinations
+	}
+	return nil
+}
+
+func (x *GetProgramResponse) GetChart() []*TrafficBucket {
+	if x != nil {
+		return x.Chart
+	}
+	return nil
+}
+
+func (x *GetProgramResponse) GetBucket() *durationpb.Duration {
+	if x != nil {
+		return x.Bucket
+	}
+	return nil
+}
+
+// ConnectionFilter selects history entries; unset fields match all.
+type ConnectionFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An executable's path, or a name as in GetProgramRequest.program.
+	Program string `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
+	// A substring of the host name or the address.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// Allow, or deny (which matches deny and reject), or reject alone.
+	Action v11.Action             `protobuf:"varint,3,opt,name=action,proto3,enum=bastion.rules.v1.Action" json:"action,omitempty"`
+	Since  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	Until  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=until,proto3" json:"until,omitempty"`
+	RuleId string                 `protobuf:"bytes,6,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// A substring of the program, command line, host, address or decided_by.
+	Text          string `protobuf:"bytes,7,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionFilter) Reset() {
+	*x = ConnectionFilter{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionFilter) ProtoMessage() {}
+
+func (x *ConnectionFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionFilter.ProtoReflect.Descriptor instead.
+func (*ConnectionFilter) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ConnectionFilter) GetProgram() string {
+	if x != nil {
+		return x.Program
+	}
+	return ""
+}
+
+func (x *ConnectionFilter) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ConnectionFilter) GetAction() v11.Action {
+	if x != nil {
+		return x.Action
+	}
+	return v11.Action(0)
+}
+
+func (x *ConnectionFilter) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ConnectionFilter) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ConnectionFilter) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *ConnectionFilter) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type QueryConnectionsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Filter *ConnectionFilter      `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// At most this many, newest first; 0 means 1000, and at most 100000.
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryConnectionsRequest) Reset() {
+	*x = QueryConnectionsRequest{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryConnectionsRequest) ProtoMessage() {}
+
+func (x *QueryConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*QueryConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *QueryConnectionsRequest) GetFilter() *ConnectionFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *QueryConnectionsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type QueryConnectionsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*HistoryEntry        `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// More entries matched than limit.
+	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryConnectionsResponse) Reset() {
+	*x = QueryConnectionsResponse{}
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryConnectionsResponse) ProtoMessage() {}
+
+func (x *QueryConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bastion_ui_v1_ui_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*QueryConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_bastion_ui_v1_ui_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *QueryConnectionsResponse) GetEntries() []*HistoryEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *QueryConnectionsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
 var File_bastion_ui_v1_ui_proto protoreflect.FileDescriptor
 
 const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\n" +
 	"\x16bastion/ui/v1/ui.proto\x12\rbastion.ui.v1\x1a\x1cbastion/agent/v1/agent.proto\x1a\x1cbastion/rules/v1/rules.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
-	"\x10GetStatusRequest\"\x8d\x04\n" +
+	"\x10GetStatusRequest\"\xcd\x04\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12'\n" +
@@ -1659,7 +3079,8 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\rpromptTimeout\x12?\n" +
 	"\x0etimeout_action\x18\v \x01(\x0e2\x18.bastion.rules.v1.ActionR\rtimeoutAction\x12\x1d\n" +
 	"\n" +
-	"store_path\x18\f \x01(\tR\tstorePath\"\x12\n" +
+	"store_path\x18\f \x01(\tR\tstorePath\x12>\n" +
+	"\fpaused_until\x18\xc8\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vpausedUntil\"\x12\n" +
 	"\x10ListRulesRequest\"A\n" +
 	"\x11ListRulesResponse\x12,\n" +
 	"\x05rules\x18\x01 \x03(\v2\x16.bastion.rules.v1.RuleR\x05rules\"<\n" +
@@ -1685,10 +3106,13 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"W\n" +
 	"\x12ImportRulesRequest\x12-\n" +
 	"\x06format\x18\x01 \x01(\x0e2\x15.bastion.ui.v1.FormatR\x06format\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"e\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xb3\x01\n" +
 	"\x13ImportRulesResponse\x122\n" +
 	"\bimported\x18\x01 \x03(\v2\x16.bastion.rules.v1.RuleR\bimported\x12\x1a\n" +
-	"\bproblems\x18\x02 \x03(\tR\bproblems\"\xc5\x03\n" +
+	"\bproblems\x18\x02 \x03(\tR\bproblems\x12\x14\n" +
+	"\x05added\x18d \x01(\rR\x05added\x12\x18\n" +
+	"\achanged\x18e \x01(\rR\achanged\x12\x1c\n" +
+	"\tunchanged\x18f \x01(\rR\tunchanged\"\xc5\x03\n" +
 	"\x06Prompt\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\aprocess\x18\x02 \x01(\v2\x19.bastion.agent.v1.ProcessR\aprocess\x12*\n" +
@@ -1702,11 +3126,12 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\tprocesses\x18\t \x03(\v2\x19.bastion.agent.v1.ProcessR\tprocesses\x12%\n" +
 	"\x0emore_processes\x18\n" +
 	" \x01(\rR\rmoreProcesses\"\x15\n" +
-	"\x13WatchPromptsRequest\"\xdd\x01\n" +
+	"\x13WatchPromptsRequest\"\x8f\x02\n" +
 	"\vPromptEvent\x123\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1f.bastion.ui.v1.PromptEvent.KindR\x04kind\x12-\n" +
 	"\x06prompt\x18\x02 \x01(\v2\x15.bastion.ui.v1.PromptR\x06prompt\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"R\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x120\n" +
+	"\x06action\x18d \x01(\x0e2\x18.bastion.rules.v1.ActionR\x06action\"R\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1742,12 +3167,111 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\x06action\x18\x05 \x01(\x0e2\x18.bastion.rules.v1.ActionR\x06action\x12\x1d\n" +
 	"\n" +
 	"decided_by\x18\x06 \x01(\tR\tdecidedBy\x12\x17\n" +
-	"\arule_id\x18\a \x01(\tR\x06ruleId*Y\n" +
+	"\arule_id\x18\a \x01(\tR\x06ruleId\"2\n" +
+	"\x13PutOffPromptRequest\x12\x1b\n" +
+	"\tprompt_id\x18\x01 \x01(\tR\bpromptId\"r\n" +
+	"\x14PutOffPromptResponse\x122\n" +
+	"\aapplied\x18\x01 \x01(\x0e2\x18.bastion.rules.v1.ActionR\aapplied\x12&\n" +
+	"\x0fdecide_later_id\x18\x02 \x01(\tR\rdecideLaterId\"O\n" +
+	"\x16PauseProtectionRequest\x125\n" +
+	"\bduration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\bduration\"X\n" +
+	"\x17PauseProtectionResponse\x12=\n" +
+	"\fpaused_until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vpausedUntil\"\x19\n" +
+	"\x17ResumeProtectionRequest\"\x1a\n" +
+	"\x18ResumeProtectionResponse\"\xb9\x02\n" +
+	"\n" +
+	"UserConfig\x12=\n" +
+	"\rsilent_action\x18\x01 \x01(\x0e2\x18.bastion.rules.v1.ActionR\fsilentAction\x12@\n" +
+	"\x0eprompt_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rpromptTimeout\x12?\n" +
+	"\x0etimeout_action\x18\x03 \x01(\x0e2\x18.bastion.rules.v1.ActionR\rtimeoutAction\x12!\n" +
+	"\fhistory_size\x18\x04 \x01(\rR\vhistorySize\x12F\n" +
+	"\x11history_retention\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x10historyRetention\"\x12\n" +
+	"\x10GetConfigRequest\"Z\n" +
+	"\x11GetConfigResponse\x121\n" +
+	"\x06config\x18\x01 \x01(\v2\x19.bastion.ui.v1.UserConfigR\x06config\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"E\n" +
+	"\x10SetConfigRequest\x121\n" +
+	"\x06config\x18\x01 \x01(\v2\x19.bastion.ui.v1.UserConfigR\x06config\"Z\n" +
+	"\x11SetConfigResponse\x121\n" +
+	"\x06config\x18\x01 \x01(\v2\x19.bastion.ui.v1.UserConfigR\x06config\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xa9\x02\n" +
+	"\x0eProgramSummary\x12\x10\n" +
+	"\x03exe\x18\x01 \x01(\tR\x03exe\x12\x12\n" +
+	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x18\n" +
+	"\aallowed\x18\x03 \x01(\x04R\aallowed\x12\x16\n" +
+	"\x06denied\x18\x04 \x01(\x04R\x06denied\x12\"\n" +
+	"\fdestinations\x18\x05 \x01(\rR\fdestinations\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x06 \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\a \x01(\x04R\rbytesReceived\x12?\n" +
+	"\rlast_activity\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\flastActivity\x12\x14\n" +
+	"\x05rules\x18\t \x01(\rR\x05rules\"G\n" +
+	"\x13ListProgramsRequest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\x83\x01\n" +
+	"\x14ListProgramsResponse\x129\n" +
+	"\bprograms\x18\x01 \x03(\v2\x1d.bastion.ui.v1.ProgramSummaryR\bprograms\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xe6\x03\n" +
+	"\vDestination\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x126\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x1a.bastion.agent.v1.ProtocolR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x18\n" +
+	"\aallowed\x18\x05 \x01(\x04R\aallowed\x12\x16\n" +
+	"\x06denied\x18\x06 \x01(\x04R\x06denied\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\a \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\b \x01(\x04R\rbytesReceived\x129\n" +
+	"\n" +
+	"first_seen\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\v \x01(\tR\tdecidedBy\x12\x17\n" +
+	"\arule_id\x18\f \x01(\tR\x06ruleId\x129\n" +
+	"\vlast_action\x18\r \x01(\x0e2\x18.bastion.rules.v1.ActionR\n" +
+	"lastAction\"\xb9\x01\n" +
+	"\rTrafficBucket\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x02 \x01(\x04R\tbytesSent\x12%\n" +
+	"\x0ebytes_received\x18\x03 \x01(\x04R\rbytesReceived\x12\x18\n" +
+	"\aallowed\x18\x04 \x01(\x04R\aallowed\x12\x16\n" +
+	"\x06denied\x18\x05 \x01(\x04R\x06denied\"\x90\x01\n" +
+	"\x11GetProgramRequest\x12\x18\n" +
+	"\aprogram\x18\x01 \x01(\tR\aprogram\x12/\n" +
+	"\x05range\x18\x02 \x01(\x0e2\x19.bastion.ui.v1.ChartRangeR\x05range\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xa2\x02\n" +
+	"\x12GetProgramResponse\x127\n" +
+	"\aprogram\x18\x01 \x01(\v2\x1d.bastion.ui.v1.ProgramSummaryR\aprogram\x12,\n" +
+	"\x05rules\x18\x02 \x03(\v2\x16.bastion.rules.v1.RuleR\x05rules\x12>\n" +
+	"\fdestinations\x18\x03 \x03(\v2\x1a.bastion.ui.v1.DestinationR\fdestinations\x122\n" +
+	"\x05chart\x18\x04 \x03(\v2\x1c.bastion.ui.v1.TrafficBucketR\x05chart\x121\n" +
+	"\x06bucket\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x06bucket\"\x83\x02\n" +
+	"\x10ConnectionFilter\x12\x18\n" +
+	"\aprogram\x18\x01 \x01(\tR\aprogram\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x120\n" +
+	"\x06action\x18\x03 \x01(\x0e2\x18.bastion.rules.v1.ActionR\x06action\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x17\n" +
+	"\arule_id\x18\x06 \x01(\tR\x06ruleId\x12\x12\n" +
+	"\x04text\x18\a \x01(\tR\x04text\"h\n" +
+	"\x17QueryConnectionsRequest\x127\n" +
+	"\x06filter\x18\x01 \x01(\v2\x1f.bastion.ui.v1.ConnectionFilterR\x06filter\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"o\n" +
+	"\x18QueryConnectionsResponse\x125\n" +
+	"\aentries\x18\x01 \x03(\v2\x1b.bastion.ui.v1.HistoryEntryR\aentries\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated*Y\n" +
 	"\x06Format\x12\x16\n" +
 	"\x12FORMAT_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vFORMAT_JSON\x10\x01\x12\x0f\n" +
 	"\vFORMAT_TOML\x10\x02\x12\x15\n" +
-	"\x11FORMAT_OPENSNITCH\x10\x032\xf1\b\n" +
+	"\x11FORMAT_OPENSNITCH\x10\x03*j\n" +
+	"\n" +
+	"ChartRange\x12\x1b\n" +
+	"\x17CHART_RANGE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10CHART_RANGE_HOUR\x10\x01\x12\x13\n" +
+	"\x0fCHART_RANGE_DAY\x10\x02\x12\x14\n" +
+	"\x10CHART_RANGE_WEEK\x10\x032\xc2\x0e\n" +
 	"\tUIService\x12N\n" +
 	"\tGetStatus\x12\x1f.bastion.ui.v1.GetStatusRequest\x1a .bastion.ui.v1.GetStatusResponse\x12N\n" +
 	"\tListRules\x12\x1f.bastion.ui.v1.ListRulesRequest\x1a .bastion.ui.v1.ListRulesResponse\x12H\n" +
@@ -1763,7 +3287,16 @@ const file_bastion_ui_v1_ui_proto_rawDesc = "" +
 	"\fAnswerPrompt\x12\".bastion.ui.v1.AnswerPromptRequest\x1a#.bastion.ui.v1.AnswerPromptResponse\x12`\n" +
 	"\x0fListDecideLater\x12%.bastion.ui.v1.ListDecideLaterRequest\x1a&.bastion.ui.v1.ListDecideLaterResponse\x12i\n" +
 	"\x12ResolveDecideLater\x12(.bastion.ui.v1.ResolveDecideLaterRequest\x1a).bastion.ui.v1.ResolveDecideLaterResponse\x12Q\n" +
-	"\fWatchHistory\x12\".bastion.ui.v1.WatchHistoryRequest\x1a\x1b.bastion.ui.v1.HistoryEntry0\x01B8Z6github.com/bastion-fw/bastion/proto/bastion/ui/v1;uiv1b\x06proto3"
+	"\fWatchHistory\x12\".bastion.ui.v1.WatchHistoryRequest\x1a\x1b.bastion.ui.v1.HistoryEntry0\x01\x12W\n" +
+	"\fPutOffPrompt\x12\".bastion.ui.v1.PutOffPromptRequest\x1a#.bastion.ui.v1.PutOffPromptResponse\x12`\n" +
+	"\x0fPauseProtection\x12%.bastion.ui.v1.PauseProtectionRequest\x1a&.bastion.ui.v1.PauseProtectionResponse\x12c\n" +
+	"\x10ResumeProtection\x12&.bastion.ui.v1.ResumeProtectionRequest\x1a'.bastion.ui.v1.ResumeProtectionResponse\x12N\n" +
+	"\tGetConfig\x12\x1f.bastion.ui.v1.GetConfigRequest\x1a .bastion.ui.v1.GetConfigResponse\x12N\n" +
+	"\tSetConfig\x12\x1f.bastion.ui.v1.SetConfigRequest\x1a .bastion.ui.v1.SetConfigResponse\x12W\n" +
+	"\fListPrograms\x12\".bastion.ui.v1.ListProgramsRequest\x1a#.bastion.ui.v1.ListProgramsResponse\x12Q\n" +
+	"\n" +
+	"GetProgram\x12 .bastion.ui.v1.GetProgramRequest\x1a!.bastion.ui.v1.GetProgramResponse\x12c\n" +
+	"\x10QueryConnections\x12&.bastion.ui.v1.QueryConnectionsRequest\x1a'.bastion.ui.v1.QueryConnectionsResponseB8Z6github.com/bastion-fw/bastion/proto/bastion/ui/v1;uiv1b\x06proto3"
 
 var (
 	file_bastion_ui_v1_ui_proto_rawDescOnce sync.Once
@@ -1777,113 +3310,185 @@ func file_bastion_ui_v1_ui_proto_rawDescGZIP() []byte {
 	return file_bastion_ui_v1_ui_proto_rawDescData
 }
 
-var file_bastion_ui_v1_ui_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_bastion_ui_v1_ui_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_bastion_ui_v1_ui_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_bastion_ui_v1_ui_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_bastion_ui_v1_ui_proto_goTypes = []any{
 	(Format)(0),                        // 0: bastion.ui.v1.Format
-	(PromptEvent_Kind)(0),              // 1: bastion.ui.v1.PromptEvent.Kind
-	(*GetStatusRequest)(nil),           // 2: bastion.ui.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),          // 3: bastion.ui.v1.GetStatusResponse
-	(*ListRulesRequest)(nil),           // 4: bastion.ui.v1.ListRulesRequest
-	(*ListRulesResponse)(nil),          // 5: bastion.ui.v1.ListRulesResponse
-	(*AddRuleRequest)(nil),             // 6: bastion.ui.v1.AddRuleRequest
-	(*AddRuleResponse)(nil),            // 7: bastion.ui.v1.AddRuleResponse
-	(*UpdateRuleRequest)(nil),          // 8: bastion.ui.v1.UpdateRuleRequest
-	(*UpdateRuleResponse)(nil),         // 9: bastion.ui.v1.UpdateRuleResponse
-	(*DeleteRuleRequest)(nil),          // 10: bastion.ui.v1.DeleteRuleRequest
-	(*DeleteRuleResponse)(nil),         // 11: bastion.ui.v1.DeleteRuleResponse
-	(*SetRuleEnabledRequest)(nil),      // 12: bastion.ui.v1.SetRuleEnabledRequest
-	(*SetRuleEnabledResponse)(nil),     // 13: bastion.ui.v1.SetRuleEnabledResponse
-	(*ExportRulesRequest)(nil),         // 14: bastion.ui.v1.ExportRulesRequest
-	(*ExportRulesResponse)(nil),        // 15: bastion.ui.v1.ExportRulesResponse
-	(*ImportRulesRequest)(nil),         // 16: bastion.ui.v1.ImportRulesRequest
-	(*ImportRulesResponse)(nil),        // 17: bastion.ui.v1.ImportRulesResponse
-	(*Prompt)(nil),                     // 18: bastion.ui.v1.Prompt
-	(*WatchPromptsRequest)(nil),        // 19: bastion.ui.v1.WatchPromptsRequest
-	(*PromptEvent)(nil),                // 20: bastion.ui.v1.PromptEvent
-	(*AnswerPromptRequest)(nil),        // 21: bastion.ui.v1.AnswerPromptRequest
-	(*AnswerPromptResponse)(nil),       // 22: bastion.ui.v1.AnswerPromptResponse
-	(*DecideLaterEntry)(nil),           // 23: bastion.ui.v1.DecideLaterEntry
-	(*ListDecideLaterRequest)(nil),     // 24: bastion.ui.v1.ListDecideLaterRequest
-	(*ListDecideLaterResponse)(nil),    // 25: bastion.ui.v1.ListDecideLaterResponse
-	(*ResolveDecideLaterRequest)(nil),  // 26: bastion.ui.v1.ResolveDecideLaterRequest
-	(*ResolveDecideLaterResponse)(nil), // 27: bastion.ui.v1.ResolveDecideLaterResponse
-	(*WatchHistoryRequest)(nil),        // 28: bastion.ui.v1.WatchHistoryRequest
-	(*HistoryEntry)(nil),               // 29: bastion.ui.v1.HistoryEntry
-	(*v1.GetStatusResponse)(nil),       // 30: bastion.agent.v1.GetStatusResponse
-	(v11.Action)(0),                    // 31: bastion.rules.v1.Action
-	(*durationpb.Duration)(nil),        // 32: google.protobuf.Duration
-	(*v11.Rule)(nil),                   // 33: bastion.rules.v1.Rule
-	(*v1.Process)(nil),                 // 34: bastion.agent.v1.Process
-	(*v1.Flow)(nil),                    // 35: bastion.agent.v1.Flow
-	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(ChartRange)(0),                    // 1: bastion.ui.v1.ChartRange
+	(PromptEvent_Kind)(0),              // 2: bastion.ui.v1.PromptEvent.Kind
+	(*GetStatusRequest)(nil),           // 3: bastion.ui.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),          // 4: bastion.ui.v1.GetStatusResponse
+	(*ListRulesRequest)(nil),           // 5: bastion.ui.v1.ListRulesRequest
+	(*ListRulesResponse)(nil),          // 6: bastion.ui.v1.ListRulesResponse
+	(*AddRuleRequest)(nil),             // 7: bastion.ui.v1.AddRuleRequest
+	(*AddRuleResponse)(nil),            // 8: bastion.ui.v1.AddRuleResponse
+	(*UpdateRuleRequest)(nil),          // 9: bastion.ui.v1.UpdateRuleRequest
+	(*UpdateRuleResponse)(nil),         // 10: bastion.ui.v1.UpdateRuleResponse
+	(*DeleteRuleRequest)(nil),          // 11: bastion.ui.v1.DeleteRuleRequest
+	(*DeleteRuleResponse)(nil),         // 12: bastion.ui.v1.DeleteRuleResponse
+	(*SetRuleEnabledRequest)(nil),      // 13: bastion.ui.v1.SetRuleEnabledRequest
+	(*SetRuleEnabledResponse)(nil),     // 14: bastion.ui.v1.SetRuleEnabledResponse
+	(*ExportRulesRequest)(nil),         // 15: bastion.ui.v1.ExportRulesRequest
+	(*ExportRulesResponse)(nil),        // 16: bastion.ui.v1.ExportRulesResponse
+	(*ImportRulesRequest)(nil),         // 17: bastion.ui.v1.ImportRulesRequest
+	(*ImportRulesResponse)(nil),        // 18: bastion.ui.v1.ImportRulesResponse
+	(*Prompt)(nil),                     // 19: bastion.ui.v1.Prompt
+	(*WatchPromptsRequest)(nil),        // 20: bastion.ui.v1.WatchPromptsRequest
+	(*PromptEvent)(nil),                // 21: bastion.ui.v1.PromptEvent
+	(*AnswerPromptRequest)(nil),        // 22: bastion.ui.v1.AnswerPromptRequest
+	(*AnswerPromptResponse)(nil),       // 23: bastion.ui.v1.AnswerPromptResponse
+	(*DecideLaterEntry)(nil),           // 24: bastion.ui.v1.DecideLaterEntry
+	(*ListDecideLaterRequest)(nil),     // 25: bastion.ui.v1.ListDecideLaterRequest
+	(*ListDecideLaterResponse)(nil),    // 26: bastion.ui.v1.ListDecideLaterResponse
+	(*ResolveDecideLaterRequest)(nil),  // 27: bastion.ui.v1.ResolveDecideLaterRequest
+	(*ResolveDecideLaterResponse)(nil), // 28: bastion.ui.v1.ResolveDecideLaterResponse
+	(*WatchHistoryRequest)(nil),        // 29: bastion.ui.v1.WatchHistoryRequest
+	(*HistoryEntry)(nil),               // 30: bastion.ui.v1.HistoryEntry
+	(*PutOffPromptRequest)(nil),        // 31: bastion.ui.v1.PutOffPromptRequest
+	(*PutOffPromptResponse)(nil),       // 32: bastion.ui.v1.PutOffPromptResponse
+	(*PauseProtectionRequest)(nil),     // 33: bastion.ui.v1.PauseProtectionRequest
+	(*PauseProtectionResponse)(nil),    // 34: bastion.ui.v1.PauseProtectionResponse
+	(*ResumeProtectionRequest)(nil),    // 35: bastion.ui.v1.ResumeProtectionRequest
+	(*ResumeProtectionResponse)(nil),   // 36: bastion.ui.v1.ResumeProtectionResponse
+	(*UserConfig)(nil),                 // 37: bastion.ui.v1.UserConfig
+	(*GetConfigRequest)(nil),           // 38: bastion.ui.v1.GetConfigRequest
+	(*GetConfigResponse)(nil),          // 39: bastion.ui.v1.GetConfigResponse
+	(*SetConfigRequest)(nil),           // 40: bastion.ui.v1.SetConfigRequest
+	(*SetConfigResponse)(nil),          // 41: bastion.ui.v1.SetConfigResponse
+	(*ProgramSummary)(nil),             // 42: bastion.ui.v1.ProgramSummary
+	(*ListProgramsRequest)(nil),        // 43: bastion.ui.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),       // 44: bastion.ui.v1.ListProgramsResponse
+	(*Destination)(nil),                // 45: bastion.ui.v1.Destination
+	(*TrafficBucket)(nil),              // 46: bastion.ui.v1.TrafficBucket
+	(*GetProgramRequest)(nil),          // 47: bastion.ui.v1.GetProgramRequest
+	(*GetProgramResponse)(nil),         // 48: bastion.ui.v1.GetProgramResponse
+	(*ConnectionFilter)(nil),           // 49: bastion.ui.v1.ConnectionFilter
+	(*QueryConnectionsRequest)(nil),    // 50: bastion.ui.v1.QueryConnectionsRequest
+	(*QueryConnectionsResponse)(nil),   // 51: bastion.ui.v1.QueryConnectionsResponse
+	(*v1.GetStatusResponse)(nil),       // 52: bastion.agent.v1.GetStatusResponse
+	(v11.Action)(0),                    // 53: bastion.rules.v1.Action
+	(*durationpb.Duration)(nil),        // 54: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 55: google.protobuf.Timestamp
+	(*v11.Rule)(nil),                   // 56: bastion.rules.v1.Rule
+	(*v1.Process)(nil),                 // 57: bastion.agent.v1.Process
+	(*v1.Flow)(nil),                    // 58: bastion.agent.v1.Flow
+	(v1.Protocol)(0),                   // 59: bastion.agent.v1.Protocol
 }
 var file_bastion_ui_v1_ui_proto_depIdxs = []int32{
-	30, // 0: bastion.ui.v1.GetStatusResponse.agent:type_name -> bastion.agent.v1.GetStatusResponse
-	31, // 1: bastion.ui.v1.GetStatusResponse.silent_action:type_name -> bastion.rules.v1.Action
-	32, // 2: bastion.ui.v1.GetStatusResponse.prompt_timeout:type_name -> google.protobuf.Duration
-	31, // 3: bastion.ui.v1.GetStatusResponse.timeout_action:type_name -> bastion.rules.v1.Action
-	33, // 4: bastion.ui.v1.ListRulesResponse.rules:type_name -> bastion.rules.v1.Rule
-	33, // 5: bastion.ui.v1.AddRuleRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 6: bastion.ui.v1.AddRuleResponse.rule:type_name -> bastion.rules.v1.Rule
-	33, // 7: bastion.ui.v1.UpdateRuleRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 8: bastion.ui.v1.UpdateRuleResponse.rule:type_name -> bastion.rules.v1.Rule
-	33, // 9: bastion.ui.v1.SetRuleEnabledResponse.rule:type_name -> bastion.rules.v1.Rule
-	0,  // 10: bastion.ui.v1.ExportRulesRequest.format:type_name -> bastion.ui.v1.Format
-	0,  // 11: bastion.ui.v1.ImportRulesRequest.format:type_name -> bastion.ui.v1.Format
-	33, // 12: bastion.ui.v1.ImportRulesResponse.imported:type_name -> bastion.rules.v1.Rule
-	34, // 13: bastion.ui.v1.Prompt.process:type_name -> bastion.agent.v1.Process
-	35, // 14: bastion.ui.v1.Prompt.flow:type_name -> bastion.agent.v1.Flow
-	36, // 15: bastion.ui.v1.Prompt.first_seen:type_name -> google.protobuf.Timestamp
-	36, // 16: bastion.ui.v1.Prompt.deadline:type_name -> google.protobuf.Timestamp
-	31, // 17: bastion.ui.v1.Prompt.deadline_action:type_name -> bastion.rules.v1.Action
-	34, // 18: bastion.ui.v1.Prompt.processes:type_name -> bastion.agent.v1.Process
-	1,  // 19: bastion.ui.v1.PromptEvent.kind:type_name -> bastion.ui.v1.PromptEvent.Kind
-	18, // 20: bastion.ui.v1.PromptEvent.prompt:type_name -> bastion.ui.v1.Prompt
-	33, // 21: bastion.ui.v1.AnswerPromptRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 22: bastion.ui.v1.AnswerPromptResponse.rule:type_name -> bastion.rules.v1.Rule
-	36, // 23: bastion.ui.v1.DecideLaterEntry.time:type_name -> google.protobuf.Timestamp
-	34, // 24: bastion.ui.v1.DecideLaterEntry.process:type_name -> bastion.agent.v1.Process
-	35, // 25: bastion.ui.v1.DecideLaterEntry.flow:type_name -> bastion.agent.v1.Flow
-	31, // 26: bastion.ui.v1.DecideLaterEntry.applied:type_name -> bastion.rules.v1.Action
-	23, // 27: bastion.ui.v1.ListDecideLaterResponse.entries:type_name -> bastion.ui.v1.DecideLaterEntry
-	33, // 28: bastion.ui.v1.ResolveDecideLaterRequest.rule:type_name -> bastion.rules.v1.Rule
-	33, // 29: bastion.ui.v1.ResolveDecideLaterResponse.rule:type_name -> bastion.rules.v1.Rule
-	36, // 30: bastion.ui.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
-	34, // 31: bastion.ui.v1.HistoryEntry.process:type_name -> bastion.agent.v1.Process
-	35, // 32: bastion.ui.v1.HistoryEntry.flow:type_name -> bastion.agent.v1.Flow
-	31, // 33: bastion.ui.v1.HistoryEntry.action:type_name -> bastion.rules.v1.Action
-	2,  // 34: bastion.ui.v1.UIService.GetStatus:input_type -> bastion.ui.v1.GetStatusRequest
-	4,  // 35: bastion.ui.v1.UIService.ListRules:input_type -> bastion.ui.v1.ListRulesRequest
-	6,  // 36: bastion.ui.v1.UIService.AddRule:input_type -> bastion.ui.v1.AddRuleRequest
-	8,  // 37: bastion.ui.v1.UIService.UpdateRule:input_type -> bastion.ui.v1.UpdateRuleRequest
-	10, // 38: bastion.ui.v1.UIService.DeleteRule:input_type -> bastion.ui.v1.DeleteRuleRequest
-	12, // 39: bastion.ui.v1.UIService.SetRuleEnabled:input_type -> bastion.ui.v1.SetRuleEnabledRequest
-	14, // 40: bastion.ui.v1.UIService.ExportRules:input_type -> bastion.ui.v1.ExportRulesRequest
-	16, // 41: bastion.ui.v1.UIService.ImportRules:input_type -> bastion.ui.v1.ImportRulesRequest
-	19, // 42: bastion.ui.v1.UIService.WatchPrompts:input_type -> bastion.ui.v1.WatchPromptsRequest
-	21, // 43: bastion.ui.v1.UIService.AnswerPrompt:input_type -> bastion.ui.v1.AnswerPromptRequest
-	24, // 44: bastion.ui.v1.UIService.ListDecideLater:input_type -> bastion.ui.v1.ListDecideLaterRequest
-	26, // 45: bastion.ui.v1.UIService.ResolveDecideLater:input_type -> bastion.ui.v1.ResolveDecideLaterRequest
-	28, // 46: bastion.ui.v1.UIService.WatchHistory:input_type -> bastion.ui.v1.WatchHistoryRequest
-	3,  // 47: bastion.ui.v1.UIService.GetStatus:output_type -> bastion.ui.v1.GetStatusResponse
-	5,  // 48: bastion.ui.v1.UIService.ListRules:output_type -> bastion.ui.v1.ListRulesResponse
-	7,  // 49: bastion.ui.v1.UIService.AddRule:output_type -> bastion.ui.v1.AddRuleResponse
-	9,  // 50: bastion.ui.v1.UIService.UpdateRule:output_type -> bastion.ui.v1.UpdateRuleResponse
-	11, // 51: bastion.ui.v1.UIService.DeleteRule:output_type -> bastion.ui.v1.DeleteRuleResponse
-	13, // 52: bastion.ui.v1.UIService.SetRuleEnabled:output_type -> bastion.ui.v1.SetRuleEnabledResponse
-	15, // 53: bastion.ui.v1.UIService.ExportRules:output_type -> bastion.ui.v1.ExportRulesResponse
-	17, // 54: bastion.ui.v1.UIService.ImportRules:output_type -> bastion.ui.v1.ImportRulesResponse
-	20, // 55: bastion.ui.v1.UIService.WatchPrompts:output_type -> bastion.ui.v1.PromptEvent
-	22, // 56: bastion.ui.v1.UIService.AnswerPrompt:output_type -> bastion.ui.v1.AnswerPromptResponse
-	25, // 57: bastion.ui.v1.UIService.ListDecideLater:output_type -> bastion.ui.v1.ListDecideLaterResponse
-	27, // 58: bastion.ui.v1.UIService.ResolveDecideLater:output_type -> bastion.ui.v1.ResolveDecideLaterResponse
-	29, // 59: bastion.ui.v1.UIService.WatchHistory:output_type -> bastion.ui.v1.HistoryEntry
-	47, // [47:60] is the sub-list for method output_type
-	34, // [34:47] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	52, // 0: bastion.ui.v1.GetStatusResponse.agent:type_name -> bastion.agent.v1.GetStatusResponse
+	53, // 1: bastion.ui.v1.GetStatusResponse.silent_action:type_name -> bastion.rules.v1.Action
+	54, // 2: bastion.ui.v1.GetStatusResponse.prompt_timeout:type_name -> google.protobuf.Duration
+	53, // 3: bastion.ui.v1.GetStatusResponse.timeout_action:type_name -> bastion.rules.v1.Action
+	55, // 4: bastion.ui.v1.GetStatusResponse.paused_until:type_name -> google.protobuf.Timestamp
+	56, // 5: bastion.ui.v1.ListRulesResponse.rules:type_name -> bastion.rules.v1.Rule
+	56, // 6: bastion.ui.v1.AddRuleRequest.rule:type_name -> bastion.rules.v1.Rule
+	56, // 7: bastion.ui.v1.AddRuleResponse.rule:type_name -> bastion.rules.v1.Rule
+	56, // 8: bastion.ui.v1.UpdateRuleRequest.rule:type_name -> bastion.rules.v1.Rule
+	56, // 9: bastion.ui.v1.UpdateRuleResponse.rule:type_name -> bastion.rules.v1.Rule
+	56, // 10: bastion.ui.v1.SetRuleEnabledResponse.rule:type_name -> bastion.rules.v1.Rule
+	0,  // 11: bastion.ui.v1.ExportRulesRequest.format:type_name -> bastion.ui.v1.Format
+	0,  // 12: bastion.ui.v1.ImportRulesRequest.format:type_name -> bastion.ui.v1.Format
+	56, // 13: bastion.ui.v1.ImportRulesResponse.imported:type_name -> bastion.rules.v1.Rule
+	57, // 14: bastion.ui.v1.Prompt.process:type_name -> bastion.agent.v1.Process
+	58, // 15: bastion.ui.v1.Prompt.flow:type_name -> bastion.agent.v1.Flow
+	55, // 16: bastion.ui.v1.Prompt.first_seen:type_name -> google.protobuf.Timestamp
+	55, // 17: bastion.ui.v1.Prompt.deadline:type_name -> google.protobuf.Timestamp
+	53, // 18: bastion.ui.v1.Prompt.deadline_action:type_name -> bastion.rules.v1.Action
+	57, // 19: bastion.ui.v1.Prompt.processes:type_name -> bastion.agent.v1.Process
+	2,  // 20: bastion.ui.v1.PromptEvent.kind:type_name -> bastion.ui.v1.PromptEvent.Kind
+	19, // 21: bastion.ui.v1.PromptEvent.prompt:type_name -> bastion.ui.v1.Prompt
+	53, // 22: bastion.ui.v1.PromptEvent.action:type_name -> bastion.rules.v1.Action
+	56, // 23: bastion.ui.v1.AnswerPromptRequest.rule:type_name -> bastion.rules.v1.Rule
+	56, // 24: bastion.ui.v1.AnswerPromptResponse.rule:type_name -> bastion.rules.v1.Rule
+	55, // 25: bastion.ui.v1.DecideLaterEntry.time:type_name -> google.protobuf.Timestamp
+	57, // 26: bastion.ui.v1.DecideLaterEntry.process:type_name -> bastion.agent.v1.Process
+	58, // 27: bastion.ui.v1.DecideLaterEntry.flow:type_name -> bastion.agent.v1.Flow
+	53, // 28: bastion.ui.v1.DecideLaterEntry.applied:type_name -> bastion.rules.v1.Action
+	24, // 29: bastion.ui.v1.ListDecideLaterResponse.entries:type_name -> bastion.ui.v1.DecideLaterEntry
+	56, // 30: bastion.ui.v1.ResolveDecideLaterRequest.rule:type_name -> bastion.rules.v1.Rule
+	56, // 31: bastion.ui.v1.ResolveDecideLaterResponse.rule:type_name -> bastion.rules.v1.Rule
+	55, // 32: bastion.ui.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	57, // 33: bastion.ui.v1.HistoryEntry.process:type_name -> bastion.agent.v1.Process
+	58, // 34: bastion.ui.v1.HistoryEntry.flow:type_name -> bastion.agent.v1.Flow
+	53, // 35: bastion.ui.v1.HistoryEntry.action:type_name -> bastion.rules.v1.Action
+	53, // 36: bastion.ui.v1.PutOffPromptResponse.applied:type_name -> bastion.rules.v1.Action
+	54, // 37: bastion.ui.v1.PauseProtectionRequest.duration:type_name -> google.protobuf.Duration
+	55, // 38: bastion.ui.v1.PauseProtectionResponse.paused_until:type_name -> google.protobuf.Timestamp
+	53, // 39: bastion.ui.v1.UserConfig.silent_action:type_name -> bastion.rules.v1.Action
+	54, // 40: bastion.ui.v1.UserConfig.prompt_timeout:type_name -> google.protobuf.Duration
+	53, // 41: bastion.ui.v1.UserConfig.timeout_action:type_name -> bastion.rules.v1.Action
+	54, // 42: bastion.ui.v1.UserConfig.history_retention:type_name -> google.protobuf.Duration
+	37, // 43: bastion.ui.v1.GetConfigResponse.config:type_name -> bastion.ui.v1.UserConfig
+	37, // 44: bastion.ui.v1.SetConfigRequest.config:type_name -> bastion.ui.v1.UserConfig
+	37, // 45: bastion.ui.v1.SetConfigResponse.config:type_name -> bastion.ui.v1.UserConfig
+	55, // 46: bastion.ui.v1.ProgramSummary.last_activity:type_name -> google.protobuf.Timestamp
+	55, // 47: bastion.ui.v1.ListProgramsRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 48: bastion.ui.v1.ListProgramsResponse.programs:type_name -> bastion.ui.v1.ProgramSummary
+	55, // 49: bastion.ui.v1.ListProgramsResponse.since:type_name -> google.protobuf.Timestamp
+	59, // 50: bastion.ui.v1.Destination.protocol:type_name -> bastion.agent.v1.Protocol
+	55, // 51: bastion.ui.v1.Destination.first_seen:type_name -> google.protobuf.Timestamp
+	55, // 52: bastion.ui.v1.Destination.last_seen:type_name -> google.protobuf.Timestamp
+	53, // 53: bastion.ui.v1.Destination.last_action:type_name -> bastion.rules.v1.Action
+	55, // 54: bastion.ui.v1.TrafficBucket.start:type_name -> google.protobuf.Timestamp
+	1,  // 55: bastion.ui.v1.GetProgramRequest.range:type_name -> bastion.ui.v1.ChartRange
+	55, // 56: bastion.ui.v1.GetProgramRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 57: bastion.ui.v1.GetProgramResponse.program:type_name -> bastion.ui.v1.ProgramSummary
+	56, // 58: bastion.ui.v1.GetProgramResponse.rules:type_name -> bastion.rules.v1.Rule
+	45, // 59: bastion.ui.v1.GetProgramResponse.destinations:type_name -> bastion.ui.v1.Destination
+	46, // 60: bastion.ui.v1.GetProgramResponse.chart:type_name -> bastion.ui.v1.TrafficBucket
+	54, // 61: bastion.ui.v1.GetProgramResponse.bucket:type_name -> google.protobuf.Duration
+	53, // 62: bastion.ui.v1.ConnectionFilter.action:type_name -> bastion.rules.v1.Action
+	55, // 63: bastion.ui.v1.ConnectionFilter.since:type_name -> google.protobuf.Timestamp
+	55, // 64: bastion.ui.v1.ConnectionFilter.until:type_name -> google.protobuf.Timestamp
+	49, // 65: bastion.ui.v1.QueryConnectionsRequest.filter:type_name -> bastion.ui.v1.ConnectionFilter
+	30, // 66: bastion.ui.v1.QueryConnectionsResponse.entries:type_name -> bastion.ui.v1.HistoryEntry
+	3,  // 67: bastion.ui.v1.UIService.GetStatus:input_type -> bastion.ui.v1.GetStatusRequest
+	5,  // 68: bastion.ui.v1.UIService.ListRules:input_type -> bastion.ui.v1.ListRulesRequest
+	7,  // 69: bastion.ui.v1.UIService.AddRule:input_type -> bastion.ui.v1.AddRuleRequest
+	9,  // 70: bastion.ui.v1.UIService.UpdateRule:input_type -> bastion.ui.v1.UpdateRuleRequest
+	11, // 71: bastion.ui.v1.UIService.DeleteRule:input_type -> bastion.ui.v1.DeleteRuleRequest
+	13, // 72: bastion.ui.v1.UIService.SetRuleEnabled:input_type -> bastion.ui.v1.SetRuleEnabledRequest
+	15, // 73: bastion.ui.v1.UIService.ExportRules:input_type -> bastion.ui.v1.ExportRulesRequest
+	17, // 74: bastion.ui.v1.UIService.ImportRules:input_type -> bastion.ui.v1.ImportRulesRequest
+	20, // 75: bastion.ui.v1.UIService.WatchPrompts:input_type -> bastion.ui.v1.WatchPromptsRequest
+	22, // 76: bastion.ui.v1.UIService.AnswerPrompt:input_type -> bastion.ui.v1.AnswerPromptRequest
+	25, // 77: bastion.ui.v1.UIService.ListDecideLater:input_type -> bastion.ui.v1.ListDecideLaterRequest
+	27, // 78: bastion.ui.v1.UIService.ResolveDecideLater:input_type -> bastion.ui.v1.ResolveDecideLaterRequest
+	29, // 79: bastion.ui.v1.UIService.WatchHistory:input_type -> bastion.ui.v1.WatchHistoryRequest
+	31, // 80: bastion.ui.v1.UIService.PutOffPrompt:input_type -> bastion.ui.v1.PutOffPromptRequest
+	33, // 81: bastion.ui.v1.UIService.PauseProtection:input_type -> bastion.ui.v1.PauseProtectionRequest
+	35, // 82: bastion.ui.v1.UIService.ResumeProtection:input_type -> bastion.ui.v1.ResumeProtectionRequest
+	38, // 83: bastion.ui.v1.UIService.GetConfig:input_type -> bastion.ui.v1.GetConfigRequest
+	40, // 84: bastion.ui.v1.UIService.SetConfig:input_type -> bastion.ui.v1.SetConfigRequest
+	43, // 85: bastion.ui.v1.UIService.ListPrograms:input_type -> bastion.ui.v1.ListProgramsRequest
+	47, // 86: bastion.ui.v1.UIService.GetProgram:input_type -> bastion.ui.v1.GetProgramRequest
+	50, // 87: bastion.ui.v1.UIService.QueryConnections:input_type -> bastion.ui.v1.QueryConnectionsRequest
+	4,  // 88: bastion.ui.v1.UIService.GetStatus:output_type -> bastion.ui.v1.GetStatusResponse
+	6,  // 89: bastion.ui.v1.UIService.ListRules:output_type -> bastion.ui.v1.ListRulesResponse
+	8,  // 90: bastion.ui.v1.UIService.AddRule:output_type -> bastion.ui.v1.AddRuleResponse
+	10, // 91: bastion.ui.v1.UIService.UpdateRule:output_type -> bastion.ui.v1.UpdateRuleResponse
+	12, // 92: bastion.ui.v1.UIService.DeleteRule:output_type -> bastion.ui.v1.DeleteRuleResponse
+	14, // 93: bastion.ui.v1.UIService.SetRuleEnabled:output_type -> bastion.ui.v1.SetRuleEnabledResponse
+	16, // 94: bastion.ui.v1.UIService.ExportRules:output_type -> bastion.ui.v1.ExportRulesResponse
+	18, // 95: bastion.ui.v1.UIService.ImportRules:output_type -> bastion.ui.v1.ImportRulesResponse
+	21, // 96: bastion.ui.v1.UIService.WatchPrompts:output_type -> bastion.ui.v1.PromptEvent
+	23, // 97: bastion.ui.v1.UIService.AnswerPrompt:output_type -> bastion.ui.v1.AnswerPromptResponse
+	26, // 98: bastion.ui.v1.UIService.ListDecideLater:output_type -> bastion.ui.v1.ListDecideLaterResponse
+	28, // 99: bastion.ui.v1.UIService.ResolveDecideLater:output_type -> bastion.ui.v1.ResolveDecideLaterResponse
+	30, // 100: bastion.ui.v1.UIService.WatchHistory:output_type -> bastion.ui.v1.HistoryEntry
+	32, // 101: bastion.ui.v1.UIService.PutOffPrompt:output_type -> bastion.ui.v1.PutOffPromptResponse
+	34, // 102: bastion.ui.v1.UIService.PauseProtection:output_type -> bastion.ui.v1.PauseProtectionResponse
+	36, // 103: bastion.ui.v1.UIService.ResumeProtection:output_type -> bastion.ui.v1.ResumeProtectionResponse
+	39, // 104: bastion.ui.v1.UIService.GetConfig:output_type -> bastion.ui.v1.GetConfigResponse
+	41, // 105: bastion.ui.v1.UIService.SetConfig:output_type -> bastion.ui.v1.SetConfigResponse
+	44, // 106: bastion.ui.v1.UIService.ListPrograms:output_type -> bastion.ui.v1.ListProgramsResponse
+	48, // 107: bastion.ui.v1.UIService.GetProgram:output_type -> bastion.ui.v1.GetProgramResponse
+	51, // 108: bastion.ui.v1.UIService.QueryConnections:output_type -> bastion.ui.v1.QueryConnectionsResponse
+	88, // [88:109] is the sub-list for method output_type
+	67, // [67:88] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_bastion_ui_v1_ui_proto_init() }
@@ -1896,8 +3501,8 @@ func file_bastion_ui_v1_ui_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bastion_ui_v1_ui_proto_rawDesc), len(file_bastion_ui_v1_ui_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   28,
+			NumEnums:      3,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

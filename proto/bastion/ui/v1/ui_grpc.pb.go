@@ -37,6 +37,14 @@ const (
 	UIService_ListDecideLater_FullMethodName    = "/bastion.ui.v1.UIService/ListDecideLater"
 	UIService_ResolveDecideLater_FullMethodName = "/bastion.ui.v1.UIService/ResolveDecideLater"
 	UIService_WatchHistory_FullMethodName       = "/bastion.ui.v1.UIService/WatchHistory"
+	UIService_PutOffPrompt_FullMethodName       = "/bastion.ui.v1.UIService/PutOffPrompt"
+	UIService_PauseProtection_FullMethodName    = "/bastion.ui.v1.UIService/PauseProtection"
+	UIService_ResumeProtection_FullMethodName   = "/bastion.ui.v1.UIService/ResumeProtection"
+	UIService_GetConfig_FullMethodName          = "/bastion.ui.v1.UIService/GetConfig"
+	UIService_SetConfig_FullMethodName          = "/bastion.ui.v1.UIService/SetConfig"
+	UIService_ListPrograms_FullMethodName       = "/bastion.ui.v1.UIService/ListPrograms"
+	UIService_GetProgram_FullMethodName         = "/bastion.ui.v1.UIService/GetProgram"
+	UIService_QueryConnections_FullMethodName   = "/bastion.ui.v1.UIService/QueryConnections"
 )
 
 // UIServiceClient is the client API for UIService service.
@@ -67,6 +75,37 @@ type UIServiceClient interface {
 	ResolveDecideLater(ctx context.Context, in *ResolveDecideLaterRequest, opts ...grpc.CallOption) (*ResolveDecideLaterResponse, error)
 	// WatchHistory streams the recent decisions (oldest first), then live ones.
 	WatchHistory(ctx context.Context, in *WatchHistoryRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HistoryEntry], error)
+	// PutOffPrompt answers a prompt with the silent action now ("decide
+	// later"): its connections get the silent action, and they are listed
+	// under ListDecideLater for a rule to be made later. The first answer
+	// wins; later ones get NOT_FOUND.
+	PutOffPrompt(ctx context.Context, in *PutOffPromptRequest, opts ...grpc.CallOption) (*PutOffPromptResponse, error)
+	// PauseProtection stops asking about the user's connections for a
+	// while: new connections that no rule decides are allowed once and
+	// logged (decided_by "paused"), never stored as rules, and open prompts
+	// are answered the same way. Protection resumes by itself at
+	// paused_until, or with ResumeProtection.
+	PauseProtection(ctx context.Context, in *PauseProtectionRequest, opts ...grpc.CallOption) (*PauseProtectionResponse, error)
+	ResumeProtection(ctx context.Context, in *ResumeProtectionRequest, opts ...grpc.CallOption) (*ResumeProtectionResponse, error)
+	// GetConfig returns the settings the user may change from a client: what
+	// applies while no prompt client runs, how long a prompt waits and what
+	// then applies, and how much history a viewer is sent.
+	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error)
+	// SetConfig checks the settings, saves them to the user's config file
+	// (keeping its other lines and comments) and applies them at once: new
+	// prompts, deadlines and history viewers use them, with no restart.
+	SetConfig(ctx context.Context, in *SetConfigRequest, opts ...grpc.CallOption) (*SetConfigResponse, error)
+	// ListPrograms returns one row per program (executable) that made
+	// connections since `since` (default: local midnight today): its
+	// connections allowed and denied, distinct destinations, bytes and last
+	// activity, and how many of the user's rules name it.
+	ListPrograms(ctx context.Context, in *ListProgramsRequest, opts ...grpc.CallOption) (*ListProgramsResponse, error)
+	// GetProgram returns one program: its summary, the rules that name it,
+	// its destinations and a traffic chart over the last hour, day or week.
+	GetProgram(ctx context.Context, in *GetProgramRequest, opts ...grpc.CallOption) (*GetProgramResponse, error)
+	// QueryConnections searches the stored history of decisions, newest
+	// first.
+	QueryConnections(ctx context.Context, in *QueryConnectionsRequest, opts ...grpc.CallOption) (*QueryConnectionsResponse, error)
 }
 
 type uIServiceClient struct {
@@ -225,6 +264,86 @@ func (c *uIServiceClient) WatchHistory(ctx context.Context, in *WatchHistoryRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type UIService_WatchHistoryClient = grpc.ServerStreamingClient[HistoryEntry]
 
+func (c *uIServiceClient) PutOffPrompt(ctx context.Context, in *PutOffPromptRequest, opts ...grpc.CallOption) (*PutOffPromptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutOffPromptResponse)
+	err := c.cc.Invoke(ctx, UIService_PutOffPrompt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) PauseProtection(ctx context.Context, in *PauseProtectionRequest, opts ...grpc.CallOption) (*PauseProtectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseProtectionResponse)
+	err := c.cc.Invoke(ctx, UIService_PauseProtection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) ResumeProtection(ctx context.Context, in *ResumeProtectionRequest, opts ...grpc.CallOption) (*ResumeProtectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeProtectionResponse)
+	err := c.cc.Invoke(ctx, UIService_ResumeProtection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*GetConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetConfigResponse)
+	err := c.cc.Invoke(ctx, UIService_GetConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) SetConfig(ctx context.Context, in *SetConfigRequest, opts ...grpc.CallOption) (*SetConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetConfigResponse)
+	err := c.cc.Invoke(ctx, UIService_SetConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) ListPrograms(ctx context.Context, in *ListProgramsRequest, opts ...grpc.CallOption) (*ListProgramsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListProgramsResponse)
+	err := c.cc.Invoke(ctx, UIService_ListPrograms_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) GetProgram(ctx context.Context, in *GetProgramRequest, opts ...grpc.CallOption) (*GetProgramResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetProgramResponse)
+	err := c.cc.Invoke(ctx, UIService_GetProgram_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *uIServiceClient) QueryConnections(ctx context.Context, in *QueryConnectionsRequest, opts ...grpc.CallOption) (*QueryConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryConnectionsResponse)
+	err := c.cc.Invoke(ctx, UIService_QueryConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UIServiceServer is the server API for UIService service.
 // All implementations must embed UnimplementedUIServiceServer
 // for forward compatibility.
@@ -253,6 +372,37 @@ type UIServiceServer interface {
 	ResolveDecideLater(context.Context, *ResolveDecideLaterRequest) (*ResolveDecideLaterResponse, error)
 	// WatchHistory streams the recent decisions (oldest first), then live ones.
 	WatchHistory(*WatchHistoryRequest, grpc.ServerStreamingServer[HistoryEntry]) error
+	// PutOffPrompt answers a prompt with the silent action now ("decide
+	// later"): its connections get the silent action, and they are listed
+	// under ListDecideLater for a rule to be made later. The first answer
+	// wins; later ones get NOT_FOUND.
+	PutOffPrompt(context.Context, *PutOffPromptRequest) (*PutOffPromptResponse, error)
+	// PauseProtection stops asking about the user's connections for a
+	// while: new connections that no rule decides are allowed once and
+	// logged (decided_by "paused"), never stored as rules, and open prompts
+	// are answered the same way. Protection resumes by itself at
+	// paused_until, or with ResumeProtection.
+	PauseProtection(context.Context, *PauseProtectionRequest) (*PauseProtectionResponse, error)
+	ResumeProtection(context.Context, *ResumeProtectionRequest) (*ResumeProtectionResponse, error)
+	// GetConfig returns the settings the user may change from a client: what
+	// applies while no prompt client runs, how long a prompt waits and what
+	// then applies, and how much history a viewer is sent.
+	GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error)
+	// SetConfig checks the settings, saves them to the user's config file
+	// (keeping its other lines and comments) and applies them at once: new
+	// prompts, deadlines and history viewers use them, with no restart.
+	SetConfig(context.Context, *SetConfigRequest) (*SetConfigResponse, error)
+	// ListPrograms returns one row per program (executable) that made
+	// connections since `since` (default: local midnight today): its
+	// connections allowed and denied, distinct destinations, bytes and last
+	// activity, and how many of the user's rules name it.
+	ListPrograms(context.Context, *ListProgramsRequest) (*ListProgramsResponse, error)
+	// GetProgram returns one program: its summary, the rules that name it,
+	// its destinations and a traffic chart over the last hour, day or week.
+	GetProgram(context.Context, *GetProgramRequest) (*GetProgramResponse, error)
+	// QueryConnections searches the stored history of decisions, newest
+	// first.
+	QueryConnections(context.Context, *QueryConnectionsRequest) (*QueryConnectionsResponse, error)
 	mustEmbedUnimplementedUIServiceServer()
 }
 
@@ -301,6 +451,30 @@ func (UnimplementedUIServiceServer) ResolveDecideLater(context.Context, *Resolve
 }
 func (UnimplementedUIServiceServer) WatchHistory(*WatchHistoryRequest, grpc.ServerStreamingServer[HistoryEntry]) error {
 	return status.Error(codes.Unimplemented, "method WatchHistory not implemented")
+}
+func (UnimplementedUIServiceServer) PutOffPrompt(context.Context, *PutOffPromptRequest) (*PutOffPromptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutOffPrompt not implemented")
+}
+func (UnimplementedUIServiceServer) PauseProtection(context.Context, *PauseProtectionRequest) (*PauseProtectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseProtection not implemented")
+}
+func (UnimplementedUIServiceServer) ResumeProtection(context.Context, *ResumeProtectionRequest) (*ResumeProtectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeProtection not implemented")
+}
+func (UnimplementedUIServiceServer) GetConfig(context.Context, *GetConfigRequest) (*GetConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConfig not implemented")
+}
+func (UnimplementedUIServiceServer) SetConfig(context.Context, *SetConfigRequest) (*SetConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetConfig not implemented")
+}
+func (UnimplementedUIServiceServer) ListPrograms(context.Context, *ListProgramsRequest) (*ListProgramsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPrograms not implemented")
+}
+func (UnimplementedUIServiceServer) GetProgram(context.Context, *GetProgramRequest) (*GetProgramResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetProgram not implemented")
+}
+func (UnimplementedUIServiceServer) QueryConnections(context.Context, *QueryConnectionsRequest) (*QueryConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryConnections not implemented")
 }
 func (UnimplementedUIServiceServer) mustEmbedUnimplementedUIServiceServer() {}
 func (UnimplementedUIServiceServer) testEmbeddedByValue()                   {}
@@ -543,6 +717,150 @@ func _UIService_WatchHistory_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type UIService_WatchHistoryServer = grpc.ServerStreamingServer[HistoryEntry]
 
+func _UIService_PutOffPrompt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutOffPromptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).PutOffPrompt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_PutOffPrompt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).PutOffPrompt(ctx, req.(*PutOffPromptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_PauseProtection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseProtectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).PauseProtection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_PauseProtection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).PauseProtection(ctx, req.(*PauseProtectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_ResumeProtection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeProtectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).ResumeProtection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_ResumeProtection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).ResumeProtection(ctx, req.(*ResumeProtectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_GetConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).GetConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_GetConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).GetConfig(ctx, req.(*GetConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_SetConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).SetConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_SetConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).SetConfig(ctx, req.(*SetConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_ListPrograms_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListProgramsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).ListPrograms(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_ListPrograms_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).ListPrograms(ctx, req.(*ListProgramsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_GetProgram_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetProgramRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).GetProgram(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_GetProgram_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).GetProgram(ctx, req.(*GetProgramRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UIService_QueryConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UIServiceServer).QueryConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UIService_QueryConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UIServiceServer).QueryConnections(ctx, req.(*QueryConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UIService_ServiceDesc is the grpc.ServiceDesc for UIService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -593,6 +911,38 @@ var UIService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResolveDecideLater",
 			Handler:    _UIService_ResolveDecideLater_Handler,
+		},
+		{
+			MethodName: "PutOffPrompt",
+			Handler:    _UIService_PutOffPrompt_Handler,
+		},
+		{
+			MethodName: "PauseProtection",
+			Handler:    _UIService_PauseProtection_Handler,
+		},
+		{
+			MethodName: "ResumeProtection",
+			Handler:    _UIService_ResumeProtection_Handler,
+		},
+		{
+			MethodName: "GetConfig",
+			Handler:    _UIService_GetConfig_Handler,
+		},
+		{
+			MethodName: "SetConfig",
+			Handler:    _UIService_SetConfig_Handler,
+		},
+		{
+			MethodName: "ListPrograms",
+			Handler:    _UIService_ListPrograms_Handler,
+		},
+		{
+			MethodName: "GetProgram",
+			Handler:    _UIService_GetProgram_Handler,
+		},
+		{
+			MethodName: "QueryConnections",
+			Handler:    _UIService_QueryConnections_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
