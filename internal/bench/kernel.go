@@ -161,7 +161,7 @@ type Flood struct {
 	Calls   int     `json:"connect_calls"`
 	PerSec  float64 `json:"decisions_per_sec"`
 	Sent    uint64  `json:"sent"`
-	// Recorded is the agent's allowed or denied counter's growth, read
+	// Recorded is the growth of the agent's kernel_decisions counter, read
 	// once it stopped growing.
 	Recorded uint64 `json:"recorded"`
 	Lost     uint64 `json:"lost"`
@@ -653,10 +653,7 @@ func flood(ctx context.Context, s *kernelSide, d *LoopDialer, name, addr, expect
 		if err != nil {
 			return 0, fmt.Errorf("agent status: %w", err)
 		}
-		if expect == "" {
-			return st.GetCounters().GetAllowed(), nil
-		}
-		return st.GetCounters().GetDenied(), nil
+		return st.GetCounters().GetKernelDecisions(), nil
 	}
 	c0, err := counter()
 	if err != nil {
