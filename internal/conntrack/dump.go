@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -173,7 +174,9 @@ func (d *Dumper) parseReplies(b []byte, st *DumpStats, fn func(Flow)) (done bool
 // entries of one network namespace, with their final counters when
 // accounting is on.
 type DestroyWatcher struct {
-	c *netlink.Conn
+	c   *netlink.Conn
+	raw syscall.RawConn
+	buf []byte
 }
 
 // WatchDestroy subscribes to conntrack destroy notifications inside ns
@@ -191,33 +194,94 @@ func WatchDestroy(ns *os.File) (*DestroyWatcher, error) {
 		return nil, fmt.Errorf("join conntrack destroy group: %w", err)
 	}
 	nlconn.ForceReadBuffer(c, destroyReadBuffer)
-	return &DestroyWatcher{c: c}, nil
+	raw, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("open ctnetlink event socket: %w", err)
+	}
+	return &DestroyWatcher{c: c, raw: raw, buf: make([]byte, dumpBuffer)}, nil
 }
 
-// Receive blocks until the kernel reports destroyed entries and appends
-// them to buf. A message that does not parse is skipped and counted in
-// malformed. When notifications were lost the error wraps ErrLost, and the
-// watcher keeps working. After Close, Receive returns an error.
+// maxDestroyBatch bounds the notifications one Receive takes in.
+const maxDestroyBatch = 4096
+
+// Receive blocks until the kernel reports destroyed entries, then takes in
+// every notification already waiting (up to maxDestroyBatch), one
+// datagram each, and appends them to buf: a caller that waits between
+// calls is woken once per batch, not once per entry. A message that does
+// not parse is skipped and counted in malformed. When notifications were
+// lost the error wraps ErrLost, flows still holds those received, and the
+// watcher keeps working. After Close, or once the read deadline passes,
+// Receive returns an error.
 func (w *DestroyWatcher) Receive(buf []Flow) (flows []Flow, malformedN int, err error) {
-	msgs, err := w.c.Receive()
-	if err != nil {
-		if errors.Is(err, unix.ENOBUFS) {
-			return buf, 0, fmt.Errorf("%w: %w", ErrLost, err)
+	flows = buf
+	got := 0
+	var lost, rerr error
+	err = w.raw.Read(func(fd uintptr) bool {
+		for got < maxDestroyBatch {
+			n, _, rflags, _, err := unix.Recvmsg(int(fd), w.buf, nil, unix.MSG_DONTWAIT)
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case errors.Is(err, unix.EAGAIN):
+				// Nothing (more) waiting: wait for the socket unless
+				// this call has something to report.
+				return got > 0 || lost != nil
+			case errors.Is(err, unix.ENOBUFS):
+				lost = err
+				continue
+			case err != nil:
+				rerr = err
+				return true
+			}
+			got++
+			if rflags&unix.MSG_TRUNC != 0 {
+				malformedN++
+				continue
+			}
+			var bad int
+			flows, bad = parseDestroyed(w.buf[:n], flows)
+			malformedN += bad
 		}
-		return buf, 0, fmt.Errorf("receive conntrack destroy notifications: %w", err)
+		return true
+	})
+	switch {
+	case err != nil:
+		return flows, malformedN, fmt.Errorf("receive conntrack destroy notifications: %w", err)
+	case rerr != nil:
+		return flows, malformedN, fmt.Errorf("receive conntrack destroy notifications: %w", rerr)
+	case lost != nil:
+		return flows, malformedN, fmt.Errorf("%w: %w", ErrLost, lost)
 	}
-	for _, m := range msgs {
-		if m.Header.Type != netlink.HeaderType(nfnlSubsysCTNetlink<<8|ctMsgDelete) {
+	return flows, malformedN, nil
+}
+
+// parseDestroyed appends the destroy notifications of one datagram to
+// flows; bad counts the messages that did not parse.
+func parseDestroyed(b []byte, flows []Flow) (_ []Flow, bad int) {
+	for len(b) >= nlmsgHdrLen {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		if l < nlmsgHdrLen || l > len(b) {
+			return flows, bad + 1
+		}
+		data := b[nlmsgHdrLen:l]
+		if next := (l + 3) &^ 3; next < len(b) {
+			b = b[next:]
+		} else {
+			b = nil
+		}
+		if typ != nfnlSubsysCTNetlink<<8|ctMsgDelete {
 			continue
 		}
-		f, err := ParseFlow(m.Data)
+		f, err := ParseFlow(data)
 		if err != nil {
-			malformedN++
+			bad++
 			continue
 		}
-		buf = append(buf, f)
+		flows = append(flows, f)
 	}
-	return buf, malformedN, nil
+	return flows, bad
 }
 
 // SetReadDeadline makes Receive fail once t passes; the zero time removes

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -305,5 +306,84 @@ func TestDumpAndDestroyInNamespace(t *testing.T) {
 		if after, err := Accounting(nil); err != nil || after != hostBefore {
 			t.Errorf("the host's nf_conntrack_acct changed: %v before, %v, %v after", hostBefore, after, err)
 		}
+	}
+}
+
+// TestDestroyNotificationsComeInBatches: notifications that wait in the
+// socket are all taken in by one Receive, so that a reader that pauses
+// between calls wakes once per batch, not once per connection; and a
+// Receive with nothing waiting blocks until its deadline.
+func TestDestroyNotificationsComeInBatches(t *testing.T) {
+	ns := testenv.NewNetNS(t)
+	testenv.RequireTools(t, "iptables")
+	if out, err := exec.Command("nsenter", "--net="+ns.Path, "--", "iptables", "-w", "-A", "OUTPUT",
+		"-m", "conntrack", "--ctstate", "NEW").CombinedOutput(); err != nil {
+		t.Fatalf("enable conntrack in %s: %v: %s", ns.Name, err, out)
+	}
+	w, err := WatchDestroy(ns.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ct, err := Open(ns.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+
+	const n = 50
+	srv := ns.ListenPacket(t, "udp4", "127.0.0.1:0")
+	var tuples []flow.Tuple
+	if err := ns.Do(func() error {
+		for range n {
+			c, err := net.Dial("udp4", srv.LocalAddr().String())
+			if err != nil {
+				return err
+			}
+			if _, err := c.Write([]byte("x")); err != nil {
+				c.Close()
+				return err
+			}
+			l, r := c.LocalAddr().(*net.UDPAddr).AddrPort(), c.RemoteAddr().(*net.UDPAddr).AddrPort()
+			tuples = append(tuples, flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: r.Addr(), SrcPort: l.Port(), DstPort: r.Port()})
+			c.Close()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Deleting an entry notifies before the delete returns.
+	for _, tup := range tuples {
+		if err := ct.Delete(tup); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	flows, bad, err := w.Receive(nil)
+	if err != nil || bad != 0 {
+		t.Fatalf("Receive: %d malformed, %v", bad, err)
+	}
+	seen := map[flow.Tuple]bool{}
+	for _, f := range flows {
+		seen[f.Tuple] = true
+	}
+	for _, tup := range tuples {
+		if !seen[tup] {
+			t.Errorf("one Receive took in %d notifications, without %v's; want all %d that waited", len(flows), tup, n)
+			break
+		}
+	}
+
+	if err := w.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if flows, _, err := w.Receive(nil); !errors.Is(err, os.ErrDeadlineExceeded) || len(flows) != 0 {
+		t.Errorf("Receive with nothing waiting = %d flows, %v; want none and the deadline's error", len(flows), err)
+	}
+	if waited := time.Since(start); waited < 90*time.Millisecond {
+		t.Errorf("Receive with nothing waiting returned after %v, before its deadline", waited)
 	}
 }
