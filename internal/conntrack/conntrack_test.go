@@ -139,13 +139,7 @@ func FuzzParseEntry(f *testing.F) {
 // TestDeleteInNamespace creates a real UDP conntrack entry inside a fresh
 // network namespace, finds it, deletes it and no longer finds it.
 func TestDeleteInNamespace(t *testing.T) {
-	ns := testenv.NewNetNS(t)
-	testenv.RequireTools(t, "iptables")
-	// Conntrack tracks a namespace's packets once a rule there needs it.
-	if out, err := exec.Command("nsenter", "--net="+ns.Path, "--", "iptables", "-w", "-A", "OUTPUT",
-		"-m", "conntrack", "--ctstate", "NEW").CombinedOutput(); err != nil {
-		t.Fatalf("enable conntrack in %s: %v: %s", ns.Name, err, out)
-	}
+	ns := trackedNS(t)
 	srv := ns.ListenPacket(t, "udp4", "127.0.0.1:0")
 	var tup flow.Tuple
 	if err := ns.Do(func() error {
@@ -204,4 +198,17 @@ func TestDeleteInNamespace(t *testing.T) {
 	if _, err := host.Get(tup); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get in the host namespace: %v, want ErrNotFound", err)
 	}
+}
+
+// trackedNS makes a network namespace whose packets conntrack tracks, as
+// it does once a rule there needs it.
+func trackedNS(t *testing.T) *testenv.NS {
+	t.Helper()
+	ns := testenv.NewNetNS(t)
+	testenv.RequireTools(t, "iptables")
+	if out, err := exec.Command("nsenter", "--net="+ns.Path, "--", "iptables", "-w", "-A", "OUTPUT",
+		"-m", "conntrack", "--ctstate", "NEW").CombinedOutput(); err != nil {
+		t.Fatalf("enable conntrack in %s: %v: %s", ns.Name, err, out)
+	}
+	return ns
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bastion-fw/bastion/internal/flow"
-	"github.com/bastion-fw/bastion/internal/testenv"
 )
 
 // flowMsg encodes an entry as the kernel's ctnetlink does (nested
@@ -201,13 +199,8 @@ func FuzzParseReplies(f *testing.F) {
 // a dump, deletes the entry and receives its destroy notification with the
 // same counters. The host's own accounting setting is only read.
 func TestDumpAndDestroyInNamespace(t *testing.T) {
-	ns := testenv.NewNetNS(t)
-	testenv.RequireTools(t, "iptables")
+	ns := trackedNS(t)
 	hostBefore, hostErr := Accounting(nil)
-	if out, err := exec.Command("nsenter", "--net="+ns.Path, "--", "iptables", "-w", "-A", "OUTPUT",
-		"-m", "conntrack", "--ctstate", "NEW").CombinedOutput(); err != nil {
-		t.Fatalf("enable conntrack in %s: %v: %s", ns.Name, err, out)
-	}
 	if err := SetAccounting(ns.File, true); err != nil {
 		t.Fatal(err)
 	}
@@ -314,12 +307,7 @@ func TestDumpAndDestroyInNamespace(t *testing.T) {
 // between calls wakes once per batch, not once per connection; and a
 // Receive with nothing waiting blocks until its deadline.
 func TestDestroyNotificationsComeInBatches(t *testing.T) {
-	ns := testenv.NewNetNS(t)
-	testenv.RequireTools(t, "iptables")
-	if out, err := exec.Command("nsenter", "--net="+ns.Path, "--", "iptables", "-w", "-A", "OUTPUT",
-		"-m", "conntrack", "--ctstate", "NEW").CombinedOutput(); err != nil {
-		t.Fatalf("enable conntrack in %s: %v: %s", ns.Name, err, out)
-	}
+	ns := trackedNS(t)
 	w, err := WatchDestroy(ns.File)
 	if err != nil {
 		t.Fatal(err)
