@@ -194,6 +194,40 @@ func FuzzParseReplies(f *testing.F) {
 	})
 }
 
+// TestParseDestroyed: a destroy datagram's notifications are read, other
+// message types are skipped, and bad ones are counted, never a panic.
+func TestParseDestroyed(t *testing.T) {
+	entry := flowMsg(t, tuple(flow.TCP, "127.0.0.1:1", "127.0.0.1:2"), 1, nil)
+	del := uint16(nfnlSubsysCTNetlink<<8 | ctMsgDelete)
+	newType := uint16(nfnlSubsysCTNetlink<<8 | ctMsgNew)
+	for _, tc := range []struct {
+		name     string
+		datagram []byte
+		flows    int
+		bad      int
+	}{
+		{name: "two notifications", datagram: append(nlmsg(del, 0, 0, entry), nlmsg(del, 0, 0, entry)...), flows: 2},
+		{name: "other type skipped", datagram: append(nlmsg(newType, 0, 0, entry), nlmsg(del, 0, 0, entry)...), flows: 1},
+		{name: "malformed skipped", datagram: append(nlmsg(del, 0, 0, entry[:9]), nlmsg(del, 0, 0, entry)...), flows: 1, bad: 1},
+		{name: "length past datagram", datagram: nlmsg(del, 0, 0, entry)[:30], bad: 1},
+		{name: "short header", datagram: []byte{1, 2, 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			flows, bad := parseDestroyed(tc.datagram, nil)
+			if len(flows) != tc.flows || bad != tc.bad {
+				t.Errorf("parseDestroyed = %d flows, %d bad; want %d, %d", len(flows), bad, tc.flows, tc.bad)
+			}
+		})
+	}
+}
+
+func FuzzParseDestroyed(f *testing.F) {
+	f.Add(nlmsg(nfnlSubsysCTNetlink<<8|ctMsgDelete, 0, 0, flowMsg(f, tuple(flow.TCP, "127.0.0.1:1", "127.0.0.1:2"), 1, nil)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parseDestroyed(b, nil) // must not panic
+	})
+}
+
 // TestDumpAndDestroyInNamespace turns accounting on in a fresh namespace,
 // sends a known number of UDP bytes each way, finds the flow's counters in
 // a dump, deletes the entry and receives its destroy notification with the
