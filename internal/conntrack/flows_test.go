@@ -357,18 +357,19 @@ func TestDestroyNotificationsComeInBatches(t *testing.T) {
 	srv := ns.ListenPacket(t, "udp4", "127.0.0.1:0")
 	var tuples []flow.Tuple
 	if err := ns.Do(func() error {
+		// The sockets stay open until all have sent, so that each has its
+		// own port and tuple.
 		for range n {
 			c, err := net.Dial("udp4", srv.LocalAddr().String())
 			if err != nil {
 				return err
 			}
+			defer c.Close()
 			if _, err := c.Write([]byte("x")); err != nil {
-				c.Close()
 				return err
 			}
 			l, r := c.LocalAddr().(*net.UDPAddr).AddrPort(), c.RemoteAddr().(*net.UDPAddr).AddrPort()
 			tuples = append(tuples, flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: r.Addr(), SrcPort: l.Port(), DstPort: r.Port()})
-			c.Close()
 		}
 		return nil
 	}); err != nil {
