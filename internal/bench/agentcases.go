@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +52,20 @@ func decider(ctx context.Context, a *testenv.Agent, scope agentv1.Scope, seen ch
 			}()
 		}
 	}()
-	return func() { cancel(); wg.Wait() }, nil
+	stop = func() { cancel(); wg.Wait() }
+	// The stream is the agent's once it lists the caller's UID as
+	// watched; until then the system policy decides root's connections
+	// and nothing is cached (a warm-up connection allowed that way left
+	// a whole case on the queue path).
+	registered := testenv.Poll(10*time.Second, func() bool {
+		st, err := a.Client.GetStatus(ctx, &agentv1.GetStatusRequest{})
+		return err == nil && slices.Contains(st.GetWatchedUids(), st.GetCallerUid())
+	})
+	if !registered {
+		stop()
+		return nil, fmt.Errorf("watch pending: the agent did not list the stream's UID as watched within 10s")
+	}
+	return stop, nil
 }
 
 // AgentCached measures connections the agent allows from its decision
