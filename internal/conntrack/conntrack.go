@@ -83,26 +83,49 @@ func (c *Conn) Delete(t flow.Tuple) error {
 // Get returns the entry whose tuple, in either direction, is t, or an error
 // wrapping ErrNotFound.
 func (c *Conn) Get(t flow.Tuple) (Entry, error) {
-	req, err := request(ctMsgGet, t)
+	b, err := c.get(t)
+	if err != nil {
+		return Entry{}, err
+	}
+	e, err := parseEntry(b)
 	if err != nil {
 		return Entry{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
 	}
+	return e, nil
+}
+
+// Flow returns the whole entry whose tuple, in either direction, is t
+// (counters, state), or an error wrapping ErrNotFound.
+func (c *Conn) Flow(t flow.Tuple) (Flow, error) {
+	b, err := c.get(t)
+	if err != nil {
+		return Flow{}, err
+	}
+	f, err := ParseFlow(b)
+	if err != nil {
+		return Flow{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
+	}
+	return f, nil
+}
+
+// get asks for the entry of t and returns its message's data.
+func (c *Conn) get(t flow.Tuple) ([]byte, error) {
+	req, err := request(ctMsgGet, t)
+	if err != nil {
+		return nil, fmt.Errorf("get conntrack entry %v: %w", t, err)
+	}
 	msgs, err := c.c.Execute(req)
 	if err != nil {
-		return Entry{}, fmt.Errorf("get conntrack entry %v: %w", t, notFound(err))
+		return nil, fmt.Errorf("get conntrack entry %v: %w", t, notFound(err))
 	}
 	// The entry comes as IPCTNL_MSG_CT_NEW, followed by the
 	// acknowledgement.
 	for _, m := range msgs {
 		if m.Header.Type == netlink.HeaderType(nfnlSubsysCTNetlink<<8|ctMsgNew) {
-			e, err := parseEntry(m.Data)
-			if err != nil {
-				return Entry{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
-			}
-			return e, nil
+			return m.Data, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("get conntrack entry %v: no entry in %d replies", t, len(msgs))
+	return nil, fmt.Errorf("get conntrack entry %v: no entry in %d replies", t, len(msgs))
 }
 
 func notFound(err error) error {

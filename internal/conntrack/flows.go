@@ -14,6 +14,10 @@ const (
 	ctaCountersOrig  = 9 // CTA_COUNTERS_ORIG
 	ctaCountersReply = 10
 	ctaZone          = 18 // CTA_ZONE
+	ctaProtoinfo     = 4  // CTA_PROTOINFO
+	ctaTimeout       = 7  // CTA_TIMEOUT (u32, seconds left)
+	ctaProtoinfoTCP  = 1  // CTA_PROTOINFO_TCP
+	ctaTCPState      = 1  // CTA_PROTOINFO_TCP_STATE (u8)
 	ctaCountPackets  = 1  // CTA_COUNTERS_PACKETS (u64, big endian)
 	ctaCountBytes    = 2  // CTA_COUNTERS_BYTES (u64)
 	ctaCount32Pkts   = 3  // CTA_COUNTERS32_PACKETS (u32), from old kernels
@@ -27,6 +31,20 @@ const (
 type Counters struct {
 	Packets, Bytes uint64
 }
+
+// TCPState is conntrack's state of a TCP connection (enum tcp_conntrack).
+type TCPState uint8
+
+// The states a closed TCP connection's entry lingers in. Its counters no
+// longer change there (a stray retransmission aside): TIME_WAIT after both
+// sides closed, CLOSE after a reset.
+const (
+	TCPTimeWait TCPState = 7 // TCP_CONNTRACK_TIME_WAIT
+	TCPClose    TCPState = 8 // TCP_CONNTRACK_CLOSE
+)
+
+// Closed reports whether the connection has ended.
+func (s TCPState) Closed() bool { return s == TCPTimeWait || s == TCPClose }
 
 // Flow is one conntrack entry as a dump or an event reports it.
 type Flow struct {
@@ -44,6 +62,12 @@ type Flow struct {
 	// accounting: nf_conntrack_acct was off when it was created.
 	Orig, Reply Counters
 	HasCounters bool
+	// TCPState is a TCP entry's state (0 when not reported). Timeout is
+	// how long the entry has left, in whole seconds, unless a packet
+	// renews it; HasTimeout is false when not reported (destroy events).
+	TCPState   TCPState
+	Timeout    uint32
+	HasTimeout bool
 }
 
 // errMalformed wraps every parse failure.
@@ -131,6 +155,11 @@ func ParseFlow(b []byte) (Flow, error) {
 			f.ID, err = be32(v)
 		case ctaZone:
 			f.Zone, err = be16(v)
+		case ctaTimeout:
+			f.Timeout, err = be32(v)
+			f.HasTimeout = err == nil
+		case ctaProtoinfo:
+			f.TCPState, err = parseTCPState(v)
 		}
 		return err
 	})
@@ -201,6 +230,28 @@ func parseTuple(b []byte) (flow.Tuple, error) {
 		return flow.Tuple{}, malformed("incomplete tuple %v", t)
 	}
 	return t, nil
+}
+
+// parseTCPState reads the state from a CTA_PROTOINFO nest: 0 for a
+// protocol other than TCP.
+func parseTCPState(b []byte) (TCPState, error) {
+	var st TCPState
+	err := walkAttrs(b, func(typ uint16, v []byte) error {
+		if typ != ctaProtoinfoTCP {
+			return nil
+		}
+		return walkAttrs(v, func(typ uint16, v []byte) error {
+			if typ != ctaTCPState {
+				return nil
+			}
+			if len(v) != 1 {
+				return malformed("tcp state attribute of %d bytes", len(v))
+			}
+			st = TCPState(v[0])
+			return nil
+		})
+	})
+	return st, err
 }
 
 // parseCounters reads a CTA_COUNTERS_ORIG or _REPLY nest.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"testing"
@@ -51,6 +52,17 @@ func flowMsg(t testing.TB, tup flow.Tuple, id uint32, c *[2]Counters) []byte {
 	}
 	ae.Uint32(ctaMark, 0x01000000)
 	ae.Uint32(ctaID, id)
+	if tup.Proto == flow.TCP {
+		ae.Uint32(ctaTimeout, 120)
+		ae.Nested(ctaProtoinfo, func(ae *netlink.AttributeEncoder) error {
+			ae.Nested(ctaProtoinfoTCP, func(ae *netlink.AttributeEncoder) error {
+				ae.Uint8(ctaTCPState, uint8(TCPTimeWait))
+				ae.Uint8(2, 7) // CTA_PROTOINFO_TCP_WSCALE_ORIGINAL: skipped
+				return nil
+			})
+			return nil
+		})
+	}
 	b, err := ae.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +86,9 @@ func TestParseFlow(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := Flow{Tuple: tc.tuple, ID: 77, Mark: 0x01000000}
+			if tc.tuple.Proto == flow.TCP {
+				want.TCPState, want.Timeout, want.HasTimeout = TCPTimeWait, 120, true
+			}
 			if tc.c != nil {
 				want.Orig, want.Reply, want.HasCounters = tc.c[0], tc.c[1], true
 			}
@@ -97,6 +112,8 @@ func TestParseFlowRejectsMalformed(t *testing.T) {
 		"ipv4 of 3 bytes":  mutate(good, []byte{8, 0, ctaIPv4Src, 0, 127, 0, 0, 1}, []byte{7, 0, ctaIPv4Src, 0, 127, 0, 0, 1}),
 		"counter of 4 b":   mutate(good, []byte{12, 0, ctaCountBytes, 0}, []byte{8, 0, ctaCountBytes, 0}),
 		"proto of 2 bytes": mutate(good, []byte{5, 0, ctaProtoNum, 0, 6}, []byte{6, 0, ctaProtoNum, 0, 6}),
+		"state of 2 bytes": mutate(good, []byte{5, 0, ctaTCPState, 0, byte(TCPTimeWait)}, []byte{6, 0, ctaTCPState, 0, byte(TCPTimeWait)}),
+		"timeout of 2 b":   mutate(good, []byte{8, 0, ctaTimeout, 0, 0, 0, 0, 120}, []byte{6, 0, ctaTimeout, 0, 0, 0, 0, 120}),
 	}
 	for name, b := range bad {
 		if f, err := ParseFlow(b); err == nil {
@@ -408,5 +425,102 @@ func TestDestroyNotificationsComeInBatches(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 90*time.Millisecond {
 		t.Errorf("Receive with nothing waiting returned after %v, before its deadline", waited)
+	}
+}
+
+// TestClosedTCPEntryInNamespace: once both sides have closed a TCP
+// connection, a dump shows its entry closed (TIME_WAIT) with its final
+// counters and the time it has left, and Flow reads the same entry; the
+// namespace's shortest end timeout is read from its own settings.
+func TestClosedTCPEntryInNamespace(t *testing.T) {
+	ns := trackedNS(t)
+	if err := SetAccounting(ns.File, true); err != nil {
+		t.Fatal(err)
+	}
+	d, err := OpenDumper(ns.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ct, err := Open(ns.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+
+	const payload = 5000
+	served := make(chan error, 1)
+	l := ns.Serve(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			_, err := io.Copy(io.Discard, c) // until the client's FIN
+			served <- err
+		}()
+	})
+	var tup flow.Tuple
+	if err := ns.Do(func() error {
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write(make([]byte, payload)); err != nil {
+			c.Close()
+			return err
+		}
+		la, ra := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		tup = flow.Tuple{Proto: flow.TCP, Src: la.Addr(), Dst: ra.Addr(), SrcPort: la.Port(), DstPort: ra.Port()}
+		return c.Close() // the client closes first
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+
+	var got Flow
+	deadline := time.Now().Add(10 * time.Second)
+	for !got.TCPState.Closed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the entry of %v is not closed 10 s after both sides closed: %+v", tup, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if _, err := d.Dump(func(f Flow) {
+			if f.Tuple == tup {
+				got = f
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got.TCPState != TCPTimeWait || !got.HasTimeout || got.Timeout == 0 || got.Timeout > 120 {
+		t.Errorf("closed entry %+v, want TIME_WAIT with up to 120 s left", got)
+	}
+	if !got.HasCounters || got.Orig.Bytes < payload || got.Orig.Bytes > payload+payload/10 {
+		t.Errorf("closed entry counted %+v sent, want the %d bytes of payload and headers", got.Orig, payload)
+	}
+	one, err := ct.Flow(tup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.ID != got.ID || one.Orig != got.Orig || one.Reply != got.Reply || one.TCPState != TCPTimeWait {
+		t.Errorf("Flow(%v) = %+v, the dump had %+v", tup, one, got)
+	}
+	if _, err := ct.Flow(tuple(flow.TCP, "127.0.0.1:1", "127.0.0.1:2")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Flow of an untracked tuple: %v, want ErrNotFound", err)
+	}
+
+	// A new namespace has the kernel's defaults: CLOSE's 10 s is the
+	// shortest.
+	if end, err := ShortestEnd(ns.File); err != nil || end != 10*time.Second {
+		t.Errorf("ShortestEnd = %v, %v; want 10s", end, err)
+	}
+	if err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close", []byte("7\n"), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := ShortestEnd(ns.File); err != nil || end != 7*time.Second {
+		t.Errorf("ShortestEnd after setting CLOSE's timeout to 7 s = %v, %v", end, err)
 	}
 }
