@@ -160,6 +160,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// /proc/sys is read-only and the chain's accounting rule turns
 	// accounting on), it is opened again once they are in.
 	traffic := &trafficAccounting{table: newTrafficTable(maxTrafficConns, maxTrafficConnsPerUID), interval: cfg.TrafficInterval}
+	if guard != nil {
+		guard.traffic = traffic.table
+	}
 	var sampler *trafficSampler
 	openTraffic := func(final bool) {
 		s, err := openTrafficSampler(ns, traffic.table, cfg.TrafficInterval, base.With("component", "traffic"))

@@ -21,16 +21,22 @@ import (
 // allowed it. The conntrack table is read every traffic_interval
 // (traffic_sampler.go) and its counters (nf_conntrack_acct) joined with the
 // remembered tuples; each connection whose counts grew gets a sample with
-// the growth, and the kernel's notification that a conntrack entry was
-// destroyed gives its final sample, marked ended. WatchTraffic streams the
-// samples, each caller only those of its own UID (root all).
+// the growth. Its final sample, marked ended, comes from the read that
+// finds its TCP entry closed (TIME_WAIT or CLOSE), or from the first read
+// that misses an entry gone at its timeout (the read before had its last
+// counts); where the reads are too far apart to see every ended entry, from
+// the kernel's notification that the entry was destroyed instead. The UDP
+// tuple-reuse guard reads an entry's last counts before it deletes it.
+// WatchTraffic streams the samples, each caller only those of its own UID
+// (root all).
 //
 // Bounds: the table holds at most maxTrafficConns connections, and
 // maxTrafficConnsPerUID of one UID (past either, the oldest connection of
 // that UID, or of the UID with the most, is dropped and counted in lost), so
 // that one user's connections cannot push another's out; a connection unseen in the conntrack table
-// for trafficMissLimit reads is dropped (counted in lost: its bytes since
-// the last read are unknown); each stream queues at most
+// for trafficMissLimit reads is dropped (counted in lost, its bytes since
+// the last read unknown, unless it was gone at its timeout); each stream
+// queues at most
 // trafficQueueLen samples and counts the ones it drops.
 
 // maxTrafficConns bounds the connections followed at once (~18 MiB at
@@ -80,6 +86,10 @@ type trackedConn struct {
 	// counts the reads since that did not.
 	seen   uint64
 	misses uint8
+	// expires is when the entry ends, as of the last read that found
+	// it, unless a packet comes first; missedAt is the end of the first
+	// read since then that did not find it.
+	expires, missedAt time.Time
 	// prev and next link the UID's connections oldest first, for
 	// eviction; u is that UID's share.
 	prev, next *trackedConn
@@ -116,7 +126,11 @@ type trafficTable struct {
 	nextID uint64
 	// read numbers the reads of the conntrack table.
 	read uint64
-	subs map[*trafficSub]struct{}
+	// readsSeeEnds: the table is read more often than any ended entry
+	// stays in it (trafficSampler), so the reads alone see every
+	// connection's final counts, and no destroy notification comes.
+	readsSeeEnds bool
+	subs         map[*trafficSub]struct{}
 	// Totals since start, and each UID's.
 	sent, dropped, lost uint64
 	byUID               map[uint32]*uidTraffic
@@ -317,10 +331,34 @@ func (tt *trafficTable) readFlows(flows []conntrack.Flow) {
 			continue
 		}
 		c.ctID, c.seen, c.misses = f.ID, tt.read, 0
+		if f.HasTimeout {
+			c.expires = now.Add(time.Duration(f.Timeout) * time.Second)
+		}
+		if f.Tuple.Proto == flow.TCP && f.TCPState.Closed() {
+			// Closed: these counts are its last.
+			tt.endLocked(c, f.Orig, f.Reply, f.HasCounters, now)
+			continue
+		}
 		if f.HasCounters {
 			tt.publishLocked(c, f.Orig, f.Reply, false, now)
 		}
 	}
+}
+
+// setReadsSeeEnds says whether the reads alone see connections' ends.
+func (tt *trafficTable) setReadsSeeEnds(v bool) {
+	tt.mu.Lock()
+	tt.readsSeeEnds = v
+	tt.mu.Unlock()
+}
+
+// wantsFinal reports whether a connection with tuple t is followed and
+// its final counts can come only from the caller: its entry is about to be
+// deleted, and no destroy notification will bring them.
+func (tt *trafficTable) wantsFinal(t flow.Tuple) bool {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	return tt.readsSeeEnds && tt.conns[trafficKey(t)] != nil
 }
 
 // endRead finishes a read: connections it did not find for
@@ -333,11 +371,23 @@ func (tt *trafficTable) endRead() {
 		if c.seen == tt.read {
 			continue
 		}
+		if c.misses == 0 {
+			c.missedAt = now
+		}
 		if c.misses++; c.misses < trafficMissLimit {
 			continue
 		}
-		// Its last bytes (all of them if it was never read) are
-		// unknown.
+		if c.ctID != 0 && tt.readsSeeEnds && !c.expires.IsZero() && !c.missedAt.Before(c.expires) {
+			// Gone no earlier than its timeout, as conntrack ends
+			// an entry no packet renewed: none came after the last
+			// read (one would have kept it for a whole timeout,
+			// longer than a read's interval), whose counts are its
+			// last.
+			tt.endLocked(c, c.orig, c.reply, true, now)
+			continue
+		}
+		// Deleted before its time, or never read: its last bytes (all
+		// of them if it was never read) are unknown.
 		tt.lost++
 		c.u.lost++
 		if c.ctID != 0 {

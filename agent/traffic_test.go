@@ -150,6 +150,106 @@ func TestTrafficMissingConnectionsAreLost(t *testing.T) {
 	}
 }
 
+// TestTrafficEndsAtAClosedTCPEntry: the read that finds a TCP entry closed
+// (TIME_WAIT, or CLOSE after a reset) publishes its last counts as its end;
+// it is not counted lost, and nothing else comes of it.
+func TestTrafficEndsAtAClosedTCPEntry(t *testing.T) {
+	for _, st := range []conntrack.TCPState{conntrack.TCPTimeWait, conntrack.TCPClose} {
+		tt := newTrafficTable(16, 16)
+		sb := tt.subscribe(admin)
+		c := tcp("192.0.2.1", 40000, 443)
+		tt.allowed(allowedBy(curl1000, c, "rule:r1"))
+		open := ctFlow(c, 9, 600, 4000)
+		open.TCPState = 3 // ESTABLISHED
+		read(tt, open)
+		closed := ctFlow(c, 9, 700, 9000)
+		closed.TCPState = st
+		read(tt, closed)
+		if tt.len() != 0 {
+			t.Fatalf("state %d: the closed connection is still followed", st)
+		}
+		read(tt, closed) // its entry lingers: nothing more
+		got, _ := takeAll(sb)
+		if len(got) != 2 || !got[1].ended || got[1].totalSent != 700 || got[1].totalRecv != 9000 || got[1].recvBytes != 5000 {
+			t.Errorf("state %d: samples %+v, want growth, then an end with the closed entry's counts", st, got)
+		}
+		if lost := tt.stats(admin).Lost; lost != 0 {
+			t.Errorf("state %d: %d lost", st, lost)
+		}
+	}
+}
+
+// TestTrafficEntryGoneAtItsTimeout: when the reads see every ended entry
+// (readsSeeEnds), an entry that vanished no earlier than the timeout its
+// last read showed ended as conntrack ends idle entries, with the counts
+// that read had: not lost. One that vanished before its time was deleted,
+// and its last bytes are unknown: lost. Without readsSeeEnds (a destroy
+// notification should have come), both are lost.
+func TestTrafficEntryGoneAtItsTimeout(t *testing.T) {
+	for _, seeEnds := range []bool{true, false} {
+		tt := newTrafficTable(16, 16)
+		tt.setReadsSeeEnds(seeEnds)
+		now := time.Unix(1_800_000_000, 0)
+		tt.now = func() time.Time { return now }
+		sb := tt.subscribe(admin)
+		idle, deleted := udp("10.0.0.1:5000", "192.0.2.1:53"), udp("10.0.0.1:5001", "192.0.2.1:53")
+		tt.allowed(allowedBy(curl1000, idle, "policy"))
+		tt.allowed(allowedBy(curl1000, deleted, "policy"))
+		fi, fd := ctFlow(idle, 1, 100, 300), ctFlow(deleted, 2, 100, 300)
+		fi.Timeout, fi.HasTimeout = 4, true
+		fd.Timeout, fd.HasTimeout = 30, true
+		read(tt, fi, fd)
+		for range trafficMissLimit {
+			now = now.Add(5 * time.Second)
+			read(tt)
+		}
+		if tt.len() != 0 {
+			t.Fatalf("readsSeeEnds %v: %d still followed", seeEnds, tt.len())
+		}
+		got, _ := takeAll(sb)
+		ends := 0
+		for _, s := range got {
+			if s.ended {
+				ends++
+				if s.totalSent != 100 || s.totalRecv != 300 {
+					t.Errorf("readsSeeEnds %v: end %+v, want the last read's counts", seeEnds, s)
+				}
+			}
+		}
+		if ends != 2 {
+			t.Errorf("readsSeeEnds %v: %d ends, want 2: %+v", seeEnds, ends, got)
+		}
+		want := uint64(1)
+		if !seeEnds {
+			want = 2
+		}
+		if lost := tt.stats(admin).Lost; lost != want {
+			t.Errorf("readsSeeEnds %v: %d lost, want %d", seeEnds, lost, want)
+		}
+	}
+}
+
+// TestTrafficWantsFinal: only a followed connection, and only when no
+// destroy notification will bring its last counts, wants them from the one
+// who deletes its entry.
+func TestTrafficWantsFinal(t *testing.T) {
+	tt := newTrafficTable(16, 16)
+	c := udp("10.0.0.1:5000", "192.0.2.1:53")
+	tt.allowed(allowedBy(curl1000, c, "policy"))
+	if tt.wantsFinal(c) {
+		t.Error("wants the last counts while destroy notifications bring them")
+	}
+	tt.setReadsSeeEnds(true)
+	mapped := c
+	mapped.Src, mapped.Dst = netip.AddrFrom16(c.Src.As16()), netip.AddrFrom16(c.Dst.As16())
+	if !tt.wantsFinal(c) || !tt.wantsFinal(mapped) {
+		t.Error("a followed connection does not want its last counts")
+	}
+	if tt.wantsFinal(udp("10.0.0.1:5002", "192.0.2.1:53")) {
+		t.Error("a connection not followed wants its last counts")
+	}
+}
+
 func TestTrafficIgnoresOtherEntriesOfATuple(t *testing.T) {
 	tt := newTrafficTable(16, 16)
 	sb := tt.subscribe(admin)

@@ -58,6 +58,10 @@ type udpReuseGuard struct {
 	// given to a socket (Engine.ForgetRecent).
 	forget func(t flow.Tuple, socket uint64)
 	sent   *sentFlows
+	// traffic, when set, is the traffic accounting's table: a followed
+	// flow's last counts are read before its entry is deleted, when no
+	// destroy notification will bring them (trafficTable.wantsFinal).
+	traffic *trafficTable
 
 	// Released counts conntrack entries removed after their socket was
 	// destroyed; Races those of them another live socket already owned.
@@ -226,10 +230,22 @@ func (g *udpReuseGuard) settle(f sentFlow, resync bool) {
 			return
 		}
 	}
+	// The last counts, read just before the delete (one ctnetlink
+	// request more in the window the SECURITY note above describes,
+	// for followed flows only).
+	var last []conntrack.Flow
+	if g.traffic != nil && g.traffic.wantsFinal(f.tuple) {
+		if lf, err := g.ct.Flow(f.tuple); err == nil {
+			last = append(last, lf)
+		}
+	}
 	err := g.ct.Delete(f.tuple)
 	switch {
 	case err == nil:
 		g.Released.Add(1)
+		if len(last) > 0 {
+			g.traffic.destroyed(last)
+		}
 		// Asked after the removal, not before, so that a socket that
 		// sent on the old entry cannot slip in between unnoticed. A
 		// socket that only bound the port by then is counted too.

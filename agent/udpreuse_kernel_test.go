@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bastion-fw/bastion/internal/conntrack"
 	"github.com/bastion-fw/bastion/internal/flow"
 	"github.com/bastion-fw/bastion/internal/sockdiag"
 	"github.com/bastion-fw/bastion/internal/testenv"
@@ -168,5 +169,63 @@ func TestUDPReuseGuardLateDestroy(t *testing.T) {
 					n, g.Released.Load()-released, g.Races.Load()-races)
 			}
 		})
+	}
+}
+
+// TestUDPReuseGuardGivesTrafficTheLastCounts: with no destroy notifications
+// read (trafficTable.readsSeeEnds), the guard reads a followed flow's
+// counters just before it deletes the entry, and the traffic table ends the
+// flow with them: one datagram of 1 byte each way, 29 IP bytes.
+func TestUDPReuseGuardGivesTrafficTheLastCounts(t *testing.T) {
+	e := newGuardNetNS(t)
+	if err := conntrack.SetAccounting(e.ns.File, true); err != nil {
+		t.Fatal(err)
+	}
+	tt := newTrafficTable(16, 16)
+	tt.setReadsSeeEnds(true)
+	e.g.traffic = tt
+	sb := tt.subscribe(admin)
+	var tup flow.Tuple
+	c, tup := e.send(t, func(c *net.UDPConn) flow.Process {
+		l := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		tup = flow.Tuple{Proto: flow.UDP, Src: l.Addr(), Dst: l.Addr(), SrcPort: l.Port(), DstPort: uint16(e.srv.Port)}
+		tt.allowed(allowedBy(curl1000, tup, "policy"))
+		return flow.Process{Socket: testenv.SocketInode(t, c)}
+	})
+	c.Close()
+	e.g.resync()
+	if e.g.Released.Load() != 1 {
+		t.Fatalf("released %d flows, want 1", e.g.Released.Load())
+	}
+	got, _ := takeAll(sb)
+	if len(got) != 1 || !got[0].ended || got[0].totalSent != 29 || got[0].totalRecv != 29 || got[0].sentPkts != 1 {
+		t.Errorf("samples %+v, want one end with 29 bytes each way", got)
+	}
+	if tt.len() != 0 || tt.stats(admin).Lost != 0 {
+		t.Errorf("%d still followed, %d lost", tt.len(), tt.stats(admin).Lost)
+	}
+}
+
+// TestTrafficSamplerReadsNotificationsOnlyWhenNeeded: reads at most half
+// the shortest end timeout apart (10 s in a new namespace) see every ended
+// entry, so the sampler does not listen to destroy notifications, whose
+// every message the kernel would otherwise build; farther apart, it does.
+func TestTrafficSamplerReadsNotificationsOnlyWhenNeeded(t *testing.T) {
+	e := newGuardNetNS(t)
+	for _, tc := range []struct {
+		interval time.Duration
+		watch    bool
+	}{{time.Second, false}, {5 * time.Second, false}, {6 * time.Second, true}, {time.Minute, true}} {
+		tt := newTrafficTable(4, 4)
+		s, err := openTrafficSampler(e.ns.File, tt, tc.interval, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (s.watch != nil) != tc.watch || tt.readsSeeEnds == tc.watch {
+			t.Errorf("interval %v: watching %v, readsSeeEnds %v; want watching %v", tc.interval, s.watch != nil, tt.readsSeeEnds, tc.watch)
+		}
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
 	}
 }
