@@ -668,7 +668,11 @@ func flood(ctx context.Context, s *kernelSide, d *LoopDialer, name, addr, expect
 		return f, err
 	}
 	var timeout time.Duration
-	if expect != "" {
+	if expect != "" || stopped {
+		// With the agent stopped, a connection the queue must decide
+		// (a retransmitted SYN, after the listener's backlog overflowed)
+		// would wait for it until the flood is over, and the flood for
+		// it: up to the kernel's 127 s of SYN retries.
 		timeout = time.Second
 	}
 	if stopped {

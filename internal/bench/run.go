@@ -135,11 +135,16 @@ type Ratios struct {
 	// decides (the benchmark process moved into the agent's cgroup for
 	// its slices), against no firewall, paired; KernelVsCachedPaired
 	// against the same cached allow through the queue.
-	KernelVsNonePaired   float64       `json:"agent_kernel_vs_no_firewall_paired,omitempty"`
-	KernelVsCachedPaired float64       `json:"agent_kernel_vs_agent_cached_paired,omitempty"`
-	PairedRounds         []PairedRound `json:"paired_rounds,omitempty"`
-	APIVsNone            float64       `json:"agent_api_vs_no_firewall,omitempty"`
-	APIVsBare            float64       `json:"agent_api_vs_bare_first_packets,omitempty"`
+	KernelVsNonePaired   float64 `json:"agent_kernel_vs_no_firewall_paired,omitempty"`
+	KernelVsCachedPaired float64 `json:"agent_kernel_vs_agent_cached_paired,omitempty"`
+	// Against no firewall with connection tracking on (as every namespace
+	// Bastion guards has it, and so every host with a stateful firewall),
+	// and that against no firewall: what of the gap is conntrack's.
+	KernelVsConntrackPaired float64       `json:"agent_kernel_vs_conntrack_paired,omitempty"`
+	ConntrackVsNonePaired   float64       `json:"conntrack_vs_no_firewall_paired,omitempty"`
+	PairedRounds            []PairedRound `json:"paired_rounds,omitempty"`
+	APIVsNone               float64       `json:"agent_api_vs_no_firewall,omitempty"`
+	APIVsBare               float64       `json:"agent_api_vs_bare_first_packets,omitempty"`
 }
 
 // PairedRound is one back-to-back measurement: conn/s of each case.
@@ -149,6 +154,7 @@ type PairedRound struct {
 	BareChain   float64 `json:"bare_chain"`
 	Cached      float64 `json:"agent_cached"`
 	None        float64 `json:"no_firewall"`
+	Conntrack   float64 `json:"no_firewall_conntrack_on"`
 	Kernel      float64 `json:"agent_kernel"`
 }
 
@@ -306,7 +312,7 @@ func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, non
 		return a.ConnPerSec / b.ConnPerSec
 	}
 	paired := rep.Ratios.PairedRounds
-	var vsBare, vsSYN, vsChain, kVsNone, kVsCached []float64
+	var vsBare, vsSYN, vsChain, kVsNone, kVsCached, kVsCT, ctVsNone []float64
 	for _, p := range paired {
 		if p.BareSYNOnly > 0 && p.Bare > 0 && p.BareChain > 0 {
 			vsBare = append(vsBare, p.Cached/p.Bare)
@@ -316,6 +322,10 @@ func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, non
 		if p.None > 0 && p.Cached > 0 && p.Kernel > 0 {
 			kVsNone = append(kVsNone, p.Kernel/p.None)
 			kVsCached = append(kVsCached, p.Kernel/p.Cached)
+		}
+		if p.None > 0 && p.Conntrack > 0 && p.Kernel > 0 {
+			kVsCT = append(kVsCT, p.Kernel/p.Conntrack)
+			ctVsNone = append(ctVsNone, p.Conntrack/p.None)
 		}
 	}
 	rep.Ratios = Ratios{
@@ -331,6 +341,8 @@ func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, non
 		CachedVsBareChainPaired: median(vsChain),
 		KernelVsNonePaired:      median(kVsNone),
 		KernelVsCachedPaired:    median(kVsCached),
+		KernelVsConntrackPaired: median(kVsCT),
+		ConntrackVsNonePaired:   median(ctVsNone),
 		PairedRounds:            paired,
 		APIVsNone:               ratio(api, none),
 		APIVsBare:               ratio(api, bare),
@@ -349,6 +361,10 @@ func queueCases(ctx context.Context, cfg Config, out io.Writer, rep *Report, non
 		fmt.Fprintf(out, "agent cached allow decided in the kernel, same dialer, paired with no firewall and the queue's cached allow in %d rounds (medians): "+
 			"%.3f of no firewall (issue 13's target >= 0.95; rounds %.3f), %.3f of the cached allow through the queue (rounds %.3f)\n",
 			len(kVsNone), median(kVsNone), kVsNone, median(kVsCached), kVsCached)
+	}
+	if len(kVsCT) > 0 {
+		fmt.Fprintf(out, "  against no firewall with conntrack on, in the same rounds: %.3f (rounds %.3f); conntrack on / no firewall %.3f (rounds %.3f)\n",
+			median(kVsCT), kVsCT, median(ctVsNone), ctVsNone)
 	}
 	if a := rep.Attribution; a.Skipped == "" {
 		fmt.Fprintf(out, "attribution: %d/%d short-lived processes identified (%.1f%%) by %s in %.1fs; misses %v\n",
@@ -639,6 +655,25 @@ func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, bareBin s
 		}
 		closers = append(closers, func() error { nclose(); return nil })
 		cases = append(cases, pairedCase{ns: nns, addr: naddr, rate: &p.None, conns: new(int)})
+		// No firewall with connection tracking on, as in the
+		// kernel-decision rounds.
+		cns, err := testenv.CreateNetNS("")
+		if err != nil {
+			fail(err)
+			return nil
+		}
+		closers = append(closers, cns.Delete)
+		if err := Iptables(cns, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"); err != nil {
+			fail(err)
+			return nil
+		}
+		caddr, cclose, err := AcceptAndClose(ctx, cns, "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+			return nil
+		}
+		closers = append(closers, func() error { cclose(); return nil })
+		cases = append(cases, pairedCase{ns: cns, addr: caddr, rate: &p.Conntrack, conns: new(int)})
 	}
 
 	var out []PairedRound
