@@ -2492,8 +2492,8 @@ type TrafficSample struct {
 	// Counts since the connection began.
 	TotalBytesSent     uint64 `protobuf:"varint,13,opt,name=total_bytes_sent,json=totalBytesSent,proto3" json:"total_bytes_sent,omitempty"`
 	TotalBytesReceived uint64 `protobuf:"varint,14,opt,name=total_bytes_received,json=totalBytesReceived,proto3" json:"total_bytes_received,omitempty"`
-	// The connection is over (its conntrack entry was destroyed); no sample
-	// of it follows.
+	// The connection is over (its conntrack entry was found closed, timed
+	// out, or was destroyed); no sample of it follows.
 	Ended         bool `protobuf:"varint,15,opt,name=ended,proto3" json:"ended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
