@@ -642,38 +642,32 @@ func pairedRounds(ctx context.Context, cfg Config, runner AgentRunner, bareBin s
 			return nil
 		})
 		cases = append(cases, pairedCase{ns: sess.NS, addr: kaddr, rate: &p.Kernel, conns: kconns, cg: sess.Agent.Cgroup})
-		nns, err := testenv.CreateNetNS("")
-		if err != nil {
-			fail(err)
-			return nil
+		// No firewall, with connection tracking off and on (as in the
+		// kernel-decision rounds).
+		for _, c := range []struct {
+			rate      *float64
+			conntrack bool
+		}{{&p.None, false}, {&p.Conntrack, true}} {
+			ns, err := testenv.CreateNetNS("")
+			if err != nil {
+				fail(err)
+				return nil
+			}
+			closers = append(closers, ns.Delete)
+			if c.conntrack {
+				if err := Iptables(ns, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"); err != nil {
+					fail(err)
+					return nil
+				}
+			}
+			addr, closeSrv, err := AcceptAndClose(ctx, ns, "127.0.0.1:0")
+			if err != nil {
+				fail(err)
+				return nil
+			}
+			closers = append(closers, func() error { closeSrv(); return nil })
+			cases = append(cases, pairedCase{ns: ns, addr: addr, rate: c.rate, conns: new(int)})
 		}
-		closers = append(closers, nns.Delete)
-		naddr, nclose, err := AcceptAndClose(ctx, nns, "127.0.0.1:0")
-		if err != nil {
-			fail(err)
-			return nil
-		}
-		closers = append(closers, func() error { nclose(); return nil })
-		cases = append(cases, pairedCase{ns: nns, addr: naddr, rate: &p.None, conns: new(int)})
-		// No firewall with connection tracking on, as in the
-		// kernel-decision rounds.
-		cns, err := testenv.CreateNetNS("")
-		if err != nil {
-			fail(err)
-			return nil
-		}
-		closers = append(closers, cns.Delete)
-		if err := Iptables(cns, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"); err != nil {
-			fail(err)
-			return nil
-		}
-		caddr, cclose, err := AcceptAndClose(ctx, cns, "127.0.0.1:0")
-		if err != nil {
-			fail(err)
-			return nil
-		}
-		closers = append(closers, func() error { cclose(); return nil })
-		cases = append(cases, pairedCase{ns: cns, addr: caddr, rate: &p.Conntrack, conns: new(int)})
 	}
 
 	var out []PairedRound
