@@ -235,7 +235,7 @@ func (g *udpReuseGuard) settle(f sentFlow, resync bool) {
 	// for followed flows only).
 	var last []conntrack.Flow
 	if g.traffic != nil && g.traffic.wantsFinal(f.tuple) {
-		if lf, err := g.ct.Flow(f.tuple); err == nil {
+		if lf, err := g.ct.Get(f.tuple); err == nil {
 			last = append(last, lf)
 		}
 	}

@@ -39,15 +39,6 @@ const (
 // ErrNotFound is returned (wrapped) when the table has no entry for a tuple.
 var ErrNotFound = errors.New("no conntrack entry")
 
-// Entry is what Get reports about a conntrack entry.
-type Entry struct {
-	// ID is the entry's ctnetlink ID; a new entry for the same tuple gets
-	// another one.
-	ID uint32
-	// Mark is the connection mark (CONNMARK).
-	Mark uint32
-}
-
 // Conn is a ctnetlink socket bound to one network namespace. It is safe for
 // concurrent use; requests are serialised.
 type Conn struct {
@@ -80,52 +71,29 @@ func (c *Conn) Delete(t flow.Tuple) error {
 	return nil
 }
 
-// Get returns the entry whose tuple, in either direction, is t, or an error
-// wrapping ErrNotFound.
-func (c *Conn) Get(t flow.Tuple) (Entry, error) {
-	b, err := c.get(t)
-	if err != nil {
-		return Entry{}, err
-	}
-	e, err := parseEntry(b)
-	if err != nil {
-		return Entry{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
-	}
-	return e, nil
-}
-
-// Flow returns the whole entry whose tuple, in either direction, is t
-// (counters, state), or an error wrapping ErrNotFound.
-func (c *Conn) Flow(t flow.Tuple) (Flow, error) {
-	b, err := c.get(t)
-	if err != nil {
-		return Flow{}, err
-	}
-	f, err := ParseFlow(b)
+// Get returns the entry whose tuple, in either direction, is t (its ID,
+// mark, counters and state), or an error wrapping ErrNotFound.
+func (c *Conn) Get(t flow.Tuple) (Flow, error) {
+	req, err := request(ctMsgGet, t)
 	if err != nil {
 		return Flow{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
 	}
-	return f, nil
-}
-
-// get asks for the entry of t and returns its message's data.
-func (c *Conn) get(t flow.Tuple) ([]byte, error) {
-	req, err := request(ctMsgGet, t)
-	if err != nil {
-		return nil, fmt.Errorf("get conntrack entry %v: %w", t, err)
-	}
 	msgs, err := c.c.Execute(req)
 	if err != nil {
-		return nil, fmt.Errorf("get conntrack entry %v: %w", t, notFound(err))
+		return Flow{}, fmt.Errorf("get conntrack entry %v: %w", t, notFound(err))
 	}
 	// The entry comes as IPCTNL_MSG_CT_NEW, followed by the
 	// acknowledgement.
 	for _, m := range msgs {
 		if m.Header.Type == netlink.HeaderType(nfnlSubsysCTNetlink<<8|ctMsgNew) {
-			return m.Data, nil
+			f, err := ParseFlow(m.Data)
+			if err != nil {
+				return Flow{}, fmt.Errorf("get conntrack entry %v: %w", t, err)
+			}
+			return f, nil
 		}
 	}
-	return nil, fmt.Errorf("get conntrack entry %v: no entry in %d replies", t, len(msgs))
+	return Flow{}, fmt.Errorf("get conntrack entry %v: no entry in %d replies", t, len(msgs))
 }
 
 func notFound(err error) error {
@@ -180,30 +148,4 @@ func request(msg uint8, t flow.Tuple) (netlink.Message, error) {
 		},
 		Data: data,
 	}, nil
-}
-
-// parseEntry reads the ID and mark from a ctnetlink entry message (the data
-// after the netlink header). Attributes it does not know are skipped.
-func parseEntry(b []byte) (Entry, error) {
-	if len(b) < nfgenmsgLen {
-		return Entry{}, fmt.Errorf("ctnetlink message of %d bytes, want at least %d", len(b), nfgenmsgLen)
-	}
-	ad, err := netlink.NewAttributeDecoder(b[nfgenmsgLen:])
-	if err != nil {
-		return Entry{}, fmt.Errorf("parse ctnetlink attributes: %w", err)
-	}
-	ad.ByteOrder = binary.BigEndian
-	var e Entry
-	for ad.Next() {
-		switch ad.Type() {
-		case ctaMark:
-			e.Mark = ad.Uint32()
-		case ctaID:
-			e.ID = ad.Uint32()
-		}
-	}
-	if err := ad.Err(); err != nil {
-		return Entry{}, fmt.Errorf("parse ctnetlink attributes: %w", err)
-	}
-	return e, nil
 }

@@ -9,8 +9,9 @@
 // connmark), so an entry that outlives its socket would hand that verdict to
 // whichever socket reuses the exact 5-tuple next. And it uses it to count
 // what allowed connections carry: a Dumper reads every entry's original
-// tuple and counters, a DestroyWatcher the final counters of entries as they
-// go.
+// tuple, counters, TCP state and time left, Get one entry's, and a
+// DestroyWatcher the final counters of entries as they go (used only when
+// the dumps are too far apart to see every end, see ShortestEnd).
 //
 // Only the default conntrack zone (0) is addressed.
 //

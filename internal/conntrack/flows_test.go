@@ -2,11 +2,13 @@ package conntrack
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,6 +143,8 @@ func FuzzParseFlow(f *testing.F) {
 	f.Add(flowMsg(f, tuple(flow.TCP, "127.0.0.1:40000", "127.0.0.1:8080"), 7, &[2]Counters{{1, 2}, {3, 4}}))
 	f.Add(flowMsg(f, tuple(flow.UDP, "[::1]:1", "[::1]:2"), 8, nil))
 	f.Add([]byte{2, 0, 0, 0})
+	get, _ := hex.DecodeString(strings.Join(strings.Fields(entryMsg), "")) // a Get reply
+	f.Add(get)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fl, err := ParseFlow(b)
 		if err == nil && (!fl.Tuple.Src.IsValid() || fl.Tuple.Src.Is4In6()) {
@@ -430,7 +434,7 @@ func TestDestroyNotificationsComeInBatches(t *testing.T) {
 
 // TestClosedTCPEntryInNamespace: once both sides have closed a TCP
 // connection, a dump shows its entry closed (TIME_WAIT) with its final
-// counters and the time it has left, and Flow reads the same entry; the
+// counters and the time it has left, and Get reads the same entry; the
 // namespace's shortest end timeout is read from its own settings.
 func TestClosedTCPEntryInNamespace(t *testing.T) {
 	ns := trackedNS(t)
@@ -499,14 +503,14 @@ func TestClosedTCPEntryInNamespace(t *testing.T) {
 	if !got.HasCounters || got.Orig.Bytes < payload || got.Orig.Bytes > payload+payload/10 {
 		t.Errorf("closed entry counted %+v sent, want the %d bytes of payload and headers", got.Orig, payload)
 	}
-	one, err := ct.Flow(tup)
+	one, err := ct.Get(tup)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if one.ID != got.ID || one.Orig != got.Orig || one.Reply != got.Reply || one.TCPState != TCPTimeWait {
-		t.Errorf("Flow(%v) = %+v, the dump had %+v", tup, one, got)
+		t.Errorf("Get(%v) = %+v, the dump had %+v", tup, one, got)
 	}
-	if _, err := ct.Flow(tuple(flow.TCP, "127.0.0.1:1", "127.0.0.1:2")); !errors.Is(err, ErrNotFound) {
+	if _, err := ct.Get(tuple(flow.TCP, "127.0.0.1:1", "127.0.0.1:2")); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Flow of an untracked tuple: %v, want ErrNotFound", err)
 	}
 
