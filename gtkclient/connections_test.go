@@ -303,24 +303,39 @@ func TestConnectionsLiveKeepsScroll(t *testing.T) {
 	press(t, "the Connections page", func() bool { return m.stack.GetVisibleChildName() == "history" }, pageKey("history"))
 	adj := m.conn.scroll.GetVAdjustment()
 
-	// Scroll down with the mouse wheel over the list.
-	var x, y int
-	onGTK(t, func() {
-		w, _ := m.win.GetWindow()
-		ox, oy := w.GetOrigin()
-		bx, by, err := m.histView.TranslateCoordinates(m.win, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, y = ox+bx+m.histView.GetAllocatedWidth()/2, oy+by+m.histView.GetAllocatedHeight()/2
-	})
-	xdo(t, "mousemove", "--sync", strconv.Itoa(x), strconv.Itoa(y))
+	// Scroll down with the mouse wheel over the list, as a person turns
+	// the wheel again when the list did not move. Each turn first moves
+	// the pointer to the list's middle, where it is now: the page may
+	// still be sliding in, and the window manager may still move the
+	// window, and a pointer that moves makes X tell GTK it is there.
 	var value float64
-	testenv.WaitFor(t, waitTimeout, "the list scrolled down", func() bool {
-		xdo(t, "click", "5")
-		onGTK(t, func() { value = adj.GetValue() })
-		return value > 300
-	})
+	var state string
+	for i, deadline := 0, time.Now().Add(waitTimeout); ; i++ {
+		var x, y int
+		onGTK(t, func() {
+			w, _ := m.win.GetWindow()
+			ox, oy := w.GetOrigin()
+			bx, by, err := m.histView.TranslateCoordinates(m.win, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x, y = ox+bx+m.histView.GetAllocatedWidth()/2+i%2, oy+by+m.histView.GetAllocatedHeight()/2
+		})
+		xdo(t, "mousemove", "--sync", strconv.Itoa(x), strconv.Itoa(y), "click", "5")
+		time.Sleep(50 * time.Millisecond)
+		onGTK(t, func() {
+			value = adj.GetValue()
+			state = fmt.Sprintf("the list at %v of %v (page %v), the pointer at %d,%d, the page sliding in: %v",
+				value, adj.GetUpper(), adj.GetPageSize(), x, y, m.stack.GetTransitionRunning())
+		})
+		if value > 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for the list scrolled down: %s; under the pointer: %s",
+				waitTimeout, state, strings.Join(strings.Fields(xdo(t, "getmouselocation")), " "))
+		}
+	}
 	// The wheel scrolls smoothly: wait until the list stands still.
 	var top *uiv1.HistoryEntry
 	var topY int
@@ -354,7 +369,6 @@ func TestConnectionsLiveKeepsScroll(t *testing.T) {
 	// Click it; again, as a person would, when the click was lost (now
 	// and then on this Xvfb, the first click on the window is).
 	click(t, m.conn.newer)
-	var state string
 	lastClick := time.Now()
 	if !testenv.Poll(waitTimeout, func() bool {
 		var ok, shown bool
