@@ -60,6 +60,11 @@ func testMain(m *testing.M) int {
 	os.Setenv("DISPLAY", x.Display)
 	os.Setenv("GDK_BACKEND", "x11")
 	os.Setenv("NO_AT_BRIDGE", "1")
+	// GTK's own settings (the file chooser's, saved as a dialog closes)
+	// stay in the test process: they must not land in the dconf
+	// database of whoever runs the tests, and where dconf has no session
+	// bus, each save tried to start dbus-launch and printed a warning.
+	os.Setenv("GSETTINGS_BACKEND", "memory")
 	os.Unsetenv("WAYLAND_DISPLAY")
 	finalizeOnGTKThread()
 	if err := gtk.InitCheck(nil); err != nil {
