@@ -15,6 +15,7 @@ import (
 
 	"github.com/bastion-fw/bastion/gtkclient/internal/demo"
 	"github.com/bastion-fw/bastion/internal/inert/inerttest"
+	"github.com/bastion-fw/bastion/internal/testenv"
 	"github.com/bastion-fw/bastion/internal/testenv/fakeui"
 	agentv1 "github.com/bastion-fw/bastion/proto/bastion/agent/v1"
 	rulesv1 "github.com/bastion-fw/bastion/proto/bastion/rules/v1"
@@ -485,9 +486,33 @@ func TestProgramsRefreshKeepsScroll(t *testing.T) {
 	p := e.a.main.progs
 	sw, _ := p.view.GetParent()
 	adj := sw.(*gtk.ScrolledWindow).GetVAdjustment()
+	// The page a person looks at, on a desktop: the tree view scrolls to
+	// a row in an animation, which the window's frame clock drives; on a
+	// bare Xvfb without a window manager it stopped part of the way.
+	startWindowManager(t)
+	activate(t, "^Bastion$", e.a.main.win)
+	onGTK(t, func() { e.a.main.present("programs") })
+	waitGTK(t, "the Programs page shown", func() bool {
+		return e.a.main.stack.GetVisibleChildName() == "programs" && !e.a.main.stack.GetTransitionRunning() && p.view.GetMapped()
+	})
 	var at float64
 	onGTK(t, func() { p.selectKey("/opt/app70/app") })
-	waitGTK(t, "scrolled down", func() bool { at = adj.GetValue(); return at > 0 })
+	// Wait until the row is in view and the list stands still.
+	testenv.WaitFor(t, waitTimeout, "scrolled down to the selected row, at rest", func() bool {
+		last := at
+		time.Sleep(100 * time.Millisecond)
+		var inView bool
+		onGTK(t, func() {
+			at = adj.GetValue()
+			sel, _ := p.view.GetSelection()
+			if _, it, ok := sel.GetSelected(); ok {
+				path, _ := p.store.GetPath(it)
+				r := p.view.GetCellArea(path, p.view.GetColumn(0))
+				inView = r.GetY() >= 0 && float64(r.GetY()+r.GetHeight()) <= adj.GetPageSize()
+			}
+		})
+		return at > 0 && at == last && inView
+	})
 	ps[70].Summary.BytesReceived = 5_000_000
 	ps = append(ps, &fakeui.Program{Summary: &uiv1.ProgramSummary{Exe: "/opt/new/app", Comm: "app",
 		LastActivity: timestamppb.New(testNow.Add(-200 * time.Minute))}})
