@@ -114,11 +114,11 @@ func (x *Xvfb) Stop() {
 
 // StartOpenbox runs the openbox window manager on display, as on a
 // person's desktop (focus, stacking, dialogs placed over their parent),
-// and waits until it manages the screen. stop ends it.
+// and waits until it manages new windows (WaitOpenbox). stop ends it.
 func StartOpenbox(display string) (stop func(), err error) {
-	for _, bin := range []string{"openbox", "xprop"} {
+	for _, bin := range []string{"openbox", "xprop", "xmessage", "xdotool"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("start openbox: %w (install openbox and x11-utils)", err)
+			return nil, fmt.Errorf("start openbox: %w (install openbox, x11-utils and xdotool)", err)
 		}
 	}
 	cmd := exec.Command("openbox", "--sm-disable")
@@ -127,13 +127,49 @@ func StartOpenbox(display string) (stop func(), err error) {
 		return nil, fmt.Errorf("start openbox: %w", err)
 	}
 	stop = func() { cmd.Process.Kill(); cmd.Wait() }
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if openboxManages(cmd.Env) {
-			return stop, nil
+	if err := WaitOpenbox(display, 10*time.Second); err != nil {
+		stop()
+		return nil, fmt.Errorf("start openbox: %w", err)
+	}
+	return stop, nil
+}
+
+// WaitOpenbox waits until the openbox just started on display manages
+// the windows mapped from then on. Openbox names itself on the root
+// before it has loaded its theme and entered its event loop, and a
+// window mapped in between is never managed: it stays unmapped, and
+// tests waiting for it failed (landing CI's first test window, and 2 of
+// 12 windows mapped while a starting openbox was held with SIGSTOP).
+// So a probe window must be managed too; a probe mapped too early is
+// lost, and the next one is not.
+func WaitOpenbox(display string, timeout time.Duration) error {
+	env := append(os.Environ(), "DISPLAY="+display)
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if openboxManages(env) && openboxMapsProbe(env) {
+			return nil
 		}
 	}
-	stop()
-	return nil, errors.New("start openbox: it did not manage the screen within 10s")
+	return fmt.Errorf("openbox did not manage the screen within %s", timeout)
+}
+
+// openboxMapsProbe reports whether openbox manages a window mapped now
+// within a second: a tiny xmessage window, closed again.
+func openboxMapsProbe(env []string) bool {
+	const name = "bastion-wm-probe"
+	probe := exec.Command("xmessage", "-name", name, "-geometry", "1x1+0+0", name)
+	probe.Env = env
+	if err := probe.Start(); err != nil {
+		return false
+	}
+	defer func() { probe.Process.Kill(); probe.Wait() }()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		search := exec.Command("xdotool", "search", "--onlyvisible", "--name", "^"+name+"$")
+		search.Env = env
+		if out, _ := search.Output(); len(strings.TrimSpace(string(out))) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // openboxManages reports whether openbox manages the screen. The root's
