@@ -109,6 +109,9 @@ func TestMakeRun(t *testing.T) {
 
 	waitOutput(t, out, "prompts appear below", 10*time.Minute)
 	t.Logf("make run NETNS=%s: Bastion ready to prompt %v after the command started (build included)", ns.Name, time.Since(started).Round(time.Second))
+	// The hints follow that line, each its own write: the PATH hint is
+	// the last (a check at once read the output between two of them).
+	waitOutput(t, out, "in another terminal: export PATH=", 30*time.Second)
 	for _, want := range []string{
 		"sudo ip netns exec " + ns.Name + " python3 -m http.server 8000 --bind 127.0.0.1",
 		"sudo ip netns exec " + ns.Name + " runuser -u " + testUserName + " -- curl -sS -m 60 -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:8000/",
