@@ -138,8 +138,9 @@ func StartOpenbox(display string) (stop func(), err error) {
 // the windows mapped from then on. Openbox names itself on the root
 // before it has loaded its theme and entered its event loop, and a
 // window mapped in between is never managed: it stays unmapped, and
-// tests waiting for it failed (landing CI's first test window, and 2 of
-// 12 windows mapped while a starting openbox was held with SIGSTOP).
+// tests waiting for it failed (TestRulesClickWithTwoPromptsQueued's
+// browser in a fresh-clone CI run, and 2 of 12 windows mapped while a
+// starting openbox was held with SIGSTOP).
 // So a probe window must be managed too; a probe mapped too early is
 // lost, and the next one is not.
 func WaitOpenbox(display string, timeout time.Duration) error {
