@@ -70,20 +70,30 @@ func startOpenbox(t *testing.T) {
 // does (the window manager sees the click).
 func click(t *testing.T, b *gtk.Button) {
 	t.Helper()
-	var x, y int
-	onGTK(t, func() {
-		top, _ := b.GetToplevel()
-		w, _ := top.ToWidget().GetWindow()
-		ox, oy := w.GetOrigin()
-		bx, by, err := b.TranslateCoordinates(top, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		x, y = ox+bx+b.GetAllocatedWidth()/2, oy+by+b.GetAllocatedHeight()/2
-	})
+	x, y := screenPoint(t, b.ToWidget(), -1, -1)
 	if out, err := exec.Command("xdotool", "mousemove", "--sync", strconv.Itoa(x), strconv.Itoa(y), "click", "1").CombinedOutput(); err != nil {
 		t.Fatalf("xdotool click at %d,%d: %v %s", x, y, err, out)
 	}
+}
+
+// screenPoint is where (dx, dy) from w's top left corner is on the
+// screen, now; its middle when dx < 0.
+func screenPoint(t *testing.T, w *gtk.Widget, dx, dy int) (x, y int) {
+	t.Helper()
+	onGTK(t, func() {
+		top, _ := w.GetToplevel()
+		win, _ := top.ToWidget().GetWindow()
+		ox, oy := win.GetOrigin()
+		bx, by, err := w.TranslateCoordinates(top, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dx < 0 {
+			dx, dy = w.GetAllocatedWidth()/2, w.GetAllocatedHeight()/2
+		}
+		x, y = ox+bx+dx, oy+by+dy
+	})
+	return x, y
 }
 
 // launch starts bastion-gtk as the menu entry or a shortcut would.

@@ -311,16 +311,8 @@ func TestConnectionsLiveKeepsScroll(t *testing.T) {
 	var value float64
 	var state string
 	for i, deadline := 0, time.Now().Add(waitTimeout); ; i++ {
-		var x, y int
-		onGTK(t, func() {
-			w, _ := m.win.GetWindow()
-			ox, oy := w.GetOrigin()
-			bx, by, err := m.histView.TranslateCoordinates(m.win, 0, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			x, y = ox+bx+m.histView.GetAllocatedWidth()/2+i%2, oy+by+m.histView.GetAllocatedHeight()/2
-		})
+		x, y := screenPoint(t, m.histView.ToWidget(), -1, -1)
+		x += i % 2
 		xdo(t, "mousemove", "--sync", strconv.Itoa(x), strconv.Itoa(y), "click", "5")
 		time.Sleep(50 * time.Millisecond)
 		onGTK(t, func() {

@@ -47,20 +47,7 @@ func programsEnv(t *testing.T) (*env, *programsPage) {
 // pointer; twice for a double click.
 func clickWidget(t *testing.T, w *gtk.Widget, dx, dy int, double bool) {
 	t.Helper()
-	var x, y int
-	onGTK(t, func() {
-		top, _ := w.GetToplevel()
-		win, _ := top.ToWidget().GetWindow()
-		ox, oy := win.GetOrigin()
-		bx, by, err := w.TranslateCoordinates(top, 0, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if dx < 0 {
-			dx, dy = w.GetAllocatedWidth()/2, w.GetAllocatedHeight()/2
-		}
-		x, y = ox+bx+dx, oy+by+dy
-	})
+	x, y := screenPoint(t, w, dx, dy)
 	args := []string{"mousemove", "--sync", strconv.Itoa(x), strconv.Itoa(y), "click"}
 	if double {
 		args = append(args, "--repeat", "2", "--delay", "60")
